@@ -1,0 +1,219 @@
+"""The ``epir`` command: a thin argparse layer over the public API. ``main(argv) -> int``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from epir.config import ModelConfig, RunConfig, apply_overrides
+from epir.errors import EpirError
+
+DEMO_EPOCHS = 12
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") -> None:
+    """Options shared by every command that trains (loso, demo, ablate)."""
+    if model is not None:
+        p.add_argument("--model", default=model, help="registered model name (epir list models)")
+    p.add_argument("--dataset", default=None, help="registered dataset name (epir list datasets; default synthetic)")
+    p.add_argument("--root", default=None, help="dataset root (megc2019: or $EPIR_MEGC2019_ROOT)")
+    p.add_argument("--config", default=None, help="a config.yaml to start from (e.g. a run's own)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
+    p.add_argument("--lr", type=float, help="override the recipe's learning rate")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. train.weight_decay=0.01 or model.dim=32 (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", help="repeat the whole LOSO for each seed (default 0)")
+    p.add_argument("--folds", nargs="+", metavar="SUBJECT", help="run only these subjects' folds")
+    p.add_argument("--oracle-epoch", action="store_true",
+                   help="OPTIMISTIC protocol of published baselines: per subject, the epoch with the best test "
+                        "accuracy; every output is labelled 'oracle-epoch (optimistic)'")
+    p.add_argument("--device", default=None, help="torch device (cpu, cuda)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<model>-<dataset>-<time>); "
+                                               "rerunning with the same --out resumes finished folds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_config(args: argparse.Namespace, model: str | None = None) -> RunConfig:
+    """Resolve a RunConfig: the model's default recipe, then --config, the flags, then --set."""
+    from epir.models import default_recipe
+
+    if args.config:
+        cfg = RunConfig.load(args.config)
+    else:
+        name = model or args.model
+        cfg = RunConfig(model=ModelConfig(name=name), train=default_recipe(name))
+    sets = [f"data.dataset={args.dataset}"] if args.dataset is not None else []
+    if args.root is not None:
+        sets.append(f"data.root={args.root}")
+    for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
+                      ("device", "eval.device"), ("threads", "eval.threads")):
+        if getattr(args, flag, None) is not None:
+            sets.append(f"{key}={getattr(args, flag)}")
+    cfg = apply_overrides(cfg, sets)
+    if args.seeds:
+        cfg = replace(cfg, eval=replace(cfg.eval, seeds=tuple(args.seeds)))
+    if args.folds:
+        cfg = replace(cfg, eval=replace(cfg.eval, folds=tuple(args.folds)))
+    if args.oracle_epoch:
+        cfg = replace(cfg, eval=replace(cfg.eval, oracle_epoch=True))
+    return apply_overrides(cfg, args.overrides)
+
+
+def _default_out(cfg: RunConfig, kind: str = "loso") -> Path:
+    return Path("runs") / f"{kind}-{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _print_results(results: dict[str, Any], out: Path | None) -> None:
+    from epir.engine.results import format_summary
+
+    print(format_summary(results, title=f"{results.get('model')} on {results.get('dataset')}"))
+    if out is not None:
+        print(f"run directory: {out}")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from epir.data import DATASETS, load_dataset
+    from epir.models import MODELS
+
+    if args.what == "models":
+        for name in MODELS.names():
+            print(f"{name:<14} {MODELS.meta(name).get('description', '')}")
+    elif args.what == "datasets":
+        for name in DATASETS.names():
+            print(f"{name:<14} {DATASETS.meta(name).get('description', '')}")
+    else:
+        ds = load_dataset(args.dataset, root=args.root)
+        for s in ds.subject_list():
+            print(f"{s}\t{ds.subjects.count(s)}")
+    return 0
+
+
+def cmd_loso(args: argparse.Namespace) -> int:
+    from epir.engine.loso import run_loso
+
+    cfg = build_config(args)
+    out = Path(args.out) if args.out else _default_out(cfg)
+    results = run_loso(cfg, out_dir=out, fold_weights=args.fold_weights, progress=not args.no_progress)
+    _print_results(results, out)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from epir.engine.loso import run_loso
+
+    args.dataset = "synthetic"
+    cfg = build_config(args)
+    if args.epochs is None and not args.config:
+        cfg = replace(cfg, train=replace(cfg.train, epochs=DEMO_EPOCHS))
+    out = Path(args.out) if args.out else _default_out(cfg, "demo")
+    print(f"epir demo: LOSO of {cfg.model.name!r} on the built-in synthetic set ({cfg.train.epochs} epochs per fold)")
+    results = run_loso(cfg, out_dir=out, progress=not args.no_progress)
+    _print_results(results, out)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from epir.engine.evaluate import evaluate_megc_log, evaluate_run_dir
+    from epir.engine.results import format_summary
+
+    if (args.run_dir is None) == (args.megc_log is None):
+        raise EpirError("epir evaluate takes a RUN_DIR or --megc-log FILE (exactly one).")
+    results = evaluate_megc_log(args.megc_log) if args.megc_log else evaluate_run_dir(args.run_dir)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(format_summary(results, title=f"evaluate {args.megc_log or args.run_dir}"))
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from epir.models import list_models
+    from epir.profiling import profile_model
+
+    names = list_models() if args.model == "all" else [args.model]
+    kwargs = {k.removeprefix("model."): v for k, v in _parse_sets(args.overrides).items()}
+    rows = [profile_model(n, **(kwargs if args.model != "all" else {})) for n in names]
+    if args.json:
+        print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
+    else:
+        print(f"{'model':<14} {'params':>12} {'FLOPs/sample':>14} {'ms @ b1':>9} {'ms @ b64':>9}")
+        for r in rows:
+            print(f"{r['model']:<14} {r['params']:>12,} {r['flops_per_sample']:>14,} "
+                  f"{r['latency_ms_b1']:>9.3f} {r['latency_ms_b64']:>9.3f}")
+    return 0
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    from epir.config import parse_value
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise EpirError(f"--set expects KEY=VALUE, got {item!r}.")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_value(v)
+    return out
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="epir", description="Micro-expression recognition: honest LOSO evaluation, MEGC metrics, EPIR."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("list", help="list registered models, datasets, or a dataset's subjects")
+    p.add_argument("what", choices=["models", "datasets", "subjects"])
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--root", default=None)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("loso", help="leave-one-subject-out training and evaluation")
+    _add_run_options(p)
+    p.add_argument("--fold-weights", default=None, metavar="DIR",
+                   help="evaluate DIR/<subject>.pth per fold instead of training")
+    p.set_defaults(func=cmd_loso)
+
+    p = sub.add_parser("demo", help="LOSO on the built-in synthetic set with a small model (about a minute)")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("evaluate", help="recompute the metrics of a run directory or a MEGC2019 log")
+    p.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR")
+    p.add_argument("--megc-log", default=None, metavar="FILE", help="a MEGC2019 submission log")
+    p.add_argument("--json", action="store_true", help="print the results.json keys as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("profile", help="parameters, FLOPs per sample and CPU latency of a model")
+    p.add_argument("--model", default="epir", help="a registered model, or 'all'")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="model.KEY=VALUE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_profile)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``epir`` command line; returns the exit code."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return int(args.func(args) or 0)
+    except EpirError as e:
+        print(f"epir {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished folds are saved; run the same command with the same --out to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

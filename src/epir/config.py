@@ -1,0 +1,192 @@
+"""Run configuration: a few frozen dataclasses, saved as flat YAML, with dotted ``--set`` overrides.
+
+Sections: ``model`` (the registered name plus the model's keyword arguments), ``data``, ``train`` (the
+recipe) and ``eval`` (the LOSO protocol). ``--set train.lr=1e-3`` or ``--set model.dim=32`` changes one
+field; values are parsed as YAML scalars and checked against the field's type, and unknown keys are
+rejected with a "did you mean".
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from epir.errors import ConfigError, did_you_mean
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How one fold's model is trained (a model's *recipe*)."""
+
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adamw"  # adam | adamw | sgd
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: str = "constant"  # constant | cosine
+    warmup_epochs: int = 0
+    shuffle: bool = True
+    label_smoothing: float = 0.0
+    class_weight: str = "none"  # none | balanced (inverse class frequency of the training fold)
+    grad_clip: float = 0.0  # max gradient norm; 0 disables
+    input_norm: str = "none"  # none | scale (x/255) | standardize (per-channel, training subjects only)
+    hflip: float = 0.0  # probability of a horizontal flip (u mirrored: 255 - u on 0-255 maps)
+    translate: int = 0  # max random shift in pixels (zero padded in flow space)
+    noise: float = 0.0  # std of additive Gaussian noise, in units of the 0-255 scale
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset and how its samples are fed to the model."""
+
+    dataset: str = "synthetic"
+    root: str | None = None  # dataset root; datasets may also read an environment variable
+    seed: int = 0  # generator seed (synthetic data only)
+    input_transform: str = "none"  # none (whole-face map)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The leave-one-subject-out protocol."""
+
+    seeds: tuple[int, ...] = (0,)
+    folds: tuple[str, ...] = ()  # empty: every subject
+    oracle_epoch: bool = False  # optimistic: per subject, the epoch with the best test accuracy
+    absent_class: str = "skip"  # skip | zero: a class absent from the ground truth in UF1/UAR
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads; 0 = all cores
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A registered model name and its keyword arguments (all of them, once resolved)."""
+
+    name: str = "epir"
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a LOSO run's results."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        model = {"name": self.model.name, **self.model.args}
+        d["model"] = model
+        d["eval"]["seeds"] = list(self.eval.seeds)
+        d["eval"]["folds"] = list(self.eval.folds)
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        d = dict(d)
+        unknown = set(d) - {"model", "data", "train", "eval"}
+        if unknown:
+            raise ConfigError(f"Unknown config sections {sorted(unknown)}; expected model, data, train, eval.")
+        model = dict(d.get("model") or {})
+        name = model.pop("name", ModelConfig.name)
+        cfg = cls(model=ModelConfig(name=name, args=model))
+        for section in ("data", "train", "eval"):
+            for key, value in (d.get(section) or {}).items():
+                cfg = set_value(cfg, f"{section}.{key}", value)
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check ``value`` against the dataclass field type ``typ``; convert where lossless (int -> float)."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is tuple:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], key) for v in value)
+    return coerce_scalar(value, typ, key)
+
+
+def coerce_scalar(value: Any, typ: type, key: str) -> Any:
+    """Check a scalar against ``typ`` (bool, int, float, str), converting int -> float and int-valued str."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r} ({type(value).__name__}).")
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of ``--set key=value`` as a YAML scalar or list."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Cannot parse value {text!r}: {e}") from None
+
+
+def set_value(cfg: RunConfig, key: str, value: Any) -> RunConfig:
+    """Return ``cfg`` with the dotted ``key`` set to ``value`` (type-checked)."""
+    section, _, name = key.partition(".")
+    sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+    if section not in sections or not name:
+        raise ConfigError(
+            f"Config key {key!r} must look like SECTION.FIELD with SECTION one of "
+            f"{', '.join(sections)}.{did_you_mean(section, sections)}"
+        )
+    if section == "model":
+        if name == "name":
+            return replace(cfg, model=replace(cfg.model, name=str(value)))
+        # Model arguments are checked against the model's signature when the config is resolved.
+        return replace(cfg, model=replace(cfg.model, args={**cfg.model.args, name: value}))
+    sub = getattr(cfg, section)
+    hints = typing.get_type_hints(type(sub))
+    names = [f.name for f in fields(sub)]
+    if name not in names:
+        raise ConfigError(
+            f"Unknown config key {key!r}.{did_you_mean(name, names)} "
+            f"Known {section} keys: {', '.join(names)}."
+        )
+    return replace(cfg, **{section: replace(sub, **{name: _coerce(value, hints[name], key)})})
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply ``key=value`` strings in order."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=1e-3), got {item!r}.")
+        key, text = item.split("=", 1)
+        cfg = set_value(cfg, key.strip(), parse_value(text))
+    return cfg

@@ -1,0 +1,30 @@
+"""Datasets: ``load_dataset(name, root=..., seed=...)`` and ``list_datasets()``."""
+from __future__ import annotations
+
+from typing import Any
+
+from epir.data.base import CHANNELS, COMPOSITE_CLASSES, DATASETS, FlowDataset, register_dataset
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Names of the registered datasets."""
+    return DATASETS.names(pattern)
+
+
+def load_dataset(name: str, root: str | None = None, **kwargs: Any) -> FlowDataset:
+    """Load registered dataset ``name`` (``root`` for datasets on disk; ``seed`` etc. for generated ones)."""
+    return DATASETS.get(name)(root=root, **kwargs)
+
+
+# Import every dataset module so registration is complete.
+from epir.data import megc2019  # noqa: E402,F401
+import importlib  # noqa: E402
+
+try:  # written in parallel; optional until it lands
+    importlib.import_module("epir.data.synthetic")
+except ModuleNotFoundError as _e:  # pragma: no cover
+    if _e.name != "epir.data.synthetic":
+        raise
+
+__all__ = ["CHANNELS", "COMPOSITE_CLASSES", "DATASETS", "FlowDataset", "list_datasets", "load_dataset",
+           "register_dataset"]

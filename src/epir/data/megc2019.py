@@ -1,0 +1,127 @@
+"""MEGC2019 composite optical-flow set (CASME II + SAMM + SMIC, 442 samples, 68 subjects).
+
+Layout (as in the public HTNet repository)::
+
+    ROOT/combined_3_class2_for_optical_flow.csv      dataset,sub,filename_o,label,apex,imagename,sub_filename
+    ROOT/datasets/STSNet_whole_norm_u_v_os/<sub>_<filename_o> .png   (note the space before .png)
+
+Each PNG is a 28x28 RGB image whose channels are u, v and optical strain, each min-max normalised to 0-255.
+OpenCV reads it as BGR; the loader reverses that, so ``x`` is in epir's canonical order u, v, strain.
+The CSV and the image folder are cross-checked: a missing or unreadable image, an unknown label or source
+dataset, or a duplicate row is an error naming the CSV line and the file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from epir.data.base import COMPOSITE_CLASSES, FlowDataset, register_dataset
+from epir.errors import DatasetError, DatasetNotFoundError
+
+ENV_VAR = "EPIR_MEGC2019_ROOT"
+CSV_NAME = "combined_3_class2_for_optical_flow.csv"
+IMAGE_DIR = Path("datasets") / "STSNet_whole_norm_u_v_os"
+REQUIRED_COLUMNS = ("dataset", "sub", "filename_o", "label")
+SOURCES = ("casme2", "samm", "smic")
+
+
+def resolve_root(root: str | os.PathLike | None) -> Path:
+    """The dataset root from ``root`` or ``$EPIR_MEGC2019_ROOT``; raises if neither points to the CSV."""
+    if root is None:
+        root = os.environ.get(ENV_VAR)
+        if not root:
+            raise DatasetNotFoundError(
+                f"No root given for dataset 'megc2019'. Pass --root DIR (the folder holding {CSV_NAME} and "
+                f"{IMAGE_DIR}/) or set the environment variable {ENV_VAR}."
+            )
+    path = Path(root).expanduser()
+    if not (path / CSV_NAME).is_file():
+        raise DatasetNotFoundError(
+            f"{path / CSV_NAME} does not exist. The megc2019 root must hold {CSV_NAME} and {IMAGE_DIR}/ "
+            f"(the public HTNet repository's layout); check --root or {ENV_VAR}."
+        )
+    return path
+
+
+def image_path(root: Path, sub: str, clip: str) -> Path:
+    """Path of the flow image of subject ``sub``'s clip ``clip`` (with the layout's space before .png)."""
+    return root / IMAGE_DIR / f"{sub}_{clip} .png"
+
+
+def read_flow_image(path: Path, where: str) -> np.ndarray:
+    """Read one flow PNG as float32 (3, H, W) in the order u, v, strain; ``where`` names the CSV row."""
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{where}: image {path} does not exist. Every CSV row needs its image.")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DatasetError(f"{where}: image {path} cannot be read (corrupt or not an image); replace the file.")
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise DatasetError(
+            f"{where}: image {path} has shape {img.shape} and dtype {img.dtype}; expected an 8-bit "
+            f"3-channel (u, v, strain) image."
+        )
+    return np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
+
+
+@register_dataset(description="MEGC2019 composite flow maps (442 samples, 68 subjects); --root or $EPIR_MEGC2019_ROOT")
+def megc2019(root: str | None = None) -> FlowDataset:
+    """Load the composite set; ``root`` defaults to ``$EPIR_MEGC2019_ROOT``."""
+    base = resolve_root(root)
+    csv_path = base / CSV_NAME
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{csv_path}: cannot parse as CSV ({e}).") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise DatasetError(
+            f"{csv_path}: missing column(s) {missing}; expected at least {list(REQUIRED_COLUMNS)} "
+            f"(got {list(table.columns)})."
+        )
+    xs, ys, subjects, subject_ids, sources, clips = [], [], [], [], [], []
+    seen: dict[tuple[str, str, str], int] = {}
+    for i, row in enumerate(table.itertuples(index=False)):
+        line = i + 2  # 1-based, after the header
+        where = f"{csv_path} line {line}"
+        source, sub, clip, label = (str(getattr(row, c)).strip() for c in REQUIRED_COLUMNS)
+        if source not in SOURCES:
+            raise DatasetError(f"{where}: unknown dataset {source!r}; expected one of {', '.join(SOURCES)}.")
+        if not sub or not clip:
+            raise DatasetError(f"{where}: empty 'sub' or 'filename_o'; every row needs a subject and a clip.")
+        if label not in ("0", "1", "2"):
+            raise DatasetError(
+                f"{where}: unknown label {label!r}; expected 0 (negative), 1 (positive) or 2 (surprise)."
+            )
+        key = (source, sub, clip)
+        if key in seen:
+            raise DatasetError(
+                f"{where}: duplicate row for {source}/{sub}/{clip} (first at line {seen[key]}); remove one."
+            )
+        seen[key] = line
+        xs.append(read_flow_image(image_path(base, sub, clip), where))
+        ys.append(int(label))
+        subjects.append(f"{source}/{sub}")
+        subject_ids.append(sub)
+        sources.append(source)
+        clips.append(clip)
+    if not xs:
+        raise DatasetError(f"{csv_path}: no rows.")
+    shapes = {x.shape for x in xs}
+    if len(shapes) > 1:
+        raise DatasetError(f"{base / IMAGE_DIR}: images differ in size {sorted(shapes)}; expected one size.")
+    return FlowDataset(
+        x=torch.from_numpy(np.stack(xs)),
+        y=torch.tensor(ys, dtype=torch.int64),
+        subjects=subjects,
+        subject_ids=subject_ids,
+        sources=sources,
+        clips=clips,
+        class_names=COMPOSITE_CLASSES,
+        name="megc2019",
+        info={"root": str(base)},
+    )

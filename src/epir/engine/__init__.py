@@ -1,0 +1,1 @@
+"""Training, LOSO evaluation and metrics."""

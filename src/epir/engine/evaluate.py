@@ -1,0 +1,51 @@
+"""Recompute metrics from a run directory's predictions or from a MEGC2019 submission log."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from epir.config import RunConfig
+from epir.data.base import COMPOSITE_CLASSES
+from epir.engine.results import HONEST, read_megc_log, summarize
+from epir.errors import DatasetError, DatasetNotFoundError
+
+
+def evaluate_run_dir(run_dir: str | Path) -> dict[str, Any]:
+    """Metrics of ``RUN_DIR/predictions.csv`` with the run's protocol and absent-class policy."""
+    run = Path(run_dir)
+    path = run / "predictions.csv"
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{path} does not exist; is {run} a finished epir run directory?")
+    preds = pd.read_csv(path, dtype={"subject_id": str, "clip": str})
+    missing = {"seed", "subject", "source", "true", "predicted"} - set(preds.columns)
+    if missing:
+        raise DatasetError(f"{path}: missing columns {sorted(missing)}.")
+    class_names = [c.removeprefix("prob_") for c in preds.columns if c.startswith("prob_")]
+    protocol, absent = HONEST, "skip"
+    if (run / "results.json").is_file():
+        import json
+
+        protocol = json.loads((run / "results.json").read_text()).get("protocol", HONEST)
+    if (run / "config.yaml").is_file():
+        absent = RunConfig.load(run / "config.yaml").eval.absent_class
+    results = summarize(preds, class_names, protocol, absent)
+    results["n"] = int(len(preds) // preds["seed"].nunique())
+    return results
+
+
+def evaluate_megc_log(path: str | Path, absent: str = "skip") -> dict[str, Any]:
+    """Metrics of a MEGC2019 submission log (labels 0..K-1; three classes are named as the composite's)."""
+    preds = read_megc_log(path)
+    k = int(max(preds["true"].max(), preds["predicted"].max())) + 1
+    names = list(COMPOSITE_CLASSES) if k <= 3 else [str(i) for i in range(k)]
+    text = Path(path).read_text()
+    protocol = HONEST
+    for line in text.splitlines():
+        if line.startswith("# protocol:"):
+            protocol = line.split(":", 1)[1].strip()
+            break
+    results = summarize(preds, names, protocol, absent)
+    results["n"] = int(len(preds))
+    return results

@@ -1,0 +1,276 @@
+"""Leave-one-subject-out evaluation.
+
+One fold per subject, a fresh model and optimizer per fold. ``fit`` receives the training subjects' samples
+only. Each finished fold is written to ``OUT/folds/seed<S>/<subject>.json`` at once, so an interrupted run
+started again with the same output directory skips the folds it already has.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from epir.config import RunConfig
+from epir.data import FlowDataset, load_dataset
+from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
+from epir.engine.train import InputNorm, fit, predict_proba
+from epir.errors import ConfigError, DatasetNotFoundError, did_you_mean
+from epir.models import build_model, resolve_model_args
+
+#: Config fields that may differ when resuming a run (they do not change a finished fold's result).
+RESUME_FREE = {("eval", "seeds"), ("eval", "folds"), ("eval", "device"), ("eval", "threads")}
+
+
+def resolve_config(cfg: RunConfig) -> RunConfig:
+    """The config with every model argument filled in and type-checked."""
+    return replace(cfg, model=replace(cfg.model, args=resolve_model_args(cfg.model.name, cfg.model.args)))
+
+
+def protocol_of(cfg: RunConfig, fold_weights: str | os.PathLike | None = None) -> str:
+    if fold_weights is not None:
+        return FOLD_WEIGHTS
+    return ORACLE if cfg.eval.oracle_epoch else HONEST
+
+
+def select_subjects(dataset: FlowDataset, wanted: Sequence[str]) -> list[str]:
+    """The fold subjects: all of them, or those named (namespaced, or a bare id if unambiguous)."""
+    subjects = dataset.subject_list()
+    if not wanted:
+        return subjects
+    chosen = []
+    for name in wanted:
+        if name in subjects:
+            chosen.append(name)
+            continue
+        matches = [s for s in subjects if s.split("/", 1)[-1] == name]
+        if len(matches) == 1:
+            chosen.append(matches[0])
+        else:
+            hint = "ambiguous: " + ", ".join(matches) if matches else did_you_mean(name, subjects).strip()
+            raise ConfigError(
+                f"--folds: no subject {name!r} in dataset {dataset.name!r} ({hint or 'not found'}). "
+                f"Subjects look like {subjects[0]!r}; `epir list subjects --dataset {dataset.name}` lists them."
+            )
+    return list(dict.fromkeys(chosen))
+
+
+def fold_seed(seed: int, subject: str) -> int:
+    """Seed of one fold's model init and batches: depends only on the run seed and the subject."""
+    return (seed * 1_000_003 + zlib.crc32(subject.encode())) % (2**31 - 1)
+
+
+def fold_file(out_dir: Path, seed: int, subject: str) -> Path:
+    return out_dir / "folds" / f"seed{seed}" / (subject.replace("/", "__") + ".json")
+
+
+def run_fold(
+    dataset: FlowDataset,
+    cfg: RunConfig,
+    subject: str,
+    seed: int,
+    *,
+    fold_weights: str | os.PathLike | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train on every subject but ``subject`` and predict ``subject``'s samples."""
+    subjects = np.asarray(dataset.subjects)
+    test_idx = np.flatnonzero(subjects == subject)
+    train_idx = np.flatnonzero(subjects != subject)
+    test = dataset.subset(test_idx)
+    device = cfg.eval.device
+    torch.manual_seed(fold_seed(seed, subject))
+    model = build_model(cfg.model)
+    t0 = time.perf_counter()
+    chosen_epoch: int | None = None
+    if fold_weights is not None:
+        path = Path(fold_weights) / f"{test.subject_ids[0]}.pth"
+        if not path.is_file():
+            raise DatasetNotFoundError(
+                f"--fold-weights: {path} does not exist; expected one <subject>.pth per fold, named by the "
+                f"subject id as in the dataset ({test.subject_ids[0]!r})."
+            )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ConfigError(f"--fold-weights: {path} does not fit model {cfg.model.name!r}: {e}") from None
+        model.to(device)
+        norm = InputNorm.fit(cfg.train.input_norm, dataset.x[train_idx])
+        probs = predict_proba(model, norm, test.x, device=device)
+    else:
+        train = dataset.subset(train_idx)
+        best: dict[str, Any] = {}
+
+        def epoch_done(epoch: int, m: torch.nn.Module, norm: InputNorm) -> None:
+            if cfg.eval.oracle_epoch:
+                # Optimistic protocol of the published baselines: per subject, keep the (latest) epoch with the
+                # best accuracy on the held-out subject. Only here, in the caller, does test data appear.
+                p = predict_proba(m, norm, test.x, device=device)
+                acc = float((p.argmax(1) == test.y).float().mean())
+                if acc >= best.get("acc", -1.0):
+                    best.update(acc=acc, probs=p, epoch=epoch)
+            if on_epoch is not None:
+                on_epoch(epoch)
+
+        norm = fit(
+            model,
+            train.x,
+            train.y,
+            cfg.train,
+            seed=fold_seed(seed, subject),
+            num_classes=dataset.num_classes,
+            device=device,
+            on_epoch=epoch_done,
+        )
+        if cfg.eval.oracle_epoch and best:
+            probs, chosen_epoch = best["probs"], best["epoch"]
+        else:
+            probs = predict_proba(model, norm, test.x, device=device)
+            chosen_epoch = cfg.train.epochs - 1
+    return {
+        "seed": seed,
+        "subject": subject,
+        "indices": test_idx.tolist(),
+        "true": test.y.tolist(),
+        "predicted": probs.argmax(1).tolist(),
+        "probs": probs.tolist(),
+        "epoch": chosen_epoch,
+        "seconds": time.perf_counter() - t0,
+        "n_train": int(len(train_idx)),
+    }
+
+
+def _check_resume(out_dir: Path, cfg: RunConfig) -> None:
+    path = out_dir / "config.yaml"
+    if not path.exists():
+        return
+    old = RunConfig.load(path).to_dict()
+    new = cfg.to_dict()
+    diffs = [
+        f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
+        for sec, d in new.items()
+        for k, v in d.items()
+        if (sec, k) not in RESUME_FREE and old.get(sec, {}).get(k) != v
+    ]
+    if diffs:
+        raise ConfigError(
+            f"{out_dir} holds a run with a different configuration ({'; '.join(diffs)}). "
+            f"Use another --out, or delete {out_dir} to start over."
+        )
+
+
+def predictions_frame(dataset: FlowDataset, records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per (seed, sample) from fold records, in fold order."""
+    rows = []
+    for r in records:
+        for i, t, p, pr in zip(r["indices"], r["true"], r["predicted"], r["probs"]):
+            row = {
+                "seed": r["seed"],
+                "subject": dataset.subjects[i],
+                "subject_id": dataset.subject_ids[i],
+                "source": dataset.sources[i],
+                "clip": dataset.clips[i],
+                "true": t,
+                "predicted": p,
+                "true_name": dataset.class_names[t],
+                "predicted_name": dataset.class_names[p],
+                "epoch": r["epoch"],
+            }
+            row.update({f"prob_{c}": round(float(v), 6) for c, v in zip(dataset.class_names, pr)})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run_loso(
+    cfg: RunConfig,
+    dataset: FlowDataset | None = None,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    fold_weights: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run leave-one-subject-out for every seed in ``cfg.eval.seeds`` and return the pooled results.
+
+    Args:
+        cfg: the run configuration (model, data, recipe, protocol).
+        dataset: the data; loaded from ``cfg.data`` when omitted.
+        out_dir: run directory (config.yaml, results.json, predictions.csv, megc_log.txt, folds/); a run
+            started again with the same directory resumes from its finished folds.
+        fold_weights: evaluate ``DIR/<subject>.pth`` per fold instead of training.
+        progress: show a progress bar over folds and epochs.
+
+    Returns:
+        The content of ``results.json`` (keys ``uf1``, ``uar``, ``protocol``, ``per_dataset``, ...).
+    """
+    cfg = resolve_config(cfg)
+    if dataset is None:
+        dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, **({"seed": cfg.data.seed} if cfg.data.dataset == "synthetic" else {}))
+    if cfg.eval.threads:
+        torch.set_num_threads(cfg.eval.threads)
+    subjects = select_subjects(dataset, cfg.eval.folds)
+    protocol = protocol_of(cfg, fold_weights)
+    seeds = list(cfg.eval.seeds) if fold_weights is None else [cfg.eval.seeds[0]]
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        _check_resume(out, cfg)
+        cfg.save(out / "config.yaml")
+    records: list[dict[str, Any]] = []
+    epochs = 0 if fold_weights is not None else cfg.train.epochs
+    t_start = time.perf_counter()
+    bar = tqdm(total=len(seeds) * len(subjects), desc="LOSO folds", unit="fold", disable=not progress, leave=True)
+    resumed = 0
+    for seed in seeds:
+        for subject in subjects:
+            path = fold_file(out, seed, subject) if out is not None else None
+            if path is not None and path.exists():
+                records.append(json.loads(path.read_text()))
+                resumed += 1
+                bar.update(1)
+                continue
+            bar.set_postfix_str(f"seed {seed} {subject}")
+
+            def on_epoch(epoch: int, _s: str = subject, _seed: int = seed) -> None:
+                bar.set_postfix_str(f"seed {_seed} {_s} epoch {epoch + 1}/{epochs}")
+
+            rec = run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, on_epoch=on_epoch)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(rec))
+                tmp.replace(path)  # atomic: a fold file is either complete or absent
+            records.append(rec)
+            bar.update(1)
+    bar.close()
+    preds = predictions_frame(dataset, records)
+    results = summarize(preds, dataset.class_names, protocol, cfg.eval.absent_class)
+    model = build_model(cfg.model)
+    results.update(
+        model=cfg.model.name,
+        dataset=dataset.name,
+        n=int(len(preds) // len(seeds)),
+        n_folds=len(subjects),
+        params=int(sum(p.numel() for p in model.parameters())),
+        wall_seconds=time.perf_counter() - t_start,
+        fold_seconds=float(np.mean([r["seconds"] for r in records])) if records else 0.0,
+        resumed_folds=resumed,
+    )
+    if fold_weights is not None:
+        results["fold_weights"] = str(fold_weights)
+    if out is not None:
+        write_results(out, results, preds)
+        results["out_dir"] = str(out)
+    return results
+
+
+__all__ = ["run_loso", "run_fold", "select_subjects", "format_summary", "resolve_config"]

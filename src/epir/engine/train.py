@@ -1,0 +1,187 @@
+"""Training one model on one fold's training subjects, and predicting with it.
+
+``fit`` receives only the training samples: nothing of the held-out subject reaches it, so neither model
+selection nor normalisation statistics can see that subject. Everything is held in memory as tensors.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from epir.config import TrainConfig
+from epir.errors import ConfigError
+
+#: Index of the horizontal-flow channel in epir's canonical order (u, v, strain).
+U_CHANNEL = 0
+#: Maximum value of a per-sample min-max normalised flow map.
+MAP_MAX = 255.0
+
+
+@dataclass
+class InputNorm:
+    """Per-channel affine input normalisation ``(x - mean) / std``; stats from training samples only."""
+
+    mean: torch.Tensor  # (1, C, 1, 1)
+    std: torch.Tensor  # (1, C, 1, 1)
+
+    @classmethod
+    def fit(cls, kind: str, x: torch.Tensor) -> InputNorm:
+        """``kind``: none | scale (x / 255) | standardize (per-channel mean/std of ``x``)."""
+        c = x.shape[1]
+        if kind == "none":
+            return cls(torch.zeros(1, c, 1, 1), torch.ones(1, c, 1, 1))
+        if kind == "scale":
+            return cls(torch.zeros(1, c, 1, 1), torch.full((1, c, 1, 1), MAP_MAX))
+        if kind == "standardize":
+            mean = x.mean(dim=(0, 2, 3), keepdim=True)
+            std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+            return cls(mean, std)
+        raise ConfigError(f"train.input_norm={kind!r}; expected none, scale or standardize.")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
+
+
+def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random flow-map augmentation on a batch ``x`` (B, 3, H, W) at the 0-255 scale.
+
+    A horizontal flip mirrors the face, so horizontal motion changes sign. On a map min-max normalised per
+    sample, negating u before normalisation is exactly ``255 - u`` after it, so the flip is exact. Strain
+    (a magnitude) and v only move with the pixels. Shifts pad by replicating the border.
+    """
+    b = x.shape[0]
+    if cfg.hflip > 0:
+        flip = torch.rand(b, generator=gen) < cfg.hflip
+        if flip.any():
+            xf = x[flip].flip(-1)
+            xf[:, U_CHANNEL] = MAP_MAX - xf[:, U_CHANNEL]
+            x = x.clone()
+            x[flip] = xf
+    if cfg.translate > 0:
+        t = cfg.translate
+        h, w = x.shape[-2:]
+        padded = F.pad(x, (t, t, t, t), mode="replicate")
+        dy = torch.randint(0, 2 * t + 1, (b,), generator=gen)
+        dx = torch.randint(0, 2 * t + 1, (b,), generator=gen)
+        rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
+        x = padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+    if cfg.noise > 0:
+        x = x + cfg.noise * torch.randn(x.shape, generator=gen)
+    return x
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"train.optimizer={cfg.optimizer!r}; expected adam, adamw or sgd.")
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` of ``total``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    raise ConfigError(f"train.schedule={schedule!r}; expected constant or cosine.")
+
+
+EpochCallback = Callable[[int, nn.Module, InputNorm], None]
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    num_classes: int,
+    device: str = "cpu",
+    on_epoch: EpochCallback | None = None,
+) -> InputNorm:
+    """Train ``model`` in place on the training samples and return the input normalisation it expects.
+
+    Args:
+        model: a fresh model.
+        x: training flow maps (N, 3, H, W), 0-255.
+        y: training labels (N,).
+        cfg: the recipe.
+        seed: seeds shuffling and augmentation.
+        num_classes: number of classes (for class weights).
+        device: torch device.
+        on_epoch: called as ``on_epoch(epoch, model, norm)`` after every epoch (progress reporting, or the
+            caller's optimistic oracle-epoch bookkeeping; ``fit`` itself never sees test data).
+    """
+    if len(x) == 0:
+        raise ConfigError("fit() got no training samples.")
+    gen = torch.Generator().manual_seed(seed)
+    norm = InputNorm.fit(cfg.input_norm, x)
+    model.to(device)
+    weight = None
+    if cfg.class_weight == "balanced":
+        counts = torch.bincount(y, minlength=num_classes).float().clamp_min(1)
+        weight = (len(y) / (num_classes * counts)).to(device)
+    elif cfg.class_weight != "none":
+        raise ConfigError(f"train.class_weight={cfg.class_weight!r}; expected none or balanced.")
+
+    def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target, weight=weight, label_smoothing=cfg.label_smoothing)
+
+    opt = make_optimizer(model, cfg)
+    n = len(x)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    with_loss = getattr(model, "forward_with_loss", None)
+    step = 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
+        for start in range(0, n, cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            xb = augment(x[idx], cfg, gen)
+            xb, yb = norm(xb).to(device), y[idx].to(device)
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
+            if with_loss is not None:
+                loss, _ = with_loss(xb, yb, ce)
+            else:
+                loss = ce(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+        if on_epoch is not None:
+            on_epoch(epoch, model, norm)
+    return norm
+
+
+@torch.inference_mode()
+def predict_proba(
+    model: nn.Module, norm: InputNorm, x: torch.Tensor, *, device: str = "cpu", batch_size: int = 256
+) -> torch.Tensor:
+    """Class probabilities (N, num_classes) of ``model`` in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = [torch.softmax(model(norm(x[i : i + batch_size]).to(device)), dim=-1).cpu() for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)

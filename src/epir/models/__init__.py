@@ -1,0 +1,84 @@
+"""Model registry: ``@register_model(recipe=...)`` on a factory; ``create_model(name, **kwargs)``.
+
+A model takes optical-flow maps ``(B, 3, H, W)`` (channels u, v, strain; 0-255 unless the recipe's
+``input_norm`` says otherwise) and returns logits ``(B, num_classes)``. A model may also define
+``forward_with_loss(x, y, ce) -> (loss, logits)`` to add its own loss terms to the cross-entropy ``ce``
+the engine passes in (EPIR adds a supervised contrastive term); the engine uses it when present.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from epir.config import ModelConfig, TrainConfig, coerce_scalar
+from epir.errors import ConfigError, did_you_mean
+from epir.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def register_model(*, recipe: TrainConfig | None = None, description: str = "") -> Callable:
+    """Register a model factory; ``recipe`` is its default training recipe."""
+    return MODELS.register(recipe=recipe or TrainConfig(), description=description)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the registered models matching a glob ``pattern``."""
+    return MODELS.names(pattern)
+
+
+def default_recipe(name: str) -> TrainConfig:
+    """The registered default training recipe of model ``name``."""
+    return MODELS.meta(name)["recipe"]
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """Keyword arguments of model ``name``'s factory with their defaults."""
+    sig = inspect.signature(MODELS.get(name))
+    return {
+        p.name: p.default
+        for p in sig.parameters.values()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not inspect.Parameter.empty
+    }
+
+
+def resolve_model_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """All keyword arguments of ``name`` with ``args`` applied, type-checked against the defaults."""
+    defaults = model_defaults(name)
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    for key, value in args.items():
+        if key not in defaults:
+            raise ConfigError(
+                f"Model {name!r} has no argument {key!r}.{did_you_mean(key, defaults)} "
+                f"Its arguments: {', '.join(defaults)}."
+            )
+        default = defaults[key]
+        if default is None or isinstance(default, (list, tuple, dict)):
+            out[key] = list(value) if isinstance(value, tuple) else value
+        else:
+            out[key] = coerce_scalar(value, type(default), f"model.{key}")
+    return out
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build registered model ``name``; unknown keyword arguments are an error with a "did you mean"."""
+    args = resolve_model_args(name, kwargs)
+    return MODELS.get(name)(**args)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build the model a :class:`ModelConfig` names."""
+    return create_model(cfg.name, **cfg.args)
+
+
+# Import every model module so registration is complete.
+for _module in ("ststnet", "epir"):
+    try:
+        importlib.import_module(f"epir.models.{_module}")
+    except ModuleNotFoundError as _e:  # pragma: no cover - the EPIR file lands in parallel
+        if _e.name != f"epir.models.{_module}":
+            raise

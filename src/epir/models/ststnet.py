@@ -1,0 +1,63 @@
+"""STSTNet (Liong et al., "Shallow Triple Stream Three-dimensional CNN (STSTNet) for micro-expression
+recognition", FG 2019), faithful to the official PyTorch code so that its per-subject weights load unchanged.
+
+Three parallel 3x3 convolution streams (3, 5 and 8 channels, padding 2) on the 28x28x3 input, each followed
+by ReLU, BatchNorm, MaxPool(3, stride 3, padding 1) and Dropout(0.5); the streams are concatenated (16
+channels), average-pooled by 2 and classified by a Linear(400 -> 3).
+
+The official weights were trained on ``cv2.imread`` output: channels B, G, R = strain, v, u at 0-255. epir's
+canonical channel order is u, v, strain, so with ``bgr_input=True`` (default) the model reverses the channel
+axis before the first convolution and the official weights see exactly what they were trained on.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from epir.config import TrainConfig
+from epir.models import register_model
+
+
+class STSTNet(nn.Module):
+    """The official STSTNet; parameter and state-dict names match the official code (1,683 parameters)."""
+
+    def __init__(self, *, in_channels: int = 3, num_classes: int = 3, bgr_input: bool = True) -> None:
+        super().__init__()
+        self.bgr_input = bgr_input
+        self.conv1 = nn.Conv2d(in_channels, 3, kernel_size=3, padding=2)
+        self.conv2 = nn.Conv2d(in_channels, 5, kernel_size=3, padding=2)
+        self.conv3 = nn.Conv2d(in_channels, 8, kernel_size=3, padding=2)
+        self.relu = nn.ReLU()
+        self.bn1 = nn.BatchNorm2d(3)
+        self.bn2 = nn.BatchNorm2d(5)
+        self.bn3 = nn.BatchNorm2d(8)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=3, padding=1)
+        self.avgpool = nn.AvgPool2d(kernel_size=2, stride=2)
+        self.dropout = nn.Dropout(p=0.5)
+        self.fc = nn.Linear(5 * 5 * 16, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """x: flow maps, shape (B, 3, 28, 28), channels u, v, strain. Returns (B, 400)."""
+        if self.bgr_input:
+            x = x.flip(1)
+        streams = []
+        for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
+            streams.append(self.dropout(self.maxpool(bn(self.relu(conv(x))))))
+        x = self.avgpool(torch.cat(streams, dim=1))
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: flow maps (B, 3, 28, 28). Returns logits (B, num_classes)."""
+        return self.fc(self.forward_features(x))
+
+
+#: The official recipe: Adam 5e-5, batch 256 without shuffling, 800 epochs, raw 0-255 input, no augmentation.
+STSTNET_RECIPE = TrainConfig(
+    epochs=800, batch_size=256, lr=5e-5, optimizer="adam", weight_decay=0.0, shuffle=False, input_norm="none"
+)
+
+
+@register_model(recipe=STSTNET_RECIPE, description="STSTNet (Liong et al. 2019), official architecture")
+def ststnet(*, num_classes: int = 3, bgr_input: bool = True) -> STSTNet:
+    """STSTNet as in the official code; ``bgr_input`` feeds the official weights the BGR order they expect."""
+    return STSTNet(num_classes=num_classes, bgr_input=bgr_input)
