@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from epir.config import ModelConfig, RunConfig, apply_overrides
+from epir.config import RunConfig, apply_overrides, set_value
 from epir.errors import EpirError
 
 DEMO_EPOCHS = 12
@@ -42,21 +42,16 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") 
 
 def build_config(args: argparse.Namespace, model: str | None = None) -> RunConfig:
     """Resolve a RunConfig: the model's default recipe, then --config, the flags, then --set."""
-    from epir.models import default_recipe
+    from epir.engine.loso import make_config
 
-    if args.config:
-        cfg = RunConfig.load(args.config)
-    else:
-        name = model or args.model
-        cfg = RunConfig(model=ModelConfig(name=name), train=default_recipe(name))
-    sets = [f"data.dataset={args.dataset}"] if args.dataset is not None else []
-    if args.root is not None:
-        sets.append(f"data.root={args.root}")
+    cfg = RunConfig.load(args.config) if args.config else make_config(model or args.model)
+    values: dict[str, Any] = {"data.dataset": args.dataset, "data.root": args.root}
     for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
                       ("device", "eval.device"), ("threads", "eval.threads")):
-        if getattr(args, flag, None) is not None:
-            sets.append(f"{key}={getattr(args, flag)}")
-    cfg = apply_overrides(cfg, sets)
+        values[key] = getattr(args, flag, None)
+    for key, value in values.items():
+        if value is not None:
+            cfg = set_value(cfg, key, value)
     if args.seeds:
         cfg = replace(cfg, eval=replace(cfg.eval, seeds=tuple(args.seeds)))
     if args.folds:

@@ -36,7 +36,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     input_norm: str = "none"  # none | scale (x/255) | standardize (per-channel, training subjects only)
     hflip: float = 0.0  # probability of a horizontal flip (u mirrored: 255 - u on 0-255 maps)
-    translate: int = 0  # max random shift in pixels (zero padded in flow space)
+    translate: int = 0  # max random shift in pixels (border replicated)
     noise: float = 0.0  # std of additive Gaussian noise, in units of the 0-255 scale
 
 
@@ -141,6 +141,11 @@ def coerce_scalar(value: Any, typ: type, key: str) -> Any:
     elif typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif typ is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -1,6 +1,7 @@
 """Datasets: ``load_dataset(name, root=..., seed=...)`` and ``list_datasets()``."""
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from epir.data.base import CHANNELS, COMPOSITE_CLASSES, DATASETS, FlowDataset, register_dataset
@@ -12,8 +13,15 @@ def list_datasets(pattern: str = "*") -> list[str]:
 
 
 def load_dataset(name: str, root: str | None = None, **kwargs: Any) -> FlowDataset:
-    """Load registered dataset ``name`` (``root`` for datasets on disk; ``seed`` etc. for generated ones)."""
-    return DATASETS.get(name)(root=root, **kwargs)
+    """Load registered dataset ``name`` (``root`` for datasets on disk; ``seed`` etc. for generated ones).
+
+    Keyword arguments a loader does not take (e.g. ``seed`` for a dataset on disk) are ignored.
+    """
+    loader = DATASETS.get(name)
+    params = inspect.signature(loader).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return loader(root=root, **kwargs)
 
 
 # Import every dataset module so registration is complete.

@@ -74,7 +74,7 @@ def megc2019(root: str | None = None) -> FlowDataset:
     base = resolve_root(root)
     csv_path = base / CSV_NAME
     try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise DatasetError(f"{csv_path}: cannot parse as CSV ({e}).") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
@@ -86,9 +86,11 @@ def megc2019(root: str | None = None) -> FlowDataset:
     xs, ys, subjects, subject_ids, sources, clips = [], [], [], [], [], []
     seen: dict[tuple[str, str, str], int] = {}
     for i, row in enumerate(table.itertuples(index=False)):
-        line = i + 2  # 1-based, after the header
+        line = i + 2  # 1-based, after the header (blank lines are kept so the count stays true)
         where = f"{csv_path} line {line}"
         source, sub, clip, label = (str(getattr(row, c)).strip() for c in REQUIRED_COLUMNS)
+        if not any(str(v).strip() for v in row):
+            continue
         if source not in SOURCES:
             raise DatasetError(f"{where}: unknown dataset {source!r}; expected one of {', '.join(SOURCES)}.")
         if not sub or not clip:

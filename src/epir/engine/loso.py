@@ -6,6 +6,7 @@ started again with the same output directory skips the folds it already has.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import time
@@ -20,12 +21,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from epir.config import RunConfig
+from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, apply_overrides
 from epir.data import FlowDataset, load_dataset
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
 from epir.engine.train import InputNorm, fit, predict_proba
-from epir.errors import ConfigError, DatasetNotFoundError, did_you_mean
-from epir.models import build_model, resolve_model_args
+from epir.errors import ConfigError, DatasetNotFoundError
+from epir.models import build_model, default_recipe, resolve_model_args
 
 #: Config fields that may differ when resuming a run (they do not change a finished fold's result).
 RESUME_FREE = {("eval", "seeds"), ("eval", "folds"), ("eval", "device"), ("eval", "threads")}
@@ -34,6 +35,29 @@ RESUME_FREE = {("eval", "seeds"), ("eval", "folds"), ("eval", "device"), ("eval"
 def resolve_config(cfg: RunConfig) -> RunConfig:
     """The config with every model argument filled in and type-checked."""
     return replace(cfg, model=replace(cfg.model, args=resolve_model_args(cfg.model.name, cfg.model.args)))
+
+
+def make_config(
+    model: str = "epir",
+    dataset: str = "synthetic",
+    *,
+    root: str | None = None,
+    seeds: Sequence[int] = (0,),
+    folds: Sequence[str] = (),
+    oracle_epoch: bool = False,
+    overrides: Sequence[str] = (),
+) -> RunConfig:
+    """A run config: model ``model`` with its default recipe, then ``KEY=VALUE`` ``overrides`` in order.
+
+    Example: ``make_config("epir", "megc2019", seeds=(0, 1, 2), overrides=["train.epochs=20"])``.
+    """
+    cfg = RunConfig(
+        model=ModelConfig(name=model),
+        data=DataConfig(dataset=dataset, root=root),
+        train=default_recipe(model),
+        eval=EvalConfig(seeds=tuple(seeds), folds=tuple(folds), oracle_epoch=oracle_epoch),
+    )
+    return apply_overrides(cfg, list(overrides))
 
 
 def protocol_of(cfg: RunConfig, fold_weights: str | os.PathLike | None = None) -> str:
@@ -56,9 +80,14 @@ def select_subjects(dataset: FlowDataset, wanted: Sequence[str]) -> list[str]:
         if len(matches) == 1:
             chosen.append(matches[0])
         else:
-            hint = "ambiguous: " + ", ".join(matches) if matches else did_you_mean(name, subjects).strip()
+            if matches:
+                hint = "ambiguous: " + ", ".join(matches)
+            else:  # compare a bare id with bare ids, a namespaced name with namespaced ones
+                bare = {s.split("/", 1)[-1]: s for s in subjects}
+                close = difflib.get_close_matches(name, subjects if "/" in name else list(bare), n=1, cutoff=0.5)
+                hint = f"Did you mean {bare.get(close[0], close[0])!r}?" if close else "not found"
             raise ConfigError(
-                f"--folds: no subject {name!r} in dataset {dataset.name!r} ({hint or 'not found'}). "
+                f"--folds: no subject {name!r} in dataset {dataset.name!r} ({hint}). "
                 f"Subjects look like {subjects[0]!r}; `epir list subjects --dataset {dataset.name}` lists them."
             )
     return list(dict.fromkeys(chosen))
@@ -214,7 +243,7 @@ def run_loso(
     """
     cfg = resolve_config(cfg)
     if dataset is None:
-        dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, **({"seed": cfg.data.seed} if cfg.data.dataset == "synthetic" else {}))
+        dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.data.seed)
     if cfg.eval.threads:
         torch.set_num_threads(cfg.eval.threads)
     subjects = select_subjects(dataset, cfg.eval.folds)
@@ -273,4 +302,4 @@ def run_loso(
     return results
 
 
-__all__ = ["run_loso", "run_fold", "select_subjects", "format_summary", "resolve_config"]
+__all__ = ["make_config", "run_loso", "run_fold", "select_subjects", "format_summary", "resolve_config"]

@@ -1,13 +1,19 @@
-"""Shared transformer blocks, defined once: ``FeedForward``, multi-head ``Attention`` and a pre-norm ``Block``.
+"""Shared transformer blocks, defined once: ``FeedForward``, multi-head ``Attention``, ``DropPath`` and a
+pre-norm ``Block``.
 
 Token tensors are ``(B, N, D)``. Blocks optionally take token *sizes* ``(B, N)``: how many input patches
 each token stands for once tokens have been merged (Bolya et al., "Token Merging: Your ViT But Faster",
 ICLR 2023). ``Attention`` then uses ToMe's proportional attention (adds ``log size`` to the attention
 logits) so a merged token weighs as much as the tokens it replaced.
+
+Dropout defaults to 0 everywhere: on CPU, elementwise dropout masks cost about as much as the matmuls of a
+model this small (``bernoulli_`` on a (64, 49, 128) tensor takes ~4 ms), so small models here regularise
+with ``DropPath`` (one Bernoulli draw per sample) instead. A rate of 0 builds no dropout module at all.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -23,6 +29,27 @@ def init_vit_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def dropout_or_identity(p: float) -> nn.Module:
+    """``nn.Dropout(p)``, or ``nn.Identity()`` for p = 0 (no mask is drawn at all)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): in training, drop a residual branch for a whole sample with
+    probability ``p`` and scale the kept ones by 1 / (1 - p). Identity in eval mode."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, ...). Returns x with some samples zeroed (training only)."""
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+
 class FeedForward(nn.Module):
     """The transformer MLP: Linear -> GELU -> Dropout -> Linear -> Dropout."""
 
@@ -31,9 +58,9 @@ class FeedForward(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(dim, hidden_dim),
             nn.GELU(),
-            nn.Dropout(dropout),
+            dropout_or_identity(dropout),
             nn.Linear(hidden_dim, dim),
-            nn.Dropout(dropout),
+            dropout_or_identity(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,8 +71,9 @@ class FeedForward(nn.Module):
 class Attention(nn.Module):
     """Multi-head scaled dot-product self-attention (Vaswani et al. 2017).
 
-    Subclasses change how the attention logits are formed by overriding ``logits`` (see
-    ``epir.models.epir.ITALS``). Set ``keep_attention = True`` to keep the last attention map, shape
+    Subclasses change the logits ``scale * q.k + bias`` by overriding ``scale`` and ``bias`` (see
+    ``epir.models.epir.ITALS``). The forward pass uses the fused ``F.scaled_dot_product_attention``; set
+    ``keep_attention = True`` to compute the same attention explicitly and keep the last map, shape
     (B, heads, N, N), detached, in ``last_attention`` (for visualisation).
     """
 
@@ -55,40 +83,57 @@ class Attention(nn.Module):
             raise ValueError(f"Attention: dim ({dim}) must be divisible by heads ({heads}).")
         self.heads = heads
         self.dim_head = dim // heads
+        self.attn_dropout = dropout
         self.to_qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.attn_drop = nn.Dropout(dropout)
-        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout))
+        self.to_out = nn.Sequential(nn.Linear(dim, dim), dropout_or_identity(dropout))
         self.keep_attention = False
         self.last_attention: torch.Tensor | None = None
 
-    def logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        """q, k: shape (B, heads, N, dim_head). Returns attention logits, shape (B, heads, N, N)."""
-        return (q @ k.transpose(-1, -2)) * self.dim_head**-0.5
+    def scale(self) -> torch.Tensor | float:
+        """The factor on q.k: 1 / sqrt(dim_head)."""
+        return self.dim_head**-0.5
+
+    def bias(self, x: torch.Tensor) -> torch.Tensor | None:
+        """x: tokens (B, N, D). Returns an additive bias on the logits, shape (N, N), or None."""
+        return None
 
     def forward(self, x: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
         """x: tokens, shape (B, N, D); size: tokens' sizes, shape (B, N), or None (all 1). Returns (B, N, D)."""
         q, k, v = rearrange(self.to_qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        dots = self.logits(q, k)
+        bias = self.bias(x)
         if size is not None:  # proportional attention: a token of size s counts as s tokens
-            dots = dots + size.log()[:, None, None, :]
-        attn = dots.softmax(dim=-1)
+            size_bias = size.log()[:, None, None, :]
+            bias = size_bias if bias is None else bias + size_bias
+        scale = self.scale()
+        dropout = self.attn_dropout if self.training else 0.0
         if self.keep_attention:
+            dots = (q @ k.transpose(-1, -2)) * scale
+            attn = (dots if bias is None else dots + bias).softmax(dim=-1)
             self.last_attention = attn.detach()
-        out = self.attn_drop(attn) @ v
+            out = F.dropout(attn, dropout, self.training) @ v
+        elif isinstance(scale, torch.Tensor):  # a learned scale: fold it into q
+            out = F.scaled_dot_product_attention(q * scale, k, v, attn_mask=bias, dropout_p=dropout, scale=1.0)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block around a given attention module: x + attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm transformer block around a given attention module: x + attn(LN(x)), then x + MLP(LN(x)),
+    each residual branch under stochastic depth ``drop_path``."""
 
-    def __init__(self, *, dim: int, attention: nn.Module, mlp_ratio: float = 2.0, dropout: float = 0.0) -> None:
+    def __init__(
+        self, *, dim: int, attention: nn.Module, mlp_ratio: float = 2.0, dropout: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = attention
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = FeedForward(dim=dim, hidden_dim=int(dim * mlp_ratio), dropout=dropout)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
         """x: tokens, shape (B, N, D); size: token sizes (B, N) or None. Returns (B, N, D)."""
-        x = x + self.attn(self.norm1(x), size=size)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x), size=size))
+        return x + self.drop_path(self.mlp(self.norm2(x)))

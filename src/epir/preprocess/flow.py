@@ -221,7 +221,7 @@ def minmax_255(channel: np.ndarray) -> np.ndarray:
     rng = hi - lo
     if not np.isfinite(rng) or rng <= 0.0:
         return np.zeros_like(c, dtype=np.float32)
-    return ((c - lo) * (255.0 / rng)).astype(np.float32)
+    return np.clip((c - lo) * (255.0 / rng), 0.0, 255.0).astype(np.float32)
 
 
 def flow_to_map(flow: np.ndarray, size: int = 28, strain: np.ndarray | None = None) -> np.ndarray:

@@ -1,0 +1,26 @@
+"""epir: micro-expression recognition built around EPIR, with honest leave-one-subject-out evaluation.
+
+The public API::
+
+    import epir
+    ds = epir.load_dataset("megc2019", root="...")          # or "synthetic"
+    cfg = epir.make_config("epir", "megc2019", seeds=(0, 1, 2))
+    results = epir.run_loso(cfg, dataset=ds, out_dir="runs/x")
+    model = epir.create_model("epir")
+"""
+from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
+from epir.data import FlowDataset, list_datasets, load_dataset
+from epir.engine.evaluate import evaluate_megc_log, evaluate_run_dir
+from epir.engine.loso import make_config, run_loso
+from epir.engine.metrics import confusion_matrix, megc_scores
+from epir.errors import ConfigError, DatasetError, DatasetNotFoundError, EpirError, UnknownNameError
+from epir.models import create_model, default_recipe, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError", "DataConfig", "DatasetError", "DatasetNotFoundError", "EpirError", "EvalConfig",
+    "FlowDataset", "ModelConfig", "RunConfig", "TrainConfig", "UnknownNameError", "__version__",
+    "confusion_matrix", "create_model", "default_recipe", "evaluate_megc_log", "evaluate_run_dir",
+    "list_datasets", "list_models", "load_dataset", "make_config", "megc_scores", "run_loso",
+]

@@ -1,0 +1,217 @@
+"""The `epir` command line through `epir.cli.main([...])`: help, list, a tiny LOSO, errors without tracebacks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import epir.engine.loso as loso
+from epir.cli import main
+from epir.config import RunConfig
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def loso_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["loso", "--model", "ststnet", "--dataset", "megc2019", "--root", str(root), "--epochs", "2",
+            "--threads", "1", "--out", str(out), "--no-progress", *extra]
+
+
+def assert_clean_error(err: str) -> None:
+    assert "Traceback" not in err
+    assert err.strip(), "an error must say something on stderr"
+
+
+def test_help_lists_the_subcommands(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("loso", "evaluate", "demo", "list"):
+        assert command in out
+
+
+@pytest.mark.parametrize("command", ["loso", "evaluate", "demo", "list"])
+def test_subcommand_help(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_no_command_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+
+
+def test_list_models(capsys) -> None:
+    assert main(["list", "models"]) == 0
+    out = capsys.readouterr().out
+    assert "ststnet" in out
+    assert "Liong" in out  # with its description
+
+
+def test_list_datasets(capsys) -> None:
+    assert main(["list", "datasets"]) == 0
+    assert "megc2019" in capsys.readouterr().out
+
+
+def test_list_subjects(fake_root, capsys) -> None:
+    assert main(["list", "subjects", "--dataset", "megc2019", "--root", str(fake_root)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "casme2/sub01\t4"
+    assert len(lines) == 6 and "samm/006\t4" in lines
+
+
+def test_loso_end_to_end(fake_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out)) == 0
+    for name in ("config.yaml", "results.json", "predictions.csv", "megc_log.txt"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "folds" / "seed0").glob("*.json"))) == 6
+    printed = capsys.readouterr().out
+    assert "protocol: honest" in printed and "UF1" in printed and str(out) in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["model"] == "ststnet" and results["dataset"] == "megc2019" and results["n"] == 24
+    cfg = RunConfig.load(out / "config.yaml")
+    assert cfg.model.name == "ststnet"
+    assert cfg.model.args == {"num_classes": 3, "bgr_input": True}  # resolved, every argument written
+    assert cfg.train.epochs == 2
+    assert cfg.train.lr == 5e-5  # STSTNet's own recipe
+    assert cfg.data.dataset == "megc2019" and cfg.data.root == str(fake_root)
+
+
+def test_set_lands_in_config_yaml(fake_root, tmp_path) -> None:
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out, "--folds", "sub01", "--set", "train.lr=0.01",
+                          "--set", "train.weight_decay=0.0001")) == 0
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["train"]["lr"] == 0.01
+    assert saved["train"]["weight_decay"] == 1e-4
+    assert saved["eval"]["folds"] == ["sub01"]
+    assert RunConfig.load(out / "config.yaml").train.lr == 0.01
+
+
+# PyYAML (YAML 1.1) reads '1e-3' (no dot) as a string: floats in exponent notation must still work.
+
+
+def test_set_float_in_exponent_notation(fake_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    code = main(loso_args(fake_root, out, "--folds", "sub01", "--set", "train.lr=1e-3"))
+    assert code == 0, capsys.readouterr().err
+    assert RunConfig.load(out / "config.yaml").train.lr == 1e-3
+
+
+def test_lr_flag_with_a_small_value(fake_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    code = main(loso_args(fake_root, out, "--folds", "sub01", "--lr", "5e-5"))
+    assert code == 0, capsys.readouterr().err
+    assert RunConfig.load(out / "config.yaml").train.lr == 5e-5
+
+
+def test_lr_flag(fake_root, tmp_path) -> None:
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out, "--folds", "sub01", "--lr", "0.003", "--batch-size", "8")) == 0
+    cfg = RunConfig.load(out / "config.yaml")
+    assert cfg.train.lr == 0.003 and cfg.train.batch_size == 8
+
+
+def test_config_file_reproduces_a_run(fake_root, tmp_path) -> None:
+    first = tmp_path / "first"
+    assert main(loso_args(fake_root, first, "--folds", "006")) == 0
+    second = tmp_path / "second"
+    assert main(["loso", "--config", str(first / "config.yaml"), "--out", str(second), "--no-progress"]) == 0
+    assert (first / "predictions.csv").read_text() == (second / "predictions.csv").read_text()
+
+
+def test_set_unknown_key_did_you_mean(fake_root, tmp_path, capsys) -> None:
+    code = main(loso_args(fake_root, tmp_path / "run", "--set", "train.lrr=0.01"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert_clean_error(err)
+    assert "did you mean 'lr'" in err.lower()
+
+
+def test_set_wrong_type(fake_root, tmp_path, capsys) -> None:
+    assert main(loso_args(fake_root, tmp_path / "run", "--set", "train.epochs=many")) == 2
+    err = capsys.readouterr().err
+    assert_clean_error(err)
+    assert "train.epochs" in err and "int" in err
+
+
+def test_unknown_model(fake_root, tmp_path, capsys) -> None:
+    args = loso_args(fake_root, tmp_path / "run")
+    args[args.index("ststnet")] = "ststnett"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert_clean_error(err)
+    assert "Did you mean 'ststnet'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_dataset(fake_root, tmp_path, capsys) -> None:
+    args = loso_args(fake_root, tmp_path / "run")
+    args[args.index("megc2019")] = "megc2091"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert_clean_error(err)
+    assert "Did you mean 'megc2019'" in err
+
+
+def test_unknown_fold(fake_root, tmp_path, capsys) -> None:
+    assert main(loso_args(fake_root, tmp_path / "run", "--folds", "samm/06")) == 2
+    err = capsys.readouterr().err
+    assert_clean_error(err)
+    assert "Did you mean 'samm/006'" in err
+
+
+def test_missing_root(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.delenv("EPIR_MEGC2019_ROOT", raising=False)
+    args = ["loso", "--model", "ststnet", "--dataset", "megc2019", "--epochs", "1",
+            "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert_clean_error(err)
+    assert "EPIR_MEGC2019_ROOT" in err and "--root" in err
+
+
+def test_root_from_environment(fake_root, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("EPIR_MEGC2019_ROOT", str(fake_root))
+    out = tmp_path / "run"
+    assert main(["loso", "--model", "ststnet", "--dataset", "megc2019", "--epochs", "1", "--threads", "1",
+                 "--folds", "s01", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "results.json").read_text())["n"] == 4
+
+
+def test_interrupt_exits_130_and_resume_hint(fake_root, tmp_path, monkeypatch, capsys) -> None:
+    real = loso.run_fold
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loso, "run_fold", interrupted)
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out)) == 130
+    err = capsys.readouterr().err
+    assert "resume" in err and "--out" in err
+    assert len(list((out / "folds" / "seed0").glob("*.json"))) == 1
+    monkeypatch.setattr(loso, "run_fold", real)
+    assert main(loso_args(fake_root, out)) == 0
+    assert json.loads((out / "results.json").read_text())["resumed_folds"] == 1
+
+
+def test_resume_with_other_settings_is_refused(fake_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out, "--folds", "sub02")) == 0
+    capsys.readouterr()
+    assert main(loso_args(fake_root, out, "--folds", "sub02", "--lr", "0.5")) == 2
+    err = capsys.readouterr().err
+    assert_clean_error(err)
+    assert "different configuration" in err and "train.lr" in err

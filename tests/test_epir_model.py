@@ -1,0 +1,233 @@
+"""EPIR's components do what docs/epir-design.md says: DNSPT shifts, token counts, ToMe mass preservation,
+ITALS' masked diagonal, DTSM's k, the switches, the parameter budget."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from epir.errors import ConfigError
+from epir.losses import supervised_contrastive_loss
+from epir.models import create_model
+from epir.models.epir import (
+    DNSPT,
+    DTSM,
+    EPIR,
+    ITALS,
+    FixedShifts,
+    MeanPool,
+    PatchEmbedding,
+    RefinedShifts,
+    TokenIntegration,
+    stage_token_counts,
+)
+from epir.models.layers import Attention
+
+#: HTNet's 139,582,982 parameters times the 1.6% the abstract claims.
+PARAM_BUDGET = 2_233_327
+
+
+def tiny(**kwargs) -> EPIR:
+    torch.manual_seed(0)
+    return create_model("epir", **{"dim": 16, "heads": 2, "projection_dim": 8, **kwargs})
+
+
+# ---- DNSPT ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shifts", "offsets"),
+    [
+        ("diagonal", [(-2, -2), (-2, 2), (2, -2), (2, 2)]),  # up-left, up-right, down-left, down-right
+        ("axial", [(-2, 0), (2, 0), (0, -2), (0, 2)]),  # up, down, left, right
+    ],
+)
+def test_fixed_shifts_move_a_one_hot_pixel_by_half_a_patch(shifts: str, offsets: list) -> None:
+    tok = DNSPT(in_channels=1, patch_size=4, dim=8, shifts=shifts, refine=False)
+    assert type(tok.shift) is FixedShifts and tok.offsets == offsets
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 10, 13] = 1.0
+    stacked = tok.shifted(x)
+    assert stacked.shape == (1, 5, 28, 28)
+    assert torch.equal(stacked[0, 0], x[0, 0])  # channel block 0 is the input itself
+    for k, (dy, dx) in enumerate(offsets, start=1):
+        expected = torch.zeros(28, 28)
+        expected[10 + dy, 13 + dx] = 1.0
+        assert torch.equal(stacked[0, k], expected), f"copy {k} should move the pixel by {(dy, dx)}"
+
+
+def test_fixed_shifts_zero_fill_at_the_border() -> None:
+    tok = DNSPT(in_channels=1, patch_size=4, dim=8, refine=False)
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 0, 0] = 1.0
+    copies = tok.shift(x)
+    assert copies[0, 0].sum() == 0  # moved up-left out of the image: gone, nothing wraps around
+    assert copies[0, 3, 2, 2] == 1.0 and copies[0, 3].sum() == 1
+
+
+def test_refined_shifts_start_exactly_as_fixed_shifts_and_are_learnable() -> None:
+    fixed = DNSPT(in_channels=3, patch_size=4, dim=8, refine=False)
+    refined = DNSPT(in_channels=3, patch_size=4, dim=8, refine=True)
+    assert isinstance(refined.shift, RefinedShifts)
+    x = torch.randn(2, 3, 28, 28)
+    torch.testing.assert_close(refined.shift(x), fixed.shift(x), atol=1e-6, rtol=0)
+    assert refined.shift.weight.requires_grad and refined.shift.weight.numel() == 4 * 3 * 9
+    assert sum(p.numel() for p in fixed.shift.parameters()) == 0
+
+
+def test_dnspt_is_normed_on_both_sides_of_the_projection() -> None:
+    tok = DNSPT(in_channels=3, patch_size=4, dim=8)
+    assert tok.norm_in.normalized_shape == (5 * 3 * 16,) and tok.norm_out.normalized_shape == (8,)
+    assert tok(torch.randn(2, 3, 28, 28)).shape == (2, 49, 8)
+
+
+# ---- token integration ---------------------------------------------------------------------------------
+
+
+def test_documented_token_counts_per_stage() -> None:
+    model = create_model("epir")
+    assert model.token_counts == [49, 33, 22]
+    assert stage_token_counts(49, 4, 0.33) == [49, 33, 22, 15]
+    assert stage_token_counts(49, 3, 0.5) == [49, 25, 13]
+    assert create_model("epir", merge=False).token_counts == [49, 49, 49]
+
+
+def test_tokens_entering_each_stage_match_token_counts() -> None:
+    model = tiny(depths=[1, 2, 1]).eval()
+    seen = []
+    for stage in model.stages:
+        stage[0].register_forward_hook(lambda mod, args, kwargs, out: seen.append(args[0].shape[1]), with_kwargs=True)
+    model(torch.randn(2, 3, 28, 28))
+    assert seen == model.token_counts == [49, 33, 22]
+
+
+def test_merge_preserves_token_sizes_and_size_weighted_mass() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 49, 8, dtype=torch.float64)
+    size = torch.ones(3, 49, dtype=torch.float64)
+    sources = torch.eye(49, dtype=torch.float64).expand(3, -1, -1)
+    mass = (x * size[..., None]).sum(dim=1)
+    for r, n in ((16, 33), (11, 22)):
+        x, size, sources = TokenIntegration(r=r)(x, size, sources)
+        assert x.shape == (3, n, 8) and size.shape == (3, n)
+        torch.testing.assert_close(size.sum(dim=1), torch.full((3,), 49.0, dtype=torch.float64))
+        torch.testing.assert_close((x * size[..., None]).sum(dim=1), mass)  # every patch still contributes
+        torch.testing.assert_close(sources.sum(dim=1), torch.ones(3, 49, dtype=torch.float64))
+        torch.testing.assert_close(sources.sum(dim=2), size)
+
+
+def test_model_tracks_sources_of_final_tokens() -> None:
+    model = tiny().eval()
+    model.keep_sources = True
+    model(torch.randn(2, 3, 28, 28))
+    assert model.last_sources.shape == (2, 22, 49)
+    assert torch.equal(model.last_sources.sum(dim=1), torch.ones(2, 49))
+
+
+# ---- ITALS and DTSM ------------------------------------------------------------------------------------
+
+
+def test_itals_puts_zero_weight_on_the_diagonal() -> None:
+    model = tiny().eval()
+    model.keep_attention(True)
+    model(torch.randn(2, 3, 28, 28))
+    maps = model.attention_maps()
+    assert [m.shape[-1] for m in maps] == [49, 33, 22]
+    for attn in maps:
+        assert torch.equal(attn.diagonal(dim1=-2, dim2=-1), torch.zeros(attn.shape[:-1]))
+        torch.testing.assert_close(attn.sum(dim=-1), torch.ones(attn.shape[:-1]))
+    plain = tiny(itals=False).eval()
+    plain.keep_attention(True)
+    plain(torch.randn(2, 3, 28, 28))
+    assert (plain.attention_maps()[0].diagonal(dim1=-2, dim2=-1) > 0).all()
+
+
+@pytest.mark.parametrize("itals", [True, False])
+def test_fused_attention_matches_the_explicit_map(itals: bool) -> None:
+    model = tiny(itals=itals).eval()
+    x = torch.randn(3, 3, 28, 28)
+    fused = model(x)
+    model.keep_attention(True)
+    torch.testing.assert_close(model(x), fused, atol=1e-5, rtol=0)
+
+
+def test_itals_temperature_is_learnable() -> None:
+    attn = ITALS(dim=16, heads=2)
+    assert attn.log_scale.requires_grad
+    torch.testing.assert_close(attn.log_scale.exp(), torch.tensor(8**-0.5))
+
+
+def test_dtsm_keeps_the_documented_number_of_tokens() -> None:
+    model = tiny().eval()
+    assert isinstance(model.pool, DTSM) and model.pool.keep == 11  # half of the 22 final tokens
+    model(torch.randn(3, 3, 28, 28))
+    sel = model.pool.last_selection
+    assert sel.shape == (3, 11)
+    assert all(len(set(row.tolist())) == 11 for row in sel) and sel.min() >= 0 and sel.max() < 22
+    top = model.pool.last_scores.topk(11, dim=1).indices
+    assert torch.equal(sel, top)
+    assert tiny(merge=False).pool.keep == 25  # round(0.5 * 49)
+
+
+# ---- switches, loss, budget ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("switch", "get", "on", "off"),
+    [
+        ("dnspt", lambda m: type(m.tokenizer), DNSPT, PatchEmbedding),
+        ("refine", lambda m: type(m.tokenizer.shift), RefinedShifts, FixedShifts),
+        ("merge", lambda m: None if m.merges is None else type(m.merges[0]), TokenIntegration, None),
+        ("itals", lambda m: type(m.stages[0][0].attn), ITALS, Attention),
+        ("dtsm", lambda m: type(m.pool), DTSM, MeanPool),
+        ("contrastive", lambda m: m.projection is not None, True, False),
+    ],
+)
+def test_each_switch_changes_the_module_it_names(switch: str, get, on, off) -> None:
+    assert get(tiny(**{switch: True})) is on
+    assert get(tiny(**{switch: False})) is off
+
+
+def test_all_switches_off_is_a_plain_vit_that_still_trains() -> None:
+    off = {k: False for k in ("dnspt", "refine", "merge", "itals", "dtsm", "contrastive")}
+    model = tiny(**off).train()
+    x, y = torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 2, 0])
+    loss, logits = model.forward_with_loss(x, y, F.cross_entropy)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_forward_with_loss_adds_the_weighted_contrastive_term() -> None:
+    model = tiny(contrastive_weight=0.3, contrastive_temperature=0.2).eval()
+    x, y = torch.randn(6, 3, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
+    loss, logits = model.forward_with_loss(x, y, F.cross_entropy)
+    features = model.forward_features(x)
+    expected = F.cross_entropy(logits, y) + 0.3 * supervised_contrastive_loss(model.projection(features), y, 0.2)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(logits, model(x))
+    plain = tiny(contrastive=False).eval()
+    loss, logits = plain.forward_with_loss(x, y, F.cross_entropy)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, y))
+
+
+def test_parameters_far_under_the_budget() -> None:
+    n = sum(p.numel() for p in create_model("epir").parameters())
+    assert n <= PARAM_BUDGET
+    assert 50_000 <= n <= 500_000
+
+
+def test_single_stage_and_list_arguments() -> None:
+    model = tiny(depths=[2])
+    assert model.token_counts == [49] and len(model.merges) == 0
+    assert model(torch.randn(2, 3, 28, 28)).shape == (2, 3)
+    assert tiny(depths=2).token_counts == [49]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"patch_size": 5}, {"heads": 3}, {"merge_ratio": 0.7}, {"select_ratio": 0.0}, {"depths": []},
+     {"shifts": "circular"}],
+)
+def test_bad_arguments_raise_config_errors(kwargs: dict) -> None:
+    with pytest.raises(ConfigError, match="model\\."):
+        tiny(**kwargs)

@@ -1,0 +1,356 @@
+"""Leave-one-subject-out engine: folds, honesty (no test data in training), protocol labels, resume, seeds."""
+from __future__ import annotations
+
+import inspect
+import json
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import epir.engine.loso as loso
+import epir.engine.train
+from epir.cli import main
+from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig
+from epir.engine.loso import run_fold, run_loso, select_subjects
+from epir.engine.results import HONEST, ORACLE, format_summary
+from epir.engine.train import InputNorm
+from epir.errors import ConfigError
+from epir.models import create_model, default_recipe
+from fakes import make_flow_dataset
+
+ORACLE_TEXT = "oracle-epoch (optimistic)"
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny_cfg(epochs: int = 2, train: dict | None = None, **eval_kw) -> RunConfig:
+    """STSTNet with its official recipe cut to ``epochs`` epochs, one thread (a fraction of a second per LOSO)."""
+    eval_kw.setdefault("threads", 1)
+    return RunConfig(
+        model=ModelConfig(name="ststnet"),
+        data=DataConfig(dataset="megc2019"),
+        train=replace(default_recipe("ststnet"), epochs=epochs, **(train or {})),
+        eval=EvalConfig(**eval_kw),
+    )
+
+
+# --------------------------------------------------------------------------------------------- folds
+
+
+class TestSelectSubjects:
+    def test_every_subject_once_in_order_of_appearance(self, fake_dataset) -> None:
+        subjects = select_subjects(fake_dataset, ())
+        assert subjects == fake_dataset.subject_list()
+        assert len(subjects) == len(set(subjects)) == 6
+        assert set(subjects) == set(fake_dataset.subjects)
+
+    def test_bare_ids_resolve_when_unambiguous(self, fake_dataset) -> None:
+        chosen = select_subjects(fake_dataset, ["sub01", "smic/s02", "006"])
+        assert chosen == ["casme2/sub01", "smic/s02", "samm/006"]
+
+    def test_duplicates_collapse(self, fake_dataset) -> None:
+        assert select_subjects(fake_dataset, ["sub01", "casme2/sub01"]) == ["casme2/sub01"]
+
+    def test_ambiguous_bare_id_is_an_error(self) -> None:
+        ds = make_flow_dataset({"casme2/s01": [0, 1], "smic/s01": [2, 0], "smic/s02": [1, 2]})
+        with pytest.raises(ConfigError, match="ambiguous: casme2/s01, smic/s01"):
+            select_subjects(ds, ["s01"])
+        assert select_subjects(ds, ["smic/s01"]) == ["smic/s01"]
+
+    def test_unknown_subject_did_you_mean(self, fake_dataset) -> None:
+        with pytest.raises(ConfigError, match=r"(?i)no subject 'samm/06'.*did you mean 'samm/006'"):
+            select_subjects(fake_dataset, ["samm/06"])
+
+    def test_unknown_subject_never_silently_dropped(self, fake_dataset) -> None:
+        with pytest.raises(ConfigError, match="'nobody'"):
+            select_subjects(fake_dataset, ["sub01", "nobody"])
+
+    def test_bare_id_typo_did_you_mean(self, fake_dataset) -> None:
+        with pytest.raises(ConfigError, match=r"(?i)did you mean"):
+            select_subjects(fake_dataset, ["sub0l"])
+
+
+@pytest.fixture
+def spy_fit(monkeypatch):
+    """Wrap ``epir.engine.loso.fit``: record (x, y, kwargs, returned InputNorm) of every call."""
+    calls: list[dict] = []
+    real_fit = loso.fit
+
+    def fit(model, x, y, cfg, **kwargs):
+        norm = real_fit(model, x, y, cfg, **kwargs)
+        calls.append({"x": x.clone(), "y": y.clone(), "kwargs": kwargs, "norm": norm})
+        return norm
+
+    monkeypatch.setattr(loso, "fit", fit)
+    return calls
+
+
+@pytest.fixture
+def spy_run_fold(monkeypatch):
+    """Wrap ``epir.engine.loso.run_fold``: record every fold record it returns."""
+    records: list[dict] = []
+    real = loso.run_fold
+
+    def wrapped(*args, **kwargs):
+        rec = real(*args, **kwargs)
+        records.append(rec)
+        return rec
+
+    monkeypatch.setattr(loso, "run_fold", wrapped)
+    return records
+
+
+def test_folds_partition_the_samples_and_fit_gets_exactly_the_training_rows(
+    fake_dataset, spy_fit, spy_run_fold
+) -> None:
+    ds = fake_dataset
+    run_loso(tiny_cfg(), ds, progress=False)
+    subjects = np.asarray(ds.subjects)
+    assert [r["subject"] for r in spy_run_fold] == ds.subject_list()
+    assert len(spy_fit) == len(spy_run_fold) == 6
+    all_test = []
+    for rec, call in zip(spy_run_fold, spy_fit):
+        s = rec["subject"]
+        test_idx = np.asarray(rec["indices"])
+        train_idx = np.flatnonzero(subjects != s)
+        # test = exactly the held-out subject's samples; train = everything else
+        assert set(subjects[test_idx]) == {s}
+        assert sorted(test_idx.tolist()) == np.flatnonzero(subjects == s).tolist()
+        assert not set(test_idx.tolist()) & set(train_idx.tolist())
+        assert len(test_idx) + len(train_idx) == len(ds)
+        assert rec["n_train"] == len(train_idx)
+        assert rec["true"] == ds.y[test_idx].tolist()
+        # fit saw precisely the training rows, in dataset order, and nothing else
+        assert torch.equal(call["x"], ds.x[torch.from_numpy(train_idx)])
+        assert torch.equal(call["y"], ds.y[torch.from_numpy(train_idx)])
+        assert set(call["kwargs"]) <= {"seed", "num_classes", "device", "on_epoch"}
+        test_rows = ds.x[torch.from_numpy(test_idx)].flatten(1)
+        assert not (call["x"].flatten(1)[:, None, :] == test_rows[None, :, :]).all(-1).any()
+        all_test += test_idx.tolist()
+    assert sorted(all_test) == list(range(len(ds)))  # every sample tested exactly once
+
+
+def test_fit_signature_has_no_test_data() -> None:
+    params = list(inspect.signature(epir.engine.train.fit).parameters)
+    assert params == ["model", "x", "y", "cfg", "seed", "num_classes", "device", "on_epoch"]
+    assert not [p for p in params if any(w in p.lower() for w in ("test", "val", "held"))]
+
+
+def test_honest_fold_ignores_the_held_out_labels(fake_dataset) -> None:
+    """Honest protocol: the held-out subject's labels cannot influence its own predictions."""
+    cfg = tiny_cfg(epochs=3)
+    subject = "samm/007"
+    a = run_fold(fake_dataset, cfg, subject, seed=0)
+    changed = make_flow_dataset()
+    mask = torch.tensor([s == subject for s in changed.subjects])
+    changed.y[mask] = (changed.y[mask] + 1) % 3
+    b = run_fold(changed, cfg, subject, seed=0)
+    assert a["probs"] == b["probs"] and a["epoch"] == b["epoch"] == 2
+    assert a["true"] != b["true"]
+
+
+def test_standardize_statistics_come_from_training_subjects_only(fake_dataset, spy_fit) -> None:
+    ds = fake_dataset
+    held = "smic/s02"
+    mask = torch.tensor([s == held for s in ds.subjects])
+    ds.x[mask] = 255.0  # wildly different from everyone else
+    run_loso(tiny_cfg(train={"input_norm": "standardize"}, folds=(held,)), ds, progress=False)
+    (call,) = spy_fit
+    norm: InputNorm = call["norm"]
+    train_x = ds.x[~mask]
+    assert torch.allclose(norm.mean.flatten(), train_x.mean(dim=(0, 2, 3)))
+    assert torch.allclose(norm.std.flatten(), train_x.std(dim=(0, 2, 3)))
+    assert not torch.allclose(norm.mean.flatten(), ds.x.mean(dim=(0, 2, 3)), atol=1.0)
+    assert (norm.mean.flatten() < 200).all()
+
+
+def test_fold_weights_standardize_statistics_from_training_subjects_only(
+    fake_dataset, tmp_path, monkeypatch
+) -> None:
+    ds = fake_dataset
+    held = "casme2/sub02"
+    mask = torch.tensor([s == held for s in ds.subjects])
+    ds.x[mask] = 255.0
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    torch.save(create_model("ststnet").state_dict(), weights / "sub02.pth")
+    seen: list[torch.Tensor] = []
+
+    class SpyNorm(InputNorm):
+        @classmethod
+        def fit(cls, kind, x):
+            seen.append(x.clone())
+            return InputNorm.fit(kind, x)
+
+    monkeypatch.setattr(loso, "InputNorm", SpyNorm)
+    res = run_loso(
+        tiny_cfg(train={"input_norm": "standardize"}, folds=("sub02",)), ds, fold_weights=weights, progress=False
+    )
+    assert res["protocol"].startswith("fold-weights")
+    (x,) = seen
+    assert torch.equal(x, ds.x[~mask])
+
+
+# ----------------------------------------------------------------------------------------- protocol
+
+
+def test_honest_is_the_default() -> None:
+    assert RunConfig().eval.oracle_epoch is False
+    assert EvalConfig().oracle_epoch is False
+    assert HONEST == "honest"
+
+
+def test_honest_run_is_labelled_honest(fake_dataset, tmp_path) -> None:
+    res = run_loso(tiny_cfg(), fake_dataset, tmp_path / "run", progress=False)
+    assert res["protocol"] == "honest"
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["protocol"] == "honest"
+    assert "optimistic" not in (tmp_path / "run" / "megc_log.txt").read_text()
+    assert "optimistic" not in format_summary(res)
+
+
+def test_oracle_epoch_is_labelled_everywhere(fake_root, tmp_path, capsys) -> None:
+    assert ORACLE == ORACLE_TEXT
+    out = tmp_path / "oracle"
+    code = main(["loso", "--model", "ststnet", "--dataset", "megc2019", "--root", str(fake_root),
+                 "--epochs", "3", "--oracle-epoch", "--threads", "1", "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert ORACLE_TEXT in printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"] == ORACLE_TEXT
+    assert ORACLE_TEXT in (out / "results.json").read_text()
+    assert ORACLE_TEXT in (out / "megc_log.txt").read_text()
+    preds = pd.read_csv(out / "predictions.csv")
+    assert preds["epoch"].between(0, 2).all()
+
+
+def test_oracle_epoch_is_never_worse_per_subject(fake_dataset) -> None:
+    """Same seed, same training trajectory: the oracle's per-subject accuracy is >= the last epoch's."""
+    honest = run_loso(tiny_cfg(epochs=4), fake_dataset, progress=False)
+    oracle = run_loso(tiny_cfg(epochs=4, oracle_epoch=True), fake_dataset, progress=False)
+    assert honest["protocol"] == HONEST and oracle["protocol"] == ORACLE
+    h = {r["subject"]: r["accuracy"] for r in honest["per_subject"]}
+    o = {r["subject"]: r["accuracy"] for r in oracle["per_subject"]}
+    assert h.keys() == o.keys()
+    assert all(o[s] >= h[s] for s in h)
+
+
+# ------------------------------------------------------------------------------------------- resume
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(fake_dataset, tmp_path, monkeypatch) -> None:
+    cfg = tiny_cfg()
+    ref = run_loso(cfg, fake_dataset, tmp_path / "ref", progress=False)
+
+    real_run_fold = loso.run_fold
+    calls: list[str] = []
+
+    def interrupted(dataset, cfg, subject, seed, **kwargs):
+        calls.append(subject)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run_fold(dataset, cfg, subject, seed, **kwargs)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(loso, "run_fold", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_loso(cfg, fake_dataset, out, progress=False)
+    assert (out / "config.yaml").is_file()
+    assert not (out / "results.json").exists()
+    assert len(list((out / "folds" / "seed0").glob("*.json"))) == 2
+    assert not list((out / "folds").rglob("*.tmp"))
+
+    calls.clear()
+
+    def counting(dataset, cfg, subject, seed, **kwargs):
+        calls.append(subject)
+        return real_run_fold(dataset, cfg, subject, seed, **kwargs)
+
+    monkeypatch.setattr(loso, "run_fold", counting)
+    res = run_loso(cfg, fake_dataset, out, progress=False)
+    assert calls == fake_dataset.subject_list()[2:]  # only the 4 remaining folds were computed
+    assert res["resumed_folds"] == 2
+    assert (out / "predictions.csv").read_text() == (tmp_path / "ref" / "predictions.csv").read_text()
+    assert (out / "megc_log.txt").read_text() == (tmp_path / "ref" / "megc_log.txt").read_text()
+    assert (res["uf1"], res["uar"]) == (ref["uf1"], ref["uar"])
+
+    # A finished run started again computes nothing.
+    calls.clear()
+    again = run_loso(cfg, fake_dataset, out, progress=False)
+    assert calls == [] and again["resumed_folds"] == 6
+
+
+def test_resume_with_a_different_config_is_refused(fake_dataset, tmp_path) -> None:
+    out = tmp_path / "run"
+    run_loso(tiny_cfg(folds=("sub01",)), fake_dataset, out, progress=False)
+    changed = tiny_cfg(train={"lr": 0.01}, folds=("sub01",))
+    with pytest.raises(ConfigError, match=r"different configuration.*train\.lr"):
+        run_loso(changed, fake_dataset, out, progress=False)
+    with pytest.raises(ConfigError, match=r"model\.bgr_input"):
+        run_loso(replace(changed, train=tiny_cfg().train, model=ModelConfig("ststnet", {"bgr_input": False})),
+                 fake_dataset, out, progress=False)
+
+
+def test_resume_may_add_seeds_and_folds(fake_dataset, tmp_path, spy_run_fold) -> None:
+    out = tmp_path / "run"
+    run_loso(tiny_cfg(folds=("sub01", "006")), fake_dataset, out, progress=False)
+    assert len(spy_run_fold) == 2
+    res = run_loso(tiny_cfg(seeds=(0, 1)), fake_dataset, out, progress=False)
+    assert len(spy_run_fold) == 2 + 4 + 6
+    assert res["resumed_folds"] == 2
+
+
+# -------------------------------------------------------------------------------- seeds, determinism
+
+
+def test_several_seeds(fake_dataset, tmp_path) -> None:
+    out = tmp_path / "run"
+    res = run_loso(tiny_cfg(seeds=(0, 1)), fake_dataset, out, progress=False)
+    assert res["seeds"] == [0, 1]
+    assert len(res["per_seed"]) == 2
+    assert [s["seed"] for s in res["per_seed"]] == [0, 1]
+    for key in ("uf1_std", "uar_std", "accuracy_std"):
+        assert key in res and res[key] >= 0
+    assert res["uf1"] == pytest.approx(np.mean([s["uf1"] for s in res["per_seed"]]))
+    assert res["uf1_std"] == pytest.approx(np.std([s["uf1"] for s in res["per_seed"]], ddof=1))
+    assert res["n"] == len(fake_dataset)
+    for src, entry in res["per_dataset"].items():
+        assert "uf1_std" in entry and "uar_std" in entry
+    assert (out / "megc_log_seed0.txt").is_file() and (out / "megc_log_seed1.txt").is_file()
+    assert (out / "megc_log.txt").read_text() == (out / "megc_log_seed0.txt").read_text()
+    preds = pd.read_csv(out / "predictions.csv")
+    assert Counter(preds["seed"]) == {0: len(fake_dataset), 1: len(fake_dataset)}
+
+
+def test_same_seed_same_predictions(fake_dataset, tmp_path) -> None:
+    cfg = tiny_cfg(epochs=3, train={"shuffle": True, "batch_size": 8})
+    run_loso(cfg, fake_dataset, tmp_path / "a", progress=False)
+    run_loso(cfg, make_flow_dataset(), tmp_path / "b", progress=False)
+    a = (tmp_path / "a" / "predictions.csv").read_text()
+    b = (tmp_path / "b" / "predictions.csv").read_text()
+    assert a == b
+
+
+def test_different_seeds_differ(fake_dataset) -> None:
+    a = run_fold(fake_dataset, tiny_cfg(), "casme2/sub01", seed=0)
+    b = run_fold(fake_dataset, tiny_cfg(), "casme2/sub01", seed=1)
+    c = run_fold(fake_dataset, tiny_cfg(), "casme2/sub01", seed=0)
+    assert a["probs"] == c["probs"]
+    assert a["probs"] != b["probs"]
+
+
+def test_fold_seed_depends_only_on_seed_and_subject() -> None:
+    assert loso.fold_seed(0, "casme2/sub01") == loso.fold_seed(0, "casme2/sub01")
+    assert loso.fold_seed(0, "casme2/sub01") != loso.fold_seed(1, "casme2/sub01")
+    assert loso.fold_seed(0, "casme2/sub01") != loso.fold_seed(0, "casme2/sub02")
+    assert 0 <= loso.fold_seed(10**9, "x") < 2**31 - 1
+
+
+def test_fold_file_layout(tmp_path: Path) -> None:
+    assert loso.fold_file(tmp_path, 3, "casme2/sub01") == tmp_path / "folds" / "seed3" / "casme2__sub01.json"

@@ -1,0 +1,106 @@
+"""The contract every registered model keeps: tiny kwargs, forward, backward, no NaN, determinism,
+batch independence in eval mode, YAML-friendly factory defaults, a recipe, and profiling."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from epir.config import TrainConfig
+from epir.models import create_model, default_recipe, list_models, model_defaults
+from epir.profiling import count_flops, count_parameters, measure_latency
+
+#: Small overrides per model so the suite stays fast; models not listed use their defaults.
+TINY: dict[str, dict] = {
+    "epir": {"dim": 16, "heads": 2, "projection_dim": 8},
+}
+NUM_CLASSES = 4
+BATCH = 6
+
+
+def build(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return create_model(name, num_classes=NUM_CLASSES, **TINY.get(name, {}))
+
+
+def batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(BATCH, 3, 28, 28, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])  # repeated labels so contrastive terms have positives
+    return x, y
+
+
+def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(model, "forward_with_loss"):
+        return model.forward_with_loss(x, y, F.cross_entropy)
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+@pytest.fixture(params=list_models())
+def name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def test_output_shape_and_finite(name: str) -> None:
+    model = build(name).eval()
+    x, _ = batch()
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (BATCH, NUM_CLASSES)
+    assert torch.isfinite(out).all()
+
+
+def test_every_parameter_gets_a_gradient(name: str) -> None:
+    model = build(name).train()
+    x, y = batch()
+    loss, logits = training_loss(model, x, y)
+    assert logits.shape == (BATCH, NUM_CLASSES) and torch.isfinite(loss)
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    zero = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() == 0]
+    nonfinite = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not missing, f"no gradient: {missing}"
+    assert not zero, f"zero gradient: {zero}"
+    assert not nonfinite, f"non-finite gradient: {nonfinite}"
+
+
+def test_deterministic_under_seed(name: str) -> None:
+    x, y = batch()
+    outs = []
+    for _ in range(2):
+        model = build(name, seed=3).train()
+        torch.manual_seed(4)
+        loss, logits = training_loss(model, x, y)
+        outs.append((loss.detach(), logits.detach()))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert torch.equal(outs[0][1], outs[1][1])
+
+
+def test_eval_outputs_do_not_depend_on_the_batch(name: str) -> None:
+    model = build(name).eval()
+    x, _ = batch()
+    with torch.no_grad():
+        together = model(x)
+        alone = torch.cat([model(x[i : i + 1]) for i in range(BATCH)])
+    torch.testing.assert_close(alone, together, atol=1e-5, rtol=0)
+
+
+def test_factory_defaults_are_yaml_values_and_lists_are_accepted(name: str) -> None:
+    defaults = model_defaults(name)
+    for key, value in defaults.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        assert all(isinstance(v, (bool, int, float, str)) for v in items), f"{name}.{key} = {value!r}"
+    as_lists = {k: list(v) for k, v in defaults.items() if isinstance(v, tuple)}
+    model = create_model(name, **{**TINY.get(name, {}), **as_lists})
+    assert isinstance(model, nn.Module)
+    assert isinstance(default_recipe(name), TrainConfig)
+
+
+def test_profiling_works(name: str) -> None:
+    model = build(name)
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters())
+    assert count_flops(model) > 0
+    assert measure_latency(model, batch_size=2, repeats=2, warmup=1) > 0
+    assert model.training  # profiling restores the mode
