@@ -142,15 +142,6 @@ def test_itals_puts_zero_weight_on_the_diagonal() -> None:
     assert (plain.attention_maps()[0].diagonal(dim1=-2, dim2=-1) > 0).all()
 
 
-@pytest.mark.parametrize("itals", [True, False])
-def test_fused_attention_matches_the_explicit_map(itals: bool) -> None:
-    model = tiny(itals=itals).eval()
-    x = torch.randn(3, 3, 28, 28)
-    fused = model(x)
-    model.keep_attention(True)
-    torch.testing.assert_close(model(x), fused, atol=1e-5, rtol=0)
-
-
 def test_itals_temperature_is_learnable() -> None:
     attn = ITALS(dim=16, heads=2)
     assert attn.log_scale.requires_grad

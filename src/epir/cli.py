@@ -145,6 +145,17 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from epir.engine.ablate import run_ablation
+
+    cfg = build_config(args)
+    out = Path(args.out) if args.out else _default_out(cfg, "ablate")
+    run_ablation(cfg, out, switches=args.switches, progress=not args.no_progress)
+    print((out / "ablation.md").read_text())
+    print(f"run directory: {out}")
+    return 0
+
+
 def _parse_sets(items: list[str]) -> dict[str, Any]:
     from epir.config import parse_value
 
@@ -178,6 +189,12 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="LOSO on the built-in synthetic set with a small model (about a minute)")
     _add_run_options(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("ablate", help="honest LOSO of a model and of each component switched off, one table")
+    _add_run_options(p)
+    p.add_argument("--switches", nargs="+", default=None, metavar="NAME",
+                   help="components to switch off (default: all of the model's switches)")
+    p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("evaluate", help="recompute the metrics of a run directory or a MEGC2019 log")
     p.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR")
