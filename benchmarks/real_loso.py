@@ -40,9 +40,10 @@ def main() -> None:
     p.add_argument("--oracle-epoch", action="store_true")
     p.add_argument("--root", default=default_root())
     p.add_argument("--out", default=None)
+    p.add_argument("--jobs", type=int, default=2, help="folds in parallel processes (default 2: one per core)")
     a = p.parse_args()
     cfg = make_config(a.model, "megc2019", root=a.root, seeds=a.seeds, folds=a.folds,
-                      oracle_epoch=a.oracle_epoch, overrides=a.overrides)
+                      oracle_epoch=a.oracle_epoch, overrides=[f"eval.jobs={a.jobs}", *a.overrides])
     out = a.out or f"runs/bench-{a.model}-s{'-'.join(map(str, a.seeds))}"
     t0 = time.perf_counter()
     r = run_loso(cfg, out_dir=out)

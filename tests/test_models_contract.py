@@ -14,6 +14,7 @@ from epir.profiling import count_flops, count_parameters, measure_latency
 #: Small overrides per model so the suite stays fast; models not listed use their defaults.
 TINY: dict[str, dict] = {
     "epir": {"dim": 16, "heads": 2, "projection_dim": 8},
+    "htnet": {"dim": 16, "heads": 2, "block_repeats": [1, 1, 1]},  # the official one has 139.6M parameters
 }
 NUM_CLASSES = 4
 BATCH = 6

@@ -35,6 +35,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") 
                         "accuracy; every output is labelled 'oracle-epoch (optimistic)'")
     p.add_argument("--device", default=None, help="torch device (cpu, cuda)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="folds trained in parallel processes, one torch thread each (-1: one per core)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<dataset>-<time>); "
                                                "rerunning with the same --out resumes finished folds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -47,7 +49,7 @@ def build_config(args: argparse.Namespace, model: str | None = None) -> RunConfi
     cfg = RunConfig.load(args.config) if args.config else make_config(model or args.model)
     values: dict[str, Any] = {"data.dataset": args.dataset, "data.root": args.root}
     for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
-                      ("device", "eval.device"), ("threads", "eval.threads")):
+                      ("device", "eval.device"), ("threads", "eval.threads"), ("jobs", "eval.jobs")):
         values[key] = getattr(args, flag, None)
     for key, value in values.items():
         if value is not None:
@@ -201,6 +203,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--megc-log", default=None, metavar="FILE", help="a MEGC2019 submission log")
     p.add_argument("--json", action="store_true", help="print the results.json keys as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    from epir.annotations.cli import add_parser as add_annotations
+
+    add_annotations(sub)
 
     p = sub.add_parser("profile", help="parameters, FLOPs per sample and CPU latency of a model")
     p.add_argument("--model", default="epir", help="a registered model, or 'all'")

@@ -47,7 +47,7 @@ class DataConfig:
     dataset: str = "synthetic"
     root: str | None = None  # dataset root; datasets may also read an environment variable
     seed: int = 0  # generator seed (synthetic data only)
-    input_transform: str = "none"  # none (whole-face map)
+    input_transform: str = "none"  # none (whole-face map) | mosaic (HTNet's four landmark regions)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ class EvalConfig:
     oracle_epoch: bool = False  # optimistic: per subject, the epoch with the best test accuracy
     absent_class: str = "skip"  # skip | zero: a class absent from the ground truth in UF1/UAR
     device: str = "cpu"
-    threads: int = 0  # torch intra-op threads; 0 = all cores
+    threads: int = 0  # torch intra-op threads; 0 = all cores (1 per worker when jobs > 1)
+    jobs: int = 1  # folds trained in parallel worker processes (joblib); -1 = one per core
 
 
 @dataclass(frozen=True)

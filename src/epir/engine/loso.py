@@ -23,13 +23,14 @@ from tqdm.auto import tqdm
 
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, apply_overrides
 from epir.data import FlowDataset, load_dataset
+from epir.data.transforms import apply_input_transform
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
 from epir.engine.train import InputNorm, fit, predict_proba
 from epir.errors import ConfigError, DatasetNotFoundError
 from epir.models import build_model, default_recipe, resolve_model_args
 
 #: Config fields that may differ when resuming a run (they do not change a finished fold's result).
-RESUME_FREE = {("eval", "seeds"), ("eval", "folds"), ("eval", "device"), ("eval", "threads")}
+RESUME_FREE = {("eval", "seeds"), ("eval", "folds"), ("eval", "device"), ("eval", "threads"), ("eval", "jobs")}
 
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
@@ -179,6 +180,14 @@ def run_fold(
     }
 
 
+def _fold_task(
+    dataset: FlowDataset, cfg: RunConfig, subject: str, seed: int, fold_weights: str | os.PathLike | None
+) -> dict[str, Any]:
+    """One fold in a worker process: one torch thread per worker, so workers do not fight over cores."""
+    torch.set_num_threads(cfg.eval.threads or 1)
+    return run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights)
+
+
 def _check_resume(out_dir: Path, cfg: RunConfig) -> None:
     path = out_dir / "config.yaml"
     if not path.exists():
@@ -244,6 +253,9 @@ def run_loso(
     cfg = resolve_config(cfg)
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.data.seed)
+    transform_report: dict[str, Any] = {}
+    if cfg.data.input_transform != "none":
+        dataset, transform_report = apply_input_transform(dataset, cfg.data.input_transform)
     if cfg.eval.threads:
         torch.set_num_threads(cfg.eval.threads)
     subjects = select_subjects(dataset, cfg.eval.folds)
@@ -254,32 +266,48 @@ def run_loso(
         out.mkdir(parents=True, exist_ok=True)
         _check_resume(out, cfg)
         cfg.save(out / "config.yaml")
-    records: list[dict[str, Any]] = []
     epochs = 0 if fold_weights is not None else cfg.train.epochs
     t_start = time.perf_counter()
     bar = tqdm(total=len(seeds) * len(subjects), desc="LOSO folds", unit="fold", disable=not progress, leave=True)
-    resumed = 0
+    done: dict[tuple[int, str], dict[str, Any]] = {}
+    todo = []
     for seed in seeds:
         for subject in subjects:
             path = fold_file(out, seed, subject) if out is not None else None
             if path is not None and path.exists():
-                records.append(json.loads(path.read_text()))
-                resumed += 1
+                done[(seed, subject)] = json.loads(path.read_text())
                 bar.update(1)
-                continue
+            else:
+                todo.append((seed, subject))
+    resumed = len(done)
+
+    def finish(rec: dict[str, Any]) -> None:
+        if out is not None:
+            path = fold_file(out, rec["seed"], rec["subject"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rec))
+            tmp.replace(path)  # atomic: a fold file is either complete or absent
+        done[(rec["seed"], rec["subject"])] = rec
+        bar.update(1)
+
+    jobs = (os.cpu_count() or 1) if cfg.eval.jobs == -1 else cfg.eval.jobs
+    if jobs > 1 and len(todo) > 1:
+        from joblib import Parallel, delayed
+
+        bar.set_postfix_str(f"{jobs} workers")
+        tasks = (delayed(_fold_task)(dataset, cfg, subject, seed, fold_weights) for seed, subject in todo)
+        for rec in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
+            finish(rec)
+    else:
+        for seed, subject in todo:
             bar.set_postfix_str(f"seed {seed} {subject}")
 
             def on_epoch(epoch: int, _s: str = subject, _seed: int = seed) -> None:
                 bar.set_postfix_str(f"seed {_seed} {_s} epoch {epoch + 1}/{epochs}")
 
-            rec = run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, on_epoch=on_epoch)
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(rec))
-                tmp.replace(path)  # atomic: a fold file is either complete or absent
-            records.append(rec)
-            bar.update(1)
+            finish(run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, on_epoch=on_epoch))
+    records = [done[(seed, subject)] for seed in seeds for subject in subjects]
     bar.close()
     preds = predictions_frame(dataset, records)
     results = summarize(preds, dataset.class_names, protocol, cfg.eval.absent_class)
@@ -296,6 +324,8 @@ def run_loso(
     )
     if fold_weights is not None:
         results["fold_weights"] = str(fold_weights)
+    if transform_report:
+        results["input_transform"] = transform_report
     if out is not None:
         write_results(out, results, preds)
         results["out_dir"] = str(out)

@@ -156,6 +156,9 @@ def format_summary(results: dict[str, Any], title: str = "") -> str:
     lines.append(f"protocol: {results['protocol']}   seeds: {results.get('seeds')}")
     lines += [head, "-" * len(head)]
     lines += [f"{name:<12} {n:>5}  {cell(e, 'uf1'):>17}  {cell(e, 'uar'):>17}" for name, n, e in rows]
+    if results.get("input_transform"):
+        t = results["input_transform"]
+        lines.append(f"input transform: {t.get('input_transform')} (landmarks: {t.get('landmarks', 'n/a')})")
     if "accuracy" in results:
         lines.append(f"accuracy {results['accuracy']:.4f}")
     if results["protocol"] == ORACLE:

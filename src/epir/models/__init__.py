@@ -76,7 +76,7 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 # Import every model module so registration is complete.
-for _module in ("ststnet", "epir"):
+for _module in ("ststnet", "epir", "htnet"):
     try:
         importlib.import_module(f"epir.models.{_module}")
     except ModuleNotFoundError as _e:  # pragma: no cover - the EPIR file lands in parallel

@@ -1,0 +1,56 @@
+"""`epir ablate` and `epir profile` end to end, with tiny models on tiny data."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from epir.cli import main
+from epir.engine.ablate import model_switches
+
+TINY_EPIR = ["--set", "model.dim=12", "--set", "model.heads=2", "--set", "model.projection_dim=8"]
+
+
+def test_epir_switches_are_its_components():
+    assert model_switches("epir") == ["dnspt", "refine", "merge", "itals", "dtsm", "contrastive"]
+
+
+def test_ablate_writes_one_table(fake_root, tmp_path, capsys):
+    out = tmp_path / "ablate"
+    code = main(["ablate", "--model", "epir", "--dataset", "megc2019", "--root", str(fake_root), "--epochs", "1",
+                 "--switches", "merge", "itals", "--folds", "casme2/sub01", "samm/006", "--threads", "1",
+                 "--out", str(out), "--no-progress", *TINY_EPIR])
+    assert code == 0
+    table = pd.read_csv(out / "ablation.csv")
+    assert list(table["arm"]) == ["full", "no-merge", "no-itals"]
+    for col in ("uf1", "uf1_std", "uar", "uar_std", "params", "flops_per_sample", "fold_seconds"):
+        assert col in table.columns
+    md = (out / "ablation.md").read_text()
+    assert "| no-merge |" in md and "±" in md
+    # each arm is a full run directory whose config says what was switched off
+    assert "merge: false" in (out / "no-merge" / "config.yaml").read_text()
+    assert "itals: true" in (out / "no-merge" / "config.yaml").read_text()
+    assert "no-itals" in capsys.readouterr().out
+
+
+def test_ablate_unknown_switch(fake_root, tmp_path, capsys):
+    code = main(["ablate", "--model", "epir", "--dataset", "megc2019", "--root", str(fake_root),
+                 "--switches", "mergee", "--out", str(tmp_path / "a"), "--no-progress"])
+    assert code == 2
+    assert "no switch 'mergee'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["epir", "ststnet"])
+def test_profile_json(model, capsys):
+    assert main(["profile", "--model", model, "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["model"] == model
+    assert row["params"] > 0 and row["flops_per_sample"] > 0
+    assert row["latency_ms_b1"] > 0 and row["latency_ms_b64"] > 0
+
+
+def test_profile_table_with_override(capsys):
+    assert main(["profile", "--model", "epir", "--set", "model.merge=false"]) == 0
+    out = capsys.readouterr().out
+    assert "FLOPs/sample" in out and "epir" in out
