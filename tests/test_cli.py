@@ -215,3 +215,13 @@ def test_resume_with_other_settings_is_refused(fake_root, tmp_path, capsys) -> N
     err = capsys.readouterr().err
     assert_clean_error(err)
     assert "different configuration" in err and "train.lr" in err
+
+
+def test_demo_runs_on_synthetic_data(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code = main(["demo", "--epochs", "1", "--folds", "synthetic/s01", "synthetic/s02", "--jobs", "1",
+                 "--threads", "1", "--out", str(out), "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "epir on synthetic" in text and f"run directory: {out}" in text
+    assert (out / "results.json").is_file() and "dataset: synthetic" in (out / "config.yaml").read_text()

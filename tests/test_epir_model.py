@@ -29,7 +29,8 @@ PARAM_BUDGET = 2_233_327
 
 def tiny(**kwargs) -> EPIR:
     torch.manual_seed(0)
-    return create_model("epir", **{"dim": 16, "heads": 2, "projection_dim": 8, **kwargs})
+    # patch 4 (a 7x7 grid, 49 tokens) exercises merging and selection on more tokens than the default patch 7
+    return create_model("epir", **{"dim": 16, "heads": 2, "projection_dim": 8, "patch_size": 4, **kwargs})
 
 
 # ---- DNSPT ---------------------------------------------------------------------------------------------
@@ -85,11 +86,13 @@ def test_dnspt_is_normed_on_both_sides_of_the_projection() -> None:
 
 
 def test_documented_token_counts_per_stage() -> None:
-    model = create_model("epir")
-    assert model.token_counts == [49, 33, 22]
+    model = create_model("epir")  # default: patch 7, a 4x4 grid of 16 tokens
+    assert model.token_counts == [16, 11, 7] and model.pool.keep == 4
+    assert create_model("epir", merge=False).token_counts == [16, 16, 16]
+    assert create_model("epir", patch_size=4).token_counts == [49, 33, 22]
     assert stage_token_counts(49, 4, 0.33) == [49, 33, 22, 15]
     assert stage_token_counts(49, 3, 0.5) == [49, 25, 13]
-    assert create_model("epir", merge=False).token_counts == [49, 49, 49]
+    assert create_model("epir", patch_size=4, merge=False).token_counts == [49, 49, 49]
 
 
 def test_tokens_entering_each_stage_match_token_counts() -> None:

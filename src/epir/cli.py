@@ -13,7 +13,6 @@ from typing import Any
 from epir.config import RunConfig, apply_overrides, set_value
 from epir.errors import EpirError
 
-DEMO_EPOCHS = 12
 
 
 def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") -> None:
@@ -107,8 +106,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     args.dataset = "synthetic"
     cfg = build_config(args)
-    if args.epochs is None and not args.config:
-        cfg = replace(cfg, train=replace(cfg.train, epochs=DEMO_EPOCHS))
+    if args.jobs is None and not args.config:  # folds in parallel, one process per core
+        cfg = replace(cfg, eval=replace(cfg.eval, jobs=-1))
     out = Path(args.out) if args.out else _default_out(cfg, "demo")
     print(f"epir demo: LOSO of {cfg.model.name!r} on the built-in synthetic set ({cfg.train.epochs} epochs per fold)")
     results = run_loso(cfg, out_dir=out, progress=not args.no_progress)

@@ -439,7 +439,7 @@ class EPIR(nn.Module):
 #: A starting recipe for 442 samples on CPU: AdamW with weight decay, cosine with warm-up, label smoothing,
 #: standardised input, flips and small translations. Not tuned on the held-out subjects.
 EPIR_RECIPE = TrainConfig(
-    epochs=80,
+    epochs=40,
     batch_size=64,
     lr=1e-3,
     optimizer="adamw",
@@ -451,6 +451,7 @@ EPIR_RECIPE = TrainConfig(
     input_norm="standardize",
     hflip=0.5,
     translate=2,
+    class_weight="balanced",
 )
 
 
@@ -460,7 +461,7 @@ def epir(
     num_classes: int = 3,
     in_channels: int = 3,
     image_size: int = 28,
-    patch_size: int = 4,
+    patch_size: int = 7,
     dim: int = 48,
     depths: Sequence[int] = (1, 1, 1),
     heads: int = 3,
