@@ -157,6 +157,22 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from epir.engine.compare import run_compare
+
+    overrides = list(args.overrides)
+    for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
+                      ("device", "eval.device"), ("threads", "eval.threads"), ("jobs", "eval.jobs")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_compare(args.models, out, dataset=args.dataset, root=args.root, seeds=args.seeds, folds=args.folds or (),
+                protocol=args.protocol, overrides=overrides, progress=not args.no_progress)
+    print((out / "comparison.md").read_text())
+    print(f"run directory: {out}")
+    return 0
+
+
 def _parse_sets(items: list[str]) -> dict[str, Any]:
     from epir.config import parse_value
 
@@ -196,6 +212,26 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--switches", nargs="+", default=None, metavar="NAME",
                    help="components to switch off (default: all of the model's switches)")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("compare", help="several models on the same folds and seeds: one table and figures")
+    p.add_argument("--models", nargs="+", required=True, metavar="MODEL")
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--root", default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--folds", nargs="+", metavar="SUBJECT")
+    p.add_argument("--protocol", choices=["honest", "oracle-epoch"], default="honest",
+                   help="oracle-epoch is OPTIMISTIC (epoch chosen on each held-out subject) and labelled so")
+    p.add_argument("--epochs", type=int, help="override every model's epochs")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
+                   help="override a config field for every model, or for one with MODEL: in front")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=None)
+    p.add_argument("--out", default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("evaluate", help="recompute the metrics of a run directory or a MEGC2019 log")
     p.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR")

@@ -14,8 +14,8 @@ from epir.config import RunConfig
 from epir.data import FlowDataset, load_dataset
 from epir.engine.loso import run_loso
 from epir.errors import ConfigError
-from epir.models import MODELS, build_model, resolve_model_args
-from epir.profiling import count_flops, count_parameters
+from epir.engine.tables import run_row, to_markdown
+from epir.models import MODELS, resolve_model_args
 
 
 def model_switches(name: str) -> list[str]:
@@ -25,51 +25,6 @@ def model_switches(name: str) -> list[str]:
         return list(registered)
     sig = inspect.signature(MODELS.get(name))
     return [p.name for p in sig.parameters.values() if p.default is True]
-
-
-def _fmt(mean: float, std: float) -> str:
-    return f"{mean:.4f} ± {std:.4f}"
-
-
-def ablation_row(arm: str, results: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
-    """One table row: overall and per-dataset UF1/UAR (mean ± std), parameters, FLOPs, time."""
-    model = build_model(cfg.model)
-    row: dict[str, Any] = {
-        "arm": arm,
-        "uf1": results["uf1"], "uf1_std": results["uf1_std"],
-        "uar": results["uar"], "uar_std": results["uar_std"],
-    }
-    for src, e in results["per_dataset"].items():
-        row.update({f"{src}_uf1": e["uf1"], f"{src}_uf1_std": e["uf1_std"],
-                    f"{src}_uar": e["uar"], f"{src}_uar_std": e["uar_std"]})
-    row.update(
-        params=count_parameters(model),
-        flops_per_sample=count_flops(model, (1, *cfg_input_shape(cfg))),
-        fold_seconds=results["fold_seconds"],
-        wall_seconds=results["wall_seconds"],
-        protocol=results["protocol"],
-    )
-    return row
-
-
-def cfg_input_shape(cfg: RunConfig) -> tuple[int, int, int]:
-    args = cfg.model.args
-    size = int(args.get("image_size", 28))
-    return (int(args.get("in_channels", 3)), size, size)
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    """The ablation table as markdown: mean ± std cells."""
-    sources = sorted({c[: -len("_uf1")] for c in table.columns if c.endswith("_uf1") and c != "uf1"})
-    head = ["arm", "UF1", "UAR"] + [f"{s} {m}" for s in sources for m in ("UF1", "UAR")]
-    head += ["params", "FLOPs/sample", "s/fold"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, r in table.iterrows():
-        cells = [r["arm"], _fmt(r["uf1"], r["uf1_std"]), _fmt(r["uar"], r["uar_std"])]
-        cells += [_fmt(r[f"{s}_{m}"], r[f"{s}_{m}_std"]) for s in sources for m in ("uf1", "uar")]
-        cells += [f"{int(r['params']):,}", f"{int(r['flops_per_sample']):,}", f"{r['fold_seconds']:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def run_ablation(
@@ -107,13 +62,13 @@ def run_ablation(
         if progress:
             print(f"[ablate] {arm}")
         results = run_loso(arm_cfg, dataset=dataset, out_dir=out / arm, progress=progress)
-        rows.append(ablation_row(arm, results, arm_cfg))
-    table = pd.DataFrame(rows)
+        rows.append(run_row(arm, results, arm_cfg))
+    table = pd.DataFrame(rows).rename(columns={"name": "arm"})
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "ablation.csv", index=False)
     (out / "ablation.md").write_text(
         f"# Ablation of {cfg.model.name} on {dataset.name} ({rows[0]['protocol']}, seeds "
         f"{list(cfg.eval.seeds)}, {len(set(dataset.subjects)) if not cfg.eval.folds else len(cfg.eval.folds)} folds)\n\n"
-        + to_markdown(table)
+        + to_markdown(table, "arm")
     )
     return table

@@ -1,0 +1,135 @@
+"""``epir compare``: several models, the same folds and seeds, one table and two kinds of figure."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from epir.data import FlowDataset, load_dataset
+from epir.engine.loso import make_config, run_loso
+from epir.engine.tables import run_row, to_markdown
+from epir.errors import ConfigError
+from epir.models import MODELS
+
+
+def split_overrides(models: Sequence[str], overrides: Sequence[str]) -> dict[str, list[str]]:
+    """``KEY=VALUE`` applies to every model, ``MODEL:KEY=VALUE`` to that model only."""
+    per_model: dict[str, list[str]] = {m: [] for m in models}
+    for item in overrides:
+        head, sep, rest = item.partition(":")
+        if sep and "=" not in head:
+            if head not in per_model:
+                raise ConfigError(f"--set {item!r}: {head!r} is not one of the compared models {list(models)}.")
+            per_model[head].append(rest)
+        else:
+            for m in models:
+                per_model[m].append(item)
+    return per_model
+
+
+def plot_scores(table: pd.DataFrame, path: Path, title: str) -> None:
+    """Grouped bars of UF1 and UAR per model, with error bars of one std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(table))
+    fig, ax = plt.subplots(figsize=(1.8 * len(table) + 2, 4))
+    for i, metric in enumerate(("uf1", "uar")):
+        ax.bar(x + (i - 0.5) * 0.38, table[metric], 0.38, yerr=table[f"{metric}_std"], capsize=4,
+               label=metric.upper())
+    ax.set_xticks(x, table["name"])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score (mean ± std over seeds)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str) -> None:
+    """Row-normalised confusion matrix with counts (summed over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion, dtype=float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    for i in range(len(cm)):
+        for j in range(len(cm)):
+            ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.2f}", ha="center", va="center",
+                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_xticks(range(len(cm)), class_names, rotation=30)
+    ax.set_yticks(range(len(cm)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_compare(
+    models: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    dataset: str = "synthetic",
+    root: str | None = None,
+    seeds: Sequence[int] = (0,),
+    folds: Sequence[str] = (),
+    protocol: str = "honest",
+    overrides: Sequence[str] = (),
+    data: FlowDataset | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """LOSO of every model in ``models`` on the same folds and seeds, each with its own default recipe.
+
+    Writes ``comparison.md``, ``comparison.csv``, ``scores.png`` and ``confusion_<model>.png`` into
+    ``out_dir``; each model's run directory (predictions, MEGC log) is ``out_dir/<model>``.
+    """
+    if protocol not in ("honest", "oracle-epoch"):
+        raise ConfigError(f"--protocol {protocol!r}; expected honest or oracle-epoch.")
+    for m in models:
+        MODELS.get(m)  # unknown names fail before any training
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    per_model = split_overrides(models, overrides)
+    configs = {
+        m: make_config(m, dataset, root=root, seeds=seeds, folds=folds, oracle_epoch=protocol == "oracle-epoch",
+                       overrides=per_model[m])
+        for m in models
+    }
+    if data is None:
+        first = configs[models[0]]
+        data = load_dataset(first.data.dataset, root=first.data.root, seed=first.data.seed)
+    rows, results_by_model = [], {}
+    for m in models:
+        if progress:
+            print(f"[compare] {m}")
+        results = run_loso(configs[m], dataset=data, out_dir=out / m, progress=progress)
+        results_by_model[m] = results
+        rows.append(run_row(m, results, configs[m], latency=True))
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "comparison.csv", index=False)
+    label = rows[0]["protocol"]
+    (out / "comparison.md").write_text(
+        f"# Comparison on {data.name} ({label}, seeds {list(seeds)}, "
+        f"{len(folds) or len(data.subject_list())} folds; each model with its default recipe)\n\n"
+        + to_markdown(table, "model")
+    )
+    plot_scores(table, out / "scores.png", f"{data.name}: {label}")
+    for m, r in results_by_model.items():
+        plot_confusion(r["confusion"], r["class_names"], out / f"confusion_{m}.png", f"{m} ({label})")
+    return table
+
+
+__all__ = ["run_compare", "split_overrides"]

@@ -1,0 +1,60 @@
+"""Tables of several runs (ablation arms, compared models): one row per run, markdown and CSV."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from epir.config import RunConfig
+from epir.models import build_model
+from epir.profiling import count_flops, count_parameters, measure_latency
+
+
+def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
+    """(C, H, W) of the model's input (from its arguments; 3 x 28 x 28 by default)."""
+    args = cfg.model.args
+    size = int(args.get("image_size", 28))
+    return (int(args.get("in_channels", 3)), size, size)
+
+
+def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool = False) -> dict[str, Any]:
+    """One row: overall and per-dataset UF1/UAR (mean and std over seeds), parameters, FLOPs, time.
+
+    With ``latency``, also the model's CPU forward latency at batch 1 (ms).
+    """
+    model = build_model(cfg.model)
+    row: dict[str, Any] = {
+        "name": name,
+        "uf1": results["uf1"], "uf1_std": results["uf1_std"],
+        "uar": results["uar"], "uar_std": results["uar_std"],
+    }
+    for src, e in results["per_dataset"].items():
+        row.update({f"{src}_uf1": e["uf1"], f"{src}_uf1_std": e["uf1_std"],
+                    f"{src}_uar": e["uar"], f"{src}_uar_std": e["uar_std"]})
+    row.update(params=count_parameters(model), flops_per_sample=count_flops(model, (1, *input_shape(cfg))))
+    if latency:
+        row["latency_ms_b1"] = measure_latency(model, batch_size=1, repeats=20)
+    row.update(fold_seconds=results["fold_seconds"], wall_seconds=results["wall_seconds"],
+               protocol=results["protocol"], seeds=" ".join(map(str, results["seeds"])))
+    return row
+
+
+def _fmt(mean: float, std: float) -> str:
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def to_markdown(table: pd.DataFrame, first: str = "name") -> str:
+    """The table as markdown, with mean ± std cells; ``first`` is the first column's heading."""
+    sources = sorted({c[: -len("_uf1")] for c in table.columns if c.endswith("_uf1") and c != "uf1"})
+    head = [first, "UF1", "UAR"] + [f"{s} {m}" for s in sources for m in ("UF1", "UAR")]
+    head += ["params", "FLOPs/sample"] + (["ms @ b1"] if "latency_ms_b1" in table else []) + ["s/fold"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in table.iterrows():
+        cells = [str(r[first if first in table else "name"]), _fmt(r["uf1"], r["uf1_std"]), _fmt(r["uar"], r["uar_std"])]
+        cells += [_fmt(r[f"{s}_{m}"], r[f"{s}_{m}_std"]) for s in sources for m in ("uf1", "uar")]
+        cells += [f"{int(r['params']):,}", f"{int(r['flops_per_sample']):,}"]
+        if "latency_ms_b1" in table:
+            cells.append(f"{r['latency_ms_b1']:.3f}")
+        cells.append(f"{r['fold_seconds']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

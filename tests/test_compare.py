@@ -1,0 +1,54 @@
+"""`epir compare` end to end on fake data with tiny models."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from epir.cli import main
+from epir.engine.compare import split_overrides
+from epir.errors import ConfigError
+
+TINY = ["--set", "epir:model.dim=12", "--set", "epir:model.heads=2", "--set", "epir:model.projection_dim=8",
+        "--set", "htnet:model.dim=16", "--set", "htnet:model.heads=2", "--set", "htnet:model.block_repeats=[1,1,1]",
+        "--set", "htnet:data.input_transform=mosaic"]
+
+
+def test_split_overrides():
+    got = split_overrides(["epir", "htnet"], ["train.epochs=2", "epir:model.dim=8"])
+    assert got == {"epir": ["train.epochs=2", "model.dim=8"], "htnet": ["train.epochs=2"]}
+    with pytest.raises(ConfigError, match="not one of the compared models"):
+        split_overrides(["epir"], ["ststnet:model.num_classes=3"])
+
+
+def test_compare_three_models_same_folds(fake_root, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--models", "epir", "htnet", "ststnet", "--dataset", "megc2019", "--root", str(fake_root),
+                 "--folds", "casme2/sub01", "samm/006", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+                 "--out", str(out), "--no-progress", *TINY])
+    assert code == 0, capsys.readouterr().err
+    table = pd.read_csv(out / "comparison.csv")
+    assert list(table["name"]) == ["epir", "htnet", "ststnet"]
+    for col in ("uf1", "uf1_std", "uar", "uar_std", "params", "flops_per_sample", "latency_ms_b1", "fold_seconds"):
+        assert col in table.columns
+    assert (out / "scores.png").stat().st_size > 1000
+    for m in ("epir", "htnet", "ststnet"):
+        assert (out / f"confusion_{m}.png").is_file()
+        assert (out / m / "megc_log.txt").is_file() and (out / m / "predictions.csv").is_file()
+        preds = pd.read_csv(out / m / "predictions.csv")
+        assert sorted(preds["subject"].unique()) == ["casme2/sub01", "samm/006"]  # the same folds for all
+    assert "mosaic" in (out / "htnet" / "config.yaml").read_text()
+    assert "| htnet |" in (out / "comparison.md").read_text()
+
+
+def test_compare_oracle_protocol_is_labelled(fake_root, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--models", "ststnet", "--dataset", "megc2019", "--root", str(fake_root),
+                 "--folds", "casme2/sub01", "--epochs", "1", "--protocol", "oracle-epoch", "--threads", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "oracle-epoch (optimistic)" in (out / "comparison.md").read_text()
+    assert "oracle-epoch (optimistic)" in capsys.readouterr().out
+
+
+def test_compare_unknown_model(tmp_path, capsys):
+    assert main(["compare", "--models", "epir", "htnett", "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    assert "Did you mean 'htnet'" in capsys.readouterr().err
