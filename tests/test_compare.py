@@ -52,3 +52,22 @@ def test_compare_oracle_protocol_is_labelled(fake_root, tmp_path, capsys):
 def test_compare_unknown_model(tmp_path, capsys):
     assert main(["compare", "--models", "epir", "htnett", "--out", str(tmp_path / "c"), "--no-progress"]) == 2
     assert "Did you mean 'htnet'" in capsys.readouterr().err
+
+
+
+def test_named_recipes(tmp_path, capsys):
+    from epir.models import default_recipe, list_recipes
+    from epir.models.htnet import HTNET_CPU_RECIPE, HTNET_OFFICIAL_RECIPE
+
+    assert list_recipes("htnet") == ["default", "official", "cpu"]
+    assert default_recipe("htnet") == HTNET_OFFICIAL_RECIPE and default_recipe("htnet", "cpu") == HTNET_CPU_RECIPE
+    with pytest.raises(ConfigError, match="Did you mean 'cpu'"):
+        default_recipe("htnet", "cpuu")
+    out = tmp_path / "r"
+    # a named recipe lands in the resolved config (the run itself is cut short by --epochs 1)
+    assert main(["loso", "--model", "ststnet", "--recipe", "official", "--folds", "synthetic/s01", "--epochs", "1",
+                 "--threads", "1", "--out", str(out), "--no-progress"]) == 0
+    assert "lr: 5.0e-05" in (out / "config.yaml").read_text()
+    assert main(["compare", "--models", "ststnet", "--recipe", "htnet:cpu", "--out", str(tmp_path / "c"),
+                 "--no-progress"]) == 2
+    assert "not one of the compared models" in capsys.readouterr().err

@@ -22,6 +22,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") 
     p.add_argument("--dataset", default=None, help="registered dataset name (epir list datasets; default synthetic)")
     p.add_argument("--root", default=None, help="dataset root (megc2019: or $EPIR_MEGC2019_ROOT)")
     p.add_argument("--config", default=None, help="a config.yaml to start from (e.g. a run's own)")
+    p.add_argument("--recipe", default=None, help="a named recipe of the model instead of its default "
+                                                   "(e.g. htnet: official, cpu; `epir list models` names them)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
@@ -45,7 +47,7 @@ def build_config(args: argparse.Namespace, model: str | None = None) -> RunConfi
     """Resolve a RunConfig: the model's default recipe, then --config, the flags, then --set."""
     from epir.engine.loso import make_config
 
-    cfg = RunConfig.load(args.config) if args.config else make_config(model or args.model)
+    cfg = RunConfig.load(args.config) if args.config else make_config(model or args.model, recipe=args.recipe)
     values: dict[str, Any] = {"data.dataset": args.dataset, "data.root": args.root}
     for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
                       ("device", "eval.device"), ("threads", "eval.threads"), ("jobs", "eval.jobs")):
@@ -80,7 +82,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     if args.what == "models":
         for name in MODELS.names():
-            print(f"{name:<14} {MODELS.meta(name).get('description', '')}")
+            recipes = ", ".join(MODELS.meta(name)["recipes"])
+            print(f"{name:<14} {MODELS.meta(name).get('description', '')}  [recipes: {recipes}]")
     elif args.what == "datasets":
         for name in DATASETS.names():
             print(f"{name:<14} {DATASETS.meta(name).get('description', '')}")
@@ -167,10 +170,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={getattr(args, flag)}")
     out = Path(args.out) if args.out else Path("runs") / f"compare-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_compare(args.models, out, dataset=args.dataset, root=args.root, seeds=args.seeds, folds=args.folds or (),
-                protocol=args.protocol, overrides=overrides, progress=not args.no_progress)
+                protocol=args.protocol, overrides=overrides, recipes=_parse_recipes(args.recipes),
+                progress=not args.no_progress)
     print((out / "comparison.md").read_text())
     print(f"run directory: {out}")
     return 0
+
+
+def _parse_recipes(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        model, sep, name = item.partition(":")
+        if not sep or not model or not name:
+            raise EpirError(f"--recipe expects MODEL:NAME (e.g. htnet:cpu), got {item!r}.")
+        out[model] = name
+    return out
 
 
 def _parse_sets(items: list[str]) -> dict[str, Any]:
@@ -221,6 +235,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", nargs="+", metavar="SUBJECT")
     p.add_argument("--protocol", choices=["honest", "oracle-epoch"], default="honest",
                    help="oracle-epoch is OPTIMISTIC (epoch chosen on each held-out subject) and labelled so")
+    p.add_argument("--recipe", dest="recipes", action="append", default=[], metavar="MODEL:NAME",
+                   help="a named recipe for one model, e.g. htnet:cpu (default: each model's default recipe)")
     p.add_argument("--epochs", type=int, help="override every model's epochs")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

@@ -88,24 +88,30 @@ def run_compare(
     folds: Sequence[str] = (),
     protocol: str = "honest",
     overrides: Sequence[str] = (),
+    recipes: dict[str, str] | None = None,
     data: FlowDataset | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """LOSO of every model in ``models`` on the same folds and seeds, each with its own default recipe.
+    """LOSO of every model in ``models`` on the same folds and seeds, each with its own default recipe
+    (or the named one in ``recipes``, e.g. ``{"htnet": "cpu"}``).
 
     Writes ``comparison.md``, ``comparison.csv``, ``scores.png`` and ``confusion_<model>.png`` into
     ``out_dir``; each model's run directory (predictions, MEGC log) is ``out_dir/<model>``.
     """
     if protocol not in ("honest", "oracle-epoch"):
         raise ConfigError(f"--protocol {protocol!r}; expected honest or oracle-epoch.")
-    for m in models:
+    recipes = recipes or {}
+    for m in [*models, *recipes]:
         MODELS.get(m)  # unknown names fail before any training
+    for m in recipes:
+        if m not in models:
+            raise ConfigError(f"--recipe {m}:{recipes[m]}: {m!r} is not one of the compared models {list(models)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_model = split_overrides(models, overrides)
     configs = {
         m: make_config(m, dataset, root=root, seeds=seeds, folds=folds, oracle_epoch=protocol == "oracle-epoch",
-                       overrides=per_model[m])
+                       overrides=per_model[m], recipe=recipes.get(m))
         for m in models
     }
     if data is None:
@@ -123,7 +129,8 @@ def run_compare(
     label = rows[0]["protocol"]
     (out / "comparison.md").write_text(
         f"# Comparison on {data.name} ({label}, seeds {list(seeds)}, "
-        f"{len(folds) or len(data.subject_list())} folds; each model with its default recipe)\n\n"
+        f"{len(folds) or len(data.subject_list())} folds; recipes: "
+        + ", ".join(f"{m} {recipes.get(m, 'default')}" for m in models) + ")\n\n"
         + to_markdown(table, "model")
     )
     plot_scores(table, out / "scores.png", f"{data.name}: {label}")

@@ -47,15 +47,16 @@ def make_config(
     folds: Sequence[str] = (),
     oracle_epoch: bool = False,
     overrides: Sequence[str] = (),
+    recipe: str | None = None,
 ) -> RunConfig:
-    """A run config: model ``model`` with its default recipe, then ``KEY=VALUE`` ``overrides`` in order.
+    """A run config: model ``model`` with its default (or named ``recipe``), then ``KEY=VALUE`` ``overrides``.
 
     Example: ``make_config("epir", "megc2019", seeds=(0, 1, 2), overrides=["train.epochs=20"])``.
     """
     cfg = RunConfig(
         model=ModelConfig(name=model),
         data=DataConfig(dataset=dataset, root=root),
-        train=default_recipe(model),
+        train=default_recipe(model, recipe),
         eval=EvalConfig(seeds=tuple(seeds), folds=tuple(folds), oracle_epoch=oracle_epoch),
     )
     return apply_overrides(cfg, list(overrides))

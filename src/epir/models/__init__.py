@@ -21,9 +21,12 @@ from epir.registry import Registry
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
-def register_model(*, recipe: TrainConfig | None = None, description: str = "") -> Callable:
-    """Register a model factory; ``recipe`` is its default training recipe."""
-    return MODELS.register(recipe=recipe or TrainConfig(), description=description)
+def register_model(
+    *, recipe: TrainConfig | None = None, recipes: dict[str, TrainConfig] | None = None, description: str = ""
+) -> Callable:
+    """Register a model factory; ``recipe`` is its default training recipe, ``recipes`` more named ones."""
+    recipe = recipe or TrainConfig()
+    return MODELS.register(recipe=recipe, recipes={"default": recipe, **(recipes or {})}, description=description)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -31,9 +34,21 @@ def list_models(pattern: str = "*") -> list[str]:
     return MODELS.names(pattern)
 
 
-def default_recipe(name: str) -> TrainConfig:
-    """The registered default training recipe of model ``name``."""
-    return MODELS.meta(name)["recipe"]
+def default_recipe(name: str, recipe: str | None = None) -> TrainConfig:
+    """The registered default training recipe of model ``name``, or its named ``recipe`` (e.g. htnet's "cpu")."""
+    recipes = MODELS.meta(name)["recipes"]
+    if recipe is None:
+        return MODELS.meta(name)["recipe"]
+    if recipe not in recipes:
+        raise ConfigError(
+            f"Model {name!r} has no recipe {recipe!r}.{did_you_mean(recipe, recipes)} Its recipes: {', '.join(recipes)}."
+        )
+    return recipes[recipe]
+
+
+def list_recipes(name: str) -> list[str]:
+    """Names of model ``name``'s recipes ("default" first)."""
+    return list(MODELS.meta(name)["recipes"])
 
 
 def model_defaults(name: str) -> dict[str, Any]:

@@ -57,7 +57,7 @@ STSTNET_RECIPE = TrainConfig(
 )
 
 
-@register_model(recipe=STSTNET_RECIPE, description="STSTNet (Liong et al. 2019), official architecture")
+@register_model(recipe=STSTNET_RECIPE, recipes={"official": STSTNET_RECIPE}, description="STSTNet (Liong et al. 2019), official architecture")
 def ststnet(*, num_classes: int = 3, bgr_input: bool = True) -> STSTNet:
     """STSTNet as in the official code; ``bgr_input`` feeds the official weights the BGR order they expect."""
     return STSTNet(num_classes=num_classes, bgr_input=bgr_input)
