@@ -43,15 +43,22 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") 
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+#: Command-line flags that set one config field each.
+FLAG_KEYS = (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
+             ("device", "eval.device"), ("threads", "eval.threads"), ("jobs", "eval.jobs"))
+
+
+def flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields the flags of FLAG_KEYS set (None where a flag was not given)."""
+    return {key: getattr(args, flag, None) for flag, key in FLAG_KEYS}
+
+
 def build_config(args: argparse.Namespace, model: str | None = None) -> RunConfig:
     """Resolve a RunConfig: the model's default recipe, then --config, the flags, then --set."""
     from epir.engine.loso import make_config
 
     cfg = RunConfig.load(args.config) if args.config else make_config(model or args.model, recipe=args.recipe)
-    values: dict[str, Any] = {"data.dataset": args.dataset, "data.root": args.root}
-    for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
-                      ("device", "eval.device"), ("threads", "eval.threads"), ("jobs", "eval.jobs")):
-        values[key] = getattr(args, flag, None)
+    values = {"data.dataset": args.dataset, "data.root": args.root, **flag_values(args)}
     for key, value in values.items():
         if value is not None:
             cfg = set_value(cfg, key, value)
@@ -163,11 +170,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from epir.engine.compare import run_compare
 
-    overrides = list(args.overrides)
-    for flag, key in (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
-                      ("device", "eval.device"), ("threads", "eval.threads"), ("jobs", "eval.jobs")):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
+    overrides = [*args.overrides, *(f"{k}={v}" for k, v in flag_values(args).items() if v is not None)]
     out = Path(args.out) if args.out else Path("runs") / f"compare-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_compare(args.models, out, dataset=args.dataset, root=args.root, seeds=args.seeds, folds=args.folds or (),
                 protocol=args.protocol, overrides=overrides, recipes=_parse_recipes(args.recipes),

@@ -25,14 +25,7 @@ def load_dataset(name: str, root: str | None = None, **kwargs: Any) -> FlowDatas
 
 
 # Import every dataset module so registration is complete.
-from epir.data import megc2019  # noqa: E402,F401
-import importlib  # noqa: E402
-
-try:  # written in parallel; optional until it lands
-    importlib.import_module("epir.data.synthetic")
-except ModuleNotFoundError as _e:  # pragma: no cover
-    if _e.name != "epir.data.synthetic":
-        raise
+from epir.data import megc2019, synthetic  # noqa: E402,F401
 
 __all__ = ["CHANNELS", "COMPOSITE_CLASSES", "DATASETS", "FlowDataset", "list_datasets", "load_dataset",
            "register_dataset"]

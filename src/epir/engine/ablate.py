@@ -6,7 +6,6 @@ import inspect
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 

@@ -7,7 +7,6 @@ the engine passes in (EPIR adds a supervised contrastive term); the engine uses 
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -91,9 +90,4 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 
 # Import every model module so registration is complete.
-for _module in ("ststnet", "epir", "htnet"):
-    try:
-        importlib.import_module(f"epir.models.{_module}")
-    except ModuleNotFoundError as _e:  # pragma: no cover - the EPIR file lands in parallel
-        if _e.name != f"epir.models.{_module}":
-            raise
+from epir.models import epir, htnet, ststnet  # noqa: E402,F401
