@@ -15,6 +15,10 @@ from epir.errors import EpirError
 
 
 
+SUBSET_HELP = ("single-dataset evaluation (SDE): LOSO inside these source datasets alone (e.g. casme2; several "
+               "allowed); the run is labelled SDE(...). Default: every source (CDE)")
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") -> None:
     """Options shared by every command that trains (loso, demo, ablate)."""
     if model is not None:
@@ -31,6 +35,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") 
                    help="override any config field, e.g. train.weight_decay=0.01 or model.dim=32 (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", help="repeat the whole LOSO for each seed (default 0)")
     p.add_argument("--folds", nargs="+", metavar="SUBJECT", help="run only these subjects' folds")
+    p.add_argument("--subset", nargs="+", metavar="SOURCE", help=SUBSET_HELP)
     p.add_argument("--oracle-epoch", action="store_true",
                    help="OPTIMISTIC protocol of published baselines: per subject, the epoch with the best test "
                         "accuracy; every output is labelled 'oracle-epoch (optimistic)'")
@@ -45,7 +50,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") 
 
 #: Command-line flags that set one config field each.
 FLAG_KEYS = (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
-             ("device", "eval.device"), ("threads", "eval.threads"), ("jobs", "eval.jobs"))
+             ("device", "eval.device"), ("threads", "eval.threads"), ("jobs", "eval.jobs"),
+             ("subset", "data.subset"))
 
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -180,6 +186,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from epir.engine.report import build_report, to_markdown, write_report
+
+    table = build_report(args.run_dirs)
+    out = Path(args.out) if args.out else Path("runs") / f"report-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = write_report(table, out)
+    print(to_markdown(table))
+    print("written: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 def _parse_recipes(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -236,6 +253,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--folds", nargs="+", metavar="SUBJECT")
+    p.add_argument("--subset", nargs="+", metavar="SOURCE", help=SUBSET_HELP)
     p.add_argument("--protocol", choices=["honest", "oracle-epoch"], default="honest",
                    help="oracle-epoch is OPTIMISTIC (epoch chosen on each held-out subject) and labelled so")
     p.add_argument("--recipe", dest="recipes", action="append", default=[], metavar="MODEL:NAME",
@@ -257,6 +275,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--megc-log", default=None, metavar="FILE", help="a MEGC2019 submission log")
     p.add_argument("--json", action="store_true", help="print the results.json keys as JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="the paper-style table (CDE and SDE columns) from finished runs")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run directories (epir loso --out), or compare/ablate directories holding several")
+    p.add_argument("--out", default=None, help="where report.md, report.csv and report.tex go "
+                                               "(default runs/report-<time>)")
+    p.set_defaults(func=cmd_report)
 
     from epir.annotations.cli import add_parser as add_annotations
 

@@ -48,6 +48,7 @@ class DataConfig:
     root: str | None = None  # dataset root; datasets may also read an environment variable
     seed: int = 0  # generator seed (synthetic data only)
     input_transform: str = "none"  # none (whole-face map) | mosaic (HTNet's four landmark regions)
+    subset: tuple[str, ...] = ()  # source datasets kept (SDE: LOSO inside them alone); empty: all (CDE)
 
 
 @dataclass(frozen=True)

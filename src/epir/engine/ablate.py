@@ -66,8 +66,8 @@ def run_ablation(
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "ablation.csv", index=False)
     (out / "ablation.md").write_text(
-        f"# Ablation of {cfg.model.name} on {dataset.name} ({rows[0]['protocol']}, seeds "
-        f"{list(cfg.eval.seeds)}, {len(set(dataset.subjects)) if not cfg.eval.folds else len(cfg.eval.folds)} folds)\n\n"
+        f"# Ablation of {cfg.model.name} on {dataset.name} ({rows[0]['protocol']}, {rows[0]['evaluation']}, seeds "
+        f"{list(cfg.eval.seeds)}, {rows[0]['n_folds']} folds)\n\n"
         + to_markdown(table, "arm")
     )
     return table

@@ -125,10 +125,10 @@ def run_compare(
         rows.append(run_row(m, results, configs[m], latency=True))
     table = pd.DataFrame(rows)
     table.to_csv(out / "comparison.csv", index=False)
-    label = rows[0]["protocol"]
+    label = f"{rows[0]['protocol']}, {rows[0]['evaluation']}"
     (out / "comparison.md").write_text(
         f"# Comparison on {data.name} ({label}, seeds {list(seeds)}, "
-        f"{len(folds) or len(data.subject_list())} folds; recipes: "
+        f"{rows[0]['n_folds']} folds; recipes: "
         + ", ".join(f"{m} {recipes.get(m, 'default')}" for m in models) + ")\n\n"
         + to_markdown(table, "model")
     )

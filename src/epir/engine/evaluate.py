@@ -23,15 +23,19 @@ def evaluate_run_dir(run_dir: str | Path) -> dict[str, Any]:
     if missing:
         raise DatasetError(f"{path}: missing columns {sorted(missing)}.")
     class_names = [c.removeprefix("prob_") for c in preds.columns if c.startswith("prob_")]
-    protocol, absent = HONEST, "skip"
+    protocol, absent, evaluation = HONEST, "skip", None
     if (run / "results.json").is_file():
         import json
 
         protocol = json.loads((run / "results.json").read_text()).get("protocol", HONEST)
     if (run / "config.yaml").is_file():
-        absent = RunConfig.load(run / "config.yaml").eval.absent_class
+        cfg = RunConfig.load(run / "config.yaml")
+        absent = cfg.eval.absent_class
+        evaluation = f"SDE({'+'.join(cfg.data.subset)})" if cfg.data.subset else "CDE"
     results = summarize(preds, class_names, protocol, absent)
     results["n"] = int(len(preds) // preds["seed"].nunique())
+    if evaluation:
+        results["evaluation"] = evaluation
     return results
 
 
@@ -41,11 +45,14 @@ def evaluate_megc_log(path: str | Path, absent: str = "skip") -> dict[str, Any]:
     k = int(max(preds["true"].max(), preds["predicted"].max())) + 1
     names = list(COMPOSITE_CLASSES) if k <= 3 else [str(i) for i in range(k)]
     text = Path(path).read_text()
-    protocol = HONEST
+    protocol, evaluation = HONEST, None
     for line in text.splitlines():
-        if line.startswith("# protocol:"):
-            protocol = line.split(":", 1)[1].strip()
+        if line.startswith("# protocol:"):  # "# protocol: honest; evaluation: SDE(casme2)"
+            protocol, _, rest = line.split(":", 1)[1].strip().partition("; evaluation:")
+            evaluation = rest.strip() or None
             break
     results = summarize(preds, names, protocol, absent)
     results["n"] = int(len(preds))
+    if evaluation:
+        results["evaluation"] = evaluation
     return results

@@ -26,7 +26,7 @@ from epir.data import FlowDataset, load_dataset
 from epir.data.transforms import apply_input_transform
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
 from epir.engine.train import InputNorm, fit, predict_proba
-from epir.errors import ConfigError, DatasetNotFoundError
+from epir.errors import ConfigError, DatasetNotFoundError, did_you_mean
 from epir.models import build_model, default_recipe, resolve_model_args
 
 #: Config fields that may differ when resuming a run (they do not change a finished fold's result).
@@ -66,6 +66,26 @@ def protocol_of(cfg: RunConfig, fold_weights: str | os.PathLike | None = None) -
     if fold_weights is not None:
         return FOLD_WEIGHTS
     return ORACLE if cfg.eval.oracle_epoch else HONEST
+
+
+def evaluation_of(cfg: RunConfig) -> str:
+    """``CDE`` (one LOSO over every source) or ``SDE(casme2)`` / ``SDE(casme2+samm)`` (``data.subset``)."""
+    return f"SDE({'+'.join(cfg.data.subset)})" if cfg.data.subset else "CDE"
+
+
+def select_sources(dataset: FlowDataset, subset: Sequence[str]) -> FlowDataset:
+    """The samples of the source datasets in ``subset`` (single-dataset evaluation); all when empty."""
+    if not subset:
+        return dataset
+    present = sorted(set(dataset.sources))
+    unknown = [s for s in subset if s not in present]
+    if unknown:
+        raise ConfigError(
+            f"--subset / data.subset: no source dataset {unknown[0]!r} in dataset {dataset.name!r}."
+            f"{did_you_mean(unknown[0], present)} Its samples come from: {', '.join(present)}."
+        )
+    keep = np.flatnonzero(np.isin(np.asarray(dataset.sources), list(subset)))
+    return dataset.subset(keep)
 
 
 def select_subjects(dataset: FlowDataset, wanted: Sequence[str]) -> list[str]:
@@ -254,6 +274,8 @@ def run_loso(
     cfg = resolve_config(cfg)
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.data.seed)
+    dataset = select_sources(dataset, cfg.data.subset)
+    evaluation = evaluation_of(cfg)
     transform_report: dict[str, Any] = {}
     if cfg.data.input_transform != "none":
         dataset, transform_report = apply_input_transform(dataset, cfg.data.input_transform)
@@ -314,6 +336,7 @@ def run_loso(
     results = summarize(preds, dataset.class_names, protocol, cfg.eval.absent_class)
     model = build_model(cfg.model)
     results.update(
+        evaluation=evaluation,
         model=cfg.model.name,
         dataset=dataset.name,
         n=int(len(preds) // len(seeds)),
@@ -333,4 +356,7 @@ def run_loso(
     return results
 
 
-__all__ = ["make_config", "run_loso", "run_fold", "select_subjects", "format_summary", "resolve_config"]
+__all__ = [
+    "evaluation_of", "format_summary", "make_config", "resolve_config", "run_fold", "run_loso", "select_sources",
+    "select_subjects",
+]

@@ -135,10 +135,11 @@ def write_results(out_dir: Path, results: dict[str, Any], predictions: pd.DataFr
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     predictions.to_csv(out_dir / "predictions.csv", index=False)
     seeds = sorted(predictions["seed"].unique())
-    write_megc_log(predictions[predictions["seed"] == seeds[0]], out_dir / "megc_log.txt", results["protocol"])
+    label = results["protocol"] + (f"; evaluation: {results['evaluation']}" if results.get("evaluation") else "")
+    write_megc_log(predictions[predictions["seed"] == seeds[0]], out_dir / "megc_log.txt", label)
     if len(seeds) > 1:
         for s in seeds:
-            write_megc_log(predictions[predictions["seed"] == s], out_dir / f"megc_log_seed{s}.txt", results["protocol"])
+            write_megc_log(predictions[predictions["seed"] == s], out_dir / f"megc_log_seed{s}.txt", label)
 
 
 def format_summary(results: dict[str, Any], title: str = "") -> str:
@@ -153,7 +154,8 @@ def format_summary(results: dict[str, Any], title: str = "") -> str:
     lines = []
     if title:
         lines.append(title)
-    lines.append(f"protocol: {results['protocol']}   seeds: {results.get('seeds')}")
+    evaluation = f"   evaluation: {results['evaluation']}" if results.get("evaluation") else ""
+    lines.append(f"protocol: {results['protocol']}{evaluation}   seeds: {results.get('seeds')}")
     lines += [head, "-" * len(head)]
     lines += [f"{name:<12} {n:>5}  {cell(e, 'uf1'):>17}  {cell(e, 'uar'):>17}" for name, n, e in rows]
     if results.get("input_transform"):

@@ -35,7 +35,8 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     if latency:
         row["latency_ms_b1"] = measure_latency(model, batch_size=1, repeats=20)
     row.update(fold_seconds=results["fold_seconds"], wall_seconds=results["wall_seconds"],
-               protocol=results["protocol"], seeds=" ".join(map(str, results["seeds"])))
+               protocol=results["protocol"], evaluation=results.get("evaluation", "CDE"),
+               n_folds=results.get("n_folds"), seeds=" ".join(map(str, results["seeds"])))
     return row
 
 
