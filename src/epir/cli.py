@@ -19,6 +19,10 @@ SUBSET_HELP = ("single-dataset evaluation (SDE): LOSO inside these source datase
                "allowed); the run is labelled SDE(...). Default: every source (CDE)")
 
 
+DASK_HELP = ("run the folds on a Dask cluster (tcp://HOST:8786; start one with `dask scheduler` and "
+             "`dask worker ADDRESS`); finished folds are saved as they arrive")
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") -> None:
     """Options shared by every command that trains (loso, demo, ablate)."""
     if model is not None:
@@ -43,6 +47,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") 
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--jobs", type=int, default=None,
                    help="folds trained in parallel processes, one torch thread each (-1: one per core)")
+    p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS", help=DASK_HELP)
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<dataset>-<time>); "
                                                "rerunning with the same --out resumes finished folds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -51,7 +56,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") 
 #: Command-line flags that set one config field each.
 FLAG_KEYS = (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
              ("device", "eval.device"), ("threads", "eval.threads"), ("jobs", "eval.jobs"),
-             ("subset", "data.subset"))
+             ("subset", "data.subset"), ("dask_scheduler", "eval.dask_scheduler"))
 
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -254,6 +259,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--folds", nargs="+", metavar="SUBJECT")
     p.add_argument("--subset", nargs="+", metavar="SOURCE", help=SUBSET_HELP)
+    p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS", help=DASK_HELP)
     p.add_argument("--protocol", choices=["honest", "oracle-epoch"], default="honest",
                    help="oracle-epoch is OPTIMISTIC (epoch chosen on each held-out subject) and labelled so")
     p.add_argument("--recipe", dest="recipes", action="append", default=[], metavar="MODEL:NAME",

@@ -62,6 +62,7 @@ class EvalConfig:
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 = all cores (1 per worker when jobs > 1)
     jobs: int = 1  # folds trained in parallel worker processes (joblib); -1 = one per core
+    dask_scheduler: str | None = None  # address of a Dask scheduler (tcp://host:8786): folds run on its workers
 
 
 @dataclass(frozen=True)

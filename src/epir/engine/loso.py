@@ -11,7 +11,7 @@ import json
 import os
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from epir.errors import ConfigError, DatasetNotFoundError, did_you_mean
 from epir.models import build_model, default_recipe, resolve_model_args
 
 #: Config fields that may differ when resuming a run (they do not change a finished fold's result).
-RESUME_FREE = {("eval", "seeds"), ("eval", "folds"), ("eval", "device"), ("eval", "threads"), ("eval", "jobs")}
+RESUME_FREE = {("eval", "seeds"), ("eval", "folds"), ("eval", "device"), ("eval", "threads"), ("eval", "jobs"),
+               ("eval", "dask_scheduler")}
 
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
@@ -209,6 +210,50 @@ def _fold_task(
     return run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights)
 
 
+def run_on_dask(
+    address: str,
+    dataset: FlowDataset,
+    cfg: RunConfig,
+    todo: Sequence[tuple[int, str]],
+    fold_weights: str | os.PathLike | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Run the ``(seed, subject)`` folds on a Dask distributed cluster; yield each fold's record as it finishes.
+
+    The dataset is sent to the workers once (``scatter``), so workers need the ``epir`` package but not the data
+    files. Each fold is one task running exactly the code of the local backends (one torch thread unless
+    ``eval.threads`` says otherwise), so the same seeds give the same results. A worker that dies loses only its
+    running task, which the scheduler gives to another worker; the caller records every finished fold at once,
+    so even a lost client loses nothing finished (rerun with the same ``--out``).
+    """
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise ConfigError(
+            "--dask-scheduler needs Dask's distributed scheduler: pip install 'epir[dask]' "
+            "(or pip install 'dask[distributed]') on this machine and on every worker."
+        ) from None
+    try:
+        client = Client(address, timeout="15s", set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise ConfigError(
+            f"--dask-scheduler {address}: cannot connect ({e}). Start a scheduler with `dask scheduler` and "
+            f"workers with `dask worker {address}`, or check the address (tcp://HOST:8786)."
+        ) from None
+    try:
+        data = client.scatter(dataset, broadcast=True)
+        tag = zlib.crc32(cfg.to_yaml().encode())
+        futures = [
+            client.submit(_fold_task, data, cfg, subject, seed, fold_weights, key=f"epir-fold-{tag:08x}-{seed}-{subject}",
+                          pure=False)
+            for seed, subject in todo
+        ]
+        with client.as_current():
+            for future in as_completed(futures):
+                yield future.result()
+    finally:
+        client.close()
+
+
 def _check_resume(out_dir: Path, cfg: RunConfig) -> None:
     path = out_dir / "config.yaml"
     if not path.exists():
@@ -315,7 +360,11 @@ def run_loso(
         bar.update(1)
 
     jobs = (os.cpu_count() or 1) if cfg.eval.jobs == -1 else cfg.eval.jobs
-    if jobs > 1 and len(todo) > 1:
+    if cfg.eval.dask_scheduler and todo:
+        bar.set_postfix_str(f"dask {cfg.eval.dask_scheduler}")
+        for rec in run_on_dask(cfg.eval.dask_scheduler, dataset, cfg, todo, fold_weights):
+            finish(rec)
+    elif jobs > 1 and len(todo) > 1:
         from joblib import Parallel, delayed
 
         bar.set_postfix_str(f"{jobs} workers")
