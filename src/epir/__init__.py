@@ -7,6 +7,8 @@ The public API::
     cfg = epir.make_config("epir", "megc2019", seeds=(0, 1, 2))
     results = epir.run_loso(cfg, dataset=ds, out_dir="runs/x")
     model = epir.create_model("epir")
+    predictor = epir.Predictor.load("checkpoints/epir")     # a checkpoint of `epir train`
+    print(predictor.predict("clip.mp4").probabilities)
 """
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from epir.data import FlowDataset, list_datasets, load_dataset
@@ -18,9 +20,20 @@ from epir.models import create_model, default_recipe, list_models
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):  # lazy: the inference stack imports the face and flow pipeline on first use
+    if name in ("Predictor", "Prediction", "train_checkpoint", "load_checkpoint"):
+        import epir.inference
+
+        return getattr(epir.inference, name)
+    raise AttributeError(f"module 'epir' has no attribute {name!r}")
+
+
 __all__ = [
     "ConfigError", "DataConfig", "DatasetError", "DatasetNotFoundError", "EpirError", "EvalConfig",
-    "FlowDataset", "ModelConfig", "RunConfig", "TrainConfig", "UnknownNameError", "__version__",
+    "FlowDataset", "ModelConfig", "Prediction", "Predictor", "RunConfig", "TrainConfig", "UnknownNameError",
+    "__version__",
     "confusion_matrix", "create_model", "default_recipe", "evaluate_megc_log", "evaluate_run_dir",
-    "list_datasets", "list_models", "load_dataset", "make_config", "megc_scores", "run_loso",
+    "list_datasets", "list_models", "load_checkpoint", "load_dataset", "make_config", "megc_scores", "run_loso",
+    "train_checkpoint",
 ]

@@ -293,6 +293,14 @@ def make_parser() -> argparse.ArgumentParser:
 
     add_annotations(sub)
 
+    from epir.preprocess.cli import add_parser as add_preprocess
+
+    add_preprocess(sub)
+
+    from epir.inference.cli import add_parser as add_inference  # train, predict, export
+
+    add_inference(sub)
+
     p = sub.add_parser("profile", help="parameters, FLOPs per sample and CPU latency of a model")
     p.add_argument("--model", default="epir", help="a registered model, or 'all'")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="model.KEY=VALUE")

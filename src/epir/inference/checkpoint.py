@@ -1,0 +1,467 @@
+"""Self-contained checkpoints: ``model.safetensors`` (the weights) + ``checkpoint.json`` (everything else).
+
+A checkpoint directory, as written by ``epir train`` (:func:`epir.inference.train_checkpoint`)::
+
+    DIR/model.safetensors   the model's state dict (safetensors: raw tensors, no code, no pickle)
+    DIR/checkpoint.json     model name and arguments, class names, the input the model expects (channels,
+                            size, range, input transform, the fitted input normalisation), the preprocessing
+                            settings a clip goes through, the training data and recipe, the epir version, and
+                            the size and SHA-256 of model.safetensors
+    DIR/config.yaml         the fully resolved run configuration it was trained with (for people; not read)
+
+Loading (:func:`load_checkpoint`) never unpickles anything: the JSON is plain data, the weights are read with
+``safetensors``, and the model is rebuilt from the registry by name. Everything is validated and every problem
+is a :class:`CheckpointError` naming the file, what was expected and how to fix it: a missing or unknown key,
+a newer format version, an unregistered model or argument, a weights file whose size or hash changed since it
+was saved, and missing, extra or mis-shaped tensors.
+
+The fitted input normalisation (``train.input_norm``; per-channel mean and std of the training maps) is part
+of the checkpoint, and :class:`InferenceModel` puts it, and the input transform (HTNet's mosaic), in front of
+the network, so that it takes the same 0-255 flow map as the training data, in PyTorch and in ONNX alike.
+
+One exception: a model trained on a mosaic built around each sample's own landmarks (data written by
+``epir preprocess``, ``input.landmarks: per-clip``) needs each clip's five points, which are not part of the
+map. Its :class:`InferenceModel` then takes the mosaic, and :class:`~epir.inference.Predictor` builds it from
+the clip's aligned face.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from epir.data.base import CHANNELS
+from epir.data.transforms import INPUT_TRANSFORMS, mosaic
+from epir.engine.train import InputNorm
+from epir.errors import EpirError, UnknownNameError
+from epir.models import create_model
+
+#: Identifies an epir checkpoint in ``checkpoint.json``.
+FORMAT = "epir-checkpoint"
+#: Version of the ``checkpoint.json`` layout written by this epir; a newer one is refused on load.
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "checkpoint.json"
+CONFIG_FILE = "config.yaml"
+
+
+class CheckpointError(EpirError, ValueError):
+    """A checkpoint is present but invalid: malformed, tampered with, or not matching its model."""
+
+
+class CheckpointNotFoundError(EpirError, FileNotFoundError):
+    """A checkpoint directory or one of its files does not exist."""
+
+
+class InferenceModel(nn.Module):
+    """A trained network with its input transform and fitted input normalisation in front of it.
+
+    Takes flow maps exactly like the training data, ``(B, 3, H, W)`` float, channels u, v, strain at 0-255,
+    applies the input transform (``mosaic``: HTNet's four regions around the official fixed landmarks), then
+    ``(x - mean) / std``, and returns the network's logits ``(B, num_classes)``. This is the module that
+    :class:`~epir.inference.Predictor` runs and that :func:`~epir.inference.export_onnx` exports.
+    ``transform`` is the transform done inside the module ("none" for a model whose mosaic needs per-clip
+    landmarks: it takes the mosaic).
+    """
+
+    def __init__(self, model: nn.Module, norm: InputNorm, transform: str = "none") -> None:
+        super().__init__()
+        if transform not in INPUT_TRANSFORMS:
+            raise CheckpointError(
+                f"Unknown input transform {transform!r}; expected one of {', '.join(INPUT_TRANSFORMS)}."
+            )
+        self.model = model
+        self.transform = transform
+        self.register_buffer("mean", norm.mean.detach().reshape(1, -1, 1, 1).float().clone())
+        self.register_buffer("std", norm.std.detach().reshape(1, -1, 1, 1).float().clone())
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """x: flow maps (B, 3, H, W) at 0-255. Returns the network's input (transformed, then standardised)."""
+        if self.transform == "mosaic":
+            x = mosaic(x)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: flow maps (B, 3, H, W), channels u, v, strain at 0-255. Returns logits (B, num_classes)."""
+        return self.model(self.normalize(x))
+
+
+@dataclass
+class Checkpoint:
+    """A trained model with everything needed to use it.
+
+    Attributes:
+        model: the network (eval mode after loading), taking normalised input.
+        norm: the fitted input normalisation (``(x - mean) / std``), shape (1, C, 1, 1) each.
+        meta: the content of ``checkpoint.json`` (see the module docstring; plain JSON data).
+        path: the directory it was loaded from or saved to, if any.
+    """
+
+    model: nn.Module
+    norm: InputNorm
+    meta: dict[str, Any]
+    path: Path | None = field(default=None)
+
+    @property
+    def model_name(self) -> str:
+        return str(self.meta["model"]["name"])
+
+    @property
+    def model_args(self) -> dict[str, Any]:
+        return dict(self.meta["model"]["args"])
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.meta["class_names"])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.meta["input"]["size"])
+
+    @property
+    def transform(self) -> str:
+        return str(self.meta["input"]["transform"])
+
+    @property
+    def per_clip_landmarks(self) -> bool:
+        """Whether the input transform needs each clip's own landmarks (a mosaic trained on per-sample points)."""
+        return self.transform == "mosaic" and self.meta["input"].get("landmarks") == "per-clip"
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing settings a clip goes through (``PreprocessSettings.to_dict()``)."""
+        return dict(self.meta.get("preprocessing") or {})
+
+    def inference_model(self) -> InferenceModel:
+        """The network with its input transform and normalisation in front: takes 0-255 maps (eval mode).
+
+        With per-clip landmarks (:attr:`per_clip_landmarks`) the transform is left out: the module takes the mosaic.
+        """
+        transform = "none" if self.per_clip_landmarks else self.transform
+        device = next(iter(self.model.parameters()), torch.empty(0)).device
+        return InferenceModel(self.model, self.norm, transform).to(device).eval()
+
+
+def make_meta(
+    *,
+    model_name: str,
+    model_args: dict[str, Any],
+    class_names: tuple[str, ...] | list[str],
+    norm: InputNorm,
+    norm_kind: str,
+    input_size: int,
+    transform: str = "none",
+    landmarks: str = "default",
+    preprocessing: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``checkpoint.json`` content (without the ``weights`` entry, which :func:`save_checkpoint` adds).
+
+    Args:
+        model_name, model_args: the registered model and all its keyword arguments.
+        class_names: the name of each class index.
+        norm, norm_kind: the fitted input normalisation and the recipe's ``train.input_norm``.
+        input_size: height and width of the flow maps.
+        transform: the input transform (``data.input_transform``: none or mosaic).
+        landmarks: ``default`` (the mosaic uses the official fixed points) or ``per-clip`` (each sample's own).
+        preprocessing: ``PreprocessSettings.to_dict()`` of the clips' preprocessing.
+        training: where the model came from (dataset, subjects, config, ...).
+    """
+    from epir import __version__
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "epir_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": {"name": model_name, "args": _jsonable(model_args)},
+        "class_names": list(class_names),
+        "input": {
+            "channels": list(CHANNELS),
+            "size": int(input_size),
+            "range": [0, 255],
+            "transform": transform,
+            "landmarks": landmarks,
+            "normalization": {"kind": norm_kind, **norm.to_dict()},
+        },
+        "preprocessing": _jsonable(preprocessing or {}),
+        "training": _jsonable(training or {}),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    """Mappings to dicts, tuples and arrays to lists, numpy/torch scalars to Python, paths to strings, recursively
+    (so that the JSON round trip is exact)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return str(value)
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy / torch arrays and scalars
+        return _jsonable(value.tolist())
+    return value
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def save_checkpoint(
+    out_dir: str | os.PathLike, model: nn.Module, meta: dict[str, Any], *, config_yaml: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model.safetensors`` and ``checkpoint.json`` (and ``config.yaml`` when given) to ``out_dir``.
+
+    Args:
+        out_dir: the checkpoint directory (created).
+        model: the trained network; its ``state_dict()`` is saved.
+        meta: the checkpoint description (:func:`make_meta`); a ``weights`` entry with the file's size, SHA-256
+            and tensor count is added.
+        config_yaml: the run configuration as YAML text, saved as ``config.yaml`` for reference.
+        overwrite: replace a checkpoint already in ``out_dir``; otherwise that is an error.
+
+    Returns:
+        The directory.
+    """
+    from safetensors.torch import save
+
+    out = Path(out_dir).expanduser()
+    if (out / META_FILE).exists() and not overwrite:
+        raise CheckpointError(
+            f"{out} already holds a checkpoint ({META_FILE}); choose another --out, or pass --overwrite "
+            "(overwrite=True) to replace it."
+        )
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} exists and is not a directory; choose another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    blob = save(tensors, metadata={"format": "pt", "epir_model": str(meta["model"]["name"])})
+    meta = {**meta, "weights": {"file": WEIGHTS_FILE, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
+                                "tensors": len(tensors)}}
+    (out / META_FILE).unlink(missing_ok=True)  # an interrupted save leaves no checkpoint.json: not a checkpoint
+    _write_atomic(out / WEIGHTS_FILE, blob)
+    if config_yaml is not None:
+        _write_atomic(out / CONFIG_FILE, config_yaml.encode())
+    _write_atomic(out / META_FILE, (json.dumps(meta, indent=2, default=str) + "\n").encode())
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------------------
+
+
+def _get(meta: dict[str, Any], key: str, typ: type | tuple[type, ...], file: Path) -> Any:
+    """``meta[a][b]`` for ``key = "a.b"``, checked against ``typ``."""
+    value: Any = meta
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise CheckpointError(
+                f"{file}: missing key {key!r}. The file is incomplete or was edited by hand; "
+                "write it again with `epir train`."
+            )
+        value = value[part]
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+        raise CheckpointError(f"{file}: {key!r} must be a {names}, got {value!r}.")
+    return value
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate ``checkpoint.json`` of checkpoint directory ``path`` (no weights are read)."""
+    directory = Path(path).expanduser()
+    if not directory.exists():
+        raise CheckpointNotFoundError(
+            f"Checkpoint {directory} does not exist; give the directory `epir train --out` wrote."
+        )
+    if directory.is_file():
+        if directory.name in (META_FILE, WEIGHTS_FILE):
+            directory = directory.parent
+        else:
+            raise CheckpointError(
+                f"{directory} is a file; a checkpoint is a directory holding {META_FILE} and {WEIGHTS_FILE} "
+                "(what `epir train --out DIR` writes)."
+            )
+    file = directory / META_FILE
+    if not file.is_file():
+        raise CheckpointNotFoundError(
+            f"{directory} is not an epir checkpoint: it has no {META_FILE}. Give the directory `epir train --out` "
+            "wrote (a LOSO run directory holds no final model)."
+        )
+    try:
+        meta = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(
+            f"{file} is not valid JSON ({e}); the file is damaged, write it again with `epir train`."
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{file} is not an epir checkpoint description (its 'format' is not {FORMAT!r}).")
+    version = _get(meta, "format_version", int, file)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file} has format version {version}, written by a newer epir ({meta.get('epir_version', '?')}); "
+            f"this epir reads up to version {FORMAT_VERSION}. Upgrade epir (pip install -U epir)."
+        )
+    if version < 1:
+        raise CheckpointError(f"{file}: format_version must be >= 1, got {version}.")
+    _get(meta, "model.name", str, file)
+    _get(meta, "model.args", dict, file)
+    names = _get(meta, "class_names", list, file)
+    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+        raise CheckpointError(f"{file}: 'class_names' must be a non-empty list of distinct strings, got {names!r}.")
+    channels = _get(meta, "input.channels", list, file)
+    if channels != list(CHANNELS):
+        raise CheckpointError(
+            f"{file}: input.channels is {channels}; epir models read {list(CHANNELS)} (in that order)."
+        )
+    size = _get(meta, "input.size", int, file)
+    if size < 1:
+        raise CheckpointError(f"{file}: input.size must be a positive int, got {size}.")
+    transform = _get(meta, "input.transform", str, file)
+    if transform not in INPUT_TRANSFORMS:
+        raise CheckpointError(
+            f"{file}: unknown input.transform {transform!r}; this epir knows {', '.join(INPUT_TRANSFORMS)}."
+        )
+    landmarks = meta["input"].get("landmarks", "default")
+    if landmarks not in ("default", "per-clip"):
+        raise CheckpointError(f"{file}: input.landmarks must be 'default' or 'per-clip', got {landmarks!r}.")
+    for key in ("mean", "std"):
+        values = _get(meta, f"input.normalization.{key}", list, file)
+        if len(values) != len(CHANNELS) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        ):
+            raise CheckpointError(
+                f"{file}: input.normalization.{key} must be {len(CHANNELS)} finite numbers, got {values!r}."
+            )
+    if not all(v > 0 for v in meta["input"]["normalization"]["std"]):
+        std = meta["input"]["normalization"]["std"]
+        raise CheckpointError(f"{file}: input.normalization.std must be positive, got {std}.")
+    _get(meta, "weights.file", str, file)
+    if not isinstance(meta.get("preprocessing", {}), dict):
+        raise CheckpointError(f"{file}: 'preprocessing' must be a mapping of preprocessing settings.")
+    return meta
+
+
+def _read_weights(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    name = meta["weights"]["file"]
+    if Path(name).name != name:
+        raise CheckpointError(
+            f"{directory / META_FILE}: weights.file must be a file name in the checkpoint, got {name!r}."
+        )
+    file = directory / name
+    if not file.is_file():
+        raise CheckpointNotFoundError(
+            f"{file} is missing: a checkpoint needs its weights beside {META_FILE}. Copy the whole directory."
+        )
+    blob = file.read_bytes()
+    expected_size, expected_hash = meta["weights"].get("bytes"), meta["weights"].get("sha256")
+    if expected_size is not None and len(blob) != expected_size:
+        raise CheckpointError(
+            f"{file} has {len(blob)} bytes but {META_FILE} says {expected_size}: the file is truncated or was "
+            "replaced. Copy it again from the original checkpoint, or train again."
+        )
+    if expected_hash is not None and hashlib.sha256(blob).hexdigest() != expected_hash:
+        raise CheckpointError(
+            f"{file} does not match the SHA-256 recorded in {META_FILE}: the weights were modified or belong to "
+            "another checkpoint. Copy the original file again, or train again."
+        )
+    try:
+        return load(blob)
+    except (SafetensorError, ValueError, OSError) as e:
+        raise CheckpointError(f"{file} is not a readable safetensors file ({e}).") from None
+
+
+def _check_state(
+    file: Path, model_name: str, state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+) -> None:
+    """Every tensor present, none extra, each with the model's shape and dtype."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    bad = [
+        f"{k}: file {tuple(state[k].shape)} {state[k].dtype}, model {tuple(v.shape)} {v.dtype}"
+        for k, v in expected.items()
+        if k in state and (state[k].shape != v.shape or state[k].dtype != v.dtype)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensors (e.g. {', '.join(missing[:3])})")
+    if extra:
+        problems.append(f"{len(extra)} unexpected tensors (e.g. {', '.join(extra[:3])})")
+    if bad:
+        problems.append(f"{len(bad)} tensors of the wrong shape or dtype ({'; '.join(bad[:3])})")
+    if problems:
+        raise CheckpointError(
+            f"{file} does not fit model {model_name!r} with the arguments in {META_FILE}: {'; '.join(problems)}. "
+            f"The weights and {META_FILE} come from different models; use the pair `epir train` wrote together."
+        )
+
+
+def build_checkpoint_model(meta: dict[str, Any], file: Path | None = None) -> nn.Module:
+    """A freshly initialised network of the model and arguments ``meta`` names (errors name ``file``)."""
+    where = f"{file}: " if file is not None else ""
+    name, args = meta["model"]["name"], dict(meta["model"]["args"])
+    try:
+        model = create_model(name, **args)
+    except UnknownNameError as e:
+        raise CheckpointError(f"{where}{e} Was the checkpoint written by a newer epir or a plugin?") from None
+    except EpirError as e:
+        raise CheckpointError(f"{where}model {name!r}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}cannot build model {name!r} from its arguments: {e}") from None
+    if "num_classes" in args and int(args["num_classes"]) != len(meta["class_names"]):
+        raise CheckpointError(
+            f"{where}model.args.num_classes is {args['num_classes']} but there are {len(meta['class_names'])} "
+            "class_names; they must agree."
+        )
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> Checkpoint:
+    """Load and validate a checkpoint directory (see the module docstring); the model is in eval mode.
+
+    Args:
+        path: the directory (``checkpoint.json`` or ``model.safetensors`` inside it are accepted too).
+        device: torch device to put the model on.
+
+    Raises:
+        CheckpointNotFoundError: the directory or one of its files does not exist.
+        CheckpointError: anything in it is malformed, does not match, or was changed since it was saved.
+    """
+    p = Path(path).expanduser()
+    meta = read_meta(p)
+    directory = p.parent if p.is_file() else p
+    file = directory / META_FILE
+    model = build_checkpoint_model(meta, file)
+    state = _read_weights(directory, meta)
+    _check_state(directory / meta["weights"]["file"], meta["model"]["name"], state, model.state_dict())
+    model.load_state_dict(state, strict=True)
+    model.to(device).eval()
+    norm_meta = meta["input"]["normalization"]
+    c = len(CHANNELS)
+    norm = InputNorm(
+        torch.tensor(norm_meta["mean"], dtype=torch.float32).reshape(1, c, 1, 1),
+        torch.tensor(norm_meta["std"], dtype=torch.float32).reshape(1, c, 1, 1),
+    )
+    return Checkpoint(model=model, norm=norm, meta=meta, path=directory)
+
+
+__all__ = [
+    "CONFIG_FILE", "FORMAT_VERSION", "META_FILE", "WEIGHTS_FILE", "Checkpoint", "CheckpointError",
+    "CheckpointNotFoundError", "InferenceModel", "build_checkpoint_model", "load_checkpoint", "make_meta",
+    "read_meta", "save_checkpoint",
+]

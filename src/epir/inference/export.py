@@ -1,0 +1,202 @@
+"""``epir export``: a checkpoint's model as ONNX, input normalisation and input transform included.
+
+The exported graph is :class:`~epir.inference.checkpoint.InferenceModel`: it takes the same input as the
+training data and :meth:`Predictor.predict_map`, ``x`` float32 ``(batch, 3, 28, 28)``, channels u, v, strain
+at 0-255, and returns ``logits`` and ``probabilities`` ``(batch, num_classes)``; the batch axis is dynamic.
+Class names and the preprocessing settings are written into the ONNX file's metadata (``epir.class_names``,
+``epir.preprocessing``, ``epir.checkpoint``, JSON strings; ``epir.input`` says what ``x`` is). A model whose
+mosaic input was trained on per-sample landmarks takes the mosaic instead (built from each clip's five points
+with :func:`epir.data.transforms.mosaic`), since the points are not part of the map.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (the ``torch.export``-based exporter, the default since
+PyTorch 2.9; the TorchScript one is deprecated). EPIR's token merging (argsort, gather, scatter-add) and DTSM
+(top-k) export as they are. One detail: ITALS builds its diagonal mask with ``fill_diagonal_``, which has no
+ONNX conversion, and caches it per token count; a forward pass before the export fills the caches, so the
+graph holds the masks as constants (the token counts do not depend on the batch size).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from epir.errors import EpirError
+from epir.inference.checkpoint import Checkpoint, load_checkpoint
+
+#: Default ONNX opset (ScatterElements with reduction, TopK, LayerNormalization all available).
+OPSET = 18
+
+
+class ExportError(EpirError, RuntimeError):
+    """The model could not be exported to ONNX, or the exported model does not reproduce PyTorch."""
+
+
+class _WithProbabilities(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, logits.softmax(dim=-1)
+
+
+@dataclass
+class ExportReport:
+    """What :func:`export_onnx` wrote and how well onnxruntime reproduces PyTorch.
+
+    Attributes:
+        path: the ONNX file.
+        bytes: its size.
+        opset: the ONNX opset.
+        max_abs_diff: the largest |onnxruntime - PyTorch| over the logits of ``check_samples`` random maps
+            (None when not checked).
+        check_samples: how many random maps were compared.
+    """
+
+    path: Path
+    bytes: int
+    opset: int
+    max_abs_diff: float | None = None
+    check_samples: int = 0
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's chatter (missing torchvision ops, attributes set during tracing)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.onnx._internal.exporter._registration",
+                                              "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def random_maps(n: int, size: int = 28, seed: int = 0) -> torch.Tensor:
+    """``n`` random flow maps (n, 3, size, size) on the 0-255 scale, each channel min-max spread to 0-255."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, size, size, generator=gen) * 255.0
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    return (x - lo) / (hi - lo) * 255.0
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = None):  # -> onnxruntime.InferenceSession
+    """An onnxruntime CPU session for ``path`` (``threads`` intra-op threads; None: onnxruntime's default)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ExportError("onnxruntime is not installed: pip install 'epir[export]' (or onnxruntime).") from e
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def compare_onnx(checkpoint: Checkpoint, path: str | os.PathLike, *, samples: int = 8, seed: int = 0) -> float:
+    """Max |onnxruntime - PyTorch| over the logits of ``samples`` random maps (batches of 1 and of the rest)."""
+    model = checkpoint.inference_model()
+    session = onnx_session(path)
+    x = random_maps(samples, checkpoint.input_size, seed)
+    with torch.inference_mode():
+        ref = model(x).numpy()
+    parts = [x[:1], x[1:]] if samples > 1 else [x]
+    out = np.concatenate([session.run(["logits"], {"x": p.numpy()})[0] for p in parts])
+    return float(np.abs(out - ref).max())
+
+
+def export_onnx(
+    checkpoint: Checkpoint | str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    opset: int = OPSET,
+    check: bool = True,
+    tolerance: float = 1e-4,
+) -> ExportReport:
+    """Export a checkpoint's model (with its input transform and normalisation) to one ONNX file.
+
+    Args:
+        checkpoint: a :class:`Checkpoint` or its directory.
+        path: the ``.onnx`` file to write (a single file: the weights are embedded, not external data).
+        opset: ONNX opset version.
+        check: run the file with onnxruntime on random maps and compare with PyTorch.
+        tolerance: largest accepted |difference| of the logits when checking.
+
+    Returns:
+        An :class:`ExportReport`.
+
+    Raises:
+        ExportError: the export failed, or onnxruntime's output differs from PyTorch's by more than
+            ``tolerance``.
+    """
+    try:
+        import onnx
+        import onnxscript  # noqa: F401  (the exporter needs it)
+    except ImportError as e:
+        raise ExportError(f"ONNX export needs onnx and onnxscript ({e}): pip install 'epir[export]'.") from e
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise ExportError(f"--onnx {out} is a directory; give a file name such as {out / 'model.onnx'}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    module = _WithProbabilities(ckpt.inference_model()).eval()
+    x = random_maps(2, ckpt.input_size)
+    with torch.inference_mode():
+        module(x)  # fills lazily built constants (EPIR's ITALS masks): see the module docstring
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                module, (x,), None, dynamo=True, input_names=["x"], output_names=["logits", "probabilities"],
+                dynamic_shapes={"x": {0: batch}}, opset_version=opset, verbose=False,
+            )
+    except Exception as e:  # the exporter raises many types; all mean the same to a user
+        raise ExportError(
+            f"torch.onnx.export failed for model {ckpt.model_name!r} ({type(e).__name__}: {str(e).splitlines()[0]}). "
+            "Please report it with the checkpoint's checkpoint.json."
+        ) from e
+    meta = {
+        "epir.class_names": json.dumps(list(ckpt.class_names)),
+        "epir.preprocessing": json.dumps(ckpt.preprocessing),
+        "epir.checkpoint": json.dumps({k: ckpt.meta[k] for k in ("model", "input", "epir_version", "created")}),
+        "epir.input": ("mosaic: HTNet's four regions around the clip's five landmarks (epir.data.transforms.mosaic) "
+                       "of the u, v, strain map at 0-255" if ckpt.per_clip_landmarks else
+                       "u, v, strain flow map at 0-255, channels first"),
+    }
+    proto = program.model_proto
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = (f"epir {ckpt.model_name}: input x (batch, 3, {ckpt.input_size}, {ckpt.input_size}) u, v, "
+                        "strain at 0-255; outputs logits and probabilities (batch, classes)")
+    onnx.save_model(proto, str(out))
+    report = ExportReport(path=out, bytes=out.stat().st_size, opset=opset)
+    if check:
+        report.max_abs_diff = compare_onnx(ckpt, out)
+        report.check_samples = 8
+        if not report.max_abs_diff <= tolerance:
+            raise ExportError(
+                f"{out}: onnxruntime's logits differ from PyTorch's by up to {report.max_abs_diff:.3g} "
+                f"(tolerance {tolerance:g}); the exported model is not faithful. Please report it."
+            )
+    return report
+
+
+__all__ = ["OPSET", "ExportError", "ExportReport", "compare_onnx", "export_onnx", "onnx_session", "random_maps"]

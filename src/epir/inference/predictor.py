@@ -1,0 +1,431 @@
+"""Predicting the class of a new clip with a trained checkpoint: ``Predictor.load(DIR).predict(CLIP)``.
+
+A clip (a video file, a folder of frame images, or a list of BGR frames) goes through the preprocessing the
+checkpoint records (:class:`epir.preprocess.pipeline.PreprocessSettings`: face alignment, onset-to-apex optical
+flow, the 28x28 u/v/strain map), then through the model with its input normalisation. Without an apex, the
+apex is estimated (``apex_method``); without an onset, the first frame is the onset.
+
+Every problem with the input (a missing path, a video that cannot be opened, a clip without a face, the onset
+after the apex, an index beyond the clip) is an :class:`~epir.errors.EpirError` with a message that names the
+clip and what was expected.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from epir.errors import ConfigError, EpirError
+from epir.inference.checkpoint import Checkpoint, InferenceModel, load_checkpoint
+from epir.data.transforms import mosaic
+from epir.preprocess.face import FaceAligner, five_points
+from epir.preprocess.pipeline import ClipResult, PreprocessSettings, run_clip
+from epir.preprocess.video import IMAGE_EXTS, VIDEO_EXTS, ClipError, FrameSequence, list_frames, read_frames
+
+Clip = str | os.PathLike | Sequence[np.ndarray]
+
+
+@dataclass
+class Prediction:
+    """The model's answer for one clip (or one flow map).
+
+    Attributes:
+        label: index of the predicted class.
+        class_name: its name.
+        probabilities: probability of every class, by name (they sum to 1).
+        onset: 0-based index of the onset frame used (None for a map).
+        apex: 0-based index of the apex frame used (None for a map).
+        apex_estimated: whether the apex was estimated rather than given.
+        timings: seconds per stage: ``read`` (decoding frames), ``face``, ``apex`` (when estimated), ``flow``,
+            ``map``, ``model``, and ``total`` (the whole call).
+        clip: the clip's path, when it was given as one.
+        map: the model input, (3, size, size) u, v, strain at 0-255.
+        face: the apex face crop the flow was computed on, BGR uint8 (crop_size, crop_size, 3).
+        result: the preprocessing's full output (aligned faces, raw flow), for :meth:`Predictor.explain`.
+        landmarks: the five points the mosaic input was built around, (5, 2), for a model trained on
+            per-sample landmarks; None otherwise.
+    """
+
+    label: int
+    class_name: str
+    probabilities: dict[str, float]
+    onset: int | None = None
+    apex: int | None = None
+    apex_estimated: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    clip: str | None = None
+    map: np.ndarray | None = field(default=None, repr=False)
+    face: np.ndarray | None = field(default=None, repr=False)
+    result: ClipResult | None = field(default=None, repr=False)
+    landmarks: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly summary (no arrays): clip, class, probabilities, onset, apex, timings in ms."""
+        return {
+            "clip": self.clip,
+            "label": self.label,
+            "class_name": self.class_name,
+            "probabilities": {k: round(v, 6) for k, v in self.probabilities.items()},
+            "onset": self.onset,
+            "apex": self.apex,
+            "apex_estimated": self.apex_estimated,
+            "timings_ms": {k: round(v * 1000.0, 3) for k, v in self.timings.items()},
+        }
+
+    def format(self) -> str:
+        """A small table: the predicted class, then every class with its probability, most likely first."""
+        lines = [f"prediction: {self.class_name}"]
+        if self.onset is not None:
+            how = "estimated" if self.apex_estimated else "given"
+            lines.append(f"onset frame {self.onset}, apex frame {self.apex} ({how})")
+        lines.append(f"{'class':<14} {'probability':>11}")
+        for name, p in sorted(self.probabilities.items(), key=lambda kv: -kv[1]):
+            lines.append(f"{name:<14} {p:>11.4f}" + ("  <" if name == self.class_name else ""))
+        return "\n".join(lines)
+
+
+def _settings(checkpoint: Checkpoint, overrides: PreprocessSettings | Mapping[str, Any] | None) -> PreprocessSettings:
+    if isinstance(overrides, PreprocessSettings):
+        return overrides
+    values = {**checkpoint.preprocessing, **dict(overrides or {})}
+    try:
+        settings = PreprocessSettings.from_dict(values)
+    except ConfigError as e:
+        where = checkpoint.path / "checkpoint.json" if checkpoint.path else "the checkpoint"
+        raise ConfigError(f"preprocessing settings ({where} and the overrides given): {e}") from None
+    if settings.size != checkpoint.input_size:
+        raise ConfigError(
+            f"preprocessing size {settings.size} does not match the model's input size {checkpoint.input_size}; "
+            "leave 'size' as the checkpoint records it."
+        )
+    return settings
+
+
+class Predictor:
+    """A trained model ready to predict clips, flow maps, or a folder of clips.
+
+    Args:
+        checkpoint: a loaded :class:`Checkpoint` (see :meth:`load`).
+        preprocess: preprocessing settings, or a mapping of overrides of those the checkpoint records
+            (e.g. ``{"align": False}`` for clips that are already face crops).
+        aligner: a :class:`FaceAligner` to use instead of one built from the settings (e.g. with injected
+            detector and landmark functions).
+        threads: torch intra-op threads while the model runs (set for each call and restored after it). The
+            default, 1, is the fastest for a batch of one 28x28 map: with more threads they mostly wait on each
+            other (on a loaded 2-core machine, 1 ms becomes over 100 ms). None: torch's current setting.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        preprocess: PreprocessSettings | Mapping[str, Any] | None = None,
+        aligner: FaceAligner | None = None,
+        threads: int | None = 1,
+    ) -> None:
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ConfigError(f"threads must be a positive integer or None, got {threads!r}.")
+        self.checkpoint = checkpoint
+        self.settings = _settings(checkpoint, preprocess)
+        self._aligner = aligner
+        self.threads = threads
+        self.model: InferenceModel = checkpoint.inference_model()
+        self.device = next(iter(self.model.parameters()), torch.empty(0)).device
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        *,
+        preprocess: PreprocessSettings | Mapping[str, Any] | None = None,
+        aligner: FaceAligner | None = None,
+        device: str = "cpu",
+        threads: int | None = 1,
+    ) -> Predictor:
+        """Load a checkpoint directory written by ``epir train`` (validated; nothing is unpickled)."""
+        return cls(load_checkpoint(path, device=device), preprocess=preprocess, aligner=aligner, threads=threads)
+
+    def __repr__(self) -> str:
+        where = f" from {self.checkpoint.path}" if self.checkpoint.path else ""
+        return f"Predictor({self.checkpoint.model_name!r}{where}, classes={list(self.class_names)})"
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.checkpoint.class_names
+
+    @property
+    def aligner(self) -> FaceAligner | None:
+        """The face aligner (built on first use, then reused: dlib's models load once); None without alignment."""
+        if not self.settings.align:
+            return None
+        if self._aligner is None:
+            self._aligner = self.settings.aligner()
+        return self._aligner
+
+    @contextlib.contextmanager
+    def torch_threads(self) -> Iterator[None]:
+        """Run the block with ``self.threads`` torch intra-op threads, then restore the previous count."""
+        before = torch.get_num_threads()
+        if self.threads and self.threads != before:
+            torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
+
+    # ---------------------------------------------------------------------------------------------- maps
+
+    def network_input(self, maps: np.ndarray | torch.Tensor, landmarks: np.ndarray | None = None) -> torch.Tensor:
+        """Flow maps as the tensor :attr:`model` takes: (N, 3, size, size) float on the model's device.
+
+        Args:
+            maps: (3, size, size) or (N, 3, size, size), u, v, strain at 0-255.
+            landmarks: HTNet's five points on the map, (5, 2) or (N, 5, 2) (x, y): needed, and only used, when
+                the checkpoint's mosaic input was trained on per-sample landmarks (the mosaic is built here).
+        """
+        x = maps.detach().float() if torch.is_tensor(maps) else torch.from_numpy(np.asarray(maps, dtype=np.float32))
+        size = self.checkpoint.input_size
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, size, size):
+            raise ConfigError(
+                f"Expected flow maps of shape (3, {size}, {size}) or (N, 3, {size}, {size}) (u, v, strain at 0-255), "
+                f"got {tuple(x.shape)}."
+            )
+        if not torch.isfinite(x).all():
+            raise ConfigError("The flow map holds NaN or infinite values; expected u, v, strain at 0-255.")
+        if self.checkpoint.per_clip_landmarks:
+            if landmarks is None:
+                raise ConfigError(
+                    "This model's mosaic input was trained around each clip's own landmarks, so a flow map alone is "
+                    "not enough: predict the clip (with face alignment), or give the five points (landmarks=...)."
+                )
+            x = mosaic(x, np.asarray(landmarks, dtype=np.float64))
+        return x.to(self.device)
+
+    def predict_proba(self, maps: np.ndarray | torch.Tensor, landmarks: np.ndarray | None = None) -> np.ndarray:
+        """Class probabilities (N, num_classes) of flow maps (N, 3, size, size), u, v, strain at 0-255.
+
+        ``landmarks``: see :meth:`network_input` (only for a mosaic trained on per-sample landmarks).
+        """
+        x = self.network_input(maps, landmarks)
+        with self.torch_threads(), torch.inference_mode():
+            return torch.softmax(self.model(x), dim=-1).cpu().numpy()
+
+    def _prediction(self, probs: np.ndarray, **kwargs: Any) -> Prediction:
+        label = int(np.argmax(probs))
+        return Prediction(label=label, class_name=self.class_names[label],
+                          probabilities={c: float(p) for c, p in zip(self.class_names, probs)}, **kwargs)
+
+    def predict_map(self, flow_map: np.ndarray | torch.Tensor, landmarks: np.ndarray | None = None) -> Prediction:
+        """Predict one flow map (3, size, size), u, v, strain at 0-255 (e.g. a composite-set sample).
+
+        ``landmarks``: see :meth:`network_input` (only for a mosaic trained on per-sample landmarks).
+        """
+        t = time.perf_counter()
+        probs = self.predict_proba(flow_map, landmarks)[0]
+        dt = time.perf_counter() - t
+        return self._prediction(probs, timings={"model": dt, "total": dt}, map=np.asarray(flow_map),
+                                landmarks=None if landmarks is None else np.asarray(landmarks))
+
+    def predict_map_file(self, path: str | os.PathLike) -> Prediction:
+        """Predict a flow-map image in the composite set's layout (RGB = u, v, strain, 8-bit, size x size)."""
+        import cv2
+
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise ClipError(f"Flow-map image {p} does not exist.")
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ClipError(f"{p} cannot be read as an image; expected an 8-bit RGB flow map (u, v, strain).")
+        size = self.checkpoint.input_size
+        if img.shape[:2] != (size, size):
+            raise ClipError(f"Flow-map image {p} is {img.shape[1]}x{img.shape[0]}; the model reads {size}x{size} maps "
+                            "(RGB = u, v, strain, as in the MEGC2019 composite set).")
+        pred = self.predict_map(img[:, :, ::-1].transpose(2, 0, 1).astype(np.float32))  # BGR read -> u, v, strain
+        pred.clip = str(p)
+        return pred
+
+    # ---------------------------------------------------------------------------------------------- clips
+
+    def preprocess(
+        self, clip: Clip, onset: int | None = None, apex: int | None = None
+    ) -> tuple[ClipResult, np.ndarray, float]:
+        """Run the preprocessing on a clip.
+
+        Returns:
+            Its :class:`ClipResult`, the apex face crop (BGR, ``crop_size`` square) and the seconds spent
+            reading frames.
+
+        Args:
+            clip: a video file, a folder of frame images, or a sequence of BGR uint8 frames.
+            onset: 0-based onset index (default 0, the first frame).
+            apex: 0-based apex index (default: estimated among the frames after the onset).
+        """
+        onset = 0 if onset is None else onset
+        for name, value in (("onset", onset), ("apex", apex)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+                raise ClipError(f"--{name} must be a frame index (an integer from 0), got {value!r}.")
+        if apex is not None and apex <= onset:
+            raise ClipError(
+                f"The onset (frame {onset}) must come before the apex (frame {apex}): the flow goes from the onset "
+                "to the later apex. Check --onset/--apex, or leave --apex out to estimate it."
+            )
+        t = time.perf_counter()
+        where = ""
+        original: tuple[int, int] | None = None
+        if isinstance(clip, (str, os.PathLike)):
+            path = Path(clip).expanduser()
+            where = f" ({path})"
+            if apex is not None:  # read only the two frames (a video is decoded up to the apex)
+                frames, original = read_frames(path, indices=[onset, apex]), (int(onset), int(apex))
+                onset, apex = 0, 1
+            elif path.is_dir():
+                frames: Sequence[np.ndarray] = FrameSequence(list_frames(path))  # read on access
+            else:
+                frames = read_frames(path)
+        else:
+            frames = list(clip)
+            if not frames or not all(isinstance(f, np.ndarray) and f.ndim in (2, 3) for f in frames):
+                raise ClipError("Expected a video file, a frame folder, or a list of (H, W, 3) BGR uint8 frames.")
+        read = time.perf_counter() - t
+        try:
+            result = run_clip(frames, onset, apex, self.settings, self.aligner)
+        except ClipError as e:
+            raise type(e)(f"{e}{where}") from None
+        if result.apex_face is not None:
+            face = result.apex_face.image
+        else:
+            import cv2
+
+            face = cv2.resize(frames[result.apex], (self.settings.crop_size,) * 2, interpolation=cv2.INTER_AREA)
+        if original is not None:  # report the clip's own frame indices
+            result.onset, result.apex = original
+        return result, face, read
+
+    def predict(self, clip: Clip, onset: int | None = None, apex: int | None = None) -> Prediction:
+        """Predict the class of one clip.
+
+        Args:
+            clip: a video file, a folder of frame images (sorted by the number in their names), or a sequence
+                of BGR uint8 frames.
+            onset: 0-based index of the onset frame (default 0).
+            apex: 0-based index of the apex frame (default: estimated with the settings' ``apex_method``).
+
+        Returns:
+            A :class:`Prediction` (class, probabilities, the onset and apex used, timings per stage).
+
+        Raises:
+            ClipError: a missing or unreadable clip, no face, the onset not before the apex, an index beyond
+                the clip (subclasses say which).
+        """
+        t0 = time.perf_counter()
+        result, face, read = self.preprocess(clip, onset, apex)
+        landmarks = self.clip_landmarks(result) if self.checkpoint.per_clip_landmarks else None
+        t = time.perf_counter()
+        probs = self.predict_proba(result.map, landmarks)[0]
+        model = time.perf_counter() - t
+        timings = {"read": read, **result.timings, "model": model, "total": time.perf_counter() - t0}
+        return self._prediction(
+            probs, onset=result.onset, apex=result.apex, apex_estimated=result.apex_estimated, timings=timings,
+            clip=str(clip) if isinstance(clip, (str, os.PathLike)) else None, map=result.map, face=face, result=result,
+            landmarks=landmarks,
+        )
+
+    def clip_landmarks(self, result: ClipResult) -> np.ndarray:
+        """HTNet's five points of a clip's onset face on the map (as ``epir preprocess`` writes them), (5, 2)."""
+        if result.onset_face is None:
+            raise ConfigError(
+                "This model's mosaic input needs each clip's face landmarks, so face alignment must stay on "
+                "(leave out --no-align / preprocess align=false)."
+            )
+        return five_points(result.onset_face.landmarks) * (self.settings.size / self.settings.crop_size)
+
+    def predict_folder(
+        self,
+        folder: str | os.PathLike,
+        csv_path: str | os.PathLike | None = None,
+        *,
+        onset: int | None = None,
+        apex: int | None = None,
+        progress: bool = False,
+    ) -> pd.DataFrame:
+        """Predict every clip in ``folder``: each video file and each sub-folder of frame images.
+
+        A clip that cannot be processed (no face, unreadable, ...) gets its error in the ``error`` column
+        instead of stopping the batch.
+
+        Args:
+            folder: the folder of clips.
+            csv_path: where to write the table as CSV (optional).
+            onset: onset index for every clip (default 0).
+            apex: apex index for every clip (default: estimated per clip).
+            progress: show a progress bar.
+
+        Returns:
+            One row per clip, sorted by name: ``clip``, ``predicted``, ``prob_<class>`` for every class,
+            ``onset``, ``apex``, ``apex_estimated``, ``ms`` (time of the whole prediction), ``error``.
+        """
+        from tqdm.auto import tqdm
+
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise ClipError(
+                f"{root} is not a folder; --csv predicts every clip (video file or frame folder) in a folder."
+            )
+        clips = list_clips(root)
+        if not clips:
+            raise ClipError(
+                f"{root} holds no clips: expected video files ({', '.join(VIDEO_EXTS)}) or sub-folders of frame "
+                "images. For a single clip given as a folder of frames, leave out --csv."
+            )
+        rows = []
+        for clip in tqdm(clips, desc="predict", unit="clip", disable=not progress):
+            row: dict[str, Any] = {"clip": clip.name}
+            try:
+                p = self.predict(clip, onset=onset, apex=apex)
+                row.update(predicted=p.class_name, **{f"prob_{c}": round(v, 6) for c, v in p.probabilities.items()},
+                           onset=p.onset, apex=p.apex, apex_estimated=p.apex_estimated,
+                           ms=round(p.timings["total"] * 1000.0, 2), error="")
+            except EpirError as e:
+                row.update(predicted="", **{f"prob_{c}": np.nan for c in self.class_names}, onset=None, apex=None,
+                           apex_estimated=None, ms=None, error=f"{type(e).__name__}: {e}")
+            rows.append(row)
+        df = pd.DataFrame(rows)
+        if csv_path is not None:
+            out = Path(csv_path).expanduser()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            df.to_csv(out, index=False)
+        return df
+
+    def explain(self, prediction: Prediction, path: str | os.PathLike) -> Path:
+        """Write the explanation PNG of ``prediction`` (see :func:`epir.inference.explain.explain_prediction`)."""
+        from epir.inference.explain import explain_prediction
+
+        return explain_prediction(self, prediction, path)
+
+
+def list_clips(folder: str | os.PathLike) -> list[Path]:
+    """The clips in a folder: video files (:data:`VIDEO_EXTS`) and sub-folders holding frame images, by name."""
+    root = Path(folder)
+    out = []
+    for p in sorted(root.iterdir(), key=lambda p: p.name):
+        if p.name.startswith("."):
+            continue
+        if p.is_file() and p.suffix.lower() in VIDEO_EXTS:
+            out.append(p)
+        elif p.is_dir() and any(q.is_file() and q.suffix.lower() in IMAGE_EXTS for q in p.iterdir()):
+            out.append(p)
+    return out
+
+
+__all__ = ["Clip", "Prediction", "Predictor", "list_clips"]

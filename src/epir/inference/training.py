@@ -1,0 +1,166 @@
+"""``epir train``: train one model on every subject of a dataset with a recipe and save a checkpoint.
+
+Unlike LOSO, nothing is held out: this is the model a user deploys after having measured, with LOSO, how well
+the recipe generalises to unseen subjects. The seed fixes the initialisation, the batches and the augmentation,
+so the same command gives the same weights.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from epir.config import RunConfig
+from epir.data import FlowDataset, load_dataset
+from epir.data.transforms import apply_input_transform
+from epir.engine.train import fit
+from epir.errors import ConfigError
+from epir.inference.checkpoint import Checkpoint, make_meta, save_checkpoint
+from epir.models import build_model
+
+
+def preprocessing_for(dataset: FlowDataset) -> tuple[dict[str, Any], str]:
+    """The preprocessing settings a new clip should go through to resemble ``dataset``'s maps, and a note.
+
+    Returns:
+        ``(settings, note)``: ``PreprocessSettings(...).to_dict()`` and a sentence saying where the training
+        maps came from. Maps written by ``epir preprocess`` (an ``epir_dataset.json`` beside them) give the
+        settings recorded there; a dataset that records its flow settings (``info["flow_method"]``, the built-in
+        synthetic set) gives those; a flow-only dataset such as the MEGC2019 composite gives the composite's
+        recipe (face crop, TV-L1 with OpenCV's defaults, 28x28, per-channel min-max), which it was made with
+        but which this toolkit cannot reproduce bit for bit (the original crops and detector differ).
+    """
+    import json
+
+    from epir.preprocess.pipeline import PreprocessSettings
+
+    info = dataset.info or {}
+    size = int(dataset.x.shape[-1])
+    sidecar = Path(str(info["root"])) / "epir_dataset.json" if info.get("root") else None
+    recorded = None
+    if sidecar is not None and sidecar.is_file():
+        try:
+            recorded = json.loads(sidecar.read_text()).get("settings")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+    if isinstance(recorded, dict):  # maps written by `epir preprocess`: their exact settings
+        settings = PreprocessSettings.from_dict(recorded)
+        note = f"maps written by epir preprocess ({sidecar}) with these preprocessing settings"
+    elif "flow_method" in info:
+        # The generated frames are whole-face crops already: no alignment, flow at the frames' own size, which
+        # reproduces the training maps exactly for a generated clip (override with --preprocess align=true).
+        frame_size = int(info.get("frame_size") or PreprocessSettings.crop_size)
+        settings = PreprocessSettings(flow_method=str(info["flow_method"]),
+                                      flow_params=dict(info.get("flow_params") or {}),
+                                      size=size, align=False, crop_size=frame_size)
+        note = (f"maps computed by epir ({dataset.name}): {info['flow_method']} flow "
+                f"{dict(info.get('flow_params') or {})} between generated onset and apex frames (face crops of "
+                f"{frame_size} px, not aligned), resized to {size}x{size}, per-channel min-max 0-255")
+    else:
+        settings = PreprocessSettings(flow_method="tvl1", flow_params={}, size=size)
+        note = (f"flow-only dataset {dataset.name!r}: precomputed onset-to-apex TV-L1 flow of cropped faces, "
+                f"{size}x{size}, per-channel min-max 0-255 (the MEGC2019 composite recipe); predict applies these "
+                "settings with epir's own face alignment, which approximates the original crops")
+    return settings.to_dict(), note
+
+
+def train_checkpoint(
+    cfg: RunConfig,
+    out_dir: str | os.PathLike,
+    *,
+    dataset: FlowDataset | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Checkpoint:
+    """Train ``cfg.model`` with ``cfg.train`` on every sample of the dataset and save a checkpoint.
+
+    Args:
+        cfg: the run configuration (model, data, recipe; ``eval.device`` and ``eval.threads`` are used, the
+            rest of ``eval`` is not). Build one with :func:`epir.make_config`.
+        out_dir: the checkpoint directory: ``model.safetensors``, ``checkpoint.json``, ``config.yaml``.
+        dataset: the training data; loaded from ``cfg.data`` when omitted. ``data.subset`` and
+            ``data.input_transform`` are applied to it here.
+        seed: seeds the initialisation, shuffling and augmentation.
+        overwrite: replace a checkpoint already in ``out_dir``.
+        progress: show a progress bar over the epochs.
+
+    Returns:
+        The trained :class:`Checkpoint` (as :func:`~epir.inference.load_checkpoint` would return it).
+    """
+    from epir.engine.loso import resolve_config
+
+    cfg = resolve_config(cfg)
+    out = Path(out_dir).expanduser()
+    if (out / "checkpoint.json").exists() and not overwrite:  # fail before training, not after
+        raise ConfigError(f"{out} already holds a checkpoint; choose another --out, or pass --overwrite to replace it.")
+    if dataset is None:
+        dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.data.seed)
+    subset = tuple(getattr(cfg.data, "subset", ()) or ())
+    if subset:
+        from epir.engine.loso import select_sources
+
+        dataset = select_sources(dataset, subset)
+    preprocessing, note = preprocessing_for(dataset)
+    transform_report: dict[str, Any] = {"input_transform": "none"}
+    if cfg.data.input_transform != "none":
+        dataset, transform_report = apply_input_transform(dataset, cfg.data.input_transform)
+    num_classes = cfg.model.args.get("num_classes")
+    if num_classes is not None and int(num_classes) != dataset.num_classes:
+        raise ConfigError(
+            f"model.num_classes is {num_classes} but dataset {dataset.name!r} has {dataset.num_classes} classes "
+            f"({', '.join(dataset.class_names)}); set --set model.num_classes={dataset.num_classes}."
+        )
+    if cfg.eval.threads:
+        torch.set_num_threads(cfg.eval.threads)
+    cfg = replace(cfg, eval=replace(cfg.eval, seeds=(int(seed),), folds=()))
+    torch.manual_seed(seed)
+    model = build_model(cfg.model)
+    bar = tqdm(total=cfg.train.epochs, desc=f"train {cfg.model.name}", unit="epoch", disable=not progress)
+    t0 = time.perf_counter()
+    norm = fit(model, dataset.x, dataset.y, cfg.train, seed=seed, num_classes=dataset.num_classes,
+               device=cfg.eval.device, on_epoch=lambda *_: bar.update(1))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    model.cpu().eval()
+    counts = Counter(dataset.y.tolist())
+    info = {k: v for k, v in (dataset.info or {}).items() if k != "landmarks"}
+    training = {
+        "dataset": dataset.name or cfg.data.dataset,
+        "root": cfg.data.root,
+        "subset": list(subset),
+        "subjects": dataset.subject_list(),
+        "samples": len(dataset),
+        "class_counts": {name: int(counts.get(i, 0)) for i, name in enumerate(dataset.class_names)},
+        "seed": int(seed),
+        "seconds": round(seconds, 2),
+        "input_transform": transform_report,
+        "maps": note,
+        "dataset_info": info,
+        "config": cfg.to_dict(),
+    }
+    meta = make_meta(
+        model_name=cfg.model.name,
+        model_args=cfg.model.args,
+        class_names=dataset.class_names,
+        norm=norm,
+        norm_kind=cfg.train.input_norm,
+        input_size=int(dataset.x.shape[-1]),
+        transform=cfg.data.input_transform,
+        landmarks="per-clip" if str(transform_report.get("landmarks", "")).startswith("per-sample") else "default",
+        preprocessing=preprocessing,
+        training=training,
+    )
+    out = save_checkpoint(out, model, meta, config_yaml=cfg.to_yaml(), overwrite=overwrite)
+    from epir.inference.checkpoint import read_meta
+
+    return Checkpoint(model=model, norm=norm, meta=read_meta(out), path=out)
+
+
+__all__ = ["preprocessing_for", "train_checkpoint"]

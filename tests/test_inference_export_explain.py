@@ -1,0 +1,126 @@
+"""ONNX export (onnxruntime equals PyTorch within 1e-4 on random inputs) and `--explain` PNGs (issue 6)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import epir
+from epir.cli import main
+from epir.data import load_dataset
+from epir.data.synthetic import make_clip, random_subject
+from epir.engine.train import InputNorm
+from epir.inference import Predictor, train_checkpoint
+from epir.inference.checkpoint import load_checkpoint, make_meta, save_checkpoint
+from epir.inference.explain import EXPLAIN_SIZE, model_evidence
+from epir.inference.export import export_onnx, onnx_session, random_maps
+from epir.models import create_model, resolve_model_args
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory) -> Path:
+    data = load_dataset("synthetic", n_subjects=3, clips_per_subject=4, seed=0)
+    cfg = epir.make_config("epir", "synthetic",
+                           overrides=["train.epochs=2", "model.dim=16", "model.heads=2", "model.depths=[1,1]"])
+    out = tmp_path_factory.mktemp("export") / "ckpt"
+    train_checkpoint(cfg, out, dataset=data, progress=False)
+    return out
+
+
+def save_untrained(name: str, args: dict, path: Path, transform: str = "none") -> Path:
+    torch.manual_seed(0)
+    model = create_model(name, **args).eval()
+    norm = InputNorm(torch.tensor([90.0, 120.0, 60.0]).reshape(1, 3, 1, 1),
+                     torch.tensor([40.0, 50.0, 30.0]).reshape(1, 3, 1, 1))
+    meta = make_meta(model_name=name, model_args=resolve_model_args(name, args), class_names=("a", "b", "c"),
+                     norm=norm, norm_kind="standardize", input_size=28, transform=transform)
+    return save_checkpoint(path, model, meta)
+
+
+def test_onnx_matches_pytorch(ckpt_dir: Path, tmp_path: Path, capsys) -> None:
+    pytest.importorskip("onnxruntime")
+    code = main(["export", "--checkpoint", str(ckpt_dir), "--onnx", str(tmp_path / "m.onnx")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "max |logit difference|" in out
+    ckpt = load_checkpoint(ckpt_dir)
+    session = onnx_session(tmp_path / "m.onnx")
+    model = ckpt.inference_model()
+    for batch, seed in ((1, 1), (5, 2)):  # the batch axis is dynamic
+        x = random_maps(batch, seed=seed)
+        logits, probs = session.run(["logits", "probabilities"], {"x": x.numpy()})
+        with torch.inference_mode():
+            ref = model(x)
+        assert np.abs(logits - ref.numpy()).max() <= 1e-4
+        assert np.abs(probs - ref.softmax(-1).numpy()).max() <= 1e-4
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["epir.class_names"]) == ["negative", "positive", "surprise"]
+
+
+def test_onnx_of_a_model_with_mosaic_input(tmp_path: Path) -> None:
+    """The input transform (HTNet's mosaic) is inside the graph too, like the normalisation."""
+    pytest.importorskip("onnxruntime")
+    ckpt = save_untrained("ststnet", {}, tmp_path / "ck", transform="mosaic")
+    report = export_onnx(ckpt, tmp_path / "s.onnx")
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+
+
+def test_export_errors_are_clear(ckpt_dir: Path, tmp_path: Path, capsys) -> None:
+    code = main(["export", "--checkpoint", str(tmp_path / "none"), "--onnx", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+    code = main(["export", "--checkpoint", str(ckpt_dir), "--onnx", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a directory" in err
+
+
+# ------------------------------------------------------------------------------------------- explain
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    import cv2
+
+    img = cv2.imread(str(path))
+    return img.shape[1], img.shape[0]
+
+
+def test_cli_explain_writes_a_png_of_the_documented_size(ckpt_dir: Path, tmp_path: Path, capsys) -> None:
+    import cv2
+
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i, f in enumerate(make_clip(random_subject(rng, 64), "surprise", rng, n_frames=3)):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), f)
+    png = tmp_path / "why.png"
+    code = main(["predict", str(folder), "--checkpoint", str(ckpt_dir), "--explain", str(png)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"explanation: {png}" in out
+    assert png_size(png) == EXPLAIN_SIZE
+
+
+@pytest.mark.parametrize("name, args, kind", [
+    ("epir", {"dim": 16, "heads": 2}, "dtsm"),
+    ("epir", {"dim": 16, "heads": 2, "dtsm": False}, "attention"),
+    ("ststnet", {}, "saliency"),
+])
+def test_evidence_of_each_model_kind(name: str, args: dict, kind: str, tmp_path: Path) -> None:
+    predictor = Predictor.load(save_untrained(name, args, tmp_path / "ck"))
+    flow_map = random_maps(1)[0].numpy()
+    ev = model_evidence(predictor, flow_map)
+    assert ev.kind == kind and ev.heat.shape == (28, 28)
+    assert ev.heat.max() == pytest.approx(1.0) and ev.heat.min() >= 0
+    if kind == "dtsm":
+        net = predictor.model.model
+        kept_patches = ev.kept.reshape(4, 7, 4, 7)[:, 0, :, 0].sum()  # 7-pixel patches on a 4x4 grid
+        assert 0 < kept_patches < 16  # some patches are dropped
+        assert (ev.heat[~ev.kept] == 0).all()
+        assert net.keep_sources is False  # the model is left as it was
+    path = predictor.explain(predictor.predict_map(flow_map), tmp_path / "map.png")  # no face: the strain stands in
+    assert png_size(path) == EXPLAIN_SIZE
