@@ -1,5 +1,6 @@
-"""Latency of a trained model in use (issue 6): the EPIR model alone at batch 1, in PyTorch and onnxruntime, and
-the whole ``epir predict`` path for a 2-frame clip with the share of each stage. Prints markdown tables.
+"""Latency of a trained model in use (issue 6): the EPIR model alone at batch 1, in PyTorch and onnxruntime, what
+each Predictor backend costs to set up, and the whole ``epir predict`` path for a 2-frame clip with the share of
+each stage, for both backends. Prints markdown tables.
 
     python benchmarks/predict_latency.py                 # EPIR with its default arguments, ~1 min on 2 cores
     python benchmarks/predict_latency.py --repeats 200
@@ -9,10 +10,15 @@ and loaded like any other (a temporary directory). The clip: two 640x480 frames 
 generated 256-pixel face, onset and apex given (no apex estimation), read from PNG files like a frame folder.
 Each number is the median over ``--repeats`` calls after warm-up calls (dlib's models load during warm-up).
 
+Backends (``Predictor(..., backend=)``): ``torch``; ``onnx`` on an ``epir export`` file (``onnx=FILE``); ``onnx``
+exported in memory. The set-up table times the Predictor's construction (the export included) and its first
+``predict_proba``, and says after how many predictions the export pays for itself (what ``backend="auto"``
+goes by: ``epir.inference.predictor.AUTO_ONNX_MIN_CLIPS``).
+
 Stages of the predict path (``Prediction.timings``): ``face`` (dlib detection, 68 landmarks, alignment and
 crop of both frames), ``flow`` (optical flow and strain on the 128x128 crops), ``model`` (the network with its
-normalisation, batch 1, one torch thread), ``read`` (decoding the two PNGs), ``other`` (the 28x28 map and our
-own Python around the stages).
+normalisation, batch 1, one thread), ``read`` (decoding the two PNGs), ``other`` (the 28x28 map and our own
+Python around the stages).
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from epir.engine.train import InputNorm
 from epir.inference import Predictor, load_checkpoint
 from epir.inference.checkpoint import make_meta, save_checkpoint
 from epir.inference.export import export_onnx, onnx_session, random_maps
+from epir.inference.predictor import AUTO_ONNX_MIN_CLIPS
 from epir.models import create_model, resolve_model_args
 from epir.preprocess.face import FaceAligner
 
@@ -117,23 +124,47 @@ def main() -> None:
     for name, ms in rows:
         print(f"| {name} | {ms:.3f} |")
 
+    print("\n## Predictor backends: set-up and per-prediction cost (EPIR, batch 1, one thread)\n")
+    print("| backend | set-up s (Predictor(...)) | first call ms | median ms per map |")
+    print("|---|---|---|---|")
+    setups = {}
+    for name, kwargs in (("torch", {"backend": "torch"}), ("onnx, `epir export` file", {"onnx": tmp / "epir.onnx"}),
+                         ("onnx, exported in memory", {"backend": "onnx"})):
+        t = time.perf_counter()
+        predictor = Predictor(ckpt, **kwargs)
+        setup = time.perf_counter() - t
+        m = x[0].numpy()
+        t = time.perf_counter()
+        predictor.predict_proba(m)
+        first = 1000.0 * (time.perf_counter() - t)
+        per = median_ms(lambda: predictor.predict_proba(m), args.repeats)
+        setups[name] = (setup, per)
+        print(f"| {name} ({predictor.backend}) | {setup:.2f} | {first:.2f} | {per:.3f} |")
+    export_s, onnx_ms = setups["onnx, exported in memory"]
+    saved = setups["torch"][1] - onnx_ms
+    print(f"\nThe in-memory export pays for itself after {export_s / (saved / 1000.0):,.0f} predictions "
+          f"({export_s:.1f} s / {saved:.2f} ms saved each); AUTO_ONNX_MIN_CLIPS = {AUTO_ONNX_MIN_CLIPS}.")
+
     clip = make_clip(tmp)
     print("\n## `epir predict` on a 2-frame clip (two 640x480 PNG frames, onset 0, apex 1 given)\n")
     print(f"Median of {args.clip_repeats} calls after 3 warm-up calls; cv2 threads {cv2.getNumThreads()}, "
-          "torch threads 1 (the Predictor's default).\n")
-    print("| flow method | total ms | read (2 PNGs) | face | flow | model | other (map, our Python) |")
-    print("|---|---|---|---|---|---|---|")
+          "model threads 1 (the Predictor's default); onnx runs the `epir export` file.\n")
+    print("| flow method | backend | total ms | read (2 PNGs) | face | flow | model | other (map, our Python) |")
+    print("|---|---|---|---|---|---|---|---|")
     for method in ("tvl1", "farneback", "dis"):
-        predictor = Predictor(ckpt, preprocess={"flow_method": method})
-        for _ in range(3):
-            predictor.predict(clip, onset=0, apex=1)
-        timings = [predictor.predict(clip, onset=0, apex=1).timings for _ in range(args.clip_repeats)]
-        stages = ("read", "face", "flow", "model")
-        med = {k: statistics.median(t[k] for t in timings) * 1000.0 for k in (*stages, "total")}
-        med["other"] = statistics.median(t["total"] - sum(t[k] for k in stages) for t in timings) * 1000.0
-        total = med["total"]
-        cells = " | ".join(f"{med[k]:.1f} ({100 * med[k] / total:.0f}%)" for k in (*stages, "other"))
-        print(f"| {method} | {total:.1f} | {cells} |")
+        for backend in ("torch", "onnx"):
+            extra = {"onnx": tmp / "epir.onnx"} if backend == "onnx" else {"backend": "torch"}
+            predictor = Predictor(ckpt, preprocess={"flow_method": method}, **extra)
+            for _ in range(3):
+                predictor.predict(clip, onset=0, apex=1)
+            timings = [predictor.predict(clip, onset=0, apex=1).timings for _ in range(args.clip_repeats)]
+            stages = ("read", "face", "flow", "model")
+            med = {k: statistics.median(t[k] for t in timings) * 1000.0 for k in (*stages, "total")}
+            med["other"] = statistics.median(t["total"] - sum(t[k] for k in stages) for t in timings) * 1000.0
+            total = med["total"]
+            digits = {k: (2, 1) if k == "model" else (1, 0) for k in (*stages, "other")}  # the model's share is small
+            cells = " | ".join(f"{med[k]:.{d}f} ({100 * med[k] / total:.{sd}f}%)" for k, (d, sd) in digits.items())
+            print(f"| {method} | {predictor.backend} | {total:.1f} | {cells} |")
 
 
 if __name__ == "__main__":

@@ -199,6 +199,28 @@ def test_bad_inputs_are_clear_errors(case: str, ckpt_dir: Path, clips, tmp_path:
     assert "Traceback" not in err and message in err and err.startswith("epir predict: error:")
 
 
+@pytest.mark.parametrize("kind", ["truncated mp4", "garbage mp4"])
+def test_broken_video_gives_only_our_error(kind: str, ckpt_dir: Path, clip_frames, tmp_path: Path, capfd) -> None:
+    """FFmpeg's own complaint ("moov atom not found") does not reach stderr (fd 2): only our one-line error."""
+    path = tmp_path / "clip.mp4"
+    if kind == "truncated mp4":
+        h, w = clip_frames[0].shape[:2]
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (w, h))
+        assert writer.isOpened()
+        for f in clip_frames * 4:
+            writer.write(f)
+        writer.release()
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])  # mp4v writes its index (moov) last: cut off with the end
+    else:
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    capfd.readouterr()
+    code = main(["predict", str(path), "--checkpoint", str(ckpt_dir)])
+    out, err = capfd.readouterr()
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"epir predict: error: Video {path} cannot be opened"), err
+
+
 def test_predictor_rejects_bad_maps_and_frames(predictor: Predictor) -> None:
     with pytest.raises(epir.ConfigError, match=r"\(3, 28, 28\)"):
         predictor.predict_map(np.zeros((28, 28)))

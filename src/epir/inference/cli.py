@@ -65,7 +65,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="frames are already face crops: no face detection, only resizing")
     p.add_argument("--preprocess", dest="preprocess", action="append", default=[], metavar="KEY=VALUE",
                    help="override a preprocessing setting of the checkpoint, e.g. flow_method=farneback (repeatable)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads for the model (default 1: fastest at batch 1)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for the model, torch or onnxruntime (default 1: fastest at batch 1)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="what runs the model: torch, onnx (onnxruntime; exports the model in memory, 4-8 s, unless "
+                        "--onnx is given) or auto (default: onnxruntime with --onnx FILE, else PyTorch; a --csv folder "
+                        "of 5000+ clips is worth the export)")
+    p.add_argument("--onnx", default=None, metavar="FILE",
+                   help="an `epir export` file of this checkpoint, run with onnxruntime (checked against the "
+                        "checkpoint's weights hash)")
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser(
@@ -130,7 +138,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ConfigError("--explain writes one figure per clip; leave it out with --csv (batch), or predict one clip.")
     if args.map and (args.csv or args.onset is not None or args.apex is not None):
         raise ConfigError("--map predicts a flow map: --csv, --onset and --apex do not apply.")
-    predictor = Predictor.load(args.checkpoint, preprocess=_preprocess_overrides(args), threads=args.threads)
+    predictor = Predictor.load(args.checkpoint, preprocess=_preprocess_overrides(args), threads=args.threads,
+                               backend=args.backend, onnx=args.onnx)
     if args.csv:
         df = predictor.predict_folder(args.clip, args.csv, onset=args.onset, apex=args.apex, progress=not args.json)
         if args.json:
@@ -141,7 +150,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             with pd.option_context("display.max_rows", None, "display.width", 200):
                 print(df.drop(columns=["error"] if not df["error"].any() else []).to_string(index=False))
             failed = int((df["error"] != "").sum())
-            print(f"{len(df)} clips, {failed} failed; wrote {args.csv}")
+            print(f"{len(df)} clips, {failed} failed; wrote {args.csv}; model: {predictor.backend_note}")
         return 0
     pred = predictor.predict_map_file(args.map) if args.map else predictor.predict(args.clip, args.onset, args.apex)
     explained = None
@@ -157,6 +166,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     order = ("read", "face", "apex", "flow", "map", "model")
     parts = ", ".join(f"{k} {pred.timings[k] * 1000:.1f}" for k in order if k in pred.timings)
     print(f"time: {pred.timings['total'] * 1000:.1f} ms ({parts} ms)")
+    print(f"model: {predictor.backend_note}")
     if explained is not None:
         print(f"explanation: {explained}")
     return 0

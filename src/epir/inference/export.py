@@ -4,7 +4,11 @@ The exported graph is :class:`~epir.inference.checkpoint.InferenceModel`: it tak
 training data and :meth:`Predictor.predict_map`, ``x`` float32 ``(batch, 3, 28, 28)``, channels u, v, strain
 at 0-255, and returns ``logits`` and ``probabilities`` ``(batch, num_classes)``; the batch axis is dynamic.
 Class names and the preprocessing settings are written into the ONNX file's metadata (``epir.class_names``,
-``epir.preprocessing``, ``epir.checkpoint``, JSON strings; ``epir.input`` says what ``x`` is). A model whose
+``epir.preprocessing``, ``epir.checkpoint``, JSON strings; ``epir.input`` says what ``x`` is), and the SHA-256
+of the checkpoint's ``model.safetensors`` (``epir.weights_sha256``): :func:`verify_onnx` checks a file against
+a checkpoint with it, so that ``Predictor.load(DIR, onnx=FILE)`` refuses a file exported from another
+checkpoint. :func:`onnx_model` builds the graph in memory (what the Predictor's ``onnx`` backend runs when no
+file is given); :func:`export_onnx` writes it to a file. A model whose
 mosaic input was trained on per-sample landmarks takes the mosaic instead (built from each clip's five points
 with :func:`epir.data.transforms.mosaic`), since the points are not part of the map.
 
@@ -96,8 +100,11 @@ def random_maps(n: int, size: int = 28, seed: int = 0) -> torch.Tensor:
     return (x - lo) / (hi - lo) * 255.0
 
 
-def onnx_session(path: str | os.PathLike, threads: int | None = None):  # -> onnxruntime.InferenceSession
-    """An onnxruntime CPU session for ``path`` (``threads`` intra-op threads; None: onnxruntime's default)."""
+def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None):  # -> ort.InferenceSession
+    """An onnxruntime CPU session for an ONNX file or the serialised model bytes.
+
+    ``threads``: intra-op threads (one inter-op thread); None: onnxruntime's default (all physical cores).
+    """
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -107,19 +114,135 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None):  # -> onn
         opts.intra_op_num_threads = int(threads)
         opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    try:
+        return ort.InferenceSession(source, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph / ... types
+        where = "the exported model" if isinstance(model, bytes) else str(model)
+        raise ExportError(
+            f"onnxruntime cannot load {where} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "give a file written by `epir export`."
+        ) from None
 
 
-def compare_onnx(checkpoint: Checkpoint, path: str | os.PathLike, *, samples: int = 8, seed: int = 0) -> float:
-    """Max |onnxruntime - PyTorch| over the logits of ``samples`` random maps (batches of 1 and of the rest)."""
+def compare_onnx(
+    checkpoint: Checkpoint, path: str | os.PathLike | bytes | None, *, samples: int = 8, seed: int = 0, session=None
+) -> float:
+    """Max |onnxruntime - PyTorch| over the logits of ``samples`` random maps (batches of 1 and of the rest).
+
+    ``path``: the ONNX file or model bytes (ignored when an onnxruntime ``session`` of it is given).
+    """
     model = checkpoint.inference_model()
-    session = onnx_session(path)
+    session = session if session is not None else onnx_session(path)
     x = random_maps(samples, checkpoint.input_size, seed)
     with torch.inference_mode():
         ref = model(x).numpy()
     parts = [x[:1], x[1:]] if samples > 1 else [x]
     out = np.concatenate([session.run(["logits"], {"x": p.numpy()})[0] for p in parts])
     return float(np.abs(out - ref).max())
+
+
+def weights_sha256(checkpoint: Checkpoint) -> str | None:
+    """The SHA-256 of the checkpoint's ``model.safetensors`` as ``checkpoint.json`` records it (None if absent)."""
+    weights = checkpoint.meta.get("weights")
+    value = weights.get("sha256") if isinstance(weights, dict) else None
+    return str(value) if value else None
+
+
+def _graph_meta(checkpoint: Checkpoint) -> dict:
+    """What of ``checkpoint.json`` the graph depends on besides the weights (model, input and normalisation)."""
+    return {k: checkpoint.meta[k] for k in ("model", "input")}
+
+
+def onnx_model(checkpoint: Checkpoint | str | os.PathLike, *, opset: int = OPSET):  # -> onnx.ModelProto
+    """The checkpoint's model (input transform and normalisation included) as an in-memory ONNX ``ModelProto``,
+    with the epir metadata (see the module docstring). Takes a few seconds (``torch.export`` traces the model).
+
+    Raises:
+        ExportError: onnx or onnxscript is missing, or the exporter failed.
+    """
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401  (the exporter needs it)
+    except ImportError as e:
+        raise ExportError(f"ONNX export needs onnx and onnxscript ({e}): pip install 'epir[export]'.") from e
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    module = _WithProbabilities(ckpt.inference_model()).eval()
+    x = random_maps(2, ckpt.input_size)
+    with torch.inference_mode():
+        module(x)  # fills lazily built constants (EPIR's ITALS masks): see the module docstring
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                module, (x,), None, dynamo=True, input_names=["x"], output_names=["logits", "probabilities"],
+                dynamic_shapes={"x": {0: batch}}, opset_version=opset, verbose=False,
+            )
+    except Exception as e:  # the exporter raises many types; all mean the same to a user
+        raise ExportError(
+            f"torch.onnx.export failed for model {ckpt.model_name!r} ({type(e).__name__}: {str(e).splitlines()[0]}). "
+            "Please report it with the checkpoint's checkpoint.json."
+        ) from e
+    meta = {
+        "epir.class_names": json.dumps(list(ckpt.class_names)),
+        "epir.preprocessing": json.dumps(ckpt.preprocessing),
+        "epir.checkpoint": json.dumps({k: ckpt.meta[k] for k in ("model", "input", "epir_version", "created")}),
+        "epir.weights_sha256": weights_sha256(ckpt) or "",
+        "epir.input": ("mosaic: HTNet's four regions around the clip's five landmarks (epir.data.transforms.mosaic) "
+                       "of the u, v, strain map at 0-255" if ckpt.per_clip_landmarks else
+                       "u, v, strain flow map at 0-255, channels first"),
+    }
+    proto = program.model_proto
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.doc_string = (f"epir {ckpt.model_name}: input x (batch, 3, {ckpt.input_size}, {ckpt.input_size}) u, v, "
+                        "strain at 0-255; outputs logits and probabilities (batch, classes)")
+    return proto
+
+
+def verify_onnx(checkpoint: Checkpoint, metadata: dict[str, str], file: str | os.PathLike) -> None:
+    """Check that an ONNX file was exported from ``checkpoint``: the same weights (SHA-256 of model.safetensors),
+    model, input and normalisation, and class names.
+
+    Args:
+        checkpoint: the loaded checkpoint.
+        metadata: the file's metadata (``session.get_modelmeta().custom_metadata_map``).
+        file: the file's name, for the messages.
+
+    Raises:
+        ExportError: the file carries no epir weights hash (exported by an older epir, or not by epir), or it
+            belongs to another checkpoint (or another version of it).
+    """
+    where = checkpoint.path if checkpoint.path is not None else "the checkpoint"
+    again = f"write it again with `epir export --checkpoint {where} --onnx {file}`"
+    recorded = metadata.get("epir.weights_sha256")
+    own = weights_sha256(checkpoint)
+    if not recorded:
+        raise ExportError(
+            f"{file} carries no epir.weights_sha256 in its metadata (it was exported by an older epir, or not by "
+            f"epir), so it cannot be checked against {where}; {again}."
+        )
+    if own is None:
+        raise ExportError(f"{where} records no SHA-256 of its weights, so {file} cannot be checked against it.")
+    if recorded != own:
+        raise ExportError(
+            f"{file} was exported from other weights than {where} (weights SHA-256 {recorded[:12]}... in the file, "
+            f"{own[:12]}... in checkpoint.json): it belongs to another checkpoint or an earlier training. Give the "
+            f"matching file, or {again}."
+        )
+    try:
+        graph = json.loads(metadata.get("epir.checkpoint", ""))
+        names = json.loads(metadata.get("epir.class_names", ""))
+    except json.JSONDecodeError:
+        graph, names = None, None
+    if not isinstance(graph, dict) or {k: graph.get(k) for k in ("model", "input")} != _graph_meta(checkpoint) or (
+        names != list(checkpoint.class_names)
+    ):
+        raise ExportError(
+            f"{file} has the weights of {where} but another model description, input normalisation or class "
+            f"names (checkpoint.json was changed after the export); {again}."
+        )
 
 
 def export_onnx(
@@ -148,44 +271,14 @@ def export_onnx(
     """
     try:
         import onnx
-        import onnxscript  # noqa: F401  (the exporter needs it)
     except ImportError as e:
         raise ExportError(f"ONNX export needs onnx and onnxscript ({e}): pip install 'epir[export]'.") from e
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     out = Path(path).expanduser()
     if out.is_dir():
         raise ExportError(f"--onnx {out} is a directory; give a file name such as {out / 'model.onnx'}.")
+    proto = onnx_model(ckpt, opset=opset)
     out.parent.mkdir(parents=True, exist_ok=True)
-    module = _WithProbabilities(ckpt.inference_model()).eval()
-    x = random_maps(2, ckpt.input_size)
-    with torch.inference_mode():
-        module(x)  # fills lazily built constants (EPIR's ITALS masks): see the module docstring
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    try:
-        with _quiet_exporter(), torch.no_grad():
-            program = torch.onnx.export(
-                module, (x,), None, dynamo=True, input_names=["x"], output_names=["logits", "probabilities"],
-                dynamic_shapes={"x": {0: batch}}, opset_version=opset, verbose=False,
-            )
-    except Exception as e:  # the exporter raises many types; all mean the same to a user
-        raise ExportError(
-            f"torch.onnx.export failed for model {ckpt.model_name!r} ({type(e).__name__}: {str(e).splitlines()[0]}). "
-            "Please report it with the checkpoint's checkpoint.json."
-        ) from e
-    meta = {
-        "epir.class_names": json.dumps(list(ckpt.class_names)),
-        "epir.preprocessing": json.dumps(ckpt.preprocessing),
-        "epir.checkpoint": json.dumps({k: ckpt.meta[k] for k in ("model", "input", "epir_version", "created")}),
-        "epir.input": ("mosaic: HTNet's four regions around the clip's five landmarks (epir.data.transforms.mosaic) "
-                       "of the u, v, strain map at 0-255" if ckpt.per_clip_landmarks else
-                       "u, v, strain flow map at 0-255, channels first"),
-    }
-    proto = program.model_proto
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.doc_string = (f"epir {ckpt.model_name}: input x (batch, 3, {ckpt.input_size}, {ckpt.input_size}) u, v, "
-                        "strain at 0-255; outputs logits and probabilities (batch, classes)")
     onnx.save_model(proto, str(out))
     report = ExportReport(path=out, bytes=out.stat().st_size, opset=opset)
     if check:
@@ -199,4 +292,7 @@ def export_onnx(
     return report
 
 
-__all__ = ["OPSET", "ExportError", "ExportReport", "compare_onnx", "export_onnx", "onnx_session", "random_maps"]
+__all__ = [
+    "OPSET", "ExportError", "ExportReport", "compare_onnx", "export_onnx", "onnx_model", "onnx_session", "random_maps",
+    "verify_onnx", "weights_sha256",
+]

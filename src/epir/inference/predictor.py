@@ -5,6 +5,11 @@ checkpoint records (:class:`epir.preprocess.pipeline.PreprocessSettings`: face a
 flow, the 28x28 u/v/strain map), then through the model with its input normalisation. Without an apex, the
 apex is estimated (``apex_method``); without an onset, the first frame is the onset.
 
+The model runs in PyTorch or in onnxruntime (``backend``; see :class:`Predictor`): both take the same map
+and agree within 1e-4. onnxruntime runs EPIR about 5x faster at batch 1 (0.23 vs 1.24 ms alone on a 2-core
+CPU), but without an ``epir export`` file it needs an in-memory export first (4-8 s), so ``auto`` uses it only
+where that pays off.
+
 Every problem with the input (a missing path, a video that cannot be opened, a clip without a face, the onset
 after the apex, an index beyond the clip) is an :class:`~epir.errors.EpirError` with a message that names the
 clip and what was expected.
@@ -52,6 +57,7 @@ class Prediction:
         result: the preprocessing's full output (aligned faces, raw flow), for :meth:`Predictor.explain`.
         landmarks: the five points the mosaic input was built around, (5, 2), for a model trained on
             per-sample landmarks; None otherwise.
+        backend: what ran the model: ``"torch"`` or ``"onnx"`` (onnxruntime).
     """
 
     label: int
@@ -66,6 +72,7 @@ class Prediction:
     face: np.ndarray | None = field(default=None, repr=False)
     result: ClipResult | None = field(default=None, repr=False)
     landmarks: np.ndarray | None = field(default=None, repr=False)
+    backend: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary (no arrays): clip, class, probabilities, onset, apex, timings in ms."""
@@ -78,6 +85,7 @@ class Prediction:
             "apex": self.apex,
             "apex_estimated": self.apex_estimated,
             "timings_ms": {k: round(v * 1000.0, 3) for k, v in self.timings.items()},
+            "backend": self.backend,
         }
 
     def format(self) -> str:
@@ -109,6 +117,17 @@ def _settings(checkpoint: Checkpoint, overrides: PreprocessSettings | Mapping[st
     return settings
 
 
+#: The model backends of :class:`Predictor`.
+BACKENDS = ("auto", "torch", "onnx")
+#: With ``backend="auto"`` and no ONNX file, :meth:`Predictor.predict_folder` exports the model in memory and
+#: switches to onnxruntime for a folder of at least this many clips. Measured on a 2-core CPU
+#: (benchmarks/predict_latency.py): the export costs 4.4 s in a process that has imported the exporter (a fresh
+#: ``epir predict --backend onnx`` takes 7.4 s longer than with torch); onnxruntime saves 1.1 ms per map alone,
+#: 1.6-1.8 ms in the predict path (2.5 -> 0.9 ms), out of 40-175 ms per clip. So the export pays for itself after
+#: about 2,500-4,500 clips.
+AUTO_ONNX_MIN_CLIPS = 5000
+
+
 class Predictor:
     """A trained model ready to predict clips, flow maps, or a folder of clips.
 
@@ -118,9 +137,32 @@ class Predictor:
             (e.g. ``{"align": False}`` for clips that are already face crops).
         aligner: a :class:`FaceAligner` to use instead of one built from the settings (e.g. with injected
             detector and landmark functions).
-        threads: torch intra-op threads while the model runs (set for each call and restored after it). The
-            default, 1, is the fastest for a batch of one 28x28 map: with more threads they mostly wait on each
-            other (on a loaded 2-core machine, 1 ms becomes over 100 ms). None: torch's current setting.
+        threads: intra-op threads while the model runs: torch's (set for each call and restored after it) or
+            onnxruntime's. The default, 1, is the fastest for a batch of one 28x28 map: with more threads they
+            mostly wait on each other (on a loaded 2-core machine, 1 ms becomes over 100 ms). None: torch's
+            current setting, or onnxruntime's default (all physical cores).
+        backend: what runs the model (:attr:`backend` says which one does):
+
+            - ``"torch"``: PyTorch.
+            - ``"onnx"``: onnxruntime, on the ``onnx`` file when given, else on the model exported in memory
+              with :func:`epir.inference.export.onnx_model` (4-8 s; nothing is written to disk). An error when
+              onnxruntime (or, to export, onnx / onnxscript) is missing or the export fails.
+            - ``"auto"`` (default): onnxruntime when it costs no export, i.e. an ``onnx`` file is given (and
+              onnxruntime imports); otherwise PyTorch, and :meth:`predict_folder` exports and switches to
+              onnxruntime for a folder of :data:`AUTO_ONNX_MIN_CLIPS` clips or more. Why (EPIR, 2-core CPU):
+              onnxruntime saves 1.6-1.8 ms per clip (the model stage of the predict path: PyTorch 2.5 ms,
+              onnxruntime 0.9 ms) out of 40-175 ms (face and flow), while the export costs 4-8 s: a one-off
+              ``epir predict`` takes 2.6 s with PyTorch, 10 s with an export, 2.4 s with an exported file, and
+              a folder gains only from thousands of clips. A long-lived process should give an ``epir export``
+              file (``onnx=FILE``: 0.02-0.1 s to load) or ask for ``backend="onnx"``. Anything that keeps
+              onnxruntime from running falls back to PyTorch, and :attr:`backend_note` says why.
+        onnx: an ONNX file written by ``epir export`` for this checkpoint, run instead of exporting. It must
+            carry this checkpoint's weights hash (``epir.weights_sha256``) and model description: a file
+            from another checkpoint is an :class:`~epir.inference.export.ExportError`, whatever the backend.
+
+    Attributes:
+        backend: the backend in use, ``"torch"`` or ``"onnx"`` (each :class:`Prediction` records its own).
+        backend_note: how it was chosen (e.g. ``"onnxruntime, exported in memory"``).
     """
 
     def __init__(
@@ -130,15 +172,30 @@ class Predictor:
         preprocess: PreprocessSettings | Mapping[str, Any] | None = None,
         aligner: FaceAligner | None = None,
         threads: int | None = 1,
+        backend: str = "auto",
+        onnx: str | os.PathLike | None = None,
     ) -> None:
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ConfigError(f"threads must be a positive integer or None, got {threads!r}.")
+        if backend not in BACKENDS:
+            raise ConfigError(f"Unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}.")
+        if onnx is not None and backend == "torch":
+            raise ConfigError("An ONNX file runs with onnxruntime: give backend 'onnx' or 'auto' with it "
+                              "(or leave the file out to run PyTorch).")
         self.checkpoint = checkpoint
         self.settings = _settings(checkpoint, preprocess)
         self._aligner = aligner
         self.threads = threads
         self.model: InferenceModel = checkpoint.inference_model()
         self.device = next(iter(self.model.parameters()), torch.empty(0)).device
+        self.requested_backend = backend
+        self.backend = "torch"
+        self.backend_note = "PyTorch" if backend == "torch" else (
+            "PyTorch (auto: no ONNX file given, and an in-memory export costs seconds for ~1 ms per prediction)")
+        self._session = None
+        self._auto_export_tried = False
+        if backend == "onnx" or onnx is not None:
+            self.use_onnx(onnx, required=backend == "onnx")
 
     @classmethod
     def load(
@@ -149,13 +206,83 @@ class Predictor:
         aligner: FaceAligner | None = None,
         device: str = "cpu",
         threads: int | None = 1,
+        backend: str = "auto",
+        onnx: str | os.PathLike | None = None,
     ) -> Predictor:
-        """Load a checkpoint directory written by ``epir train`` (validated; nothing is unpickled)."""
-        return cls(load_checkpoint(path, device=device), preprocess=preprocess, aligner=aligner, threads=threads)
+        """Load a checkpoint directory written by ``epir train`` (validated; nothing is unpickled).
+
+        ``backend`` (``"auto"``, ``"torch"`` or ``"onnx"``) and ``onnx`` (an ``epir export`` file of this
+        checkpoint): see :class:`Predictor`.
+        """
+        return cls(load_checkpoint(path, device=device), preprocess=preprocess, aligner=aligner, threads=threads,
+                   backend=backend, onnx=onnx)
 
     def __repr__(self) -> str:
         where = f" from {self.checkpoint.path}" if self.checkpoint.path else ""
-        return f"Predictor({self.checkpoint.model_name!r}{where}, classes={list(self.class_names)})"
+        return (f"Predictor({self.checkpoint.model_name!r}{where}, classes={list(self.class_names)}, "
+                f"backend={self.backend!r})")
+
+    def use_onnx(self, onnx: str | os.PathLike | None = None, *, required: bool = True) -> bool:
+        """Run the model with onnxruntime from now on: on the ``onnx`` file (checked against the checkpoint),
+        or on the model exported in memory. Its outputs are compared with PyTorch's on random maps (1e-4).
+
+        Args:
+            onnx: an ``epir export`` file of this checkpoint, or None to export in memory (a few seconds).
+            required: raise when onnxruntime cannot be used; otherwise stay on PyTorch and say why in
+                :attr:`backend_note`. A file from another checkpoint is an error either way.
+
+        Returns:
+            Whether onnxruntime is now in use.
+
+        Raises:
+            ExportError: (``required``) onnxruntime, onnx or onnxscript missing, the export failed, or the graph
+                does not reproduce PyTorch; and always: ``onnx`` belongs to another checkpoint.
+            ConfigError: (``required``) the model is not on the CPU.
+        """
+        from epir.inference.export import ExportError, compare_onnx, onnx_model, onnx_session, verify_onnx
+
+        def unavailable(why: str, error: Exception | None = None) -> bool:
+            if required:
+                if error is not None:
+                    raise error
+                raise ConfigError(why)
+            self.backend_note = f"PyTorch (auto: onnxruntime not used: {why})"
+            return False
+
+        if self.device.type != "cpu":
+            return unavailable(f"the model is on {self.device}; the onnx backend runs on the CPU (device='cpu')")
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            return unavailable(f"onnxruntime is not installed ({e}): pip install 'epir[export]'",
+                               ExportError(f"The onnx backend needs onnxruntime ({e}): pip install 'epir[export]'."))
+        if onnx is not None:
+            file = Path(onnx).expanduser()
+            if not file.is_file():
+                raise ExportError(f"ONNX file {file} does not exist; write it with `epir export --checkpoint "
+                                  f"{self.checkpoint.path or 'DIR'} --onnx {file}`, or leave it out.")
+            session = onnx_session(file, self.threads)
+            verify_onnx(self.checkpoint, session.get_modelmeta().custom_metadata_map, file)
+            note = f"onnxruntime, {file}"
+        else:
+            try:
+                with self.torch_threads():
+                    session = onnx_session(onnx_model(self.checkpoint).SerializeToString(), self.threads)
+            except ExportError as e:
+                return unavailable(str(e), e)
+            except Exception as e:  # anything else the tracing or serialising raises: same meaning to a user
+                error = ExportError(f"The in-memory ONNX export failed ({type(e).__name__}: {e}); use backend 'torch'.")
+                return unavailable(str(error), error)
+            note = "onnxruntime, exported in memory"
+        with self.torch_threads():
+            diff = compare_onnx(self.checkpoint, None, samples=4, session=session)
+        if not diff <= 1e-4:
+            error = ExportError(f"onnxruntime's logits differ from PyTorch's by up to {diff:.3g} (tolerance 1e-4) "
+                                f"with {note}; please report it, and use backend 'torch' meanwhile.")
+            return unavailable(str(error), error)
+        self._session, self.backend = session, "onnx"
+        self.backend_note = f"{note} (auto)" if self.requested_backend == "auto" else note
+        return True
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -218,13 +345,16 @@ class Predictor:
         ``landmarks``: see :meth:`network_input` (only for a mosaic trained on per-sample landmarks).
         """
         x = self.network_input(maps, landmarks)
+        if self._session is not None:
+            return self._session.run(["probabilities"], {"x": np.ascontiguousarray(x.numpy())})[0]
         with self.torch_threads(), torch.inference_mode():
             return torch.softmax(self.model(x), dim=-1).cpu().numpy()
 
     def _prediction(self, probs: np.ndarray, **kwargs: Any) -> Prediction:
         label = int(np.argmax(probs))
         return Prediction(label=label, class_name=self.class_names[label],
-                          probabilities={c: float(p) for c, p in zip(self.class_names, probs)}, **kwargs)
+                          probabilities={c: float(p) for c, p in zip(self.class_names, probs)},
+                          backend=self.backend, **kwargs)
 
     def predict_map(self, flow_map: np.ndarray | torch.Tensor, landmarks: np.ndarray | None = None) -> Prediction:
         """Predict one flow map (3, size, size), u, v, strain at 0-255 (e.g. a composite-set sample).
@@ -362,7 +492,8 @@ class Predictor:
         """Predict every clip in ``folder``: each video file and each sub-folder of frame images.
 
         A clip that cannot be processed (no face, unreadable, ...) gets its error in the ``error`` column
-        instead of stopping the batch.
+        instead of stopping the batch. With ``backend="auto"`` and at least :data:`AUTO_ONNX_MIN_CLIPS` clips,
+        the model is exported in memory first and run with onnxruntime (see :class:`Predictor`).
 
         Args:
             folder: the folder of clips.
@@ -388,6 +519,10 @@ class Predictor:
                 f"{root} holds no clips: expected video files ({', '.join(VIDEO_EXTS)}) or sub-folders of frame "
                 "images. For a single clip given as a folder of frames, leave out --csv."
             )
+        if (self.requested_backend == "auto" and self._session is None and not self._auto_export_tried
+                and len(clips) >= AUTO_ONNX_MIN_CLIPS):
+            self._auto_export_tried = True
+            self.use_onnx(None, required=False)
         rows = []
         for clip in tqdm(clips, desc="predict", unit="clip", disable=not progress):
             row: dict[str, Any] = {"clip": clip.name}
@@ -428,4 +563,4 @@ def list_clips(folder: str | os.PathLike) -> list[Path]:
     return out
 
 
-__all__ = ["Clip", "Prediction", "Predictor", "list_clips"]
+__all__ = ["AUTO_ONNX_MIN_CLIPS", "BACKENDS", "Clip", "Prediction", "Predictor", "list_clips"]

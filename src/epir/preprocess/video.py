@@ -9,9 +9,16 @@ number, which the label sheets' onset / apex / offset refer to.
 Everything that can be wrong with a clip raises a :class:`ClipError` (a ``DatasetError``) that names the
 path and what was expected; its ``kind`` (``"missing frame"``, ``"unreadable image"``, ``"no face"``, ...)
 is what the preprocessing report writes in its ``reason`` column.
+
+FFmpeg (OpenCV's video backend) prints its own complaints to stderr (``moov atom not found`` for a truncated
+.mp4, decoder errors) before our error says the same thing cleanly, so importing this module silences FFmpeg's
+log for the process: ``OPENCV_FFMPEG_LOGLEVEL=-8`` (quiet), unless ``OPENCV_FFMPEG_LOGLEVEL`` or
+``OPENCV_FFMPEG_DEBUG`` is already set (set either to see FFmpeg's messages). OpenCV reads it once, when its
+FFmpeg backend first opens a file, so a process that opened a video before importing epir keeps FFmpeg's log.
 """
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,6 +34,15 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VIDEO_EXTS = (".avi", ".mp4", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v", ".webm")
 
 _DIGITS = re.compile(r"(\d+)")
+
+
+def _quiet_ffmpeg() -> None:
+    """Set ``OPENCV_FFMPEG_LOGLEVEL=-8`` (AV_LOG_QUIET) unless the user chose FFmpeg's logging (module docstring)."""
+    if "OPENCV_FFMPEG_LOGLEVEL" not in os.environ and "OPENCV_FFMPEG_DEBUG" not in os.environ:
+        os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "-8"
+
+
+_quiet_ffmpeg()  # before any capture: OpenCV reads it when its FFmpeg backend first opens a file
 
 
 class ClipError(DatasetError):
@@ -109,8 +125,9 @@ def _open_video(path: Path) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         cap.release()
-        raise UnreadableImageError(f"Video {path} cannot be opened by OpenCV (unsupported codec or not a video); "
-                                   "convert it (e.g. to MJPG .avi or H.264 .mp4) or give a folder of frames.")
+        raise UnreadableImageError(f"Video {path} cannot be opened by OpenCV (truncated or damaged, an unsupported "
+                                   "codec, or not a video); convert it (e.g. to MJPG .avi or H.264 .mp4) or give a "
+                                   "folder of frames.")
     return cap
 
 
