@@ -40,8 +40,8 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     return row
 
 
-def _fmt(mean: float, std: float) -> str:
-    return f"{mean:.4f} ± {std:.4f}"
+def _fmt(mean: float, std: float, single: bool = False) -> str:
+    return f"{mean:.4f}" if single else f"{mean:.4f} ± {std:.4f}"
 
 
 def to_markdown(table: pd.DataFrame, first: str = "name") -> str:
@@ -51,8 +51,10 @@ def to_markdown(table: pd.DataFrame, first: str = "name") -> str:
     head += ["params", "FLOPs/sample"] + (["ms @ b1"] if "latency_ms_b1" in table else []) + ["s/fold"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
-        cells = [str(r[first if first in table else "name"]), _fmt(r["uf1"], r["uf1_std"]), _fmt(r["uar"], r["uar_std"])]
-        cells += [_fmt(r[f"{s}_{m}"], r[f"{s}_{m}_std"]) for s in sources for m in ("uf1", "uar")]
+        one = len(str(r.get("seeds", "0 1")).split()) == 1  # one seed: no spread to report
+        cells = [str(r[first if first in table else "name"]), _fmt(r["uf1"], r["uf1_std"], one),
+                 _fmt(r["uar"], r["uar_std"], one)]
+        cells += [_fmt(r[f"{s}_{m}"], r[f"{s}_{m}_std"], one) for s in sources for m in ("uf1", "uar")]
         cells += [f"{int(r['params']):,}", f"{int(r['flops_per_sample']):,}"]
         if "latency_ms_b1" in table:
             cells.append(f"{r['latency_ms_b1']:.3f}")
