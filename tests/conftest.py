@@ -53,3 +53,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny EPIR checkpoint trained on synthetic data (``epir train``'s output); read-only in tests."""
+    import epir
+    from epir.data import load_dataset
+    from epir.inference import train_checkpoint
+
+    data = load_dataset("synthetic", n_subjects=3, clips_per_subject=4, seed=0)
+    cfg = epir.make_config("epir", "synthetic",
+                           overrides=["train.epochs=2", "model.dim=16", "model.heads=2", "model.depths=[1,1]"])
+    out = tmp_path_factory.mktemp("checkpoint") / "ckpt"
+    train_checkpoint(cfg, out, dataset=data, progress=False)
+    return out

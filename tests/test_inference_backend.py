@@ -16,9 +16,8 @@ import epir
 import epir.inference.export as export_mod
 import epir.inference.predictor as predictor_mod
 from epir.cli import main
-from epir.data import load_dataset
 from epir.data.synthetic import make_clip, random_subject
-from epir.inference import ExportError, Predictor, load_checkpoint, save_checkpoint, train_checkpoint
+from epir.inference import ExportError, Predictor, load_checkpoint, save_checkpoint
 from epir.inference.export import random_maps
 
 pytest.importorskip("onnxruntime")
@@ -26,16 +25,6 @@ pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def ckpt_dir(tmp_path_factory) -> Path:
-    data = load_dataset("synthetic", n_subjects=3, clips_per_subject=4, seed=0)
-    cfg = epir.make_config("epir", "synthetic",
-                           overrides=["train.epochs=2", "model.dim=16", "model.heads=2", "model.depths=[1,1]"])
-    out = tmp_path_factory.mktemp("backend") / "ckpt"
-    train_checkpoint(cfg, out, dataset=data, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

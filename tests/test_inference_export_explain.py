@@ -8,28 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-import epir
 from epir.cli import main
-from epir.data import load_dataset
 from epir.data.synthetic import make_clip, random_subject
 from epir.engine.train import InputNorm
-from epir.inference import Predictor, train_checkpoint
+from epir.inference import Predictor
 from epir.inference.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from epir.inference.explain import EXPLAIN_SIZE, model_evidence
 from epir.inference.export import export_onnx, onnx_session, random_maps
 from epir.models import create_model, resolve_model_args
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def ckpt_dir(tmp_path_factory) -> Path:
-    data = load_dataset("synthetic", n_subjects=3, clips_per_subject=4, seed=0)
-    cfg = epir.make_config("epir", "synthetic",
-                           overrides=["train.epochs=2", "model.dim=16", "model.heads=2", "model.depths=[1,1]"])
-    out = tmp_path_factory.mktemp("export") / "ckpt"
-    train_checkpoint(cfg, out, dataset=data, progress=False)
-    return out
 
 
 def save_untrained(name: str, args: dict, path: Path, transform: str = "none") -> Path:

@@ -13,7 +13,7 @@ import epir
 from epir.cli import main
 from epir.data import load_dataset
 from epir.data.synthetic import make_clip, random_subject, render_face
-from epir.inference import Predictor, train_checkpoint
+from epir.inference import Predictor
 from epir.preprocess.face import FaceAligner, NoFaceError
 from epir.preprocess.video import ClipError
 
@@ -35,16 +35,6 @@ def write_video(frames: list[np.ndarray], path: Path) -> Path:
         writer.write(f)
     writer.release()
     return path
-
-
-@pytest.fixture(scope="module")
-def ckpt_dir(tmp_path_factory) -> Path:
-    data = load_dataset("synthetic", n_subjects=3, clips_per_subject=4, seed=0)
-    cfg = epir.make_config("epir", "synthetic",
-                           overrides=["train.epochs=2", "model.dim=16", "model.heads=2", "model.depths=[1,1]"])
-    out = tmp_path_factory.mktemp("predict") / "ckpt"
-    train_checkpoint(cfg, out, dataset=data, progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

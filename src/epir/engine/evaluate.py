@@ -8,6 +8,7 @@ import pandas as pd
 
 from epir.config import RunConfig
 from epir.data.base import COMPOSITE_CLASSES
+from epir.engine.loso import evaluation_of
 from epir.engine.results import HONEST, read_megc_log, summarize
 from epir.errors import DatasetError, DatasetNotFoundError
 
@@ -31,7 +32,7 @@ def evaluate_run_dir(run_dir: str | Path) -> dict[str, Any]:
     if (run / "config.yaml").is_file():
         cfg = RunConfig.load(run / "config.yaml")
         absent = cfg.eval.absent_class
-        evaluation = f"SDE({'+'.join(cfg.data.subset)})" if cfg.data.subset else "CDE"
+        evaluation = evaluation_of(cfg)
     results = summarize(preds, class_names, protocol, absent)
     results["n"] = int(len(preds) // preds["seed"].nunique())
     if evaluation:

@@ -60,9 +60,9 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def _evaluation(cfg: RunConfig, results: dict[str, Any]) -> str:
-    if results.get("evaluation"):
-        return str(results["evaluation"])
-    return f"SDE({'+'.join(cfg.data.subset)})" if cfg.data.subset else "CDE"
+    from epir.engine.loso import evaluation_of
+
+    return str(results.get("evaluation") or evaluation_of(cfg))
 
 
 def config_label(cfg: RunConfig) -> str:
