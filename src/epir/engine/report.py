@@ -183,11 +183,12 @@ def _heading(group: str, latex: bool = False) -> str:
 
 def _cell(mean: Any, std: Any, latex: bool = False, single: bool = False) -> str:
     """``mean ± std``; just the mean for a single seed (no spread to report)."""
+    from epir.engine.tables import fmt_mean_std
+
     if mean is None or pd.isna(mean):
         return "–" if not latex else "--"
-    if single:
-        return f"{mean:.4f}"
-    return f"{mean:.4f} $\\pm$ {std:.4f}" if latex else f"{mean:.4f} ± {std:.4f}"
+    text = fmt_mean_std(mean, std, single)
+    return text.replace("±", "$\\pm$") if latex else text
 
 
 def _name(r: pd.Series, latex: bool = False) -> str:

@@ -40,7 +40,8 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     return row
 
 
-def _fmt(mean: float, std: float, single: bool = False) -> str:
+def fmt_mean_std(mean: float, std: float, single: bool = False) -> str:
+    """``mean ± std`` at 4 decimals; just the mean for a single seed (no spread to report)."""
     return f"{mean:.4f}" if single else f"{mean:.4f} ± {std:.4f}"
 
 
@@ -52,9 +53,9 @@ def to_markdown(table: pd.DataFrame, first: str = "name") -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():
         one = len(str(r.get("seeds", "0 1")).split()) == 1  # one seed: no spread to report
-        cells = [str(r[first if first in table else "name"]), _fmt(r["uf1"], r["uf1_std"], one),
-                 _fmt(r["uar"], r["uar_std"], one)]
-        cells += [_fmt(r[f"{s}_{m}"], r[f"{s}_{m}_std"], one) for s in sources for m in ("uf1", "uar")]
+        cells = [str(r[first if first in table else "name"]), fmt_mean_std(r["uf1"], r["uf1_std"], one),
+                 fmt_mean_std(r["uar"], r["uar_std"], one)]
+        cells += [fmt_mean_std(r[f"{s}_{m}"], r[f"{s}_{m}_std"], one) for s in sources for m in ("uf1", "uar")]
         cells += [f"{int(r['params']):,}", f"{int(r['flops_per_sample']):,}"]
         if "latency_ms_b1" in table:
             cells.append(f"{r['latency_ms_b1']:.3f}")
