@@ -78,7 +78,7 @@ def test_loso_end_to_end(fake_root, tmp_path, capsys) -> None:
     assert results["model"] == "ststnet" and results["dataset"] == "megc2019" and results["n"] == 24
     cfg = RunConfig.load(out / "config.yaml")
     assert cfg.model.name == "ststnet"
-    assert cfg.model.args == {"num_classes": 3, "bgr_input": True}  # resolved, every argument written
+    assert cfg.model.args == {"num_classes": 3, "bgr_input": True, "dropout": 0.5}  # resolved, every argument written
     assert cfg.train.epochs == 2
     assert cfg.train.lr == 5e-5  # STSTNet's own recipe
     assert cfg.data.dataset == "megc2019" and cfg.data.root == str(fake_root)
@@ -198,7 +198,7 @@ def test_interrupt_exits_130_and_resume_hint(fake_root, tmp_path, monkeypatch, c
 
     monkeypatch.setattr(loso, "run_fold", interrupted)
     out = tmp_path / "run"
-    assert main(loso_args(fake_root, out)) == 130
+    assert main(loso_args(fake_root, out, "--fold-batch", "1")) == 130
     err = capsys.readouterr().err
     assert "resume" in err and "--out" in err
     assert len(list((out / "folds" / "seed0").glob("*.json"))) == 1

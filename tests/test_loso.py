@@ -32,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def tiny_cfg(epochs: int = 2, train: dict | None = None, **eval_kw) -> RunConfig:
     """STSTNet with its official recipe cut to ``epochs`` epochs, one thread (a fraction of a second per LOSO)."""
     eval_kw.setdefault("threads", 1)
+    eval_kw.setdefault("fold_batch", 1)  # the one-at-a-time loop (tests/test_batched.py covers batching)
     return RunConfig(
         model=ModelConfig(name="ststnet"),
         data=DataConfig(dataset="megc2019"),
@@ -129,7 +130,7 @@ def test_folds_partition_the_samples_and_fit_gets_exactly_the_training_rows(
         # fit saw precisely the training rows, in dataset order, and nothing else
         assert torch.equal(call["x"], ds.x[torch.from_numpy(train_idx)])
         assert torch.equal(call["y"], ds.y[torch.from_numpy(train_idx)])
-        assert set(call["kwargs"]) <= {"seed", "num_classes", "device", "on_epoch"}
+        assert set(call["kwargs"]) <= {"seed", "num_classes", "device", "on_epoch", "describe"}
         test_rows = ds.x[torch.from_numpy(test_idx)].flatten(1)
         assert not (call["x"].flatten(1)[:, None, :] == test_rows[None, :, :]).all(-1).any()
         all_test += test_idx.tolist()
@@ -138,7 +139,7 @@ def test_folds_partition_the_samples_and_fit_gets_exactly_the_training_rows(
 
 def test_fit_signature_has_no_test_data() -> None:
     params = list(inspect.signature(epir.engine.train.fit).parameters)
-    assert params == ["model", "x", "y", "cfg", "seed", "num_classes", "device", "on_epoch"]
+    assert params == ["model", "x", "y", "cfg", "seed", "num_classes", "device", "on_epoch", "describe"]
     assert not [p for p in params if any(w in p.lower() for w in ("test", "val", "held"))]
 
 

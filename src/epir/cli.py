@@ -23,6 +23,13 @@ DASK_HELP = ("run the folds on a Dask cluster (tcp://HOST:8786; start one with `
              "`dask worker ADDRESS`); finished folds are saved as they arrive")
 
 
+JOBS_HELP = ("parallel worker processes, one torch thread each (-1: one per core). Default: one per core, "
+             "or 1 when --threads is given")
+
+FOLD_BATCH_HELP = ("models a worker trains at once as one vectorised model (folds, seeds); 1: one at a time. "
+                   "Default: chosen for the model and device (models that cannot be batched train one at a time)")
+
+
 def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") -> None:
     """Options shared by every command that trains (loso, demo, ablate)."""
     if model is not None:
@@ -44,9 +51,10 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") 
                    help="OPTIMISTIC protocol of published baselines: per subject, the epoch with the best test "
                         "accuracy; every output is labelled 'oracle-epoch (optimistic)'")
     p.add_argument("--device", default=None, help="torch device (cpu, cuda)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="folds trained in parallel processes, one torch thread each (-1: one per core)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads per process (given alone: one process with that many threads)")
+    p.add_argument("--jobs", type=int, default=None, help=JOBS_HELP)
+    p.add_argument("--fold-batch", type=int, default=None, metavar="N", help=FOLD_BATCH_HELP)
     p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS", help=DASK_HELP)
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<dataset>-<time>); "
                                                "rerunning with the same --out resumes finished folds")
@@ -56,7 +64,15 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") 
 #: Command-line flags that set one config field each.
 FLAG_KEYS = (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
              ("device", "eval.device"), ("threads", "eval.threads"), ("jobs", "eval.jobs"),
-             ("subset", "data.subset"), ("dask_scheduler", "eval.dask_scheduler"))
+             ("subset", "data.subset"), ("dask_scheduler", "eval.dask_scheduler"), ("fold_batch", "eval.fold_batch"))
+
+
+def default_jobs(args: argparse.Namespace) -> int | None:
+    """Worker processes when --jobs is not given: one per core (a plain command uses the whole machine), or
+    None (the configuration's value) when --threads pins this process's threads or --config is given."""
+    if not hasattr(args, "jobs") or args.jobs is not None or getattr(args, "threads", None) is not None:
+        return None
+    return None if getattr(args, "config", None) else -1
 
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -70,6 +86,8 @@ def build_config(args: argparse.Namespace, model: str | None = None) -> RunConfi
 
     cfg = RunConfig.load(args.config) if args.config else make_config(model or args.model, recipe=args.recipe)
     values = {"data.dataset": args.dataset, "data.root": args.root, **flag_values(args)}
+    if values["eval.jobs"] is None:
+        values["eval.jobs"] = default_jobs(args)
     for key, value in values.items():
         if value is not None:
             cfg = set_value(cfg, key, value)
@@ -127,8 +145,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     args.dataset = "synthetic"
     cfg = build_config(args)
-    if args.jobs is None and not args.config:  # folds in parallel, one process per core
-        cfg = replace(cfg, eval=replace(cfg.eval, jobs=-1))
     out = Path(args.out) if args.out else _default_out(cfg, "demo")
     print(f"epir demo: LOSO of {cfg.model.name!r} on the built-in synthetic set ({cfg.train.epochs} epochs per fold)")
     results = run_loso(cfg, out_dir=out, progress=not args.no_progress)
@@ -181,7 +197,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from epir.engine.compare import run_compare
 
-    overrides = [*args.overrides, *(f"{k}={v}" for k, v in flag_values(args).items() if v is not None)]
+    flags = flag_values(args)
+    if flags["eval.jobs"] is None:
+        flags["eval.jobs"] = default_jobs(args)
+    overrides = [*args.overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     out = Path(args.out) if args.out else Path("runs") / f"compare-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_compare(args.models, out, dataset=args.dataset, root=args.root, seeds=args.seeds, folds=args.folds or (),
                 protocol=args.protocol, overrides=overrides, recipes=_parse_recipes(args.recipes),
@@ -271,7 +290,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="override a config field for every model, or for one with MODEL: in front")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--jobs", type=int, default=None)
+    p.add_argument("--jobs", type=int, default=None, help=JOBS_HELP)
+    p.add_argument("--fold-batch", type=int, default=None, metavar="N", help=FOLD_BATCH_HELP)
     p.add_argument("--out", default=None)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_compare)

@@ -61,7 +61,8 @@ class EvalConfig:
     absent_class: str = "skip"  # skip | zero: a class absent from the ground truth in UF1/UAR
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 = all cores (1 per worker when jobs > 1)
-    jobs: int = 1  # folds trained in parallel worker processes (joblib); -1 = one per core
+    jobs: int = 1  # parallel worker processes (joblib), each training groups of folds; -1 = one per core
+    fold_batch: int = 0  # models trained at once in one worker (batched folds); 0 = chosen automatically
     dask_scheduler: str | None = None  # address of a Dask scheduler (tcp://host:8786): folds run on its workers
 
 

@@ -21,6 +21,10 @@ class DatasetNotFoundError(EpirError, FileNotFoundError):
     """A dataset root or one of its files does not exist."""
 
 
+class DivergedError(EpirError, RuntimeError):
+    """Training diverged (a non-finite loss or weights): the fold is stopped, never scored."""
+
+
 class UnknownNameError(EpirError, KeyError):
     """A name (model, dataset, config key) is not registered."""
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import time
+import warnings
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -27,11 +30,11 @@ from epir.data.transforms import apply_input_transform
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
 from epir.engine.train import InputNorm, fit, predict_proba
 from epir.errors import ConfigError, DatasetNotFoundError, did_you_mean
-from epir.models import build_model, default_recipe, resolve_model_args
+from epir.models import build_model, default_recipe, is_batchable, resolve_model_args
 
 #: Config fields that may differ when resuming a run (they do not change a finished fold's result).
 RESUME_FREE = {("eval", "seeds"), ("eval", "folds"), ("eval", "device"), ("eval", "threads"), ("eval", "jobs"),
-               ("eval", "dask_scheduler")}
+               ("eval", "dask_scheduler"), ("eval", "fold_batch")}
 
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
@@ -125,6 +128,45 @@ def fold_file(out_dir: Path, seed: int, subject: str) -> Path:
     return out_dir / "folds" / f"seed{seed}" / (subject.replace("/", "__") + ".json")
 
 
+def fold_split(dataset: FlowDataset, subject: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, test_idx) of the fold holding out ``subject``: every other subject's rows, and its own."""
+    subjects = np.asarray(dataset.subjects)
+    return np.flatnonzero(subjects != subject), np.flatnonzero(subjects == subject)
+
+
+def fold_record(
+    seed: int, subject: str, test_idx: np.ndarray, true: torch.Tensor, probs: torch.Tensor, epoch: int | None,
+    seconds: float, n_train: int,
+) -> dict[str, Any]:
+    """The fold file's record: the held-out rows, their labels, predictions and probabilities."""
+    return {
+        "seed": seed,
+        "subject": subject,
+        "indices": test_idx.tolist(),
+        "true": true.tolist(),
+        "predicted": probs.argmax(1).tolist(),
+        "probs": probs.tolist(),
+        "epoch": epoch,
+        "seconds": seconds,
+        "n_train": int(n_train),
+    }
+
+
+class _OracleBest:
+    """Optimistic protocol of the published baselines: per subject, keep the (latest) epoch with the best
+    accuracy on the held-out subject. Only here, in the caller of ``fit``, does test data appear."""
+
+    def __init__(self, test_x: torch.Tensor, test_y: torch.Tensor, device: str) -> None:
+        self.test_x, self.test_y, self.device = test_x, test_y, device
+        self.acc, self.probs, self.epoch = -1.0, None, None
+
+    def update(self, epoch: int, model: torch.nn.Module, norm: InputNorm) -> None:
+        p = predict_proba(model, norm, self.test_x, device=self.device)
+        acc = float((p.argmax(1) == self.test_y).float().mean())
+        if acc >= self.acc:
+            self.acc, self.probs, self.epoch = acc, p, epoch
+
+
 def run_fold(
     dataset: FlowDataset,
     cfg: RunConfig,
@@ -135,9 +177,7 @@ def run_fold(
     on_epoch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Train on every subject but ``subject`` and predict ``subject``'s samples."""
-    subjects = np.asarray(dataset.subjects)
-    test_idx = np.flatnonzero(subjects == subject)
-    train_idx = np.flatnonzero(subjects != subject)
+    train_idx, test_idx = fold_split(dataset, subject)
     test = dataset.subset(test_idx)
     device = cfg.eval.device
     torch.manual_seed(fold_seed(seed, subject))
@@ -161,16 +201,11 @@ def run_fold(
         probs = predict_proba(model, norm, test.x, device=device)
     else:
         train = dataset.subset(train_idx)
-        best: dict[str, Any] = {}
+        oracle = _OracleBest(test.x, test.y, device) if cfg.eval.oracle_epoch else None
 
         def epoch_done(epoch: int, m: torch.nn.Module, norm: InputNorm) -> None:
-            if cfg.eval.oracle_epoch:
-                # Optimistic protocol of the published baselines: per subject, keep the (latest) epoch with the
-                # best accuracy on the held-out subject. Only here, in the caller, does test data appear.
-                p = predict_proba(m, norm, test.x, device=device)
-                acc = float((p.argmax(1) == test.y).float().mean())
-                if acc >= best.get("acc", -1.0):
-                    best.update(acc=acc, probs=p, epoch=epoch)
+            if oracle is not None:
+                oracle.update(epoch, m, norm)
             if on_epoch is not None:
                 on_epoch(epoch)
 
@@ -183,29 +218,111 @@ def run_fold(
             num_classes=dataset.num_classes,
             device=device,
             on_epoch=epoch_done,
+            describe=f"fold {subject} seed {seed}",
         )
-        if cfg.eval.oracle_epoch and best:
-            probs, chosen_epoch = best["probs"], best["epoch"]
+        if oracle is not None and oracle.probs is not None:
+            probs, chosen_epoch = oracle.probs, oracle.epoch
         else:
             probs = predict_proba(model, norm, test.x, device=device)
             chosen_epoch = cfg.train.epochs - 1
-    return {
-        "seed": seed,
-        "subject": subject,
-        "indices": test_idx.tolist(),
-        "true": test.y.tolist(),
-        "predicted": probs.argmax(1).tolist(),
-        "probs": probs.tolist(),
-        "epoch": chosen_epoch,
-        "seconds": time.perf_counter() - t0,
-        "n_train": int(len(train_idx)),
-    }
+    return fold_record(seed, subject, test_idx, test.y, probs, chosen_epoch, time.perf_counter() - t0, len(train_idx))
+
+
+Fold = tuple[int, str]  # (seed, subject)
+
+
+def run_fold_group(
+    dataset: FlowDataset,
+    cfg: RunConfig,
+    folds: Sequence[Fold],
+    fold_weights: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Train the ``(seed, subject)`` folds of one group at once (``epir.engine.batched.fit_many``) and return
+    their records; one fold (or ``fold_weights``) runs :func:`run_fold`. Each member of the group gets exactly
+    its own fold's training rows; its held-out subject's rows are only predicted, after training (or per epoch
+    under the optimistic ``eval.oracle_epoch``)."""
+    if len(folds) == 1 or fold_weights is not None:
+        return [run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights) for seed, subject in folds]
+    from epir.engine.batched import Member, fit_many
+
+    device = cfg.eval.device
+    t0 = time.perf_counter()
+    splits = [fold_split(dataset, subject) for _, subject in folds]
+    members = [
+        Member(dataset.x[train_idx], dataset.y[train_idx], fold_seed(seed, subject), f"fold {subject} seed {seed}")
+        for (seed, subject), (train_idx, _) in zip(folds, splits)
+    ]
+    tests = [(dataset.x[test_idx], dataset.y[test_idx]) for _, test_idx in splits]
+    oracles = [_OracleBest(tx, ty, device) for tx, ty in tests] if cfg.eval.oracle_epoch else None
+
+    def epoch_done(epoch: int, models: list[torch.nn.Module], norms: list[InputNorm]) -> None:
+        for oracle, model, norm in zip(oracles or [], models, norms):
+            oracle.update(epoch, model, norm)
+
+    models, norms = fit_many(
+        cfg.model, members, cfg.train, num_classes=dataset.num_classes, device=device,
+        on_epoch=epoch_done if oracles else None,
+    )
+    seconds = (time.perf_counter() - t0) / len(folds)
+    records = []
+    for i, ((seed, subject), (train_idx, test_idx)) in enumerate(zip(folds, splits)):
+        if oracles is not None and oracles[i].probs is not None:
+            probs, epoch = oracles[i].probs, oracles[i].epoch
+        else:
+            probs, epoch = predict_proba(models[i], norms[i], tests[i][0], device=device), cfg.train.epochs - 1
+        records.append(fold_record(seed, subject, test_idx, tests[i][1], probs, epoch, seconds, len(train_idx)))
+    return records
+
+
+#: Models trained at once per worker when ``eval.fold_batch`` is 0 (automatic), by device type; measured by
+#: ``benchmarks/loso_speed.py`` (on a 2-core CPU larger groups fall out of the caches and get slower).
+AUTO_FOLD_BATCH = {"cpu": 4, "cuda": 68}
+
+
+def resolve_fold_batch(cfg: RunConfig, fold_weights: str | os.PathLike | None = None) -> tuple[int, str]:
+    """Models trained at once per worker, and a note when the model or protocol cannot be batched."""
+    if fold_weights is not None:
+        return 1, ""
+    if cfg.eval.fold_batch < 0:
+        raise ConfigError(f"eval.fold_batch must be >= 0 (0: automatic), got {cfg.eval.fold_batch}.")
+    if not is_batchable(cfg.model.name):
+        note = (f"note: model {cfg.model.name!r} is not batchable (registered without batchable=True); "
+                f"its folds train one at a time")
+        return 1, note if cfg.eval.fold_batch > 1 else ""
+    if cfg.eval.fold_batch:
+        return cfg.eval.fold_batch, ""
+    return AUTO_FOLD_BATCH.get(torch.device(cfg.eval.device).type, 4), ""
+
+
+def plan_groups(dataset: FlowDataset, cfg: RunConfig, todo: Sequence[Fold], fold_batch: int, workers: int = 1
+                ) -> list[list[Fold]]:
+    """Split the folds to run into groups trained together: folds whose training sets take the same number of
+    optimizer steps per epoch, at most ``fold_batch`` per group, and (when the automatic size would leave
+    workers idle) small enough that every worker gets a group."""
+    if fold_batch <= 1 or len(todo) <= 1:
+        return [[f] for f in todo]
+    size = min(fold_batch, max(1, math.ceil(len(todo) / max(1, workers))))
+    counts = Counter(dataset.subjects)
+    by_steps: dict[int, list[Fold]] = {}
+    for seed, subject in todo:
+        steps = math.ceil((len(dataset) - counts[subject]) / cfg.train.batch_size)
+        by_steps.setdefault(steps, []).append((seed, subject))
+    return [group[i : i + size] for group in by_steps.values() for i in range(0, len(group), size)]
+
+
+def _group_task(
+    dataset: FlowDataset, cfg: RunConfig, folds: Sequence[Fold], fold_weights: str | os.PathLike | None
+) -> list[dict[str, Any]]:
+    """One group of folds in a worker process: one torch thread per worker unless ``eval.threads`` says
+    otherwise, so workers do not fight over cores."""
+    torch.set_num_threads(cfg.eval.threads or 1)
+    return run_fold_group(dataset, cfg, folds, fold_weights)
 
 
 def _fold_task(
     dataset: FlowDataset, cfg: RunConfig, subject: str, seed: int, fold_weights: str | os.PathLike | None
 ) -> dict[str, Any]:
-    """One fold in a worker process: one torch thread per worker, so workers do not fight over cores."""
+    """One fold in a worker process (kept for callers of the one-fold task)."""
     torch.set_num_threads(cfg.eval.threads or 1)
     return run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights)
 
@@ -214,10 +331,11 @@ def run_on_dask(
     address: str,
     dataset: FlowDataset,
     cfg: RunConfig,
-    todo: Sequence[tuple[int, str]],
+    groups: Sequence[Sequence[Fold]],
     fold_weights: str | os.PathLike | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Run the ``(seed, subject)`` folds on a Dask distributed cluster; yield each fold's record as it finishes.
+    """Run groups of ``(seed, subject)`` folds on a Dask distributed cluster, one task per group (a group of
+    one fold when folds are not batched); yield each fold's record as its group finishes.
 
     The dataset is sent to the workers once (``scatter``), so workers need the ``epir`` package but not the data
     files. Each fold is one task running exactly the code of the local backends (one torch thread unless
@@ -243,13 +361,13 @@ def run_on_dask(
         data = client.scatter(dataset, broadcast=True)
         tag = zlib.crc32(cfg.to_yaml().encode())
         futures = [
-            client.submit(_fold_task, data, cfg, subject, seed, fold_weights, key=f"epir-fold-{tag:08x}-{seed}-{subject}",
-                          pure=False)
-            for seed, subject in todo
+            client.submit(_group_task, data, cfg, list(group), fold_weights,
+                          key=f"epir-folds-{tag:08x}-{group[0][0]}-{group[0][1]}-{len(group)}", pure=False)
+            for group in groups
         ]
         with client.as_current():
             for future in as_completed(futures):
-                yield future.result()
+                yield from future.result()
     finally:
         client.close()
 
@@ -258,7 +376,8 @@ def _check_resume(out_dir: Path, cfg: RunConfig) -> None:
     path = out_dir / "config.yaml"
     if not path.exists():
         return
-    old = RunConfig.load(path).to_dict()
+    # An older run's config lacks model arguments added since; they took their defaults then.
+    old = resolve_config(RunConfig.load(path)).to_dict()
     new = cfg.to_dict()
     diffs = [
         f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
@@ -324,8 +443,6 @@ def run_loso(
     transform_report: dict[str, Any] = {}
     if cfg.data.input_transform != "none":
         dataset, transform_report = apply_input_transform(dataset, cfg.data.input_transform)
-    if cfg.eval.threads:
-        torch.set_num_threads(cfg.eval.threads)
     subjects = select_subjects(dataset, cfg.eval.folds)
     protocol = protocol_of(cfg, fold_weights)
     seeds = list(cfg.eval.seeds) if fold_weights is None else [cfg.eval.seeds[0]]
@@ -359,26 +476,46 @@ def run_loso(
         done[(rec["seed"], rec["subject"])] = rec
         bar.update(1)
 
-    jobs = (os.cpu_count() or 1) if cfg.eval.jobs == -1 else cfg.eval.jobs
-    if cfg.eval.dask_scheduler and todo:
-        bar.set_postfix_str(f"dask {cfg.eval.dask_scheduler}")
-        for rec in run_on_dask(cfg.eval.dask_scheduler, dataset, cfg, todo, fold_weights):
-            finish(rec)
-    elif jobs > 1 and len(todo) > 1:
-        from joblib import Parallel, delayed
+    fold_batch, note = resolve_fold_batch(cfg, fold_weights)
+    if note:
+        warnings.warn(note, stacklevel=2)
+    cores = os.cpu_count() or 1
+    jobs = cores if cfg.eval.jobs == -1 else cfg.eval.jobs
+    if jobs < 1:
+        raise ConfigError(f"eval.jobs must be >= 1 or -1 (one per core), got {cfg.eval.jobs}.")
+    groups = plan_groups(dataset, cfg, todo, fold_batch, workers=jobs)
+    threads_before = torch.get_num_threads()
+    try:
+        if cfg.eval.dask_scheduler and todo:
+            bar.set_postfix_str(f"dask {cfg.eval.dask_scheduler}")
+            for rec in run_on_dask(cfg.eval.dask_scheduler, dataset, cfg, groups, fold_weights):
+                finish(rec)
+        elif jobs > 1 and len(groups) > 1:
+            from joblib import Parallel, delayed
 
-        bar.set_postfix_str(f"{jobs} workers")
-        tasks = (delayed(_fold_task)(dataset, cfg, subject, seed, fold_weights) for seed, subject in todo)
-        for rec in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
-            finish(rec)
-    else:
-        for seed, subject in todo:
-            bar.set_postfix_str(f"seed {seed} {subject}")
+            bar.set_postfix_str(f"{jobs} workers, {fold_batch} folds at once" if fold_batch > 1 else f"{jobs} workers")
+            tasks = (delayed(_group_task)(dataset, cfg, group, fold_weights) for group in groups)
+            for recs in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
+                for rec in recs:
+                    finish(rec)
+        else:
+            if cfg.eval.threads:
+                torch.set_num_threads(cfg.eval.threads)
+            for group in groups:
+                if len(group) > 1:
+                    bar.set_postfix_str(f"{len(group)} folds at once")
+                    for rec in run_fold_group(dataset, cfg, group, fold_weights):
+                        finish(rec)
+                    continue
+                seed, subject = group[0]
+                bar.set_postfix_str(f"seed {seed} {subject}")
 
-            def on_epoch(epoch: int, _s: str = subject, _seed: int = seed) -> None:
-                bar.set_postfix_str(f"seed {_seed} {_s} epoch {epoch + 1}/{epochs}")
+                def on_epoch(epoch: int, _s: str = subject, _seed: int = seed) -> None:
+                    bar.set_postfix_str(f"seed {_seed} {_s} epoch {epoch + 1}/{epochs}")
 
-            finish(run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, on_epoch=on_epoch))
+                finish(run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, on_epoch=on_epoch))
+    finally:
+        torch.set_num_threads(threads_before)
     records = [done[(seed, subject)] for seed in seeds for subject in subjects]
     bar.close()
     preds = predictions_frame(dataset, records)
@@ -394,6 +531,8 @@ def run_loso(
         wall_seconds=time.perf_counter() - t_start,
         fold_seconds=float(np.mean([r["seconds"] for r in records])) if records else 0.0,
         resumed_folds=resumed,
+        fold_batch=fold_batch,
+        jobs=jobs,
     )
     if fold_weights is not None:
         results["fold_weights"] = str(fold_weights)
@@ -406,6 +545,6 @@ def run_loso(
 
 
 __all__ = [
-    "evaluation_of", "format_summary", "make_config", "resolve_config", "run_fold", "run_loso", "select_sources",
-    "select_subjects",
+    "evaluation_of", "format_summary", "make_config", "plan_groups", "resolve_config", "run_fold", "run_fold_group",
+    "run_loso", "select_sources", "select_subjects",
 ]

@@ -6,7 +6,7 @@ selection nor normalisation statistics can see that subject. Everything is held 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from epir.config import TrainConfig
-from epir.errors import ConfigError
+from epir.errors import ConfigError, DivergedError
 
 #: Index of the horizontal-flow channel in epir's canonical order (u, v, strain).
 U_CHANNEL = 0
@@ -79,8 +79,10 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Te
     return x
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+def make_optimizer(model: nn.Module | Iterable[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``model``'s trainable parameters (or over the given tensors)."""
+    source = model.parameters() if isinstance(model, nn.Module) else model
+    params = [p for p in source if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
@@ -105,6 +107,50 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 EpochCallback = Callable[[int, nn.Module, InputNorm], None]
 
 
+def class_weights(y: torch.Tensor, num_classes: int, cfg: TrainConfig) -> torch.Tensor | None:
+    """Per-class loss weights of the recipe (``balanced``: inverse class frequency of ``y``), or None."""
+    if cfg.class_weight == "balanced":
+        counts = torch.bincount(y, minlength=num_classes).float().clamp_min(1)
+        return len(y) / (num_classes * counts)
+    if cfg.class_weight != "none":
+        raise ConfigError(f"train.class_weight={cfg.class_weight!r}; expected none or balanced.")
+    return None
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    label_smoothing: float,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """``F.cross_entropy(logits, target, weight=weight, label_smoothing=...)`` (mean reduction) over the samples
+    where ``valid`` is true, written with no data-dependent shape so it runs under ``vmap``.
+
+    As PyTorch defines it: ``(1 - e) * sum_i w[y_i] nll_i / sum_i w[y_i] + e / C * sum_i sum_c w_c (-log p_ic)
+    / sum_i w[y_i]`` (with ``weight`` all ones for no class weighting).
+    """
+    logp = logits.log_softmax(dim=-1)
+    v = valid.to(logp.dtype)
+    wy = weight[target] * v
+    nll = -logp.gather(-1, target[:, None])[:, 0]
+    denom = wy.sum()
+    loss = (1.0 - label_smoothing) * (wy * nll).sum() / denom
+    if label_smoothing > 0:
+        smooth = -(logp * weight).sum(dim=-1)
+        loss = loss + label_smoothing / logits.shape[-1] * (smooth * v).sum() / denom
+    return loss
+
+
+def check_finite(loss: torch.Tensor, what: str) -> None:
+    """Stop training loudly when the loss is not finite (a diverged model is never reported as a result)."""
+    if not bool(torch.isfinite(loss).all()):
+        raise DivergedError(
+            f"{what}: the training loss is not finite ({loss.detach().flatten().tolist()[:4]}): the model diverged. "
+            f"Lower train.lr (--lr), set train.grad_clip, or check the input maps."
+        )
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -115,6 +161,7 @@ def fit(
     num_classes: int,
     device: str = "cpu",
     on_epoch: EpochCallback | None = None,
+    describe: str = "training",
 ) -> InputNorm:
     """Train ``model`` in place on the training samples and return the input normalisation it expects.
 
@@ -128,18 +175,19 @@ def fit(
         device: torch device.
         on_epoch: called as ``on_epoch(epoch, model, norm)`` after every epoch (progress reporting, or the
             caller's optimistic oracle-epoch bookkeeping; ``fit`` itself never sees test data).
+        describe: what is trained (e.g. "fold casme2/sub01 seed 0"), for the divergence error.
+
+    Raises:
+        DivergedError: the loss became NaN or infinite.
     """
     if len(x) == 0:
         raise ConfigError("fit() got no training samples.")
     gen = torch.Generator().manual_seed(seed)
     norm = InputNorm.fit(cfg.input_norm, x)
     model.to(device)
-    weight = None
-    if cfg.class_weight == "balanced":
-        counts = torch.bincount(y, minlength=num_classes).float().clamp_min(1)
-        weight = (len(y) / (num_classes * counts)).to(device)
-    elif cfg.class_weight != "none":
-        raise ConfigError(f"train.class_weight={cfg.class_weight!r}; expected none or balanced.")
+    weight = class_weights(y, num_classes, cfg)
+    if weight is not None:
+        weight = weight.to(device)
 
     def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, weight=weight, label_smoothing=cfg.label_smoothing)
@@ -164,6 +212,7 @@ def fit(
                 loss, _ = with_loss(xb, yb, ce)
             else:
                 loss = ce(model(xb), yb)
+            check_finite(loss, f"{describe} epoch {epoch + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

@@ -21,11 +21,24 @@ MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(
-    *, recipe: TrainConfig | None = None, recipes: dict[str, TrainConfig] | None = None, description: str = ""
+    *,
+    recipe: TrainConfig | None = None,
+    recipes: dict[str, TrainConfig] | None = None,
+    description: str = "",
+    batchable: bool = False,
 ) -> Callable:
-    """Register a model factory; ``recipe`` is its default training recipe, ``recipes`` more named ones."""
+    """Register a model factory; ``recipe`` is its default training recipe, ``recipes`` more named ones;
+    ``batchable``: several of its models can train at once as one vectorised model (``epir.engine.batched``:
+    every operation works under ``torch.func.vmap``, batch statistics honour ``sample_mask``, and
+    ``forward_with_loss``, if any, takes ``valid``)."""
     recipe = recipe or TrainConfig()
-    return MODELS.register(recipe=recipe, recipes={"default": recipe, **(recipes or {})}, description=description)
+    return MODELS.register(recipe=recipe, recipes={"default": recipe, **(recipes or {})}, description=description,
+                           batchable=batchable)
+
+
+def is_batchable(name: str) -> bool:
+    """Whether model ``name`` was registered ``batchable`` (its folds can train batched)."""
+    return bool(MODELS.meta(name).get("batchable", False))
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -33,7 +33,7 @@ from epir.config import TrainConfig
 from epir.errors import ConfigError
 from epir.losses import supervised_contrastive_loss
 from epir.models import register_model
-from epir.models.layers import Attention, Block, init_vit_weights
+from epir.models.layers import Attention, Block, init_vit_weights, is_batched
 
 # --------------------------------------------------------------------------------------------------------
 # 1. DNSPT: "shifted copies of the input learn the relation between neighbouring pixels", "a refined spatial
@@ -88,7 +88,9 @@ class RefinedShifts(FixedShifts):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W). Returns the refined copies, (B, S * C, H, W), ordered shift-major."""
-        copies = super().forward(x).contiguous(memory_format=torch.channels_last)  # ~3x faster conv on CPU
+        copies = super().forward(x)
+        if not is_batched(copies):  # channels-last: ~3x faster depthwise conv on CPU (not queryable under vmap)
+            copies = copies.contiguous(memory_format=torch.channels_last)
         return F.conv2d(copies, self.weight, padding=1, groups=self.weight.shape[0]).contiguous()
 
 
@@ -256,7 +258,8 @@ class DTSM(nn.Module):
             scores = scores + size.log()
         idx = scores.topk(self.keep, dim=1).indices
         weights = scores.gather(1, idx).softmax(dim=1)
-        self.last_selection, self.last_scores = idx.detach(), scores.detach()
+        if not is_batched(x):  # inside the engine's vmap these would be batched tensors nobody can read
+            self.last_selection, self.last_scores = idx.detach(), scores.detach()
         kept = x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
         return (weights[..., None] * kept).sum(dim=1)
 
@@ -412,16 +415,21 @@ class EPIR(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def forward_with_loss(
-        self, x: torch.Tensor, y: torch.Tensor, ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, C, H, W); y: labels (B,); ce: the engine's cross-entropy. Returns (loss, logits):
-        ce(logits, y) + contrastive_weight * SupCon(projection(features), y) (just ce with contrastive off)."""
+        """x: (B, C, H, W); y: labels (B,); ce: the engine's cross-entropy; valid: optional bool (B,) marking
+        the real samples of a padded batch. Returns (loss, logits): ce(logits, y) + contrastive_weight *
+        SupCon(projection(features), y) (just ce with contrastive off)."""
         features = self.forward_features(x)
         logits = self.forward_head(features)
         loss = ce(logits, y)
         if self.projection is not None:
             loss = loss + self.contrastive_weight * supervised_contrastive_loss(
-                self.projection(features), y, self.contrastive_temperature
+                self.projection(features), y, self.contrastive_temperature, valid=valid
             )
         return loss, logits
 
@@ -455,7 +463,7 @@ EPIR_RECIPE = TrainConfig(
 )
 
 
-@register_model(recipe=EPIR_RECIPE, description="EPIR (Wang et al. 2026), reconstructed: DNSPT, ToMe, ITALS, DTSM")
+@register_model(batchable=True, recipe=EPIR_RECIPE, description="EPIR (Wang et al. 2026), reconstructed: DNSPT, ToMe, ITALS, DTSM")
 def epir(
     *,
     num_classes: int = 3,

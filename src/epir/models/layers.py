@@ -12,9 +12,33 @@ with ``DropPath`` (one Bernoulli draw per sample) instead. A rate of 0 builds no
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+#: The valid-sample mask of the batch being trained, set by the engine's batched fold training, which pads the
+#: batches of models trained together to one size. Layers that mix samples (batch normalisation) read it.
+_SAMPLE_MASK: ContextVar[torch.Tensor | None] = ContextVar("epir_sample_mask", default=None)
+
+
+@contextmanager
+def sample_mask(valid: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, batch-statistics layers use only the samples where ``valid`` (B,) is true."""
+    token = _SAMPLE_MASK.set(valid)
+    try:
+        yield
+    finally:
+        _SAMPLE_MASK.reset(token)
+
+
+def is_batched(x: torch.Tensor) -> bool:
+    """True inside ``torch.func.vmap`` (the engine's batched fold training), where ``x`` is a batched tensor."""
+    return bool(torch._C._functorch.is_batchedtensor(x))
 
 
 def init_vit_weights(module: nn.Module) -> None:
@@ -45,8 +69,36 @@ class DropPath(nn.Module):
         """x: (B, ...). Returns x with some samples zeroed (training only)."""
         if not self.training or self.p == 0.0:
             return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - self.p)
+        # rand_like (not new_empty().bernoulli_()) so each vmapped model draws its own mask
+        keep = (torch.rand_like(x[(slice(None),) + (slice(0, 1),) * (x.ndim - 1)]) < 1.0 - self.p).to(x.dtype)
         return x * keep / (1.0 - self.p)
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` (same state dict) that, in training inside :func:`sample_mask`, computes the batch
+    statistics over the valid samples only, so a padded batch normalises exactly like the unpadded one. The
+    running statistics are updated as PyTorch does (unbiased variance, momentum). Outside ``sample_mask`` it is
+    ``nn.BatchNorm2d``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W). Returns the normalised x."""
+        valid = _SAMPLE_MASK.get()
+        if valid is None or not self.training or not self.track_running_stats or self.momentum is None:
+            return super().forward(x)
+        w = valid.to(x.dtype)[:, None, None, None]
+        count = w.sum() * x.shape[2] * x.shape[3]
+        mean = (x * w).sum(dim=(0, 2, 3)) / count
+        centred = x - mean[None, :, None, None]
+        var = (centred.square() * w).sum(dim=(0, 2, 3)) / count
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            unbiased = var * count / (count - 1).clamp_min(1.0)
+            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+            self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased)
+        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out
 
 
 class FeedForward(nn.Module):

@@ -16,24 +16,27 @@ from torch import nn
 
 from epir.config import TrainConfig
 from epir.models import register_model
+from epir.models.layers import BatchNorm2d
 
 
 class STSTNet(nn.Module):
     """The official STSTNet; parameter and state-dict names match the official code (1,683 parameters)."""
 
-    def __init__(self, *, in_channels: int = 3, num_classes: int = 3, bgr_input: bool = True) -> None:
+    def __init__(
+        self, *, in_channels: int = 3, num_classes: int = 3, bgr_input: bool = True, dropout: float = 0.5
+    ) -> None:
         super().__init__()
         self.bgr_input = bgr_input
         self.conv1 = nn.Conv2d(in_channels, 3, kernel_size=3, padding=2)
         self.conv2 = nn.Conv2d(in_channels, 5, kernel_size=3, padding=2)
         self.conv3 = nn.Conv2d(in_channels, 8, kernel_size=3, padding=2)
         self.relu = nn.ReLU()
-        self.bn1 = nn.BatchNorm2d(3)
-        self.bn2 = nn.BatchNorm2d(5)
-        self.bn3 = nn.BatchNorm2d(8)
+        self.bn1 = BatchNorm2d(3)
+        self.bn2 = BatchNorm2d(5)
+        self.bn3 = BatchNorm2d(8)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=3, padding=1)
         self.avgpool = nn.AvgPool2d(kernel_size=2, stride=2)
-        self.dropout = nn.Dropout(p=0.5)
+        self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(5 * 5 * 16, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +60,8 @@ STSTNET_RECIPE = TrainConfig(
 )
 
 
-@register_model(recipe=STSTNET_RECIPE, recipes={"official": STSTNET_RECIPE}, description="STSTNet (Liong et al. 2019), official architecture")
-def ststnet(*, num_classes: int = 3, bgr_input: bool = True) -> STSTNet:
-    """STSTNet as in the official code; ``bgr_input`` feeds the official weights the BGR order they expect."""
-    return STSTNet(num_classes=num_classes, bgr_input=bgr_input)
+@register_model(batchable=True, recipe=STSTNET_RECIPE, recipes={"official": STSTNET_RECIPE}, description="STSTNet (Liong et al. 2019), official architecture")
+def ststnet(*, num_classes: int = 3, bgr_input: bool = True, dropout: float = 0.5) -> STSTNet:
+    """STSTNet as in the official code; ``bgr_input`` feeds the official weights the BGR order they expect;
+    ``dropout`` is the official 0.5 (0 turns it off, e.g. to compare training paths exactly)."""
+    return STSTNet(num_classes=num_classes, bgr_input=bgr_input, dropout=dropout)

@@ -1,0 +1,236 @@
+"""Batched training: many independent models of one architecture trained as one vectorised model.
+
+The folds of a LOSO (and likewise seeds, or the members of an in-fold ensemble) train models that share an
+architecture and a recipe but nothing else. :func:`fit_many` stacks their parameters on a leading *member*
+axis (``torch.func.stack_module_state``) and runs one vectorised training step for all of them with
+``torch.func.vmap`` over ``functional_call``: one Python-level step and one kernel launch per operation for
+M models instead of M. Everything else stays per member, exactly as :func:`epir.engine.train.fit` does it:
+
+- its own training samples only (a member never receives another member's samples, let alone a held-out
+  subject's), its own input normalisation fitted on them, its own class weights;
+- its own shuffling and augmentation stream (``torch.Generator`` seeded with the member's seed) and its own
+  initialisation (``torch.manual_seed(seed)`` before the model is built), so the same seeds give the same
+  batches and initial weights as the one-at-a-time loop;
+- per-sample data-dependent steps (token merging, token selection) stay per sample: vmap keeps them;
+- per-member gradient clipping; Adam/AdamW/SGD are elementwise, so one optimizer over the stacked parameters
+  is M independent optimizers.
+
+Members whose training sets differ in size get batches of different sizes at the end of an epoch; those are
+zero-padded to one size and a ``valid`` mask takes the padding out of the loss (``masked_cross_entropy``, the
+contrastive term) and out of batch statistics (:class:`epir.models.layers.BatchNorm2d` under
+``sample_mask``). Members are grouped so that they take the same number of optimizer steps per epoch (the
+learning-rate schedule is per step), see :func:`steps_per_epoch`.
+
+What differs from the loop: dropout and stochastic-depth masks come from vmap's per-member random stream
+(``randomness="different"``) instead of the global generator, so with those on, batched and looped numbers
+differ the way two seeds do; with them off, the weights agree within float tolerance (tests assert both).
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from epir.config import ModelConfig, TrainConfig
+from epir.engine.train import (
+    InputNorm,
+    augment,
+    check_finite,
+    class_weights,
+    lr_factor,
+    make_optimizer,
+    masked_cross_entropy,
+)
+from epir.errors import ConfigError
+from epir.models import build_model
+from epir.models.layers import sample_mask
+
+
+@dataclass(frozen=True)
+class Member:
+    """One model to train: its training samples, its seed, and a name for messages (e.g. the fold)."""
+
+    x: torch.Tensor  # (N, C, H, W), 0-255
+    y: torch.Tensor  # (N,)
+    seed: int
+    name: str = "member"
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over ``n`` samples (the last batch may be partial)."""
+    return math.ceil(n / batch_size)
+
+
+def can_batch(model: nn.Module) -> tuple[bool, str]:
+    """Whether ``model`` can train batched, and if not, why (the reason is shown to the user)."""
+    if not getattr(model, "batchable", True):
+        return False, f"{type(model).__name__} declares batchable = False"
+    with_loss = getattr(model, "forward_with_loss", None)
+    if with_loss is not None and "valid" not in inspect.signature(with_loss).parameters:
+        return False, f"{type(model).__name__}.forward_with_loss takes no valid mask (needed for padded batches)"
+    return True, ""
+
+
+class _MemberLoss(nn.Module):
+    """One member's training loss as a module, so ``functional_call`` can swap in each member's weights."""
+
+    def __init__(self, model: nn.Module, label_smoothing: float) -> None:
+        super().__init__()
+        self.model = model
+        self.label_smoothing = label_smoothing
+        self.with_loss = hasattr(model, "forward_with_loss")
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) normalised; y, valid: (B,); weight: class weights (K,). Returns the scalar loss."""
+
+        def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return masked_cross_entropy(logits, target, weight, self.label_smoothing, valid)
+
+        with sample_mask(valid):
+            if self.with_loss:
+                loss, _ = self.model.forward_with_loss(x, y, ce, valid=valid)
+            else:
+                loss = ce(self.model(x), y)
+        return loss
+
+
+BatchedEpochCallback = Callable[[int, list[nn.Module], list[InputNorm]], None]
+
+
+def _pad(t: torch.Tensor, size: int) -> torch.Tensor:
+    if len(t) == size:
+        return t
+    return torch.cat([t, t.new_zeros((size - len(t),) + tuple(t.shape[1:]))])
+
+
+def fit_many(
+    model_cfg: ModelConfig,
+    members: Sequence[Member],
+    cfg: TrainConfig,
+    *,
+    num_classes: int,
+    device: str = "cpu",
+    on_epoch: BatchedEpochCallback | None = None,
+) -> tuple[list[nn.Module], list[InputNorm]]:
+    """Train one model per member at once (vectorised); return the trained models and their input norms.
+
+    Each member's model and result are what :func:`epir.engine.train.fit` gives for
+    ``torch.manual_seed(member.seed); model = build_model(model_cfg); fit(model, member.x, member.y, cfg,
+    seed=member.seed)`` (within float tolerance, with dropout and stochastic depth off; see the module docstring).
+
+    Args:
+        model_cfg: the architecture (one for all members).
+        members: the models to train; all must take the same number of steps per epoch.
+        cfg: the recipe (one for all members).
+        num_classes: number of classes (for class weights).
+        device: torch device.
+        on_epoch: called as ``on_epoch(epoch, models, norms)`` after every epoch with the members' current
+            models (the caller's optimistic oracle-epoch bookkeeping; nothing here sees test data).
+
+    Raises:
+        ConfigError: no members, or members with different numbers of steps per epoch.
+        DivergedError: a member's loss became NaN or infinite (the message names the member).
+    """
+    if not members:
+        raise ConfigError("fit_many() got no members.")
+    if any(len(m.x) == 0 for m in members):
+        raise ConfigError(f"fit_many(): member {next(m.name for m in members if len(m.x) == 0)!r} has no samples.")
+    steps = {steps_per_epoch(len(m.x), cfg.batch_size) for m in members}
+    if len(steps) > 1:
+        raise ConfigError(
+            f"fit_many(): members take {sorted(steps)} steps per epoch; group members with equal "
+            f"ceil(n / train.batch_size) (epir.engine.batched.steps_per_epoch)."
+        )
+    n_steps = steps.pop()
+    models = []
+    for m in members:
+        torch.manual_seed(m.seed)  # the same initialisation as the loop's fold
+        models.append(build_model(model_cfg).to(device))
+    ok, why = can_batch(models[0])
+    if not ok:
+        raise ConfigError(f"fit_many(): {why}.")
+    norms = [InputNorm.fit(cfg.input_norm, m.x) for m in members]
+    gens = [torch.Generator().manual_seed(m.seed) for m in members]
+    weights = []
+    for m in members:
+        w = class_weights(m.y, num_classes, cfg)
+        weights.append(torch.ones(num_classes) if w is None else w)
+    weight = torch.stack(weights).to(device)
+
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    loss_module = _MemberLoss(base, cfg.label_smoothing)
+    prefixed_params = {f"model.{k}": v for k, v in params.items()}
+    prefixed_buffers = {f"model.{k}": v for k, v in buffers.items()}
+
+    def member_loss(
+        p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+        valid: torch.Tensor, w: torch.Tensor,
+    ) -> torch.Tensor:
+        return functional_call(loss_module, (p, b), (x, y, valid, w))
+
+    batched_loss = vmap(member_loss, randomness="different")
+    opt = make_optimizer(list(params.values()), cfg)
+    total = cfg.epochs * n_steps
+    warmup = cfg.warmup_epochs * n_steps
+    sizes = [len(m.x) for m in members]
+    step = 0
+    for epoch in range(cfg.epochs):
+        loss_module.train()
+        orders = [torch.randperm(n, generator=g) if cfg.shuffle else torch.arange(n) for n, g in zip(sizes, gens)]
+        for s in range(n_steps):
+            xs, ys, valids = [], [], []
+            lo = s * cfg.batch_size
+            width = max(min(cfg.batch_size, n - lo) for n in sizes)
+            for m, order, norm, g in zip(members, orders, norms, gens):
+                idx = order[lo : lo + cfg.batch_size]
+                xs.append(_pad(norm(augment(m.x[idx], cfg, g)), width))
+                ys.append(_pad(m.y[idx], width))
+                valids.append(torch.arange(width) < len(idx))
+            xb = torch.stack(xs).to(device)
+            yb = torch.stack(ys).to(device)
+            vb = torch.stack(valids).to(device)
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
+            losses = batched_loss(prefixed_params, prefixed_buffers, xb, yb, vb, weight)
+            if not bool(torch.isfinite(losses).all()):
+                bad = [members[i].name for i in torch.flatnonzero(~torch.isfinite(losses)).tolist()]
+                check_finite(losses, f"{', '.join(bad)} epoch {epoch + 1}")
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()  # members are independent: d(sum)/d(member's weights) = d(its loss)/d(...)
+            if cfg.grad_clip > 0:
+                _clip_per_member([p for p in params.values() if p.grad is not None], cfg.grad_clip)
+            opt.step()
+            step += 1
+        if on_epoch is not None:
+            on_epoch(epoch, _unstack(models, params, buffers), norms)
+    return _unstack(models, params, buffers), norms
+
+
+def _clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
+    """``nn.utils.clip_grad_norm_`` for each member separately (the member axis is dim 0 of every tensor)."""
+    with torch.no_grad():
+        norms = torch.stack([p.grad.reshape(p.shape[0], -1).norm(dim=1) for p in params]).norm(dim=0)  # (M,)
+        coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for p in params:
+            p.grad.mul_(coef.view((-1,) + (1,) * (p.grad.ndim - 1)))
+
+
+def _unstack(
+    models: list[nn.Module], params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]
+) -> list[nn.Module]:
+    """Copy each member's slice of the stacked weights back into its own module."""
+    with torch.no_grad():
+        for i, model in enumerate(models):
+            state = {k: v[i] for k, v in params.items()} | {k: v[i] for k, v in buffers.items()}
+            model.load_state_dict(state)
+    return models
+
+
+__all__ = ["Member", "can_batch", "fit_many", "steps_per_epoch"]
