@@ -38,6 +38,15 @@ class TrainConfig:
     hflip: float = 0.0  # probability of a horizontal flip (u mirrored: 255 - u on 0-255 maps)
     translate: int = 0  # max random shift in pixels (border replicated)
     noise: float = 0.0  # std of additive Gaussian noise, in units of the 0-255 scale
+    rotate: float = 0.0  # max random rotation in degrees; the (u, v) vectors turn with the pixels
+    scale: float = 0.0  # max random relative scaling (0.1: factors in [0.9, 1.1])
+    mixup: float = 0.0  # mixup Beta(alpha, alpha) on every batch, labels mixed with the maps' weights; 0 = off
+    average: str = "none"  # none | ema | swa: weight averaging; the averaged weights are the fold's model
+    ema_decay: float = 0.995  # ema only: per-step decay
+    swa_start: float = 0.5  # swa only: epoch-end weights are averaged from this fraction of the epochs on
+    ensemble: int = 1  # models per fold (own seeds), their class probabilities averaged
+    select: tuple[str, ...] = ()  # candidates chosen among inside each fold ("train.epochs=20;train.mixup=0.4")
+    select_k: int = 3  # inner leave-subjects-out groups of the training subjects for train.select
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from epir.config import ModelConfig, TrainConfig
 from epir.engine.train import (
     InputNorm,
+    WeightAverage,
     augment,
     check_finite,
     class_weights,
@@ -49,6 +50,7 @@ from epir.engine.train import (
 )
 from epir.errors import ConfigError
 from epir.models import build_model
+from epir.data.augment import mixup
 from epir.models.layers import sample_mask
 
 
@@ -80,17 +82,26 @@ def can_batch(model: nn.Module) -> tuple[bool, str]:
 class _MemberLoss(nn.Module):
     """One member's training loss as a module, so ``functional_call`` can swap in each member's weights."""
 
-    def __init__(self, model: nn.Module, label_smoothing: float) -> None:
+    def __init__(self, model: nn.Module, label_smoothing: float, mixup: bool) -> None:
         super().__init__()
         self.model = model
         self.label_smoothing = label_smoothing
+        self.mixup = mixup
         self.with_loss = hasattr(model, "forward_with_loss")
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) normalised; y, valid: (B,); weight: class weights (K,). Returns the scalar loss."""
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor, y2: torch.Tensor,
+        lam: torch.Tensor,
+    ) -> torch.Tensor:
+        """x: (B, C, H, W) normalised; y, valid: (B,); weight: class weights (K,); y2, lam: mixup's second
+        labels (B,) and weight () (``lam`` = 1 without mixup). Returns the scalar loss."""
 
         def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return masked_cross_entropy(logits, target, weight, self.label_smoothing, valid)
+            loss = masked_cross_entropy(logits, target, weight, self.label_smoothing, valid)
+            if self.mixup:
+                loss = lam * loss + (1.0 - lam) * masked_cross_entropy(
+                    logits, y2, weight, self.label_smoothing, valid)
+            return loss
 
         with sample_mask(valid):
             if self.with_loss:
@@ -165,18 +176,20 @@ def fit_many(
 
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
-    loss_module = _MemberLoss(base, cfg.label_smoothing)
+    loss_module = _MemberLoss(base, cfg.label_smoothing, cfg.mixup > 0)
     prefixed_params = {f"model.{k}": v for k, v in params.items()}
     prefixed_buffers = {f"model.{k}": v for k, v in buffers.items()}
 
     def member_loss(
         p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-        valid: torch.Tensor, w: torch.Tensor,
+        valid: torch.Tensor, w: torch.Tensor, y2: torch.Tensor, lam: torch.Tensor,
     ) -> torch.Tensor:
-        return functional_call(loss_module, (p, b), (x, y, valid, w))
+        return functional_call(loss_module, (p, b), (x, y, valid, w, y2, lam))
 
     batched_loss = vmap(member_loss, randomness="different")
-    opt = make_optimizer(list(params.values()), cfg)
+    trainable = [p for p in params.values() if p.requires_grad]
+    opt = make_optimizer(trainable, cfg)
+    averager = WeightAverage(trainable, cfg)
     total = cfg.epochs * n_steps
     warmup = cfg.warmup_epochs * n_steps
     sizes = [len(m.x) for m in members]
@@ -185,20 +198,28 @@ def fit_many(
         loss_module.train()
         orders = [torch.randperm(n, generator=g) if cfg.shuffle else torch.arange(n) for n, g in zip(sizes, gens)]
         for s in range(n_steps):
-            xs, ys, valids = [], [], []
+            xs, ys, y2s, lams, valids = [], [], [], [], []
             lo = s * cfg.batch_size
             width = max(min(cfg.batch_size, n - lo) for n in sizes)
             for m, order, norm, g in zip(members, orders, norms, gens):
                 idx = order[lo : lo + cfg.batch_size]
-                xs.append(_pad(norm(augment(m.x[idx], cfg, g)), width))
-                ys.append(_pad(m.y[idx], width))
+                xm, ym = norm(augment(m.x[idx], cfg, g)), m.y[idx]
+                y2m, lam = ym, 1.0
+                if cfg.mixup > 0:  # before padding: a member mixes its own real samples only
+                    xm, ym, y2m, lam = mixup(xm, ym, cfg.mixup, g)
+                xs.append(_pad(xm, width))
+                ys.append(_pad(ym, width))
+                y2s.append(_pad(y2m, width))
+                lams.append(lam)
                 valids.append(torch.arange(width) < len(idx))
             xb = torch.stack(xs).to(device)
             yb = torch.stack(ys).to(device)
+            y2b = torch.stack(y2s).to(device)
+            lamb = torch.tensor(lams, dtype=xb.dtype, device=device)
             vb = torch.stack(valids).to(device)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
-            losses = batched_loss(prefixed_params, prefixed_buffers, xb, yb, vb, weight)
+            losses = batched_loss(prefixed_params, prefixed_buffers, xb, yb, vb, weight, y2b, lamb)
             if not bool(torch.isfinite(losses).all()):
                 bad = [members[i].name for i in torch.flatnonzero(~torch.isfinite(losses)).tolist()]
                 check_finite(losses, f"{', '.join(bad)} epoch {epoch + 1}")
@@ -207,9 +228,12 @@ def fit_many(
             if cfg.grad_clip > 0:
                 _clip_per_member([p for p in params.values() if p.grad is not None], cfg.grad_clip)
             opt.step()
+            averager.after_step(step)
             step += 1
+        averager.after_epoch(epoch)
         if on_epoch is not None:
             on_epoch(epoch, _unstack(models, params, buffers), norms)
+    averager.apply()
     return _unstack(models, params, buffers), norms
 
 

@@ -28,6 +28,7 @@ from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, apply_ov
 from epir.data import FlowDataset, load_dataset
 from epir.data.transforms import apply_input_transform
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
+from epir.engine.selection import candidate_configs, select_in_fold, train_models
 from epir.engine.train import InputNorm, fit, predict_proba
 from epir.errors import ConfigError, DatasetNotFoundError, did_you_mean
 from epir.models import build_model, default_recipe, is_batchable, resolve_model_args
@@ -128,6 +129,13 @@ def fold_file(out_dir: Path, seed: int, subject: str) -> Path:
     return out_dir / "folds" / f"seed{seed}" / (subject.replace("/", "__") + ".json")
 
 
+def member_seeds(base: int, members: int) -> list[int]:
+    """Seeds of a fold's ensemble members: the fold's own seed first (so one member is the plain fold)."""
+    if members < 1:
+        raise ConfigError(f"train.ensemble must be >= 1 (models per fold), got {members}.")
+    return [(base + 7919 * k) % (2**31 - 1) for k in range(members)]
+
+
 def fold_split(dataset: FlowDataset, subject: str) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, test_idx) of the fold holding out ``subject``: every other subject's rows, and its own."""
     subjects = np.asarray(dataset.subjects)
@@ -184,6 +192,7 @@ def run_fold(
     model = build_model(cfg.model)
     t0 = time.perf_counter()
     chosen_epoch: int | None = None
+    selection: dict[str, Any] = {}
     if fold_weights is not None:
         path = Path(fold_weights) / f"{test.subject_ids[0]}.pth"
         if not path.is_file():
@@ -201,31 +210,47 @@ def run_fold(
         probs = predict_proba(model, norm, test.x, device=device)
     else:
         train = dataset.subset(train_idx)
-        oracle = _OracleBest(test.x, test.y, device) if cfg.eval.oracle_epoch else None
+        member_probs, epochs = [], []
+        if cfg.train.select:  # choose the recipe on the training subjects alone, then build its model afresh
+            cfg, selection = select_in_fold(dataset, cfg, train_idx, fold_seed(seed, subject),
+                                            name=f"fold {subject} seed {seed}", batched=False)
+            torch.manual_seed(fold_seed(seed, subject))
+            model = build_model(cfg.model)
+        for k, mseed in enumerate(member_seeds(fold_seed(seed, subject), cfg.train.ensemble)):
+            if k > 0:  # the first member is the model built above (so one member is the plain fold)
+                torch.manual_seed(mseed)
+                model = build_model(cfg.model)
+            oracle = _OracleBest(test.x, test.y, device) if cfg.eval.oracle_epoch else None
 
-        def epoch_done(epoch: int, m: torch.nn.Module, norm: InputNorm) -> None:
-            if oracle is not None:
-                oracle.update(epoch, m, norm)
-            if on_epoch is not None:
-                on_epoch(epoch)
+            def epoch_done(epoch: int, m: torch.nn.Module, norm: InputNorm, _o: _OracleBest | None = oracle) -> None:
+                if _o is not None:
+                    _o.update(epoch, m, norm)
+                if on_epoch is not None:
+                    on_epoch(epoch)
 
-        norm = fit(
-            model,
-            train.x,
-            train.y,
-            cfg.train,
-            seed=fold_seed(seed, subject),
-            num_classes=dataset.num_classes,
-            device=device,
-            on_epoch=epoch_done,
-            describe=f"fold {subject} seed {seed}",
-        )
-        if oracle is not None and oracle.probs is not None:
-            probs, chosen_epoch = oracle.probs, oracle.epoch
-        else:
-            probs = predict_proba(model, norm, test.x, device=device)
-            chosen_epoch = cfg.train.epochs - 1
-    return fold_record(seed, subject, test_idx, test.y, probs, chosen_epoch, time.perf_counter() - t0, len(train_idx))
+            norm = fit(
+                model,
+                train.x,
+                train.y,
+                cfg.train,
+                seed=mseed,
+                num_classes=dataset.num_classes,
+                device=device,
+                on_epoch=epoch_done,
+                describe=f"fold {subject} seed {seed}" + (f" member {k}" if cfg.train.ensemble > 1 else ""),
+            )
+            if oracle is not None and oracle.probs is not None:
+                member_probs.append(oracle.probs)
+                epochs.append(oracle.epoch)
+            else:
+                member_probs.append(predict_proba(model, norm, test.x, device=device))
+                epochs.append(cfg.train.epochs - 1)
+        probs = torch.stack(member_probs).mean(dim=0)  # the ensemble: mean of the members' probabilities
+        chosen_epoch = epochs[0]
+    rec = fold_record(seed, subject, test_idx, test.y, probs, chosen_epoch, time.perf_counter() - t0, len(train_idx))
+    if selection:
+        rec["selection"] = selection
+    return rec
 
 
 Fold = tuple[int, str]  # (seed, subject)
@@ -241,42 +266,72 @@ def run_fold_group(
     their records; one fold (or ``fold_weights``) runs :func:`run_fold`. Each member of the group gets exactly
     its own fold's training rows; its held-out subject's rows are only predicted, after training (or per epoch
     under the optimistic ``eval.oracle_epoch``)."""
-    if len(folds) == 1 or fold_weights is not None:
+    if (len(folds) == 1 and cfg.train.ensemble == 1) or fold_weights is not None:
         return [run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights) for seed, subject in folds]
     from epir.engine.batched import Member, fit_many
 
     device = cfg.eval.device
     t0 = time.perf_counter()
     splits = [fold_split(dataset, subject) for _, subject in folds]
-    members = [
-        Member(dataset.x[train_idx], dataset.y[train_idx], fold_seed(seed, subject), f"fold {subject} seed {seed}")
-        for (seed, subject), (train_idx, _) in zip(folds, splits)
-    ]
+    k_members = cfg.train.ensemble
+    # Selection inside each fold (training subjects only), then one training per chosen candidate.
+    chosen: list[tuple[int, RunConfig]] = []
+    selections: list[dict[str, Any]] = []
+    for (seed, subject), (train_idx, _) in zip(folds, splits):
+        if cfg.train.select:
+            c, info = select_in_fold(dataset, cfg, train_idx, fold_seed(seed, subject),
+                                     name=f"fold {subject} seed {seed}")
+            chosen.append((info["chosen"], c))
+        else:
+            c, info = cfg, {}
+            chosen.append((-1, cfg))
+        selections.append(info)
     tests = [(dataset.x[test_idx], dataset.y[test_idx]) for _, test_idx in splits]
-    oracles = [_OracleBest(tx, ty, device) for tx, ty in tests] if cfg.eval.oracle_epoch else None
+    member_probs: list[list[torch.Tensor]] = [[] for _ in folds]
+    member_epochs: list[list[int]] = [[] for _ in folds]
+    for key in sorted({k for k, _ in chosen}):
+        idx = [f for f, (k, _) in enumerate(chosen) if k == key]
+        ccfg = chosen[idx[0]][1]
+        jobs = [
+            (dataset.x[splits[f][0]], dataset.y[splits[f][0]], mseed,
+             f"fold {folds[f][1]} seed {folds[f][0]}" + (f" member {k}" if k_members > 1 else ""))
+            for f in idx
+            for k, mseed in enumerate(member_seeds(fold_seed(*folds[f]), k_members))
+        ]
+        owner = [f for f in idx for _ in range(k_members)]
+        if cfg.eval.oracle_epoch:  # optimistic: per member, the epoch with the best held-out accuracy
+            oracles = [_OracleBest(*tests[f], device) for f in owner]
 
-    def epoch_done(epoch: int, models: list[torch.nn.Module], norms: list[InputNorm]) -> None:
-        for oracle, model, norm in zip(oracles or [], models, norms):
-            oracle.update(epoch, model, norm)
+            def epoch_done(epoch: int, models: list[torch.nn.Module], norms: list[InputNorm],
+                           _o: list[_OracleBest] = oracles) -> None:
+                for oracle, model, norm in zip(_o, models, norms):
+                    oracle.update(epoch, model, norm)
 
-    models, norms = fit_many(
-        cfg.model, members, cfg.train, num_classes=dataset.num_classes, device=device,
-        on_epoch=epoch_done if oracles else None,
-    )
+            members = [Member(x, y, s_, n) for x, y, s_, n in jobs]
+            fit_many(ccfg.model, members, ccfg.train, num_classes=dataset.num_classes, device=device,
+                     on_epoch=epoch_done)
+            for f, oracle in zip(owner, oracles):
+                member_probs[f].append(oracle.probs)
+                member_epochs[f].append(oracle.epoch)
+            continue
+        models, norms = train_models(ccfg.model, ccfg.train, jobs, num_classes=dataset.num_classes, device=device)
+        for f, model, norm in zip(owner, models, norms):
+            member_probs[f].append(predict_proba(model, norm, tests[f][0], device=device))
+            member_epochs[f].append(ccfg.train.epochs - 1)
     seconds = (time.perf_counter() - t0) / len(folds)
     records = []
-    for i, ((seed, subject), (train_idx, test_idx)) in enumerate(zip(folds, splits)):
-        if oracles is not None and oracles[i].probs is not None:
-            probs, epoch = oracles[i].probs, oracles[i].epoch
-        else:
-            probs, epoch = predict_proba(models[i], norms[i], tests[i][0], device=device), cfg.train.epochs - 1
-        records.append(fold_record(seed, subject, test_idx, tests[i][1], probs, epoch, seconds, len(train_idx)))
+    for f, ((seed, subject), (train_idx, test_idx)) in enumerate(zip(folds, splits)):
+        probs = torch.stack(member_probs[f]).mean(dim=0)  # the ensemble: mean of the members' probabilities
+        rec = fold_record(seed, subject, test_idx, tests[f][1], probs, member_epochs[f][0], seconds, len(train_idx))
+        if selections[f]:
+            rec["selection"] = selections[f]
+        records.append(rec)
     return records
 
 
 #: Models trained at once per worker when ``eval.fold_batch`` is 0 (automatic), by device type; measured by
 #: ``benchmarks/loso_speed.py`` (on a 2-core CPU larger groups fall out of the caches and get slower).
-AUTO_FOLD_BATCH = {"cpu": 4, "cuda": 68}
+AUTO_FOLD_BATCH = {"cpu": 8, "cuda": 68}
 
 
 def resolve_fold_batch(cfg: RunConfig, fold_weights: str | os.PathLike | None = None) -> tuple[int, str]:
@@ -299,9 +354,13 @@ def plan_groups(dataset: FlowDataset, cfg: RunConfig, todo: Sequence[Fold], fold
     """Split the folds to run into groups trained together: folds whose training sets take the same number of
     optimizer steps per epoch, at most ``fold_batch`` per group, and (when the automatic size would leave
     workers idle) small enough that every worker gets a group."""
-    if fold_batch <= 1 or len(todo) <= 1:
+    per_fold = cfg.train.ensemble  # models trained per fold
+    if fold_batch <= per_fold or len(todo) <= 1:
         return [[f] for f in todo]
-    size = min(fold_batch, max(1, math.ceil(len(todo) / max(1, workers))))
+    cap = fold_batch // per_fold
+    workers = max(1, workers)
+    rounds = math.ceil(len(todo) / (workers * cap))  # balance: every worker gets about as many folds
+    size = max(1, math.ceil(len(todo) / (workers * rounds)))
     counts = Counter(dataset.subjects)
     by_steps: dict[int, list[Fold]] = {}
     for seed, subject in todo:
@@ -311,11 +370,14 @@ def plan_groups(dataset: FlowDataset, cfg: RunConfig, todo: Sequence[Fold], fold
 
 
 def _group_task(
-    dataset: FlowDataset, cfg: RunConfig, folds: Sequence[Fold], fold_weights: str | os.PathLike | None
+    dataset: FlowDataset, cfg: RunConfig, folds: Sequence[Fold], fold_weights: str | os.PathLike | None,
+    batched: bool = True,
 ) -> list[dict[str, Any]]:
     """One group of folds in a worker process: one torch thread per worker unless ``eval.threads`` says
     otherwise, so workers do not fight over cores."""
     torch.set_num_threads(cfg.eval.threads or 1)
+    if not batched:
+        return [run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights) for seed, subject in folds]
     return run_fold_group(dataset, cfg, folds, fold_weights)
 
 
@@ -333,6 +395,7 @@ def run_on_dask(
     cfg: RunConfig,
     groups: Sequence[Sequence[Fold]],
     fold_weights: str | os.PathLike | None = None,
+    batched: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """Run groups of ``(seed, subject)`` folds on a Dask distributed cluster, one task per group (a group of
     one fold when folds are not batched); yield each fold's record as its group finishes.
@@ -361,7 +424,7 @@ def run_on_dask(
         data = client.scatter(dataset, broadcast=True)
         tag = zlib.crc32(cfg.to_yaml().encode())
         futures = [
-            client.submit(_group_task, data, cfg, list(group), fold_weights,
+            client.submit(_group_task, data, cfg, list(group), fold_weights, batched,
                           key=f"epir-folds-{tag:08x}-{group[0][0]}-{group[0][1]}-{len(group)}", pure=False)
             for group in groups
         ]
@@ -444,6 +507,13 @@ def run_loso(
     if cfg.data.input_transform != "none":
         dataset, transform_report = apply_input_transform(dataset, cfg.data.input_transform)
     subjects = select_subjects(dataset, cfg.eval.folds)
+    if cfg.train.select and cfg.eval.oracle_epoch:
+        raise ConfigError(
+            "train.select (selection inside the fold, on training subjects) and eval.oracle_epoch (the epoch "
+            "picked on the held-out subject) exclude each other: use one."
+        )
+    if cfg.train.select:
+        candidate_configs(cfg)  # a malformed candidate is an error before anything is trained
     protocol = protocol_of(cfg, fold_weights)
     seeds = list(cfg.eval.seeds) if fold_weights is None else [cfg.eval.seeds[0]]
     out = Path(out_dir) if out_dir is not None else None
@@ -488,13 +558,13 @@ def run_loso(
     try:
         if cfg.eval.dask_scheduler and todo:
             bar.set_postfix_str(f"dask {cfg.eval.dask_scheduler}")
-            for rec in run_on_dask(cfg.eval.dask_scheduler, dataset, cfg, groups, fold_weights):
+            for rec in run_on_dask(cfg.eval.dask_scheduler, dataset, cfg, groups, fold_weights, fold_batch > 1):
                 finish(rec)
         elif jobs > 1 and len(groups) > 1:
             from joblib import Parallel, delayed
 
             bar.set_postfix_str(f"{jobs} workers, {fold_batch} folds at once" if fold_batch > 1 else f"{jobs} workers")
-            tasks = (delayed(_group_task)(dataset, cfg, group, fold_weights) for group in groups)
+            tasks = (delayed(_group_task)(dataset, cfg, group, fold_weights, fold_batch > 1) for group in groups)
             for recs in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
                 for rec in recs:
                     finish(rec)
@@ -502,7 +572,7 @@ def run_loso(
             if cfg.eval.threads:
                 torch.set_num_threads(cfg.eval.threads)
             for group in groups:
-                if len(group) > 1:
+                if fold_batch > 1 and (len(group) > 1 or cfg.train.ensemble > 1):
                     bar.set_postfix_str(f"{len(group)} folds at once")
                     for rec in run_fold_group(dataset, cfg, group, fold_weights):
                         finish(rec)
@@ -536,6 +606,13 @@ def run_loso(
     )
     if fold_weights is not None:
         results["fold_weights"] = str(fold_weights)
+    chosen = [r["selection"]["chosen"] for r in records if r.get("selection")]
+    if chosen:
+        results["selection"] = {
+            "candidates": list(cfg.train.select),
+            "select_k": cfg.train.select_k,
+            "chosen_counts": {c: chosen.count(i) for i, c in enumerate(cfg.train.select)},
+        }
     if transform_report:
         results["input_transform"] = transform_report
     if out is not None:

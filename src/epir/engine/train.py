@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from epir.config import TrainConfig
+from epir.data.augment import mixup, random_rotate_scale
 from epir.errors import ConfigError, DivergedError
 
 #: Index of the horizontal-flow channel in epir's canonical order (u, v, strain).
@@ -74,9 +75,59 @@ def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Te
         rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
         x = padded[torch.arange(b)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+    if cfg.rotate > 0 or cfg.scale > 0:
+        x = random_rotate_scale(x, cfg.rotate, cfg.scale, gen)
     if cfg.noise > 0:
         x = x + cfg.noise * torch.randn(x.shape, generator=gen)
     return x
+
+
+class WeightAverage:
+    """The recipe's weight averaging (``train.average``) over a list of parameter tensors, which may carry a
+    leading member axis (batched training): everything is elementwise.
+
+    ``ema``: after every optimizer step ``avg = d * avg + (1 - d) * w`` with ``d = min(ema_decay, (1 + t) /
+    (10 + t))`` (the usual warm-up of the decay). ``swa``: the plain mean of the weights at the end of every
+    epoch from ``swa_start * epochs`` on (Izmailov et al. 2018). Buffers (BatchNorm statistics) are not
+    averaged: they stay those of the last step.
+    """
+
+    def __init__(self, params: list[torch.Tensor], cfg: TrainConfig) -> None:
+        if cfg.average not in ("none", "ema", "swa"):
+            raise ConfigError(f"train.average={cfg.average!r}; expected none, ema or swa.")
+        self.cfg = cfg
+        self.params = params
+        self.avg: list[torch.Tensor] | None = None
+        self.count = 0
+        self.swa_from = min(cfg.epochs - 1, int(cfg.swa_start * cfg.epochs))
+
+    def after_step(self, step: int) -> None:
+        if self.cfg.average != "ema":
+            return
+        with torch.no_grad():
+            if self.avg is None:
+                self.avg = [p.detach().clone() for p in self.params]
+                return
+            d = min(self.cfg.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1.0 - d)
+
+    def after_epoch(self, epoch: int) -> None:
+        if self.cfg.average != "swa" or epoch < self.swa_from:
+            return
+        with torch.no_grad():
+            self.count += 1
+            if self.avg is None:
+                self.avg = [p.detach().clone() for p in self.params]
+            else:
+                torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1.0 / self.count)
+
+    def apply(self) -> None:
+        """Write the averaged weights into the parameters (no-op without averaging)."""
+        if self.avg is None:
+            return
+        with torch.no_grad():
+            for p, a in zip(self.params, self.avg):
+                p.copy_(a)
 
 
 def make_optimizer(model: nn.Module | Iterable[torch.Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -193,6 +244,7 @@ def fit(
         return F.cross_entropy(logits, target, weight=weight, label_smoothing=cfg.label_smoothing)
 
     opt = make_optimizer(model, cfg)
+    averager = WeightAverage([p for p in model.parameters() if p.requires_grad], cfg)
     n = len(x)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -206,21 +258,31 @@ def fit(
             idx = order[start : start + cfg.batch_size]
             xb = augment(x[idx], cfg, gen)
             xb, yb = norm(xb).to(device), y[idx].to(device)
+            loss_fn = ce
+            if cfg.mixup > 0:
+                xb, yb, yb2, lam = mixup(xb, yb, cfg.mixup, gen)
+
+                def loss_fn(logits: torch.Tensor, target: torch.Tensor, _b=yb2, _l=lam) -> torch.Tensor:
+                    return _l * ce(logits, target) + (1.0 - _l) * ce(logits, _b)
+
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
             if with_loss is not None:
-                loss, _ = with_loss(xb, yb, ce)
+                loss, _ = with_loss(xb, yb, loss_fn)
             else:
-                loss = ce(model(xb), yb)
+                loss = loss_fn(model(xb), yb)
             check_finite(loss, f"{describe} epoch {epoch + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            averager.after_step(step)
             step += 1
+        averager.after_epoch(epoch)
         if on_epoch is not None:
             on_epoch(epoch, model, norm)
+    averager.apply()
     return norm
 
 

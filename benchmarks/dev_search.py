@@ -1,0 +1,70 @@
+"""The recipe search for EPIR on the declared development subset (issue 13's protocol).
+
+Every configuration tried is listed here, in the order it was tried, with its score: nothing else was run
+against LOSO scores. The subset is fixed (every 4th subject in fold order, 17 folds, declared in
+docs/epir-design.md before the first search), seed 0, honest protocol. The budget for the whole project is 40
+configurations on this subset; the first search used 6 (v0-v5 in docs/epir-design.md), so this round may try
+at most 34.
+
+    python benchmarks/dev_search.py                 # every configuration below (runs resume)
+    python benchmarks/dev_search.py --only d1 d2    # some of them
+
+Selection rule (written before the runs): the highest mean of UF1 and UAR on the subset; among
+configurations within 0.01 of the best, the cheaper one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from epir import load_dataset, make_config, run_loso
+
+from real_loso import default_root  # noqa: E402  (same folder)
+
+#: (name, overrides on the default recipe, what it tests). Append only: this is the record of what was tried.
+CONFIGS: list[tuple[str, list[str], str]] = [
+    ("d0", [], "the default recipe (v2), batched path: the reference of this round"),
+    ("d1", ["train.average=ema"], "EMA of the weights (decay 0.995)"),
+    ("d2", ["train.average=swa"], "SWA: mean of the epoch-end weights of the second half"),
+    ("d3", ["train.mixup=0.4"], "mixup, alpha 0.4"),
+    ("d4", ["train.rotate=10", "train.scale=0.1"], "rotation up to 10 degrees (vectors turned), scale 0.9-1.1"),
+    ("d5", ["train.ensemble=3"], "3 members per fold, probabilities averaged"),
+]
+
+
+def dev_subjects(data) -> list[str]:
+    """The declared development subset: every 4th subject in fold order (17 of 68)."""
+    return data.subject_list()[::4]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=default_root())
+    p.add_argument("--only", nargs="+", default=None)
+    p.add_argument("--out", default="runs/dev-search")
+    a = p.parse_args()
+    data = load_dataset("megc2019", root=a.root)
+    folds = dev_subjects(data)
+    rows = []
+    for name, overrides, what in CONFIGS:
+        if a.only and name not in a.only:
+            continue
+        cfg = make_config("epir", "megc2019", root=a.root, seeds=(0,), folds=folds,
+                          overrides=["eval.jobs=-1", *overrides])
+        t0 = time.perf_counter()
+        r = run_loso(cfg, data, Path(a.out) / name, progress=False)
+        wall = time.perf_counter() - t0
+        rows.append((name, " ".join(overrides) or "(default)", r["uf1"], r["uar"], wall, what))
+        print(f"{name}: UF1 {r['uf1']:.4f} UAR {r['uar']:.4f} mean {(r['uf1'] + r['uar']) / 2:.4f} "
+              f"({wall:.0f} s; {r['resumed_folds']} folds resumed) {what}", flush=True)
+    print(f"\n| config | overrides | dev UF1 | dev UAR | mean | wall s |\n|---|---|---|---|---|---|")
+    for name, over, uf1, uar, wall, _ in rows:
+        print(f"| {name} | {over} | {uf1:.4f} | {uar:.4f} | {(uf1 + uar) / 2:.4f} | {wall:.0f} |")
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "search.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

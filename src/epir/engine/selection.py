@@ -1,0 +1,147 @@
+"""Selection inside the fold: the honest way to choose among recipes.
+
+``train.select`` declares candidate recipes, each a ``;``-separated list of ``KEY=VALUE`` overrides of the
+run's ``train.*`` or ``model.*`` fields (``""`` is the recipe as it is). Within each outer fold, the training
+subjects (never the held-out one) are split into ``train.select_k`` groups; for each candidate and each group,
+a model is trained on the other training subjects and predicts that group (leave-subjects-out). The inner
+predictions are pooled per candidate and scored by the mean of UF1 and UAR (MEGC2019 pooling); the best
+candidate (the first on ties) is then trained on all the fold's training subjects and predicts the held-out
+subject. Each fold records the candidates, their inner scores and the choice.
+
+The inner models train like the outer ones: batched (``epir.engine.batched.fit_many``) when the model allows,
+one at a time otherwise; each inner model's seed derives from the fold's seed, the candidate and the group.
+"""
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from epir.config import ModelConfig, RunConfig, TrainConfig, apply_overrides
+from epir.data import FlowDataset
+from epir.engine.batched import Member, fit_many, steps_per_epoch
+from epir.engine.metrics import megc_scores
+from epir.engine.train import InputNorm, fit, predict_proba
+from epir.errors import ConfigError
+from epir.models import build_model, is_batchable, resolve_model_args
+
+#: Keys a candidate may set (a candidate that selects again, or changes the data or protocol, is refused).
+CANDIDATE_SECTIONS = ("train.", "model.")
+
+
+def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
+    """The run config of each ``train.select`` candidate (selection itself switched off in each)."""
+    base = replace(cfg, train=replace(cfg.train, select=(), select_k=cfg.train.select_k))
+    out = []
+    for text in cfg.train.select:
+        items = [item.strip() for item in text.split(";") if item.strip()]
+        for item in items:
+            key = item.split("=", 1)[0].strip()
+            if not key.startswith(CANDIDATE_SECTIONS) or key.startswith(("train.select", "train.ensemble")):
+                raise ConfigError(
+                    f"train.select candidate {text!r}: {key!r} cannot vary inside the fold; a candidate sets "
+                    f"train.* or model.* fields (not train.select*), e.g. 'train.epochs=20;train.average=swa'."
+                )
+        c = apply_overrides(base, items)
+        out.append(replace(c, model=replace(c.model, args=resolve_model_args(c.model.name, c.model.args))))
+    return out
+
+
+def inner_groups(subjects: Sequence[str], k: int, seed: int) -> list[list[str]]:
+    """Split the training subjects into ``k`` groups (a seeded shuffle dealt round-robin)."""
+    if k < 2:
+        raise ConfigError(f"train.select_k must be >= 2 (inner leave-subjects-out groups), got {k}.")
+    subjects = sorted(set(subjects))
+    if len(subjects) < k:
+        raise ConfigError(f"train.select_k={k} needs at least {k} training subjects, got {len(subjects)}.")
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    return [[subjects[i] for i in order[j::k]] for j in range(k)]
+
+
+Trainer = Callable[[ModelConfig, TrainConfig, list[tuple[torch.Tensor, torch.Tensor, int, str]]],
+                   tuple[list[nn.Module], list[InputNorm]]]
+
+
+def train_models(
+    model_cfg: ModelConfig,
+    recipe: TrainConfig,
+    jobs: list[tuple[torch.Tensor, torch.Tensor, int, str]],
+    *,
+    num_classes: int,
+    device: str = "cpu",
+    batched: bool = True,
+) -> tuple[list[nn.Module], list[InputNorm]]:
+    """Train one model per ``(x, y, seed, name)`` job with one architecture and recipe: batched in groups of
+    equal steps per epoch when ``batched`` (and the model allows), else one at a time. Returns them in order."""
+    models: list[nn.Module | None] = [None] * len(jobs)
+    norms: list[InputNorm | None] = [None] * len(jobs)
+    if batched and is_batchable(model_cfg.name) and len(jobs) > 1:
+        by_steps: dict[int, list[int]] = {}
+        for i, (x, _, _, _) in enumerate(jobs):
+            by_steps.setdefault(steps_per_epoch(len(x), recipe.batch_size), []).append(i)
+        for idx in by_steps.values():
+            members = [Member(jobs[i][0], jobs[i][1], jobs[i][2], jobs[i][3]) for i in idx]
+            ms, ns = fit_many(model_cfg, members, recipe, num_classes=num_classes, device=device)
+            for i, m, n in zip(idx, ms, ns):
+                models[i], norms[i] = m, n
+    else:
+        for i, (x, y, seed, name) in enumerate(jobs):
+            torch.manual_seed(seed)
+            model = build_model(model_cfg)
+            norms[i] = fit(model, x, y, recipe, seed=seed, num_classes=num_classes, device=device, describe=name)
+            models[i] = model
+    return models, norms  # type: ignore[return-value]
+
+
+def select_in_fold(
+    dataset: FlowDataset,
+    cfg: RunConfig,
+    train_idx: np.ndarray,
+    fold_seed: int,
+    *,
+    name: str = "fold",
+    batched: bool = True,
+) -> tuple[RunConfig, dict[str, Any]]:
+    """Choose a ``train.select`` candidate on the fold's training rows ``train_idx`` alone.
+
+    Returns the chosen candidate's config and the record of the choice: ``candidates``, ``select_k``,
+    ``scores`` (mean of inner UF1 and UAR per candidate), ``uf1``, ``uar``, ``chosen`` (index).
+    """
+    candidates = candidate_configs(cfg)
+    if not candidates:
+        return cfg, {}
+    train_idx = np.asarray(train_idx)
+    subjects = np.asarray(dataset.subjects)[train_idx]
+    groups = inner_groups(subjects.tolist(), cfg.train.select_k, fold_seed)
+    scores, uf1s, uars = [], [], []
+    for c, cand in enumerate(candidates):
+        jobs, held = [], []
+        for j, group in enumerate(groups):
+            inner_test = train_idx[np.isin(subjects, group)]
+            inner_train = train_idx[~np.isin(subjects, group)]
+            seed = (fold_seed + zlib.crc32(f"select/{c}/{j}".encode())) % (2**31 - 1)
+            jobs.append((dataset.x[inner_train], dataset.y[inner_train], seed, f"{name} select {c} group {j}"))
+            held.append(inner_test)
+        models, norms = train_models(cand.model, cand.train, jobs, num_classes=dataset.num_classes,
+                                     device=cfg.eval.device, batched=batched)
+        true, pred = [], []
+        for model, norm, idx in zip(models, norms, held):
+            probs = predict_proba(model, norm, dataset.x[idx], device=cfg.eval.device)
+            true += dataset.y[idx].tolist()
+            pred += probs.argmax(1).tolist()
+        s = megc_scores(true, pred, dataset.num_classes, absent="skip", context=f"{name} select {c}")
+        uf1s.append(s["uf1"])
+        uars.append(s["uar"])
+        scores.append((s["uf1"] + s["uar"]) / 2)
+    chosen = int(np.argmax(scores))
+    info = {"candidates": list(cfg.train.select), "select_k": cfg.train.select_k, "scores": scores,
+            "uf1": uf1s, "uar": uars, "chosen": chosen}
+    return candidates[chosen], info
+
+
+__all__ = ["candidate_configs", "inner_groups", "select_in_fold", "train_models"]

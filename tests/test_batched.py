@@ -1,0 +1,260 @@
+"""Batched fold training (``epir.engine.batched``): N members trained as one vectorised model give what N
+one-at-a-time trainings give, members never see each other's rows, and the LOSO engine's batched path keeps
+fold files, resume and the one-at-a-time layout."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig
+from epir.engine import batched as batched_mod
+from epir.engine import loso
+from epir.engine.batched import Member, fit_many, steps_per_epoch
+from epir.engine.loso import plan_groups, resolve_fold_batch, run_loso
+from epir.engine.train import fit, masked_cross_entropy, predict_proba
+from epir.errors import ConfigError
+from epir.losses import supervised_contrastive_loss
+from epir.models import build_model, default_recipe
+
+#: Model-internal randomness (dropout, stochastic depth) off: with it on, batched members draw their masks from
+#: vmap's per-member stream instead of the global one (documented), so only then do the paths differ.
+DETERMINISTIC = {"epir": {"dropout": 0.0, "drop_path": 0.0, "dim": 24, "heads": 2},
+                 "ststnet": {"dropout": 0.0}}
+
+
+def members(sizes=(20, 23, 17), seed: int = 0) -> list[Member]:
+    g = torch.Generator().manual_seed(seed)
+    return [Member(torch.rand(n, 3, 28, 28, generator=g) * 255, torch.randint(0, 3, (n,), generator=g),
+                   seed=100 + i, name=f"m{i}") for i, n in enumerate(sizes)]
+
+
+def one_at_a_time(model_cfg: ModelConfig, m: Member, recipe):
+    torch.manual_seed(m.seed)
+    model = build_model(model_cfg)
+    norm = fit(model, m.x, m.y, recipe, seed=m.seed, num_classes=3)
+    return model, norm
+
+
+@pytest.mark.parametrize("name", ["epir", "ststnet"])
+@pytest.mark.parametrize("extra", [{}, {"mixup": 0.4, "average": "ema", "rotate": 5.0, "scale": 0.1}])
+def test_batched_members_match_one_at_a_time_training(name: str, extra: dict, one_torch_thread) -> None:
+    """Same seeds and data order: the same weights (float tolerance) and predictions, members of unequal
+    sizes included (their last batches are padded and masked out of the loss and of BatchNorm)."""
+    model_cfg = ModelConfig(name=name, args=DETERMINISTIC[name])
+    recipe = replace(default_recipe(name), epochs=2, batch_size=8, **extra)
+    ms = members()
+    assert len({steps_per_epoch(len(m.x), recipe.batch_size) for m in ms}) == 1  # equal steps, unequal last batch
+    models, norms = fit_many(model_cfg, ms, recipe, num_classes=3)
+    probe = torch.rand(6, 3, 28, 28, generator=torch.Generator().manual_seed(9)) * 255
+    for m, model, norm in zip(ms, models, norms):
+        ref, ref_norm = one_at_a_time(model_cfg, m, recipe)
+        torch.testing.assert_close(norm.mean, ref_norm.mean)
+        for (k, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+            if a.is_floating_point():
+                torch.testing.assert_close(b, a, atol=2e-3, rtol=1e-3, msg=lambda s, k=k: f"{m.name} {k}: {s}")
+            else:
+                assert torch.equal(a, b), k
+        torch.testing.assert_close(predict_proba(model, norm, probe), predict_proba(ref, ref_norm, probe),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_a_member_never_receives_another_members_rows(monkeypatch) -> None:
+    """Spy on augmentation (the first thing a member's rows go through): every batch a member trains on holds
+    only rows of its own training set."""
+    ms = members(sizes=(12, 14))
+    seen: list[torch.Tensor] = []
+    real = batched_mod.augment
+
+    def spy(x, cfg, gen):
+        seen.append(x.clone())
+        return real(x, cfg, gen)
+
+    monkeypatch.setattr(batched_mod, "augment", spy)
+    recipe = replace(default_recipe("ststnet"), epochs=2, batch_size=8)
+    fit_many(ModelConfig(name="ststnet"), ms, recipe, num_classes=3)
+    assert len(seen) == 2 * 2 * len(ms)  # epochs x steps x members, in member order within a step
+    for i, batch in enumerate(seen):
+        own = ms[i % len(ms)].x
+        for row in batch:
+            assert (own == row).flatten(1).all(1).any(), f"batch {i} holds a row of another member"
+
+
+def test_members_with_different_step_counts_are_refused() -> None:
+    recipe = replace(default_recipe("ststnet"), epochs=1, batch_size=8)
+    with pytest.raises(ConfigError, match="steps per epoch"):
+        fit_many(ModelConfig(name="ststnet"), members(sizes=(8, 20)), recipe, num_classes=3)
+
+
+def test_masked_cross_entropy_equals_torch_on_the_valid_rows() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(10, 3, generator=g), torch.randint(0, 3, (10,), generator=g)
+    weight = torch.tensor([0.5, 2.0, 1.5])
+    valid = torch.arange(10) < 7
+    for smoothing in (0.0, 0.1):
+        want = torch.nn.functional.cross_entropy(logits[:7], target[:7], weight=weight, label_smoothing=smoothing)
+        got = masked_cross_entropy(logits, target, weight, smoothing, valid)
+        torch.testing.assert_close(got, want)
+
+
+def test_masked_supcon_ignores_padding() -> None:
+    g = torch.Generator().manual_seed(1)
+    z, y = torch.randn(9, 5, generator=g), torch.tensor([0, 1, 0, 1, 2, 2, 0, 1, 2])
+    valid = torch.arange(9) < 6
+    padded = supervised_contrastive_loss(torch.cat([z[:6], torch.randn(3, 5)]), y, 0.1, valid=valid)
+    torch.testing.assert_close(padded, supervised_contrastive_loss(z[:6], y[:6], 0.1))
+
+
+def tiny_run_cfg(**eval_kw) -> RunConfig:
+    eval_kw.setdefault("threads", 1)
+    return RunConfig(model=ModelConfig(name="ststnet"), data=DataConfig(dataset="megc2019"),
+                     train=replace(default_recipe("ststnet"), epochs=2), eval=EvalConfig(**eval_kw))
+
+
+def test_batched_and_one_at_a_time_runs_write_the_same_fold_file_layout(fake_dataset, tmp_path) -> None:
+    a, b = tmp_path / "loop", tmp_path / "batched"
+    run_loso(tiny_run_cfg(fold_batch=1), fake_dataset, a, progress=False)
+    rb = run_loso(tiny_run_cfg(fold_batch=4), fake_dataset, b, progress=False)
+    assert rb["fold_batch"] == 4
+    files = sorted(p.relative_to(a) for p in (a / "folds").rglob("*.json"))
+    assert files == sorted(p.relative_to(b) for p in (b / "folds").rglob("*.json"))
+    for f in files:
+        ra, rb_ = json.loads((a / f).read_text()), json.loads((b / f).read_text())
+        assert set(ra) == set(rb_) and ra["indices"] == rb_["indices"] and ra["true"] == rb_["true"]
+
+
+def test_interrupted_batched_run_resumes_from_its_finished_folds(fake_dataset, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    real = loso.run_fold_group
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loso, "run_fold_group", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_loso(tiny_run_cfg(fold_batch=2), fake_dataset, out, progress=False)
+    finished = sorted((out / "folds" / "seed0").glob("*.json"))
+    assert len(finished) == 2  # the first group of two folds
+    before = {p.name: p.read_bytes() for p in finished}
+    monkeypatch.setattr(loso, "run_fold_group", real)
+    r = run_loso(tiny_run_cfg(fold_batch=2), fake_dataset, out, progress=False)
+    assert r["resumed_folds"] == 2 and r["n_folds"] == 6
+    assert {p.name: p.read_bytes() for p in finished} == before
+
+
+def test_groups_hold_folds_of_equal_steps_and_respect_the_size(fake_dataset) -> None:
+    cfg = tiny_run_cfg()
+    todo = [(0, s) for s in fake_dataset.subject_list()] + [(1, s) for s in fake_dataset.subject_list()]
+    groups = plan_groups(fake_dataset, cfg, todo, fold_batch=4)
+    assert sorted(f for g in groups for f in g) == sorted(todo)
+    assert max(len(g) for g in groups) <= 4
+    counts = {s: fake_dataset.subjects.count(s) for s in fake_dataset.subject_list()}
+    for g in groups:
+        assert len({steps_per_epoch(len(fake_dataset) - counts[s], cfg.train.batch_size) for _, s in g}) == 1
+    assert all(len(g) == 1 for g in plan_groups(fake_dataset, cfg, todo, fold_batch=1))
+
+
+def test_fold_batch_defaults_and_fallback() -> None:
+    cfg = tiny_run_cfg()
+    assert resolve_fold_batch(cfg)[0] == loso.AUTO_FOLD_BATCH["cpu"]
+    assert resolve_fold_batch(cfg, fold_weights="w") == (1, "")  # published weights: nothing to train
+    htnet = replace(cfg, model=ModelConfig(name="htnet"), eval=replace(cfg.eval, fold_batch=8))
+    size, note = resolve_fold_batch(htnet)
+    assert size == 1 and "not batchable" in note
+
+
+def test_ensemble_probabilities_are_the_mean_of_the_members(fake_dataset, monkeypatch) -> None:
+    """train.ensemble=K: K members per fold (own seeds, the fold's own first), probabilities averaged."""
+    cfg = replace(tiny_run_cfg(fold_batch=1), train=replace(tiny_run_cfg().train, ensemble=3))
+    subject = fake_dataset.subject_list()[0]
+    seen: list[torch.Tensor] = []
+    real = loso.predict_proba
+
+    def spy(*args, **kwargs):
+        p = real(*args, **kwargs)
+        seen.append(p)
+        return p
+
+    monkeypatch.setattr(loso, "predict_proba", spy)
+    rec = loso.run_fold(fake_dataset, cfg, subject, seed=0)
+    assert len(seen) == 3
+    np.testing.assert_allclose(rec["probs"], torch.stack(seen).mean(0).numpy(), atol=1e-6)
+    single = loso.run_fold(fake_dataset, tiny_run_cfg(fold_batch=1), subject, seed=0)
+    np.testing.assert_allclose(single["probs"], seen[0].numpy(), atol=1e-6)  # member 0 is the plain fold
+
+
+def test_cpu_default_uses_every_core(monkeypatch) -> None:
+    from epir.cli import build_config, make_parser
+
+    args = make_parser().parse_args(["loso", "--model", "epir"])
+    assert build_config(args).eval.jobs == -1  # one worker process per core
+    args = make_parser().parse_args(["loso", "--model", "epir", "--threads", "2"])
+    assert build_config(args).eval.jobs == 1  # --threads alone: this process, that many threads
+
+
+# ------------------------------------------------------------------------------ selection inside the fold
+
+
+def select_cfg(**eval_kw) -> RunConfig:
+    cfg = tiny_run_cfg(**eval_kw)
+    return replace(cfg, train=replace(cfg.train, epochs=1, select=("", "train.epochs=2"), select_k=2))
+
+
+@pytest.mark.parametrize("fold_batch", [1, 4])
+def test_inner_selection_never_sees_the_held_out_subject(fake_dataset, monkeypatch, fold_batch: int) -> None:
+    """Spy on every training call of the selection: no held-out row ever reaches one; each fold records its
+    candidates, inner scores and choice."""
+    from epir.engine import selection
+
+    trained: list[torch.Tensor] = []
+    real_fit, real_many = selection.fit, selection.fit_many
+
+    def spy_fit(model, x, y, cfg, **kw):
+        trained.append(x.clone())
+        return real_fit(model, x, y, cfg, **kw)
+
+    def spy_many(model_cfg, members, cfg, **kw):
+        trained.extend(m.x.clone() for m in members)
+        return real_many(model_cfg, members, cfg, **kw)
+
+    monkeypatch.setattr(selection, "fit", spy_fit)
+    monkeypatch.setattr(selection, "fit_many", spy_many)
+    subject = fake_dataset.subject_list()[1]
+    held_out = fake_dataset.x[torch.tensor([s == subject for s in fake_dataset.subjects])]
+    cfg = replace(select_cfg(fold_batch=fold_batch), eval=replace(select_cfg().eval, folds=(subject,),
+                                                                   fold_batch=fold_batch))
+    r = run_loso(cfg, fake_dataset, progress=False)
+    assert trained, "selection trained nothing"
+    for x in trained:
+        for row in held_out:
+            assert not (x == row).flatten(1).all(1).any(), "a held-out row reached inner selection"
+    assert r["selection"]["candidates"] == ["", "train.epochs=2"]
+    assert sum(r["selection"]["chosen_counts"].values()) == 1
+
+
+def test_selection_record_in_fold_file(fake_dataset, tmp_path) -> None:
+    out = tmp_path / "run"
+    cfg = select_cfg(fold_batch=1)
+    cfg = replace(cfg, eval=replace(cfg.eval, folds=(fake_dataset.subject_list()[0],)))
+    run_loso(cfg, fake_dataset, out, progress=False)
+    rec = json.loads(next((out / "folds" / "seed0").glob("*.json")).read_text())
+    sel = rec["selection"]
+    assert sel["candidates"] == ["", "train.epochs=2"] and sel["select_k"] == 2
+    assert len(sel["scores"]) == 2 and sel["chosen"] == int(np.argmax(sel["scores"]))
+
+
+def test_bad_candidates_are_refused_before_training(fake_dataset) -> None:
+    cfg = tiny_run_cfg()
+    for bad in (("eval.seeds=[1]",), ("train.select=[x]",), ("train.nosuch=1",)):
+        with pytest.raises(ConfigError):
+            run_loso(replace(cfg, train=replace(cfg.train, select=bad)), fake_dataset, progress=False)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        run_loso(replace(cfg, train=replace(cfg.train, select=("",)), eval=replace(cfg.eval, oracle_epoch=True)),
+                 fake_dataset, progress=False)
