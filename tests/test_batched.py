@@ -258,3 +258,45 @@ def test_bad_candidates_are_refused_before_training(fake_dataset) -> None:
     with pytest.raises(ConfigError, match="exclude each other"):
         run_loso(replace(cfg, train=replace(cfg.train, select=("",)), eval=replace(cfg.eval, oracle_epoch=True)),
                  fake_dataset, progress=False)
+
+
+# ------------------------------------------------------------------------------ distillation
+
+
+@pytest.mark.parametrize("fold_batch", [1, 4])
+def test_teacher_is_trained_on_the_training_rows_only(fake_dataset, monkeypatch, fold_batch: int) -> None:
+    """train.distill: a teacher per fold, trained before the student on the fold's training rows alone."""
+    from epir.engine import selection
+
+    seen: list[tuple[str, torch.Tensor]] = []
+    real = selection.train_models
+
+    def spy(model_cfg, recipe, jobs, **kw):
+        seen.extend((model_cfg.name, x.clone()) for x, *_ in jobs)
+        return real(model_cfg, recipe, jobs, **kw)
+
+    monkeypatch.setattr(selection, "train_models", spy)
+    monkeypatch.setattr(loso, "train_models", spy)
+    cfg = RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}),
+                    data=DataConfig(dataset="megc2019"),
+                    train=replace(default_recipe("epir"), epochs=1, distill="ststnet",
+                                  distill_overrides=("train.epochs=1",)),
+                    eval=EvalConfig(threads=1, fold_batch=fold_batch, folds=tuple(fake_dataset.subject_list()[:2])))
+    r = run_loso(cfg, fake_dataset, progress=False)
+    assert r["n_folds"] == 2
+    teachers = [x for name, x in seen if name == "ststnet"]
+    assert len(teachers) == 2
+    for subject, x in zip(fake_dataset.subject_list()[:2], teachers):
+        held_out = fake_dataset.x[torch.tensor([s == subject for s in fake_dataset.subjects])]
+        for row in held_out:
+            assert not (x == row).flatten(1).all(1).any(), "a held-out row reached the teacher"
+
+
+def test_distillation_loss_is_zero_for_identical_logits_and_masks_padding() -> None:
+    from epir.engine.train import distillation_loss
+
+    logits = torch.randn(5, 3)
+    assert distillation_loss(logits, logits, 2.0).abs() < 1e-6
+    other = torch.randn(5, 3)
+    valid = torch.arange(5) < 3
+    torch.testing.assert_close(distillation_loss(logits, other, 2.0, valid), distillation_loss(logits[:3], other[:3], 2.0))

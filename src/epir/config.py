@@ -45,6 +45,10 @@ class TrainConfig:
     ema_decay: float = 0.995  # ema only: per-step decay
     swa_start: float = 0.5  # swa only: epoch-end weights are averaged from this fraction of the epochs on
     ensemble: int = 1  # models per fold (own seeds), their class probabilities averaged
+    distill: str = ""  # teacher model trained on the same fold's training rows first ("" = no distillation)
+    distill_overrides: tuple[str, ...] = ()  # KEY=VALUE on the teacher's default recipe ("train.epochs=100")
+    distill_weight: float = 0.5  # weight of the soft-target term; 1 - weight on the labels' cross-entropy
+    distill_temperature: float = 2.0  # softmax temperature of the soft targets
     select: tuple[str, ...] = ()  # candidates chosen among inside each fold ("train.epochs=20;train.mixup=0.4")
     select_k: int = 3  # inner leave-subjects-out groups of the training subjects for train.select
 

@@ -40,13 +40,16 @@ from torch.func import functional_call, stack_module_state, vmap
 from epir.config import ModelConfig, TrainConfig
 from epir.engine.train import (
     InputNorm,
+    Teacher,
     WeightAverage,
     augment,
     check_finite,
     class_weights,
+    distillation_loss,
     lr_factor,
     make_optimizer,
     masked_cross_entropy,
+    teacher_logits,
 )
 from epir.errors import ConfigError
 from epir.models import build_model
@@ -82,25 +85,32 @@ def can_batch(model: nn.Module) -> tuple[bool, str]:
 class _MemberLoss(nn.Module):
     """One member's training loss as a module, so ``functional_call`` can swap in each member's weights."""
 
-    def __init__(self, model: nn.Module, label_smoothing: float, mixup: bool) -> None:
+    def __init__(
+        self, model: nn.Module, label_smoothing: float, mixup: bool, distill: tuple[float, float] | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.label_smoothing = label_smoothing
         self.mixup = mixup
+        self.distill = distill
         self.with_loss = hasattr(model, "forward_with_loss")
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor, y2: torch.Tensor,
-        lam: torch.Tensor,
+        lam: torch.Tensor, soft: torch.Tensor,
     ) -> torch.Tensor:
         """x: (B, C, H, W) normalised; y, valid: (B,); weight: class weights (K,); y2, lam: mixup's second
-        labels (B,) and weight () (``lam`` = 1 without mixup). Returns the scalar loss."""
+        labels (B,) and weight () (``lam`` = 1 without mixup); soft: the teacher's logits (B, K) when
+        distilling. Returns the scalar loss."""
 
         def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             loss = masked_cross_entropy(logits, target, weight, self.label_smoothing, valid)
             if self.mixup:
                 loss = lam * loss + (1.0 - lam) * masked_cross_entropy(
                     logits, y2, weight, self.label_smoothing, valid)
+            if self.distill is not None:
+                a, temperature = self.distill
+                loss = (1.0 - a) * loss + a * distillation_loss(logits, soft, temperature, valid)
             return loss
 
         with sample_mask(valid):
@@ -128,6 +138,7 @@ def fit_many(
     num_classes: int,
     device: str = "cpu",
     on_epoch: BatchedEpochCallback | None = None,
+    teachers: Sequence[Teacher] | None = None,
 ) -> tuple[list[nn.Module], list[InputNorm]]:
     """Train one model per member at once (vectorised); return the trained models and their input norms.
 
@@ -143,6 +154,7 @@ def fit_many(
         device: torch device.
         on_epoch: called as ``on_epoch(epoch, models, norms)`` after every epoch with the members' current
             models (the caller's optimistic oracle-epoch bookkeeping; nothing here sees test data).
+        teachers: one trained teacher per member (same rows) to distil from, or None.
 
     Raises:
         ConfigError: no members, or members with different numbers of steps per epoch.
@@ -176,15 +188,16 @@ def fit_many(
 
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
-    loss_module = _MemberLoss(base, cfg.label_smoothing, cfg.mixup > 0)
+    distill = (cfg.distill_weight, cfg.distill_temperature) if teachers is not None else None
+    loss_module = _MemberLoss(base, cfg.label_smoothing, cfg.mixup > 0, distill)
     prefixed_params = {f"model.{k}": v for k, v in params.items()}
     prefixed_buffers = {f"model.{k}": v for k, v in buffers.items()}
 
     def member_loss(
         p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-        valid: torch.Tensor, w: torch.Tensor, y2: torch.Tensor, lam: torch.Tensor,
+        valid: torch.Tensor, w: torch.Tensor, y2: torch.Tensor, lam: torch.Tensor, soft: torch.Tensor,
     ) -> torch.Tensor:
-        return functional_call(loss_module, (p, b), (x, y, valid, w, y2, lam))
+        return functional_call(loss_module, (p, b), (x, y, valid, w, y2, lam, soft))
 
     batched_loss = vmap(member_loss, randomness="different")
     trainable = [p for p in params.values() if p.requires_grad]
@@ -198,15 +211,18 @@ def fit_many(
         loss_module.train()
         orders = [torch.randperm(n, generator=g) if cfg.shuffle else torch.arange(n) for n, g in zip(sizes, gens)]
         for s in range(n_steps):
-            xs, ys, y2s, lams, valids = [], [], [], [], []
+            xs, ys, y2s, lams, valids, softs = [], [], [], [], [], []
             lo = s * cfg.batch_size
             width = max(min(cfg.batch_size, n - lo) for n in sizes)
             for m, order, norm, g in zip(members, orders, norms, gens):
                 idx = order[lo : lo + cfg.batch_size]
-                xm, ym = norm(augment(m.x[idx], cfg, g)), m.y[idx]
+                xm, ym = augment(m.x[idx], cfg, g), m.y[idx]
                 y2m, lam = ym, 1.0
                 if cfg.mixup > 0:  # before padding: a member mixes its own real samples only
                     xm, ym, y2m, lam = mixup(xm, ym, cfg.mixup, g)
+                if teachers is not None:
+                    softs.append(_pad(teacher_logits(teachers[len(xs)], xm.to(device)).cpu(), width))
+                xm = norm(xm)
                 xs.append(_pad(xm, width))
                 ys.append(_pad(ym, width))
                 y2s.append(_pad(y2m, width))
@@ -217,9 +233,10 @@ def fit_many(
             y2b = torch.stack(y2s).to(device)
             lamb = torch.tensor(lams, dtype=xb.dtype, device=device)
             vb = torch.stack(valids).to(device)
+            sb = torch.stack(softs).to(device) if teachers is not None else torch.zeros(len(members), 1, device=device)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
-            losses = batched_loss(prefixed_params, prefixed_buffers, xb, yb, vb, weight, y2b, lamb)
+            losses = batched_loss(prefixed_params, prefixed_buffers, xb, yb, vb, weight, y2b, lamb, sb)
             if not bool(torch.isfinite(losses).all()):
                 bad = [members[i].name for i in torch.flatnonzero(~torch.isfinite(losses)).tolist()]
                 check_finite(losses, f"{', '.join(bad)} epoch {epoch + 1}")

@@ -28,7 +28,7 @@ from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, apply_ov
 from epir.data import FlowDataset, load_dataset
 from epir.data.transforms import apply_input_transform
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
-from epir.engine.selection import candidate_configs, select_in_fold, train_models
+from epir.engine.selection import candidate_configs, select_in_fold, teacher_config, train_models, train_teachers
 from epir.engine.train import InputNorm, fit, predict_proba
 from epir.errors import ConfigError, DatasetNotFoundError, did_you_mean
 from epir.models import build_model, default_recipe, is_batchable, resolve_model_args
@@ -216,6 +216,11 @@ def run_fold(
                                             name=f"fold {subject} seed {seed}", batched=False)
             torch.manual_seed(fold_seed(seed, subject))
             model = build_model(cfg.model)
+        teachers = train_teachers(dataset, cfg, [(train_idx, fold_seed(seed, subject), f"fold {subject} seed {seed}")],
+                                  batched=False)
+        if teachers is not None:  # the teacher used the global generator: the student starts as without one
+            torch.manual_seed(fold_seed(seed, subject))
+            model = build_model(cfg.model)
         for k, mseed in enumerate(member_seeds(fold_seed(seed, subject), cfg.train.ensemble)):
             if k > 0:  # the first member is the model built above (so one member is the plain fold)
                 torch.manual_seed(mseed)
@@ -238,6 +243,7 @@ def run_fold(
                 device=device,
                 on_epoch=epoch_done,
                 describe=f"fold {subject} seed {seed}" + (f" member {k}" if cfg.train.ensemble > 1 else ""),
+                teacher=None if teachers is None else teachers[0],
             )
             if oracle is not None and oracle.probs is not None:
                 member_probs.append(oracle.probs)
@@ -299,6 +305,10 @@ def run_fold_group(
             for k, mseed in enumerate(member_seeds(fold_seed(*folds[f]), k_members))
         ]
         owner = [f for f in idx for _ in range(k_members)]
+        fold_teachers = train_teachers(
+            dataset, ccfg, [(splits[f][0], fold_seed(*folds[f]), f"fold {folds[f][1]} seed {folds[f][0]}") for f in idx]
+        )
+        teachers = None if fold_teachers is None else [fold_teachers[idx.index(f)] for f in owner]
         if cfg.eval.oracle_epoch:  # optimistic: per member, the epoch with the best held-out accuracy
             oracles = [_OracleBest(*tests[f], device) for f in owner]
 
@@ -309,12 +319,13 @@ def run_fold_group(
 
             members = [Member(x, y, s_, n) for x, y, s_, n in jobs]
             fit_many(ccfg.model, members, ccfg.train, num_classes=dataset.num_classes, device=device,
-                     on_epoch=epoch_done)
+                     on_epoch=epoch_done, teachers=teachers)
             for f, oracle in zip(owner, oracles):
                 member_probs[f].append(oracle.probs)
                 member_epochs[f].append(oracle.epoch)
             continue
-        models, norms = train_models(ccfg.model, ccfg.train, jobs, num_classes=dataset.num_classes, device=device)
+        models, norms = train_models(ccfg.model, ccfg.train, jobs, num_classes=dataset.num_classes, device=device,
+                                     teachers=teachers)
         for f, model, norm in zip(owner, models, norms):
             member_probs[f].append(predict_proba(model, norm, tests[f][0], device=device))
             member_epochs[f].append(ccfg.train.epochs - 1)
@@ -513,7 +524,9 @@ def run_loso(
             "picked on the held-out subject) exclude each other: use one."
         )
     if cfg.train.select:
-        candidate_configs(cfg)  # a malformed candidate is an error before anything is trained
+        candidate_configs(cfg)  # a malformed candidate or teacher is an error before anything is trained
+    if cfg.train.distill:
+        teacher_config(cfg)
     protocol = protocol_of(cfg, fold_weights)
     seeds = list(cfg.eval.seeds) if fold_weights is None else [cfg.eval.seeds[0]]
     out = Path(out_dir) if out_dir is not None else None

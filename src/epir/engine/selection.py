@@ -26,7 +26,7 @@ from epir.config import ModelConfig, RunConfig, TrainConfig, apply_overrides
 from epir.data import FlowDataset
 from epir.engine.batched import Member, fit_many, steps_per_epoch
 from epir.engine.metrics import megc_scores
-from epir.engine.train import InputNorm, fit, predict_proba
+from epir.engine.train import InputNorm, Teacher, fit, predict_proba
 from epir.errors import ConfigError
 from epir.models import build_model, is_batchable, resolve_model_args
 
@@ -52,6 +52,38 @@ def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
     return out
 
 
+def teacher_config(cfg: RunConfig) -> RunConfig:
+    """The teacher's run config for ``train.distill``: its model with its default recipe and
+    ``train.distill_overrides`` (the same data and protocol as the student's run)."""
+    from epir.models import default_recipe
+
+    name = cfg.train.distill
+    t = replace(cfg, model=ModelConfig(name=name), train=default_recipe(name))
+    t = apply_overrides(t, list(cfg.train.distill_overrides))
+    if t.train.distill:
+        raise ConfigError("train.distill_overrides may not make the teacher distil from another teacher.")
+    return replace(t, model=replace(t.model, args=resolve_model_args(name, t.model.args)))
+
+
+def train_teachers(
+    dataset: FlowDataset,
+    cfg: RunConfig,
+    folds: Sequence[tuple[np.ndarray, int, str]],
+    *,
+    batched: bool = True,
+) -> list[Teacher] | None:
+    """With ``train.distill``, one teacher per ``(train_idx, fold_seed, name)``, trained on those rows alone
+    (its cost is part of the fold's); None without distillation."""
+    if not cfg.train.distill:
+        return None
+    t = teacher_config(cfg)
+    jobs = [(dataset.x[idx], dataset.y[idx], (seed + zlib.crc32(b"teacher")) % (2**31 - 1), f"{name} teacher")
+            for idx, seed, name in folds]
+    models, norms = train_models(t.model, t.train, jobs, num_classes=dataset.num_classes, device=cfg.eval.device,
+                                 batched=batched)
+    return list(zip(models, norms))
+
+
 def inner_groups(subjects: Sequence[str], k: int, seed: int) -> list[list[str]]:
     """Split the training subjects into ``k`` groups (a seeded shuffle dealt round-robin)."""
     if k < 2:
@@ -75,9 +107,11 @@ def train_models(
     num_classes: int,
     device: str = "cpu",
     batched: bool = True,
+    teachers: Sequence[Teacher] | None = None,
 ) -> tuple[list[nn.Module], list[InputNorm]]:
     """Train one model per ``(x, y, seed, name)`` job with one architecture and recipe: batched in groups of
-    equal steps per epoch when ``batched`` (and the model allows), else one at a time. Returns them in order."""
+    equal steps per epoch when ``batched`` (and the model allows), else one at a time; with ``teachers`` (one
+    per job), distilling from them. Returns them in order."""
     models: list[nn.Module | None] = [None] * len(jobs)
     norms: list[InputNorm | None] = [None] * len(jobs)
     if batched and is_batchable(model_cfg.name) and len(jobs) > 1:
@@ -86,14 +120,16 @@ def train_models(
             by_steps.setdefault(steps_per_epoch(len(x), recipe.batch_size), []).append(i)
         for idx in by_steps.values():
             members = [Member(jobs[i][0], jobs[i][1], jobs[i][2], jobs[i][3]) for i in idx]
-            ms, ns = fit_many(model_cfg, members, recipe, num_classes=num_classes, device=device)
+            ms, ns = fit_many(model_cfg, members, recipe, num_classes=num_classes, device=device,
+                              teachers=None if teachers is None else [teachers[i] for i in idx])
             for i, m, n in zip(idx, ms, ns):
                 models[i], norms[i] = m, n
     else:
         for i, (x, y, seed, name) in enumerate(jobs):
             torch.manual_seed(seed)
             model = build_model(model_cfg)
-            norms[i] = fit(model, x, y, recipe, seed=seed, num_classes=num_classes, device=device, describe=name)
+            norms[i] = fit(model, x, y, recipe, seed=seed, num_classes=num_classes, device=device, describe=name,
+                           teacher=None if teachers is None else teachers[i])
             models[i] = model
     return models, norms  # type: ignore[return-value]
 
@@ -120,15 +156,17 @@ def select_in_fold(
     groups = inner_groups(subjects.tolist(), cfg.train.select_k, fold_seed)
     scores, uf1s, uars = [], [], []
     for c, cand in enumerate(candidates):
-        jobs, held = [], []
+        jobs, held, inner = [], [], []
         for j, group in enumerate(groups):
             inner_test = train_idx[np.isin(subjects, group)]
             inner_train = train_idx[~np.isin(subjects, group)]
             seed = (fold_seed + zlib.crc32(f"select/{c}/{j}".encode())) % (2**31 - 1)
             jobs.append((dataset.x[inner_train], dataset.y[inner_train], seed, f"{name} select {c} group {j}"))
+            inner.append((inner_train, seed, f"{name} select {c} group {j}"))
             held.append(inner_test)
+        teachers = train_teachers(dataset, cand, inner, batched=batched)
         models, norms = train_models(cand.model, cand.train, jobs, num_classes=dataset.num_classes,
-                                     device=cfg.eval.device, batched=batched)
+                                     device=cfg.eval.device, batched=batched, teachers=teachers)
         true, pred = [], []
         for model, norm, idx in zip(models, norms, held):
             probs = predict_proba(model, norm, dataset.x[idx], device=cfg.eval.device)
@@ -144,4 +182,4 @@ def select_in_fold(
     return candidates[chosen], info
 
 
-__all__ = ["candidate_configs", "inner_groups", "select_in_fold", "train_models"]
+__all__ = ["candidate_configs", "inner_groups", "select_in_fold", "teacher_config", "train_models", "train_teachers"]

@@ -193,6 +193,30 @@ def masked_cross_entropy(
     return loss
 
 
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Soft-target knowledge distillation (Hinton et al. 2015): ``T^2 * KL(softmax(t / T) || softmax(s / T))``,
+    averaged over the (valid) samples. The ``T^2`` keeps its gradients on the scale of the cross-entropy's."""
+    t = teacher_logits / temperature
+    kl = (t.softmax(-1) * (t.log_softmax(-1) - (logits / temperature).log_softmax(-1))).sum(-1)
+    if valid is None:
+        return kl.mean() * temperature**2
+    v = valid.to(kl.dtype)
+    return (kl * v).sum() / v.sum().clamp_min(1.0) * temperature**2
+
+
+Teacher = tuple[nn.Module, InputNorm]
+
+
+@torch.no_grad()
+def teacher_logits(teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
+    """A trained teacher's logits on raw (augmented, 0-255) maps ``x``, in eval mode with its own normalisation."""
+    model, norm = teacher
+    model.eval()
+    return model(norm(x))
+
+
 def check_finite(loss: torch.Tensor, what: str) -> None:
     """Stop training loudly when the loss is not finite (a diverged model is never reported as a result)."""
     if not bool(torch.isfinite(loss).all()):
@@ -213,6 +237,7 @@ def fit(
     device: str = "cpu",
     on_epoch: EpochCallback | None = None,
     describe: str = "training",
+    teacher: Teacher | None = None,
 ) -> InputNorm:
     """Train ``model`` in place on the training samples and return the input normalisation it expects.
 
@@ -227,6 +252,8 @@ def fit(
         on_epoch: called as ``on_epoch(epoch, model, norm)`` after every epoch (progress reporting, or the
             caller's optimistic oracle-epoch bookkeeping; ``fit`` itself never sees test data).
         describe: what is trained (e.g. "fold casme2/sub01 seed 0"), for the divergence error.
+        teacher: a model trained on the same rows and its input normalisation: its soft predictions on each
+            (augmented) batch are distilled with ``train.distill_weight`` and ``train.distill_temperature``.
 
     Raises:
         DivergedError: the loss became NaN or infinite.
@@ -256,14 +283,23 @@ def fit(
         order = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            xb = augment(x[idx], cfg, gen)
-            xb, yb = norm(xb).to(device), y[idx].to(device)
+            xb, yb = augment(x[idx], cfg, gen), y[idx]
             loss_fn = ce
-            if cfg.mixup > 0:
+            if cfg.mixup > 0:  # on the raw maps: the normalisation is affine, so it commutes with mixing
                 xb, yb, yb2, lam = mixup(xb, yb, cfg.mixup, gen)
+                yb2 = yb2.to(device)
 
                 def loss_fn(logits: torch.Tensor, target: torch.Tensor, _b=yb2, _l=lam) -> torch.Tensor:
                     return _l * ce(logits, target) + (1.0 - _l) * ce(logits, _b)
+
+            if teacher is not None:
+                soft = teacher_logits(teacher, xb.to(device))
+                a, label_loss = cfg.distill_weight, loss_fn
+
+                def loss_fn(logits: torch.Tensor, target: torch.Tensor, _s=soft, _f=label_loss) -> torch.Tensor:
+                    return (1.0 - a) * _f(logits, target) + a * distillation_loss(logits, _s, cfg.distill_temperature)
+
+            xb, yb = norm(xb).to(device), yb.to(device)
 
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)

@@ -127,6 +127,32 @@ class DNSPT(nn.Module):
         return self.norm_out(self.proj(self.norm_in(patches)))
 
 
+class ConvStem(nn.Module):
+    """A convolutional stem in front of DNSPT (``stem="conv"``): a 3x3 convolution to ``channels`` maps,
+    GELU, and a 3x3 max-pool of stride 3 (STSTNet's first stage, Liong et al. 2019), so tokens are cut from a
+    (ceil(H / 3))^2 grid of local motion features instead of raw pixels. The convolution is written as unfold +
+    Linear (identical arithmetic): batched matrix products, which is also what runs fastest under the engine's
+    vmap on CPU.
+    """
+
+    def __init__(self, *, in_channels: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_channels * 9, channels)
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=3, padding=1)
+
+    @staticmethod
+    def out_size(size: int) -> int:
+        """Side of the output grid for an input side ``size``."""
+        return (size + 2 - 3) // 3 + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W). Returns (B, channels, ceil(H / 3), ceil(W / 3))."""
+        h, w = x.shape[-2:]
+        cols = F.unfold(x, kernel_size=3, padding=1)  # (B, C * 9, H * W)
+        y = F.gelu(self.proj(cols.transpose(1, 2)))  # (B, H * W, channels)
+        return self.pool(y.transpose(1, 2).reshape(x.shape[0], -1, h, w))
+
+
 class PatchEmbedding(nn.Module):
     """The plain ViT patch embedding (``dnspt=False``): patches -> Linear."""
 
@@ -336,17 +362,26 @@ class EPIR(nn.Module):
         contrastive_weight: float,
         contrastive_temperature: float,
         projection_dim: int,
+        stem: str = "patch",
+        stem_channels: int = 16,
     ) -> None:
         super().__init__()
-        depths = _check_args(image_size, patch_size, dim, heads, depths, dnspt, merge_ratio, select_ratio)
-        grid = image_size // patch_size
+        if stem not in ("patch", "conv"):
+            raise ConfigError(f"model.stem must be 'patch' or 'conv', got {stem!r}.")
+        self.stem: nn.Module = nn.Identity()
+        token_in, token_size = in_channels, image_size
+        if stem == "conv":
+            self.stem = ConvStem(in_channels=in_channels, channels=stem_channels)
+            token_in, token_size = stem_channels, ConvStem.out_size(image_size)
+        depths = _check_args(token_size, patch_size, dim, heads, depths, dnspt, merge_ratio, select_ratio)
+        grid = token_size // patch_size
         self.num_patches = grid * grid
         if dnspt:
             self.tokenizer: nn.Module = DNSPT(
-                in_channels=in_channels, patch_size=patch_size, dim=dim, shifts=shifts, refine=refine
+                in_channels=token_in, patch_size=patch_size, dim=dim, shifts=shifts, refine=refine
             )
         else:
-            self.tokenizer = PatchEmbedding(in_channels=in_channels, patch_size=patch_size, dim=dim)
+            self.tokenizer = PatchEmbedding(in_channels=token_in, patch_size=patch_size, dim=dim)
         self.pos_embedding = nn.Parameter(torch.zeros(1, self.num_patches, dim))
         nn.init.trunc_normal_(self.pos_embedding, std=0.02)
 
@@ -385,7 +420,7 @@ class EPIR(nn.Module):
     def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: flow maps (B, C, H, W). Returns the final tokens (B, N_final, D) and their sizes (B, N_final)
         (None without merging: every token is one patch)."""
-        tokens = self.tokenizer(x) + self.pos_embedding
+        tokens = self.tokenizer(self.stem(x)) + self.pos_embedding
         size = None
         sources = None
         if self.keep_sources:
@@ -488,6 +523,8 @@ def epir(
     contrastive_weight: float = 0.1,
     contrastive_temperature: float = 0.1,
     projection_dim: int = 32,
+    stem: str = "patch",
+    stem_channels: int = 16,
 ) -> EPIR:
     """EPIR with every component on; each boolean switch falls back to its plain counterpart.
 
@@ -517,5 +554,9 @@ def epir(
         contrastive_weight: weight of the contrastive term.
         contrastive_temperature: SupCon temperature.
         projection_dim: output width of the contrastive projection head.
+        stem: ``patch``: tokens from the input pixels; ``conv``: from a 3x3 conv + max-pool stem
+            (:class:`ConvStem`, a (ceil(image_size / 3))^2 grid; ``patch_size`` then applies to that grid,
+            e.g. 2 on the 10 x 10 grid of 28 x 28 maps).
+        stem_channels: output channels of the conv stem.
     """
     return EPIR(**locals())  # the arguments pass through unchanged
