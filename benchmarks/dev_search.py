@@ -31,6 +31,9 @@ CONFIGS: list[tuple[str, list[str], str]] = [
     ("d3", ["train.mixup=0.4"], "mixup, alpha 0.4"),
     ("d4", ["train.rotate=10", "train.scale=0.1"], "rotation up to 10 degrees (vectors turned), scale 0.9-1.1"),
     ("d5", ["train.ensemble=3"], "3 members per fold, probabilities averaged"),
+    ("d6", ["model.stem=conv", "model.patch_size=2"], "conv stem (3x3 conv, max-pool 3) then DNSPT, patch 2"),
+    ("d7", ["train.distill=ststnet", "train.distill_overrides=[train.epochs=80, train.lr=5e-4]"],
+     "distillation from STSTNet trained on the fold (80 epochs at lr 5e-4: a tenth of the official cost)"),
 ]
 
 

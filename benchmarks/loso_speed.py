@@ -1,21 +1,26 @@
-"""LOSO speed on one machine (issue 7): EPIR's full honest LOSO against HTNet's official recipe, same data.
+"""LOSO speed on one machine: the one-at-a-time loop (``--fold-batch 1``) against batched fold training, side by
+side from one run, with the same ``--jobs``; plus peak memory of the process tree and the accuracy of both.
 
-Prints, from one run on this machine:
+For each model asked for (default: EPIR's default recipe, full 68-fold LOSO, seed 0):
 
-- seconds per training epoch of EPIR (default recipe) and of HTNet (official configuration and recipe: batch
-  256, Adam, mosaic input) on one fold's training set of the real composite (both with all cores);
-- how folds are best run on this machine: one process with every core, or one process per core (first folds);
-- the wall time of EPIR's full 68-fold honest LOSO (default recipe, one seed, one process per core) with its
-  UF1/UAR (unchanged from the EPIR issue for the same seed), and the peak memory of the whole process tree;
-- the official HTNet LOSO time extrapolated from its seconds per epoch (68 folds x 800 epochs) and the ratio.
+- wall time of the LOSO with ``eval.fold_batch=1`` and with the automatic fold batch, and their ratio;
+- UF1 / UAR of both (they differ only through dropout / stochastic-depth masks, which batched members draw
+  from vmap's per-member random stream: like two seeds);
+- peak resident memory of the whole process tree (the command and its worker processes).
 
-    python benchmarks/loso_speed.py                 # ~10 min on 2 cores
-    python benchmarks/loso_speed.py --skip-loso     # epoch times only
+Then, unless ``--skip-epoch``, seconds per epoch of HTNet's official configuration on one fold (extrapolated
+to its official 800-epoch LOSO) against EPIR's batched LOSO.
+
+    python benchmarks/loso_speed.py                                   # EPIR, full LOSO, seed 0 (~15 min, 2 cores)
+    python benchmarks/loso_speed.py --seeds 0 1 2                     # the 3-seed comparison (~45 min)
+    python benchmarks/loso_speed.py --models ststnet --folds 8        # STSTNet official recipe, first 8 folds
+    python benchmarks/loso_speed.py --fold-batches 1 2 4 8 16 --folds 16 --epochs 10   # choose the auto size
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -64,7 +69,8 @@ class PeakMemory:
 
 def seconds_per_epoch(model_name: str, data, subject: str, epochs: int, recipe: str | None = None,
                       overrides: tuple[str, ...] = ()) -> float:
-    cfg = resolve_config(make_config(model_name, "megc2019", recipe=recipe, overrides=[*overrides, f"train.epochs={epochs}"]))
+    cfg = resolve_config(make_config(model_name, "megc2019", recipe=recipe,
+                                     overrides=[*overrides, f"train.epochs={epochs}"]))
     if cfg.data.input_transform != "none":
         data, _ = apply_input_transform(data, cfg.data.input_transform)
     train = data.subset([i for i, s in enumerate(data.subjects) if s != subject])
@@ -75,63 +81,66 @@ def seconds_per_epoch(model_name: str, data, subject: str, epochs: int, recipe: 
     return (time.perf_counter() - t0) / epochs
 
 
+def timed_loso(model: str, data, root: str, seeds, folds, jobs: int, fold_batch: int, out: Path,
+               overrides: list[str]) -> tuple[dict, float, int]:
+    if out.exists():
+        shutil.rmtree(out)
+    cfg = make_config(model, "megc2019", root=root, seeds=seeds, folds=folds,
+                      overrides=[f"eval.jobs={jobs}", f"eval.fold_batch={fold_batch}", *overrides])
+    with PeakMemory() as mem:
+        t0 = time.perf_counter()
+        r = run_loso(cfg, data, out, progress=False)
+        wall = time.perf_counter() - t0
+    return r, wall, mem.peak
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=default_root())
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--htnet-epochs", type=int, default=2, help="epochs timed for HTNet (extrapolated to 800)")
-    p.add_argument("--skip-loso", action="store_true")
-    p.add_argument("--out", default="runs/bench-loso-speed", help="LOSO run directory (deleted first)")
+    p.add_argument("--models", nargs="+", default=["epir"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--folds", type=int, default=0, help="only the first N folds (0: all 68)")
+    p.add_argument("--epochs", type=int, default=0, help="override the recipe's epochs (0: the recipe's)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes for both paths")
+    p.add_argument("--fold-batches", type=int, nargs="+", default=[1, 0],
+                   help="fold batches to time (1: the loop; 0: automatic)")
+    p.add_argument("--skip-epoch", action="store_true", help="skip the HTNet seconds-per-epoch measurement")
+    p.add_argument("--htnet-epochs", type=int, default=2)
+    p.add_argument("--out", default="runs/bench-loso-speed")
     a = p.parse_args()
-    cores = os.cpu_count() or 1
     data = load_dataset("megc2019", root=a.root)
-    rows: list[tuple[str, str]] = []
-    loso = None
-    if not a.skip_loso:
-        # First, before any other model has grown this process: the full LOSO and its peak memory.
-        out = Path(a.out)
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        cfg = make_config("epir", "megc2019", root=a.root, seeds=(a.seed,), overrides=[f"eval.jobs={cores}"])
-        with PeakMemory() as mem:
-            t0 = time.perf_counter()
-            r = run_loso(cfg, data, out, progress=False)
-            wall = time.perf_counter() - t0
-        loso = (r, wall, mem.peak)
-        # How to run folds here: one process with every core, or one process (one thread) per core?
-        few = data.subject_list()[:2 * cores]
-        for label, over in (("1 process x all threads", ["eval.jobs=1", f"eval.threads={cores}"]),
-                            (f"{cores} processes x 1 thread", [f"eval.jobs={cores}", "eval.threads=1"])):
-            cfg = make_config("epir", "megc2019", root=a.root, folds=few, overrides=[*over, "train.epochs=10"])
-            t0 = time.perf_counter()
-            run_loso(cfg, data, progress=False)
-            rows.append((f"{len(few)} folds x 10 epochs, {label} (s)", f"{time.perf_counter() - t0:.1f}"))
-    torch.set_num_threads(cores)
-    subject = data.subject_list()[0]
-    epir_epoch = seconds_per_epoch("epir", data, subject, epochs=5)
-    htnet_epoch = seconds_per_epoch("htnet", data, subject, epochs=a.htnet_epochs, recipe="official",
-                                    overrides=("data.input_transform=mosaic",))
-    rows = [("EPIR s/epoch (default recipe, batch 64)", f"{epir_epoch:.3f}"),
-            ("HTNet s/epoch (official config, batch 256, mosaic)", f"{htnet_epoch:.2f}"),
-            ("HTNet / EPIR per epoch", f"{htnet_epoch / epir_epoch:.0f}x"), *rows]
-    if loso is not None:
-        r, wall, peak = loso
-        htnet_loso = htnet_epoch * HTNET_OFFICIAL_EPOCHS * r["n_folds"]
-        rows += [
-            (f"EPIR full LOSO wall ({r['n_folds']} folds, seed {a.seed}, {cores} processes) (s)", f"{wall:.0f}"),
-            ("EPIR full LOSO UF1 / UAR", f"{r['uf1']:.4f} / {r['uar']:.4f}"),
-            ("EPIR LOSO peak memory, process tree (GB)", f"{peak / 1e9:.2f}"),
-            (f"HTNet official LOSO, extrapolated ({r['n_folds']} x {HTNET_OFFICIAL_EPOCHS} epochs) (h)",
-             f"{htnet_loso / 3600:.1f}"),
-            ("HTNet official LOSO / EPIR LOSO", f"{htnet_loso / wall:.0f}x"),
-        ]
-    width = max(len(k) for k, _ in rows)
-    print(f"\nLOSO speed on {cores} cores (torch {torch.__version__}, {data.name}, {len(data)} samples)\n")
-    print(f"| {'measure':<{width}} | value |\n|{'-' * (width + 2)}|-------|")
-    for k, v in rows:
-        print(f"| {k:<{width}} | {v} |")
+    folds = data.subject_list()[: a.folds] if a.folds else []
+    overrides = [f"train.epochs={a.epochs}"] if a.epochs else []
+    rows: list[tuple[str, ...]] = []
+    batched_wall = None
+    for model in a.models:
+        base = None
+        for fb in a.fold_batches:
+            r, wall, peak = timed_loso(model, data, a.root, a.seeds, folds, a.jobs, fb,
+                                       Path(a.out) / f"{model}-fb{fb}", overrides)
+            base = wall if base is None else base
+            spread = (f"{r['uf1']:.4f} ± {r.get('uf1_std', 0):.4f} / {r['uar']:.4f} ± {r.get('uar_std', 0):.4f}"
+                      if len(a.seeds) > 1 else f"{r['uf1']:.4f} / {r['uar']:.4f}")
+            rows.append((model, f"{fb or 'auto'} ({r['fold_batch']})", str(r["n_folds"]), str(len(a.seeds)),
+                         f"{wall:.0f}", f"{base / wall:.2f}x", f"{peak / 1e9:.2f}", spread))
+            if model == "epir" and fb == 0:
+                batched_wall = (wall, r["n_folds"])
+            print(rows[-1], flush=True)
+    cores = os.cpu_count() or 1
+    print(f"\nLOSO speed on {cores} cores, {a.jobs} worker processes (torch {torch.__version__}, {len(data)} samples)\n")
+    print("| model | fold batch (used) | folds | seeds | wall s | speed-up vs first row | peak GB | UF1 / UAR |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if not a.skip_epoch and batched_wall is not None:
+        torch.set_num_threads(cores)
+        subject = data.subject_list()[0]
+        htnet_epoch = seconds_per_epoch("htnet", data, subject, epochs=a.htnet_epochs, recipe="official",
+                                        overrides=("data.input_transform=mosaic",))
+        wall, n_folds = batched_wall
+        htnet_loso = htnet_epoch * HTNET_OFFICIAL_EPOCHS * n_folds
+        print(f"\nHTNet official: {htnet_epoch:.2f} s/epoch -> {n_folds} folds x {HTNET_OFFICIAL_EPOCHS} epochs = "
+              f"{htnet_loso / 3600:.1f} h here, {htnet_loso / wall:.0f}x EPIR's batched LOSO")
 
 
 if __name__ == "__main__":

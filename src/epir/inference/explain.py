@@ -63,10 +63,10 @@ class Evidence:
 
 
 def _patch_to_pixels(values: np.ndarray, grid: int, size: int) -> np.ndarray:
-    """Per-patch values (grid * grid,), row-major, to a (size, size) image of constant cells."""
-    cells = values.reshape(grid, grid)
-    k = size // grid
-    return np.kron(cells, np.ones((k, k)))
+    """Per-patch values (grid * grid,), row-major, to a (size, size) image of constant cells (nearest
+    neighbour, so a grid that does not divide ``size``, as after EPIR's conv stem, still covers the image)."""
+    cells = np.asarray(values, dtype=np.float32).reshape(grid, grid)
+    return cv2.resize(cells, (size, size), interpolation=cv2.INTER_NEAREST).astype(np.float64)
 
 
 def model_evidence(predictor: Predictor, flow_map: np.ndarray, landmarks: np.ndarray | None = None) -> Evidence:
@@ -131,7 +131,7 @@ def model_evidence(predictor: Predictor, flow_map: np.ndarray, landmarks: np.nda
     grid = None
     args = predictor.checkpoint.model_args
     if isinstance(net, EPIR) and "patch_size" in args:
-        grid = size // int(args["patch_size"])
+        grid = int(round(net.num_patches**0.5))
     return Evidence(kind="saliency", heat=sal / max(float(sal.max()), 1e-12), kept=None, grid=grid,
                     note="gradient saliency |d logit / d input|")
 
