@@ -18,7 +18,7 @@ from epir.engine.metrics import confusion_matrix, megc_scores
 from epir.errors import ConfigError, DatasetError, DatasetNotFoundError, EpirError, UnknownNameError
 from epir.models import create_model, default_recipe, list_models
 
-__version__ = "0.1.0"
+from epir._version import __version__
 
 
 def __getattr__(name: str):  # lazy: the inference stack imports the face and flow pipeline on first use

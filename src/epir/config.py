@@ -129,6 +129,61 @@ class RunConfig:
         Path(path).write_text(self.to_yaml())
 
 
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {expected}.")
+
+
+def _finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    """Range-check every recipe and execution value, so a bad value stops before a run directory is made.
+
+    Raises:
+        ConfigError: naming the key, the value and what is expected.
+    """
+    t, e = cfg.train, cfg.eval
+    _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
+    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
+    _check(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "a finite number > 0")
+    _check(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a finite number >= 0")
+    _check(_finite(t.momentum) and 0 <= t.momentum < 1, "train.momentum", t.momentum, "a number in [0, 1)")
+    _check(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "an integer >= 0")
+    _check(_finite(t.label_smoothing) and 0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing,
+           "a number in [0, 1)")
+    _check(_finite(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "a finite number >= 0 (0: off)")
+    _check(0 <= t.hflip <= 1, "train.hflip", t.hflip, "a probability in [0, 1]")
+    _check(t.translate >= 0, "train.translate", t.translate, "pixels >= 0")
+    _check(_finite(t.noise) and t.noise >= 0, "train.noise", t.noise, "a finite number >= 0")
+    _check(_finite(t.rotate) and 0 <= t.rotate <= 180, "train.rotate", t.rotate, "degrees in [0, 180]")
+    _check(_finite(t.scale) and 0 <= t.scale < 1, "train.scale", t.scale, "a number in [0, 1)")
+    _check(_finite(t.mixup) and t.mixup >= 0, "train.mixup", t.mixup, "a Beta alpha >= 0 (0: off)")
+    _check(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in (0, 1)")
+    _check(0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "a fraction in [0, 1)")
+    _check(t.ensemble >= 1, "train.ensemble", t.ensemble, "an integer >= 1 (models per fold)")
+    _check(0 <= t.distill_weight <= 1, "train.distill_weight", t.distill_weight, "a number in [0, 1]")
+    _check(_finite(t.distill_temperature) and t.distill_temperature > 0, "train.distill_temperature",
+           t.distill_temperature, "a number > 0")
+    _check(t.select_k >= 2, "train.select_k", t.select_k, "an integer >= 2")
+    _check(e.threads >= 0, "eval.threads", e.threads, "an integer >= 0 (0: all cores)")
+    _check(e.jobs >= 1 or e.jobs == -1, "eval.jobs", e.jobs, "an integer >= 1, or -1 for one per core")
+    _check(e.fold_batch >= 0, "eval.fold_batch", e.fold_batch, "an integer >= 0 (0: automatic)")
+    _check(e.absent_class in ("skip", "zero"), "eval.absent_class", e.absent_class, "skip or zero")
+    dup = sorted({s for s in e.seeds if list(e.seeds).count(s) > 1})
+    _check(not dup, "eval.seeds", list(e.seeds), f"distinct seeds (repeated: {dup}; each would count twice)")
+    _check(len(e.seeds) >= 1, "eval.seeds", list(e.seeds), "at least one seed")
+    import torch  # a device string is checked by torch itself
+
+    try:
+        device = torch.device(e.device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"eval.device={e.device!r}: expected a torch device such as cpu, cuda or cuda:0.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"eval.device={e.device!r}: no CUDA device is available here; use --device cpu.")
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Check ``value`` against the dataclass field type ``typ``; convert where lossless (int -> float)."""
     origin = typing.get_origin(typ)

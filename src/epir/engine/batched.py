@@ -44,6 +44,7 @@ from epir.engine.train import (
     WeightAverage,
     augment,
     check_finite,
+    check_finite_weights,
     class_weights,
     distillation_loss,
     lr_factor,
@@ -238,7 +239,7 @@ def fit_many(
                 group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
             losses = batched_loss(prefixed_params, prefixed_buffers, xb, yb, vb, weight, y2b, lamb, sb)
             if not bool(torch.isfinite(losses).all()):
-                bad = [members[i].name for i in torch.flatnonzero(~torch.isfinite(losses)).tolist()]
+                bad = [members[i].name for i in torch.nonzero(~torch.isfinite(losses)).flatten().tolist()]
                 check_finite(losses, f"{', '.join(bad)} epoch {epoch + 1}")
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()  # members are independent: d(sum)/d(member's weights) = d(its loss)/d(...)
@@ -251,7 +252,10 @@ def fit_many(
         if on_epoch is not None:
             on_epoch(epoch, _unstack(models, params, buffers), norms)
     averager.apply()
-    return _unstack(models, params, buffers), norms
+    models = _unstack(models, params, buffers)
+    for m, model in zip(members, models):
+        check_finite_weights(model.parameters(), m.name)
+    return models, norms
 
 
 def _clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:

@@ -24,7 +24,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, apply_overrides
+from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, apply_overrides, check_ranges
+from epir.engine.runstore import (
+    FINGERPRINT,
+    RunLock,
+    check_fingerprint,
+    read_fold_file,
+    run_fingerprint,
+    write_json_atomic,
+)
 from epir.data import FlowDataset, load_dataset
 from epir.data.transforms import apply_input_transform
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
@@ -510,6 +518,7 @@ def run_loso(
         The content of ``results.json`` (keys ``uf1``, ``uar``, ``protocol``, ``per_dataset``, ...).
     """
     cfg = resolve_config(cfg)
+    check_ranges(cfg)
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.data.seed)
     dataset = select_sources(dataset, cfg.data.subset)
@@ -527,111 +536,125 @@ def run_loso(
         candidate_configs(cfg)  # a malformed candidate or teacher is an error before anything is trained
     if cfg.train.distill:
         teacher_config(cfg)
+    classes = cfg.model.args.get("num_classes")
+    if classes is not None and classes != dataset.num_classes:
+        raise ConfigError(
+            f"model.num_classes={classes} but dataset {dataset.name!r} has {dataset.num_classes} classes "
+            f"({', '.join(dataset.class_names)}); leave model.num_classes unset or set it to {dataset.num_classes}."
+        )
     protocol = protocol_of(cfg, fold_weights)
     seeds = list(cfg.eval.seeds) if fold_weights is None else [cfg.eval.seeds[0]]
     out = Path(out_dir) if out_dir is not None else None
+    lock = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out)
         _check_resume(out, cfg)
+        fingerprint = run_fingerprint(cfg, dataset, protocol, fold_weights)
+        check_fingerprint(out, fingerprint)
         cfg.save(out / "config.yaml")
-    epochs = 0 if fold_weights is not None else cfg.train.epochs
-    t_start = time.perf_counter()
-    bar = tqdm(total=len(seeds) * len(subjects), desc="LOSO folds", unit="fold", disable=not progress, leave=True)
-    done: dict[tuple[int, str], dict[str, Any]] = {}
-    todo = []
-    for seed in seeds:
-        for subject in subjects:
-            path = fold_file(out, seed, subject) if out is not None else None
-            if path is not None and path.exists():
-                done[(seed, subject)] = json.loads(path.read_text())
-                bar.update(1)
-            else:
-                todo.append((seed, subject))
-    resumed = len(done)
-
-    def finish(rec: dict[str, Any]) -> None:
-        if out is not None:
-            path = fold_file(out, rec["seed"], rec["subject"])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rec))
-            tmp.replace(path)  # atomic: a fold file is either complete or absent
-        done[(rec["seed"], rec["subject"])] = rec
-        bar.update(1)
-
-    fold_batch, note = resolve_fold_batch(cfg, fold_weights)
-    if note:
-        warnings.warn(note, stacklevel=2)
-    cores = os.cpu_count() or 1
-    jobs = cores if cfg.eval.jobs == -1 else cfg.eval.jobs
-    if jobs < 1:
-        raise ConfigError(f"eval.jobs must be >= 1 or -1 (one per core), got {cfg.eval.jobs}.")
-    groups = plan_groups(dataset, cfg, todo, fold_batch, workers=jobs)
-    threads_before = torch.get_num_threads()
+        write_json_atomic(out / FINGERPRINT, fingerprint)
     try:
-        if cfg.eval.dask_scheduler and todo:
-            bar.set_postfix_str(f"dask {cfg.eval.dask_scheduler}")
-            for rec in run_on_dask(cfg.eval.dask_scheduler, dataset, cfg, groups, fold_weights, fold_batch > 1):
-                finish(rec)
-        elif jobs > 1 and len(groups) > 1:
-            from joblib import Parallel, delayed
+        epochs = 0 if fold_weights is not None else cfg.train.epochs
+        t_start = time.perf_counter()
+        bar = tqdm(total=len(seeds) * len(subjects), desc="LOSO folds", unit="fold", disable=not progress, leave=True)
+        done: dict[tuple[int, str], dict[str, Any]] = {}
+        todo = []
+        for seed in seeds:
+            for subject in subjects:
+                path = fold_file(out, seed, subject) if out is not None else None
+                if path is not None and path.exists():
+                    done[(seed, subject)] = read_fold_file(path, dataset, seed, subject)
+                    bar.update(1)
+                else:
+                    todo.append((seed, subject))
+        resumed = len(done)
 
-            bar.set_postfix_str(f"{jobs} workers, {fold_batch} folds at once" if fold_batch > 1 else f"{jobs} workers")
-            tasks = (delayed(_group_task)(dataset, cfg, group, fold_weights, fold_batch > 1) for group in groups)
-            for recs in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
-                for rec in recs:
+        def finish(rec: dict[str, Any]) -> None:
+            rec["clips"] = [dataset.clips[i] for i in rec["indices"]]  # the samples' identities, checked on resume
+            if out is not None:
+                path = fold_file(out, rec["seed"], rec["subject"])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(path, rec)  # a fold file is either complete or absent
+            done[(rec["seed"], rec["subject"])] = rec
+            bar.update(1)
+
+        fold_batch, note = resolve_fold_batch(cfg, fold_weights)
+        if note:
+            warnings.warn(note, stacklevel=2)
+        cores = os.cpu_count() or 1
+        jobs = cores if cfg.eval.jobs == -1 else cfg.eval.jobs
+        if jobs < 1:
+            raise ConfigError(f"eval.jobs must be >= 1 or -1 (one per core), got {cfg.eval.jobs}.")
+        groups = plan_groups(dataset, cfg, todo, fold_batch, workers=jobs)
+        threads_before = torch.get_num_threads()
+        try:
+            if cfg.eval.dask_scheduler and todo:
+                bar.set_postfix_str(f"dask {cfg.eval.dask_scheduler}")
+                for rec in run_on_dask(cfg.eval.dask_scheduler, dataset, cfg, groups, fold_weights, fold_batch > 1):
                     finish(rec)
-        else:
-            if cfg.eval.threads:
-                torch.set_num_threads(cfg.eval.threads)
-            for group in groups:
-                if fold_batch > 1 and (len(group) > 1 or cfg.train.ensemble > 1):
-                    bar.set_postfix_str(f"{len(group)} folds at once")
-                    for rec in run_fold_group(dataset, cfg, group, fold_weights):
+            elif jobs > 1 and len(groups) > 1:
+                from joblib import Parallel, delayed
+
+                bar.set_postfix_str(f"{jobs} workers, {fold_batch} folds at once" if fold_batch > 1 else f"{jobs} workers")
+                tasks = (delayed(_group_task)(dataset, cfg, group, fold_weights, fold_batch > 1) for group in groups)
+                for recs in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
+                    for rec in recs:
                         finish(rec)
-                    continue
-                seed, subject = group[0]
-                bar.set_postfix_str(f"seed {seed} {subject}")
+            else:
+                if cfg.eval.threads:
+                    torch.set_num_threads(cfg.eval.threads)
+                for group in groups:
+                    if fold_batch > 1 and (len(group) > 1 or cfg.train.ensemble > 1):
+                        bar.set_postfix_str(f"{len(group)} folds at once")
+                        for rec in run_fold_group(dataset, cfg, group, fold_weights):
+                            finish(rec)
+                        continue
+                    seed, subject = group[0]
+                    bar.set_postfix_str(f"seed {seed} {subject}")
 
-                def on_epoch(epoch: int, _s: str = subject, _seed: int = seed) -> None:
-                    bar.set_postfix_str(f"seed {_seed} {_s} epoch {epoch + 1}/{epochs}")
+                    def on_epoch(epoch: int, _s: str = subject, _seed: int = seed) -> None:
+                        bar.set_postfix_str(f"seed {_seed} {_s} epoch {epoch + 1}/{epochs}")
 
-                finish(run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, on_epoch=on_epoch))
+                    finish(run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, on_epoch=on_epoch))
+        finally:
+            torch.set_num_threads(threads_before)
+        records = [done[(seed, subject)] for seed in seeds for subject in subjects]
+        bar.close()
+        preds = predictions_frame(dataset, records)
+        results = summarize(preds, dataset.class_names, protocol, cfg.eval.absent_class)
+        model = build_model(cfg.model)
+        results.update(
+            evaluation=evaluation,
+            model=cfg.model.name,
+            dataset=dataset.name,
+            n=int(len(preds) // len(seeds)),
+            n_folds=len(subjects),
+            params=int(sum(p.numel() for p in model.parameters())),
+            wall_seconds=time.perf_counter() - t_start,
+            fold_seconds=float(np.mean([r["seconds"] for r in records])) if records else 0.0,
+            resumed_folds=resumed,
+            fold_batch=fold_batch,
+            jobs=jobs,
+        )
+        if fold_weights is not None:
+            results["fold_weights"] = str(fold_weights)
+        chosen = [r["selection"]["chosen"] for r in records if r.get("selection")]
+        if chosen:
+            results["selection"] = {
+                "candidates": list(cfg.train.select),
+                "select_k": cfg.train.select_k,
+                "chosen_counts": {c: chosen.count(i) for i, c in enumerate(cfg.train.select)},
+            }
+        if transform_report:
+            results["input_transform"] = transform_report
+        if out is not None:
+            write_results(out, results, preds)
+            results["out_dir"] = str(out)
+        return results
     finally:
-        torch.set_num_threads(threads_before)
-    records = [done[(seed, subject)] for seed in seeds for subject in subjects]
-    bar.close()
-    preds = predictions_frame(dataset, records)
-    results = summarize(preds, dataset.class_names, protocol, cfg.eval.absent_class)
-    model = build_model(cfg.model)
-    results.update(
-        evaluation=evaluation,
-        model=cfg.model.name,
-        dataset=dataset.name,
-        n=int(len(preds) // len(seeds)),
-        n_folds=len(subjects),
-        params=int(sum(p.numel() for p in model.parameters())),
-        wall_seconds=time.perf_counter() - t_start,
-        fold_seconds=float(np.mean([r["seconds"] for r in records])) if records else 0.0,
-        resumed_folds=resumed,
-        fold_batch=fold_batch,
-        jobs=jobs,
-    )
-    if fold_weights is not None:
-        results["fold_weights"] = str(fold_weights)
-    chosen = [r["selection"]["chosen"] for r in records if r.get("selection")]
-    if chosen:
-        results["selection"] = {
-            "candidates": list(cfg.train.select),
-            "select_k": cfg.train.select_k,
-            "chosen_counts": {c: chosen.count(i) for i, c in enumerate(cfg.train.select)},
-        }
-    if transform_report:
-        results["input_transform"] = transform_report
-    if out is not None:
-        write_results(out, results, preds)
-        results["out_dir"] = str(out)
-    return results
+        if lock is not None:
+            lock.release()
 
 
 __all__ = [

@@ -217,6 +217,15 @@ def teacher_logits(teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
     return model(norm(x))
 
 
+def check_finite_weights(params: Iterable[torch.Tensor], what: str) -> None:
+    """Stop loudly when trained weights hold NaN or infinity (a diverged model is never used)."""
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise DivergedError(
+            f"{what}: the trained weights are not finite: the model diverged. Lower train.lr (--lr) or set "
+            f"train.grad_clip."
+        )
+
+
 def check_finite(loss: torch.Tensor, what: str) -> None:
     """Stop training loudly when the loss is not finite (a diverged model is never reported as a result)."""
     if not bool(torch.isfinite(loss).all()):
@@ -319,6 +328,7 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, model, norm)
     averager.apply()
+    check_finite_weights(model.parameters(), describe)
     return norm
 
 

@@ -176,7 +176,7 @@ def make_meta(
         preprocessing: ``PreprocessSettings.to_dict()`` of the clips' preprocessing.
         training: where the model came from (dataset, subjects, config, ...).
     """
-    from epir import __version__
+    from epir._version import __version__
 
     return {
         "format": FORMAT,

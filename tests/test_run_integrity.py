@@ -1,0 +1,103 @@
+"""Nothing wrong is reported as a result (issue 14, first part): resume fingerprints, fold files checked before
+use, divergence stops a fold, range checks before anything is written, a lock on the run directory."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from epir.cli import main
+
+
+def loso_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["loso", "--model", "ststnet", "--dataset", "megc2019", "--root", str(root), "--epochs", "1",
+            "--threads", "1", "--folds", "s01", "s02", "--out", str(out), "--no-progress", *extra]
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in (out / "folds").rglob("*.json")}
+
+
+def test_fold_weights_rerun_of_an_honest_run_is_refused(fake_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out)) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(loso_args(fake_root, out, "--fold-weights", str(tmp_path / "nonexistent"))) == 2
+    err = capsys.readouterr().err
+    assert "protocol" in err and "Traceback" not in err
+    assert snapshot(out) == before
+
+
+def test_resume_on_reordered_data_is_refused(fake_root, tmp_path, capsys) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(fake_root, root)
+    out = tmp_path / "run"
+    assert main(loso_args(root, out)) == 0
+    before = snapshot(out)
+    csv = next(root.glob("*.csv"))
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join([lines[0], *reversed(lines[1:])]) + "\n")
+    capsys.readouterr()
+    assert main(loso_args(root, out)) == 2
+    err = capsys.readouterr().err
+    assert "dataset" in err and "Traceback" not in err
+    assert snapshot(out) == before
+
+
+def test_tampered_fold_file_is_refused(fake_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out)) == 0
+    (out / "fingerprint.json").unlink()  # as a run directory from before fingerprints
+    files = sorted((out / "folds" / "seed0").glob("*.json"))
+    other = json.loads(files[1].read_text())
+    files[0].write_text(json.dumps(other))  # another subject's record under this subject's name
+    capsys.readouterr()
+    assert main(loso_args(fake_root, out)) == 2
+    assert "expected seed 0, subject" in capsys.readouterr().err
+    files[0].write_text("{")
+    assert main(loso_args(fake_root, out)) == 2
+    assert "not a readable fold record" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "train.epochs"),
+    (["--batch-size", "-4"], "train.batch_size"),
+    (["--lr", "-1"], "train.lr"),
+    (["--lr", "nan"], "train.lr"),
+    (["--threads", "-1"], "eval.threads"),
+    (["--device", "gpu0"], "eval.device"),
+    (["--set", "model.num_classes=2"], "num_classes"),
+    (["--seeds", "0", "0"], "eval.seeds"),
+])
+def test_bad_values_stop_before_the_run_directory_is_written(fake_root, tmp_path, capsys, flags, message) -> None:
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out, *flags)) == 2  # a repeated flag: argparse keeps the last
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (out / "config.yaml").exists()
+    assert main(loso_args(fake_root, out)) == 0  # the corrected rerun into the same --out works
+
+
+def test_divergence_stops_the_fold(fake_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out, "--lr", "1e30", "--epochs", "3")) == 2
+    err = capsys.readouterr().err
+    assert "diverged" in err and "fold" in err and "Traceback" not in err
+    assert not (out / "results.json").exists()
+
+
+def test_a_locked_run_directory_is_refused(fake_root, tmp_path, capsys) -> None:
+    from epir.engine.runstore import RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = RunLock(out)
+    try:
+        assert main(loso_args(fake_root, out)) == 2
+        assert "in use by another epir run" in capsys.readouterr().err
+    finally:
+        lock.release()
+    assert main(loso_args(fake_root, out)) == 0
