@@ -80,7 +80,7 @@ def test_megc_log_of_the_official_form_without_comment(tmp_path) -> None:
     path.write_text("casme2 sub01\r\nEP02_01f 1 1\r\nEP19_05f 0 0\r\n\r\nsmic s03\r\ns3_sur_01 2 2\r\n")
     with pytest.warns(UserWarning, match=r"\[0, 1\] absent from the ground truth in per_dataset\[smic\]"):
         res = evaluate_megc_log(path)
-    assert res["protocol"] == HONEST
+    assert res["protocol"] == "unknown"  # a log that does not say is never assumed honest
     assert res["uf1"] == 1.0 and res["uar"] == 1.0 and res["n"] == 3
 
 
@@ -91,12 +91,27 @@ def test_megc_log_of_the_official_form_without_comment(tmp_path) -> None:
         ("# protocol: honest\ncasme2 sub01\nEP02_01f 1 1 7\n", 3),  # four fields
         ("EP02_01f 1 1\ncasme2 sub01\n", 1),  # sample before any header
         ("casme2 sub01\nEP02_01f 1 1\n\nlonely\n", 4),  # one field
+        ("casme2 sub01\nEP02_01f 1\n", 2),  # a sample line missing a field is not a header
+        ("casme2 sub01\nEP02_01f 1 7\n", 2),  # class id out of range
+        ("casme2 sub01\nEP02_01f -1 0\n", 2),  # negative label
+        ("casme2 sub01\nEP02_01f 100000 0\n", 2),  # no huge allocation
+        ("casme2 sub01\nEP02_01f 1 1\nEP02_01f 1 0\n", 3),  # duplicate
     ],
 )
 def test_bad_log_lines_name_the_line(tmp_path, content: str, line: int) -> None:
     path = tmp_path / "bad.txt"
     path.write_text(content)
     with pytest.raises(DatasetError, match=rf"line {line}\b"):
+        read_megc_log(path)
+
+
+def test_log_protocol_only_from_the_top_and_non_utf8(tmp_path) -> None:
+    path = tmp_path / "late.txt"
+    path.write_text("casme2 sub01\nEP02_01f 1 1\n# protocol: honest\n")
+    with pytest.warns(UserWarning):
+        assert evaluate_megc_log(path)["protocol"] == "unknown"
+    path.write_bytes(b"casme2 sub01\nEP02\xff 1 1\n")
+    with pytest.raises(DatasetError, match="UTF-8"):
         read_megc_log(path)
 
 

@@ -101,3 +101,24 @@ def test_a_locked_run_directory_is_refused(fake_root, tmp_path, capsys) -> None:
     finally:
         lock.release()
     assert main(loso_args(fake_root, out)) == 0
+
+
+def test_resuming_a_subset_keeps_the_whole_runs_results(fake_root, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out)) == 0
+    whole = (out / "results.json").read_bytes()
+    args = [a if a != "s02" else "--no-progress" for a in loso_args(fake_root, out)]  # only s01
+    assert main(args) == 0
+    assert (out / "results.json").read_bytes() == whole
+
+
+def test_protocol_of_a_run_without_results_json(fake_root, tmp_path) -> None:
+    import pandas as pd
+
+    from epir.engine.evaluate import evaluate_run_dir
+
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out, "--oracle-epoch")) == 0
+    assert set(pd.read_csv(out / "predictions.csv")["protocol"]) == {"oracle-epoch (optimistic)"}
+    (out / "results.json").unlink()
+    assert evaluate_run_dir(out)["protocol"] == "oracle-epoch (optimistic)"

@@ -9,7 +9,7 @@ import pandas as pd
 from epir.config import RunConfig
 from epir.data.base import COMPOSITE_CLASSES
 from epir.engine.loso import evaluation_of
-from epir.engine.results import HONEST, read_megc_log, summarize
+from epir.engine.results import ORACLE, UNKNOWN, read_megc_log, read_megc_log_meta, summarize
 from epir.errors import DatasetError, DatasetNotFoundError
 
 
@@ -24,15 +24,18 @@ def evaluate_run_dir(run_dir: str | Path) -> dict[str, Any]:
     if missing:
         raise DatasetError(f"{path}: missing columns {sorted(missing)}.")
     class_names = [c.removeprefix("prob_") for c in preds.columns if c.startswith("prob_")]
-    protocol, absent, evaluation = HONEST, "skip", None
-    if (run / "results.json").is_file():
-        import json
-
-        protocol = json.loads((run / "results.json").read_text()).get("protocol", HONEST)
+    protocol, absent, evaluation = UNKNOWN, "skip", None
     if (run / "config.yaml").is_file():
         cfg = RunConfig.load(run / "config.yaml")
         absent = cfg.eval.absent_class
         evaluation = evaluation_of(cfg)
+        protocol = ORACLE if cfg.eval.oracle_epoch else protocol
+    if "protocol" in preds.columns and preds["protocol"].nunique() == 1:
+        protocol = str(preds["protocol"].iloc[0])
+    if (run / "results.json").is_file():
+        import json
+
+        protocol = json.loads((run / "results.json").read_text()).get("protocol", protocol)
     results = summarize(preds, class_names, protocol, absent)
     results["n"] = int(len(preds) // preds["seed"].nunique())
     if evaluation:
@@ -43,15 +46,9 @@ def evaluate_run_dir(run_dir: str | Path) -> dict[str, Any]:
 def evaluate_megc_log(path: str | Path, absent: str = "skip") -> dict[str, Any]:
     """Metrics of a MEGC2019 submission log (labels 0..K-1; three classes are named as the composite's)."""
     preds = read_megc_log(path)
-    k = int(max(preds["true"].max(), preds["predicted"].max())) + 1
-    names = list(COMPOSITE_CLASSES) if k <= 3 else [str(i) for i in range(k)]
-    text = Path(path).read_text()
-    protocol, evaluation = HONEST, None
-    for line in text.splitlines():
-        if line.startswith("# protocol:"):  # "# protocol: honest; evaluation: SDE(casme2)"
-            protocol, _, rest = line.split(":", 1)[1].strip().partition("; evaluation:")
-            evaluation = rest.strip() or None
-            break
+    meta = read_megc_log_meta(path)
+    names = meta["classes"] or list(COMPOSITE_CLASSES)
+    protocol, evaluation = meta["protocol"], meta["evaluation"]
     results = summarize(preds, names, protocol, absent)
     results["n"] = int(len(preds))
     if evaluation:

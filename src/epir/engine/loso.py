@@ -474,6 +474,15 @@ def _check_resume(out_dir: Path, cfg: RunConfig) -> None:
         )
 
 
+def _wider_run(out: Path, seeds: Sequence[int], subjects: Sequence[str]) -> str:
+    """A description of the finished folds in ``out`` that this run does not cover ('' when none)."""
+    wanted = {fold_file(out, s, subject).resolve() for s in seeds for subject in subjects}
+    extra = [p for p in (out / "folds").glob("seed*/*.json") if p.resolve() not in wanted]
+    if not extra:
+        return ""
+    return f"{len(extra)} more fold file(s), e.g. {extra[0].relative_to(out)}"
+
+
 def predictions_frame(dataset: FlowDataset, records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per (seed, sample) from fold records, in fold order."""
     rows = []
@@ -649,7 +658,14 @@ def run_loso(
         if transform_report:
             results["input_transform"] = transform_report
         if out is not None:
-            write_results(out, results, preds)
+            wider = _wider_run(out, seeds, subjects)
+            if wider:
+                warnings.warn(
+                    f"{out} holds finished folds beyond this command's --folds/--seeds ({wider}); its results.json, "
+                    f"predictions.csv and MEGC logs are left as they are (they cover the whole run). Run the whole "
+                    f"set again to rewrite them; these results are printed only.", stacklevel=2)
+            else:
+                write_results(out, results, preds)
             results["out_dir"] = str(out)
         return results
     finally:

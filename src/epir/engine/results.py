@@ -16,6 +16,10 @@ from epir.errors import DatasetError, DatasetNotFoundError
 HONEST = "honest"
 ORACLE = "oracle-epoch (optimistic)"
 FOLD_WEIGHTS = "fold-weights (given per-fold weights, no training)"
+#: The protocol of a log or run that does not say: never assumed honest.
+UNKNOWN = "unknown"
+#: Source datasets a MEGC2019 log's fold header may name (``<db> <subject>``).
+KNOWN_SOURCES = ("casme2", "samm", "smic", "casme3", "synthetic")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -86,30 +90,68 @@ def summarize(
     return out
 
 
-def write_megc_log(predictions: pd.DataFrame, path: Path, protocol: str) -> None:
+def write_megc_log(predictions: pd.DataFrame, path: Path, protocol: str,
+                   class_names: Sequence[str] | None = None) -> None:
     """MEGC2019 submission format: ``<db> <subject>`` per fold, then ``<clip> <gt> <pred>`` per sample.
 
-    A leading ``#`` comment line states the protocol (readers skip ``#`` lines).
+    Leading ``#`` comment lines state the protocol and the classes (readers skip ``#`` lines).
     """
     lines = [f"# protocol: {protocol}"]
+    if class_names is not None:
+        lines.append(f"# classes: {','.join(class_names)}")
     for (src, sid), df in predictions.groupby(["source", "subject_id"], sort=False):
         lines.append(f"{src} {sid}")
         lines += [f"{c} {t} {p}" for c, t, p in zip(df["clip"], df["true"], df["predicted"])]
     path.write_text("\n".join(lines) + "\n")
 
 
-def read_megc_log(path: str | Path) -> pd.DataFrame:
-    """Parse a MEGC2019 submission log into ``source, subject_id, subject, clip, true, predicted, seed``."""
-    path = Path(path)
+def read_megc_log_meta(path: str | Path) -> dict[str, Any]:
+    """The comment lines of a log before its first fold header: ``protocol`` (``unknown`` when none says) and
+    ``classes`` (None when undeclared). A protocol line after the first header is not believed."""
+    meta: dict[str, Any] = {"protocol": UNKNOWN, "evaluation": None, "classes": None}
+    for line in _log_text(Path(path)).splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if not line.startswith("#"):
+            break
+        key, _, value = line[1:].partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "protocol":  # "# protocol: honest; evaluation: SDE(casme2)"
+            protocol, _, rest = value.partition("; evaluation:")
+            meta["protocol"], meta["evaluation"] = protocol.strip() or UNKNOWN, rest.strip() or None
+        elif key == "classes":
+            meta["classes"] = [c.strip() for c in value.split(",") if c.strip()]
+    return meta
+
+
+def _log_text(path: Path) -> str:
     if not path.is_file():
         raise DatasetNotFoundError(f"MEGC2019 log {path} does not exist.")
-    rows, header = [], None
-    for n, raw in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not a UTF-8 text file (byte {e.start}); a MEGC2019 log is plain text.") from None
+
+
+def read_megc_log(path: str | Path, num_classes: int | None = None) -> pd.DataFrame:
+    """Parse a MEGC2019 submission log into ``source, subject_id, subject, clip, true, predicted, seed``.
+
+    Strict: a fold header is ``<db> <subject>`` with ``db`` one of :data:`KNOWN_SOURCES`; a sample line is
+    ``<clip> <gt> <pred>`` with labels in ``0..K-1`` (K: ``num_classes``, else the log's ``# classes:`` line,
+    else the composite's 3); a clip may appear once per fold. Anything else is an error naming the line.
+    """
+    path = Path(path)
+    text = _log_text(path)
+    meta = read_megc_log_meta(path)
+    k = num_classes or (len(meta["classes"]) if meta["classes"] else 3)
+    rows, header, seen = [], None, set()
+    for n, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         parts = line.split()
-        if len(parts) == 2:
+        if len(parts) == 2 and parts[0] in KNOWN_SOURCES:
             header = parts
         elif len(parts) == 3:
             if header is None:
@@ -120,7 +162,22 @@ def read_megc_log(path: str | Path) -> pd.DataFrame:
                 raise DatasetError(
                     f"{path} line {n}: {line!r}; expected '<clip> <gt> <pred>' with integer labels."
                 ) from None
+            if not (0 <= t < k and 0 <= p < k):
+                raise DatasetError(
+                    f"{path} line {n}: {line!r}; labels must be classes 0..{k - 1} ({k} classes"
+                    f"{' declared' if meta['classes'] else ', the composite set'}; declare others with a "
+                    f"'# classes: a,b,...' line)."
+                )
+            key = (header[0], header[1], parts[0])
+            if key in seen:
+                raise DatasetError(f"{path} line {n}: clip {parts[0]!r} of {header[0]} {header[1]} appears twice.")
+            seen.add(key)
             rows.append((header[0], header[1], f"{header[0]}/{header[1]}", parts[0], t, p, 0))
+        elif len(parts) == 2:
+            raise DatasetError(
+                f"{path} line {n}: {line!r}; expected '<clip> <gt> <pred>' (a field is missing) or a fold header "
+                f"'<db> <subject>' with db one of {', '.join(KNOWN_SOURCES)}."
+            )
         else:
             raise DatasetError(
                 f"{path} line {n}: {line!r}; expected '<db> <subject>' or '<clip> <gt> <pred>'."
@@ -132,14 +189,16 @@ def read_megc_log(path: str | Path) -> pd.DataFrame:
 
 def write_results(out_dir: Path, results: dict[str, Any], predictions: pd.DataFrame) -> None:
     """Write ``results.json``, ``predictions.csv`` and ``megc_log.txt`` (plus one log per seed if several)."""
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    classes = [c.removeprefix("prob_") for c in predictions.columns if c.startswith("prob_")] or None
+    predictions = predictions.assign(protocol=results["protocol"])  # every row says how it was obtained
     predictions.to_csv(out_dir / "predictions.csv", index=False)
     seeds = sorted(predictions["seed"].unique())
     label = results["protocol"] + (f"; evaluation: {results['evaluation']}" if results.get("evaluation") else "")
-    write_megc_log(predictions[predictions["seed"] == seeds[0]], out_dir / "megc_log.txt", label)
+    write_megc_log(predictions[predictions["seed"] == seeds[0]], out_dir / "megc_log.txt", label, classes)
     if len(seeds) > 1:
         for s in seeds:
-            write_megc_log(predictions[predictions["seed"] == s], out_dir / f"megc_log_seed{s}.txt", label)
+            write_megc_log(predictions[predictions["seed"] == s], out_dir / f"megc_log_seed{s}.txt", label, classes)
 
 
 def format_summary(results: dict[str, Any], title: str = "") -> str:
