@@ -122,3 +122,35 @@ def test_protocol_of_a_run_without_results_json(fake_root, tmp_path) -> None:
     assert set(pd.read_csv(out / "predictions.csv")["protocol"]) == {"oracle-epoch (optimistic)"}
     (out / "results.json").unlink()
     assert evaluate_run_dir(out)["protocol"] == "oracle-epoch (optimistic)"
+
+
+def test_empty_csv_and_path_traversal_are_clear_errors(fake_root, tmp_path, capsys) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(fake_root, root)
+    csv = next(root.glob("*.csv"))
+    text = csv.read_text()
+    csv.write_text("")
+    assert main(loso_args(root, tmp_path / "r1")) == 2
+    assert "empty" in capsys.readouterr().err
+    header, first, *rest = text.splitlines()
+    cols = header.split(",")
+    cells = first.split(",")
+    cells[cols.index("sub")] = "../../etc"
+    csv.write_text("\n".join([header, ",".join(cells), *rest]) + "\n")
+    assert main(loso_args(root, tmp_path / "r2")) == 2
+    assert "not a plain name" in capsys.readouterr().err
+
+
+def test_maps_of_another_size_are_refused_before_training(tmp_path, capsys) -> None:
+    import torch
+
+    from epir.engine.loso import run_loso
+    from epir.errors import ConfigError
+    from fakes import make_flow_dataset
+
+    ds = make_flow_dataset()
+    ds.x = torch.nn.functional.interpolate(ds.x, size=32)
+    from epir import make_config
+
+    with pytest.raises(ConfigError, match="accepts 28x28 maps"):
+        run_loso(make_config("ststnet", "megc2019", overrides=["train.epochs=1"]), ds, progress=False)

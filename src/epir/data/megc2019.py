@@ -84,6 +84,11 @@ def megc2019(root: str | None = None) -> FlowDataset:
     csv_path = base / CSV_NAME
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(
+            f"{csv_path}: the file is empty; expected a header row {','.join(REQUIRED_COLUMNS)},... and one row per "
+            f"sample."
+        ) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise DatasetError(f"{csv_path}: cannot parse as CSV ({e}).") from None
     class_names, sources = _read_meta(base)
@@ -105,6 +110,12 @@ def megc2019(root: str | None = None) -> FlowDataset:
             raise DatasetError(f"{where}: unknown dataset {source!r}; expected one of {', '.join(sources)}.")
         if not sub or not clip:
             raise DatasetError(f"{where}: empty 'sub' or 'filename_o'; every row needs a subject and a clip.")
+        for name, value in (("sub", sub), ("filename_o", clip)):
+            if "/" in value or "\\" in value or value in (".", "..") or value.startswith("."):
+                raise DatasetError(
+                    f"{where}: {name} {value!r} is not a plain name (no '/', '\\' or leading '.'): images are read "
+                    f"only from inside {base / IMAGE_DIR}."
+                )
         if label not in [str(i) for i in range(len(class_names))]:
             names = ", ".join(f"{i} ({n})" for i, n in enumerate(class_names))
             raise DatasetError(f"{where}: unknown label {label!r}; expected one of {names}.")

@@ -39,7 +39,7 @@ from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, su
 from epir.engine.selection import candidate_configs, select_in_fold, teacher_config, train_models, train_teachers
 from epir.engine.train import InputNorm, fit, predict_proba
 from epir.errors import ConfigError, DatasetNotFoundError, did_you_mean
-from epir.models import build_model, default_recipe, is_batchable, resolve_model_args
+from epir.models import accepted_input_size, build_model, default_recipe, is_batchable, resolve_model_args
 
 #: Config fields that may differ when resuming a run (they do not change a finished fold's result).
 RESUME_FREE = {("eval", "seeds"), ("eval", "folds"), ("eval", "device"), ("eval", "threads"), ("eval", "jobs"),
@@ -545,6 +545,14 @@ def run_loso(
         candidate_configs(cfg)  # a malformed candidate or teacher is an error before anything is trained
     if cfg.train.distill:
         teacher_config(cfg)
+    size = accepted_input_size(cfg.model.name, cfg.model.args)
+    if size is not None and tuple(dataset.x.shape[-2:]) != (size, size):
+        h, w = dataset.x.shape[-2:]
+        raise ConfigError(
+            f"model {cfg.model.name!r} accepts {size}x{size} maps but dataset {dataset.name!r} holds {h}x{w} maps; "
+            f"set model.image_size={h} where the model has that argument, or make {size}x{size} maps "
+            f"(epir preprocess)."
+        )
     classes = cfg.model.args.get("num_classes")
     if classes is not None and classes != dataset.num_classes:
         raise ConfigError(

@@ -26,14 +26,21 @@ def register_model(
     recipes: dict[str, TrainConfig] | None = None,
     description: str = "",
     batchable: bool = False,
+    input_size: int | None = None,
 ) -> Callable:
     """Register a model factory; ``recipe`` is its default training recipe, ``recipes`` more named ones;
     ``batchable``: several of its models can train at once as one vectorised model (``epir.engine.batched``:
     every operation works under ``torch.func.vmap``, batch statistics honour ``sample_mask``, and
-    ``forward_with_loss``, if any, takes ``valid``)."""
+    ``forward_with_loss``, if any, takes ``valid``); ``input_size``: the map side the model accepts when it
+    has no ``image_size`` argument (e.g. STSTNet's 28)."""
     recipe = recipe or TrainConfig()
     return MODELS.register(recipe=recipe, recipes={"default": recipe, **(recipes or {})}, description=description,
-                           batchable=batchable)
+                           batchable=batchable, input_size=input_size)
+
+
+def accepted_input_size(name: str, args: dict[str, Any]) -> int | None:
+    """The square map side model ``name`` with ``args`` accepts (None: any)."""
+    return args.get("image_size", MODELS.meta(name).get("input_size"))
 
 
 def is_batchable(name: str) -> bool:
