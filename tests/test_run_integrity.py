@@ -154,3 +154,21 @@ def test_maps_of_another_size_are_refused_before_training(tmp_path, capsys) -> N
 
     with pytest.raises(ConfigError, match="accepts 28x28 maps"):
         run_loso(make_config("ststnet", "megc2019", overrides=["train.epochs=1"]), ds, progress=False)
+
+
+def test_predict_csv_exits_2_when_clips_failed(ckpt_dir, tmp_path, capsys) -> None:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "broken.avi").write_bytes(b"not a video")
+    code = main(["predict", str(folder), "--checkpoint", str(ckpt_dir), "--csv", str(tmp_path / "p.csv")])
+    assert code == 2
+    assert "1 of 1 clips failed" in capsys.readouterr().err
+    assert (tmp_path / "p.csv").is_file()  # the reasons are still written
+
+
+def test_export_refuses_to_overwrite(ckpt_dir, tmp_path, capsys) -> None:
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"keep me")
+    assert main(["export", "--checkpoint", str(ckpt_dir), "--onnx", str(target)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert target.read_bytes() == b"keep me"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default 18)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
     p.set_defaults(func=cmd_export)
 
 
@@ -151,6 +153,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(df.drop(columns=["error"] if not df["error"].any() else []).to_string(index=False))
             failed = int((df["error"] != "").sum())
             print(f"{len(df)} clips, {failed} failed; wrote {args.csv}; model: {predictor.backend_note}")
+        failed = int((df["error"] != "").sum())
+        if failed:  # like epir preprocess: a clip that failed is not a result (its reason is in the CSV)
+            print(f"epir predict: {failed} of {len(df)} clips failed (see the 'error' column of {args.csv})",
+                  file=sys.stderr)
+            return 2
         return 0
     pred = predictor.predict_map_file(args.map) if args.map else predictor.predict(args.clip, args.onset, args.apex)
     explained = None
@@ -176,6 +183,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Handler of ``epir export``: write the ONNX file and report the onnxruntime check."""
     from epir.inference.export import OPSET, export_onnx
 
+    if Path(args.onnx).is_file() and not args.overwrite:
+        raise ConfigError(f"{args.onnx} exists; pass --overwrite to replace it, or choose another --onnx file.")
     report = export_onnx(args.checkpoint, args.onnx, opset=args.opset or OPSET, check=not args.no_check)
     print(f"wrote {report.path} ({report.bytes / 1e6:.2f} MB, opset {report.opset}); input x (batch, 3, 28, 28) "
           "u, v, strain at 0-255; outputs logits, probabilities")
