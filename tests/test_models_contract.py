@@ -60,7 +60,11 @@ def test_every_parameter_gets_a_gradient(name: str) -> None:
     assert logits.shape == (BATCH, NUM_CLASSES) and torch.isfinite(loss)
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
-    zero = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() == 0]
+    # DTSM's last scorer bias shifts every token's score equally: top-k and softmax are invariant to it, so its
+    # gradient is exactly zero up to float rounding (it was sometimes 0.0, sometimes 1e-9): not a contract breach.
+    invariant = {"pool.scorer.2.bias"}
+    zero = [n for n, p in model.named_parameters()
+            if p.grad is not None and p.grad.abs().sum() == 0 and n not in invariant]
     nonfinite = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert not missing, f"no gradient: {missing}"
     assert not zero, f"zero gradient: {zero}"

@@ -172,3 +172,40 @@ def test_export_refuses_to_overwrite(ckpt_dir, tmp_path, capsys) -> None:
     assert main(["export", "--checkpoint", str(ckpt_dir), "--onnx", str(target)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert target.read_bytes() == b"keep me"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["weights"].pop("sha256"), "weights.sha256"),
+    (lambda m: m["model"]["args"].update(num_classes=10**12), "num_classes"),
+    (lambda m: m["model"]["args"].update(dim=-48), "cannot build"),
+    (lambda m: m.update(class_names=["neg\x1b[31m", "pos", "sur"]), "printable"),
+    (lambda m: m["input"]["normalization"].update(std=[1e-300, 1.0, 1.0]), "std in"),
+])
+def test_damaged_checkpoint_descriptions_are_refused(ckpt_dir, tmp_path, edit, message) -> None:
+    from epir.inference.checkpoint import CheckpointError, load_checkpoint
+
+    ck = tmp_path / "ck"
+    shutil.copytree(ckpt_dir, ck)
+    meta = json.loads((ck / "checkpoint.json").read_text())
+    edit(meta)
+    (ck / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(ck)
+
+
+def test_deeply_nested_checkpoint_json(ckpt_dir, tmp_path) -> None:
+    from epir.inference.checkpoint import CheckpointError, load_checkpoint
+
+    ck = tmp_path / "ck"
+    shutil.copytree(ckpt_dir, ck)
+    (ck / "checkpoint.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(CheckpointError, match="nested"):
+        load_checkpoint(ck)
+
+
+def test_preprocess_crop_size_is_bounded() -> None:
+    from epir.errors import ConfigError
+    from epir.preprocess.pipeline import PreprocessSettings
+
+    with pytest.raises(ConfigError, match="16 to 1024"):
+        PreprocessSettings(crop_size=100000)

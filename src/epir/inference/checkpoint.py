@@ -302,6 +302,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         )
     try:
         meta = json.loads(file.read_text())
+    except RecursionError:
+        raise CheckpointError(f"{file} is nested too deeply to be a checkpoint description; it is damaged.") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(
             f"{file} is not valid JSON ({e}); the file is damaged, write it again with `epir train`."
@@ -321,6 +323,13 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     names = _get(meta, "class_names", list, file)
     if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
         raise CheckpointError(f"{file}: 'class_names' must be a non-empty list of distinct strings, got {names!r}.")
+    if any(not n.isprintable() or not n.strip() for n in names):
+        raise CheckpointError(f"{file}: class names must be printable text (no control characters such as "
+                              f"terminal escapes), got {names!r}.")
+    classes = meta["model"]["args"].get("num_classes", len(names))
+    if classes != len(names):
+        raise CheckpointError(f"{file}: model.args.num_classes is {classes!r} but there are {len(names)} "
+                              "class_names; they must agree.")
     channels = _get(meta, "input.channels", list, file)
     if channels != list(CHANNELS):
         raise CheckpointError(
@@ -345,10 +354,13 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
             raise CheckpointError(
                 f"{file}: input.normalization.{key} must be {len(CHANNELS)} finite numbers, got {values!r}."
             )
-    if not all(v > 0 for v in meta["input"]["normalization"]["std"]):
-        std = meta["input"]["normalization"]["std"]
-        raise CheckpointError(f"{file}: input.normalization.std must be positive, got {std}.")
+    norm = meta["input"]["normalization"]
+    if not all(1e-6 <= v <= 1e6 for v in norm["std"]) or not all(abs(v) <= 1e6 for v in norm["mean"]):
+        raise CheckpointError(f"{file}: input.normalization must have std in [1e-6, 1e6] and |mean| <= 1e6 (float32 "
+                              f"range for 0-255 maps), got mean {norm['mean']}, std {norm['std']}.")
     _get(meta, "weights.file", str, file)
+    _get(meta, "weights.sha256", str, file)  # the integrity check is not optional
+    _get(meta, "weights.bytes", int, file)
     if not isinstance(meta.get("preprocessing", {}), dict):
         raise CheckpointError(f"{file}: 'preprocessing' must be a mapping of preprocessing settings.")
     return meta
@@ -411,17 +423,36 @@ def _check_state(
         )
 
 
+#: More parameters than any epir model could sensibly have (HTNet, the largest, has 139.6 M).
+MAX_PARAMETERS = 2_000_000_000
+
+
 def build_checkpoint_model(meta: dict[str, Any], file: Path | None = None) -> nn.Module:
     """A freshly initialised network of the model and arguments ``meta`` names (errors name ``file``)."""
     where = f"{file}: " if file is not None else ""
     name, args = meta["model"]["name"], dict(meta["model"]["args"])
     try:
+        try:
+            with torch.device("meta"):  # first without memory: absurd arguments must not allocate terabytes
+                shell = create_model(name, **args)
+            count = sum(p.numel() for p in shell.parameters())
+        except NotImplementedError:
+            count = 0  # a model whose construction reads tensor values cannot be sized without memory
+        except RuntimeError as e:
+            if "meta" not in str(e):
+                raise
+            count = 0
+        if count > MAX_PARAMETERS:
+            raise CheckpointError(f"{where}model {name!r} with these arguments would have more than "
+                                  f"{MAX_PARAMETERS:,} parameters; the arguments are damaged.")
         model = create_model(name, **args)
     except UnknownNameError as e:
         raise CheckpointError(f"{where}{e} Was the checkpoint written by a newer epir or a plugin?") from None
+    except CheckpointError:
+        raise
     except EpirError as e:
         raise CheckpointError(f"{where}model {name!r}: {e}") from None
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
         raise CheckpointError(f"{where}cannot build model {name!r} from its arguments: {e}") from None
     if "num_classes" in args and int(args["num_classes"]) != len(meta["class_names"]):
         raise CheckpointError(

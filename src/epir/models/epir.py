@@ -389,7 +389,8 @@ class EPIR(nn.Module):
         attention_cls = ITALS if itals else Attention
         # Regularisation is stochastic depth (rising linearly to drop_path over the blocks) and dropout on the
         # pooled feature only: per-element dropout masks on tokens cost as much as the matmuls on CPU.
-        rates = iter(torch.linspace(0.0, drop_path, sum(depths)).tolist())
+        n_blocks = sum(depths)
+        rates = iter([drop_path * i / max(1, n_blocks - 1) for i in range(n_blocks)])
         self.stages = nn.ModuleList(
             nn.ModuleList(
                 Block(dim=dim, attention=attention_cls(dim=dim, heads=heads), mlp_ratio=mlp_ratio,

@@ -89,8 +89,10 @@ class PreprocessSettings:
                               f"{str(e).strip().splitlines()[-1]}") from None
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
             raise ConfigError(f"size (the output map's side) must be a positive integer, got {self.size!r}.")
-        if isinstance(self.crop_size, bool) or not isinstance(self.crop_size, int) or self.crop_size < 16:
-            raise ConfigError(f"crop_size (the face crop's side in pixels) must be an integer of at least 16, "
+        if self.size > 512:
+            raise ConfigError(f"size (the output map's side) must be at most 512, got {self.size!r}.")
+        if isinstance(self.crop_size, bool) or not isinstance(self.crop_size, int) or not 16 <= self.crop_size <= 1024:
+            raise ConfigError(f"crop_size (the face crop's side in pixels) must be an integer from 16 to 1024, "
                               f"got {self.crop_size!r}.")
         if not isinstance(self.margin, (int, float)) or not 0.0 <= float(self.margin) <= 2.0:
             raise ConfigError(f"margin must be a number between 0 and 2 (a fraction of the face size), got {self.margin!r}.")
