@@ -209,3 +209,56 @@ def test_preprocess_crop_size_is_bounded() -> None:
 
     with pytest.raises(ConfigError, match="16 to 1024"):
         PreprocessSettings(crop_size=100000)
+
+
+def test_bad_config_file_and_root_for_synthetic(tmp_path, capsys) -> None:
+    assert main(["loso", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("model: [unclosed\n")
+    assert main(["loso", "--config", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["loso", "--dataset", "synthetic", "--root", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
+    assert "has no root" in capsys.readouterr().err
+
+
+def test_fold_weights_that_are_not_weights(fake_root, tmp_path, capsys) -> None:
+    import pickle
+
+    folder = tmp_path / "w"
+    folder.mkdir()
+    for sid in ("s01", "s02"):
+        (folder / f"{sid}.pth").write_bytes(pickle.dumps({"not": "tensors"}))
+    code = main(loso_args(fake_root, tmp_path / "r", "--fold-weights", str(folder)))
+    err = capsys.readouterr().err
+    assert code == 2 and "--fold-weights" in err and "weights_only" not in err and "Traceback" not in err
+
+
+def test_grayscale_map_is_refused(ckpt_dir, tmp_path, capsys) -> None:
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "gray.png"), np.zeros((28, 28), np.uint8))
+    assert main(["predict", "--map", str(tmp_path / "gray.png"), "--checkpoint", str(ckpt_dir)]) == 2
+    assert "3-channel" in capsys.readouterr().err
+
+
+def test_nan_weights_checkpoint_is_refused(ckpt_dir, tmp_path) -> None:
+    import hashlib
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from epir.inference.checkpoint import CheckpointError, load_checkpoint
+
+    ck = tmp_path / "ck"
+    shutil.copytree(ckpt_dir, ck)
+    state = load_file(ck / "model.safetensors")
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, ck / "model.safetensors")
+    meta = json.loads((ck / "checkpoint.json").read_text())
+    blob = (ck / "model.safetensors").read_bytes()
+    meta["weights"].update(bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest())
+    (ck / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="NaN"):
+        load_checkpoint(ck)

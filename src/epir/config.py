@@ -123,7 +123,21 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()) or {})
+        """Read a config.yaml (a run's own, or one written by hand); a missing or malformed file is a ConfigError."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist; give a config.yaml (a run directory holds one).")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]}).") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"config file {path}: expected a mapping with sections model, data, train, eval; "
+                              f"got a {type(data).__name__}.")
+        for section, value in (data or {}).items():
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"config file {path}: section {section!r} must be a mapping of KEY: VALUE.")
+        return cls.from_dict(data or {})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml())

@@ -208,7 +208,15 @@ def run_fold(
                 f"--fold-weights: {path} does not exist; expected one <subject>.pth per fold, named by the "
                 f"subject id as in the dataset ({test.subject_ids[0]!r})."
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for a non-weights file
+            raise ConfigError(
+                f"--fold-weights: {path} is not a file of tensors (a state dict saved with torch.save): "
+                f"{type(e).__name__}. Nothing is unpickled beyond tensors; give the per-subject weights files."
+            ) from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ConfigError(f"--fold-weights: {path} holds {type(state).__name__}, not a state dict of tensors.")
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
@@ -528,6 +536,9 @@ def run_loso(
     """
     cfg = resolve_config(cfg)
     check_ranges(cfg)
+    if cfg.data.dataset == "synthetic" and cfg.data.root is not None:
+        raise ConfigError(f"data.root={cfg.data.root!r}: the synthetic set is generated, it has no root; leave "
+                          f"--root out, or name the dataset that lives there (--dataset megc2019).")
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.data.seed)
     dataset = select_sources(dataset, cfg.data.subset)

@@ -480,6 +480,12 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> Checkpoi
     model = build_checkpoint_model(meta, file)
     state = _read_weights(directory, meta)
     _check_state(directory / meta["weights"]["file"], meta["model"]["name"], state, model.state_dict())
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(
+            f"{directory / meta['weights']['file']}: {len(bad)} tensors hold NaN or infinity (e.g. {bad[0]}): the "
+            f"model diverged in training. Train again with a lower learning rate; this one cannot give predictions."
+        )
     model.load_state_dict(state, strict=True)
     model.to(device).eval()
     norm_meta = meta["input"]["normalization"]

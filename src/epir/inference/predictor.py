@@ -374,9 +374,12 @@ class Predictor:
         p = Path(path).expanduser()
         if not p.is_file():
             raise ClipError(f"Flow-map image {p} does not exist.")
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
         if img is None:
             raise ClipError(f"{p} cannot be read as an image; expected an 8-bit RGB flow map (u, v, strain).")
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ClipError(f"Flow-map image {p} has shape {img.shape} and dtype {img.dtype}; expected an 8-bit "
+                            f"3-channel image (RGB = u, v, strain), as the dataset loader reads.")
         size = self.checkpoint.input_size
         if img.shape[:2] != (size, size):
             raise ClipError(f"Flow-map image {p} is {img.shape[1]}x{img.shape[0]}; the model reads {size}x{size} maps "

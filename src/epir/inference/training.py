@@ -47,8 +47,14 @@ def preprocessing_for(dataset: FlowDataset) -> tuple[dict[str, Any], str]:
     if sidecar is not None and sidecar.is_file():
         try:
             recorded = json.loads(sidecar.read_text()).get("settings")
-        except (OSError, ValueError, AttributeError):
-            recorded = None
+        except (OSError, ValueError, AttributeError) as e:
+            raise ConfigError(
+                f"{sidecar}: cannot read its 'settings' ({type(e).__name__}: {e}); the checkpoint would record the "
+                f"wrong preprocessing. Rerun epir preprocess for that folder, or delete the file."
+            ) from None
+        if recorded is not None and not isinstance(recorded, dict):
+            raise ConfigError(f"{sidecar}: 'settings' must be a mapping of preprocessing settings, got {recorded!r}; "
+                              f"rerun epir preprocess for that folder.")
     if isinstance(recorded, dict):  # maps written by `epir preprocess`: their exact settings
         settings = PreprocessSettings.from_dict(recorded)
         note = f"maps written by epir preprocess ({sidecar}) with these preprocessing settings"
