@@ -262,3 +262,21 @@ def test_nan_weights_checkpoint_is_refused(ckpt_dir, tmp_path) -> None:
     (ck / "checkpoint.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="NaN"):
         load_checkpoint(ck)
+
+
+def test_frame_folder_of_mixed_sizes(tmp_path) -> None:
+    import cv2
+    import numpy as np
+
+    from epir.preprocess.video import ClipError, FrameSequence, list_frames, read_frames
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "img1.png"), np.zeros((64, 64, 3), np.uint8))
+    cv2.imwrite(str(folder / "img2.png"), np.zeros((48, 64, 3), np.uint8))
+    with pytest.raises(ClipError, match="one size"):
+        read_frames(folder)
+    seq = FrameSequence(list_frames(folder))
+    seq[0]
+    with pytest.raises(ClipError, match="one size"):
+        seq[1]

@@ -159,6 +159,15 @@ def _read_video(path: Path, indices: Sequence[int] | None) -> list[np.ndarray]:
     return [by_index[k] for k in indices]
 
 
+def _same_size(first: np.ndarray, first_path: Path, frame: np.ndarray, path: Path) -> None:
+    """A clip's frames share one size: onset and apex are compared pixel by pixel."""
+    if frame.shape[:2] != first.shape[:2]:
+        raise ClipError(
+            f"Frame {path} is {frame.shape[1]}x{frame.shape[0]} but {first_path} is {first.shape[1]}x{first.shape[0]}: "
+            f"a clip's frames must all have one size (remove or resize the odd frames)."
+        )
+
+
 def _check_indices(indices: Sequence[int], n: int, path: Path) -> None:
     for k in indices:
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool):
@@ -187,9 +196,14 @@ def read_frames(path: str | Path, *, indices: Sequence[int] | None = None) -> li
     if path.is_dir():
         files = list_frames(path)
         if indices is None:
-            return [read_image(p) for p in files]
-        _check_indices(indices, len(files), path)
-        return [read_image(files[int(k)]) for k in indices]
+            chosen = files
+        else:
+            _check_indices(indices, len(files), path)
+            chosen = [files[int(k)] for k in indices]
+        frames = [read_image(p) for p in chosen]
+        for p, f in zip(chosen, frames):
+            _same_size(frames[0], chosen[0], f, p)
+        return frames
     if not path.exists():
         raise MissingFrameError(f"Clip {path} does not exist; expected a video file or a folder of frame images.")
     if indices is not None:
@@ -209,6 +223,7 @@ class FrameSequence(Sequence[np.ndarray]):
         self.paths = [Path(p) for p in paths]
         self._keep = keep
         self._cache: dict[int, np.ndarray] = {}
+        self._first: tuple[np.ndarray, Path] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -224,7 +239,12 @@ class FrameSequence(Sequence[np.ndarray]):
         if i not in self._cache:
             if len(self._cache) >= self._keep:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[i] = read_image(self.paths[i])
+            frame = read_image(self.paths[i])
+            if self._first is None:
+                self._first = (frame, self.paths[i])
+            else:
+                _same_size(self._first[0], self._first[1], frame, self.paths[i])
+            self._cache[i] = frame
         return self._cache[i]
 
     def __iter__(self) -> Iterator[np.ndarray]:
