@@ -1,5 +1,11 @@
-"""Nothing wrong is reported as a result (issue 14, first part): resume fingerprints, fold files checked before
-use, divergence stops a fold, range checks before anything is written, a lock on the run directory."""
+"""Fault injection (issue 14): nothing wrong is ever reported as a result.
+
+Each test reproduces one reported case: resume across protocols or changed data, tampered fold files,
+divergence (LOSO and `epir train`), bad recipe values (checked before anything is written), malformed MEGC logs
+(in test_results.py), a locked run directory, duplicate seeds, empty CSVs, maps of the wrong size, path
+traversal, subset reruns, failed batch predictions, grayscale maps, mixed frame sizes, export overwrites,
+damaged checkpoints, non-weights fold weights, bad config files. Each asserts the exit status or error, its
+message, and where it matters that finished fold files are byte-identical afterwards."""
 from __future__ import annotations
 
 import json
@@ -280,3 +286,13 @@ def test_frame_folder_of_mixed_sizes(tmp_path) -> None:
     seq[0]
     with pytest.raises(ClipError, match="one size"):
         seq[1]
+
+
+def test_train_never_saves_a_diverged_model(tmp_path, capsys) -> None:
+    out = tmp_path / "ck"
+    code = main(["train", "--model", "epir", "--dataset", "synthetic", "--epochs", "3", "--lr", "1e30",
+                 "--set", "train.grad_clip=0", "--set", "model.dim=16", "--set", "model.heads=2",
+                 "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "diverged" in err and "Traceback" not in err
+    assert not (out / "model.safetensors").exists()
