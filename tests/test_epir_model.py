@@ -225,3 +225,21 @@ def test_single_stage_and_list_arguments() -> None:
 def test_bad_arguments_raise_config_errors(kwargs: dict) -> None:
     with pytest.raises(ConfigError, match="model\\."):
         tiny(**kwargs)
+
+
+def test_factory_docstring_numbers_are_the_defaults() -> None:
+    """The numbers in ``epir()``'s docstring are pinned to the model they describe."""
+    import re
+
+    from epir.models.epir import epir as factory
+    from epir.profiling import profile_model
+
+    doc = factory.__doc__ or ""
+    m = re.search(r"Defaults: ([\d,]+) parameters, ([\d.]+) MFLOPs per sample; tokens ([\d -> ]+), DTSM keeps (\d+)",
+                  doc)
+    assert m, "the docstring states the defaults"
+    model = factory()
+    assert int(m.group(1).replace(",", "")) == sum(p.numel() for p in model.parameters())
+    assert float(m.group(2)) == round(profile_model("epir")["flops_per_sample"] / 1e6, 2)
+    assert [int(t) for t in m.group(3).split("->")] == model.token_counts
+    assert int(m.group(4)) == model.pool.keep
