@@ -34,6 +34,19 @@ def test_ablate_writes_one_table(fake_root, tmp_path, capsys):
     assert "no-itals" in capsys.readouterr().out
 
 
+def test_ablate_levers_add_one_arm_each(fake_root, tmp_path):
+    out = tmp_path / "ablate"
+    code = main(["ablate", "--model", "epir", "--dataset", "megc2019", "--root", str(fake_root), "--epochs", "1",
+                 "--switches", "merge", "--levers", "mixup", "ensemble", "--folds", "casme2/sub01", "--threads", "1",
+                 "--out", str(out), "--no-progress", *TINY_EPIR])
+    assert code == 0
+    assert list(pd.read_csv(out / "ablation.csv")["arm"]) == ["full", "no-merge", "+mixup", "+ensemble"]
+    assert "mixup: 0.4" in (out / "+mixup" / "config.yaml").read_text()
+    assert "ensemble: 3" in (out / "+ensemble" / "config.yaml").read_text()
+    assert main(["ablate", "--model", "epir", "--levers", "mixupp", "--out", str(tmp_path / "b"),
+                 "--no-progress"]) == 2
+
+
 def test_ablate_unknown_switch(fake_root, tmp_path, capsys):
     code = main(["ablate", "--model", "epir", "--dataset", "megc2019", "--root", str(fake_root),
                  "--switches", "mergee", "--out", str(tmp_path / "a"), "--no-progress"])

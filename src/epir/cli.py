@@ -188,7 +188,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     out = Path(args.out) if args.out else _default_out(cfg, "ablate")
-    run_ablation(cfg, out, switches=args.switches, progress=not args.no_progress)
+    run_ablation(cfg, out, switches=args.switches, levers=args.levers, progress=not args.no_progress)
     print((out / "ablation.md").read_text())
     print(f"run directory: {out}")
     return 0
@@ -269,6 +269,9 @@ def make_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.add_argument("--switches", nargs="+", default=None, metavar="NAME",
                    help="components to switch off (default: all of the model's switches)")
+    p.add_argument("--levers", nargs="+", default=None, metavar="LEVER",
+                   help="recipe levers to add, one arm each: mixup, ema, swa, rotate, ensemble, distill, conv-stem, "
+                        "select-epochs, or all")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("compare", help="several models on the same folds and seeds: one table and figures")

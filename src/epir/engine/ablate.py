@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from epir.config import RunConfig
+from epir.config import RunConfig, apply_overrides
 from epir.data import FlowDataset, load_dataset
 from epir.engine.loso import run_loso
-from epir.errors import ConfigError
+from epir.errors import ConfigError, did_you_mean
 from epir.engine.tables import run_row, to_markdown
 from epir.models import MODELS, resolve_model_args
 
@@ -26,12 +26,26 @@ def model_switches(name: str) -> list[str]:
     return [p.name for p in sig.parameters.values() if p.default is True]
 
 
+#: Recipe levers (issue 13), each a set of overrides on top of the full configuration: an arm ``+<lever>``.
+LEVERS: dict[str, tuple[str, ...]] = {
+    "mixup": ("train.mixup=0.4",),
+    "ema": ("train.average=ema",),
+    "swa": ("train.average=swa",),
+    "rotate": ("train.rotate=10", "train.scale=0.1"),
+    "ensemble": ("train.ensemble=3",),
+    "distill": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=80, train.lr=5e-4]"),
+    "conv-stem": ("model.stem=conv", "model.patch_size=2"),
+    "select-epochs": ("train.select=['', 'train.epochs=20', 'train.epochs=80']",),
+}
+
+
 def run_ablation(
     cfg: RunConfig,
     out_dir: str | os.PathLike,
     *,
     dataset: FlowDataset | None = None,
     switches: list[str] | None = None,
+    levers: list[str] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """LOSO of the full model and of each switch turned off; writes ``ablation.md`` and ``ablation.csv``.
@@ -41,6 +55,7 @@ def run_ablation(
         out_dir: the run directory; each arm's own run directory is ``out_dir/<arm>`` (resumable).
         dataset: the data (loaded from ``cfg.data`` when omitted, once for all arms).
         switches: the components to switch off (default: all the model's switches).
+        levers: recipe levers of :data:`LEVERS` to add, one arm ``+<lever>`` each (``["all"]``: every one).
     """
     out = Path(out_dir)
     known = model_switches(cfg.model.name)
@@ -56,6 +71,10 @@ def run_ablation(
         if not full_args.get(s, True):
             raise ConfigError(f"model.{s} is already false in the full configuration; nothing to ablate.")
         arms.append((f"no-{s}", replace(cfg, model=replace(cfg.model, args={**cfg.model.args, s: False}))))
+    for lever in (list(LEVERS) if levers == ["all"] else levers or []):
+        if lever not in LEVERS:
+            raise ConfigError(f"no lever {lever!r}{did_you_mean(lever, LEVERS)}; levers: {', '.join(LEVERS)}, all.")
+        arms.append((f"+{lever}", apply_overrides(cfg, list(LEVERS[lever]))))
     rows = []
     for arm, arm_cfg in arms:
         if progress:
