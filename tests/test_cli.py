@@ -20,8 +20,11 @@ def loso_args(root: Path, out: Path, *extra: str) -> list[str]:
 
 
 def assert_clean_error(err: str) -> None:
+    """A handled error: one ``epir COMMAND: error: ...`` line on stderr (no traceback, no second line)."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert lines, "an error must say something on stderr"
+    assert lines[-1].startswith("epir ") and ": error: " in lines[-1], lines[-1]
     assert "Traceback" not in err
-    assert err.strip(), "an error must say something on stderr"
 
 
 def test_help_lists_the_subcommands(capsys) -> None:

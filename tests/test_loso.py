@@ -130,7 +130,7 @@ def test_folds_partition_the_samples_and_fit_gets_exactly_the_training_rows(
         # fit saw precisely the training rows, in dataset order, and nothing else
         assert torch.equal(call["x"], ds.x[torch.from_numpy(train_idx)])
         assert torch.equal(call["y"], ds.y[torch.from_numpy(train_idx)])
-        assert set(call["kwargs"]) <= {"seed", "num_classes", "device", "on_epoch", "describe", "teacher"}
+        assert set(call["kwargs"]) <= {"seed", "num_classes", "device", "on_epoch", "describe", "teacher", "history"}
         assert call["kwargs"].get("teacher") is None
         test_rows = ds.x[torch.from_numpy(test_idx)].flatten(1)
         assert not (call["x"].flatten(1)[:, None, :] == test_rows[None, :, :]).all(-1).any()
@@ -140,7 +140,8 @@ def test_folds_partition_the_samples_and_fit_gets_exactly_the_training_rows(
 
 def test_fit_signature_has_no_test_data() -> None:
     params = list(inspect.signature(epir.engine.train.fit).parameters)
-    assert params == ["model", "x", "y", "cfg", "seed", "num_classes", "device", "on_epoch", "describe", "teacher"]
+    assert params == ["model", "x", "y", "cfg", "seed", "num_classes", "device", "on_epoch", "describe", "teacher",
+                      "history"]
     assert not [p for p in params if any(w in p.lower() for w in ("test", "val", "held"))]
 
 

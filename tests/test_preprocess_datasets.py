@@ -15,7 +15,7 @@ from epir.cli import main
 from epir.data import load_dataset
 from epir.errors import DatasetNotFoundError
 from epir.preprocess import PreprocessSettings, locate_clips, preprocess_dataset
-from test_preprocess_fakes import (
+from fakes_preprocess import (
     CASME2_CLIPS,
     CASME3_CLIPS,
     MAKERS,
@@ -27,7 +27,7 @@ from test_preprocess_fakes import (
     make_composite,
     make_smic,
 )
-from test_preprocess_video import write_avi
+from fakes_preprocess import write_avi
 
 FAST = PreprocessSettings(flow_method="farneback")
 LABELS = {"casme2": "composite", "samm": "composite", "smic": "composite", "casme3": "casme3-3"}

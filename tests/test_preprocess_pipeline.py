@@ -23,8 +23,8 @@ from epir.preprocess import (
 )
 from epir.preprocess import face as face_module
 from epir.preprocess.face import FaceModelError
-from test_preprocess_fakes import clip_frames, face_style
-from test_preprocess_video import write_avi
+from fakes_preprocess import clip_frames, face_style
+from fakes_preprocess import write_avi
 
 SEED = 4
 CENTRE = slice(32, 96)  # the middle of the 128x128 face crop

@@ -10,7 +10,7 @@ import pytest
 from epir.errors import DatasetError
 from epir.preprocess import ClipError, MissingFrameError, UnreadableImageError, read_frames
 from epir.preprocess.video import FrameSequence, frame_number, list_frames
-from test_preprocess_fakes import clip_frames, write_frames
+from fakes_preprocess import clip_frames, write_avi, write_frames
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +25,6 @@ def clip_dir(tmp_path_factory, frames) -> Path:
     write_frames(folder, frames, [f"img{n}.png" for n in (9, 10, 11, 12, 100)])
     (folder / "notes.txt").write_text("not a frame")
     return folder
-
-
-def write_avi(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
-    h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    assert writer.isOpened()
-    for f in frames:
-        writer.write(f)
-    writer.release()
-    return path
 
 
 def test_frame_numbers_are_the_last_number_in_the_name() -> None:

@@ -75,6 +75,7 @@ def test_subset_and_folds_outside_it(fake_dataset) -> None:
 def test_cde_per_dataset_equals_metrics_of_that_datasets_pooled_predictions(runs: dict[str, Path]) -> None:
     results = json.loads((runs["cde"] / "results.json").read_text())
     preds = pd.read_csv(runs["cde"] / "predictions.csv", dtype={"subject_id": str})
+    assert set(results["per_dataset"]) == set(preds["source"]) and results["per_dataset"]  # not vacuous
     for src, entry in results["per_dataset"].items():
         per_seed = [megc_scores(d["true"], d["predicted"], 3) for _, d in preds[preds["source"] == src].groupby("seed")]
         assert entry["uf1"] == pytest.approx(np.mean([m["uf1"] for m in per_seed]))

@@ -59,12 +59,15 @@ def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") 
     p.add_argument("--out", default=None, help="run directory (default runs/<model>-<dataset>-<time>); "
                                                "rerunning with the same --out resumes finished folds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", action="store_const", const=True, default=None,
+                   help="also write the training curves as TensorBoard event files (needs pip install tensorboard)")
 
 
 #: Command-line flags that set one config field each.
 FLAG_KEYS = (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
              ("device", "eval.device"), ("threads", "eval.threads"), ("jobs", "eval.jobs"),
-             ("subset", "data.subset"), ("dask_scheduler", "eval.dask_scheduler"), ("fold_batch", "eval.fold_batch"))
+             ("subset", "data.subset"), ("dask_scheduler", "eval.dask_scheduler"), ("fold_batch", "eval.fold_batch"),
+             ("tensorboard", "eval.tensorboard"))
 
 
 def default_jobs(args: argparse.Namespace) -> int | None:

@@ -76,6 +76,8 @@ class EvalConfig:
     threads: int = 0  # torch intra-op threads; 0 = all cores (1 per worker when jobs > 1)
     jobs: int = 1  # parallel worker processes (joblib), each training groups of folds; -1 = one per core
     fold_batch: int = 0  # models trained at once in one worker (batched folds); 0 = chosen automatically
+    report: bool = True  # write report.html (and figures/) in the run directory
+    tensorboard: bool = False  # also write the training curves as TensorBoard event files (OUT/tensorboard)
     dask_scheduler: str | None = None  # address of a Dask scheduler (tcp://host:8786): folds run on its workers
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from epir.config import RunConfig, apply_overrides
 from epir.data import FlowDataset, load_dataset
 from epir.engine.loso import run_loso
+from epir.engine.report_html import write_table_report
 from epir.errors import ConfigError, did_you_mean
 from epir.engine.tables import run_row, to_markdown
 from epir.models import MODELS, resolve_model_args
@@ -89,4 +90,6 @@ def run_ablation(
         f"{list(cfg.eval.seeds)}, {rows[0]['n_folds']} folds)\n\n"
         + to_markdown(table, "arm")
     )
+    write_table_report(out, f"Ablation of {cfg.model.name} on {dataset.name}", to_markdown(table, "arm"),
+                       runs=[arm for arm, _ in arms])
     return table

@@ -102,7 +102,7 @@ class _MemberLoss(nn.Module):
     ) -> torch.Tensor:
         """x: (B, C, H, W) normalised; y, valid: (B,); weight: class weights (K,); y2, lam: mixup's second
         labels (B,) and weight () (``lam`` = 1 without mixup); soft: the teacher's logits (B, K) when
-        distilling. Returns the scalar loss."""
+        distilling. Returns (loss, number of correct valid predictions)."""
 
         def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             loss = masked_cross_entropy(logits, target, weight, self.label_smoothing, valid)
@@ -116,10 +116,12 @@ class _MemberLoss(nn.Module):
 
         with sample_mask(valid):
             if self.with_loss:
-                loss, _ = self.model.forward_with_loss(x, y, ce, valid=valid)
+                loss, logits = self.model.forward_with_loss(x, y, ce, valid=valid)
             else:
-                loss = ce(self.model(x), y)
-        return loss
+                logits = self.model(x)
+                loss = ce(logits, y)
+        correct = ((logits.argmax(-1) == y) & valid).sum().to(loss.dtype)
+        return torch.stack([loss, correct.detach()])  # the loss, and the training accuracy's numerator
 
 
 BatchedEpochCallback = Callable[[int, list[nn.Module], list[InputNorm]], None]
@@ -140,6 +142,7 @@ def fit_many(
     device: str = "cpu",
     on_epoch: BatchedEpochCallback | None = None,
     teachers: Sequence[Teacher] | None = None,
+    histories: Sequence[list[dict[str, float]]] | None = None,
 ) -> tuple[list[nn.Module], list[InputNorm]]:
     """Train one model per member at once (vectorised); return the trained models and their input norms.
 
@@ -156,6 +159,7 @@ def fit_many(
         on_epoch: called as ``on_epoch(epoch, models, norms)`` after every epoch with the members' current
             models (the caller's optimistic oracle-epoch bookkeeping; nothing here sees test data).
         teachers: one trained teacher per member (same rows) to distil from, or None.
+        histories: one list per member to append its training curve to (as :func:`~epir.engine.train.fit`).
 
     Raises:
         ConfigError: no members, or members with different numbers of steps per epoch.
@@ -210,6 +214,9 @@ def fit_many(
     step = 0
     for epoch in range(cfg.epochs):
         loss_module.train()
+        loss_sums = torch.zeros(len(members), device=device)
+        correct = torch.zeros(len(members), device=device)
+        seen = torch.zeros(len(members), device=device)
         orders = [torch.randperm(n, generator=g) if cfg.shuffle else torch.arange(n) for n, g in zip(sizes, gens)]
         for s in range(n_steps):
             xs, ys, y2s, lams, valids, softs = [], [], [], [], [], []
@@ -237,7 +244,12 @@ def fit_many(
             sb = torch.stack(softs).to(device) if teachers is not None else torch.zeros(len(members), 1, device=device)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
-            losses = batched_loss(prefixed_params, prefixed_buffers, xb, yb, vb, weight, y2b, lamb, sb)
+            out = batched_loss(prefixed_params, prefixed_buffers, xb, yb, vb, weight, y2b, lamb, sb)
+            losses = out[:, 0]
+            counts = vb.sum(1)
+            loss_sums += losses.detach() * counts
+            correct += out[:, 1].detach()
+            seen += counts
             if not bool(torch.isfinite(losses).all()):
                 bad = [members[i].name for i in torch.nonzero(~torch.isfinite(losses)).flatten().tolist()]
                 check_finite(losses, f"{', '.join(bad)} epoch {epoch + 1}")
@@ -249,6 +261,9 @@ def fit_many(
             averager.after_step(step)
             step += 1
         averager.after_epoch(epoch)
+        if histories is not None:
+            for h, lo, c in zip(histories, (loss_sums / seen).tolist(), (correct / seen).tolist()):
+                h.append({"epoch": epoch, "loss": lo, "acc": c})
         if on_epoch is not None:
             on_epoch(epoch, _unstack(models, params, buffers), norms)
     averager.apply()

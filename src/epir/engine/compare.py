@@ -10,6 +10,7 @@ import pandas as pd
 
 from epir.data import FlowDataset, load_dataset
 from epir.engine.loso import make_config, run_loso
+from epir.engine.report_html import write_table_report
 from epir.engine.tables import run_row, to_markdown
 from epir.errors import ConfigError
 from epir.models import MODELS
@@ -135,6 +136,11 @@ def run_compare(
     plot_scores(table, out / "scores.png", f"{data.name}: {label}")
     for m, r in results_by_model.items():
         plot_confusion(r["confusion"], r["class_names"], out / f"confusion_{m}.png", f"{m} ({label})")
+    write_table_report(
+        out, f"Comparison on {data.name} ({label})", to_markdown(table, "model"),
+        [("scores", out / "scores.png"), *((f"confusion {m}", out / f"confusion_{m}.png") for m in models)],
+        runs=list(models),
+    )
     return table
 
 

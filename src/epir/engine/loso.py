@@ -7,9 +7,12 @@ started again with the same output directory skips the folds it already has.
 from __future__ import annotations
 
 import difflib
+import importlib
 import json
 import math
 import os
+import shlex
+import sys
 import time
 import warnings
 import zlib
@@ -35,15 +38,17 @@ from epir.engine.runstore import (
 )
 from epir.data import FlowDataset, load_dataset
 from epir.data.transforms import apply_input_transform
+from epir.engine.report_html import write_run_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
 from epir.engine.selection import candidate_configs, select_in_fold, teacher_config, train_models, train_teachers
 from epir.engine.train import InputNorm, fit, predict_proba
 from epir.errors import ConfigError, DatasetNotFoundError, did_you_mean
-from epir.models import accepted_input_size, build_model, default_recipe, is_batchable, resolve_model_args
+from epir.profiling import count_flops
+from epir.models import MODELS, accepted_input_size, build_model, default_recipe, is_batchable, resolve_model_args
 
 #: Config fields that may differ when resuming a run (they do not change a finished fold's result).
 RESUME_FREE = {("eval", "seeds"), ("eval", "folds"), ("eval", "device"), ("eval", "threads"), ("eval", "jobs"),
-               ("eval", "dask_scheduler"), ("eval", "fold_batch")}
+               ("eval", "dask_scheduler"), ("eval", "fold_batch"), ("eval", "report"), ("eval", "tensorboard")}
 
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
@@ -183,6 +188,11 @@ class _OracleBest:
             self.acc, self.probs, self.epoch = acc, p, epoch
 
 
+def _curve_dict(history: list[dict[str, float]]) -> dict[str, list[float]]:
+    """A training curve as the fold file keeps it: per epoch, the mean training loss and accuracy."""
+    return {"loss": [round(h["loss"], 6) for h in history], "acc": [round(h["acc"], 6) for h in history]}
+
+
 def run_fold(
     dataset: FlowDataset,
     cfg: RunConfig,
@@ -201,6 +211,7 @@ def run_fold(
     t0 = time.perf_counter()
     chosen_epoch: int | None = None
     selection: dict[str, Any] = {}
+    curve = []
     if fold_weights is not None:
         path = Path(fold_weights) / f"{test.subject_ids[0]}.pth"
         if not path.is_file():
@@ -237,6 +248,7 @@ def run_fold(
         if teachers is not None:  # the teacher used the global generator: the student starts as without one
             torch.manual_seed(fold_seed(seed, subject))
             model = build_model(cfg.model)
+        curve: list[dict[str, float]] = []  # the first member's training curve
         for k, mseed in enumerate(member_seeds(fold_seed(seed, subject), cfg.train.ensemble)):
             if k > 0:  # the first member is the model built above (so one member is the plain fold)
                 torch.manual_seed(mseed)
@@ -260,6 +272,7 @@ def run_fold(
                 on_epoch=epoch_done,
                 describe=f"fold {subject} seed {seed}" + (f" member {k}" if cfg.train.ensemble > 1 else ""),
                 teacher=None if teachers is None else teachers[0],
+                history=curve if k == 0 else None,
             )
             if oracle is not None and oracle.probs is not None:
                 member_probs.append(oracle.probs)
@@ -272,6 +285,8 @@ def run_fold(
     rec = fold_record(seed, subject, test_idx, test.y, probs, chosen_epoch, time.perf_counter() - t0, len(train_idx))
     if selection:
         rec["selection"] = selection
+    if fold_weights is None and curve:
+        rec["curve"] = _curve_dict(curve)
     return rec
 
 
@@ -311,6 +326,7 @@ def run_fold_group(
     tests = [(dataset.x[test_idx], dataset.y[test_idx]) for _, test_idx in splits]
     member_probs: list[list[torch.Tensor]] = [[] for _ in folds]
     member_epochs: list[list[int]] = [[] for _ in folds]
+    curves: list[list[dict[str, float]]] = [[] for _ in folds]  # each fold's first member's training curve
     for key in sorted({k for k, _ in chosen}):
         idx = [f for f, (k, _) in enumerate(chosen) if k == key]
         ccfg = chosen[idx[0]][1]
@@ -321,6 +337,7 @@ def run_fold_group(
             for k, mseed in enumerate(member_seeds(fold_seed(*folds[f]), k_members))
         ]
         owner = [f for f in idx for _ in range(k_members)]
+        histories = [curves[f] if k == 0 else [] for f in idx for k in range(k_members)]
         fold_teachers = train_teachers(
             dataset, ccfg, [(splits[f][0], fold_seed(*folds[f]), f"fold {folds[f][1]} seed {folds[f][0]}") for f in idx]
         )
@@ -335,13 +352,13 @@ def run_fold_group(
 
             members = [Member(x, y, s_, n) for x, y, s_, n in jobs]
             fit_many(ccfg.model, members, ccfg.train, num_classes=dataset.num_classes, device=device,
-                     on_epoch=epoch_done, teachers=teachers)
+                     on_epoch=epoch_done, teachers=teachers, histories=histories)
             for f, oracle in zip(owner, oracles):
                 member_probs[f].append(oracle.probs)
                 member_epochs[f].append(oracle.epoch)
             continue
         models, norms = train_models(ccfg.model, ccfg.train, jobs, num_classes=dataset.num_classes, device=device,
-                                     teachers=teachers)
+                                     teachers=teachers, histories=histories)
         for f, model, norm in zip(owner, models, norms):
             member_probs[f].append(predict_proba(model, norm, tests[f][0], device=device))
             member_epochs[f].append(ccfg.train.epochs - 1)
@@ -352,13 +369,16 @@ def run_fold_group(
         rec = fold_record(seed, subject, test_idx, tests[f][1], probs, member_epochs[f][0], seconds, len(train_idx))
         if selections[f]:
             rec["selection"] = selections[f]
+        if curves[f]:
+            rec["curve"] = _curve_dict(curves[f])
         records.append(rec)
     return records
 
 
 #: Models trained at once per worker when ``eval.fold_batch`` is 0 (automatic), by device type; measured by
-#: ``benchmarks/loso_speed.py`` (on a 2-core CPU larger groups fall out of the caches and get slower).
-AUTO_FOLD_BATCH = {"cpu": 8, "cuda": 68}
+#: ``benchmarks/loso_speed.py``: on the 2-core CPU, 8 was ~1.3x the loop but took the process tree past 2 GB; 4 stays
+#: within it (1.86 GB) at ~1.1x.
+AUTO_FOLD_BATCH = {"cpu": 4, "cuda": 68}
 
 
 def resolve_fold_batch(cfg: RunConfig, fold_weights: str | os.PathLike | None = None) -> tuple[int, str]:
@@ -373,7 +393,9 @@ def resolve_fold_batch(cfg: RunConfig, fold_weights: str | os.PathLike | None = 
         return 1, note if cfg.eval.fold_batch > 1 else ""
     if cfg.eval.fold_batch:
         return cfg.eval.fold_batch, ""
-    return AUTO_FOLD_BATCH.get(torch.device(cfg.eval.device).type, 4), ""
+    kind = torch.device(cfg.eval.device).type
+    per_model = MODELS.meta(cfg.model.name).get("auto_fold_batch", {})
+    return per_model.get(kind, AUTO_FOLD_BATCH.get(kind, 4)), ""
 
 
 def plan_groups(dataset: FlowDataset, cfg: RunConfig, todo: Sequence[Fold], fold_batch: int, workers: int = 1
@@ -482,6 +504,42 @@ def _check_resume(out_dir: Path, cfg: RunConfig) -> None:
         )
 
 
+def command_line() -> str:
+    """The command that is running, as a shell line (``epir loso ...`` from the CLI)."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name == "epir":
+        argv[0] = "epir"
+    elif argv and argv[0].endswith(".py"):
+        argv = ["python", *argv]
+    return shlex.join(argv)
+
+
+def write_curves(out: Path, records: Sequence[dict[str, Any]]) -> None:
+    """``OUT/curves.csv``: per fold (seed, subject) and epoch, the mean training loss and accuracy."""
+    rows = [
+        {"seed": r["seed"], "subject": r["subject"], "epoch": e, "loss": lo, "acc": ac}
+        for r in records if r.get("curve")
+        for e, (lo, ac) in enumerate(zip(r["curve"]["loss"], r["curve"]["acc"]))
+    ]
+    if rows:
+        pd.DataFrame(rows).to_csv(out / "curves.csv", index=False)
+
+
+def write_tensorboard(out: Path, records: Sequence[dict[str, Any]]) -> None:
+    """The training curves as TensorBoard event files, one run per fold, under ``OUT/tensorboard``."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("eval.tensorboard (--tensorboard) needs the tensorboard package: pip install tensorboard.") from None
+    for r in records:
+        if not r.get("curve"):
+            continue
+        with SummaryWriter(str(out / "tensorboard" / f"seed{r['seed']}" / r["subject"].replace("/", "__"))) as w:
+            for e, (lo, ac) in enumerate(zip(r["curve"]["loss"], r["curve"]["acc"])):
+                w.add_scalar("train/loss", lo, e)
+                w.add_scalar("train/accuracy", ac, e)
+
+
 def _wider_run(out: Path, seeds: Sequence[int], subjects: Sequence[str]) -> str:
     """A description of the finished folds in ``out`` that this run does not cover ('' when none)."""
     wanted = {fold_file(out, s, subject).resolve() for s in seeds for subject in subjects}
@@ -547,6 +605,12 @@ def run_loso(
     if cfg.data.input_transform != "none":
         dataset, transform_report = apply_input_transform(dataset, cfg.data.input_transform)
     subjects = select_subjects(dataset, cfg.eval.folds)
+    if cfg.eval.tensorboard:
+        try:
+            importlib.import_module("torch.utils.tensorboard")  # checked before training, not after
+        except ImportError:
+            raise ConfigError("eval.tensorboard (--tensorboard) needs the tensorboard package: pip install "
+                              "tensorboard.") from None
     if cfg.train.select and cfg.eval.oracle_epoch:
         raise ConfigError(
             "train.select (selection inside the fold, on training subjects) and eval.oracle_epoch (the epoch "
@@ -652,13 +716,20 @@ def run_loso(
         preds = predictions_frame(dataset, records)
         results = summarize(preds, dataset.class_names, protocol, cfg.eval.absent_class)
         model = build_model(cfg.model)
+        n_params = int(sum(p.numel() for p in model.parameters()))
+        try:
+            flops = count_flops(model.eval(), (1, *dataset.x.shape[1:]))
+        except Exception:  # a model the FLOP counter cannot trace: the report leaves the figure out
+            flops = None
         results.update(
             evaluation=evaluation,
             model=cfg.model.name,
             dataset=dataset.name,
             n=int(len(preds) // len(seeds)),
             n_folds=len(subjects),
-            params=int(sum(p.numel() for p in model.parameters())),
+            params=n_params,
+            params_total=n_params * cfg.train.ensemble,  # every member of an in-fold ensemble
+            flops_per_sample=flops,
             wall_seconds=time.perf_counter() - t_start,
             fold_seconds=float(np.mean([r["seconds"] for r in records])) if records else 0.0,
             resumed_folds=resumed,
@@ -685,6 +756,11 @@ def run_loso(
                     f"set again to rewrite them; these results are printed only.", stacklevel=2)
             else:
                 write_results(out, results, preds)
+                write_curves(out, records)
+                if cfg.eval.tensorboard:
+                    write_tensorboard(out, records)
+                if cfg.eval.report:
+                    write_run_report(out, command=command_line())
             results["out_dir"] = str(out)
         return results
     finally:

@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 from epir.config import RunConfig
+from epir.engine.report_html import write_table_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE
 from epir.errors import ConfigError, DatasetError, DatasetNotFoundError
 
@@ -261,6 +262,7 @@ def write_report(table: pd.DataFrame, out_dir: str | os.PathLike) -> dict[str, P
     paths["md"].write_text(to_markdown(table))
     table.to_csv(paths["csv"], index=False)
     paths["tex"].write_text(to_latex(table))
+    paths["html"] = write_table_report(out, "Results (paper-style table)", to_markdown(table))
     return paths
 
 

@@ -108,10 +108,12 @@ def train_models(
     device: str = "cpu",
     batched: bool = True,
     teachers: Sequence[Teacher] | None = None,
+    histories: Sequence[list[dict[str, float]]] | None = None,
 ) -> tuple[list[nn.Module], list[InputNorm]]:
     """Train one model per ``(x, y, seed, name)`` job with one architecture and recipe: batched in groups of
     equal steps per epoch when ``batched`` (and the model allows), else one at a time; with ``teachers`` (one
-    per job), distilling from them. Returns them in order."""
+    per job), distilling from them; ``histories`` (one list per job) receive the training curves. Returns them in
+    order."""
     models: list[nn.Module | None] = [None] * len(jobs)
     norms: list[InputNorm | None] = [None] * len(jobs)
     if batched and is_batchable(model_cfg.name) and len(jobs) > 1:
@@ -121,7 +123,8 @@ def train_models(
         for idx in by_steps.values():
             members = [Member(jobs[i][0], jobs[i][1], jobs[i][2], jobs[i][3]) for i in idx]
             ms, ns = fit_many(model_cfg, members, recipe, num_classes=num_classes, device=device,
-                              teachers=None if teachers is None else [teachers[i] for i in idx])
+                              teachers=None if teachers is None else [teachers[i] for i in idx],
+                              histories=None if histories is None else [histories[i] for i in idx])
             for i, m, n in zip(idx, ms, ns):
                 models[i], norms[i] = m, n
     else:
@@ -129,7 +132,8 @@ def train_models(
             torch.manual_seed(seed)
             model = build_model(model_cfg)
             norms[i] = fit(model, x, y, recipe, seed=seed, num_classes=num_classes, device=device, describe=name,
-                           teacher=None if teachers is None else teachers[i])
+                           teacher=None if teachers is None else teachers[i],
+                           history=None if histories is None else histories[i])
             models[i] = model
     return models, norms  # type: ignore[return-value]
 

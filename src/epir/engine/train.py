@@ -247,6 +247,7 @@ def fit(
     on_epoch: EpochCallback | None = None,
     describe: str = "training",
     teacher: Teacher | None = None,
+    history: list[dict[str, float]] | None = None,
 ) -> InputNorm:
     """Train ``model`` in place on the training samples and return the input normalisation it expects.
 
@@ -263,6 +264,8 @@ def fit(
         describe: what is trained (e.g. "fold casme2/sub01 seed 0"), for the divergence error.
         teacher: a model trained on the same rows and its input normalisation: its soft predictions on each
             (augmented) batch are distilled with ``train.distill_weight`` and ``train.distill_temperature``.
+        history: when given, one ``{"epoch", "loss", "acc"}`` per epoch is appended: the mean training loss and
+            the accuracy on the (augmented) training batches, the training curve.
 
     Raises:
         DivergedError: the loss became NaN or infinite.
@@ -289,6 +292,7 @@ def fit(
     step = 0
     for epoch in range(cfg.epochs):
         model.train()
+        loss_sum, correct, seen = 0.0, 0, 0
         order = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
@@ -313,10 +317,14 @@ def fit(
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
             if with_loss is not None:
-                loss, _ = with_loss(xb, yb, loss_fn)
+                loss, logits = with_loss(xb, yb, loss_fn)
             else:
-                loss = loss_fn(model(xb), yb)
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
             check_finite(loss, f"{describe} epoch {epoch + 1}")
+            loss_sum += float(loss.detach()) * len(idx)
+            correct += int((logits.detach().argmax(-1) == yb).sum())
+            seen += len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -325,6 +333,8 @@ def fit(
             averager.after_step(step)
             step += 1
         averager.after_epoch(epoch)
+        if history is not None:
+            history.append({"epoch": epoch, "loss": loss_sum / seen, "acc": correct / seen})
         if on_epoch is not None:
             on_epoch(epoch, model, norm)
     averager.apply()

@@ -88,6 +88,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default 18)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
+
+    p = subparsers.add_parser(
+        "app", help="a local web demo over a checkpoint: upload a clip, see the prediction and why (Gradio)",
+        description="Start a local web demo (pip install 'epir[app]'): upload a video or frames, see the predicted "
+                    "class, probabilities, explanation and timings; a second tab shows a run's report.html.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a checkpoint directory (epir train --out)")
+    p.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--run-dir", default=None, metavar="DIR", help="a run directory whose report.html to show")
+    p.set_defaults(func=cmd_app)
     p.set_defaults(func=cmd_export)
 
 
@@ -194,4 +205,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_parser", "cmd_export", "cmd_predict", "cmd_train"]
+def cmd_app(args: argparse.Namespace) -> int:
+    """Handler of ``epir app``: the local web demo over a checkpoint."""
+    from epir.inference.app import launch
+
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: expected a TCP port from 1 to 65535.")
+    launch(args.checkpoint, host=args.host, port=args.port, run_dir=args.run_dir)
+    return 0
+
+
+__all__ = ["add_parser", "cmd_app", "cmd_export", "cmd_predict", "cmd_train"]

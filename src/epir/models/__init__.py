@@ -27,15 +27,17 @@ def register_model(
     description: str = "",
     batchable: bool = False,
     input_size: int | None = None,
+    auto_fold_batch: dict[str, int] | None = None,
 ) -> Callable:
     """Register a model factory; ``recipe`` is its default training recipe, ``recipes`` more named ones;
     ``batchable``: several of its models can train at once as one vectorised model (``epir.engine.batched``:
     every operation works under ``torch.func.vmap``, batch statistics honour ``sample_mask``, and
     ``forward_with_loss``, if any, takes ``valid``); ``input_size``: the map side the model accepts when it
-    has no ``image_size`` argument (e.g. STSTNet's 28)."""
+    has no ``image_size`` argument (e.g. STSTNet's 28); ``auto_fold_batch``: per device type, how many of its
+    models a worker trains at once by default where the engine's general choice does not suit it (measured)."""
     recipe = recipe or TrainConfig()
     return MODELS.register(recipe=recipe, recipes={"default": recipe, **(recipes or {})}, description=description,
-                           batchable=batchable, input_size=input_size)
+                           batchable=batchable, input_size=input_size, auto_fold_batch=auto_fold_batch or {})
 
 
 def accepted_input_size(name: str, args: dict[str, Any]) -> int | None:
