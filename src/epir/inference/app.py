@@ -57,13 +57,21 @@ def build_app(checkpoint: str | os.PathLike, run_dir: str | os.PathLike | None =
     gr = _gradio()
     predictor = Predictor.load(checkpoint, threads=threads)
 
-    def predict(video: Any, frames: list[Any] | None, onset: float | None, apex: float | None):
+    def index(text: str | None, name: str) -> int | None:
+        text = (text or "").strip()
+        if not text:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            raise gr.Error(f"The {name} must be a frame index (an integer from 0), got {text!r}.") from None
+
+    def predict(video: Any, frames: list[Any] | None, onset: str | None, apex: str | None):
         clip = video or (_frames_folder(frames) if frames else None)
         if clip is None:
             raise gr.Error("Upload a video (or record one), or frame images.")
+        on, ap = index(onset, "onset"), index(apex, "apex")
         try:
-            on = None if onset in (None, "") else int(onset)
-            ap = None if apex in (None, "") else int(apex)
             pred = predictor.predict(str(getattr(clip, "name", clip)), on, ap)
             figure = predictor.explain(pred, Path(tempfile.mkdtemp(prefix="epir-explain-")) / "explain.png")
         except (EpirError, ValueError) as e:
@@ -83,8 +91,8 @@ def build_app(checkpoint: str | os.PathLike, run_dir: str | os.PathLike | None =
                     video = gr.Video(label="Video (upload, or record from the webcam)", sources=["upload", "webcam"])
                     frames = gr.File(label="...or frame images", file_count="multiple", file_types=["image"])
                     with gr.Row():
-                        onset = gr.Number(label="onset frame (default: the first)", precision=0, value=None)
-                        apex = gr.Number(label="apex frame (default: estimated)", precision=0, value=None)
+                        onset = gr.Textbox(label="onset frame index (empty: the first frame)", value="")
+                        apex = gr.Textbox(label="apex frame index (empty: estimated)", value="")
                     button = gr.Button("Predict", variant="primary", elem_id="predict-button")
                 with gr.Column():
                     label = gr.Label(label="Predicted class", elem_id="prediction")

@@ -88,6 +88,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=None, help="ONNX opset version (default 18)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --onnx file")
+    p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser(
         "app", help="a local web demo over a checkpoint: upload a clip, see the prediction and why (Gradio)",
@@ -99,7 +100,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--run-dir", default=None, metavar="DIR", help="a run directory whose report.html to show")
     p.set_defaults(func=cmd_app)
-    p.set_defaults(func=cmd_export)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
