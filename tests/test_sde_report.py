@@ -142,6 +142,6 @@ def test_report_cli_and_compare_directories(runs: dict[str, Path], tmp_path: Pat
     assert main(["report", str(parent), "--out", str(tmp_path / "rep")]) == 0
     out = capsys.readouterr().out
     assert "Full (CDE) UF1" in out and "SAMM (SDE) UF1" in out
-    assert {p.name for p in (tmp_path / "rep").iterdir()} == {"report.md", "report.csv", "report.tex"}
+    assert {p.name for p in (tmp_path / "rep").iterdir()} == {"report.md", "report.csv", "report.tex", "report.html"}
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
