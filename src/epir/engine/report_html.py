@@ -134,6 +134,11 @@ def seed_figure(results: dict[str, Any], folder: Path) -> str:
         for s, v in zip(per_seed, vals):
             ax.annotate(f"seed {s['seed']}", (k + 0.12, v), fontsize=7, va="center")
         ax.hlines(np.mean(vals), k - 0.2, k + 0.2, color=METRIC_COLOURS[metric])
+    every = [s[m] for s in per_seed for m in ("uf1", "uar")]
+    if every:  # a readable range: at least 0.1 wide, inside 0-1
+        mid = (min(every) + max(every)) / 2
+        half = max(0.05, (max(every) - min(every)) / 2 + 0.02)
+        ax.set_ylim(max(0.0, mid - half), min(1.0, mid + half))
     ax.set_xticks([0, 1], ["UF1", "UAR"])
     ax.set_xlim(-0.5, 1.8)
     ax.set_ylabel("score (0-1)")
