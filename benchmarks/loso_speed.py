@@ -15,6 +15,7 @@ to its official 800-epoch LOSO) against EPIR's batched LOSO.
     python benchmarks/loso_speed.py --seeds 0 1 2                     # the 3-seed comparison (~45 min)
     python benchmarks/loso_speed.py --models ststnet --folds 8        # STSTNet official recipe, first 8 folds
     python benchmarks/loso_speed.py --fold-batches 1 2 4 8 16 --folds 16 --epochs 10   # choose the auto size
+    python benchmarks/loso_speed.py --models epir ststnet --device cuda --jobs 1          # on a GPU
 """
 from __future__ import annotations
 
@@ -104,13 +105,14 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes for both paths")
     p.add_argument("--fold-batches", type=int, nargs="+", default=[1, 0],
                    help="fold batches to time (1: the loop; 0: automatic)")
+    p.add_argument("--device", default="cpu", help="torch device for both paths (e.g. cuda)")
     p.add_argument("--skip-epoch", action="store_true", help="skip the HTNet seconds-per-epoch measurement")
     p.add_argument("--htnet-epochs", type=int, default=2)
     p.add_argument("--out", default="runs/bench-loso-speed")
     a = p.parse_args()
     data = load_dataset("megc2019", root=a.root)
     folds = data.subject_list()[: a.folds] if a.folds else []
-    overrides = [f"train.epochs={a.epochs}"] if a.epochs else []
+    overrides = ([f"train.epochs={a.epochs}"] if a.epochs else []) + [f"eval.device={a.device}"]
     rows: list[tuple[str, ...]] = []
     batched_wall = None
     for model in a.models:
