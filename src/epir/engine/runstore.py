@@ -21,6 +21,7 @@ from epir._version import __version__
 from epir.config import RunConfig
 from epir.data import FlowDataset
 from epir.errors import ConfigError
+from epir.fileio import write_atomic
 
 #: The fingerprint file in a run directory.
 FINGERPRINT = "fingerprint.json"
@@ -132,11 +133,9 @@ def read_fold_file(path: Path, dataset: FlowDataset, seed: int, subject: str) ->
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a unique temporary file and an atomic rename: the file is complete or absent, and two
-    writers never share a temporary name."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(obj):x}.tmp")
-    tmp.write_text(json.dumps(obj, allow_nan=False))
-    tmp.replace(path)
+    """Write ``obj`` as strict JSON (no NaN) with :func:`epir.fileio.write_atomic`: complete or absent."""
+    text = json.dumps(obj, allow_nan=False)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 class RunLock:

@@ -43,6 +43,7 @@ from epir.data.base import CHANNELS
 from epir.data.transforms import INPUT_TRANSFORMS, mosaic
 from epir.engine.train import InputNorm
 from epir.errors import EpirError, UnknownNameError
+from epir.fileio import write_atomic
 from epir.models import create_model
 
 #: Identifies an epir checkpoint in ``checkpoint.json``.
@@ -213,9 +214,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def save_checkpoint(

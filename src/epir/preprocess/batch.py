@@ -46,6 +46,7 @@ import pandas as pd
 
 from epir.data.megc2019 import CSV_NAME, META_NAME, image_path
 from epir.errors import ConfigError, DatasetError, EpirError
+from epir.fileio import write_atomic
 from epir.preprocess.face import FaceAligner, five_points
 from epir.preprocess.pipeline import ClipResult, PreprocessSettings, run_clip
 from epir.preprocess.video import FrameSequence, frame_number
@@ -103,17 +104,6 @@ class PreprocessSummary:
 # ------------------------------------------------------------------------------------------------- writing
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_map_png(path: Path, fmap: np.ndarray) -> None:
     """Write a (3, H, W) uint8 u, v, strain map as the composite's PNG (OpenCV BGR: R = u, G = v, B = strain)."""
     bgr = np.ascontiguousarray(np.asarray(fmap, dtype=np.uint8).transpose(1, 2, 0)[:, :, ::-1])
@@ -124,7 +114,7 @@ def write_map_png(path: Path, fmap: np.ndarray) -> None:
             raise EpirError(f"OpenCV could not encode the flow map for {path}.")
         tmp.write_bytes(data.tobytes())
 
-    _atomic(path, write)
+    write_atomic(path, write)
 
 
 def save_clip(result: ClipResult, npz: Path, png: Path, settings: PreprocessSettings,
@@ -145,7 +135,7 @@ def save_clip(result: ClipResult, npz: Path, png: Path, settings: PreprocessSett
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
-    _atomic(npz, write)
+    write_atomic(npz, write)
     write_map_png(png, result.map)
 
 
@@ -217,7 +207,7 @@ def _load_manifest(path: Path) -> dict[str, Any]:
 
 
 def _save_manifest(path: Path, clips: Mapping[str, Any]) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps({"version": 1, "clips": clips}, indent=1, sort_keys=True)))
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps({"version": 1, "clips": clips}, indent=1, sort_keys=True)))
 
 
 def _specs(table: pd.DataFrame, settings: PreprocessSettings) -> list[dict[str, Any]]:
@@ -347,20 +337,20 @@ def _write_outputs(out: Path, table: pd.DataFrame, specs: list[dict[str, Any]], 
     report = pd.DataFrame(rows, columns=list(REPORT_COLUMNS))
     report["onset"] = report["onset"].astype("Int64")
     report["apex"] = report["apex"].astype("Int64")
-    _atomic(out / REPORT_NAME, lambda tmp: report.to_csv(tmp, index=False))
+    write_atomic(out / REPORT_NAME, lambda tmp: report.to_csv(tmp, index=False))
     csv = pd.DataFrame(csv_rows, columns=list(CSV_COLUMNS))
-    _atomic(out / CSV_NAME, lambda tmp: csv.to_csv(tmp, index=False))
+    write_atomic(out / CSV_NAME, lambda tmp: csv.to_csv(tmp, index=False))
     landmarks_path = out / LANDMARKS_NAME
     if settings.align and len(landmark_rows) == len(csv_rows):
         lm = pd.DataFrame(landmark_rows, columns=["dataset", "sub", "filename_o", *LANDMARK_COLUMNS])
-        _atomic(landmarks_path, lambda tmp: lm.to_csv(tmp, index=False))
+        write_atomic(landmarks_path, lambda tmp: lm.to_csv(tmp, index=False))
     elif landmarks_path.exists():
         landmarks_path.unlink()  # stale: would not match the maps
     meta = {"created_by": "epir preprocess", "dataset": dataset, "labels": table.attrs.get("scheme") or labels,
             "class_names": list(table.attrs.get("classes") or ()),
             "sources": sorted(set(table["dataset"])), "settings": settings.to_dict(), "settings_key": settings.key(),
             "root": str(table.attrs.get("root", "")), "sheet": table.attrs.get("sheet") or table.attrs.get("sheets")}
-    _atomic(out / META_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))
+    write_atomic(out / META_NAME, lambda tmp: tmp.write_text(json.dumps(meta, indent=2, default=str)))
     return report
 
 
