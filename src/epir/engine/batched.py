@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -50,6 +49,7 @@ from epir.engine.train import (
     lr_factor,
     make_optimizer,
     masked_cross_entropy,
+    steps_per_epoch,
     teacher_logits,
 )
 from epir.errors import ConfigError
@@ -66,11 +66,6 @@ class Member:
     y: torch.Tensor  # (N,)
     seed: int
     name: str = "member"
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Optimizer steps in one epoch over ``n`` samples (the last batch may be partial)."""
-    return math.ceil(n / batch_size)
 
 
 def can_batch(model: nn.Module) -> tuple[bool, str]:
@@ -222,14 +217,14 @@ def fit_many(
             xs, ys, y2s, lams, valids, softs = [], [], [], [], [], []
             lo = s * cfg.batch_size
             width = max(min(cfg.batch_size, n - lo) for n in sizes)
-            for m, order, norm, g in zip(members, orders, norms, gens):
+            for i, (m, order, norm, g) in enumerate(zip(members, orders, norms, gens)):
                 idx = order[lo : lo + cfg.batch_size]
                 xm, ym = augment(m.x[idx], cfg, g), m.y[idx]
                 y2m, lam = ym, 1.0
                 if cfg.mixup > 0:  # before padding: a member mixes its own real samples only
                     xm, ym, y2m, lam = mixup(xm, ym, cfg.mixup, g)
                 if teachers is not None:
-                    softs.append(_pad(teacher_logits(teachers[len(xs)], xm.to(device)).cpu(), width))
+                    softs.append(_pad(teacher_logits(teachers[i], xm.to(device)).cpu(), width))
                 xm = norm(xm)
                 xs.append(_pad(xm, width))
                 ys.append(_pad(ym, width))
@@ -250,9 +245,6 @@ def fit_many(
             loss_sums += losses.detach() * counts
             correct += out[:, 1].detach()
             seen += counts
-            if not bool(torch.isfinite(losses).all()):
-                bad = [members[i].name for i in torch.nonzero(~torch.isfinite(losses)).flatten().tolist()]
-                check_finite(losses, f"{', '.join(bad)} epoch {epoch + 1}")
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()  # members are independent: d(sum)/d(member's weights) = d(its loss)/d(...)
             if cfg.grad_clip > 0:
@@ -260,6 +252,10 @@ def fit_many(
             opt.step()
             averager.after_step(step)
             step += 1
+        finite = torch.isfinite(loss_sums)  # a NaN or inf at any step carries into the sum: one sync per epoch
+        if not bool(finite.all()):
+            bad = [members[i].name for i in torch.nonzero(~finite).flatten().tolist()]
+            check_finite(loss_sums, f"{', '.join(bad)} epoch {epoch + 1}")
         averager.after_epoch(epoch)
         if histories is not None:
             for h, lo, c in zip(histories, (loss_sums / seen).tolist(), (correct / seen).tolist()):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import json
 import math
 import os
 import shlex
@@ -41,7 +40,7 @@ from epir.data.transforms import apply_input_transform
 from epir.engine.report_html import write_run_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
 from epir.engine.selection import candidate_configs, select_in_fold, teacher_config, train_models, train_teachers
-from epir.engine.train import InputNorm, fit, predict_proba
+from epir.engine.train import InputNorm, fit, predict_proba, steps_per_epoch
 from epir.errors import ConfigError, DatasetNotFoundError, did_you_mean
 from epir.profiling import count_flops
 from epir.models import MODELS, accepted_input_size, build_model, default_recipe, is_batchable, resolve_model_args
@@ -211,7 +210,7 @@ def run_fold(
     t0 = time.perf_counter()
     chosen_epoch: int | None = None
     selection: dict[str, Any] = {}
-    curve = []
+    curve: list[dict[str, float]] = []  # the (first member's) training curve
     if fold_weights is not None:
         path = Path(fold_weights) / f"{test.subject_ids[0]}.pth"
         if not path.is_file():
@@ -248,7 +247,6 @@ def run_fold(
         if teachers is not None:  # the teacher used the global generator: the student starts as without one
             torch.manual_seed(fold_seed(seed, subject))
             model = build_model(cfg.model)
-        curve: list[dict[str, float]] = []  # the first member's training curve
         for k, mseed in enumerate(member_seeds(fold_seed(seed, subject), cfg.train.ensemble)):
             if k > 0:  # the first member is the model built above (so one member is the plain fold)
                 torch.manual_seed(mseed)
@@ -285,7 +283,7 @@ def run_fold(
     rec = fold_record(seed, subject, test_idx, test.y, probs, chosen_epoch, time.perf_counter() - t0, len(train_idx))
     if selection:
         rec["selection"] = selection
-    if fold_weights is None and curve:
+    if curve:
         rec["curve"] = _curve_dict(curve)
     return rec
 
@@ -385,8 +383,6 @@ def resolve_fold_batch(cfg: RunConfig, fold_weights: str | os.PathLike | None = 
     """Models trained at once per worker, and a note when the model or protocol cannot be batched."""
     if fold_weights is not None:
         return 1, ""
-    if cfg.eval.fold_batch < 0:
-        raise ConfigError(f"eval.fold_batch must be >= 0 (0: automatic), got {cfg.eval.fold_batch}.")
     if not is_batchable(cfg.model.name):
         note = (f"note: model {cfg.model.name!r} is not batchable (registered without batchable=True); "
                 f"its folds train one at a time")
@@ -413,7 +409,7 @@ def plan_groups(dataset: FlowDataset, cfg: RunConfig, todo: Sequence[Fold], fold
     counts = Counter(dataset.subjects)
     by_steps: dict[int, list[Fold]] = {}
     for seed, subject in todo:
-        steps = math.ceil((len(dataset) - counts[subject]) / cfg.train.batch_size)
+        steps = steps_per_epoch(len(dataset) - counts[subject], cfg.train.batch_size)
         by_steps.setdefault(steps, []).append((seed, subject))
     return [group[i : i + size] for group in by_steps.values() for i in range(0, len(group), size)]
 
@@ -428,14 +424,6 @@ def _group_task(
     if not batched:
         return [run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights) for seed, subject in folds]
     return run_fold_group(dataset, cfg, folds, fold_weights)
-
-
-def _fold_task(
-    dataset: FlowDataset, cfg: RunConfig, subject: str, seed: int, fold_weights: str | os.PathLike | None
-) -> dict[str, Any]:
-    """One fold in a worker process (kept for callers of the one-fold task)."""
-    torch.set_num_threads(cfg.eval.threads or 1)
-    return run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights)
 
 
 def run_on_dask(
@@ -525,12 +513,18 @@ def write_curves(out: Path, records: Sequence[dict[str, Any]]) -> None:
         pd.DataFrame(rows).to_csv(out / "curves.csv", index=False)
 
 
+def _summary_writer() -> type:
+    """TensorBoard's ``SummaryWriter``, or the error that says how to install it."""
+    try:
+        return importlib.import_module("torch.utils.tensorboard").SummaryWriter
+    except ImportError:
+        raise ConfigError("eval.tensorboard (--tensorboard) needs the tensorboard package: pip install "
+                          "tensorboard.") from None
+
+
 def write_tensorboard(out: Path, records: Sequence[dict[str, Any]]) -> None:
     """The training curves as TensorBoard event files, one run per fold, under ``OUT/tensorboard``."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise ConfigError("eval.tensorboard (--tensorboard) needs the tensorboard package: pip install tensorboard.") from None
+    SummaryWriter = _summary_writer()  # noqa: N806 (a class)
     for r in records:
         if not r.get("curve"):
             continue
@@ -606,11 +600,7 @@ def run_loso(
         dataset, transform_report = apply_input_transform(dataset, cfg.data.input_transform)
     subjects = select_subjects(dataset, cfg.eval.folds)
     if cfg.eval.tensorboard:
-        try:
-            importlib.import_module("torch.utils.tensorboard")  # checked before training, not after
-        except ImportError:
-            raise ConfigError("eval.tensorboard (--tensorboard) needs the tensorboard package: pip install "
-                              "tensorboard.") from None
+        _summary_writer()  # checked before training, not after
     if cfg.train.select and cfg.eval.oracle_epoch:
         raise ConfigError(
             "train.select (selection inside the fold, on training subjects) and eval.oracle_epoch (the epoch "
@@ -675,9 +665,7 @@ def run_loso(
         if note:
             warnings.warn(note, stacklevel=2)
         cores = os.cpu_count() or 1
-        jobs = cores if cfg.eval.jobs == -1 else cfg.eval.jobs
-        if jobs < 1:
-            raise ConfigError(f"eval.jobs must be >= 1 or -1 (one per core), got {cfg.eval.jobs}.")
+        jobs = cores if cfg.eval.jobs == -1 else cfg.eval.jobs  # check_ranges: >= 1 or -1
         groups = plan_groups(dataset, cfg, todo, fold_batch, workers=jobs)
         threads_before = torch.get_num_threads()
         try:

@@ -14,7 +14,7 @@ one at a time otherwise; each inner model's seed derives from the fold's seed, t
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -28,7 +28,7 @@ from epir.engine.batched import Member, fit_many, steps_per_epoch
 from epir.engine.metrics import megc_scores
 from epir.engine.train import InputNorm, Teacher, fit, predict_proba
 from epir.errors import ConfigError
-from epir.models import build_model, is_batchable, resolve_model_args
+from epir.models import build_model, default_recipe, is_batchable, resolve_model_args
 
 #: Keys a candidate may set (a candidate that selects again, or changes the data or protocol, is refused).
 CANDIDATE_SECTIONS = ("train.", "model.")
@@ -36,7 +36,7 @@ CANDIDATE_SECTIONS = ("train.", "model.")
 
 def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
     """The run config of each ``train.select`` candidate (selection itself switched off in each)."""
-    base = replace(cfg, train=replace(cfg.train, select=(), select_k=cfg.train.select_k))
+    base = replace(cfg, train=replace(cfg.train, select=()))
     out = []
     for text in cfg.train.select:
         items = [item.strip() for item in text.split(";") if item.strip()]
@@ -55,8 +55,6 @@ def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
 def teacher_config(cfg: RunConfig) -> RunConfig:
     """The teacher's run config for ``train.distill``: its model with its default recipe and
     ``train.distill_overrides`` (the same data and protocol as the student's run)."""
-    from epir.models import default_recipe
-
     name = cfg.train.distill
     t = replace(cfg, model=ModelConfig(name=name), train=default_recipe(name))
     t = apply_overrides(t, list(cfg.train.distill_overrides))
@@ -93,10 +91,6 @@ def inner_groups(subjects: Sequence[str], k: int, seed: int) -> list[list[str]]:
         raise ConfigError(f"train.select_k={k} needs at least {k} training subjects, got {len(subjects)}.")
     order = np.random.default_rng(seed).permutation(len(subjects))
     return [[subjects[i] for i in order[j::k]] for j in range(k)]
-
-
-Trainer = Callable[[ModelConfig, TrainConfig, list[tuple[torch.Tensor, torch.Tensor, int, str]]],
-                   tuple[list[nn.Module], list[InputNorm]]]
 
 
 def train_models(
@@ -160,14 +154,13 @@ def select_in_fold(
     groups = inner_groups(subjects.tolist(), cfg.train.select_k, fold_seed)
     scores, uf1s, uars = [], [], []
     for c, cand in enumerate(candidates):
-        jobs, held, inner = [], [], []
-        for j, group in enumerate(groups):
-            inner_test = train_idx[np.isin(subjects, group)]
-            inner_train = train_idx[~np.isin(subjects, group)]
-            seed = (fold_seed + zlib.crc32(f"select/{c}/{j}".encode())) % (2**31 - 1)
-            jobs.append((dataset.x[inner_train], dataset.y[inner_train], seed, f"{name} select {c} group {j}"))
-            inner.append((inner_train, seed, f"{name} select {c} group {j}"))
-            held.append(inner_test)
+        inner = [  # (training rows, seed, name) of each inner model: every group but one
+            (train_idx[~np.isin(subjects, group)], (fold_seed + zlib.crc32(f"select/{c}/{j}".encode())) % (2**31 - 1),
+             f"{name} select {c} group {j}")
+            for j, group in enumerate(groups)
+        ]
+        held = [train_idx[np.isin(subjects, group)] for group in groups]
+        jobs = [(dataset.x[idx], dataset.y[idx], seed, n) for idx, seed, n in inner]
         teachers = train_teachers(dataset, cand, inner, batched=batched)
         models, norms = train_models(cand.model, cand.train, jobs, num_classes=dataset.num_classes,
                                      device=cfg.eval.device, batched=batched, teachers=teachers)

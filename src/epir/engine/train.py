@@ -158,6 +158,11 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 EpochCallback = Callable[[int, nn.Module, InputNorm], None]
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over ``n`` samples (the last batch may be partial)."""
+    return math.ceil(n / batch_size)
+
+
 def class_weights(y: torch.Tensor, num_classes: int, cfg: TrainConfig) -> torch.Tensor | None:
     """Per-class loss weights of the recipe (``balanced``: inverse class frequency of ``y``), or None."""
     if cfg.class_weight == "balanced":
@@ -268,7 +273,7 @@ def fit(
             the accuracy on the (augmented) training batches, the training curve.
 
     Raises:
-        DivergedError: the loss became NaN or infinite.
+        DivergedError: the loss became NaN or infinite (checked once per epoch, on the epoch's summed loss).
     """
     if len(x) == 0:
         raise ConfigError("fit() got no training samples.")
@@ -285,14 +290,16 @@ def fit(
     opt = make_optimizer(model, cfg)
     averager = WeightAverage([p for p in model.parameters() if p.requires_grad], cfg)
     n = len(x)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-    warmup = cfg.warmup_epochs * steps_per_epoch
+    n_steps = steps_per_epoch(n, cfg.batch_size)
+    total = cfg.epochs * n_steps
+    warmup = cfg.warmup_epochs * n_steps
     with_loss = getattr(model, "forward_with_loss", None)
     step = 0
     for epoch in range(cfg.epochs):
         model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum = torch.zeros((), device=device)  # summed on the device: one sync per epoch, not per step
+        correct = torch.zeros((), device=device)
+        seen = 0
         order = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
@@ -321,9 +328,8 @@ def fit(
             else:
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
-            check_finite(loss, f"{describe} epoch {epoch + 1}")
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(-1) == yb).sum())
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.detach().argmax(-1) == yb).sum()
             seen += len(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -332,9 +338,10 @@ def fit(
             opt.step()
             averager.after_step(step)
             step += 1
+        check_finite(loss_sum, f"{describe} epoch {epoch + 1}")  # a NaN or inf at any step carries into the sum
         averager.after_epoch(epoch)
         if history is not None:
-            history.append({"epoch": epoch, "loss": loss_sum / seen, "acc": correct / seen})
+            history.append({"epoch": epoch, "loss": float(loss_sum) / seen, "acc": float(correct) / seen})
         if on_epoch is not None:
             on_epoch(epoch, model, norm)
     averager.apply()

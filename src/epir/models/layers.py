@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
