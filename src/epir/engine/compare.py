@@ -10,7 +10,7 @@ import pandas as pd
 
 from epir.data import FlowDataset, load_dataset
 from epir.engine.loso import make_config, run_loso
-from epir.engine.report_html import write_table_report
+from epir.engine.report_html import METRIC_COLOURS, confusion_plot, write_table_report
 from epir.engine.tables import run_row, to_markdown
 from epir.errors import ConfigError
 from epir.models import MODELS
@@ -42,7 +42,7 @@ def plot_scores(table: pd.DataFrame, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(1.8 * len(table) + 2, 4))
     for i, metric in enumerate(("uf1", "uar")):
         ax.bar(x + (i - 0.5) * 0.38, table[metric], 0.38, yerr=table[f"{metric}_std"], capsize=4,
-               label=metric.upper())
+               label=metric.upper(), color=METRIC_COLOURS[metric])
     ax.set_xticks(x, table["name"])
     ax.set_ylim(0, 1)
     ax.set_ylabel("score (mean ± std over seeds)")
@@ -54,27 +54,11 @@ def plot_scores(table: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str) -> None:
-    """Row-normalised confusion matrix with counts (summed over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Row-normalised confusion matrix with counts (summed over seeds), drawn as in every run report."""
+    fig = confusion_plot(confusion, class_names, title)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
-    cm = np.asarray(confusion, dtype=float)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
-    for i in range(len(cm)):
-        for j in range(len(cm)):
-            ax.text(j, i, f"{int(cm[i, j])}\n{norm[i, j]:.2f}", ha="center", va="center",
-                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
-    ax.set_xticks(range(len(cm)), class_names, rotation=30)
-    ax.set_yticks(range(len(cm)), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -60,7 +60,10 @@ def _save(fig, folder: Path, name: str) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[str], folder: Path) -> str:
+def confusion_plot(confusion: Sequence[Sequence[int]], class_names: Sequence[str],
+                   title: str = "Confusion matrix (counts, row %)"):
+    """The row-normalised confusion matrix with counts, class names in their colours (a matplotlib Figure);
+    the one drawing of it, for run reports and ``epir compare``."""
     plt = _fig()
     cm = np.asarray(confusion, dtype=float)
     rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -78,8 +81,12 @@ def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[s
         tick.set_color(class_colour(name, i))
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title("Confusion matrix (counts, row %)")
-    return _save(fig, folder, "confusion")
+    ax.set_title(title, fontsize=10)
+    return fig
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[str], folder: Path) -> str:
+    return _save(confusion_plot(confusion, class_names), folder, "confusion")
 
 
 def dataset_figure(results: dict[str, Any], folder: Path) -> str:
@@ -285,4 +292,5 @@ def write_table_report(out_dir: str | Path, title: str, table_markdown: str,
     return path
 
 
-__all__ = ["CLASS_COLOURS", "METRIC_COLOURS", "class_colour", "write_run_report", "write_table_report"]
+__all__ = ["CLASS_COLOURS", "METRIC_COLOURS", "class_colour", "confusion_plot", "write_run_report",
+           "write_table_report"]
