@@ -5,7 +5,9 @@ something, and tiny (a few subjects, a few clips, 28x28) so that a whole LOSO ta
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -105,3 +107,27 @@ def make_flow_dataset(
         name=name,
         info={"fake": True},
     )
+
+
+def interrupt_on_call(real: Callable[..., Any], n: int) -> Callable[..., Any]:
+    """``real`` wrapped so that its ``n``-th call raises KeyboardInterrupt (a user's Ctrl+C mid-run)."""
+    calls = []
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return wrapped
+
+
+def record_returns(real: Callable[..., Any], sink: list) -> Callable[..., Any]:
+    """``real`` wrapped so that every value it returns is also appended to ``sink`` (a spy)."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        value = real(*args, **kwargs)
+        sink.append(value)
+        return value
+
+    return wrapped

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 
 from epir.data.synthetic import random_subject, render_face
-from epir.preprocess.face import FaceAligner, five_points
 
 #: Frame size of the drawn faces.
 FRAME_SIZE = 224

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from fakes import interrupt_on_call, record_returns
 
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig
 from epir.engine import batched as batched_mod
@@ -129,15 +130,7 @@ def test_batched_and_one_at_a_time_runs_write_the_same_fold_file_layout(fake_dat
 def test_interrupted_batched_run_resumes_from_its_finished_folds(fake_dataset, tmp_path, monkeypatch) -> None:
     out = tmp_path / "run"
     real = loso.run_fold_group
-    calls = []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loso, "run_fold_group", interrupted)
+    monkeypatch.setattr(loso, "run_fold_group", interrupt_on_call(real, 2))
     with pytest.raises(KeyboardInterrupt):
         run_loso(tiny_run_cfg(fold_batch=2), fake_dataset, out, progress=False)
     finished = sorted((out / "folds" / "seed0").glob("*.json"))
@@ -177,14 +170,7 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(fake_dataset, monkey
     cfg = replace(tiny_run_cfg(fold_batch=1), train=replace(tiny_run_cfg().train, ensemble=3))
     subject = fake_dataset.subject_list()[0]
     seen: list[torch.Tensor] = []
-    real = loso.predict_proba
-
-    def spy(*args, **kwargs):
-        p = real(*args, **kwargs)
-        seen.append(p)
-        return p
-
-    monkeypatch.setattr(loso, "predict_proba", spy)
+    monkeypatch.setattr(loso, "predict_proba", record_returns(loso.predict_proba, seen))
     rec = loso.run_fold(fake_dataset, cfg, subject, seed=0)
     assert len(seen) == 3
     np.testing.assert_allclose(rec["probs"], torch.stack(seen).mean(0).numpy(), atol=1e-6)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fakes import interrupt_on_call
 
 import epir.engine.loso as loso
 from epir.cli import main
@@ -191,15 +192,7 @@ def test_root_from_environment(fake_root, tmp_path, monkeypatch) -> None:
 
 def test_interrupt_exits_130_and_resume_hint(fake_root, tmp_path, monkeypatch, capsys) -> None:
     real = loso.run_fold
-    calls = []
-
-    def interrupted(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loso, "run_fold", interrupted)
+    monkeypatch.setattr(loso, "run_fold", interrupt_on_call(real, 2))
     out = tmp_path / "run"
     assert main(loso_args(fake_root, out, "--fold-batch", "1")) == 130
     err = capsys.readouterr().err

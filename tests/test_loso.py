@@ -21,7 +21,7 @@ from epir.engine.results import HONEST, ORACLE, format_summary
 from epir.engine.train import InputNorm
 from epir.errors import ConfigError
 from epir.models import create_model, default_recipe
-from fakes import make_flow_dataset
+from fakes import make_flow_dataset, record_returns
 
 ORACLE_TEXT = "oracle-epoch (optimistic)"
 
@@ -96,14 +96,7 @@ def spy_fit(monkeypatch):
 def spy_run_fold(monkeypatch):
     """Wrap ``epir.engine.loso.run_fold``: record every fold record it returns."""
     records: list[dict] = []
-    real = loso.run_fold
-
-    def wrapped(*args, **kwargs):
-        rec = real(*args, **kwargs)
-        records.append(rec)
-        return rec
-
-    monkeypatch.setattr(loso, "run_fold", wrapped)
+    monkeypatch.setattr(loso, "run_fold", record_returns(loso.run_fold, records))
     return records
 
 
