@@ -34,6 +34,11 @@ CONFIGS: list[tuple[str, list[str], str]] = [
     ("d6", ["model.stem=conv", "model.patch_size=2"], "conv stem (3x3 conv, max-pool 3) then DNSPT, patch 2"),
     ("d7", ["train.distill=ststnet", "train.distill_overrides=[train.epochs=80, train.lr=5e-4]"],
      "distillation from STSTNet trained on the fold (80 epochs at lr 5e-4: a tenth of the official cost)"),
+    ("d8", ["train.distill=ststnet"],
+     "distillation from STSTNet at full strength (its official recipe, 800 epochs), weight 0.5, T 2"),
+    ("d9", ["train.distill=ststnet", "train.distill_weight=0.8", "train.distill_temperature=4"],
+     "as d8 with more weight on the teacher (0.8) and softer targets (T 4)"),
+    ("d10", ["train.distill=ststnet", "train.mixup=0.4"], "as d8 with mixup 0.4 (the two best single levers)"),
 ]
 
 

@@ -13,7 +13,7 @@ from fakes import interrupt_on_call, record_returns
 
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig
 from epir.engine import batched as batched_mod
-from epir.engine import loso
+from epir.engine import folds
 from epir.engine.batched import Member, fit_many, steps_per_epoch
 from epir.engine.loso import plan_groups, resolve_fold_batch, run_loso
 from epir.engine.train import fit, masked_cross_entropy, predict_proba
@@ -129,14 +129,14 @@ def test_batched_and_one_at_a_time_runs_write_the_same_fold_file_layout(fake_dat
 
 def test_interrupted_batched_run_resumes_from_its_finished_folds(fake_dataset, tmp_path, monkeypatch) -> None:
     out = tmp_path / "run"
-    real = loso.run_fold_group
-    monkeypatch.setattr(loso, "run_fold_group", interrupt_on_call(real, 2))
+    real = folds.run_fold_group
+    monkeypatch.setattr(folds, "run_fold_group", interrupt_on_call(real, 2))
     with pytest.raises(KeyboardInterrupt):
         run_loso(tiny_run_cfg(fold_batch=2), fake_dataset, out, progress=False)
     finished = sorted((out / "folds" / "seed0").glob("*.json"))
     assert len(finished) == 2  # the first group of two folds
     before = {p.name: p.read_bytes() for p in finished}
-    monkeypatch.setattr(loso, "run_fold_group", real)
+    monkeypatch.setattr(folds, "run_fold_group", real)
     r = run_loso(tiny_run_cfg(fold_batch=2), fake_dataset, out, progress=False)
     assert r["resumed_folds"] == 2 and r["n_folds"] == 6
     assert {p.name: p.read_bytes() for p in finished} == before
@@ -158,7 +158,7 @@ def test_fold_batch_defaults_and_fallback() -> None:
     cfg = tiny_run_cfg()
     assert resolve_fold_batch(cfg)[0] == 1  # STSTNet batched is slower on CPU (measured): one at a time there
     epir_cfg = replace(cfg, model=ModelConfig(name="epir"))
-    assert resolve_fold_batch(epir_cfg)[0] == loso.AUTO_FOLD_BATCH["cpu"]
+    assert resolve_fold_batch(epir_cfg)[0] == folds.AUTO_FOLD_BATCH["cpu"]
     assert resolve_fold_batch(cfg, fold_weights="w") == (1, "")  # published weights: nothing to train
     htnet = replace(cfg, model=ModelConfig(name="htnet"), eval=replace(cfg.eval, fold_batch=8))
     size, note = resolve_fold_batch(htnet)
@@ -170,16 +170,17 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(fake_dataset, monkey
     cfg = replace(tiny_run_cfg(fold_batch=1), train=replace(tiny_run_cfg().train, ensemble=3))
     subject = fake_dataset.subject_list()[0]
     seen: list[torch.Tensor] = []
-    monkeypatch.setattr(loso, "predict_proba", record_returns(loso.predict_proba, seen))
-    rec = loso.run_fold(fake_dataset, cfg, subject, seed=0)
+    monkeypatch.setattr(folds, "predict_proba", record_returns(folds.predict_proba, seen))
+    rec = folds.run_fold(fake_dataset, cfg, subject, seed=0)
     assert len(seen) == 3
     np.testing.assert_allclose(rec["probs"], torch.stack(seen).mean(0).numpy(), atol=1e-6)
-    single = loso.run_fold(fake_dataset, tiny_run_cfg(fold_batch=1), subject, seed=0)
+    single = folds.run_fold(fake_dataset, tiny_run_cfg(fold_batch=1), subject, seed=0)
     np.testing.assert_allclose(single["probs"], seen[0].numpy(), atol=1e-6)  # member 0 is the plain fold
 
 
 def test_cpu_default_uses_every_core(monkeypatch) -> None:
-    from epir.cli import build_config, make_parser
+    from epir.cli import make_parser
+    from epir.runsetup import config_from_args as build_config
 
     args = make_parser().parse_args(["loso", "--model", "epir"])
     assert build_config(args).eval.jobs == -1  # one worker process per core
@@ -264,7 +265,7 @@ def test_teacher_is_trained_on_the_training_rows_only(fake_dataset, monkeypatch,
         return real(model_cfg, recipe, jobs, **kw)
 
     monkeypatch.setattr(selection, "train_models", spy)
-    monkeypatch.setattr(loso, "train_models", spy)
+    monkeypatch.setattr(folds, "train_models", spy)
     cfg = RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}),
                     data=DataConfig(dataset="megc2019"),
                     train=replace(default_recipe("epir"), epochs=1, distill="ststnet",

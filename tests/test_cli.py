@@ -8,7 +8,7 @@ import pytest
 import yaml
 from fakes import interrupt_on_call
 
-import epir.engine.loso as loso
+import epir.engine.folds as folds
 from epir.cli import main
 from epir.config import RunConfig
 
@@ -191,14 +191,14 @@ def test_root_from_environment(fake_root, tmp_path, monkeypatch) -> None:
 
 
 def test_interrupt_exits_130_and_resume_hint(fake_root, tmp_path, monkeypatch, capsys) -> None:
-    real = loso.run_fold
-    monkeypatch.setattr(loso, "run_fold", interrupt_on_call(real, 2))
+    real = folds.run_fold
+    monkeypatch.setattr(folds, "run_fold", interrupt_on_call(real, 2))
     out = tmp_path / "run"
     assert main(loso_args(fake_root, out, "--fold-batch", "1")) == 130
     err = capsys.readouterr().err
     assert "resume" in err and "--out" in err
     assert len(list((out / "folds" / "seed0").glob("*.json"))) == 1
-    monkeypatch.setattr(loso, "run_fold", real)
+    monkeypatch.setattr(folds, "run_fold", real)
     assert main(loso_args(fake_root, out)) == 0
     assert json.loads((out / "results.json").read_text())["resumed_folds"] == 1
 

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+import epir.engine.folds as folds
 import epir.engine.loso as loso
 import epir.engine.train
 from epir.cli import main
@@ -79,24 +80,24 @@ class TestSelectSubjects:
 
 @pytest.fixture
 def spy_fit(monkeypatch):
-    """Wrap ``epir.engine.loso.fit``: record (x, y, kwargs, returned InputNorm) of every call."""
+    """Wrap ``epir.engine.folds.fit``: record (x, y, kwargs, returned InputNorm) of every call."""
     calls: list[dict] = []
-    real_fit = loso.fit
+    real_fit = folds.fit
 
     def fit(model, x, y, cfg, **kwargs):
         norm = real_fit(model, x, y, cfg, **kwargs)
         calls.append({"x": x.clone(), "y": y.clone(), "kwargs": kwargs, "norm": norm})
         return norm
 
-    monkeypatch.setattr(loso, "fit", fit)
+    monkeypatch.setattr(folds, "fit", fit)
     return calls
 
 
 @pytest.fixture
 def spy_run_fold(monkeypatch):
-    """Wrap ``epir.engine.loso.run_fold``: record every fold record it returns."""
+    """Wrap ``epir.engine.folds.run_fold``: record every fold record it returns."""
     records: list[dict] = []
-    monkeypatch.setattr(loso, "run_fold", record_returns(loso.run_fold, records))
+    monkeypatch.setattr(folds, "run_fold", record_returns(folds.run_fold, records))
     return records
 
 
@@ -184,7 +185,7 @@ def test_fold_weights_standardize_statistics_from_training_subjects_only(
             seen.append(x.clone())
             return InputNorm.fit(kind, x)
 
-    monkeypatch.setattr(loso, "InputNorm", SpyNorm)
+    monkeypatch.setattr(folds, "InputNorm", SpyNorm)
     res = run_loso(
         tiny_cfg(train={"input_norm": "standardize"}, folds=("sub02",)), ds, fold_weights=weights, progress=False
     )
@@ -244,7 +245,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(fake_dataset, tmp_p
     cfg = tiny_cfg()
     ref = run_loso(cfg, fake_dataset, tmp_path / "ref", progress=False)
 
-    real_run_fold = loso.run_fold
+    real_run_fold = folds.run_fold
     calls: list[str] = []
 
     def interrupted(dataset, cfg, subject, seed, **kwargs):
@@ -254,7 +255,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(fake_dataset, tmp_p
         return real_run_fold(dataset, cfg, subject, seed, **kwargs)
 
     out = tmp_path / "run"
-    monkeypatch.setattr(loso, "run_fold", interrupted)
+    monkeypatch.setattr(folds, "run_fold", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_loso(cfg, fake_dataset, out, progress=False)
     assert (out / "config.yaml").is_file()
@@ -268,7 +269,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(fake_dataset, tmp_p
         calls.append(subject)
         return real_run_fold(dataset, cfg, subject, seed, **kwargs)
 
-    monkeypatch.setattr(loso, "run_fold", counting)
+    monkeypatch.setattr(folds, "run_fold", counting)
     res = run_loso(cfg, fake_dataset, out, progress=False)
     assert calls == fake_dataset.subject_list()[2:]  # only the 4 remaining folds were computed
     assert res["resumed_folds"] == 2

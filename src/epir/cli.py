@@ -6,101 +6,25 @@ import json
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from epir.config import RunConfig, apply_overrides, set_value
+from epir.config import RunConfig, parse_key_values
 from epir.errors import EpirError
+from epir.runsetup import (
+    DASK_HELP,
+    FOLD_BATCH_HELP,
+    JOBS_HELP,
+    SUBSET_HELP,
+    add_run_options,
+    config_from_args,
+    flag_values,
+)
 
 
 
-SUBSET_HELP = ("single-dataset evaluation (SDE): LOSO inside these source datasets alone (e.g. casme2; several "
-               "allowed); the run is labelled SDE(...). Default: every source (CDE)")
-
-
-DASK_HELP = ("run the folds on a Dask cluster (tcp://HOST:8786; start one with `dask scheduler` and "
-             "`dask worker ADDRESS`); finished folds are saved as they arrive")
-
-
-JOBS_HELP = ("parallel worker processes, one torch thread each (-1: one per core). Default: one per core, "
-             "or 1 when --threads is given")
-
-FOLD_BATCH_HELP = ("models a worker trains at once as one vectorised model (folds, seeds); 1: one at a time. "
-                   "Default: chosen for the model and device (models that cannot be batched train one at a time)")
-
-
-def _add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir") -> None:
-    """Options shared by every command that trains (loso, demo, ablate)."""
-    if model is not None:
-        p.add_argument("--model", default=model, help="registered model name (epir list models)")
-    p.add_argument("--dataset", default=None, help="registered dataset name (epir list datasets; default synthetic)")
-    p.add_argument("--root", default=None, help="dataset root (megc2019: or $EPIR_MEGC2019_ROOT)")
-    p.add_argument("--config", default=None, help="a config.yaml to start from (e.g. a run's own)")
-    p.add_argument("--recipe", default=None, help="a named recipe of the model instead of its default "
-                                                   "(e.g. htnet: official, cpu; `epir list models` names them)")
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
-    p.add_argument("--lr", type=float, help="override the recipe's learning rate")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. train.weight_decay=0.01 or model.dim=32 (repeatable)")
-    p.add_argument("--seeds", type=int, nargs="+", help="repeat the whole LOSO for each seed (default 0)")
-    p.add_argument("--folds", nargs="+", metavar="SUBJECT", help="run only these subjects' folds")
-    p.add_argument("--subset", nargs="+", metavar="SOURCE", help=SUBSET_HELP)
-    p.add_argument("--oracle-epoch", action="store_true",
-                   help="OPTIMISTIC protocol of published baselines: per subject, the epoch with the best test "
-                        "accuracy; every output is labelled 'oracle-epoch (optimistic)'")
-    p.add_argument("--device", default=None, help="torch device (cpu, cuda)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads per process (given alone: one process with that many threads)")
-    p.add_argument("--jobs", type=int, default=None, help=JOBS_HELP)
-    p.add_argument("--fold-batch", type=int, default=None, metavar="N", help=FOLD_BATCH_HELP)
-    p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS", help=DASK_HELP)
-    p.add_argument("--out", default=None, help="run directory (default runs/<model>-<dataset>-<time>); "
-                                               "rerunning with the same --out resumes finished folds")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--tensorboard", action="store_const", const=True, default=None,
-                   help="also write the training curves as TensorBoard event files (needs pip install tensorboard)")
-
-
-#: Command-line flags that set one config field each.
-FLAG_KEYS = (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("lr", "train.lr"),
-             ("device", "eval.device"), ("threads", "eval.threads"), ("jobs", "eval.jobs"),
-             ("subset", "data.subset"), ("dask_scheduler", "eval.dask_scheduler"), ("fold_batch", "eval.fold_batch"),
-             ("tensorboard", "eval.tensorboard"))
-
-
-def default_jobs(args: argparse.Namespace) -> int | None:
-    """Worker processes when --jobs is not given: one per core (a plain command uses the whole machine), or
-    None (the configuration's value) when --threads pins this process's threads or --config is given."""
-    if not hasattr(args, "jobs") or args.jobs is not None or getattr(args, "threads", None) is not None:
-        return None
-    return None if getattr(args, "config", None) else -1
-
-
-def flag_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The config fields the flags of FLAG_KEYS set (None where a flag was not given)."""
-    return {key: getattr(args, flag, None) for flag, key in FLAG_KEYS}
-
-
-def build_config(args: argparse.Namespace, model: str | None = None) -> RunConfig:
-    """Resolve a RunConfig: the model's default recipe, then --config, the flags, then --set."""
-    from epir.engine.loso import make_config
-
-    cfg = RunConfig.load(args.config) if args.config else make_config(model or args.model, recipe=args.recipe)
-    values = {"data.dataset": args.dataset, "data.root": args.root, **flag_values(args)}
-    if values["eval.jobs"] is None:
-        values["eval.jobs"] = default_jobs(args)
-    for key, value in values.items():
-        if value is not None:
-            cfg = set_value(cfg, key, value)
-    if args.seeds:
-        cfg = replace(cfg, eval=replace(cfg.eval, seeds=tuple(args.seeds)))
-    if args.folds:
-        cfg = replace(cfg, eval=replace(cfg.eval, folds=tuple(args.folds)))
-    if args.oracle_epoch:
-        cfg = replace(cfg, eval=replace(cfg.eval, oracle_epoch=True))
-    return apply_overrides(cfg, args.overrides)
+#: The former name of :func:`epir.runsetup.config_from_args`.
+build_config = config_from_args
 
 
 def _default_out(cfg: RunConfig, kind: str = "loso") -> Path:
@@ -136,7 +60,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_loso(args: argparse.Namespace) -> int:
     from epir.engine.loso import run_loso
 
-    cfg = build_config(args)
+    cfg = config_from_args(args)
     out = Path(args.out) if args.out else _default_out(cfg)
     results = run_loso(cfg, out_dir=out, fold_weights=args.fold_weights, progress=not args.no_progress)
     _print_results(results, out)
@@ -147,7 +71,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from epir.engine.loso import run_loso
 
     args.dataset = "synthetic"
-    cfg = build_config(args)
+    cfg = config_from_args(args)
     out = Path(args.out) if args.out else _default_out(cfg, "demo")
     print(f"epir demo: LOSO of {cfg.model.name!r} on the built-in synthetic set ({cfg.train.epochs} epochs per fold)")
     results = run_loso(cfg, out_dir=out, progress=not args.no_progress)
@@ -174,7 +98,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from epir.profiling import profile_model
 
     names = list_models() if args.model == "all" else [args.model]
-    kwargs = {k.removeprefix("model."): v for k, v in _parse_sets(args.overrides).items()}
+    kwargs = {k.removeprefix("model."): v for k, v in parse_key_values(args.overrides).items()}
     rows = [profile_model(n, **(kwargs if args.model != "all" else {})) for n in names]
     if args.json:
         print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
@@ -189,7 +113,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from epir.engine.ablate import run_ablation
 
-    cfg = build_config(args)
+    cfg = config_from_args(args)
     out = Path(args.out) if args.out else _default_out(cfg, "ablate")
     run_ablation(cfg, out, switches=args.switches, levers=args.levers, progress=not args.no_progress)
     print((out / "ablation.md").read_text())
@@ -201,8 +125,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from epir.engine.compare import run_compare
 
     flags = flag_values(args)
-    if flags["eval.jobs"] is None:
-        flags["eval.jobs"] = default_jobs(args)
     overrides = [*args.overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     out = Path(args.out) if args.out else Path("runs") / f"compare-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_compare(args.models, out, dataset=args.dataset, root=args.root, seeds=args.seeds, folds=args.folds or (),
@@ -234,17 +156,6 @@ def _parse_recipes(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _parse_sets(items: list[str]) -> dict[str, Any]:
-    from epir.config import parse_value
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise EpirError(f"--set expects KEY=VALUE, got {item!r}.")
-        k, v = item.split("=", 1)
-        out[k.strip()] = parse_value(v)
-    return out
-
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -259,17 +170,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("loso", help="leave-one-subject-out training and evaluation")
-    _add_run_options(p)
+    add_run_options(p)
     p.add_argument("--fold-weights", default=None, metavar="DIR",
                    help="evaluate DIR/<subject>.pth per fold instead of training")
     p.set_defaults(func=cmd_loso)
 
     p = sub.add_parser("demo", help="LOSO on the built-in synthetic set with a small model (about a minute)")
-    _add_run_options(p)
+    add_run_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("ablate", help="honest LOSO of a model and of each component switched off, one table")
-    _add_run_options(p)
+    add_run_options(p)
     p.add_argument("--switches", nargs="+", default=None, metavar="NAME",
                    help="components to switch off (default: all of the model's switches)")
     p.add_argument("--levers", nargs="+", default=None, metavar="LEVER",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -275,11 +276,23 @@ def set_value(cfg: RunConfig, key: str, value: Any) -> RunConfig:
     return replace(cfg, **{section: replace(sub, **{name: _coerce(value, hints[name], key)})})
 
 
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+def parse_key_value(item: str, option: str = "--set", example: str = "train.lr=1e-3") -> tuple[str, Any]:
+    """One ``KEY=VALUE`` string as ``(key, value)``, the value parsed like a YAML scalar (:func:`parse_value`);
+    ``option`` and ``example`` name the option it came from in the error."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"{option} expects KEY=VALUE (e.g. {example}), got {item!r}.")
+    return key.strip(), parse_value(text)
+
+
+def parse_key_values(items: Sequence[str], option: str = "--set", example: str = "train.lr=1e-3") -> dict[str, Any]:
+    """``KEY=VALUE`` strings as a dict, in order (the one parser of every ``KEY=VALUE`` option)."""
+    return dict(parse_key_value(item, option, example) for item in items)
+
+
+def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
     """Apply ``key=value`` strings in order."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.lr=1e-3), got {item!r}.")
-        key, text = item.split("=", 1)
-        cfg = set_value(cfg, key.strip(), parse_value(text))
+        key, value = parse_key_value(item)
+        cfg = set_value(cfg, key, value)
     return cfg

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from epir.annotations import NATIVE, READERS, list_schemes, read_annotations
+from epir.datasets import NATIVE, READERS, list_schemes, read_annotations
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

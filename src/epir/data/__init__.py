@@ -25,7 +25,7 @@ def load_dataset(name: str, root: str | None = None, **kwargs: Any) -> FlowDatas
 
 
 # Import every dataset module so registration is complete.
-from epir.data import megc2019, synthetic  # noqa: E402,F401
+from epir.data import flowmaps, synthetic  # noqa: E402,F401
 
 __all__ = ["CHANNELS", "COMPOSITE_CLASSES", "DATASETS", "FlowDataset", "list_datasets", "load_dataset",
            "register_dataset"]

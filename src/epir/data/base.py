@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from epir.flowmaps import COMPOSITE_CLASSES
 from epir.registry import Registry
 
 #: Canonical channel order of every flow map in epir.
 CHANNELS = ("u", "v", "strain")
-COMPOSITE_CLASSES = ("negative", "positive", "surprise")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from epir.config import RunConfig
 from epir.data import FlowDataset
 from epir.errors import ConfigError
 from epir.fileio import write_atomic
+from epir.runsetup import execution_free, resolve_config
 
 #: The fingerprint file in a run directory.
 FINGERPRINT = "fingerprint.json"
@@ -119,7 +121,7 @@ def read_fold_file(path: Path, dataset: FlowDataset, seed: int, subject: str) ->
         raise bad(f"its indices are not rows of the dataset (0..{len(dataset) - 1})")
     if any(len(rec[k]) != n for k in ("true", "predicted", "probs")):
         raise bad("its true, predicted and probs lists differ in length from indices")
-    rows = [i for i in range(len(dataset)) if dataset.subjects[i] == subject]
+    rows = np.flatnonzero(np.asarray(dataset.subjects) == subject).tolist()  # as epir.engine.folds.fold_split
     if sorted(idx) != rows:
         raise bad(f"its rows are not the {len(rows)} rows of subject {subject!r} in this dataset")
     if "clips" in rec and rec["clips"] != [dataset.clips[i] for i in idx]:
@@ -170,5 +172,102 @@ class RunLock:
         self.release()
 
 
-__all__ = ["FINGERPRINT", "RunLock", "check_fingerprint", "dataset_digest", "read_fold_file", "run_fingerprint",
-           "write_json_atomic"]
+def fold_file(out_dir: Path, seed: int, subject: str) -> Path:
+    """``OUT/folds/seed<S>/<subject>.json`` (a namespaced subject's ``/`` written ``__``)."""
+    return out_dir / "folds" / f"seed{seed}" / (subject.replace("/", "__") + ".json")
+
+
+def check_resume(out_dir: Path, cfg: RunConfig) -> None:
+    """Refuse to resume ``out_dir`` when its ``config.yaml`` differs from ``cfg`` in anything but execution
+    (:data:`epir.runsetup.EXECUTION_KEYS`)."""
+    path = out_dir / "config.yaml"
+    if not path.exists():
+        return
+    # An older run's config lacks model arguments added since; they took their defaults then.
+    old = execution_free(resolve_config(RunConfig.load(path)))
+    new = execution_free(cfg)
+    diffs = [
+        f"{sec}.{k}: {old.get(sec, {}).get(k)!r} -> {v!r}"
+        for sec, d in new.items()
+        for k, v in d.items()
+        if old.get(sec, {}).get(k) != v
+    ]
+    if diffs:
+        raise ConfigError(
+            f"{out_dir} holds a run with a different configuration ({'; '.join(diffs)}). "
+            f"Use another --out, or delete {out_dir} to start over."
+        )
+
+
+class FoldStore:
+    """A run directory's fold files, or none (``out_dir`` None: records are kept in memory only).
+
+    :meth:`open` locks the directory, refuses a run with another configuration, data or protocol
+    (:func:`check_resume`, :func:`check_fingerprint`) and saves ``config.yaml`` and the fingerprint; :meth:`load`
+    reads the finished folds back (each checked by :func:`read_fold_file`); :meth:`save` writes one fold's record
+    atomically, so an interrupted run loses only the folds that were running.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike | None, dataset: FlowDataset) -> None:
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.dataset = dataset
+        self._lock: RunLock | None = None
+
+    def open(self, cfg: RunConfig, protocol: str, fold_weights: str | os.PathLike | None = None) -> FoldStore:
+        """Lock and check the directory, save the run's configuration and fingerprint."""
+        if self.out is None:
+            return self
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = RunLock(self.out)
+        check_resume(self.out, cfg)
+        fingerprint = run_fingerprint(cfg, self.dataset, protocol, fold_weights)
+        check_fingerprint(self.out, fingerprint)
+        cfg.save(self.out / "config.yaml")
+        write_json_atomic(self.out / FINGERPRINT, fingerprint)
+        return self
+
+    def path(self, seed: int, subject: str) -> Path | None:
+        """The fold's file (None without a directory)."""
+        return None if self.out is None else fold_file(self.out, seed, subject)
+
+    def load(self, seeds: Sequence[int], subjects: Sequence[str]
+             ) -> tuple[dict[tuple[int, str], dict[str, Any]], list[tuple[int, str]]]:
+        """``(finished records by (seed, subject), folds still to run)`` in seed-then-subject order."""
+        done: dict[tuple[int, str], dict[str, Any]] = {}
+        todo: list[tuple[int, str]] = []
+        for seed in seeds:
+            for subject in subjects:
+                path = self.path(seed, subject)
+                if path is not None and path.exists():
+                    done[(seed, subject)] = read_fold_file(path, self.dataset, seed, subject)
+                else:
+                    todo.append((seed, subject))
+        return done, todo
+
+    def save(self, rec: dict[str, Any]) -> None:
+        """Add the samples' identities (``clips``, checked on resume) and write the record: complete or absent."""
+        rec["clips"] = [self.dataset.clips[i] for i in rec["indices"]]
+        path = self.path(rec["seed"], rec["subject"])
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, rec)
+
+    def wider(self, seeds: Sequence[int], subjects: Sequence[str]) -> str:
+        """A description of the finished folds here that ``seeds`` x ``subjects`` do not cover ('' when none)."""
+        if self.out is None:
+            return ""
+        wanted = {fold_file(self.out, s, subject).resolve() for s in seeds for subject in subjects}
+        extra = [p for p in (self.out / "folds").glob("seed*/*.json") if p.resolve() not in wanted]
+        if not extra:
+            return ""
+        return f"{len(extra)} more fold file(s), e.g. {extra[0].relative_to(self.out)}"
+
+    def close(self) -> None:
+        """Release the directory's lock."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+__all__ = ["FINGERPRINT", "FoldStore", "RunLock", "check_fingerprint", "check_resume", "dataset_digest", "fold_file",
+           "read_fold_file", "run_fingerprint", "write_json_atomic"]

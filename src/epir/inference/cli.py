@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from epir.config import parse_key_values
 from epir.errors import ConfigError
+from epir.runsetup import add_run_options, config_from_args
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,25 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "...) and save a self-contained checkpoint: model.safetensors, checkpoint.json, config.yaml. "
                     "Measure how well the recipe generalises with `epir loso` first; this is the model to deploy.",
     )
-    p.add_argument("--model", default="epir", help="registered model name (epir list models)")
-    p.add_argument("--dataset", default=None, help="registered dataset name (epir list datasets; default synthetic)")
-    p.add_argument("--root", default=None, help="dataset root (megc2019: or $EPIR_MEGC2019_ROOT)")
-    p.add_argument("--config", default=None, help="a config.yaml to start from (e.g. a LOSO run's own)")
-    p.add_argument("--recipe", default=None, help="a named recipe of the model instead of its default")
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
-    p.add_argument("--lr", type=float, help="override the recipe's learning rate")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. train.weight_decay=0.01 or model.dim=32 (repeatable)")
-    p.add_argument("--subset", nargs="+", metavar="SOURCE", help="train on these source datasets only (e.g. casme2)")
+    add_run_options(p, loso=False)
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, batches and augmentation")
-    p.add_argument("--device", default=None, help="torch device (cpu, cuda)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="checkpoint directory (default checkpoints/<model>-<dataset>-<time>)")
     p.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train, seeds=None, folds=None, oracle_epoch=False)
+    p.set_defaults(func=cmd_train)
 
     p = subparsers.add_parser(
         "predict", help="predict the class of a clip (video file or frame folder) with a trained checkpoint",
@@ -104,10 +93,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Handler of ``epir train``: resolve the config like ``epir loso``, train, save, print a summary."""
-    from epir.cli import build_config
     from epir.inference.training import train_checkpoint
 
-    cfg = build_config(args)
+    cfg = config_from_args(args)
     out = Path(args.out) if args.out else (
         Path("checkpoints") / f"{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"epir train: {cfg.model.name} on every subject of {cfg.data.dataset} "
@@ -122,14 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _preprocess_overrides(args: argparse.Namespace) -> dict:
-    from epir.config import parse_value
-
-    out = {}
-    for item in args.preprocess:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--preprocess expects KEY=VALUE (e.g. flow_method=farneback), got {item!r}.")
-        out[key.strip()] = parse_value(value)
+    out = parse_key_values(args.preprocess, "--preprocess", "flow_method=farneback")
     if args.no_align:
         out["align"] = False
     return out

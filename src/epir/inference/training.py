@@ -17,12 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from epir.config import RunConfig
-from epir.data import FlowDataset, load_dataset
-from epir.data.transforms import apply_input_transform
+from epir.data import FlowDataset
 from epir.engine.train import fit
 from epir.errors import ConfigError
-from epir.inference.checkpoint import Checkpoint, make_meta, save_checkpoint
+from epir.inference.checkpoint import Checkpoint, make_meta, read_meta, save_checkpoint
 from epir.models import build_model
+from epir.runsetup import check_model_fits, load_data, resolve_config, transform_data
 
 
 def preprocessing_for(dataset: FlowDataset) -> tuple[dict[str, Any], str]:
@@ -100,32 +100,29 @@ def train_checkpoint(
     Returns:
         The trained :class:`Checkpoint` (as :func:`~epir.inference.load_checkpoint` would return it).
     """
-    from epir.engine.loso import resolve_config
-
     cfg = resolve_config(cfg)
     out = Path(out_dir).expanduser()
     if (out / "checkpoint.json").exists() and not overwrite:  # fail before training, not after
         raise ConfigError(f"{out} already holds a checkpoint; choose another --out, or pass --overwrite to replace it.")
-    if dataset is None:
-        dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.data.seed)
-    subset = tuple(getattr(cfg.data, "subset", ()) or ())
-    if subset:
-        from epir.engine.loso import select_sources
-
-        dataset = select_sources(dataset, subset)
+    dataset = load_data(cfg, dataset)
     preprocessing, note = preprocessing_for(dataset)
-    transform_report: dict[str, Any] = {"input_transform": "none"}
-    if cfg.data.input_transform != "none":
-        dataset, transform_report = apply_input_transform(dataset, cfg.data.input_transform)
-    num_classes = cfg.model.args.get("num_classes")
-    if num_classes is not None and int(num_classes) != dataset.num_classes:
-        raise ConfigError(
-            f"model.num_classes is {num_classes} but dataset {dataset.name!r} has {dataset.num_classes} classes "
-            f"({', '.join(dataset.class_names)}); set --set model.num_classes={dataset.num_classes}."
-        )
-    if cfg.eval.threads:
-        torch.set_num_threads(cfg.eval.threads)
+    dataset, transform_report = transform_data(cfg, dataset)
+    transform_report = transform_report or {"input_transform": "none"}
+    check_model_fits(cfg, dataset)
     cfg = replace(cfg, eval=replace(cfg.eval, seeds=(int(seed),), folds=()))
+    threads_before = torch.get_num_threads()
+    try:
+        if cfg.eval.threads:
+            torch.set_num_threads(cfg.eval.threads)
+        return _train_and_save(cfg, dataset, out, seed=seed, overwrite=overwrite, progress=progress,
+                               preprocessing=preprocessing, note=note, transform_report=transform_report)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train_and_save(cfg: RunConfig, dataset: FlowDataset, out: Path, *, seed: int, overwrite: bool, progress: bool,
+                    preprocessing: dict[str, Any], note: str, transform_report: dict[str, Any]) -> Checkpoint:
+    """Train on every row of ``dataset`` and save the checkpoint (the body of :func:`train_checkpoint`)."""
     torch.manual_seed(seed)
     model = build_model(cfg.model)
     bar = tqdm(total=cfg.train.epochs, desc=f"train {cfg.model.name}", unit="epoch", disable=not progress)
@@ -140,7 +137,7 @@ def train_checkpoint(
     training = {
         "dataset": dataset.name or cfg.data.dataset,
         "root": cfg.data.root,
-        "subset": list(subset),
+        "subset": list(cfg.data.subset or ()),
         "subjects": dataset.subject_list(),
         "samples": len(dataset),
         "class_counts": {name: int(counts.get(i, 0)) for i, name in enumerate(dataset.class_names)},
@@ -164,8 +161,6 @@ def train_checkpoint(
         training=training,
     )
     out = save_checkpoint(out, model, meta, config_yaml=cfg.to_yaml(), overwrite=overwrite)
-    from epir.inference.checkpoint import read_meta
-
     return Checkpoint(model=model, norm=norm, meta=read_meta(out), path=out)
 
 

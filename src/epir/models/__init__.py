@@ -1,115 +1,31 @@
-"""Model registry: ``@register_model(recipe=...)`` on a factory; ``create_model(name, **kwargs)``.
+"""Models: ``create_model(name, **kwargs)`` over a registry of factories (:mod:`epir.models.factory`).
 
 A model takes optical-flow maps ``(B, 3, H, W)`` (channels u, v, strain; 0-255 unless the recipe's
 ``input_norm`` says otherwise) and returns logits ``(B, num_classes)``. A model may also define
 ``forward_with_loss(x, y, ce) -> (loss, logits)`` to add its own loss terms to the cross-entropy ``ce``
-the engine passes in (EPIR adds a supervised contrastive term); the engine uses it when present.
+the engine passes in (EPIR adds a supervised contrastive term); the engine uses it when present, and
+``forward_intermediates(x) -> dict`` (tokens, merge sources, selection, attention) for explanation.
+
+Add a model: one file here with a factory decorated ``@register_model(...)`` (from :mod:`epir.models.factory`),
+imported below.
 """
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-from typing import Any
+# Every model module, imported so that registration is complete.
+from epir.models import epir, htnet, ststnet  # noqa: F401
+from epir.models.factory import (
+    MODELS,
+    accepted_input_size,
+    build_model,
+    create_model,
+    default_recipe,
+    is_batchable,
+    list_models,
+    list_recipes,
+    model_defaults,
+    register_model,
+    resolve_model_args,
+)
 
-from torch import nn
-
-from epir.config import ModelConfig, TrainConfig, coerce_scalar
-from epir.errors import ConfigError, did_you_mean
-from epir.registry import Registry
-
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
-
-
-def register_model(
-    *,
-    recipe: TrainConfig | None = None,
-    recipes: dict[str, TrainConfig] | None = None,
-    description: str = "",
-    batchable: bool = False,
-    input_size: int | None = None,
-    auto_fold_batch: dict[str, int] | None = None,
-) -> Callable:
-    """Register a model factory; ``recipe`` is its default training recipe, ``recipes`` more named ones;
-    ``batchable``: several of its models can train at once as one vectorised model (``epir.engine.batched``:
-    every operation works under ``torch.func.vmap``, batch statistics honour ``sample_mask``, and
-    ``forward_with_loss``, if any, takes ``valid``); ``input_size``: the map side the model accepts when it
-    has no ``image_size`` argument (e.g. STSTNet's 28); ``auto_fold_batch``: per device type, how many of its
-    models a worker trains at once by default where the engine's general choice does not suit it (measured)."""
-    recipe = recipe or TrainConfig()
-    return MODELS.register(recipe=recipe, recipes={"default": recipe, **(recipes or {})}, description=description,
-                           batchable=batchable, input_size=input_size, auto_fold_batch=auto_fold_batch or {})
-
-
-def accepted_input_size(name: str, args: dict[str, Any]) -> int | None:
-    """The square map side model ``name`` with ``args`` accepts (None: any)."""
-    return args.get("image_size", MODELS.meta(name).get("input_size"))
-
-
-def is_batchable(name: str) -> bool:
-    """Whether model ``name`` was registered ``batchable`` (its folds can train batched)."""
-    return bool(MODELS.meta(name).get("batchable", False))
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Names of the registered models matching a glob ``pattern``."""
-    return MODELS.names(pattern)
-
-
-def default_recipe(name: str, recipe: str | None = None) -> TrainConfig:
-    """The registered default training recipe of model ``name``, or its named ``recipe`` (e.g. htnet's "cpu")."""
-    recipes = MODELS.meta(name)["recipes"]
-    if recipe is None:
-        return MODELS.meta(name)["recipe"]
-    if recipe not in recipes:
-        raise ConfigError(
-            f"Model {name!r} has no recipe {recipe!r}.{did_you_mean(recipe, recipes)} Its recipes: {', '.join(recipes)}."
-        )
-    return recipes[recipe]
-
-
-def list_recipes(name: str) -> list[str]:
-    """Names of model ``name``'s recipes ("default" first)."""
-    return list(MODELS.meta(name)["recipes"])
-
-
-def model_defaults(name: str) -> dict[str, Any]:
-    """Keyword arguments of model ``name``'s factory with their defaults."""
-    sig = inspect.signature(MODELS.get(name))
-    return {
-        p.name: p.default
-        for p in sig.parameters.values()
-        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not inspect.Parameter.empty
-    }
-
-
-def resolve_model_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
-    """All keyword arguments of ``name`` with ``args`` applied, type-checked against the defaults."""
-    defaults = model_defaults(name)
-    out = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
-    for key, value in args.items():
-        if key not in defaults:
-            raise ConfigError(
-                f"Model {name!r} has no argument {key!r}.{did_you_mean(key, defaults)} "
-                f"Its arguments: {', '.join(defaults)}."
-            )
-        default = defaults[key]
-        if default is None or isinstance(default, (list, tuple, dict)):
-            out[key] = list(value) if isinstance(value, tuple) else value
-        else:
-            out[key] = coerce_scalar(value, type(default), f"model.{key}")
-    return out
-
-
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build registered model ``name``; unknown keyword arguments are an error with a "did you mean"."""
-    args = resolve_model_args(name, kwargs)
-    return MODELS.get(name)(**args)
-
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """Build the model a :class:`ModelConfig` names."""
-    return create_model(cfg.name, **cfg.args)
-
-
-# Import every model module so registration is complete.
-from epir.models import epir, htnet, ststnet  # noqa: E402,F401
+__all__ = ["MODELS", "accepted_input_size", "build_model", "create_model", "default_recipe", "is_batchable",
+           "list_models", "list_recipes", "model_defaults", "register_model", "resolve_model_args"]

@@ -32,7 +32,7 @@ from torch import nn
 from epir.config import TrainConfig
 from epir.errors import ConfigError
 from epir.losses import supervised_contrastive_loss
-from epir.models import register_model
+from epir.models.factory import register_model
 from epir.models.layers import Attention, Block, init_vit_weights, is_batched
 
 # --------------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from torch import nn
 
 from epir.config import TrainConfig
 from epir.errors import ConfigError
-from epir.models import register_model
+from epir.models.factory import register_model
 from epir.models.layers import dropout_or_identity
 
 # --------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from epir.config import TrainConfig
-from epir.models import register_model
+from epir.models.factory import register_model
 from epir.models.layers import BatchNorm2d
 
 

@@ -2,7 +2,7 @@
 
     >>> from epir.preprocess import PreprocessSettings, preprocess_dataset
     >>> summary = preprocess_dataset("casme2", "/data/CASME2", "data/casme2-flow", labels="composite", jobs=2)
-    >>> ds = epir.load_dataset("megc2019", root="data/casme2-flow")      # every model and LOSO, unchanged
+    >>> ds = epir.load_dataset("flowmaps", root="data/casme2-flow")      # every model and LOSO, unchanged
 
 The clips come from the dataset's reader (:mod:`epir.preprocess.datasets`); each goes through
 :func:`epir.preprocess.pipeline.run_clip` (apex from the sheet where it gives a usable one and
@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from epir.data.megc2019 import CSV_NAME, META_NAME, image_path
+from epir.flowmaps import CSV_NAME, META_NAME, image_path
 from epir.errors import ConfigError, DatasetError, EpirError
 from epir.fileio import write_atomic
 from epir.preprocess.face import FaceAligner, five_points
@@ -249,7 +249,7 @@ def preprocess_dataset(dataset: str, root: str | os.PathLike, out: str | os.Path
         UnknownNameError: unknown dataset.
         ConfigError: bad ``jobs`` or label scheme.
     """
-    from epir.preprocess.datasets import locate_clips  # noqa: PLC0415
+    from epir.datasets import locate_clips  # noqa: PLC0415
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0:
         raise ConfigError(f"jobs must be a positive number of processes or -1 (one per core), got {jobs!r}.")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from epir.config import parse_key_values
 from epir.errors import ConfigError, did_you_mean
 from epir.preprocess.apex import APEX_METHODS
 from epir.preprocess.flow import FLOW_METHODS
@@ -24,7 +25,7 @@ ANNOTATED = "annotated"
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``preprocess`` subcommand on ``subparsers``; returns its parser."""
-    from epir.preprocess.datasets import list_raw_datasets
+    from epir.datasets import list_raw_datasets
 
     p = subparsers.add_parser(
         "preprocess", help="raw frames or videos to optical-flow maps (face alignment, TV-L1, strain)",
@@ -64,15 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _flow_params(items: list[str]) -> dict[str, Any]:
-    from epir.config import parse_value
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--flow-param expects KEY=VALUE (e.g. epsilon=0.05), got {item!r}.")
-        out[key.strip()] = parse_value(value)
-    return out
+    return parse_key_values(items, "--flow-param", "epsilon=0.05")
 
 
 def _settings(args: argparse.Namespace, apex_method: str | None):
@@ -103,7 +96,7 @@ def _sheets(items: list[str], dataset: str) -> Any:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     """Handler of ``epir preprocess``: a dataset (with --root) or one clip (a path)."""
-    from epir.preprocess.datasets import list_raw_datasets
+    from epir.datasets import list_raw_datasets
 
     if args.dataset in list_raw_datasets():
         return _dataset(args)

@@ -1,8 +1,8 @@
 """The MEGC2019 composite set from the raw datasets: CASME II + SAMM + SMIC-HS, labels of the ``composite`` scheme.
 
 ``ROOT`` is a folder holding the three datasets, each in one of its own layouts (see
-:mod:`~epir.preprocess.datasets.casme2`, :mod:`~epir.preprocess.datasets.samm`,
-:mod:`~epir.preprocess.datasets.smic`), at most four levels down; they are found by their subject folders
+:mod:`~epir.datasets.casme2`, :mod:`~epir.datasets.samm`,
+:mod:`~epir.datasets.smic`), at most four levels down; they are found by their subject folders
 (``sub01``, ``006``, ``s1``), so the folder names do not matter. Usual names::
 
     ROOT/CASME2/CASME2_RAW_selected/sub01/EP02_01f/img46.jpg     ROOT/CASME2/CASME2-coding-20140508.xlsx
@@ -25,7 +25,8 @@ from collections.abc import Mapping
 import pandas as pd
 
 from epir.errors import ConfigError, did_you_mean
-from epir.preprocess.datasets import LAYOUTS, RAW_DATASETS, read_raw
+from epir.datasets.base import LAYOUTS, RAW_DATASETS
+from epir.datasets.frames import read_raw
 
 #: The composite's datasets, in the order of the official list.
 PARTS = ("casme2", "samm", "smic")

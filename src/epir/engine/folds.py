@@ -1,0 +1,311 @@
+"""One LOSO fold, or a group of folds trained at once as one vectorised model.
+
+A fold holds one subject out: ``fit`` (or :func:`~epir.engine.batched.fit_many`) receives the other subjects' rows
+only; selection inside the fold, ensemble members and a distillation teacher see those rows alone. The fold's
+record (:func:`fold_record`) holds the held-out rows, their labels, predictions and probabilities. Which folds train
+together is planned by :func:`plan_groups`; where they run is :mod:`epir.engine.backends`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from epir.config import RunConfig
+from epir.data import FlowDataset
+from epir.engine.selection import (
+    select_in_fold,
+    train_models,
+    train_teachers,
+)
+from epir.engine.train import InputNorm, fit, predict_proba, steps_per_epoch
+from epir.errors import ConfigError, DatasetNotFoundError
+from epir.models import MODELS, build_model, is_batchable
+
+
+def fold_seed(seed: int, subject: str) -> int:
+    """Seed of one fold's model init and batches: depends only on the run seed and the subject."""
+    return (seed * 1_000_003 + zlib.crc32(subject.encode())) % (2**31 - 1)
+
+
+
+
+def member_seeds(base: int, members: int) -> list[int]:
+    """Seeds of a fold's ensemble members: the fold's own seed first (so one member is the plain fold)."""
+    if members < 1:
+        raise ConfigError(f"train.ensemble must be >= 1 (models per fold), got {members}.")
+    return [(base + 7919 * k) % (2**31 - 1) for k in range(members)]
+
+
+def fold_split(dataset: FlowDataset, subject: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, test_idx) of the fold holding out ``subject``: every other subject's rows, and its own."""
+    subjects = np.asarray(dataset.subjects)
+    return np.flatnonzero(subjects != subject), np.flatnonzero(subjects == subject)
+
+
+def fold_record(
+    seed: int, subject: str, test_idx: np.ndarray, true: torch.Tensor, probs: torch.Tensor, epoch: int | None,
+    seconds: float, n_train: int,
+) -> dict[str, Any]:
+    """The fold file's record: the held-out rows, their labels, predictions and probabilities."""
+    return {
+        "seed": seed,
+        "subject": subject,
+        "indices": test_idx.tolist(),
+        "true": true.tolist(),
+        "predicted": probs.argmax(1).tolist(),
+        "probs": probs.tolist(),
+        "epoch": epoch,
+        "seconds": seconds,
+        "n_train": int(n_train),
+    }
+
+
+class _OracleBest:
+    """Optimistic protocol of the published baselines: per subject, keep the (latest) epoch with the best
+    accuracy on the held-out subject. Only here, in the caller of ``fit``, does test data appear."""
+
+    def __init__(self, test_x: torch.Tensor, test_y: torch.Tensor, device: str) -> None:
+        self.test_x, self.test_y, self.device = test_x, test_y, device
+        self.acc, self.probs, self.epoch = -1.0, None, None
+
+    def update(self, epoch: int, model: torch.nn.Module, norm: InputNorm) -> None:
+        p = predict_proba(model, norm, self.test_x, device=self.device)
+        acc = float((p.argmax(1) == self.test_y).float().mean())
+        if acc >= self.acc:
+            self.acc, self.probs, self.epoch = acc, p, epoch
+
+
+def _curve_dict(history: list[dict[str, float]]) -> dict[str, list[float]]:
+    """A training curve as the fold file keeps it: per epoch, the mean training loss and accuracy."""
+    return {"loss": [round(h["loss"], 6) for h in history], "acc": [round(h["acc"], 6) for h in history]}
+
+
+def run_fold(
+    dataset: FlowDataset,
+    cfg: RunConfig,
+    subject: str,
+    seed: int,
+    *,
+    fold_weights: str | os.PathLike | None = None,
+    on_epoch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Train on every subject but ``subject`` and predict ``subject``'s samples."""
+    train_idx, test_idx = fold_split(dataset, subject)
+    test = dataset.subset(test_idx)
+    device = cfg.eval.device
+    torch.manual_seed(fold_seed(seed, subject))
+    model = build_model(cfg.model)
+    t0 = time.perf_counter()
+    chosen_epoch: int | None = None
+    selection: dict[str, Any] = {}
+    curve: list[dict[str, float]] = []  # the (first member's) training curve
+    if fold_weights is not None:
+        path = Path(fold_weights) / f"{test.subject_ids[0]}.pth"
+        if not path.is_file():
+            raise DatasetNotFoundError(
+                f"--fold-weights: {path} does not exist; expected one <subject>.pth per fold, named by the "
+                f"subject id as in the dataset ({test.subject_ids[0]!r})."
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for a non-weights file
+            raise ConfigError(
+                f"--fold-weights: {path} is not a file of tensors (a state dict saved with torch.save): "
+                f"{type(e).__name__}. Nothing is unpickled beyond tensors; give the per-subject weights files."
+            ) from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ConfigError(f"--fold-weights: {path} holds {type(state).__name__}, not a state dict of tensors.")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ConfigError(f"--fold-weights: {path} does not fit model {cfg.model.name!r}: {e}") from None
+        model.to(device)
+        norm = InputNorm.fit(cfg.train.input_norm, dataset.x[train_idx])
+        probs = predict_proba(model, norm, test.x, device=device)
+    else:
+        train = dataset.subset(train_idx)
+        member_probs, epochs = [], []
+        if cfg.train.select:  # choose the recipe on the training subjects alone, then build its model afresh
+            cfg, selection = select_in_fold(dataset, cfg, train_idx, fold_seed(seed, subject),
+                                            name=f"fold {subject} seed {seed}", batched=False)
+            torch.manual_seed(fold_seed(seed, subject))
+            model = build_model(cfg.model)
+        teachers = train_teachers(dataset, cfg, [(train_idx, fold_seed(seed, subject), f"fold {subject} seed {seed}")],
+                                  batched=False)
+        if teachers is not None:  # the teacher used the global generator: the student starts as without one
+            torch.manual_seed(fold_seed(seed, subject))
+            model = build_model(cfg.model)
+        for k, mseed in enumerate(member_seeds(fold_seed(seed, subject), cfg.train.ensemble)):
+            if k > 0:  # the first member is the model built above (so one member is the plain fold)
+                torch.manual_seed(mseed)
+                model = build_model(cfg.model)
+            oracle = _OracleBest(test.x, test.y, device) if cfg.eval.oracle_epoch else None
+
+            def epoch_done(epoch: int, m: torch.nn.Module, norm: InputNorm, _o: _OracleBest | None = oracle) -> None:
+                if _o is not None:
+                    _o.update(epoch, m, norm)
+                if on_epoch is not None:
+                    on_epoch(epoch)
+
+            norm = fit(
+                model,
+                train.x,
+                train.y,
+                cfg.train,
+                seed=mseed,
+                num_classes=dataset.num_classes,
+                device=device,
+                on_epoch=epoch_done,
+                describe=f"fold {subject} seed {seed}" + (f" member {k}" if cfg.train.ensemble > 1 else ""),
+                teacher=None if teachers is None else teachers[0],
+                history=curve if k == 0 else None,
+            )
+            if oracle is not None and oracle.probs is not None:
+                member_probs.append(oracle.probs)
+                epochs.append(oracle.epoch)
+            else:
+                member_probs.append(predict_proba(model, norm, test.x, device=device))
+                epochs.append(cfg.train.epochs - 1)
+        probs = torch.stack(member_probs).mean(dim=0)  # the ensemble: mean of the members' probabilities
+        chosen_epoch = epochs[0]
+    rec = fold_record(seed, subject, test_idx, test.y, probs, chosen_epoch, time.perf_counter() - t0, len(train_idx))
+    if selection:
+        rec["selection"] = selection
+    if curve:
+        rec["curve"] = _curve_dict(curve)
+    return rec
+
+
+Fold = tuple[int, str]  # (seed, subject)
+
+
+def run_fold_group(
+    dataset: FlowDataset,
+    cfg: RunConfig,
+    folds: Sequence[Fold],
+    fold_weights: str | os.PathLike | None = None,
+) -> list[dict[str, Any]]:
+    """Train the ``(seed, subject)`` folds of one group at once (``epir.engine.batched.fit_many``) and return
+    their records; one fold (or ``fold_weights``) runs :func:`run_fold`. Each member of the group gets exactly
+    its own fold's training rows; its held-out subject's rows are only predicted, after training (or per epoch
+    under the optimistic ``eval.oracle_epoch``)."""
+    if (len(folds) == 1 and cfg.train.ensemble == 1) or fold_weights is not None:
+        return [run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights) for seed, subject in folds]
+    from epir.engine.batched import Member, fit_many
+
+    device = cfg.eval.device
+    t0 = time.perf_counter()
+    splits = [fold_split(dataset, subject) for _, subject in folds]
+    k_members = cfg.train.ensemble
+    # Selection inside each fold (training subjects only), then one training per chosen candidate.
+    chosen: list[tuple[int, RunConfig]] = []
+    selections: list[dict[str, Any]] = []
+    for (seed, subject), (train_idx, _) in zip(folds, splits):
+        if cfg.train.select:
+            c, info = select_in_fold(dataset, cfg, train_idx, fold_seed(seed, subject),
+                                     name=f"fold {subject} seed {seed}")
+            chosen.append((info["chosen"], c))
+        else:
+            c, info = cfg, {}
+            chosen.append((-1, cfg))
+        selections.append(info)
+    tests = [(dataset.x[test_idx], dataset.y[test_idx]) for _, test_idx in splits]
+    member_probs: list[list[torch.Tensor]] = [[] for _ in folds]
+    member_epochs: list[list[int]] = [[] for _ in folds]
+    curves: list[list[dict[str, float]]] = [[] for _ in folds]  # each fold's first member's training curve
+    for key in sorted({k for k, _ in chosen}):
+        idx = [f for f, (k, _) in enumerate(chosen) if k == key]
+        ccfg = chosen[idx[0]][1]
+        jobs = [
+            (dataset.x[splits[f][0]], dataset.y[splits[f][0]], mseed,
+             f"fold {folds[f][1]} seed {folds[f][0]}" + (f" member {k}" if k_members > 1 else ""))
+            for f in idx
+            for k, mseed in enumerate(member_seeds(fold_seed(*folds[f]), k_members))
+        ]
+        owner = [f for f in idx for _ in range(k_members)]
+        histories = [curves[f] if k == 0 else [] for f in idx for k in range(k_members)]
+        fold_teachers = train_teachers(
+            dataset, ccfg, [(splits[f][0], fold_seed(*folds[f]), f"fold {folds[f][1]} seed {folds[f][0]}") for f in idx]
+        )
+        teachers = None if fold_teachers is None else [fold_teachers[idx.index(f)] for f in owner]
+        if cfg.eval.oracle_epoch:  # optimistic: per member, the epoch with the best held-out accuracy
+            oracles = [_OracleBest(*tests[f], device) for f in owner]
+
+            def epoch_done(epoch: int, models: list[torch.nn.Module], norms: list[InputNorm],
+                           _o: list[_OracleBest] = oracles) -> None:
+                for oracle, model, norm in zip(_o, models, norms):
+                    oracle.update(epoch, model, norm)
+
+            members = [Member(x, y, s_, n) for x, y, s_, n in jobs]
+            fit_many(ccfg.model, members, ccfg.train, num_classes=dataset.num_classes, device=device,
+                     on_epoch=epoch_done, teachers=teachers, histories=histories)
+            for f, oracle in zip(owner, oracles):
+                member_probs[f].append(oracle.probs)
+                member_epochs[f].append(oracle.epoch)
+            continue
+        models, norms = train_models(ccfg.model, ccfg.train, jobs, num_classes=dataset.num_classes, device=device,
+                                     teachers=teachers, histories=histories)
+        for f, model, norm in zip(owner, models, norms):
+            member_probs[f].append(predict_proba(model, norm, tests[f][0], device=device))
+            member_epochs[f].append(ccfg.train.epochs - 1)
+    seconds = (time.perf_counter() - t0) / len(folds)
+    records = []
+    for f, ((seed, subject), (train_idx, test_idx)) in enumerate(zip(folds, splits)):
+        probs = torch.stack(member_probs[f]).mean(dim=0)  # the ensemble: mean of the members' probabilities
+        rec = fold_record(seed, subject, test_idx, tests[f][1], probs, member_epochs[f][0], seconds, len(train_idx))
+        if selections[f]:
+            rec["selection"] = selections[f]
+        if curves[f]:
+            rec["curve"] = _curve_dict(curves[f])
+        records.append(rec)
+    return records
+
+
+#: Models trained at once per worker when ``eval.fold_batch`` is 0 (automatic), by device type; measured by
+#: ``benchmarks/loso_speed.py``: on the 2-core CPU, 8 was ~1.3x the loop but took the process tree past 2 GB; 4 stays
+#: within it (1.86 GB) at ~1.1x.
+AUTO_FOLD_BATCH = {"cpu": 4, "cuda": 68}
+
+
+def resolve_fold_batch(cfg: RunConfig, fold_weights: str | os.PathLike | None = None) -> tuple[int, str]:
+    """Models trained at once per worker, and a note when the model or protocol cannot be batched."""
+    if fold_weights is not None:
+        return 1, ""
+    if not is_batchable(cfg.model.name):
+        note = (f"note: model {cfg.model.name!r} is not batchable (registered without batchable=True); "
+                f"its folds train one at a time")
+        return 1, note if cfg.eval.fold_batch > 1 else ""
+    if cfg.eval.fold_batch:
+        return cfg.eval.fold_batch, ""
+    kind = torch.device(cfg.eval.device).type
+    per_model = MODELS.meta(cfg.model.name).get("auto_fold_batch", {})
+    return per_model.get(kind, AUTO_FOLD_BATCH.get(kind, 4)), ""
+
+
+def plan_groups(dataset: FlowDataset, cfg: RunConfig, todo: Sequence[Fold], fold_batch: int, workers: int = 1
+                ) -> list[list[Fold]]:
+    """Split the folds to run into groups trained together: folds whose training sets take the same number of
+    optimizer steps per epoch, at most ``fold_batch`` per group, and (when the automatic size would leave
+    workers idle) small enough that every worker gets a group."""
+    per_fold = cfg.train.ensemble  # models trained per fold
+    if fold_batch <= per_fold or len(todo) <= 1:
+        return [[f] for f in todo]
+    cap = fold_batch // per_fold
+    workers = max(1, workers)
+    rounds = math.ceil(len(todo) / (workers * cap))  # balance: every worker gets about as many folds
+    size = max(1, math.ceil(len(todo) / (workers * rounds)))
+    counts = Counter(dataset.subjects)
+    by_steps: dict[int, list[Fold]] = {}
+    for seed, subject in todo:
+        steps = steps_per_epoch(len(dataset) - counts[subject], cfg.train.batch_size)
+        by_steps.setdefault(steps, []).append((seed, subject))
+    return [group[i : i + size] for group in by_steps.values() for i in range(0, len(group), size)]

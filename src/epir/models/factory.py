@@ -1,0 +1,110 @@
+"""The model registry and factory: ``@register_model(recipe=...)`` on a factory; ``create_model(name, **kwargs)``.
+
+Model modules import :func:`register_model` from here (not from the package), so that registering never imports
+the package that imports them. See :mod:`epir.models` for the model contract.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from epir.config import ModelConfig, TrainConfig, coerce_scalar
+from epir.errors import ConfigError, did_you_mean
+from epir.registry import Registry
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+
+
+def register_model(
+    *,
+    recipe: TrainConfig | None = None,
+    recipes: dict[str, TrainConfig] | None = None,
+    description: str = "",
+    batchable: bool = False,
+    input_size: int | None = None,
+    auto_fold_batch: dict[str, int] | None = None,
+) -> Callable:
+    """Register a model factory; ``recipe`` is its default training recipe, ``recipes`` more named ones;
+    ``batchable``: several of its models can train at once as one vectorised model (``epir.engine.batched``:
+    every operation works under ``torch.func.vmap``, batch statistics honour ``sample_mask``, and
+    ``forward_with_loss``, if any, takes ``valid``); ``input_size``: the map side the model accepts when it
+    has no ``image_size`` argument (e.g. STSTNet's 28); ``auto_fold_batch``: per device type, how many of its
+    models a worker trains at once by default where the engine's general choice does not suit it (measured)."""
+    recipe = recipe or TrainConfig()
+    return MODELS.register(recipe=recipe, recipes={"default": recipe, **(recipes or {})}, description=description,
+                           batchable=batchable, input_size=input_size, auto_fold_batch=auto_fold_batch or {})
+
+
+def accepted_input_size(name: str, args: dict[str, Any]) -> int | None:
+    """The square map side model ``name`` with ``args`` accepts (None: any)."""
+    return args.get("image_size", MODELS.meta(name).get("input_size"))
+
+
+def is_batchable(name: str) -> bool:
+    """Whether model ``name`` was registered ``batchable`` (its folds can train batched)."""
+    return bool(MODELS.meta(name).get("batchable", False))
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the registered models matching a glob ``pattern``."""
+    return MODELS.names(pattern)
+
+
+def default_recipe(name: str, recipe: str | None = None) -> TrainConfig:
+    """The registered default training recipe of model ``name``, or its named ``recipe`` (e.g. htnet's "cpu")."""
+    recipes = MODELS.meta(name)["recipes"]
+    if recipe is None:
+        return MODELS.meta(name)["recipe"]
+    if recipe not in recipes:
+        raise ConfigError(
+            f"Model {name!r} has no recipe {recipe!r}.{did_you_mean(recipe, recipes)} Its recipes: {', '.join(recipes)}."
+        )
+    return recipes[recipe]
+
+
+def list_recipes(name: str) -> list[str]:
+    """Names of model ``name``'s recipes ("default" first)."""
+    return list(MODELS.meta(name)["recipes"])
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """Keyword arguments of model ``name``'s factory with their defaults."""
+    sig = inspect.signature(MODELS.get(name))
+    return {
+        p.name: p.default
+        for p in sig.parameters.values()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not inspect.Parameter.empty
+    }
+
+
+def resolve_model_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """All keyword arguments of ``name`` with ``args`` applied, type-checked against the defaults."""
+    defaults = model_defaults(name)
+    out = {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
+    for key, value in args.items():
+        if key not in defaults:
+            raise ConfigError(
+                f"Model {name!r} has no argument {key!r}.{did_you_mean(key, defaults)} "
+                f"Its arguments: {', '.join(defaults)}."
+            )
+        default = defaults[key]
+        if default is None or isinstance(default, (list, tuple, dict)):
+            out[key] = list(value) if isinstance(value, tuple) else value
+        else:
+            out[key] = coerce_scalar(value, type(default), f"model.{key}")
+    return out
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build registered model ``name``; unknown keyword arguments are an error with a "did you mean"."""
+    args = resolve_model_args(name, kwargs)
+    return MODELS.get(name)(**args)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build the model a :class:`ModelConfig` names."""
+    return create_model(cfg.name, **cfg.args)
+
