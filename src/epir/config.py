@@ -198,7 +198,7 @@ def check_ranges(cfg: RunConfig) -> None:
     except (RuntimeError, ValueError):
         raise ConfigError(f"eval.device={e.device!r}: expected a torch device such as cpu, cuda or cuda:0.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"eval.device={e.device!r}: no CUDA device is available here; use --device cpu.")
+        raise ConfigError(f"eval.device={e.device!r}: no CUDA device is available here; set eval.device=cpu (--device cpu).")
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:

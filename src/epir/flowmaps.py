@@ -49,14 +49,14 @@ def resolve_root(root: str | os.PathLike | None, name: str = FORMAT) -> Path:
         root = os.environ.get(ENV_VAR)
         if not root:
             raise DatasetNotFoundError(
-                f"No root given for dataset {name!r}. Pass --root DIR (data.root: the folder holding {CSV_NAME} and "
-                f"{IMAGE_DIR}/) or set the environment variable {ENV_VAR}."
+                f"No root given for dataset {name!r}. Set data.root (--root DIR) to the folder holding {CSV_NAME} and "
+                f"{IMAGE_DIR}/, or set the environment variable {ENV_VAR}."
             )
     path = Path(root).expanduser()
     if not (path / CSV_NAME).is_file():
         raise DatasetNotFoundError(
             f"{path / CSV_NAME} does not exist. The {name} root must hold {CSV_NAME} and {IMAGE_DIR}/ "
-            f"(the public HTNet repository's layout, as epir preprocess writes it); check --root or {ENV_VAR}."
+            f"(the public HTNet repository's layout, as epir preprocess writes it); check data.root (--root) or {ENV_VAR}."
         )
     return path
 

@@ -17,7 +17,6 @@ when a run resumes; every other key is the evaluation protocol and may not.
 from __future__ import annotations
 
 import argparse
-import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -27,7 +26,7 @@ import numpy as np
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, apply_overrides, parse_key_values, set_value
 from epir.data import FlowDataset, load_dataset
 from epir.data.transforms import apply_input_transform
-from epir.errors import ConfigError, did_you_mean
+from epir.errors import ConfigError, closest, did_you_mean
 from epir.models.factory import accepted_input_size, default_recipe, resolve_model_args
 
 #: Command-line flags that set one config key each (flag dest, key).
@@ -233,8 +232,8 @@ def select_subjects(dataset: FlowDataset, wanted: Sequence[str]) -> list[str]:
                 hint = "ambiguous: " + ", ".join(matches)
             else:  # compare a bare id with bare ids, a namespaced name with namespaced ones
                 bare = {s.split("/", 1)[-1]: s for s in subjects}
-                close = difflib.get_close_matches(name, subjects if "/" in name else list(bare), n=1, cutoff=0.5)
-                hint = f"Did you mean {bare.get(close[0], close[0])!r}?" if close else "not found"
+                close = closest(name, subjects if "/" in name else list(bare))
+                hint = f"Did you mean {bare.get(close, close)!r}?" if close else "not found"
             raise ConfigError(
                 f"eval.folds: no subject {name!r} in dataset {dataset.name!r} ({hint}). "
                 f"Subjects look like {subjects[0]!r}; `epir list subjects --dataset {dataset.name}` lists them."

@@ -38,11 +38,11 @@ def _sheets(sheet: str | os.PathLike | Mapping[str, str | os.PathLike] | None) -
     if sheet is None:
         return {}
     if not isinstance(sheet, Mapping):
-        raise ConfigError("The composite set reads three label sheets: give them per dataset, e.g. --sheet "
-                          f"casme2=CASME2-coding-20140508.xlsx (in Python sheet={{'casme2': ...}}), got {sheet!r}.")
+        raise ConfigError("The composite set reads three label sheets: give them per dataset, e.g. sheet={{'casme2': ...}} "
+                          f"(--sheet casme2=CASME2-coding-20140508.xlsx), got {sheet!r}.")
     unknown = [k for k in sheet if k not in PARTS]
     if unknown:
-        raise ConfigError(f"--sheet {unknown[0]}=...: {unknown[0]!r} is not a dataset of the composite set."
+        raise ConfigError(f"sheet (--sheet) {unknown[0]}=...: {unknown[0]!r} is not a dataset of the composite set."
                           f"{did_you_mean(unknown[0], PARTS)} Its datasets: {', '.join(PARTS)}.")
     return dict(sheet)
 
@@ -61,7 +61,7 @@ def composite(root: str | os.PathLike, *, sheet: str | os.PathLike | Mapping[str
     """
     if labels not in ("composite", "native"):
         raise ConfigError(f"The composite set has the 'composite' labels (negative, positive, surprise), got "
-                          f"--labels {labels!r}; preprocess a single dataset for its other schemes.")
+                          f"labels={labels!r} (--labels); preprocess a single dataset for its other schemes.")
     sheets = _sheets(sheet)
     tables = []
     for name in PARTS:

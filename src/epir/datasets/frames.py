@@ -250,7 +250,7 @@ def read_raw(layout: RawLayout, root: str | os.PathLike, *, sheet: str | os.Path
     """The shared body of every single-dataset reader (see :func:`locate_clips`)."""
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
-        raise DatasetNotFoundError(f"{layout.title} root {root_path} does not exist or is not a folder; pass --root "
+        raise DatasetNotFoundError(f"{layout.title} root {root_path} does not exist or is not a folder; pass root (--root) "
                                    f"the folder holding the dataset ({'; '.join(layout.layouts)}).")
     bases = find_dataset_dirs(root_path, layout)
     if not bases:
@@ -265,7 +265,7 @@ def read_raw(layout: RawLayout, root: str | os.PathLike, *, sheet: str | os.Path
         if found is None:
             raise DatasetNotFoundError(
                 f"No {layout.title} label sheet found in {root_path} (looked for {', '.join(layout.sheets)} in it, "
-                "its sub-folders and the folders down to the frames). Pass the sheet with --sheet FILE."
+                "its sub-folders and the folders down to the frames). Pass sheet=FILE (--sheet FILE)."
             )
         sheet = found
     table = read_annotations(layout.name, sheet, labels=labels, fixes=fixes)

@@ -34,14 +34,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from epir.errors import ConfigError, UnknownNameError, did_you_mean
+from epir.errors import ConfigError, UnknownChoiceError, did_you_mean
 
 #: Each dataset's default own scheme (``labels="native"``).
 NATIVE = MappingProxyType({"casme2": "casme2-5", "samm": "samm-5", "smic": "smic-3", "casme3": "casme3-7"})
-
-
-class UnknownChoiceError(UnknownNameError, ConfigError):
-    """An unknown scheme or dataset name: an ``UnknownNameError`` that is also a ``ConfigError``."""
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ import pandas as pd
 
 from epir.datasets.base import READERS
 from epir.datasets.schemes import UnknownChoiceError, get_scheme
-from epir.errors import ConfigError, DatasetError, DatasetNotFoundError, did_you_mean
+from epir.errors import AnnotationWarning, ConfigError, DatasetError, DatasetNotFoundError, did_you_mean
 
 #: Columns every canonical table starts with.
 COLUMNS = ("dataset", "subject", "clip", "onset", "apex", "offset", "emotion", "label")
@@ -50,10 +50,6 @@ FIX_COLUMNS = ("dataset", "sheet", "subject", "clip", "action", "field", "old", 
 HEADER_SEARCH_ROWS = 50
 
 FixesArg = Union[bool, str, os.PathLike, pd.DataFrame, None]
-
-
-class AnnotationWarning(UserWarning):
-    """A label sheet has rows with missing or impossible values, or a fix did not apply."""
 
 
 def read_annotations(dataset: str, sheet: str | os.PathLike, labels: str | None = "native", *,

@@ -52,14 +52,14 @@ def run_on_dask(
         from distributed import Client, as_completed
     except ImportError:
         raise ConfigError(
-            "--dask-scheduler needs Dask's distributed scheduler: pip install 'epir[dask]' "
+            "eval.dask_scheduler (--dask-scheduler) needs Dask's distributed scheduler: pip install 'epir[dask]' "
             "(or pip install 'dask[distributed]') on this machine and on every worker."
         ) from None
     try:
         client = Client(address, timeout="15s", set_as_default=False)
     except (OSError, TimeoutError) as e:
         raise ConfigError(
-            f"--dask-scheduler {address}: cannot connect ({e}). Start a scheduler with `dask scheduler` and "
+            f"eval.dask_scheduler={address!r}: cannot connect ({e}). Start a scheduler with `dask scheduler` and "
             f"workers with `dask worker {address}`, or check the address (tcp://HOST:8786)."
         ) from None
     try:

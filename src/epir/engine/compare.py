@@ -23,7 +23,7 @@ def split_overrides(models: Sequence[str], overrides: Sequence[str]) -> dict[str
         head, sep, rest = item.partition(":")
         if sep and "=" not in head:
             if head not in per_model:
-                raise ConfigError(f"--set {item!r}: {head!r} is not one of the compared models {list(models)}.")
+                raise ConfigError(f"overrides (--set) {item!r}: {head!r} is not one of the compared models {list(models)}.")
             per_model[head].append(rest)
         else:
             for m in models:
@@ -83,13 +83,13 @@ def run_compare(
     ``out_dir``; each model's run directory (predictions, MEGC log) is ``out_dir/<model>``.
     """
     if protocol not in ("honest", "oracle-epoch"):
-        raise ConfigError(f"--protocol {protocol!r}; expected honest or oracle-epoch.")
+        raise ConfigError(f"protocol={protocol!r} (--protocol); expected honest or oracle-epoch.")
     recipes = recipes or {}
     for m in [*models, *recipes]:
         MODELS.get(m)  # unknown names fail before any training
     for m in recipes:
         if m not in models:
-            raise ConfigError(f"--recipe {m}:{recipes[m]}: {m!r} is not one of the compared models {list(models)}.")
+            raise ConfigError(f"recipes (--recipe) {m}:{recipes[m]}: {m!r} is not one of the compared models {list(models)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_model = split_overrides(models, overrides)

@@ -112,22 +112,22 @@ def run_fold(
         path = Path(fold_weights) / f"{test.subject_ids[0]}.pth"
         if not path.is_file():
             raise DatasetNotFoundError(
-                f"--fold-weights: {path} does not exist; expected one <subject>.pth per fold, named by the "
+                f"fold_weights (--fold-weights): {path} does not exist; expected one <subject>.pth per fold, named by the "
                 f"subject id as in the dataset ({test.subject_ids[0]!r})."
             )
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for a non-weights file
             raise ConfigError(
-                f"--fold-weights: {path} is not a file of tensors (a state dict saved with torch.save): "
+                f"fold_weights (--fold-weights): {path} is not a file of tensors (a state dict saved with torch.save): "
                 f"{type(e).__name__}. Nothing is unpickled beyond tensors; give the per-subject weights files."
             ) from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ConfigError(f"--fold-weights: {path} holds {type(state).__name__}, not a state dict of tensors.")
+            raise ConfigError(f"fold_weights (--fold-weights): {path} holds {type(state).__name__}, not a state dict of tensors.")
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise ConfigError(f"--fold-weights: {path} does not fit model {cfg.model.name!r}: {e}") from None
+            raise ConfigError(f"fold_weights (--fold-weights): {path} does not fit model {cfg.model.name!r}: {e}") from None
         model.to(device)
         norm = InputNorm.fit(cfg.train.input_norm, dataset.x[train_idx])
         probs = predict_proba(model, norm, test.x, device=device)

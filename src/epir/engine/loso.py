@@ -242,7 +242,7 @@ def run_loso(
             wider = store.wider(seeds, subjects)
             if wider:
                 warnings.warn(
-                    f"{out} holds finished folds beyond this command's --folds/--seeds ({wider}); its results.json, "
+                    f"{out} holds finished folds beyond this run's eval.folds/eval.seeds (--folds/--seeds) ({wider}); its results.json, "
                     f"predictions.csv and MEGC logs are left as they are (they cover the whole run). Run the whole "
                     f"set again to rewrite them; these results are printed only.", stacklevel=2)
             else:

@@ -92,7 +92,7 @@ def check_fingerprint(out_dir: Path, fingerprint: dict[str, Any]) -> None:
     if diffs:
         raise ConfigError(
             f"{out_dir} holds a run of other data or another protocol ({'; '.join(diffs)}): its finished folds "
-            f"cannot be reused. Use another --out, or delete {out_dir} to start over."
+            f"cannot be reused. Use another out_dir (--out), or delete {out_dir} to start over."
         )
 
 
@@ -102,7 +102,7 @@ def read_fold_file(path: Path, dataset: FlowDataset, seed: int, subject: str) ->
     def bad(why: str) -> ConfigError:
         return ConfigError(
             f"{path}: {why}. The run directory does not match this run; delete that file to recompute the fold, "
-            f"or use another --out."
+            f"or use another out_dir (--out)."
         )
 
     try:
@@ -195,7 +195,7 @@ def check_resume(out_dir: Path, cfg: RunConfig) -> None:
     if diffs:
         raise ConfigError(
             f"{out_dir} holds a run with a different configuration ({'; '.join(diffs)}). "
-            f"Use another --out, or delete {out_dir} to start over."
+            f"Use another out_dir (--out), or delete {out_dir} to start over."
         )
 
 

@@ -42,7 +42,7 @@ from torch import nn
 from epir.data.base import CHANNELS
 from epir.data.transforms import INPUT_TRANSFORMS, mosaic
 from epir.engine.train import InputNorm
-from epir.errors import EpirError, UnknownNameError
+from epir.errors import CheckpointError, CheckpointNotFoundError, EpirError, UnknownNameError
 from epir.fileio import write_atomic
 from epir.models import create_model
 
@@ -53,14 +53,6 @@ FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "checkpoint.json"
 CONFIG_FILE = "config.yaml"
-
-
-class CheckpointError(EpirError, ValueError):
-    """A checkpoint is present but invalid: malformed, tampered with, or not matching its model."""
-
-
-class CheckpointNotFoundError(EpirError, FileNotFoundError):
-    """A checkpoint directory or one of its files does not exist."""
 
 
 class InferenceModel(nn.Module):
@@ -239,11 +231,11 @@ def save_checkpoint(
     out = Path(out_dir).expanduser()
     if (out / META_FILE).exists() and not overwrite:
         raise CheckpointError(
-            f"{out} already holds a checkpoint ({META_FILE}); choose another --out, or pass --overwrite "
+            f"{out} already holds a checkpoint ({META_FILE}); choose another out_dir (--out), or pass overwrite=True (--overwrite) "
             "(overwrite=True) to replace it."
         )
     if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{out} exists and is not a directory; choose another --out.")
+        raise CheckpointError(f"{out} exists and is not a directory; choose another out_dir (--out).")
     out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     blob = save(tensors, metadata={"format": "pt", "epir_model": str(meta["model"]["name"])})

@@ -189,7 +189,7 @@ def explain_prediction(predictor: Predictor, prediction: Prediction, path: str |
         raise ConfigError("This prediction holds no flow map to explain; make it with Predictor.predict().")
     out = Path(path).expanduser()
     if out.suffix.lower() != ".png":
-        raise ConfigError(f"--explain writes a PNG; give a file name ending in .png, got {out}.")
+        raise ConfigError(f"explain (--explain) writes a PNG; give a file name ending in .png, got {out}.")
     flow_map = np.asarray(prediction.map, dtype=np.float32)
     size = flow_map.shape[-1]
     with predictor.torch_threads():

@@ -33,15 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from epir.errors import EpirError
+from epir.errors import ExportError
 from epir.inference.checkpoint import Checkpoint, load_checkpoint
 
 #: Default ONNX opset (ScatterElements with reduction, TopK, LayerNormalization all available).
 OPSET = 18
-
-
-class ExportError(EpirError, RuntimeError):
-    """The model could not be exported to ONNX, or the exported model does not reproduce PyTorch."""
 
 
 class _WithProbabilities(nn.Module):
@@ -276,7 +272,7 @@ def export_onnx(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
     out = Path(path).expanduser()
     if out.is_dir():
-        raise ExportError(f"--onnx {out} is a directory; give a file name such as {out / 'model.onnx'}.")
+        raise ExportError(f"ONNX file {out} (--onnx) is a directory; give a file name such as {out / 'model.onnx'}.")
     proto = onnx_model(ckpt, opset=opset)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(out))

@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from epir.errors import ConfigError, EpirError
+from epir.errors import ClipError, ConfigError, EpirError
 from epir.inference.checkpoint import Checkpoint, InferenceModel, load_checkpoint
 from epir.data.transforms import mosaic
 from epir.preprocess.face import FaceAligner, five_points
 from epir.preprocess.pipeline import ClipResult, PreprocessSettings, run_clip
-from epir.preprocess.video import IMAGE_EXTS, VIDEO_EXTS, ClipError, FrameSequence, list_frames, read_frames
+from epir.preprocess.video import IMAGE_EXTS, VIDEO_EXTS, FrameSequence, list_frames, read_frames
 
 Clip = str | os.PathLike | Sequence[np.ndarray]
 
@@ -411,7 +411,7 @@ class Predictor:
         if apex is not None and apex <= onset:
             raise ClipError(
                 f"The onset (frame {onset}) must come before the apex (frame {apex}): the flow goes from the onset "
-                "to the later apex. Check --onset/--apex, or leave --apex out to estimate it."
+                "to the later apex. Check onset/apex (--onset/--apex), or leave apex out to estimate it."
             )
         t = time.perf_counter()
         where = ""
@@ -479,7 +479,7 @@ class Predictor:
         if result.onset_face is None:
             raise ConfigError(
                 "This model's mosaic input needs each clip's face landmarks, so face alignment must stay on "
-                "(leave out --no-align / preprocess align=false)."
+                "(leave preprocess align=true: no --no-align)."
             )
         return five_points(result.onset_face.landmarks) * (self.settings.size / self.settings.crop_size)
 
@@ -514,13 +514,13 @@ class Predictor:
         root = Path(folder).expanduser()
         if not root.is_dir():
             raise ClipError(
-                f"{root} is not a folder; --csv predicts every clip (video file or frame folder) in a folder."
+                f"{root} is not a folder; predict_folder (--csv) predicts every clip (video file or frame folder) in a folder."
             )
         clips = list_clips(root)
         if not clips:
             raise ClipError(
                 f"{root} holds no clips: expected video files ({', '.join(VIDEO_EXTS)}) or sub-folders of frame "
-                "images. For a single clip given as a folder of frames, leave out --csv."
+                "images. For a single clip given as a folder of frames, use predict (no --csv)."
             )
         if (self.requested_backend == "auto" and self._session is None and not self._auto_export_tried
                 and len(clips) >= AUTO_ONNX_MIN_CLIPS):

@@ -103,7 +103,7 @@ def train_checkpoint(
     cfg = resolve_config(cfg)
     out = Path(out_dir).expanduser()
     if (out / "checkpoint.json").exists() and not overwrite:  # fail before training, not after
-        raise ConfigError(f"{out} already holds a checkpoint; choose another --out, or pass --overwrite to replace it.")
+        raise ConfigError(f"{out} already holds a checkpoint; choose another out_dir (--out), or pass overwrite=True (--overwrite) to replace it.")
     dataset = load_data(cfg, dataset)
     preprocessing, note = preprocessing_for(dataset)
     dataset, transform_report = transform_data(cfg, dataset)

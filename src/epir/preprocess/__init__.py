@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from epir.preprocess.apex import APEX_METHODS, estimate_apex
-from epir.preprocess.face import AlignedFace, FaceAligner, FaceModelError, NoFaceError
+from epir.errors import ClipError, FaceModelError, MissingFrameError, NoFaceError, UnreadableImageError
+from epir.preprocess.face import AlignedFace, FaceAligner
 from epir.preprocess.flow import (
     FARNEBACK_PARAMS,
     FLOW_METHODS,
@@ -26,7 +27,7 @@ from epir.preprocess.flow import (
     to_gray,
 )
 from epir.preprocess.pipeline import ClipResult, PreprocessSettings, process_clip, process_video
-from epir.preprocess.video import ClipError, MissingFrameError, UnreadableImageError, read_frames
+from epir.preprocess.video import read_frames
 
 # Imported on first use: they pull in pandas and the dataset loaders (which themselves use this package).
 _LAZY = {

@@ -23,9 +23,8 @@ from collections.abc import Callable, Sequence
 import cv2
 import numpy as np
 
-from epir.errors import ConfigError, did_you_mean
+from epir.errors import ClipError, ConfigError, did_you_mean
 from epir.preprocess.flow import compute_flow, to_gray
-from epir.preprocess.video import ClipError
 
 #: Longer side (pixels) to which frames are downscaled before scoring.
 SCORE_SIZE = 128

@@ -42,9 +42,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from epir.errors import ConfigError, EpirError
+from epir.errors import ConfigError, FaceModelError, NoFaceError
 from epir.preprocess.flow import to_gray
-from epir.preprocess.video import ClipError
 
 #: File name of the 68-point landmark model inside ``face_recognition_models/models/``.
 PREDICTOR_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -61,16 +60,6 @@ FIVE_POINTS = (LEFT_EYE, RIGHT_EYE, 30, 48, 54)
 Detector = Callable[[np.ndarray], "list[tuple[float, float, float, float]]"]
 #: ``predictor(gray, box) -> (68, 2)`` landmark (x, y) coordinates in pixels of ``gray``.
 Predictor = Callable[[np.ndarray, "tuple[float, float, float, float]"], np.ndarray]
-
-
-class FaceModelError(EpirError, RuntimeError):
-    """dlib or the landmark model files are not installed."""
-
-
-class NoFaceError(ClipError):
-    """No face was found in a frame."""
-
-    kind = "no face"
 
 
 @dataclass

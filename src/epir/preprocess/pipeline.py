@@ -36,11 +36,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from epir.errors import ConfigError, did_you_mean
+from epir.errors import ClipError, ConfigError, did_you_mean
 from epir.preprocess.apex import APEX_METHODS, check_method, estimate_apex
 from epir.preprocess.face import AlignedFace, FaceAligner
 from epir.preprocess.flow import FLOW_METHODS, compute_flow, flow_to_map, optical_strain
-from epir.preprocess.video import ClipError, read_frames
+from epir.preprocess.video import read_frames
 
 #: Bumped when a change of this code changes its outputs, so that caches made by older code are recomputed.
 PIPELINE_VERSION = 1

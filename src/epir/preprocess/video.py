@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from epir.errors import DatasetError
+from epir.errors import ClipError, MissingFrameError, UnreadableImageError
 
 #: File name endings read as frame images (case-insensitive).
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -43,28 +43,6 @@ def _quiet_ffmpeg() -> None:
 
 
 _quiet_ffmpeg()  # before any capture: OpenCV reads it when its FFmpeg backend first opens a file
-
-
-class ClipError(DatasetError):
-    """A clip cannot be processed: missing or unreadable frames, no face, impossible onset/apex, ...
-
-    Attributes:
-        kind: a short category for reports (``"bad clip"`` here; subclasses say more).
-    """
-
-    kind = "bad clip"
-
-
-class MissingFrameError(ClipError):
-    """A frame file, frame folder or video that the clip needs does not exist."""
-
-    kind = "missing frame"
-
-
-class UnreadableImageError(ClipError):
-    """A frame file or video exists but cannot be decoded."""
-
-    kind = "unreadable image"
 
 
 def natural_key(name: str) -> tuple:
