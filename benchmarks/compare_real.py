@@ -18,7 +18,6 @@ from pathlib import Path
 
 from epir import load_dataset
 from epir.engine.compare import run_compare
-
 from real_loso import default_root  # noqa: E402  (same folder)
 
 

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from epir import load_dataset, make_config, run_loso
-
 from real_loso import default_root  # noqa: E402  (same folder)
 
 #: (name, overrides on the default recipe, what it tests). Append only: this is the record of what was tried.
@@ -67,7 +66,7 @@ def main() -> None:
         rows.append((name, " ".join(overrides) or "(default)", r["uf1"], r["uar"], wall, what))
         print(f"{name}: UF1 {r['uf1']:.4f} UAR {r['uar']:.4f} mean {(r['uf1'] + r['uar']) / 2:.4f} "
               f"({wall:.0f} s; {r['resumed_folds']} folds resumed) {what}", flush=True)
-    print(f"\n| config | overrides | dev UF1 | dev UAR | mean | wall s |\n|---|---|---|---|---|---|")
+    print("\n| config | overrides | dev UF1 | dev UAR | mean | wall s |\n|---|---|---|---|---|---|")
     for name, over, uf1, uar, wall, _ in rows:
         print(f"| {name} | {over} | {uf1:.4f} | {uar:.4f} | {(uf1 + uar) / 2:.4f} | {wall:.0f} |")
     Path(a.out).mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,6 @@ from epir.data.transforms import apply_input_transform
 from epir.engine.loso import resolve_config
 from epir.engine.train import fit
 from epir.models import build_model
-
 from real_loso import default_root  # noqa: E402  (same folder)
 
 HTNET_OFFICIAL_EPOCHS = 800
@@ -129,7 +128,8 @@ def main() -> None:
                 batched_wall = (wall, r["n_folds"])
             print(rows[-1], flush=True)
     cores = os.cpu_count() or 1
-    print(f"\nLOSO speed on {cores} cores, {a.jobs} worker processes (torch {torch.__version__}, {len(data)} samples)\n")
+    print(f"\nLOSO speed on {cores} cores, {a.jobs} worker processes (torch {torch.__version__}, {len(data)} "
+          "samples)\n")
     print("| model | fold batch (used) | folds | seeds | wall s | speed-up vs first row | peak GB | UF1 / UAR |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:

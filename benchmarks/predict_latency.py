@@ -106,7 +106,7 @@ def main() -> None:
                          median_ms(lambda: model(x), args.repeats)))
     torch.set_num_threads(1)
     report = export_onnx(ckpt, tmp / "epir.onnx")
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415 (optional dependency: after the export that needs it)
 
     for threads in (1, 2):
         session = onnx_session(tmp / "epir.onnx", threads=threads)

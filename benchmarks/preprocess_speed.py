@@ -184,7 +184,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for m, _, _ in VARIANTS:
         s, e = speed[m], epe[m]
-        print(f"| {m} | {s['clips_per_s']:.2f} | {s['face']:.3f} | {s['flow']:.3f} | {e['smooth']:.3f} | {e['au']:.3f} |")
+        print(f"| {m} | {s['clips_per_s']:.2f} | {s['face']:.3f} | {s['flow']:.3f} | {e['smooth']:.3f} | "
+              f"{e['au']:.3f} |")
     truth = epe["_truth"]
     print(f"\nmean true flow magnitude (the EPE of a zero flow): smooth warp {truth['smooth']:.3f} px over the crop, "
           f"local AU motion {truth['au']:.3f} px where it exceeds {MOVING} px; {len(seeds)} faces; "

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from epir import load_dataset, make_config, run_loso
 from epir.engine.report import build_report, to_markdown, write_report
-
 from real_loso import default_root  # noqa: E402  (same folder)
 
 SOURCES = ("casme2", "samm", "smic")

@@ -50,7 +50,8 @@ def write_frames(folder: Path, frames: list[np.ndarray], names: list[str]) -> li
     return paths
 
 
-def write_sheet(path: Path, header: list[str], rows: list[list], *, preamble: int = 0, worksheet: str = "Sheet1") -> Path:
+def write_sheet(path: Path, header: list[str], rows: list[list], *, preamble: int = 0,
+                worksheet: str = "Sheet1") -> Path:
     """An .xlsx label sheet: ``preamble`` rows of notes, the header row, then ``rows``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     table = [[f"note {i}"] + [""] * (len(header) - 1) for i in range(preamble)] + [header] + rows

@@ -9,7 +9,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from fakes import interrupt_on_call, record_returns
 
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig
 from epir.engine import batched as batched_mod
@@ -20,6 +19,7 @@ from epir.engine.train import fit, masked_cross_entropy, predict_proba
 from epir.errors import ConfigError
 from epir.losses import supervised_contrastive_loss
 from epir.models import build_model, default_recipe
+from fakes import interrupt_on_call, record_returns
 
 #: Model-internal randomness (dropout, stochastic depth) off: with it on, batched members draw their masks from
 #: vmap's per-member stream instead of the global one (documented), so only then do the paths differ.
@@ -56,7 +56,7 @@ def test_batched_members_match_one_at_a_time_training(name: str, extra: dict, on
         torch.testing.assert_close(norm.mean, ref_norm.mean)
         for (k, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
             if a.is_floating_point():
-                torch.testing.assert_close(b, a, atol=2e-3, rtol=1e-3, msg=lambda s, k=k: f"{m.name} {k}: {s}")
+                torch.testing.assert_close(b, a, atol=2e-3, rtol=1e-3, msg=lambda s, k=k, m=m: f"{m.name} {k}: {s}")
             else:
                 assert torch.equal(a, b), k
         torch.testing.assert_close(predict_proba(model, norm, probe), predict_proba(ref, ref_norm, probe),
@@ -288,4 +288,5 @@ def test_distillation_loss_is_zero_for_identical_logits_and_masks_padding() -> N
     assert distillation_loss(logits, logits, 2.0).abs() < 1e-6
     other = torch.randn(5, 3)
     valid = torch.arange(5) < 3
-    torch.testing.assert_close(distillation_loss(logits, other, 2.0, valid), distillation_loss(logits[:3], other[:3], 2.0))
+    torch.testing.assert_close(distillation_loss(logits, other, 2.0, valid),
+                               distillation_loss(logits[:3], other[:3], 2.0))

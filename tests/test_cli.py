@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakes import interrupt_on_call
 
 import epir.engine.folds as folds
 from epir.cli import main
 from epir.config import RunConfig
+from fakes import interrupt_on_call
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -243,3 +243,21 @@ def test_factory_docstring_numbers_are_the_defaults() -> None:
     assert float(m.group(2)) == round(profile_model("epir")["flops_per_sample"] / 1e6, 2)
     assert [int(t) for t in m.group(3).split("->")] == model.token_counts
     assert int(m.group(4)) == model.pool.keep
+
+
+def test_forward_intermediates_is_the_forward_pass_and_leaves_no_state():
+    m = create_model("epir").eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        out = m.forward_intermediates(x)
+        torch.testing.assert_close(out["logits"], m(x))
+    n_final = out["tokens"].shape[1]
+    assert out["sources"].shape == (2, n_final, m.num_patches) and out["grid"] ** 2 == m.num_patches
+    assert torch.allclose(out["sources"].sum(dim=(1, 2)), torch.full((2,), float(m.num_patches)))
+    assert out["selection"].shape == (2, m.pool.keep) and out["scores"].shape == (2, n_final)
+    assert len(out["attention"]) == sum(isinstance(a, Attention) for a in m.modules())
+    assert not m.keep_sources and m.last_sources is None
+    assert not any(a.keep_attention for a in m.modules() if isinstance(a, Attention))
+    plain = create_model("epir", dtsm=False, merge=False).eval()
+    inter = plain.forward_intermediates(x)
+    assert inter["selection"] is None and inter["sources"].shape == (2, plain.num_patches, plain.num_patches)

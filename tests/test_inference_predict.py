@@ -76,8 +76,8 @@ def test_predict_a_clip_in_both_forms(predictor: Predictor, clips, clip_frames, 
 
 def test_predicted_map_is_the_training_map(predictor: Predictor, clip_frames) -> None:
     """The checkpoint's preprocessing reproduces how the synthetic training maps were made."""
-    from epir.preprocess.flow import flow_map
     from epir.data.synthetic import TVL1_PARAMS
+    from epir.preprocess.flow import flow_map
 
     p = predictor.predict(clip_frames, onset=1, apex=3)
     expected = flow_map(clip_frames[1], clip_frames[3], "tvl1", 28, params=TVL1_PARAMS)

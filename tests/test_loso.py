@@ -317,7 +317,7 @@ def test_several_seeds(fake_dataset, tmp_path) -> None:
     assert res["uf1"] == pytest.approx(np.mean([s["uf1"] for s in res["per_seed"]]))
     assert res["uf1_std"] == pytest.approx(np.std([s["uf1"] for s in res["per_seed"]], ddof=1))
     assert res["n"] == len(fake_dataset)
-    for src, entry in res["per_dataset"].items():
+    for entry in res["per_dataset"].values():
         assert "uf1_std" in entry and "uar_std" in entry
     assert (out / "megc_log_seed0.txt").is_file() and (out / "megc_log_seed1.txt").is_file()
     assert (out / "megc_log.txt").read_text() == (out / "megc_log_seed0.txt").read_text()

@@ -26,8 +26,8 @@ from fakes_preprocess import (
     make_casme3,
     make_composite,
     make_smic,
+    write_avi,
 )
-from fakes_preprocess import write_avi
 
 FAST = PreprocessSettings(flow_method="farneback")
 LABELS = {"casme2": "composite", "samm": "composite", "smic": "composite", "casme3": "casme3-3"}

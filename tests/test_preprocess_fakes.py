@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from fakes_preprocess import GOOD_SEEDS, face_style, make_casme2, make_casme3, make_samm, make_smic
 
 from epir.data.synthetic import render_face
 from epir.preprocess.face import FaceAligner, five_points
+from fakes_preprocess import GOOD_SEEDS, face_style, make_casme2, make_casme3, make_samm, make_smic
 
 
 def test_dlib_finds_the_drawn_faces() -> None:

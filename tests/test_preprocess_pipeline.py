@@ -23,8 +23,7 @@ from epir.preprocess import (
 )
 from epir.preprocess import face as face_module
 from epir.preprocess.face import FaceModelError
-from fakes_preprocess import clip_frames, face_style
-from fakes_preprocess import write_avi
+from fakes_preprocess import clip_frames, face_style, write_avi
 
 SEED = 4
 CENTRE = slice(32, 96)  # the middle of the 128x128 face crop

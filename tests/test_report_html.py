@@ -66,8 +66,8 @@ def test_loop_and_batched_curves_agree(tmp_path) -> None:
                  progress=False)
     assert a["fold_batch"] == 1 and b["fold_batch"] == 4
     ca, cb = pd.read_csv(tmp_path / "a" / "curves.csv"), pd.read_csv(tmp_path / "b" / "curves.csv")
-    np.testing.assert_allclose(ca.sort_values(["subject", "epoch"])["loss"], cb.sort_values(["subject", "epoch"])["loss"],
-                               rtol=1e-3)
+    order = ["subject", "epoch"]
+    np.testing.assert_allclose(ca.sort_values(order)["loss"], cb.sort_values(order)["loss"], rtol=1e-3)
 
 
 def test_oracle_run_is_marked_optimistic(tmp_path) -> None:

@@ -10,6 +10,9 @@ The public API::
     predictor = epir.Predictor.load("checkpoints/epir")     # a checkpoint of `epir train`
     print(predictor.predict("clip.mp4").probabilities)
 """
+from typing import Any
+
+from epir._version import __version__
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from epir.data import FlowDataset, list_datasets, load_dataset
 from epir.engine.evaluate import evaluate_megc_log, evaluate_run_dir
@@ -18,12 +21,10 @@ from epir.engine.metrics import confusion_matrix, megc_scores
 from epir.errors import ConfigError, DatasetError, DatasetNotFoundError, EpirError, UnknownNameError
 from epir.models import create_model, default_recipe, list_models
 
-from epir._version import __version__
 
-
-def __getattr__(name: str):  # lazy: the inference stack imports the face and flow pipeline on first use
+def __getattr__(name: str) -> Any:  # lazy: the inference stack imports the face and flow pipeline on first use
     if name in ("Predictor", "Prediction", "train_checkpoint", "load_checkpoint"):
-        import epir.inference
+        import epir.inference  # noqa: PLC0415 (lazy attribute: the inference stack loads on first use)
 
         return getattr(epir.inference, name)
     raise AttributeError(f"module 'epir' has no attribute {name!r}")

@@ -9,8 +9,20 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from epir.annotations.cli import add_parser as add_annotations
 from epir.config import RunConfig, parse_key_values
+from epir.data import DATASETS, load_dataset
+from epir.engine.ablate import run_ablation
+from epir.engine.compare import run_compare
+from epir.engine.evaluate import evaluate_megc_log, evaluate_run_dir
+from epir.engine.loso import run_loso
+from epir.engine.report import build_report, to_markdown, write_report
+from epir.engine.results import format_summary
 from epir.errors import EpirError
+from epir.inference.cli import add_parser as add_inference
+from epir.models import MODELS, list_models
+from epir.preprocess.cli import add_parser as add_preprocess
+from epir.profiling import profile_model
 from epir.runsetup import (
     DASK_HELP,
     FOLD_BATCH_HELP,
@@ -21,8 +33,6 @@ from epir.runsetup import (
     flag_values,
 )
 
-
-
 #: The former name of :func:`epir.runsetup.config_from_args`.
 build_config = config_from_args
 
@@ -32,17 +42,13 @@ def _default_out(cfg: RunConfig, kind: str = "loso") -> Path:
 
 
 def _print_results(results: dict[str, Any], out: Path | None) -> None:
-    from epir.engine.results import format_summary
-
     print(format_summary(results, title=f"{results.get('model')} on {results.get('dataset')}"))
     if out is not None:
         print(f"run directory: {out}")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from epir.data import DATASETS, load_dataset
-    from epir.models import MODELS
-
+    """Handler of ``epir list``: registered models, datasets, or a dataset's subjects."""
     if args.what == "models":
         for name in MODELS.names():
             recipes = ", ".join(MODELS.meta(name)["recipes"])
@@ -58,8 +64,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_loso(args: argparse.Namespace) -> int:
-    from epir.engine.loso import run_loso
-
+    """Handler of ``epir loso``: resolve the config, run LOSO, print the summary."""
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else _default_out(cfg)
     results = run_loso(cfg, out_dir=out, fold_weights=args.fold_weights, progress=not args.no_progress)
@@ -68,8 +73,7 @@ def cmd_loso(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from epir.engine.loso import run_loso
-
+    """Handler of ``epir demo``: LOSO on the built-in synthetic set."""
     args.dataset = "synthetic"
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else _default_out(cfg, "demo")
@@ -80,9 +84,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from epir.engine.evaluate import evaluate_megc_log, evaluate_run_dir
-    from epir.engine.results import format_summary
-
+    """Handler of ``epir evaluate``: score a run directory or a MEGC2019 log."""
     if (args.run_dir is None) == (args.megc_log is None):
         raise EpirError("epir evaluate takes a RUN_DIR or --megc-log FILE (exactly one).")
     results = evaluate_megc_log(args.megc_log) if args.megc_log else evaluate_run_dir(args.run_dir)
@@ -94,9 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from epir.models import list_models
-    from epir.profiling import profile_model
-
+    """Handler of ``epir profile``: parameters, FLOPs and latency of models."""
     names = list_models() if args.model == "all" else [args.model]
     kwargs = {k.removeprefix("model."): v for k, v in parse_key_values(args.overrides).items()}
     rows = [profile_model(n, **(kwargs if args.model != "all" else {})) for n in names]
@@ -111,8 +111,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from epir.engine.ablate import run_ablation
-
+    """Handler of ``epir ablate``: the full model, each switch off, each lever on."""
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else _default_out(cfg, "ablate")
     run_ablation(cfg, out, switches=args.switches, levers=args.levers, progress=not args.no_progress)
@@ -122,8 +121,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from epir.engine.compare import run_compare
-
+    """Handler of ``epir compare``: several models on the same folds and seeds."""
     flags = flag_values(args)
     overrides = [*args.overrides, *(f"{k}={v}" for k, v in flags.items() if v is not None)]
     out = Path(args.out) if args.out else Path("runs") / f"compare-{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -136,8 +134,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from epir.engine.report import build_report, to_markdown, write_report
-
+    """Handler of ``epir report``: a paper-style table from run directories."""
     table = build_report(args.run_dirs)
     out = Path(args.out) if args.out else Path("runs") / f"report-{time.strftime('%Y%m%d-%H%M%S')}"
     paths = write_report(table, out)
@@ -158,6 +155,7 @@ def _parse_recipes(items: list[str]) -> dict[str, str]:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    """The ``epir`` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="epir", description="Micro-expression recognition: honest LOSO evaluation, MEGC metrics, EPIR."
     )
@@ -226,15 +224,9 @@ def make_parser() -> argparse.ArgumentParser:
                                                "(default runs/report-<time>)")
     p.set_defaults(func=cmd_report)
 
-    from epir.annotations.cli import add_parser as add_annotations
-
     add_annotations(sub)
 
-    from epir.preprocess.cli import add_parser as add_preprocess
-
     add_preprocess(sub)
-
-    from epir.inference.cli import add_parser as add_inference  # train, predict, export
 
     add_inference(sub)
 

@@ -100,6 +100,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain dicts (tuples as lists)."""
         d = dataclasses.asdict(self)
         model = {"name": self.model.name, **self.model.args}
         d["model"] = model
@@ -108,10 +109,12 @@ class RunConfig:
         return d
 
     def to_yaml(self) -> str:
+        """The config as YAML text."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """A config from nested dicts; unknown keys are an error with a "did you mean"."""
         d = dict(d)
         unknown = set(d) - {"model", "data", "train", "eval"}
         if unknown:
@@ -143,6 +146,7 @@ class RunConfig:
         return cls.from_dict(data or {})
 
     def save(self, path: str | Path) -> None:
+        """Write the config as YAML to ``path``."""
         Path(path).write_text(self.to_yaml())
 
 
@@ -165,7 +169,8 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
     _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
     _check(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "a finite number > 0")
-    _check(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a finite number >= 0")
+    _check(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay,
+           "a finite number >= 0")
     _check(_finite(t.momentum) and 0 <= t.momentum < 1, "train.momentum", t.momentum, "a number in [0, 1)")
     _check(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "an integer >= 0")
     _check(_finite(t.label_smoothing) and 0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing,
@@ -191,14 +196,15 @@ def check_ranges(cfg: RunConfig) -> None:
     dup = sorted({s for s in e.seeds if list(e.seeds).count(s) > 1})
     _check(not dup, "eval.seeds", list(e.seeds), f"distinct seeds (repeated: {dup}; each would count twice)")
     _check(len(e.seeds) >= 1, "eval.seeds", list(e.seeds), "at least one seed")
-    import torch  # a device string is checked by torch itself
+    import torch  # a device string is checked by torch itself  # noqa: PLC0415 (epir.config stays importable without loading torch)
 
     try:
         device = torch.device(e.device)
     except (RuntimeError, ValueError):
         raise ConfigError(f"eval.device={e.device!r}: expected a torch device such as cpu, cuda or cuda:0.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"eval.device={e.device!r}: no CUDA device is available here; set eval.device=cpu (--device cpu).")
+        raise ConfigError(f"eval.device={e.device!r}: no CUDA device is available here; set eval.device=cpu "
+                          "(--device cpu).")
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -278,7 +284,8 @@ def set_value(cfg: RunConfig, key: str, value: Any) -> RunConfig:
 
 def parse_key_value(item: str, option: str = "--set", example: str = "train.lr=1e-3") -> tuple[str, Any]:
     """One ``KEY=VALUE`` string as ``(key, value)``, the value parsed like a YAML scalar (:func:`parse_value`);
-    ``option`` and ``example`` name the option it came from in the error."""
+    ``option`` and ``example`` name the option it came from in the error.
+    """
     key, sep, text = item.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"{option} expects KEY=VALUE (e.g. {example}), got {item!r}.")

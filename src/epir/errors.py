@@ -1,5 +1,6 @@
 """Errors raised by epir: one small hierarchy, all defined here; every message says what was expected and how to
-fix it. Library messages name config keys (``train.epochs``); the command line may add its flag."""
+fix it. Library messages name config keys (``train.epochs``); the command line may add its flag.
+"""
 from __future__ import annotations
 
 import difflib

@@ -1,5 +1,6 @@
 """Writing files so that a reader never sees a half-written one: through a unique temporary file beside the
-target and an atomic rename (``os.replace``). Used by run directories, checkpoints and preprocessing outputs."""
+target and an atomic rename (``os.replace``). Used by run directories, checkpoints and preprocessing outputs.
+"""
 from __future__ import annotations
 
 import os

@@ -56,7 +56,8 @@ def resolve_root(root: str | os.PathLike | None, name: str = FORMAT) -> Path:
     if not (path / CSV_NAME).is_file():
         raise DatasetNotFoundError(
             f"{path / CSV_NAME} does not exist. The {name} root must hold {CSV_NAME} and {IMAGE_DIR}/ "
-            f"(the public HTNet repository's layout, as epir preprocess writes it); check data.root (--root) or {ENV_VAR}."
+            "(the public HTNet repository's layout, as epir preprocess writes it); check data.root (--root) or "
+            f"{ENV_VAR}."
         )
     return path
 

@@ -48,7 +48,8 @@ def measure_latency(
     sample_shape: Sequence[int] = SAMPLE_SHAPE,
 ) -> float:
     """Forward latency in milliseconds: the median over ``repeats`` timed calls after ``warmup`` untimed
-    ones, in eval mode under ``torch.inference_mode``, on a random batch of ``batch_size`` samples."""
+    ones, in eval mode under ``torch.inference_mode``, on a random batch of ``batch_size`` samples.
+    """
     was_training = model.training
     model.eval()
     x = torch.randn(batch_size, *sample_shape)
@@ -72,7 +73,8 @@ def measure_train_step(
 ) -> float:
     """Forward + backward time in milliseconds (median over ``repeats`` after ``warmup``), in train mode,
     through ``forward_with_loss`` when the model has one, else cross-entropy on ``forward``. No optimizer
-    step: add roughly the cost of one pass over the parameters for that."""
+    step: add roughly the cost of one pass over the parameters for that.
+    """
     was_training = model.training
     model.train()
     x = torch.randn(batch_size, *sample_shape)

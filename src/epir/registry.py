@@ -32,15 +32,18 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        """The factory registered as ``name`` (an error with a "did you mean" when unknown)."""
         if name not in self._items:
             raise unknown_name(self.kind, name, self._items)
         return self._items[name]
 
     def meta(self, name: str) -> dict[str, Any]:
+        """The metadata registered with ``name``."""
         self.get(name)
         return self._meta[name]
 
     def names(self, pattern: str = "*") -> list[str]:
+        """Registered names matching a glob ``pattern``, sorted."""
         return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
 
     def __contains__(self, name: object) -> bool:

@@ -93,7 +93,8 @@ def resolve_run_config(
     overrides: Sequence[str] = (),
 ) -> RunConfig:
     """Resolve a RunConfig in the module's order: recipe or ``config_file``, ``values`` (config key -> value; None
-    leaves a key as it is), ``seeds``/``folds``/``oracle_epoch``, then ``overrides`` (``KEY=VALUE``)."""
+    leaves a key as it is), ``seeds``/``folds``/``oracle_epoch``, then ``overrides`` (``KEY=VALUE``).
+    """
     cfg = RunConfig.load(config_file) if config_file else make_config(model, recipe=recipe)
     for key, value in (values or {}).items():
         if value is not None:
@@ -163,7 +164,8 @@ def add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir", l
 
 def default_jobs(args: argparse.Namespace) -> int | None:
     """Worker processes when --jobs is not given: one per core (a plain command uses the whole machine), or
-    None (the configuration's value) when --threads pins this process's threads or --config is given."""
+    None (the configuration's value) when --threads pins this process's threads or --config is given.
+    """
     if getattr(args, "jobs", None) is not None or getattr(args, "threads", None) is not None:
         return None
     if not hasattr(args, "jobs"):
@@ -173,7 +175,8 @@ def default_jobs(args: argparse.Namespace) -> int | None:
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     """The config keys the flags of :data:`FLAG_KEYS` set (None where a flag was not given), with the
-    default number of workers (:func:`default_jobs`)."""
+    default number of workers (:func:`default_jobs`).
+    """
     values = {key: getattr(args, flag, None) for flag, key in FLAG_KEYS}
     if values["eval.jobs"] is None:
         values["eval.jobs"] = default_jobs(args)

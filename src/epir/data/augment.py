@@ -37,7 +37,8 @@ MAP_MAX = 255.0
 
 def _grid(angle: torch.Tensor, scale: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """Sampling grid of ``I'(p) = I(R^-1 p / s)`` (rotation by ``angle`` radians in image coordinates, x right,
-    y down, about the centre), for ``F.grid_sample`` on a (B, C, H, W) batch of square images."""
+    y down, about the centre), for ``F.grid_sample`` on a (B, C, H, W) batch of square images.
+    """
     c, s_ = torch.cos(angle), torch.sin(angle)
     inv = 1.0 / scale
     theta = torch.stack(
@@ -87,6 +88,7 @@ def rotate_scale_maps(maps: torch.Tensor, angle: torch.Tensor, scale: torch.Tens
 
     Args:
         maps: (B, 3, H, W) at 0-255.
+        scale: (B,) zoom factors (None: 1, rotation only).
         angle: (B,) radians; scale: (B,) factors (default 1).
     """
     zero = maps[:, :2].flatten(2).median(dim=-1).values[..., None, None]

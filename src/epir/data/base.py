@@ -52,6 +52,7 @@ class FlowDataset:
 
     @property
     def num_classes(self) -> int:
+        """Number of classes (``len(class_names)``)."""
         return len(self.class_names)
 
     def subject_list(self) -> list[str]:

@@ -29,7 +29,8 @@ from epir.flowmaps import (
 def load_flowmaps(root: str | os.PathLike | None = None, dataset_name: str = FORMAT) -> FlowDataset:
     """Load a flow-map folder (:mod:`epir.flowmaps`) as dataset ``dataset_name``; ``root`` defaults to
     ``$EPIR_MEGC2019_ROOT``. The folder and its index are cross-checked: a missing or unreadable image, an unknown
-    label or source dataset, or a duplicate row is an error naming the CSV line and the file."""
+    label or source dataset, or a duplicate row is an error naming the CSV line and the file.
+    """
     base = resolve_root(root, dataset_name)
     csv_path = base / CSV_NAME
     try:
@@ -113,5 +114,6 @@ def flowmaps(root: str | None = None) -> FlowDataset:
                               "--root or $EPIR_MEGC2019_ROOT")
 def megc2019(root: str | None = None) -> FlowDataset:
     """Load the composite set (the ``flowmaps`` format under the name ``megc2019``); ``root`` defaults to
-    ``$EPIR_MEGC2019_ROOT``."""
+    ``$EPIR_MEGC2019_ROOT``.
+    """
     return load_flowmaps(root, "megc2019")

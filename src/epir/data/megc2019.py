@@ -1,5 +1,6 @@
 """Former module of the ``megc2019`` loader, kept so that its imports keep working: the format is
-:mod:`epir.flowmaps`, the loader :mod:`epir.data.flowmaps` (``megc2019`` is an alias of ``flowmaps``)."""
+:mod:`epir.flowmaps`, the loader :mod:`epir.data.flowmaps` (``megc2019`` is an alias of ``flowmaps``).
+"""
 from __future__ import annotations
 
 from epir.data.flowmaps import flowmaps, load_flowmaps, megc2019

@@ -202,12 +202,14 @@ def _ln(v: float, ss: int) -> int:
     return max(1, int(round(v * ss * 16)))
 
 
-def _ellipse(img, c, axes, angle, color, ss, thickness=-1, a0=0, a1=360):
+def _ellipse(img: np.ndarray, c: tuple[float, float], axes: tuple[float, float], angle: float, color: tuple[int, ...],
+             ss: int, thickness: float = -1, a0: float = 0, a1: float = 360) -> None:
     cv2.ellipse(img, _pt(*c, ss), (_ln(axes[0], ss), _ln(axes[1], ss)), angle, a0, a1, color,
                 thickness if thickness < 0 else max(1, int(round(thickness * ss))), cv2.LINE_AA, 4)
 
 
-def _polyline(img, pts, color, thick, ss):
+def _polyline(img: np.ndarray, pts: Sequence[tuple[float, float]], color: tuple[int, ...], thick: float, ss: int
+              ) -> None:
     p = np.array([_pt(x, y, ss) for x, y in pts], dtype=np.int32).reshape(-1, 1, 2)
     cv2.polylines(img, [p], False, color, max(1, int(round(thick * ss))), cv2.LINE_AA, 4)
 
@@ -324,6 +326,8 @@ def displacement(
 
     Args:
         style: the subject.
+        xs: x coordinates of the face points (pixels).
+        ys: y coordinates of the face points (pixels).
         au: action unit name (see :data:`ACTION_UNITS`) -> intensity; at 1.0 the centre of each of the
             unit's bumps moves about :data:`AU_PIXELS` (1 px) at 64x64, scaled with the frame size;
             negative values move the other way.

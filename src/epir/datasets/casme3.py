@@ -106,7 +106,8 @@ LAYOUT = RawLayout(
 def casme3(root: str | os.PathLike, *, sheet: str | os.PathLike | None = None, labels: str | None = "native",
            fixes: bool = True) -> pd.DataFrame:
     """CAS(ME)^3 part A clips under ``root`` (see the module docstring and
-    :func:`epir.preprocess.datasets.locate_clips`)."""
+    :func:`epir.preprocess.datasets.locate_clips`).
+    """
     return read_raw(LAYOUT, root, sheet=sheet, labels=labels, fixes=fixes)
 
 

@@ -24,9 +24,9 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from epir.errors import ConfigError, did_you_mean
 from epir.datasets.base import LAYOUTS, RAW_DATASETS
 from epir.datasets.frames import read_raw
+from epir.errors import ConfigError, did_you_mean
 
 #: The composite's datasets, in the order of the official list.
 PARTS = ("casme2", "samm", "smic")
@@ -38,7 +38,8 @@ def _sheets(sheet: str | os.PathLike | Mapping[str, str | os.PathLike] | None) -
     if sheet is None:
         return {}
     if not isinstance(sheet, Mapping):
-        raise ConfigError("The composite set reads three label sheets: give them per dataset, e.g. sheet={{'casme2': ...}} "
+        raise ConfigError("The composite set reads three label sheets: give them per dataset, e.g. "
+                          "sheet={{'casme2': ...}} "
                           f"(--sheet casme2=CASME2-coding-20140508.xlsx), got {sheet!r}.")
     unknown = [k for k in sheet if k not in PARTS]
     if unknown:

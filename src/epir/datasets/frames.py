@@ -4,7 +4,8 @@
     >>> clips = locate_clips("casme2", "/data/CASME2", labels="composite")   # sheet found inside the root
 
 One module per dataset in :mod:`epir.datasets` (``casme2``, ``samm``, ``smic``, ``casme3``, and ``composite``
-pooling three of them), each registered in :data:`~epir.datasets.base.RAW_DATASETS` and documenting the layouts it accepts. Every reader returns the
+pooling three of them), each registered in :data:`~epir.datasets.base.RAW_DATASETS` and documenting the layouts
+it accepts. Every reader returns the
 canonical annotation table of :func:`epir.datasets.sheets.read_annotations` (``dataset, subject, clip, onset,
 apex, offset, emotion, label, ...``) with the frame columns:
 
@@ -29,8 +30,8 @@ file names) in ``root``, its sub-folders and the folders between ``root`` and th
 from __future__ import annotations
 
 import fnmatch
-import re
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -93,7 +94,8 @@ def find_dataset_dirs(root: Path, layout: RawLayout, depth: int = SEARCH_DEPTH) 
 
 def find_sheet(root: Path, dataset_dir: Path | None, layout: RawLayout) -> Path | None:
     """The dataset's label sheet: the first of ``layout.sheets`` found in ``root``, its sub-folders, or the
-    folders from ``root`` down to ``dataset_dir``."""
+    folders from ``root`` down to ``dataset_dir``.
+    """
     folders = [root]
     try:
         folders += sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=str)
@@ -250,7 +252,8 @@ def read_raw(layout: RawLayout, root: str | os.PathLike, *, sheet: str | os.Path
     """The shared body of every single-dataset reader (see :func:`locate_clips`)."""
     root_path = Path(root).expanduser()
     if not root_path.is_dir():
-        raise DatasetNotFoundError(f"{layout.title} root {root_path} does not exist or is not a folder; pass root (--root) "
+        raise DatasetNotFoundError(f"{layout.title} root {root_path} does not exist or is not a folder; pass root "
+                                   "(--root) "
                                    f"the folder holding the dataset ({'; '.join(layout.layouts)}).")
     bases = find_dataset_dirs(root_path, layout)
     if not bases:

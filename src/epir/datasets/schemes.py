@@ -64,9 +64,11 @@ class LabelScheme:
 
     @property
     def datasets(self) -> tuple[str, ...]:
+        """The datasets the scheme covers."""
         return tuple(self.groups)
 
     def covers(self, dataset: str) -> bool:
+        """Whether the scheme maps ``dataset``'s emotions."""
         return dataset in self.groups
 
     def label(self, dataset: str, emotion: str) -> int | None:

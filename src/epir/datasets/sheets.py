@@ -33,7 +33,7 @@ import re
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Union
+from typing import Any
 
 import pandas as pd
 
@@ -49,7 +49,7 @@ FIXABLE = ("onset", "apex", "offset", "emotion", "action_units")
 FIX_COLUMNS = ("dataset", "sheet", "subject", "clip", "action", "field", "old", "new", "reason")
 HEADER_SEARCH_ROWS = 50
 
-FixesArg = Union[bool, str, os.PathLike, pd.DataFrame, None]
+FixesArg = bool | str | os.PathLike | pd.DataFrame | None
 
 
 def read_annotations(dataset: str, sheet: str | os.PathLike, labels: str | None = "native", *,
@@ -61,7 +61,8 @@ def read_annotations(dataset: str, sheet: str | os.PathLike, labels: str | None 
         sheet: the label sheet (.xlsx as distributed, or a .csv export of its table).
         labels: a scheme from ``list_schemes(dataset)``, ``native`` (the dataset's own default, ``NATIVE``),
             or None for every row with ``label`` left empty.
-        fixes: True for the packaged fixes (each dataset's ``FIXES``), False/None for none, or your own fixes table (a CSV
+        fixes: True for the packaged fixes (each dataset's ``FIXES``), False/None for none, or your own fixes
+            table (a CSV
             path or DataFrame with the columns ``FIX_COLUMNS``).
 
     Returns:
@@ -81,7 +82,7 @@ def read_annotations(dataset: str, sheet: str | os.PathLike, labels: str | None 
     if not path.is_file():
         raise DatasetNotFoundError(
             f"{path} does not exist. Pass the {reader.TITLE} label sheet as distributed with the dataset "
-            f"(the reader understands: {'; '.join(_layout_text(l) for l in reader.LAYOUTS)})."
+            f"(the reader understands: {'; '.join(_layout_text(lay) for lay in reader.LAYOUTS)})."
         )
     table, layout, source = _read_layout(path, reader)
     table = reader.normalise(table, layout, source)
@@ -126,7 +127,8 @@ def load_fixes(fixes: FixesArg = True) -> pd.DataFrame:
     """The fixes table (text columns ``FIX_COLUMNS``, one row per fix), validated.
 
     Args:
-        fixes: True for the packaged fixes (each dataset's ``FIXES``), False/None for an empty table, a CSV path, or a DataFrame.
+        fixes: True for the packaged fixes (each dataset's ``FIXES``), False/None for an empty table, a CSV path,
+            or a DataFrame.
     """
     if fixes is None or fixes is False:
         return pd.DataFrame(columns=list(FIX_COLUMNS), dtype=object)
@@ -256,7 +258,7 @@ def _read_layout(path: Path, reader: ModuleType) -> tuple[pd.DataFrame, dict, st
     raise DatasetError(
         f"{path}: not a {reader.TITLE} label sheet: no worksheet has a header row (within the first "
         f"{HEADER_SEARCH_ROWS} rows) with the expected columns. Expected "
-        f"{' or '.join(_layout_text(l) for l in reader.LAYOUTS)}.{got}"
+        f"{' or '.join(_layout_text(lay) for lay in reader.LAYOUTS)}.{got}"
     )
 
 

@@ -141,7 +141,8 @@ LAYOUT = RawLayout(
 )
 
 
-@register_raw(LAYOUT, description="SMIC-HS: SMIC/HS/s1/micro/negative/s1_ne_01/image*.bmp or HS_long/SMIC_HS_E/s20/s20_ne_01/")
+@register_raw(LAYOUT, description="SMIC-HS: SMIC/HS/s1/micro/negative/s1_ne_01/image*.bmp or "
+                                  "HS_long/SMIC_HS_E/s20/s20_ne_01/")
 def smic(root: str | os.PathLike, *, sheet: str | os.PathLike | None = None, labels: str | None = "native",
          fixes: bool = True) -> pd.DataFrame:
     """SMIC-HS clips under ``root`` (see the module docstring and :func:`epir.preprocess.datasets.locate_clips`)."""

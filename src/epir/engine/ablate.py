@@ -1,5 +1,6 @@
 """Ablation: the same honest LOSO (same folds, same seeds) for a model and for each of its components
-switched off, in one table (markdown and CSV) in the run directory."""
+switched off, in one table (markdown and CSV) in the run directory.
+"""
 from __future__ import annotations
 
 import inspect
@@ -13,8 +14,8 @@ from epir.config import RunConfig, apply_overrides
 from epir.data import FlowDataset, load_dataset
 from epir.engine.loso import run_loso
 from epir.engine.report_html import write_table_report
-from epir.errors import ConfigError, did_you_mean
 from epir.engine.tables import run_row, to_markdown
+from epir.errors import ConfigError, did_you_mean
 from epir.models import MODELS, resolve_model_args
 
 
@@ -57,6 +58,7 @@ def run_ablation(
         dataset: the data (loaded from ``cfg.data`` when omitted, once for all arms).
         switches: the components to switch off (default: all the model's switches).
         levers: recipe levers of :data:`LEVERS` to add, one arm ``+<lever>`` each (``["all"]``: every one).
+        progress: print each arm and show the progress bars.
     """
     out = Path(out_dir)
     known = model_switches(cfg.model.name)

@@ -24,7 +24,8 @@ def run_group(
     batched: bool = True,
 ) -> list[dict[str, Any]]:
     """One group of folds in a worker process: one torch thread per worker unless ``eval.threads`` says
-    otherwise, so workers do not fight over cores."""
+    otherwise, so workers do not fight over cores.
+    """
     torch.set_num_threads(cfg.eval.threads or 1)
     if not batched:
         return [fold_runner.run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights) for seed, subject in folds]
@@ -49,7 +50,7 @@ def run_on_dask(
     so even a lost client loses nothing finished (rerun with the same ``--out``).
     """
     try:
-        from distributed import Client, as_completed
+        from distributed import Client, as_completed  # noqa: PLC0415 (optional dependency, imported when used)
     except ImportError:
         raise ConfigError(
             "eval.dask_scheduler (--dask-scheduler) needs Dask's distributed scheduler: pip install 'epir[dask]' "

@@ -37,6 +37,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from epir.config import ModelConfig, TrainConfig
+from epir.data.augment import mixup
 from epir.engine.train import (
     InputNorm,
     Teacher,
@@ -54,7 +55,6 @@ from epir.engine.train import (
 )
 from epir.errors import ConfigError
 from epir.models import build_model
-from epir.data.augment import mixup
 from epir.models.layers import sample_mask
 
 
@@ -97,7 +97,8 @@ class _MemberLoss(nn.Module):
     ) -> torch.Tensor:
         """x: (B, C, H, W) normalised; y, valid: (B,); weight: class weights (K,); y2, lam: mixup's second
         labels (B,) and weight () (``lam`` = 1 without mixup); soft: the teacher's logits (B, K) when
-        distilling. Returns (loss, number of correct valid predictions)."""
+        distilling. Returns (loss, number of correct valid predictions).
+        """
 
         def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             loss = masked_cross_entropy(logits, target, weight, self.label_smoothing, valid)

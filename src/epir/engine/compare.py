@@ -23,7 +23,8 @@ def split_overrides(models: Sequence[str], overrides: Sequence[str]) -> dict[str
         head, sep, rest = item.partition(":")
         if sep and "=" not in head:
             if head not in per_model:
-                raise ConfigError(f"overrides (--set) {item!r}: {head!r} is not one of the compared models {list(models)}.")
+                raise ConfigError(f"overrides (--set) {item!r}: {head!r} is not one of the compared models "
+                                  f"{list(models)}.")
             per_model[head].append(rest)
         else:
             for m in models:
@@ -33,10 +34,10 @@ def split_overrides(models: Sequence[str], overrides: Sequence[str]) -> dict[str
 
 def plot_scores(table: pd.DataFrame, path: Path, title: str) -> None:
     """Grouped bars of UF1 and UAR per model, with error bars of one std over seeds."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (matplotlib loaded only when drawing, after the Agg backend is chosen)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (matplotlib loaded only when drawing, after the Agg backend is chosen)
 
     x = np.arange(len(table))
     fig, ax = plt.subplots(figsize=(1.8 * len(table) + 2, 4))
@@ -57,7 +58,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     """Row-normalised confusion matrix with counts (summed over seeds), drawn as in every run report."""
     fig = confusion_plot(confusion, class_names, title)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (matplotlib loaded only when drawing, after the Agg backend is chosen)
 
     plt.close(fig)
 
@@ -89,7 +90,8 @@ def run_compare(
         MODELS.get(m)  # unknown names fail before any training
     for m in recipes:
         if m not in models:
-            raise ConfigError(f"recipes (--recipe) {m}:{recipes[m]}: {m!r} is not one of the compared models {list(models)}.")
+            raise ConfigError(f"recipes (--recipe) {m}:{recipes[m]}: {m!r} is not one of the compared models "
+                              f"{list(models)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_model = split_overrides(models, overrides)

@@ -1,6 +1,7 @@
 """Recompute metrics from a run directory's predictions or from a MEGC2019 submission log."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,6 @@ def evaluate_run_dir(run_dir: str | Path) -> dict[str, Any]:
     if "protocol" in preds.columns and preds["protocol"].nunique() == 1:
         protocol = str(preds["protocol"].iloc[0])
     if (run / "results.json").is_file():
-        import json
-
         protocol = json.loads((run / "results.json").read_text()).get("protocol", protocol)
     results = summarize(preds, class_names, protocol, absent)
     results["n"] = int(len(preds) // preds["seed"].nunique())

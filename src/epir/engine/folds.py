@@ -21,6 +21,7 @@ import torch
 
 from epir.config import RunConfig
 from epir.data import FlowDataset
+from epir.engine.batched import Member, fit_many
 from epir.engine.selection import (
     select_in_fold,
     train_models,
@@ -71,7 +72,8 @@ def fold_record(
 
 class _OracleBest:
     """Optimistic protocol of the published baselines: per subject, keep the (latest) epoch with the best
-    accuracy on the held-out subject. Only here, in the caller of ``fit``, does test data appear."""
+    accuracy on the held-out subject. Only here, in the caller of ``fit``, does test data appear.
+    """
 
     def __init__(self, test_x: torch.Tensor, test_y: torch.Tensor, device: str) -> None:
         self.test_x, self.test_y, self.device = test_x, test_y, device
@@ -112,7 +114,8 @@ def run_fold(
         path = Path(fold_weights) / f"{test.subject_ids[0]}.pth"
         if not path.is_file():
             raise DatasetNotFoundError(
-                f"fold_weights (--fold-weights): {path} does not exist; expected one <subject>.pth per fold, named by the "
+                f"fold_weights (--fold-weights): {path} does not exist; expected one <subject>.pth per fold, named "
+                "by the "
                 f"subject id as in the dataset ({test.subject_ids[0]!r})."
             )
         try:
@@ -123,11 +126,13 @@ def run_fold(
                 f"{type(e).__name__}. Nothing is unpickled beyond tensors; give the per-subject weights files."
             ) from None
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ConfigError(f"fold_weights (--fold-weights): {path} holds {type(state).__name__}, not a state dict of tensors.")
+            raise ConfigError(f"fold_weights (--fold-weights): {path} holds {type(state).__name__}, not a state dict "
+                              "of tensors.")
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise ConfigError(f"fold_weights (--fold-weights): {path} does not fit model {cfg.model.name!r}: {e}") from None
+            raise ConfigError(f"fold_weights (--fold-weights): {path} does not fit model {cfg.model.name!r}: "
+                              f"{e}") from None
         model.to(device)
         norm = InputNorm.fit(cfg.train.input_norm, dataset.x[train_idx])
         probs = predict_proba(model, norm, test.x, device=device)
@@ -197,10 +202,10 @@ def run_fold_group(
     """Train the ``(seed, subject)`` folds of one group at once (``epir.engine.batched.fit_many``) and return
     their records; one fold (or ``fold_weights``) runs :func:`run_fold`. Each member of the group gets exactly
     its own fold's training rows; its held-out subject's rows are only predicted, after training (or per epoch
-    under the optimistic ``eval.oracle_epoch``)."""
+    under the optimistic ``eval.oracle_epoch``).
+    """
     if (len(folds) == 1 and cfg.train.ensemble == 1) or fold_weights is not None:
         return [run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights) for seed, subject in folds]
-    from epir.engine.batched import Member, fit_many
 
     device = cfg.eval.device
     t0 = time.perf_counter()
@@ -295,7 +300,8 @@ def plan_groups(dataset: FlowDataset, cfg: RunConfig, todo: Sequence[Fold], fold
                 ) -> list[list[Fold]]:
     """Split the folds to run into groups trained together: folds whose training sets take the same number of
     optimizer steps per epoch, at most ``fold_batch`` per group, and (when the automatic size would leave
-    workers idle) small enough that every worker gets a group."""
+    workers idle) small enough that every worker gets a group.
+    """
     per_fold = cfg.train.ensemble  # models trained per fold
     if fold_batch <= per_fold or len(todo) <= 1:
         return [[f] for f in todo]

@@ -26,6 +26,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from epir.config import RunConfig, check_ranges
+from epir.data import FlowDataset
 from epir.engine.backends import execute
 from epir.engine.folds import (
     AUTO_FOLD_BATCH,
@@ -37,14 +38,13 @@ from epir.engine.folds import (
     run_fold,
     run_fold_group,
 )
-from epir.engine.runstore import FoldStore, check_resume, fold_file
-from epir.data import FlowDataset
 from epir.engine.report_html import write_run_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
+from epir.engine.runstore import FoldStore, check_resume, fold_file
 from epir.engine.selection import candidate_configs, teacher_config
 from epir.errors import ConfigError
-from epir.profiling import count_flops
 from epir.models import build_model
+from epir.profiling import count_flops
 from epir.runsetup import (
     EXECUTION_KEYS,
     make_config,
@@ -242,7 +242,8 @@ def run_loso(
             wider = store.wider(seeds, subjects)
             if wider:
                 warnings.warn(
-                    f"{out} holds finished folds beyond this run's eval.folds/eval.seeds (--folds/--seeds) ({wider}); its results.json, "
+                    f"{out} holds finished folds beyond this run's eval.folds/eval.seeds (--folds/--seeds) "
+                    f"({wider}); its results.json, "
                     f"predictions.csv and MEGC logs are left as they are (they cover the whole run). Run the whole "
                     f"set again to rewrite them; these results are printed only.", stacklevel=2)
             else:

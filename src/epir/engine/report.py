@@ -28,9 +28,13 @@ from typing import Any
 import pandas as pd
 
 from epir.config import RunConfig
+from epir.engine.loso import evaluation_of
 from epir.engine.report_html import write_table_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE
+from epir.engine.tables import fmt_mean_std, input_shape
 from epir.errors import ConfigError, DatasetError, DatasetNotFoundError
+from epir.models import build_model, default_recipe, list_recipes, model_defaults
+from epir.profiling import count_flops, count_parameters
 
 #: Display names of the source datasets (markdown/CSV, LaTeX), in the order of the field's tables.
 DATASET_NAMES = {"casme2": ("CASME II", "CASME II"), "samm": ("SAMM", "SAMM"), "smic": ("SMIC", "SMIC"),
@@ -61,15 +65,11 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def _evaluation(cfg: RunConfig, results: dict[str, Any]) -> str:
-    from epir.engine.loso import evaluation_of
-
     return str(results.get("evaluation") or evaluation_of(cfg))
 
 
 def config_label(cfg: RunConfig) -> str:
     """The model's name plus whatever differs from its defaults: ``htnet (recipe cpu; mosaic input)``."""
-    from epir.models import default_recipe, list_recipes, model_defaults
-
     name = cfg.model.name
     parts = []
     if cfg.train != default_recipe(name):
@@ -98,10 +98,6 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     ``cde_<ds>_uf1[_std]``, ``cde_<ds>_uar[_std]`` and ``sde_<ds>_...`` per dataset, ``params``,
     ``flops_per_sample``, ``seeds``, ``partial`` (evaluations run on a subset of folds) and ``runs``.
     """
-    from epir.engine.tables import input_shape
-    from epir.models import build_model
-    from epir.profiling import count_flops, count_parameters
-
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     sources: list[str] = []
     sde: list[str] = []
@@ -184,8 +180,6 @@ def _heading(group: str, latex: bool = False) -> str:
 
 def _cell(mean: Any, std: Any, latex: bool = False, single: bool = False) -> str:
     """``mean ± std``; just the mean for a single seed (no spread to report)."""
-    from epir.engine.tables import fmt_mean_std
-
     if mean is None or pd.isna(mean):
         return "–" if not latex else "--"
     text = fmt_mean_std(mean, std, single)
@@ -250,7 +244,8 @@ def to_latex(table: pd.DataFrame) -> str:
         cells += [f"{int(r['params']):,}".replace(",", "{,}"), f"{int(r['flops_per_sample']):,}".replace(",", "{,}")]
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}",
-              "\\caption{" + " ".join(_footnotes(table, True)) + " Mean $\\pm$ std over seeds (one seed: the value).}", "\\end{table}"]
+              "\\caption{" + " ".join(_footnotes(table, True))
+              + " Mean $\\pm$ std over seeds (one seed: the value).}", "\\end{table}"]
     return "\n".join(lines) + "\n"
 
 

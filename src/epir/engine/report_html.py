@@ -16,10 +16,14 @@ import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: One colour per composite class, used in every figure (others cycle through the tab10 palette).
 CLASS_COLOURS = {"negative": "#d62728", "positive": "#2ca02c", "surprise": "#1f77b4"}
@@ -28,10 +32,13 @@ METRIC_COLOURS = {"uf1": "#4c72b0", "uar": "#dd8452", "accuracy": "#55a868"}
 SOURCE_ORDER = ("casme2", "samm", "smic", "casme3", "synthetic")
 FIGURES = "figures"
 
+#: What the page says for a run without training curves.
+NO_CURVES = "<p>No training curves (published weights, or a run from before curves were kept).</p>"
+
 
 def class_colour(name: str, index: int) -> str:
     """The colour of class ``name`` (index ``index``) in every figure."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # noqa: PLC0415 (matplotlib loaded only when drawing, after the Agg backend is chosen)
 
     if name in CLASS_COLOURS:
         return CLASS_COLOURS[name]
@@ -39,16 +46,17 @@ def class_colour(name: str, index: int) -> str:
     return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
 
 
-def _fig():
-    import matplotlib
+def _fig() -> ModuleType:
+    """``matplotlib.pyplot`` with the Agg backend (no display needed)."""
+    import matplotlib  # noqa: PLC0415 (matplotlib loaded only when drawing, after the Agg backend is chosen)
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (matplotlib loaded only when drawing, after the Agg backend is chosen)
 
     return plt
 
 
-def _save(fig, folder: Path, name: str) -> str:
+def _save(fig: Figure, folder: Path, name: str) -> str:
     """Save ``fig`` as ``folder/name.png`` and return it as a data URI for the page."""
     plt = _fig()
     folder.mkdir(parents=True, exist_ok=True)
@@ -61,9 +69,10 @@ def _save(fig, folder: Path, name: str) -> str:
 
 
 def confusion_plot(confusion: Sequence[Sequence[int]], class_names: Sequence[str],
-                   title: str = "Confusion matrix (counts, row %)"):
+                   title: str = "Confusion matrix (counts, row %)") -> Figure:
     """The row-normalised confusion matrix with counts, class names in their colours (a matplotlib Figure);
-    the one drawing of it, for run reports and ``epir compare``."""
+    the one drawing of it, for run reports and ``epir compare``.
+    """
     plt = _fig()
     cm = np.asarray(confusion, dtype=float)
     rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -193,8 +202,10 @@ def results_table(results: dict[str, Any]) -> str:
 STYLE = """
 body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 24px auto; max-width: 1100px;
        color: #222; line-height: 1.45; }
-h1 { font-size: 1.5em; margin-bottom: 0.2em; } h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 8px 0; } td, th { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; }
+h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 8px 0; }
+td, th { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
 td:first-child, th:first-child { text-align: left; } th { background: #f3f3f3; }
 .label { display: inline-block; padding: 2px 8px; border-radius: 4px; background: #e8f0fe; margin-right: 6px; }
 .optimistic { background: #fde2e1; color: #a50e0e; font-weight: bold; padding: 10px; border-radius: 6px; }
@@ -251,7 +262,7 @@ def write_run_report(out_dir: str | Path, command: str | None = None) -> Path:
 {results_table(results)}
 <div class="grid">{figs}</div>
 <h2>Training curves</h2>
-{f'<img alt="Training curves" src="{curve_img}">' if curve_img else '<p>No training curves (published weights, or a run from before curves were kept).</p>'}
+{f'<img alt="Training curves" src="{curve_img}">' if curve_img else NO_CURVES}
 <h2>Per held-out subject</h2>
 <img alt="Per subject" src="{subject_img}">
 <h2>Cost</h2>
@@ -269,7 +280,8 @@ def write_run_report(out_dir: str | Path, command: str | None = None) -> Path:
 def write_table_report(out_dir: str | Path, title: str, table_markdown: str,
                        figures: Sequence[tuple[str, Path]] = (), runs: Sequence[str] = ()) -> Path:
     """``OUT/report.html`` for a page of several runs (ablate, compare, epir report): the table, the given PNG
-    figures embedded, and links to each run's own report.html."""
+    figures embedded, and links to each run's own report.html.
+    """
     out = Path(out_dir)
     lines = [ln for ln in table_markdown.strip().splitlines() if ln.startswith("|")]
     rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines if not set(ln) <= set("|-: ")]

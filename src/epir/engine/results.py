@@ -107,7 +107,8 @@ def write_megc_log(predictions: pd.DataFrame, path: Path, protocol: str,
 
 def read_megc_log_meta(path: str | Path) -> dict[str, Any]:
     """The comment lines of a log before its first fold header: ``protocol`` (``unknown`` when none says) and
-    ``classes`` (None when undeclared). A protocol line after the first header is not believed."""
+    ``classes`` (None when undeclared). A protocol line after the first header is not believed.
+    """
     meta: dict[str, Any] = {"protocol": UNKNOWN, "evaluation": None, "classes": None}
     for line in _log_text(Path(path)).splitlines():
         line = line.strip()

@@ -129,7 +129,8 @@ def read_fold_file(path: Path, dataset: FlowDataset, seed: int, subject: str) ->
     if rec["true"] != [int(dataset.y[i]) for i in idx]:
         raise bad("its true labels differ from the dataset's")
     k = dataset.num_classes
-    if any(not isinstance(p, int) or not 0 <= p < k for p in rec["predicted"]) or any(len(p) != k for p in rec["probs"]):
+    bad_class = any(not isinstance(p, int) or not 0 <= p < k for p in rec["predicted"])
+    if bad_class or any(len(p) != k for p in rec["probs"]):
         raise bad(f"its predictions are not classes 0..{k - 1}")
     return rec
 
@@ -142,13 +143,14 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 class RunLock:
     """An exclusive OS-level lock on ``OUT/.lock`` held while a run writes into ``OUT`` (released by
-    :meth:`release` or when the process ends, even when killed). A second run on the same directory is refused."""
+    :meth:`release` or when the process ends, even when killed). A second run on the same directory is refused.
+    """
 
     def __init__(self, out_dir: Path) -> None:
         self.path = out_dir / LOCK
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            import fcntl
+            import fcntl  # noqa: PLC0415 (POSIX only)
         except ImportError:  # pragma: no cover - not POSIX: no lock
             return
         try:
@@ -164,6 +166,7 @@ class RunLock:
         os.write(self._fd, f"{os.getpid()}\n".encode())
 
     def release(self) -> None:
+        """Release the lock (idempotent)."""
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
@@ -179,7 +182,8 @@ def fold_file(out_dir: Path, seed: int, subject: str) -> Path:
 
 def check_resume(out_dir: Path, cfg: RunConfig) -> None:
     """Refuse to resume ``out_dir`` when its ``config.yaml`` differs from ``cfg`` in anything but execution
-    (:data:`epir.runsetup.EXECUTION_KEYS`)."""
+    (:data:`epir.runsetup.EXECUTION_KEYS`).
+    """
     path = out_dir / "config.yaml"
     if not path.exists():
         return

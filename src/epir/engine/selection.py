@@ -54,7 +54,8 @@ def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
 
 def teacher_config(cfg: RunConfig) -> RunConfig:
     """The teacher's run config for ``train.distill``: its model with its default recipe and
-    ``train.distill_overrides`` (the same data and protocol as the student's run)."""
+    ``train.distill_overrides`` (the same data and protocol as the student's run).
+    """
     name = cfg.train.distill
     t = replace(cfg, model=ModelConfig(name=name), train=default_recipe(name))
     t = apply_overrides(t, list(cfg.train.distill_overrides))
@@ -71,7 +72,8 @@ def train_teachers(
     batched: bool = True,
 ) -> list[Teacher] | None:
     """With ``train.distill``, one teacher per ``(train_idx, fold_seed, name)``, trained on those rows alone
-    (its cost is part of the fold's); None without distillation."""
+    (its cost is part of the fold's); None without distillation.
+    """
     if not cfg.train.distill:
         return None
     t = teacher_config(cfg)
@@ -107,7 +109,8 @@ def train_models(
     """Train one model per ``(x, y, seed, name)`` job with one architecture and recipe: batched in groups of
     equal steps per epoch when ``batched`` (and the model allows), else one at a time; with ``teachers`` (one
     per job), distilling from them; ``histories`` (one list per job) receive the training curves. Returns them in
-    order."""
+    order.
+    """
     models: list[nn.Module | None] = [None] * len(jobs)
     norms: list[InputNorm | None] = [None] * len(jobs)
     if batched and is_batchable(model_cfg.name) and len(jobs) > 1:

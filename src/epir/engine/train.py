@@ -45,9 +45,11 @@ class InputNorm:
         raise ConfigError(f"train.input_norm={kind!r}; expected none, scale or standardize.")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise ``x`` with the fitted statistics."""
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def to_dict(self) -> dict[str, list[float]]:
+        """The statistics as JSON-ready lists."""
         return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
 
@@ -102,6 +104,7 @@ class WeightAverage:
         self.swa_from = min(cfg.epochs - 1, int(cfg.swa_start * cfg.epochs))
 
     def after_step(self, step: int) -> None:
+        """Update the average after optimizer step ``step``."""
         if self.cfg.average != "ema":
             return
         with torch.no_grad():
@@ -112,6 +115,7 @@ class WeightAverage:
             torch._foreach_lerp_(self.avg, [p.detach() for p in self.params], 1.0 - d)
 
     def after_epoch(self, epoch: int) -> None:
+        """Update the average at the end of epoch ``epoch``."""
         if self.cfg.average != "swa" or epoch < self.swa_from:
             return
         with torch.no_grad():
@@ -202,7 +206,8 @@ def distillation_loss(
     logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Soft-target knowledge distillation (Hinton et al. 2015): ``T^2 * KL(softmax(t / T) || softmax(s / T))``,
-    averaged over the (valid) samples. The ``T^2`` keeps its gradients on the scale of the cross-entropy's."""
+    averaged over the (valid) samples. The ``T^2`` keeps its gradients on the scale of the cross-entropy's.
+    """
     t = teacher_logits / temperature
     kl = (t.softmax(-1) * (t.log_softmax(-1) - (logits / temperature).log_softmax(-1))).sum(-1)
     if valid is None:
@@ -309,15 +314,18 @@ def fit(
                 xb, yb, yb2, lam = mixup(xb, yb, cfg.mixup, gen)
                 yb2 = yb2.to(device)
 
-                def loss_fn(logits: torch.Tensor, target: torch.Tensor, _b=yb2, _l=lam) -> torch.Tensor:
+                def loss_fn(logits: torch.Tensor, target: torch.Tensor, _b: torch.Tensor = yb2, _l: float = lam
+                            ) -> torch.Tensor:
                     return _l * ce(logits, target) + (1.0 - _l) * ce(logits, _b)
 
             if teacher is not None:
                 soft = teacher_logits(teacher, xb.to(device))
-                a, label_loss = cfg.distill_weight, loss_fn
+                label_loss = loss_fn
 
-                def loss_fn(logits: torch.Tensor, target: torch.Tensor, _s=soft, _f=label_loss) -> torch.Tensor:
-                    return (1.0 - a) * _f(logits, target) + a * distillation_loss(logits, _s, cfg.distill_temperature)
+                def loss_fn(logits: torch.Tensor, target: torch.Tensor, _s: torch.Tensor = soft,
+                            _f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = label_loss,
+                            _a: float = cfg.distill_weight) -> torch.Tensor:
+                    return (1.0 - _a) * _f(logits, target) + _a * distillation_loss(logits, _s, cfg.distill_temperature)
 
             xb, yb = norm(xb).to(device), yb.to(device)
 
@@ -356,6 +364,7 @@ def predict_proba(
     """Class probabilities (N, num_classes) of ``model`` in eval mode."""
     was_training = model.training
     model.eval()
-    out = [torch.softmax(model(norm(x[i : i + batch_size]).to(device)), dim=-1).cpu() for i in range(0, len(x), batch_size)]
+    out = [torch.softmax(model(norm(x[i : i + batch_size]).to(device)), dim=-1).cpu()
+           for i in range(0, len(x), batch_size)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

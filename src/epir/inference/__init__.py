@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from epir.inference.checkpoint import (
@@ -35,8 +36,6 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:  # lazy: the preprocessing, matplotlib and onnx are imported on first use
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'epir.inference' has no attribute {name!r}")
 

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import html
 import os
+import shutil
 import tempfile
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from epir.errors import ConfigError, EpirError
+from epir.inference.predictor import Predictor
 
 
-def _gradio():
+def _gradio() -> ModuleType:
+    """The gradio module, or the error that says how to install it."""
     try:
-        import gradio as gr
+        import gradio as gr  # noqa: PLC0415 (optional dependency, imported when used)
     except ImportError:
         raise ConfigError('epir app needs Gradio: pip install "epir[app]" (or pip install gradio).') from None
     return gr
@@ -29,8 +33,6 @@ def _gradio():
 
 def _frames_folder(files: list[Any]) -> Path:
     """Uploaded frame images as a folder of frames (natural order of their names), for the predictor."""
-    import shutil
-
     folder = Path(tempfile.mkdtemp(prefix="epir-frames-"))
     for f in files:
         src = Path(getattr(f, "name", f))
@@ -50,10 +52,9 @@ def report_frame(run_dir: str | os.PathLike | None) -> str:
             f'srcdoc="{html.escape(path.read_text(), quote=True)}"></iframe>')
 
 
-def build_app(checkpoint: str | os.PathLike, run_dir: str | os.PathLike | None = None, *, threads: int | None = 1):
+def build_app(checkpoint: str | os.PathLike, run_dir: str | os.PathLike | None = None, *, threads: int | None = 1
+              ) -> Any:
     """The Gradio Blocks of the demo (not launched)."""
-    from epir.inference.predictor import Predictor
-
     gr = _gradio()
     predictor = Predictor.load(checkpoint, threads=threads)
 
@@ -66,7 +67,7 @@ def build_app(checkpoint: str | os.PathLike, run_dir: str | os.PathLike | None =
         except ValueError:
             raise gr.Error(f"The {name} must be a frame index (an integer from 0), got {text!r}.") from None
 
-    def predict(video: Any, frames: list[Any] | None, onset: str | None, apex: str | None):
+    def predict(video: Any, frames: list[Any] | None, onset: str | None, apex: str | None) -> tuple[Any, ...]:
         clip = video or (_frames_folder(frames) if frames else None)
         if clip is None:
             raise gr.Error("Upload a video (or record one), or frame images.")

@@ -37,8 +37,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 from torch import nn
 
+from epir._version import __version__
 from epir.data.base import CHANNELS
 from epir.data.transforms import INPUT_TRANSFORMS, mosaic
 from epir.engine.train import InputNorm
@@ -87,6 +90,16 @@ class InferenceModel(nn.Module):
         """x: flow maps (B, 3, H, W), channels u, v, strain at 0-255. Returns logits (B, num_classes)."""
         return self.model(self.normalize(x))
 
+    def has_intermediates(self) -> bool:
+        """Whether the network exposes ``forward_intermediates`` (tokens, selection, attention)."""
+        return callable(getattr(self.model, "forward_intermediates", None))
+
+    def forward_intermediates(self, x: torch.Tensor) -> dict[str, Any]:
+        """The network's ``forward_intermediates`` on maps ``x`` at 0-255 (see :meth:`has_intermediates`)."""
+        if not self.has_intermediates():
+            raise CheckpointError(f"{type(self.model).__name__} has no forward_intermediates (explanation hook).")
+        return self.model.forward_intermediates(self.normalize(x))
+
 
 @dataclass
 class Checkpoint:
@@ -106,22 +119,27 @@ class Checkpoint:
 
     @property
     def model_name(self) -> str:
+        """The registered model name."""
         return str(self.meta["model"]["name"])
 
     @property
     def model_args(self) -> dict[str, Any]:
+        """The model's keyword arguments."""
         return dict(self.meta["model"]["args"])
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        """The class of each output, in order."""
         return tuple(self.meta["class_names"])
 
     @property
     def input_size(self) -> int:
+        """The map side the model takes."""
         return int(self.meta["input"]["size"])
 
     @property
     def transform(self) -> str:
+        """The input transform applied before the model (``none``, ``mosaic``)."""
         return str(self.meta["input"]["transform"])
 
     @property
@@ -160,17 +178,17 @@ def make_meta(
     """The ``checkpoint.json`` content (without the ``weights`` entry, which :func:`save_checkpoint` adds).
 
     Args:
-        model_name, model_args: the registered model and all its keyword arguments.
+        model_name: the registered model.
+        model_args: all its keyword arguments.
         class_names: the name of each class index.
-        norm, norm_kind: the fitted input normalisation and the recipe's ``train.input_norm``.
+        norm: the fitted input normalisation.
+        norm_kind: the recipe's ``train.input_norm``.
         input_size: height and width of the flow maps.
         transform: the input transform (``data.input_transform``: none or mosaic).
         landmarks: ``default`` (the mosaic uses the official fixed points) or ``per-clip`` (each sample's own).
         preprocessing: ``PreprocessSettings.to_dict()`` of the clips' preprocessing.
         training: where the model came from (dataset, subjects, config, ...).
     """
-    from epir._version import __version__
-
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -193,7 +211,8 @@ def make_meta(
 
 def _jsonable(value: Any) -> Any:
     """Mappings to dicts, tuples and arrays to lists, numpy/torch scalars to Python, paths to strings, recursively
-    (so that the JSON round trip is exact)."""
+    (so that the JSON round trip is exact).
+    """
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -226,12 +245,11 @@ def save_checkpoint(
     Returns:
         The directory.
     """
-    from safetensors.torch import save
-
     out = Path(out_dir).expanduser()
     if (out / META_FILE).exists() and not overwrite:
         raise CheckpointError(
-            f"{out} already holds a checkpoint ({META_FILE}); choose another out_dir (--out), or pass overwrite=True (--overwrite) "
+            f"{out} already holds a checkpoint ({META_FILE}); choose another out_dir (--out), or pass overwrite=True "
+            "(--overwrite) "
             "(overwrite=True) to replace it."
         )
     if out.exists() and not out.is_dir():
@@ -358,9 +376,6 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _read_weights(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     name = meta["weights"]["file"]
     if Path(name).name != name:
         raise CheckpointError(

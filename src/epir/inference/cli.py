@@ -12,8 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from epir.config import parse_key_values
 from epir.errors import ConfigError
+from epir.inference.app import launch
+from epir.inference.export import OPSET, export_onnx
+from epir.inference.predictor import Predictor
+from epir.inference.training import train_checkpoint
 from epir.runsetup import add_run_options, config_from_args
 
 
@@ -93,8 +99,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Handler of ``epir train``: resolve the config like ``epir loso``, train, save, print a summary."""
-    from epir.inference.training import train_checkpoint
-
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else (
         Path("checkpoints") / f"{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -124,8 +128,6 @@ def _default_explain_path(args: argparse.Namespace) -> Path:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Handler of ``epir predict``: one clip (table or --json), a flow map (--map), or a folder (--csv)."""
-    from epir.inference.predictor import Predictor
-
     if (args.clip is None) == (args.map is None):
         raise ConfigError("epir predict takes a CLIP (video file or frame folder) or --map PNG (exactly one).")
     if args.csv and args.explain is not None:
@@ -139,8 +141,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.json:
             print(df.to_json(orient="records", indent=2))
         else:
-            import pandas as pd
-
             with pd.option_context("display.max_rows", None, "display.width", 200):
                 print(df.drop(columns=["error"] if not df["error"].any() else []).to_string(index=False))
             failed = int((df["error"] != "").sum())
@@ -173,8 +173,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Handler of ``epir export``: write the ONNX file and report the onnxruntime check."""
-    from epir.inference.export import OPSET, export_onnx
-
     if Path(args.onnx).is_file() and not args.overwrite:
         raise ConfigError(f"{args.onnx} exists; pass --overwrite to replace it, or choose another --onnx file.")
     report = export_onnx(args.checkpoint, args.onnx, opset=args.opset or OPSET, check=not args.no_check)
@@ -188,8 +186,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     """Handler of ``epir app``: the local web demo over a checkpoint."""
-    from epir.inference.app import launch
-
     if not 1 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port}: expected a TCP port from 1 to 65535.")
     launch(args.checkpoint, host=args.host, port=args.port, run_dir=args.run_dir)

@@ -30,9 +30,12 @@ import cv2
 import numpy as np
 import torch
 
+from epir.data.transforms import mosaic
 from epir.errors import ConfigError
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
     from epir.inference.predictor import Prediction, Predictor
 
 #: Size of the explanation PNG in pixels, (width, height).
@@ -64,7 +67,8 @@ class Evidence:
 
 def _patch_to_pixels(values: np.ndarray, grid: int, size: int) -> np.ndarray:
     """Per-patch values (grid * grid,), row-major, to a (size, size) image of constant cells (nearest
-    neighbour, so a grid that does not divide ``size``, as after EPIR's conv stem, still covers the image)."""
+    neighbour, so a grid that does not divide ``size``, as after EPIR's conv stem, still covers the image).
+    """
     cells = np.asarray(values, dtype=np.float32).reshape(grid, grid)
     return cv2.resize(cells, (size, size), interpolation=cv2.INTER_NEAREST).astype(np.float64)
 
@@ -75,39 +79,30 @@ def model_evidence(predictor: Predictor, flow_map: np.ndarray, landmarks: np.nda
     ``landmarks``: the five points, for a mosaic input trained on per-sample landmarks (see
     :meth:`Predictor.network_input`).
     """
-    from epir.models.epir import DTSM, EPIR
-
     wrapper = predictor.model
     net = wrapper.model
     size = predictor.checkpoint.input_size
     x = torch.as_tensor(np.asarray(flow_map, dtype=np.float32))[None].to(predictor.device)
-    if isinstance(net, EPIR) and predictor.checkpoint.transform == "none":
-        grid = int(round(net.num_patches**0.5))
-        net.keep_sources = True
-        net.keep_attention(True)
-        try:
-            with torch.inference_mode():
-                wrapper(x)
-            sources = net.last_sources[0].float().cpu().numpy()  # (N_final, patches), patch counts
-            per_patch = sources / sources.sum(axis=1, keepdims=True)  # each token's weight shared by its patches
-            if isinstance(net.pool, DTSM):
-                idx = net.pool.last_selection[0].cpu().numpy()
-                scores = net.pool.last_scores[0].cpu().numpy()
-                w = np.exp(scores[idx] - scores[idx].max())
-                w /= w.sum()
-                values = (w[:, None] * per_patch[idx]).sum(axis=0)
-                kept = _patch_to_pixels((sources[idx].sum(axis=0) > 0).astype(float), grid, size) > 0
-                note = f"DTSM: {len(idx)} of {len(scores)} tokens kept"
-                kind = "dtsm"
-            else:
-                attn = [a for a in net.attention_maps() if a is not None][-1][0]  # (heads, N, N)
-                received = attn.mean(dim=(0, 1)).cpu().numpy()
-                values = (received[:, None] * per_patch).sum(axis=0)
-                kept, note, kind = None, "attention received, last block", "attention"
-        finally:
-            net.keep_sources = False
-            net.last_sources = None
-            net.keep_attention(False)
+    if wrapper.has_intermediates() and predictor.checkpoint.transform == "none":
+        with torch.inference_mode():
+            inter = wrapper.forward_intermediates(x)
+        grid = int(inter["grid"])
+        sources = inter["sources"][0].float().cpu().numpy()  # (N_final, patches), patch counts
+        per_patch = sources / sources.sum(axis=1, keepdims=True)  # each token's weight shared by its patches
+        if inter.get("selection") is not None and inter.get("scores") is not None:
+            idx = inter["selection"][0].cpu().numpy()
+            scores = inter["scores"][0].cpu().numpy()
+            w = np.exp(scores[idx] - scores[idx].max())
+            w /= w.sum()
+            values = (w[:, None] * per_patch[idx]).sum(axis=0)
+            kept = _patch_to_pixels((sources[idx].sum(axis=0) > 0).astype(float), grid, size) > 0
+            note = f"DTSM: {len(idx)} of {len(scores)} tokens kept"
+            kind = "dtsm"
+        else:
+            attn = [a for a in inter["attention"] if a is not None][-1][0]  # (heads, N, N), last block
+            received = attn.mean(dim=(0, 1)).cpu().numpy()
+            values = (received[:, None] * per_patch).sum(axis=0)
+            kept, note, kind = None, "attention received, last block", "attention"
         heat = _patch_to_pixels(values / max(values.max(), 1e-12), grid, size)
         shares = (values / max(values.sum(), 1e-12)).reshape(grid, grid)
         return Evidence(kind=kind, heat=heat, kept=kept, grid=grid, note=note, shares=shares)
@@ -121,17 +116,14 @@ def model_evidence(predictor: Predictor, flow_map: np.ndarray, landmarks: np.nda
                 raise ConfigError("This model's mosaic input needs the clip's landmarks; explain a clip's prediction.")
         xin = x
         if mosaic_landmarks is not None:  # the mosaic as torch indexing: gradients flow back to the map
-            from epir.data.transforms import mosaic
 
             xin = mosaic(x, np.asarray(mosaic_landmarks, dtype=np.float64))
         logits = wrapper(xin)
         logits[0, logits[0].argmax()].backward()
     sal = x.grad[0].abs().sum(dim=0).cpu().numpy()
     sal = cv2.GaussianBlur(sal.astype(np.float32), (0, 0), 1.0)
-    grid = None
-    args = predictor.checkpoint.model_args
-    if isinstance(net, EPIR) and "patch_size" in args:
-        grid = int(round(net.num_patches**0.5))
+    patches = getattr(net, "num_patches", None)
+    grid: int | None = int(round(patches**0.5)) if isinstance(patches, int) else None
     return Evidence(kind="saliency", heat=sal / max(float(sal.max()), 1e-12), kept=None, grid=grid,
                     note="gradient saliency |d logit / d input|")
 
@@ -147,11 +139,11 @@ def flow_to_rgb(flow: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
-def _outline_cells(ax, kept: np.ndarray | None, grid: int | None, extent: float, color: str) -> None:
+def _outline_cells(ax: Axes, kept: np.ndarray | None, grid: int | None, extent: float, color: str) -> None:
     """Outline the patch cells whose pixels are all in ``kept`` (a (size, size) mask) on an image ``extent`` wide."""
     if kept is None or not grid:
         return
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Rectangle  # noqa: PLC0415 (matplotlib loaded only when drawing, after the Agg backend is chosen)
 
     k = kept.shape[0] // grid
     cell = extent / grid
@@ -162,7 +154,7 @@ def _outline_cells(ax, kept: np.ndarray | None, grid: int | None, extent: float,
                                        linewidth=1.2))
 
 
-def _grid_lines(ax, grid: int | None, extent: float) -> None:
+def _grid_lines(ax: Axes, grid: int | None, extent: float) -> None:
     if not grid:
         return
     for i in range(1, grid):
@@ -182,8 +174,8 @@ def explain_prediction(predictor: Predictor, prediction: Prediction, path: str |
     Returns:
         The path written; the image is :data:`EXPLAIN_SIZE` (width, height) pixels.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 (matplotlib loaded only when drawing, after the Agg backend is chosen)
+    from matplotlib.figure import Figure  # noqa: PLC0415 (matplotlib loaded only when drawing, after the Agg backend is chosen)
 
     if prediction.map is None:
         raise ConfigError("This prediction holds no flow map to explain; make it with Predictor.predict().")

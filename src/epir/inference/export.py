@@ -28,6 +28,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,13 +97,13 @@ def random_maps(n: int, size: int = 28, seed: int = 0) -> torch.Tensor:
     return (x - lo) / (hi - lo) * 255.0
 
 
-def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None):  # -> ort.InferenceSession
+def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None) -> Any:  # ort.InferenceSession
     """An onnxruntime CPU session for an ONNX file or the serialised model bytes.
 
     ``threads``: intra-op threads (one inter-op thread); None: onnxruntime's default (all physical cores).
     """
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415 (optional dependency, imported when used)
     except ImportError as e:
         raise ExportError("onnxruntime is not installed: pip install 'epir[export]' (or onnxruntime).") from e
     opts = ort.SessionOptions()
@@ -122,7 +123,8 @@ def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None): 
 
 
 def compare_onnx(
-    checkpoint: Checkpoint, path: str | os.PathLike | bytes | None, *, samples: int = 8, seed: int = 0, session=None
+    checkpoint: Checkpoint, path: str | os.PathLike | bytes | None, *, samples: int = 8, seed: int = 0,
+    session: Any = None,
 ) -> float:
     """Max |onnxruntime - PyTorch| over the logits of ``samples`` random maps (batches of 1 and of the rest).
 
@@ -150,7 +152,7 @@ def _graph_meta(checkpoint: Checkpoint) -> dict:
     return {k: checkpoint.meta[k] for k in ("model", "input")}
 
 
-def onnx_model(checkpoint: Checkpoint | str | os.PathLike, *, opset: int = OPSET):  # -> onnx.ModelProto
+def onnx_model(checkpoint: Checkpoint | str | os.PathLike, *, opset: int = OPSET) -> Any:  # onnx.ModelProto
     """The checkpoint's model (input transform and normalisation included) as an in-memory ONNX ``ModelProto``,
     with the epir metadata (see the module docstring). Takes a few seconds (``torch.export`` traces the model).
 
@@ -158,8 +160,8 @@ def onnx_model(checkpoint: Checkpoint | str | os.PathLike, *, opset: int = OPSET
         ExportError: onnx or onnxscript is missing, or the exporter failed.
     """
     try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401  (the exporter needs it)
+        import onnx  # noqa: F401, PLC0415  (optional dependency, imported when used)
+        import onnxscript  # noqa: F401, PLC0415  (optional dependency: the exporter needs it)
     except ImportError as e:
         raise ExportError(f"ONNX export needs onnx and onnxscript ({e}): pip install 'epir[export]'.") from e
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
@@ -266,7 +268,7 @@ def export_onnx(
             ``tolerance``.
     """
     try:
-        import onnx
+        import onnx  # noqa: PLC0415 (optional dependency, imported when used)
     except ImportError as e:
         raise ExportError(f"ONNX export needs onnx and onnxscript ({e}): pip install 'epir[export]'.") from e
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)

@@ -24,13 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
+from epir.data.transforms import mosaic
 from epir.errors import ClipError, ConfigError, EpirError
 from epir.inference.checkpoint import Checkpoint, InferenceModel, load_checkpoint
-from epir.data.transforms import mosaic
+from epir.inference.explain import explain_prediction
+from epir.inference.export import ExportError, compare_onnx, onnx_model, onnx_session, verify_onnx
 from epir.preprocess.face import FaceAligner, five_points
 from epir.preprocess.pipeline import ClipResult, PreprocessSettings, run_clip
 from epir.preprocess.video import IMAGE_EXTS, VIDEO_EXTS, FrameSequence, list_frames, read_frames
@@ -239,8 +243,6 @@ class Predictor:
                 does not reproduce PyTorch; and always: ``onnx`` belongs to another checkpoint.
             ConfigError: (``required``) the model is not on the CPU.
         """
-        from epir.inference.export import ExportError, compare_onnx, onnx_model, onnx_session, verify_onnx
-
         def unavailable(why: str, error: Exception | None = None) -> bool:
             if required:
                 if error is not None:
@@ -252,7 +254,7 @@ class Predictor:
         if self.device.type != "cpu":
             return unavailable(f"the model is on {self.device}; the onnx backend runs on the CPU (device='cpu')")
         try:
-            import onnxruntime  # noqa: F401
+            import onnxruntime  # noqa: F401, PLC0415  (optional dependency, imported when used)
         except ImportError as e:
             return unavailable(f"onnxruntime is not installed ({e}): pip install 'epir[export]'",
                                ExportError(f"The onnx backend needs onnxruntime ({e}): pip install 'epir[export]'."))
@@ -286,6 +288,7 @@ class Predictor:
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        """The class of each output, in order."""
         return self.checkpoint.class_names
 
     @property
@@ -369,8 +372,6 @@ class Predictor:
 
     def predict_map_file(self, path: str | os.PathLike) -> Prediction:
         """Predict a flow-map image in the composite set's layout (RGB = u, v, strain, 8-bit, size x size)."""
-        import cv2
-
         p = Path(path).expanduser()
         if not p.is_file():
             raise ClipError(f"Flow-map image {p} does not exist.")
@@ -438,8 +439,6 @@ class Predictor:
         if result.apex_face is not None:
             face = result.apex_face.image
         else:
-            import cv2
-
             face = cv2.resize(frames[result.apex], (self.settings.crop_size,) * 2, interpolation=cv2.INTER_AREA)
         if original is not None:  # report the clip's own frame indices
             result.onset, result.apex = original
@@ -509,12 +508,11 @@ class Predictor:
             One row per clip, sorted by name: ``clip``, ``predicted``, ``prob_<class>`` for every class,
             ``onset``, ``apex``, ``apex_estimated``, ``ms`` (time of the whole prediction), ``error``.
         """
-        from tqdm.auto import tqdm
-
         root = Path(folder).expanduser()
         if not root.is_dir():
             raise ClipError(
-                f"{root} is not a folder; predict_folder (--csv) predicts every clip (video file or frame folder) in a folder."
+                f"{root} is not a folder; predict_folder (--csv) predicts every clip (video file or frame folder) in "
+                "a folder."
             )
         clips = list_clips(root)
         if not clips:
@@ -547,8 +545,6 @@ class Predictor:
 
     def explain(self, prediction: Prediction, path: str | os.PathLike) -> Path:
         """Write the explanation PNG of ``prediction`` (see :func:`epir.inference.explain.explain_prediction`)."""
-        from epir.inference.explain import explain_prediction
-
         return explain_prediction(self, prediction, path)
 
 

@@ -6,6 +6,7 @@ so the same command gives the same weights.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from epir.engine.train import fit
 from epir.errors import ConfigError
 from epir.inference.checkpoint import Checkpoint, make_meta, read_meta, save_checkpoint
 from epir.models import build_model
+from epir.preprocess.pipeline import PreprocessSettings
 from epir.runsetup import check_model_fits, load_data, resolve_config, transform_data
 
 
@@ -36,10 +38,6 @@ def preprocessing_for(dataset: FlowDataset) -> tuple[dict[str, Any], str]:
         recipe (face crop, TV-L1 with OpenCV's defaults, 28x28, per-channel min-max), which it was made with
         but which this toolkit cannot reproduce bit for bit (the original crops and detector differ).
     """
-    import json
-
-    from epir.preprocess.pipeline import PreprocessSettings
-
     info = dataset.info or {}
     size = int(dataset.x.shape[-1])
     sidecar = Path(str(info["root"])) / "epir_dataset.json" if info.get("root") else None
@@ -103,7 +101,8 @@ def train_checkpoint(
     cfg = resolve_config(cfg)
     out = Path(out_dir).expanduser()
     if (out / "checkpoint.json").exists() and not overwrite:  # fail before training, not after
-        raise ConfigError(f"{out} already holds a checkpoint; choose another out_dir (--out), or pass overwrite=True (--overwrite) to replace it.")
+        raise ConfigError(f"{out} already holds a checkpoint; choose another out_dir (--out), or pass overwrite=True "
+                          "(--overwrite) to replace it.")
     dataset = load_data(cfg, dataset)
     preprocessing, note = preprocessing_for(dataset)
     dataset, transform_report = transform_data(cfg, dataset)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from itertools import pairwise
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -251,7 +252,8 @@ class ITALS(Attention):
 
     def bias(self, x: torch.Tensor) -> torch.Tensor | None:
         """x: tokens (B, N, D). Returns -inf on the diagonal, shape (N, N): no token attends to itself (a lone
-        token is left alone)."""
+        token is left alone).
+        """
         n = x.shape[1]
         if n == 1:
             return None
@@ -262,7 +264,7 @@ class ITALS(Attention):
 
 
 class DTSM(nn.Module):
-    """Dynamic token selection (DynamicViT's learned per-token score, EViT's top-k keep):
+    """Dynamic token selection (DynamicViT's learned per-token score, EViT's top-k keep).
 
     score_i = MLP(t_i) + log size_i (a merged token counts as many patches); the ``keep`` highest-scoring
     tokens are kept and pooled with the softmax of their scores as weights, so the scorer is trained through
@@ -420,7 +422,8 @@ class EPIR(nn.Module):
 
     def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: flow maps (B, C, H, W). Returns the final tokens (B, N_final, D) and their sizes (B, N_final)
-        (None without merging: every token is one patch)."""
+        (None without merging: every token is one patch).
+        """
         tokens = self.tokenizer(self.stem(x)) + self.pos_embedding
         size = None
         sources = None
@@ -459,7 +462,8 @@ class EPIR(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W); y: labels (B,); ce: the engine's cross-entropy; valid: optional bool (B,) marking
         the real samples of a padded batch. Returns (loss, logits): ce(logits, y) + contrastive_weight *
-        SupCon(projection(features), y) (just ce with contrastive off)."""
+        SupCon(projection(features), y) (just ce with contrastive off).
+        """
         features = self.forward_features(x)
         logits = self.forward_head(features)
         loss = ce(logits, y)
@@ -468,6 +472,39 @@ class EPIR(nn.Module):
                 self.projection(features), y, self.contrastive_temperature, valid=valid
             )
         return loss, logits
+
+    def forward_intermediates(self, x: torch.Tensor) -> dict[str, Any]:
+        """What the forward pass computes on the way, for explanation (the explanation API of every model).
+
+        Args:
+            x: flow maps (B, C, H, W), as for :meth:`forward`.
+
+        Returns:
+            ``logits`` (B, num_classes); ``tokens``: the final tokens (B, N, D); ``sources`` (B, N, P): how many of
+            the P patches (a ``grid`` x ``grid`` raster, row-major) each final token holds; ``grid``;
+            ``selection`` (B, keep) and ``scores`` (B, N): the tokens DTSM kept and every token's score (None
+            with mean pooling); ``attention``: per block, its attention map (B, heads, N_block, N_block).
+        """
+        blocks = [m for m in self.modules() if isinstance(m, Attention)]
+        kept_before = [m.keep_attention for m in blocks]
+        self.keep_sources = True
+        for m in blocks:
+            m.keep_attention = True
+        try:
+            tokens, size = self.forward_tokens(x)
+            logits = self.forward_head(self.pool(self.norm(tokens), size))
+            sources = self.last_sources
+            if sources is None:  # no merging: token i is patch i
+                sources = torch.eye(self.num_patches, device=x.device).expand(x.shape[0], -1, -1)
+            attention = [m.last_attention for m in blocks]
+        finally:
+            self.keep_sources, self.last_sources = False, None
+            for m, keep in zip(blocks, kept_before):
+                m.keep_attention = keep
+        selection = getattr(self.pool, "last_selection", None) if isinstance(self.pool, DTSM) else None
+        scores = getattr(self.pool, "last_scores", None) if isinstance(self.pool, DTSM) else None
+        return {"logits": logits, "tokens": tokens, "sources": sources, "grid": int(round(self.num_patches**0.5)),
+                "selection": selection, "scores": scores, "attention": attention}
 
     def keep_attention(self, keep: bool = True) -> None:
         """Make every attention module keep its last attention map (for visualisation)."""
@@ -499,7 +536,8 @@ EPIR_RECIPE = TrainConfig(
 )
 
 
-@register_model(batchable=True, recipe=EPIR_RECIPE, description="EPIR (Wang et al. 2026), reconstructed: DNSPT, ToMe, ITALS, DTSM")
+@register_model(batchable=True, recipe=EPIR_RECIPE, description="EPIR (Wang et al. 2026), reconstructed: DNSPT, "
+                                                                "ToMe, ITALS, DTSM")
 def epir(
     *,
     num_classes: int = 3,

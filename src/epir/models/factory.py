@@ -32,7 +32,8 @@ def register_model(
     every operation works under ``torch.func.vmap``, batch statistics honour ``sample_mask``, and
     ``forward_with_loss``, if any, takes ``valid``); ``input_size``: the map side the model accepts when it
     has no ``image_size`` argument (e.g. STSTNet's 28); ``auto_fold_batch``: per device type, how many of its
-    models a worker trains at once by default where the engine's general choice does not suit it (measured)."""
+    models a worker trains at once by default where the engine's general choice does not suit it (measured).
+    """
     recipe = recipe or TrainConfig()
     return MODELS.register(recipe=recipe, recipes={"default": recipe, **(recipes or {})}, description=description,
                            batchable=batchable, input_size=input_size, auto_fold_batch=auto_fold_batch or {})
@@ -60,7 +61,8 @@ def default_recipe(name: str, recipe: str | None = None) -> TrainConfig:
         return MODELS.meta(name)["recipe"]
     if recipe not in recipes:
         raise ConfigError(
-            f"Model {name!r} has no recipe {recipe!r}.{did_you_mean(recipe, recipes)} Its recipes: {', '.join(recipes)}."
+            f"Model {name!r} has no recipe {recipe!r}.{did_you_mean(recipe, recipes)} Its recipes: "
+            f"{', '.join(recipes)}."
         )
     return recipes[recipe]
 

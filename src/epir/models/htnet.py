@@ -42,7 +42,8 @@ from epir.models.layers import dropout_or_identity
 
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over the channel axis of a (B, C, H, W) map, biased variance, eps 1e-5; ``g`` and ``b`` are
-    shaped (1, C, 1, 1) as in the official code."""
+    shaped (1, C, 1, 1) as in the official code.
+    """
 
     def __init__(self, dim: int, eps: float = 1e-5) -> None:
         super().__init__()
@@ -148,7 +149,8 @@ class LevelTransformer(nn.Module):
 
 def aggregate(dim_in: int, dim_out: int) -> nn.Sequential:
     """The aggregation between levels: 3x3 conv (pad 1), channel LayerNorm, 3x3 max-pool with stride 2 and
-    padding 1 (halves H and W)."""
+    padding 1 (halves H and W).
+    """
     return nn.Sequential(
         nn.Conv2d(dim_in, dim_out, 3, padding=1),
         ChannelLayerNorm(dim_out),

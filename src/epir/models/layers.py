@@ -58,7 +58,8 @@ def dropout_or_identity(p: float) -> nn.Module:
 
 class DropPath(nn.Module):
     """Stochastic depth (Huang et al. 2016): in training, drop a residual branch for a whole sample with
-    probability ``p`` and scale the kept ones by 1 / (1 - p). Identity in eval mode."""
+    probability ``p`` and scale the kept ones by 1 / (1 - p). Identity in eval mode.
+    """
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
@@ -77,7 +78,8 @@ class BatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` (same state dict) that, in training inside :func:`sample_mask`, computes the batch
     statistics over the valid samples only, so a padded batch normalises exactly like the unpadded one. The
     running statistics are updated as PyTorch does (unbiased variance, momentum). Outside ``sample_mask`` it is
-    ``nn.BatchNorm2d``."""
+    ``nn.BatchNorm2d``.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W). Returns the normalised x."""
@@ -165,7 +167,8 @@ class Attention(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm transformer block around a given attention module: x + attn(LN(x)), then x + MLP(LN(x)),
-    each residual branch under stochastic depth ``drop_path``."""
+    each residual branch under stochastic depth ``drop_path``.
+    """
 
     def __init__(
         self, *, dim: int, attention: nn.Module, mlp_ratio: float = 2.0, dropout: float = 0.0,

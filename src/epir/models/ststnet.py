@@ -62,8 +62,10 @@ STSTNET_RECIPE = TrainConfig(
 
 #: Batched on CPU, vmap's convolution and BatchNorm run STSTNet at half the loop's speed (benchmarks/loso_speed.py
 #: --models ststnet): one at a time there by default; batched on CUDA.
-@register_model(batchable=True, input_size=28, auto_fold_batch={"cpu": 1}, recipe=STSTNET_RECIPE, recipes={"official": STSTNET_RECIPE}, description="STSTNet (Liong et al. 2019), official architecture")
+@register_model(batchable=True, input_size=28, auto_fold_batch={"cpu": 1}, recipe=STSTNET_RECIPE,
+                recipes={"official": STSTNET_RECIPE}, description="STSTNet (Liong et al. 2019), official architecture")
 def ststnet(*, num_classes: int = 3, bgr_input: bool = True, dropout: float = 0.5) -> STSTNet:
     """STSTNet as in the official code; ``bgr_input`` feeds the official weights the BGR order they expect;
-    ``dropout`` is the official 0.5 (0 turns it off, e.g. to compare training paths exactly)."""
+    ``dropout`` is the official 0.5 (0 turns it off, e.g. to compare training paths exactly).
+    """
     return STSTNet(num_classes=num_classes, bgr_input=bgr_input, dropout=dropout)

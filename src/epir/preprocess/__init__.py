@@ -11,10 +11,11 @@
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from epir.preprocess.apex import APEX_METHODS, estimate_apex
 from epir.errors import ClipError, FaceModelError, MissingFrameError, NoFaceError, UnreadableImageError
+from epir.preprocess.apex import APEX_METHODS, estimate_apex
 from epir.preprocess.face import AlignedFace, FaceAligner
 from epir.preprocess.flow import (
     FARNEBACK_PARAMS,
@@ -40,8 +41,6 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'epir.preprocess' has no attribute {name!r}")
 

@@ -43,10 +43,13 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
 
-from epir.flowmaps import CSV_NAME, META_NAME, image_path
+from epir.datasets import locate_clips
 from epir.errors import ConfigError, DatasetError, EpirError
 from epir.fileio import write_atomic
+from epir.flowmaps import CSV_NAME, META_NAME, image_path
 from epir.preprocess.face import FaceAligner, five_points
 from epir.preprocess.pipeline import ClipResult, PreprocessSettings, run_clip
 from epir.preprocess.video import FrameSequence, frame_number
@@ -79,14 +82,17 @@ class PreprocessSummary:
 
     @property
     def ok(self) -> int:
+        """Clips written."""
         return int((self.report["status"] == "ok").sum())
 
     @property
     def skipped(self) -> int:
+        """Clips skipped (no face, missing or unreadable frames)."""
         return int((self.report["status"] == "skipped").sum())
 
     @property
     def cached(self) -> int:
+        """Clips taken from the cache."""
         return int(self.report["cached"].sum())
 
     def text(self) -> str:
@@ -226,7 +232,7 @@ def _specs(table: pd.DataFrame, settings: PreprocessSettings) -> list[dict[str, 
 
 def preprocess_dataset(dataset: str, root: str | os.PathLike, out: str | os.PathLike, *,
                        sheet: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
-                       labels: str | None = None, settings: PreprocessSettings = PreprocessSettings(),
+                       labels: str | None = None, settings: PreprocessSettings | None = None,
                        jobs: int = 1, progress: bool = True, aligner: FaceAligner | None = None) -> PreprocessSummary:
     """Preprocess every annotated clip of a raw dataset into ``out`` (see the module docstring).
 
@@ -236,7 +242,7 @@ def preprocess_dataset(dataset: str, root: str | os.PathLike, out: str | os.Path
         out: the output folder (created; reused as the cache when it exists).
         sheet: the label sheet (default: found inside ``root``); for ``composite`` a dict per dataset.
         labels: the label scheme (default: ``composite`` for the composite set, else the dataset's native one).
-        settings: the preprocessing settings.
+        settings: the preprocessing settings (default: ``PreprocessSettings()``).
         jobs: parallel processes (1: in this process; -1: one per core).
         progress: show a progress bar.
         aligner: a face aligner to use instead of ``settings.aligner()`` (e.g. with an injected detector).
@@ -249,8 +255,7 @@ def preprocess_dataset(dataset: str, root: str | os.PathLike, out: str | os.Path
         UnknownNameError: unknown dataset.
         ConfigError: bad ``jobs`` or label scheme.
     """
-    from epir.datasets import locate_clips  # noqa: PLC0415
-
+    settings = settings or PreprocessSettings()
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0:
         raise ConfigError(f"jobs must be a positive number of processes or -1 (one per core), got {jobs!r}.")
     start = time.perf_counter()
@@ -278,8 +283,6 @@ def preprocess_dataset(dataset: str, root: str | os.PathLike, out: str | os.Path
         else:
             todo.append(spec)
 
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
     bar = tqdm(total=len(todo), desc=f"preprocess {dataset}", unit="clip", disable=not progress or not todo)
     last_save = time.monotonic()
     try:
@@ -306,9 +309,7 @@ def _run(todo: list[dict[str, Any]], settings: PreprocessSettings, out: Path, al
         for spec in todo:
             yield spec["id"], process_one(spec, settings, out, aligner)
         return
-    from joblib import Parallel, delayed  # noqa: PLC0415
-
-    def job(spec):
+    def job(spec: dict[str, Any]) -> tuple[Any, Any]:
         return spec["id"], process_one(spec, settings, out, aligner, single_thread=True)
 
     yield from Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(job)(s) for s in todo)

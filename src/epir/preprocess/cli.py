@@ -16,17 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from epir.config import parse_key_values
+from epir.datasets import list_raw_datasets
 from epir.errors import ConfigError, did_you_mean
 from epir.preprocess.apex import APEX_METHODS
+from epir.preprocess.batch import REPORT_NAME, preprocess_dataset, save_clip
 from epir.preprocess.flow import FLOW_METHODS
+from epir.preprocess.pipeline import PreprocessSettings, process_video
 
 ANNOTATED = "annotated"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``preprocess`` subcommand on ``subparsers``; returns its parser."""
-    from epir.datasets import list_raw_datasets
-
     p = subparsers.add_parser(
         "preprocess", help="raw frames or videos to optical-flow maps (face alignment, TV-L1, strain)",
         description="Turn a raw micro-expression dataset (its frame folders and label sheet), or one clip (a video "
@@ -68,9 +69,7 @@ def _flow_params(items: list[str]) -> dict[str, Any]:
     return parse_key_values(items, "--flow-param", "epsilon=0.05")
 
 
-def _settings(args: argparse.Namespace, apex_method: str | None):
-    from epir.preprocess.pipeline import PreprocessSettings
-
+def _settings(args: argparse.Namespace, apex_method: str | None) -> PreprocessSettings:
     return PreprocessSettings(flow_method=args.flow, flow_params=_flow_params(args.flow_params), size=args.size,
                               align=not args.no_align, margin=args.margin, crop_size=args.crop_size,
                               apex_method=apex_method or "max_flow", annotated_apex=apex_method is None)
@@ -96,8 +95,6 @@ def _sheets(items: list[str], dataset: str) -> Any:
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     """Handler of ``epir preprocess``: a dataset (with --root) or one clip (a path)."""
-    from epir.datasets import list_raw_datasets
-
     if args.dataset in list_raw_datasets():
         return _dataset(args)
     path = Path(args.dataset).expanduser()
@@ -109,8 +106,6 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _dataset(args: argparse.Namespace) -> int:
-    from epir.preprocess.batch import REPORT_NAME, preprocess_dataset
-
     if args.root is None:
         raise ConfigError(f"epir preprocess {args.dataset} needs --root RAW: the folder holding the raw dataset.")
     if args.onset is not None:
@@ -132,9 +127,6 @@ def _dataset(args: argparse.Namespace) -> int:
 
 
 def _one_clip(args: argparse.Namespace, path: Path) -> int:
-    from epir.preprocess.batch import save_clip
-    from epir.preprocess.pipeline import process_video
-
     if args.root or args.sheet or args.labels:
         raise ConfigError("--root, --sheet and --labels are for datasets; one clip takes --onset and --apex.")
     apex_index, method = None, None

@@ -144,7 +144,7 @@ def dlib_detector(image: np.ndarray, upsample: int | None = None) -> list[tuple[
 
 def dlib_predictor(gray: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
     """The 68 landmarks (x, y) that dlib's shape predictor finds in ``box`` of a uint8 gray image."""
-    import dlib  # noqa: PLC0415
+    import dlib  # noqa: PLC0415  (native dependency, loaded when a face is first detected)
 
     _, predictor = _dlib_models()
     left, top, right, bottom = (int(round(v)) for v in box)
@@ -192,7 +192,8 @@ class FaceAligner:
     def __init__(self, *, margin: float = 0.2, size: int = 128, detect_size: int = 640,
                  detector: Detector | None = None, predictor: Predictor | None = None) -> None:
         if not (0.0 <= float(margin) <= 2.0):
-            raise ConfigError(f"Face crop margin must be between 0 and 2 (a fraction of the face size), got {margin!r}.")
+            raise ConfigError("Face crop margin must be between 0 and 2 (a fraction of the face size), got "
+                              f"{margin!r}.")
         if int(size) < 16:
             raise ConfigError(f"Face crop size must be at least 16 pixels, got {size!r}.")
         if int(detect_size) < 64:

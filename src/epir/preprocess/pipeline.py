@@ -95,7 +95,8 @@ class PreprocessSettings:
             raise ConfigError(f"crop_size (the face crop's side in pixels) must be an integer from 16 to 1024, "
                               f"got {self.crop_size!r}.")
         if not isinstance(self.margin, (int, float)) or not 0.0 <= float(self.margin) <= 2.0:
-            raise ConfigError(f"margin must be a number between 0 and 2 (a fraction of the face size), got {self.margin!r}.")
+            raise ConfigError("margin must be a number between 0 and 2 (a fraction of the face size), got "
+                              f"{self.margin!r}.")
         check_method(self.apex_method)
         for name in ("align", "annotated_apex"):
             if not isinstance(getattr(self, name), bool):
@@ -263,7 +264,8 @@ def process_clip(frames: Sequence[np.ndarray], onset: int, apex: int,
 
 
 def process_video(path: str | Path, onset: int | None = None, apex: int | None = None,
-                  settings: PreprocessSettings = PreprocessSettings(), aligner: FaceAligner | None = None) -> ClipResult:
+                  settings: PreprocessSettings = PreprocessSettings(),  # noqa: B008 (frozen, immutable)
+                  aligner: FaceAligner | None = None) -> ClipResult:
     """Process one clip given as a video file or a folder of frames (a new recording, for inference).
 
     Args:

@@ -1,5 +1,6 @@
 """Former home of the raw dataset readers, kept so that ``from epir.preprocess.datasets import ...`` keeps
-working: see :mod:`epir.datasets` (one module per source dataset) and :mod:`epir.datasets.frames`."""
+working: see :mod:`epir.datasets` (one module per source dataset) and :mod:`epir.datasets.frames`.
+"""
 from __future__ import annotations
 
 import epir.datasets  # noqa: F401  (registers every source dataset)
