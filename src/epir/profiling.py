@@ -84,8 +84,9 @@ def measure_train_step(
     try:
         for i in range(warmup + repeats):
             start = time.perf_counter()
-            if hasattr(model, "forward_with_loss"):
-                loss, _ = model.forward_with_loss(x, y, ce)
+            with_loss = getattr(model, "forward_with_loss", None)
+            if callable(with_loss):
+                loss, _ = with_loss(x, y, ce)
             else:
                 loss = ce(model(x), y)
             loss.backward()

@@ -97,11 +97,11 @@ class SubjectStyle:
     size: int
     center: tuple[float, float]  # face centre (x, y)
     face_axes: tuple[float, float]  # half width, half height of the face ellipse
-    skin: tuple[float, float, float]
-    hair: tuple[float, float, float]
-    background: tuple[float, float, float]
-    lips: tuple[float, float, float]
-    iris: tuple[float, float, float]
+    skin: tuple[float, ...]
+    hair: tuple[float, ...]
+    background: tuple[float, ...]
+    lips: tuple[float, ...]
+    iris: tuple[float, ...]
     eye_y: float  # eye line, relative to the face centre (negative = above)
     eye_dx: float  # half the distance between the eye centres
     eye_w: float  # half width of an eye
@@ -123,7 +123,7 @@ class SubjectStyle:
     noise_sigma: float  # sensor noise (gray levels)
     expressivity: float  # multiplies the intensity of every expression of this subject
     head_jitter: float  # typical head translation between onset and apex (pixels)
-    negative_habits: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)  # P(AU4, AU24, AU15) for negative
+    negative_habits: tuple[float, ...] = (1 / 3, 1 / 3, 1 / 3)  # P(AU4, AU24, AU15) for negative
 
     @property
     def k(self) -> float:
@@ -202,13 +202,13 @@ def _ln(v: float, ss: int) -> int:
     return max(1, int(round(v * ss * 16)))
 
 
-def _ellipse(img: np.ndarray, c: tuple[float, float], axes: tuple[float, float], angle: float, color: tuple[int, ...],
+def _ellipse(img: np.ndarray, c: tuple[float, float], axes: tuple[float, float], angle: float, color: tuple[float, ...],
              ss: int, thickness: float = -1, a0: float = 0, a1: float = 360) -> None:
     cv2.ellipse(img, _pt(*c, ss), (_ln(axes[0], ss), _ln(axes[1], ss)), angle, a0, a1, color,
                 thickness if thickness < 0 else max(1, int(round(thickness * ss))), cv2.LINE_AA, 4)
 
 
-def _polyline(img: np.ndarray, pts: Sequence[tuple[float, float]], color: tuple[int, ...], thick: float, ss: int
+def _polyline(img: np.ndarray, pts: Sequence[tuple[float, float]], color: tuple[float, ...], thick: float, ss: int
               ) -> None:
     p = np.array([_pt(x, y, ss) for x, y in pts], dtype=np.int32).reshape(-1, 1, 2)
     cv2.polylines(img, [p], False, color, max(1, int(round(thick * ss))), cv2.LINE_AA, 4)
@@ -527,7 +527,7 @@ def render_clip(
         au = {name: a * t for name, a in spec.expression.items()}
         for name, a in spec.distractors.items():
             au[name] = au.get(name, 0.0) + a * td
-        tremor = (0.0, 0.0)
+        tremor: tuple[float, ...] = (0.0, 0.0)
         if rng is not None and 0 < i < n_frames - 1:
             tremor = tuple(float(v) for v in rng.normal(0, 0.1 * style.k, 2))
         frames.append(render_face(

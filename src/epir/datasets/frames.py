@@ -32,7 +32,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -230,7 +230,8 @@ def attach_frames(table: pd.DataFrame, base: Path, layout: RawLayout) -> pd.Data
     return result
 
 
-def locate_clips(dataset: str, root: str | os.PathLike, *, sheet: str | os.PathLike | None = None,
+def locate_clips(dataset: str, root: str | os.PathLike, *,
+                 sheet: str | os.PathLike | Mapping[str, str | os.PathLike] | None = None,
                  labels: str | None = "native", fixes: bool = True) -> pd.DataFrame:
     """The canonical annotation table of ``dataset`` with each clip's frames under ``root``.
 

@@ -33,7 +33,7 @@ import re
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeAlias
 
 import pandas as pd
 
@@ -49,7 +49,7 @@ FIXABLE = ("onset", "apex", "offset", "emotion", "action_units")
 FIX_COLUMNS = ("dataset", "sheet", "subject", "clip", "action", "field", "old", "new", "reason")
 HEADER_SEARCH_ROWS = 50
 
-FixesArg = bool | str | os.PathLike | pd.DataFrame | None
+FixesArg: TypeAlias = "bool | str | os.PathLike | pd.DataFrame | None"
 
 
 def read_annotations(dataset: str, sheet: str | os.PathLike, labels: str | None = "native", *,

@@ -124,7 +124,7 @@ def _clip_dirs(row: pd.Series) -> list[tuple[str, tuple[str, ...], bool]]:
     subjects = dict.fromkeys((f"s{number}", f"s{number:02d}"))
     token, index = row["clip"].split("_")[1:]
     clips = dict.fromkeys((f"s{number}_{token}_{index}", f"s{number:02d}_{token}_{index}"))
-    out = [("SMIC-HS micro/<emotion>", (s, "micro", _EMOTION_DIR[token], c), True) for s in subjects for c in clips]
+    out: list[tuple[str, tuple[str, ...], bool]] = [("SMIC-HS micro/<emotion>", (s, "micro", _EMOTION_DIR[token], c), True) for s in subjects for c in clips]
     out += [("SMIC-HS-E subject/clip", (s, c), False) for s in subjects for c in clips]
     return out
 

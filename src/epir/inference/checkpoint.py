@@ -69,6 +69,9 @@ class InferenceModel(nn.Module):
     landmarks: it takes the mosaic).
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, model: nn.Module, norm: InputNorm, transform: str = "none") -> None:
         super().__init__()
         if transform not in INPUT_TRANSFORMS:
@@ -98,7 +101,7 @@ class InferenceModel(nn.Module):
         """The network's ``forward_intermediates`` on maps ``x`` at 0-255 (see :meth:`has_intermediates`)."""
         if not self.has_intermediates():
             raise CheckpointError(f"{type(self.model).__name__} has no forward_intermediates (explanation hook).")
-        return self.model.forward_intermediates(self.normalize(x))
+        return getattr(self.model, "forward_intermediates")(self.normalize(x))  # noqa: B009 (a hook, checked above)
 
 
 @dataclass

@@ -120,11 +120,13 @@ def model_evidence(predictor: Predictor, flow_map: np.ndarray, landmarks: np.nda
             xin = mosaic(x, np.asarray(mosaic_landmarks, dtype=np.float64))
         logits = wrapper(xin)
         logits[0, logits[0].argmax()].backward()
+    if x.grad is None:
+        raise ConfigError("The model's output does not depend on its input: no saliency to show.")
     sal = x.grad[0].abs().sum(dim=0).cpu().numpy()
     sal = cv2.GaussianBlur(sal.astype(np.float32), (0, 0), 1.0)
     patches = getattr(net, "num_patches", None)
-    grid: int | None = int(round(patches**0.5)) if isinstance(patches, int) else None
-    return Evidence(kind="saliency", heat=sal / max(float(sal.max()), 1e-12), kept=None, grid=grid,
+    cells = int(round(patches**0.5)) if isinstance(patches, int) else None
+    return Evidence(kind="saliency", heat=sal / max(float(sal.max()), 1e-12), kept=None, grid=cells,
                     note="gradient saliency |d logit / d input|")
 
 
@@ -212,7 +214,7 @@ def explain_prediction(predictor: Predictor, prediction: Prediction, path: str |
     ax.imshow(background.astype(np.float32) / (255.0 if background.max() > 1.0 else 1.0))
     heat = cv2.resize(ev.heat.astype(np.float32), (side, side), interpolation=cv2.INTER_NEAREST
                       if ev.kind != "saliency" else cv2.INTER_LINEAR)
-    if ev.kind == "dtsm":  # dropped tokens' patches dimmed, kept ones tinted by their weight
+    if ev.kind == "dtsm" and ev.kept is not None:  # dropped tokens' patches dimmed, kept ones tinted by weight
         kept = cv2.resize(ev.kept.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST) > 0
         ax.imshow(np.zeros_like(heat), cmap="gray", alpha=np.where(kept, 0.0, 0.6), vmin=0, vmax=1)
         ax.imshow(heat, cmap="autumn_r", alpha=np.where(kept, 0.05 + 0.3 * heat, 0.0), vmin=0, vmax=1)

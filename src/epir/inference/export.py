@@ -131,7 +131,10 @@ def compare_onnx(
     ``path``: the ONNX file or model bytes (ignored when an onnxruntime ``session`` of it is given).
     """
     model = checkpoint.inference_model()
-    session = session if session is not None else onnx_session(path)
+    if session is None:
+        if path is None:
+            raise ExportError("compare_onnx needs the ONNX file (path) or an onnxruntime session of it.")
+        session = onnx_session(path)
     x = random_maps(samples, checkpoint.input_size, seed)
     with torch.inference_mode():
         ref = model(x).numpy()
@@ -190,6 +193,8 @@ def onnx_model(checkpoint: Checkpoint | str | os.PathLike, *, opset: int = OPSET
                        "of the u, v, strain map at 0-255" if ckpt.per_clip_landmarks else
                        "u, v, strain flow map at 0-255, channels first"),
     }
+    if program is None:
+        raise ExportError("torch.onnx.export returned no program; the model cannot be exported.")
     proto = program.model_proto
     for key, value in meta.items():
         entry = proto.metadata_props.add()

@@ -417,6 +417,7 @@ class Predictor:
         t = time.perf_counter()
         where = ""
         original: tuple[int, int] | None = None
+        frames: Sequence[np.ndarray]
         if isinstance(clip, (str, os.PathLike)):
             path = Path(clip).expanduser()
             where = f" ({path})"
@@ -424,7 +425,7 @@ class Predictor:
                 frames, original = read_frames(path, indices=[onset, apex]), (int(onset), int(apex))
                 onset, apex = 0, 1
             elif path.is_dir():
-                frames: Sequence[np.ndarray] = FrameSequence(list_frames(path))  # read on access
+                frames = FrameSequence(list_frames(path))  # read on access
             else:
                 frames = read_frames(path)
         else:

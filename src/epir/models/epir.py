@@ -434,7 +434,7 @@ class EPIR(nn.Module):
                 if size is None:
                     size = tokens.new_ones(tokens.shape[:2])
                 tokens, size, sources = self.merges[i - 1](tokens, size, sources)
-            for block in stage:
+            for block in stage.children():
                 tokens = block(tokens, size=size)
         if self.keep_sources:
             self.last_sources = sources

@@ -141,7 +141,8 @@ class LevelTransformer(nn.Module):
         """x: blocks, shape (B * blocks, C, h, w) with h * w <= seq_len. Returns the same shape."""
         h, w = x.shape[-2:]
         x = x + rearrange(self.pos_emb[: h * w], "(h w) -> 1 1 h w", h=h, w=w)
-        for attn, ff in self.layers:
+        for layer in self.layers:
+            attn, ff = layer.children()
             x = attn(x) + x
             x = ff(x) + x
         return x
@@ -209,7 +210,8 @@ class HTNet(nn.Module):
         if self.bgr_input:
             x = x.flip(1)
         x = self.to_patch_embedding(x)
-        for level, (transformer, aggregation) in zip(self.levels, self.layers):
+        for level, layer in zip(self.levels, self.layers):
+            transformer, aggregation = layer.children()
             b = 2**level
             x = rearrange(x, "b c (b1 h) (b2 w) -> (b b1 b2) c h w", b1=b, b2=b)
             x = transformer(x)

@@ -84,7 +84,9 @@ class BatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W). Returns the normalised x."""
         valid = _SAMPLE_MASK.get()
-        if valid is None or not self.training or not self.track_running_stats or self.momentum is None:
+        running_mean, running_var, tracked = self.running_mean, self.running_var, self.num_batches_tracked
+        if (valid is None or not self.training or self.momentum is None or running_mean is None
+                or running_var is None or tracked is None):
             return super().forward(x)
         w = valid.to(x.dtype)[:, None, None, None]
         count = w.sum() * x.shape[2] * x.shape[3]
@@ -92,10 +94,10 @@ class BatchNorm2d(nn.BatchNorm2d):
         centred = x - mean[None, :, None, None]
         var = (centred.square() * w).sum(dim=(0, 2, 3)) / count
         with torch.no_grad():
-            self.num_batches_tracked.add_(1)
+            tracked.add_(1)
             unbiased = var * count / (count - 1).clamp_min(1.0)
-            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
-            self.running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased)
+            running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
+            running_var.mul_(1 - self.momentum).add_(self.momentum * unbiased)
         out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
         if self.affine:
             out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]

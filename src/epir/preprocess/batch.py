@@ -150,7 +150,7 @@ def save_clip(result: ClipResult, npz: Path, png: Path, settings: PreprocessSett
 
 def _fingerprint(spec: Mapping[str, Any], key: str) -> str:
     frames = spec["frames"]
-    stats = []
+    stats: list[tuple[int, int] | None] = []
     for p in (frames[0], frames[spec["apex_index"]] if spec["apex_index"] >= 0 else frames[-1]):
         try:
             st = os.stat(p)

@@ -38,6 +38,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -112,7 +113,7 @@ def model_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _dlib_models() -> tuple[object, object]:
+def _dlib_models() -> tuple[Any, Any]:
     try:
         import dlib  # noqa: PLC0415 (heavy, optional at import time)
     except ImportError as e:
@@ -232,7 +233,7 @@ class FaceAligner:
         if landmarks.shape != (68, 2):
             raise ConfigError(f"The landmark predictor returned an array of shape {landmarks.shape}; expected the "
                               "68 (x, y) points, shape (68, 2).")
-        return box, landmarks  # type: ignore[return-value]
+        return box, landmarks
 
     def matrix(self, landmarks: np.ndarray) -> np.ndarray:
         """The 2x3 affine transform from frame to crop for a face's 68 landmarks (frame pixels)."""

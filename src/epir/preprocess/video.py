@@ -207,7 +207,7 @@ class FrameSequence(Sequence[np.ndarray]):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int | slice) -> Any:  # type: ignore[override]
+    def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         i = int(index)
