@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +31,14 @@ import torch
 from tqdm.auto import tqdm
 
 from epir.data.transforms import mosaic
-from epir.errors import ClipError, ConfigError, EpirError
+from epir.errors import ClipError, ConfigError, EpirError, ExportError
+from epir.inference import export as onnx_export
 from epir.inference.checkpoint import Checkpoint, InferenceModel, load_checkpoint
 from epir.inference.explain import explain_prediction
-from epir.inference.export import ExportError, compare_onnx, onnx_model, onnx_session, verify_onnx
+from epir.inference.runners import OnnxRunner, Runner, TorchRunner, torch_threads
 from epir.preprocess.face import FaceAligner, five_points
-from epir.preprocess.pipeline import ClipResult, PreprocessSettings, run_clip
-from epir.preprocess.video import IMAGE_EXTS, VIDEO_EXTS, FrameSequence, list_frames, read_frames
+from epir.preprocess.pipeline import ClipResult, PreprocessSettings, read_clip
+from epir.preprocess.video import IMAGE_EXTS, VIDEO_EXTS
 
 Clip = str | os.PathLike | Sequence[np.ndarray]
 
@@ -193,10 +194,9 @@ class Predictor:
         self.model: InferenceModel = checkpoint.inference_model()
         self.device = next(iter(self.model.parameters()), torch.empty(0)).device
         self.requested_backend = backend
-        self.backend = "torch"
+        self.runner: Runner = TorchRunner(self.model, threads)
         self.backend_note = "PyTorch" if backend == "torch" else (
             "PyTorch (auto: no ONNX file given, and an in-memory export costs seconds for ~1 ms per prediction)")
-        self._session = None
         self._auto_export_tried = False
         if backend == "onnx" or onnx is not None:
             self.use_onnx(onnx, required=backend == "onnx")
@@ -263,13 +263,14 @@ class Predictor:
             if not file.is_file():
                 raise ExportError(f"ONNX file {file} does not exist; write it with `epir export --checkpoint "
                                   f"{self.checkpoint.path or 'DIR'} --onnx {file}`, or leave it out.")
-            session = onnx_session(file, self.threads)
-            verify_onnx(self.checkpoint, session.get_modelmeta().custom_metadata_map, file)
+            session = onnx_export.onnx_session(file, self.threads)
+            onnx_export.verify_onnx(self.checkpoint, session.get_modelmeta().custom_metadata_map, file)
             note = f"onnxruntime, {file}"
         else:
             try:
                 with self.torch_threads():
-                    session = onnx_session(onnx_model(self.checkpoint).SerializeToString(), self.threads)
+                    graph = onnx_export.onnx_model(self.checkpoint).SerializeToString()
+                    session = onnx_export.onnx_session(graph, self.threads)
             except ExportError as e:
                 return unavailable(str(e), e)
             except Exception as e:  # anything else the tracing or serialising raises: same meaning to a user
@@ -277,14 +278,19 @@ class Predictor:
                 return unavailable(str(error), error)
             note = "onnxruntime, exported in memory"
         with self.torch_threads():
-            diff = compare_onnx(self.checkpoint, None, samples=4, session=session)
+            diff = onnx_export.compare_onnx(self.checkpoint, None, samples=4, session=session)
         if not diff <= 1e-4:
             error = ExportError(f"onnxruntime's logits differ from PyTorch's by up to {diff:.3g} (tolerance 1e-4) "
                                 f"with {note}; please report it, and use backend 'torch' meanwhile.")
             return unavailable(str(error), error)
-        self._session, self.backend = session, "onnx"
+        self.runner = OnnxRunner(session)
         self.backend_note = f"{note} (auto)" if self.requested_backend == "auto" else note
         return True
+
+    @property
+    def backend(self) -> str:
+        """The backend in use: ``"torch"`` or ``"onnx"`` (its :attr:`runner`'s name)."""
+        return self.runner.name
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -300,17 +306,9 @@ class Predictor:
             self._aligner = self.settings.aligner()
         return self._aligner
 
-    @contextlib.contextmanager
-    def torch_threads(self) -> Iterator[None]:
+    def torch_threads(self) -> contextlib.AbstractContextManager[None]:
         """Run the block with ``self.threads`` torch intra-op threads, then restore the previous count."""
-        before = torch.get_num_threads()
-        if self.threads and self.threads != before:
-            torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            if torch.get_num_threads() != before:
-                torch.set_num_threads(before)
+        return torch_threads(self.threads)
 
     # ---------------------------------------------------------------------------------------------- maps
 
@@ -347,11 +345,7 @@ class Predictor:
 
         ``landmarks``: see :meth:`network_input` (only for a mosaic trained on per-sample landmarks).
         """
-        x = self.network_input(maps, landmarks)
-        if self._session is not None:
-            return self._session.run(["probabilities"], {"x": np.ascontiguousarray(x.numpy())})[0]
-        with self.torch_threads(), torch.inference_mode():
-            return torch.softmax(self.model(x), dim=-1).cpu().numpy()
+        return self.runner.probabilities(self.network_input(maps, landmarks))
 
     def _prediction(self, probs: np.ndarray, **kwargs: Any) -> Prediction:
         label = int(np.argmax(probs))
@@ -405,44 +399,15 @@ class Predictor:
             onset: 0-based onset index (default 0, the first frame).
             apex: 0-based apex index (default: estimated among the frames after the onset).
         """
-        onset = 0 if onset is None else onset
-        for name, value in (("onset", onset), ("apex", apex)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
-                raise ClipError(f"--{name} must be a frame index (an integer from 0), got {value!r}.")
-        if apex is not None and apex <= onset:
-            raise ClipError(
-                f"The onset (frame {onset}) must come before the apex (frame {apex}): the flow goes from the onset "
-                "to the later apex. Check onset/apex (--onset/--apex), or leave apex out to estimate it."
-            )
         t = time.perf_counter()
-        where = ""
-        original: tuple[int, int] | None = None
-        frames: Sequence[np.ndarray]
-        if isinstance(clip, (str, os.PathLike)):
-            path = Path(clip).expanduser()
-            where = f" ({path})"
-            if apex is not None:  # read only the two frames (a video is decoded up to the apex)
-                frames, original = read_frames(path, indices=[onset, apex]), (int(onset), int(apex))
-                onset, apex = 0, 1
-            elif path.is_dir():
-                frames = FrameSequence(list_frames(path))  # read on access
-            else:
-                frames = read_frames(path)
-        else:
-            frames = list(clip)
-            if not frames or not all(isinstance(f, np.ndarray) and f.ndim in (2, 3) for f in frames):
-                raise ClipError("Expected a video file, a frame folder, or a list of (H, W, 3) BGR uint8 frames.")
+        loaded = read_clip(clip, onset, apex)
         read = time.perf_counter() - t
-        try:
-            result = run_clip(frames, onset, apex, self.settings, self.aligner)
-        except ClipError as e:
-            raise type(e)(f"{e}{where}") from None
+        result = loaded.run(self.settings, self.aligner)
         if result.apex_face is not None:
             face = result.apex_face.image
         else:
-            face = cv2.resize(frames[result.apex], (self.settings.crop_size,) * 2, interpolation=cv2.INTER_AREA)
-        if original is not None:  # report the clip's own frame indices
-            result.onset, result.apex = original
+            face = cv2.resize(loaded.frames[1 if loaded.original else result.apex],
+                              (self.settings.crop_size,) * 2, interpolation=cv2.INTER_AREA)
         return result, face, read
 
     def predict(self, clip: Clip, onset: int | None = None, apex: int | None = None) -> Prediction:
@@ -521,7 +486,7 @@ class Predictor:
                 f"{root} holds no clips: expected video files ({', '.join(VIDEO_EXTS)}) or sub-folders of frame "
                 "images. For a single clip given as a folder of frames, use predict (no --csv)."
             )
-        if (self.requested_backend == "auto" and self._session is None and not self._auto_export_tried
+        if (self.requested_backend == "auto" and self.backend == "torch" and not self._auto_export_tried
                 and len(clips) >= AUTO_ONNX_MIN_CLIPS):
             self._auto_export_tried = True
             self.use_onnx(None, required=False)

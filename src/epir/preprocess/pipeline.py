@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -40,7 +41,7 @@ from epir.errors import ClipError, ConfigError, did_you_mean
 from epir.preprocess.apex import APEX_METHODS, check_method, estimate_apex
 from epir.preprocess.face import AlignedFace, FaceAligner
 from epir.preprocess.flow import FLOW_METHODS, compute_flow, flow_to_map, optical_strain
-from epir.preprocess.video import read_frames
+from epir.preprocess.video import FrameSequence, list_frames, read_frames
 
 #: Bumped when a change of this code changes its outputs, so that caches made by older code are recomputed.
 PIPELINE_VERSION = 1
@@ -263,6 +264,72 @@ def process_clip(frames: Sequence[np.ndarray], onset: int, apex: int,
     return run_clip(frames, onset, apex, settings, aligner)
 
 
+@dataclass
+class LoadedClip:
+    """A clip's frames as :func:`read_clip` loaded them, ready for :func:`run_clip`.
+
+    Attributes:
+        frames: the frames (BGR uint8; a folder's are read on access).
+        onset: onset index in ``frames``.
+        apex: apex index in ``frames`` (None: to be estimated).
+        original: the clip's own (onset, apex) when only those two frames were read, else None.
+        where: `` (path)`` for messages ('' for frames given in memory).
+    """
+
+    frames: Sequence[np.ndarray]
+    onset: int
+    apex: int | None
+    original: tuple[int, int] | None = None
+    where: str = ""
+
+    def run(self, settings: PreprocessSettings, aligner: FaceAligner | None = None) -> ClipResult:
+        """:func:`run_clip` on these frames, errors naming the clip, frame indices as the clip numbers them."""
+        try:
+            result = run_clip(self.frames, self.onset, self.apex, settings, aligner)
+        except ClipError as e:
+            raise type(e)(f"{e}{self.where}") from None
+        if self.original is not None:  # report the clip's own frame indices
+            result.onset, result.apex = self.original
+        return result
+
+
+def read_clip(clip: str | os.PathLike | Sequence[np.ndarray], onset: int | None = None, apex: int | None = None
+              ) -> LoadedClip:
+    """Read a clip (the one place that does): a video file, a folder of frame images, or BGR uint8 frames.
+
+    With ``apex`` given, a file clip is read only at the onset and the apex (a video is decoded up to the apex).
+
+    Args:
+        clip: a video file, a folder of frame images (natural order of names), or a sequence of frames.
+        onset: 0-based onset index (default 0).
+        apex: 0-based apex index (default None: estimated later).
+
+    Raises:
+        ClipError: a bad index, the onset not before the apex, or frames that are not images (and what
+            :func:`epir.preprocess.video.read_frames` raises for a missing or unreadable file).
+    """
+    onset = 0 if onset is None else onset
+    for name, value in (("onset", onset), ("apex", apex)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+            raise ClipError(f"{name} must be a frame index (an integer from 0), got {value!r}.")
+    if apex is not None and apex <= onset:
+        raise ClipError(
+            f"The onset (frame {onset}) must come before the apex (frame {apex}): the flow goes from the onset "
+            "to the later apex. Check onset/apex (--onset/--apex), or leave apex out to estimate it."
+        )
+    if isinstance(clip, (str, os.PathLike)):
+        path = Path(clip).expanduser()
+        where = f" ({path})"
+        if apex is not None:
+            return LoadedClip(read_frames(path, indices=[onset, apex]), 0, 1, (int(onset), int(apex)), where)
+        frames: Sequence[np.ndarray] = FrameSequence(list_frames(path)) if path.is_dir() else read_frames(path)
+        return LoadedClip(frames, int(onset), None, None, where)
+    frames = list(clip)
+    if not frames or not all(isinstance(f, np.ndarray) and f.ndim in (2, 3) for f in frames):
+        raise ClipError("Expected a video file, a frame folder, or a list of (H, W, 3) BGR uint8 frames.")
+    return LoadedClip(frames, int(onset), None if apex is None else int(apex))
+
+
 def process_video(path: str | Path, onset: int | None = None, apex: int | None = None,
                   settings: PreprocessSettings = PreprocessSettings(),  # noqa: B008 (frozen, immutable)
                   aligner: FaceAligner | None = None) -> ClipResult:
@@ -283,13 +350,9 @@ def process_video(path: str | Path, onset: int | None = None, apex: int | None =
         ClipError: unreadable or missing clip, onset after apex, an index beyond the clip (see
             :func:`epir.preprocess.video.read_frames` and :func:`process_clip`).
     """
-    frames = read_frames(path)
-    where = f" ({path})"
-    try:
-        return run_clip(frames, 0 if onset is None else onset, apex, settings, aligner)
-    except ClipError as e:
-        raise type(e)(f"{e}{where}") from None
+    loaded = read_clip(path, onset, None)  # every frame: the apex, if given, is an index into them
+    return LoadedClip(loaded.frames, loaded.onset, apex, None, loaded.where).run(settings, aligner)
 
 
-__all__ = ["APEX_METHODS", "PIPELINE_VERSION", "ClipResult", "PreprocessSettings", "process_clip", "process_video",
-           "run_clip"]
+__all__ = ["APEX_METHODS", "PIPELINE_VERSION", "ClipResult", "LoadedClip", "PreprocessSettings", "process_clip",
+           "process_video", "read_clip", "run_clip"]
