@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from epir.engine.records import LosoResults
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -100,16 +102,18 @@ def confusion_figure(confusion: Sequence[Sequence[int]], class_names: Sequence[s
 
 def dataset_figure(results: dict[str, Any], folder: Path) -> str:
     plt = _fig()
-    per = results.get("per_dataset", {})
+    record = LosoResults.from_json(results)
+    scores = dict(record.rows())
+    per = record.per_dataset
     names = ["all"] + [s for s in SOURCE_ORDER if s in per] + sorted(set(per) - set(SOURCE_ORDER))
     fig, ax = plt.subplots(figsize=(1.4 + 1.2 * len(names), 3.4))
     x = np.arange(len(names))
     for k, metric in enumerate(("uf1", "uar")):
-        vals = [results[metric] if n == "all" else per[n][metric] for n in names]
-        errs = [results.get(f"{metric}_std", 0) if n == "all" else per[n].get(f"{metric}_std", 0) for n in names]
+        vals = [getattr(scores[n], metric) for n in names]
+        errs = [getattr(scores[n], f"{metric}_std") for n in names]
         ax.bar(x + (k - 0.5) * 0.38, vals, 0.38, yerr=errs, capsize=3, color=METRIC_COLOURS[metric],
                label=metric.upper())
-    counts = [results.get("n", 0) if n == "all" else per[n].get("n", 0) for n in names]
+    counts = [scores[n].n for n in names]
     ax.set_xticks(x, [f"{n}\n(n={c})" for n, c in zip(names, counts)])
     ax.set_ylim(0, 1)
     ax.set_ylabel("score (0-1)")
@@ -188,13 +192,12 @@ def _fmt(mean: float, std: float | None, seeds: int) -> str:
 
 
 def results_table(results: dict[str, Any]) -> str:
-    seeds = len(results.get("seeds", [0]))
-    rows = [("all", results.get("n"), results["uf1"], results.get("uf1_std"), results["uar"], results.get("uar_std"))]
-    for src, e in results.get("per_dataset", {}).items():
-        rows.append((src, e.get("n"), e["uf1"], e.get("uf1_std"), e["uar"], e.get("uar_std")))
+    """The overall and per-dataset UF1/UAR as an HTML table (mean ± std with several seeds)."""
+    record = LosoResults.from_json(results)
+    seeds = len(record.seeds)
     body = "".join(
-        f"<tr><td>{html.escape(str(r[0]))}</td><td>{r[1]}</td><td>{_fmt(r[2], r[3], seeds)}</td>"
-        f"<td>{_fmt(r[4], r[5], seeds)}</td></tr>" for r in rows
+        f"<tr><td>{html.escape(name)}</td><td>{s.n}</td><td>{_fmt(s.uf1, s.uf1_std, seeds)}</td>"
+        f"<td>{_fmt(s.uar, s.uar_std, seeds)}</td></tr>" for name, s in record.rows()
     )
     return f"<table><tr><th>dataset</th><th>n</th><th>UF1</th><th>UAR</th></tr>{body}</table>"
 

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from epir.engine.metrics import megc_scores
+from epir.engine.records import LosoResults, Scores
 from epir.errors import DatasetError, DatasetNotFoundError
 
 HONEST = "honest"
@@ -204,20 +205,20 @@ def write_results(out_dir: Path, results: dict[str, Any], predictions: pd.DataFr
 
 def format_summary(results: dict[str, Any], title: str = "") -> str:
     """A readable table: overall and per-dataset UF1/UAR (mean ± std over seeds)."""
-    def cell(entry: dict[str, Any], key: str) -> str:
-        std = entry.get(f"{key}_std", 0.0)
-        return f"{entry[key]:.4f} ± {std:.4f}" if len(results.get("seeds", [0])) > 1 else f"{entry[key]:.4f}"
+    record = LosoResults.from_json(results)
 
-    rows = [("all", results.get("n", sum(e["n"] for e in results["per_dataset"].values())), results)]
-    rows += [(src, e["n"], e) for src, e in results["per_dataset"].items()]
+    def cell(scores: Scores, key: str) -> str:
+        mean, std = getattr(scores, key), getattr(scores, f"{key}_std")
+        return f"{mean:.4f} ± {std:.4f}" if len(record.seeds) > 1 else f"{mean:.4f}"
+
     head = f"{'dataset':<12} {'n':>5}  {'UF1':>17}  {'UAR':>17}"
     lines = []
     if title:
         lines.append(title)
     evaluation = f"   evaluation: {results['evaluation']}" if results.get("evaluation") else ""
-    lines.append(f"protocol: {results['protocol']}{evaluation}   seeds: {results.get('seeds')}")
+    lines.append(f"protocol: {record.protocol}{evaluation}   seeds: {results.get('seeds')}")
     lines += [head, "-" * len(head)]
-    lines += [f"{name:<12} {n:>5}  {cell(e, 'uf1'):>17}  {cell(e, 'uar'):>17}" for name, n, e in rows]
+    lines += [f"{name:<12} {s.n:>5}  {cell(s, 'uf1'):>17}  {cell(s, 'uar'):>17}" for name, s in record.rows()]
     if results.get("input_transform"):
         t = results["input_transform"]
         lines.append(f"input transform: {t.get('input_transform')} (landmarks: {t.get('landmarks', 'n/a')})")

@@ -21,6 +21,7 @@ import numpy as np
 from epir._version import __version__
 from epir.config import RunConfig
 from epir.data import FlowDataset
+from epir.engine.records import FoldRecord
 from epir.errors import ConfigError
 from epir.fileio import write_atomic
 from epir.runsetup import execution_free, resolve_config
@@ -109,9 +110,10 @@ def read_fold_file(path: Path, dataset: FlowDataset, seed: int, subject: str) ->
         rec = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise bad(f"not a readable fold record ({type(e).__name__}: {e})") from None
-    need = ("seed", "subject", "indices", "true", "predicted", "probs")
-    if not isinstance(rec, dict) or any(k not in rec for k in need):
-        raise bad(f"a fold record needs the keys {', '.join(need)}")
+    try:
+        FoldRecord.from_json(rec, str(path))  # the structure: keys, list types, equal lengths
+    except ConfigError as e:
+        raise bad(str(e).removeprefix(f"{path}: ").rstrip(".")) from None
     if rec["seed"] != seed or rec["subject"] != subject:
         raise bad(f"it holds seed {rec['seed']!r}, subject {rec['subject']!r}; expected seed {seed}, subject "
                   f"{subject!r}")
@@ -119,8 +121,6 @@ def read_fold_file(path: Path, dataset: FlowDataset, seed: int, subject: str) ->
     n = len(idx)
     if not all(isinstance(i, int) and 0 <= i < len(dataset) for i in idx) or not n:
         raise bad(f"its indices are not rows of the dataset (0..{len(dataset) - 1})")
-    if any(len(rec[k]) != n for k in ("true", "predicted", "probs")):
-        raise bad("its true, predicted and probs lists differ in length from indices")
     rows = np.flatnonzero(np.asarray(dataset.subjects) == subject).tolist()  # as epir.engine.folds.fold_split
     if sorted(idx) != rows:
         raise bad(f"its rows are not the {len(rows)} rows of subject {subject!r} in this dataset")

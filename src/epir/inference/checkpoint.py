@@ -26,6 +26,7 @@ the clip's aligned face.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -120,40 +121,45 @@ class Checkpoint:
     meta: dict[str, Any]
     path: Path | None = field(default=None)
 
+    @functools.cached_property
+    def info(self) -> CheckpointMeta:
+        """:attr:`meta` as a validated, typed record (built once)."""
+        return CheckpointMeta.from_json(self.meta, (self.path or Path(".")) / META_FILE)
+
     @property
     def model_name(self) -> str:
         """The registered model name."""
-        return str(self.meta["model"]["name"])
+        return self.info.model_name
 
     @property
     def model_args(self) -> dict[str, Any]:
         """The model's keyword arguments."""
-        return dict(self.meta["model"]["args"])
+        return dict(self.info.model_args)
 
     @property
     def class_names(self) -> tuple[str, ...]:
         """The class of each output, in order."""
-        return tuple(self.meta["class_names"])
+        return self.info.class_names
 
     @property
     def input_size(self) -> int:
         """The map side the model takes."""
-        return int(self.meta["input"]["size"])
+        return self.info.input_size
 
     @property
     def transform(self) -> str:
         """The input transform applied before the model (``none``, ``mosaic``)."""
-        return str(self.meta["input"]["transform"])
+        return self.info.transform
 
     @property
     def per_clip_landmarks(self) -> bool:
         """Whether the input transform needs each clip's own landmarks (a mosaic trained on per-sample points)."""
-        return self.transform == "mosaic" and self.meta["input"].get("landmarks") == "per-clip"
+        return self.transform == "mosaic" and self.info.landmarks == "per-clip"
 
     @property
     def preprocessing(self) -> dict[str, Any]:
         """The preprocessing settings a clip goes through (``PreprocessSettings.to_dict()``)."""
-        return dict(self.meta.get("preprocessing") or {})
+        return dict(self.info.preprocessing)
 
     def inference_model(self) -> InferenceModel:
         """The network with its input transform and normalisation in front: takes 0-255 maps (eval mode).
@@ -291,6 +297,120 @@ def _get(meta: dict[str, Any], key: str, typ: type | tuple[type, ...], file: Pat
     return value
 
 
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """``checkpoint.json`` as a typed record; :meth:`from_json` is its one validating constructor.
+
+    Attributes:
+        format_version: the file format's version (at most :data:`FORMAT_VERSION`).
+        epir_version: the epir that wrote it.
+        created: when it was written (ISO 8601).
+        model_name: the registered model.
+        model_args: all its keyword arguments.
+        class_names: the name of each class index.
+        input_size: height and width of the flow maps.
+        transform: the input transform (``none`` or ``mosaic``).
+        landmarks: ``default`` or ``per-clip`` (a mosaic around each sample's own points).
+        norm_mean: per-channel mean of the input normalisation.
+        norm_std: per-channel standard deviation.
+        weights_file: the weights file's name in the directory.
+        weights_sha256: its SHA-256 (checked on load).
+        weights_bytes: its size.
+        preprocessing: ``PreprocessSettings.to_dict()`` of the clips' preprocessing.
+        training: where the model came from (dataset, subjects, config, ...).
+    """
+
+    format_version: int
+    epir_version: str
+    created: str
+    model_name: str
+    model_args: Mapping[str, Any]
+    class_names: tuple[str, ...]
+    input_size: int
+    transform: str
+    landmarks: str
+    norm_mean: tuple[float, ...]
+    norm_std: tuple[float, ...]
+    weights_file: str
+    weights_sha256: str
+    weights_bytes: int
+    preprocessing: Mapping[str, Any]
+    training: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, meta: Any, file: Path) -> CheckpointMeta:
+        """Validate the parsed ``checkpoint.json`` (``file`` names it in errors) and return it as a record.
+
+        Raises:
+            CheckpointError: anything missing, of the wrong type, out of range or inconsistent, named.
+        """
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(f"{file} is not an epir checkpoint description (its 'format' is not {FORMAT!r}).")
+        version = _get(meta, "format_version", int, file)
+        if version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{file} has format version {version}, written by a newer epir ({meta.get('epir_version', '?')}); "
+                f"this epir reads up to version {FORMAT_VERSION}. Upgrade epir (pip install -U epir)."
+            )
+        if version < 1:
+            raise CheckpointError(f"{file}: format_version must be >= 1, got {version}.")
+        _get(meta, "model.name", str, file)
+        _get(meta, "model.args", dict, file)
+        names = _get(meta, "class_names", list, file)
+        if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+            raise CheckpointError(f"{file}: 'class_names' must be a non-empty list of distinct strings, got {names!r}.")
+        if any(not n.isprintable() or not n.strip() for n in names):
+            raise CheckpointError(f"{file}: class names must be printable text (no control characters such as "
+                                  f"terminal escapes), got {names!r}.")
+        classes = meta["model"]["args"].get("num_classes", len(names))
+        if classes != len(names):
+            raise CheckpointError(f"{file}: model.args.num_classes is {classes!r} but there are {len(names)} "
+                                  "class_names; they must agree.")
+        channels = _get(meta, "input.channels", list, file)
+        if channels != list(CHANNELS):
+            raise CheckpointError(
+                f"{file}: input.channels is {channels}; epir models read {list(CHANNELS)} (in that order)."
+            )
+        size = _get(meta, "input.size", int, file)
+        if size < 1:
+            raise CheckpointError(f"{file}: input.size must be a positive int, got {size}.")
+        transform = _get(meta, "input.transform", str, file)
+        if transform not in INPUT_TRANSFORMS:
+            raise CheckpointError(
+                f"{file}: unknown input.transform {transform!r}; this epir knows {', '.join(INPUT_TRANSFORMS)}."
+            )
+        landmarks = meta["input"].get("landmarks", "default")
+        if landmarks not in ("default", "per-clip"):
+            raise CheckpointError(f"{file}: input.landmarks must be 'default' or 'per-clip', got {landmarks!r}.")
+        for key in ("mean", "std"):
+            values = _get(meta, f"input.normalization.{key}", list, file)
+            if len(values) != len(CHANNELS) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+            ):
+                raise CheckpointError(
+                    f"{file}: input.normalization.{key} must be {len(CHANNELS)} finite numbers, got {values!r}."
+                )
+        norm = meta["input"]["normalization"]
+        if not all(1e-6 <= v <= 1e6 for v in norm["std"]) or not all(abs(v) <= 1e6 for v in norm["mean"]):
+            raise CheckpointError(f"{file}: input.normalization must have std in [1e-6, 1e6] and |mean| <= 1e6 "
+                                  f"(float32 range for 0-255 maps), got mean {norm['mean']}, std {norm['std']}.")
+        _get(meta, "weights.file", str, file)
+        _get(meta, "weights.sha256", str, file)  # the integrity check is not optional
+        _get(meta, "weights.bytes", int, file)
+        if not isinstance(meta.get("preprocessing", {}), dict):
+            raise CheckpointError(f"{file}: 'preprocessing' must be a mapping of preprocessing settings.")
+        norm = meta["input"]["normalization"]
+        return cls(
+            format_version=version, epir_version=str(meta.get("epir_version", "")),
+            created=str(meta.get("created", "")),
+            model_name=meta["model"]["name"], model_args=dict(meta["model"]["args"]), class_names=tuple(names),
+            input_size=size, transform=transform, landmarks=landmarks, norm_mean=tuple(float(v) for v in norm["mean"]),
+            norm_std=tuple(float(v) for v in norm["std"]), weights_file=meta["weights"]["file"],
+            weights_sha256=meta["weights"]["sha256"], weights_bytes=meta["weights"]["bytes"],
+            preprocessing=dict(meta.get("preprocessing") or {}), training=dict(meta.get("training") or {}),
+        )
+
+
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate ``checkpoint.json`` of checkpoint directory ``path`` (no weights are read)."""
     directory = Path(path).expanduser()
@@ -320,61 +440,7 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{file} is not valid JSON ({e}); the file is damaged, write it again with `epir train`."
         ) from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{file} is not an epir checkpoint description (its 'format' is not {FORMAT!r}).")
-    version = _get(meta, "format_version", int, file)
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{file} has format version {version}, written by a newer epir ({meta.get('epir_version', '?')}); "
-            f"this epir reads up to version {FORMAT_VERSION}. Upgrade epir (pip install -U epir)."
-        )
-    if version < 1:
-        raise CheckpointError(f"{file}: format_version must be >= 1, got {version}.")
-    _get(meta, "model.name", str, file)
-    _get(meta, "model.args", dict, file)
-    names = _get(meta, "class_names", list, file)
-    if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
-        raise CheckpointError(f"{file}: 'class_names' must be a non-empty list of distinct strings, got {names!r}.")
-    if any(not n.isprintable() or not n.strip() for n in names):
-        raise CheckpointError(f"{file}: class names must be printable text (no control characters such as "
-                              f"terminal escapes), got {names!r}.")
-    classes = meta["model"]["args"].get("num_classes", len(names))
-    if classes != len(names):
-        raise CheckpointError(f"{file}: model.args.num_classes is {classes!r} but there are {len(names)} "
-                              "class_names; they must agree.")
-    channels = _get(meta, "input.channels", list, file)
-    if channels != list(CHANNELS):
-        raise CheckpointError(
-            f"{file}: input.channels is {channels}; epir models read {list(CHANNELS)} (in that order)."
-        )
-    size = _get(meta, "input.size", int, file)
-    if size < 1:
-        raise CheckpointError(f"{file}: input.size must be a positive int, got {size}.")
-    transform = _get(meta, "input.transform", str, file)
-    if transform not in INPUT_TRANSFORMS:
-        raise CheckpointError(
-            f"{file}: unknown input.transform {transform!r}; this epir knows {', '.join(INPUT_TRANSFORMS)}."
-        )
-    landmarks = meta["input"].get("landmarks", "default")
-    if landmarks not in ("default", "per-clip"):
-        raise CheckpointError(f"{file}: input.landmarks must be 'default' or 'per-clip', got {landmarks!r}.")
-    for key in ("mean", "std"):
-        values = _get(meta, f"input.normalization.{key}", list, file)
-        if len(values) != len(CHANNELS) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
-        ):
-            raise CheckpointError(
-                f"{file}: input.normalization.{key} must be {len(CHANNELS)} finite numbers, got {values!r}."
-            )
-    norm = meta["input"]["normalization"]
-    if not all(1e-6 <= v <= 1e6 for v in norm["std"]) or not all(abs(v) <= 1e6 for v in norm["mean"]):
-        raise CheckpointError(f"{file}: input.normalization must have std in [1e-6, 1e6] and |mean| <= 1e6 (float32 "
-                              f"range for 0-255 maps), got mean {norm['mean']}, std {norm['std']}.")
-    _get(meta, "weights.file", str, file)
-    _get(meta, "weights.sha256", str, file)  # the integrity check is not optional
-    _get(meta, "weights.bytes", int, file)
-    if not isinstance(meta.get("preprocessing", {}), dict):
-        raise CheckpointError(f"{file}: 'preprocessing' must be a mapping of preprocessing settings.")
+    CheckpointMeta.from_json(meta, file)  # every check, in one place
     return meta
 
 
@@ -507,7 +573,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> Checkpoi
 
 
 __all__ = [
-    "CONFIG_FILE", "FORMAT_VERSION", "META_FILE", "WEIGHTS_FILE", "Checkpoint", "CheckpointError",
+    "CONFIG_FILE", "FORMAT_VERSION", "META_FILE", "WEIGHTS_FILE", "Checkpoint", "CheckpointError", "CheckpointMeta",
     "CheckpointNotFoundError", "InferenceModel", "build_checkpoint_model", "load_checkpoint", "make_meta",
     "read_meta", "save_checkpoint",
 ]

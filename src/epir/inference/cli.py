@@ -105,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"epir train: {cfg.model.name} on every subject of {cfg.data.dataset} "
           f"({cfg.train.epochs} epochs, seed {args.seed})")
     ckpt = train_checkpoint(cfg, out, seed=args.seed, overwrite=args.overwrite, progress=not args.no_progress)
-    tr = ckpt.meta["training"]
+    tr = ckpt.info.training
     counts = ", ".join(f"{k} {v}" for k, v in tr["class_counts"].items())
     print(f"trained on {tr['samples']} samples of {len(tr['subjects'])} subjects ({counts}) in {tr['seconds']:.1f} s")
     print(f"checkpoint: {out} (model.safetensors, checkpoint.json, config.yaml)")

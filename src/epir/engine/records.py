@@ -1,0 +1,204 @@
+"""Typed records of a LOSO run: a fold's record (:class:`FoldRecord`) and the pooled results (:class:`LosoResults`).
+
+On disk both stay plain JSON (``folds/seed<S>/<subject>.json`` and ``results.json``, whose keys are a contract with
+users' scripts); in code they are read through these frozen dataclasses, each with one validating constructor
+(``from_json``) that names the file and the key that is wrong.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from epir.errors import ConfigError
+
+
+def _need(d: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}; the file is incomplete or not epir's.")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """UF1 and UAR (mean and standard deviation over seeds) of a set of samples, and how many there are."""
+
+    uf1: float
+    uar: float
+    uf1_std: float = 0.0
+    uar_std: float = 0.0
+    n: int = 0
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str = "scores") -> Scores:
+        """Scores from a ``results.json`` entry (``uf1``, ``uar`` required)."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{where}: expected a mapping with uf1 and uar, got {type(d).__name__}.")
+        _need(d, ("uf1", "uar"), where)
+        return cls(float(d["uf1"]), float(d["uar"]), float(d.get("uf1_std") or 0.0), float(d.get("uar_std") or 0.0),
+                   int(d.get("n") or 0))
+
+
+@dataclass(frozen=True)
+class LosoResults:
+    """``results.json`` of a run as a typed record (the dict itself stays in :attr:`raw`).
+
+    Attributes:
+        protocol: ``honest``, ``oracle-epoch (optimistic)`` or ``published per-fold weights``.
+        overall: scores pooled over every fold (mean ± std over seeds).
+        per_dataset: scores per source dataset.
+        seeds: the seeds run.
+        class_names: the class of each label index.
+        confusion: the confusion matrix summed over seeds (rows: true class).
+        evaluation: ``CDE`` or ``SDE(...)``.
+        model: the model's name ('' when not recorded).
+        dataset: the dataset's name ('' when not recorded).
+        n_folds: folds per seed (0 when not recorded).
+        params: parameters of one model (None when not recorded).
+        params_total: parameters of every model of a fold (an in-fold ensemble's total).
+        flops_per_sample: forward FLOPs of one sample (None when not counted).
+        wall_seconds: the run's wall time (None when not recorded).
+        raw: the whole ``results.json`` content.
+    """
+
+    protocol: str
+    overall: Scores
+    per_dataset: Mapping[str, Scores]
+    seeds: tuple[int, ...]
+    class_names: tuple[str, ...]
+    confusion: tuple[tuple[int, ...], ...]
+    evaluation: str = "CDE"
+    model: str = ""
+    dataset: str = ""
+    n_folds: int = 0
+    params: int | None = None
+    params_total: int | None = None
+    flops_per_sample: int | None = None
+    wall_seconds: float | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def uf1(self) -> float:
+        """Overall UF1 (mean over seeds)."""
+        return self.overall.uf1
+
+    @property
+    def uar(self) -> float:
+        """Overall UAR (mean over seeds)."""
+        return self.overall.uar
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any], where: str = "results") -> LosoResults:
+        """Validate a ``results.json`` mapping (``where`` names it in errors) and return it as a record."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{where}: expected a JSON object of results, got {type(d).__name__}.")
+        _need(d, ("protocol", "uf1", "uar"), where)
+        per = d.get("per_dataset") or {}
+        n = d.get("n")
+        if n is None:
+            n = sum(int(e.get("n") or 0) for e in per.values())
+        overall = Scores.from_json({**d, "n": n}, where)
+        return cls(
+            protocol=str(d["protocol"]),
+            overall=overall,
+            per_dataset={str(s): Scores.from_json(e, f"{where}: per_dataset[{s}]") for s, e in per.items()},
+            seeds=tuple(int(s) for s in d.get("seeds") or (0,)),
+            class_names=tuple(str(c) for c in d.get("class_names") or ()),
+            confusion=tuple(tuple(int(v) for v in row) for row in d.get("confusion") or ()),
+            evaluation=str(d.get("evaluation") or "CDE"),
+            model=str(d.get("model") or ""),
+            dataset=str(d.get("dataset") or ""),
+            n_folds=int(d.get("n_folds") or 0),
+            params=d.get("params"),
+            params_total=d.get("params_total"),
+            flops_per_sample=d.get("flops_per_sample"),
+            wall_seconds=d.get("wall_seconds"),
+            raw=dict(d),
+        )
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> LosoResults:
+        """``RUN_DIR/results.json`` as a record."""
+        path = Path(run_dir) / "results.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: cannot read the run's results ({type(e).__name__}: {e}).") from None
+        return cls.from_json(data, str(path))
+
+    def rows(self) -> list[tuple[str, Scores]]:
+        """``("all", overall)`` then each source dataset's scores, in the file's order."""
+        return [("all", self.overall), *self.per_dataset.items()]
+
+
+@dataclass(frozen=True)
+class FoldRecord:
+    """One finished fold (``folds/seed<S>/<subject>.json``): the held-out rows and what the model said of them.
+
+    Attributes:
+        seed: the run seed.
+        subject: the held-out subject (namespaced, e.g. ``casme2/sub01``).
+        indices: the dataset rows of the subject.
+        true: their labels.
+        predicted: the predicted class of each.
+        probs: the class probabilities of each.
+        epoch: the epoch kept (the last one, or the oracle's pick).
+        seconds: the fold's training and prediction time.
+        n_train: training rows.
+        clips: the rows' clip names (checked when a run resumes).
+        extra: whatever else the file holds (``curve``, ``selection``, ...).
+    """
+
+    seed: int
+    subject: str
+    indices: tuple[int, ...]
+    true: tuple[int, ...]
+    predicted: tuple[int, ...]
+    probs: tuple[tuple[float, ...], ...]
+    epoch: int | None = None
+    seconds: float = 0.0
+    n_train: int = 0
+    clips: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    #: Keys every fold file has.
+    REQUIRED = ("seed", "subject", "indices", "true", "predicted", "probs")
+
+    @classmethod
+    def from_json(cls, d: Any, where: str = "fold record") -> FoldRecord:
+        """Validate the structure of a fold file's content (types and lengths; whether the rows belong to the
+        dataset is :func:`epir.engine.runstore.read_fold_file`'s check).
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{where}: a fold record is a JSON object, got {type(d).__name__}.")
+        _need(d, cls.REQUIRED, where)
+        lists = {k: d[k] for k in ("indices", "true", "predicted", "probs")}
+        if not all(isinstance(v, list) for v in lists.values()):
+            raise ConfigError(f"{where}: indices, true, predicted and probs must be lists.")
+        n = len(lists["indices"])
+        if any(len(v) != n for v in lists.values()):
+            raise ConfigError(f"{where}: its true, predicted and probs lists differ in length from indices.")
+        known = {"seed", "subject", "indices", "true", "predicted", "probs", "epoch", "seconds", "n_train", "clips"}
+        return cls(
+            seed=d["seed"], subject=d["subject"], indices=tuple(d["indices"]), true=tuple(d["true"]),
+            predicted=tuple(d["predicted"]), probs=tuple(tuple(p) for p in d["probs"]), epoch=d.get("epoch"),
+            seconds=float(d.get("seconds") or 0.0), n_train=int(d.get("n_train") or 0),
+            clips=tuple(d.get("clips") or ()), extra={k: v for k, v in d.items() if k not in known},
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The fold file's content (plain JSON types)."""
+        out: dict[str, Any] = {
+            "seed": self.seed, "subject": self.subject, "indices": list(self.indices), "true": list(self.true),
+            "predicted": list(self.predicted), "probs": [list(p) for p in self.probs], "epoch": self.epoch,
+            "seconds": self.seconds, "n_train": self.n_train,
+        }
+        if self.clips:
+            out["clips"] = list(self.clips)
+        out.update(self.extra)
+        return out
+
+
+__all__ = ["FoldRecord", "LosoResults", "Scores"]
