@@ -115,3 +115,18 @@ def test_errors_are_defined_in_one_module():
             if isinstance(node, ast.ClassDef):
                 bases = {ast.unparse(b) for b in node.bases}
                 assert not any(b.endswith(("Error", "Exception", "Warning")) for b in bases), (path, node.name)
+
+
+def test_docstring_examples_run_as_doctests():
+    """Every ``>>>`` example in the package runs; examples that need data are written as illustrations (``::``)."""
+    import doctest
+    import importlib
+
+    ran = 0
+    for name, path in sorted(_modules().items()):
+        if ">>>" not in path.read_text():
+            continue
+        result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, name
+        ran += result.attempted
+    assert ran >= 4

@@ -94,7 +94,13 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """Return a ' Did you mean X?' suffix for the closest of ``choices``, or ''."""
+    """Return a ' Did you mean X?' suffix for the closest of ``choices``, or ''.
+
+    >>> did_you_mean("epri", ["epir", "ststnet"])
+    " Did you mean 'epir'?"
+    >>> did_you_mean("zzz", ["epir"])
+    ''
+    """
     close = closest(name, choices)
     return f" Did you mean {close!r}?" if close else ""
 

@@ -1,7 +1,9 @@
 """Raw dataset readers: where each annotated clip's frames are in a dataset as distributed.
 
-    >>> from epir.datasets import locate_clips
-    >>> clips = locate_clips("casme2", "/data/CASME2", labels="composite")   # sheet found inside the root
+Illustration (needs the data it names; not run as a doctest)::
+
+    from epir.datasets import locate_clips
+    clips = locate_clips("casme2", "/data/CASME2", labels="composite")   # sheet found inside the root
 
 One module per dataset in :mod:`epir.datasets` (``casme2``, ``samm``, ``smic``, ``casme3``, and ``composite``
 pooling three of them), each registered in :data:`~epir.datasets.base.RAW_DATASETS` and documenting the layouts

@@ -1,7 +1,9 @@
 """The datasets' own label sheets, read into one canonical annotation table, with label schemes.
 
-    >>> from epir.datasets import read_annotations
-    >>> df = read_annotations("casme2", "CASME2-coding-20140508.xlsx", labels="composite")  # 145 clips
+Illustration (needs the data it names; not run as a doctest)::
+
+    from epir.datasets import read_annotations
+    df = read_annotations("casme2", "CASME2-coding-20140508.xlsx", labels="composite")  # 145 clips
 
 The canonical table has one row per micro-expression and the columns
 

@@ -1,8 +1,10 @@
 """The paper-style results table: a row per model (and protocol), CDE and SDE columns, from finished runs.
 
-    >>> from epir.engine.report import build_report, write_report
-    >>> table = build_report(["runs/epir-cde", "runs/epir-sde-casme2", "runs/compare-megc2019-..."])
-    >>> write_report(table, "runs/report")   # report.md, report.csv, report.tex
+Illustration (needs the data it names; not run as a doctest)::
+
+    from epir.engine.report import build_report, write_report
+    table = build_report(["runs/epir-cde", "runs/epir-sde-casme2", "runs/compare-megc2019-..."])
+    write_report(table, "runs/report")   # report.md, report.csv, report.tex
 
 Each run directory (``config.yaml`` + ``results.json``, as ``epir loso`` writes it; a ``compare`` or ``ablate``
 directory stands for the runs inside it) fills the cells of one row:

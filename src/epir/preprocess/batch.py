@@ -1,8 +1,10 @@
 """A whole raw dataset to the flow-map layout every epir model reads: ``epir preprocess DATASET --root RAW --out DIR``.
 
-    >>> from epir.preprocess import PreprocessSettings, preprocess_dataset
-    >>> summary = preprocess_dataset("casme2", "/data/CASME2", "data/casme2-flow", labels="composite", jobs=2)
-    >>> ds = epir.load_dataset("flowmaps", root="data/casme2-flow")      # every model and LOSO, unchanged
+Illustration (needs the data it names; not run as a doctest)::
+
+    from epir.preprocess import PreprocessSettings, preprocess_dataset
+    summary = preprocess_dataset("casme2", "/data/CASME2", "data/casme2-flow", labels="composite", jobs=2)
+    ds = epir.load_dataset("flowmaps", root="data/casme2-flow")      # every model and LOSO, unchanged
 
 The clips come from the dataset's reader (:mod:`epir.preprocess.datasets`); each goes through
 :func:`epir.preprocess.pipeline.run_clip` (apex from the sheet where it gives a usable one and

@@ -1,8 +1,10 @@
 """One clip's frames to the model input: face alignment, onset->apex optical flow, strain, the (3, 28, 28) map.
 
-    >>> from epir.preprocess import PreprocessSettings, process_video
-    >>> result = process_video("clip.avi")                  # onset = first frame, apex estimated
-    >>> result.map.shape, result.map.dtype                   # ((3, 28, 28), uint8): u, v, strain, 0-255
+Illustration (needs the data it names; not run as a doctest)::
+
+    from epir.preprocess import PreprocessSettings, process_video
+    result = process_video("clip.avi")                  # onset = first frame, apex estimated
+    result.map.shape, result.map.dtype                   # ((3, 28, 28), uint8): u, v, strain, 0-255
 
 Steps of :func:`process_clip` (settings in :class:`PreprocessSettings`):
 
