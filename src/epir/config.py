@@ -286,8 +286,8 @@ def parse_key_value(item: str, option: str = "--set", example: str = "train.lr=1
     """One ``KEY=VALUE`` string as ``(key, value)``, the value parsed like a YAML scalar (:func:`parse_value`);
     ``option`` and ``example`` name the option it came from in the error.
 
-    >>> parse_key_value("train.lr=1e-3")
-    ('train.lr', 0.001)
+    >>> parse_key_value("train.epochs=20")
+    ('train.epochs', 20)
     >>> parse_key_value("model.depths=[1, 2]")
     ('model.depths', [1, 2])
     """
