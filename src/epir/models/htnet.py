@@ -8,7 +8,8 @@ and between levels a convolution + channel LayerNorm + max-pooling aggregation h
 doubles the width (the paper's block aggregation). Everything runs on (B, C, H, W) maps: LayerNorm
 normalises the channel axis; attention and MLP use 1x1 convolutions.
 
-Quirks of the official configuration, kept on purpose (see ``shared/docs/htnet.md``):
+Quirks of the official configuration (HTNet repository: Wang et al. 2024, ``main_HTNet.py``), kept on purpose;
+the official state dict's keys and shapes are pinned in ``tests/data/htnet-state-dict.txt``:
 
 - The 28x28 input gives a 4x4 patch grid; the levels cut their 4x4, 2x2 and 1x1 maps into a 4x4, 2x2 and
   1x1 grid of blocks, so every block, hence every attention, holds a single position. Attention then
