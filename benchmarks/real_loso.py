@@ -5,6 +5,14 @@ and per dataset), wall time, and published reference points measured on the same
     python benchmarks/real_loso.py --model epir --seeds 0 1 2
     python benchmarks/real_loso.py --model epir --set train.epochs=40 --folds casme2/sub01 samm/006
     python benchmarks/real_loso.py --model epir --seeds 0 1 2 --subset casme2   # SDE(casme2)
+    python benchmarks/real_loso.py --model epir --seeds 0 1 2 --beside ststnet  # issue 13's table and targets
+    python benchmarks/real_loso.py --model epir --seeds 0 1 2 --beside-run runs/bench-ststnet-s0
+
+``--beside ststnet`` also runs the honest STSTNet LOSO (official recipe, same seeds and folds; about an hour per
+seed on 2 cores, resumable) and prints issue 13's table: both models overall and per source dataset, the
+differences, and each target met or missed. ``--beside-run DIR`` takes that run from a finished run directory
+instead; without either, the STSTNet row is the reference measured in ``../shared/docs/baselines-measured.md``
+(seed 0), labelled as such.
 
 The data root is ../shared/data/htnet-composite beside the repository, or $EPIR_MEGC2019_ROOT.
 Runs go to runs/bench-<model>-... and resume if interrupted (same --out).
@@ -17,6 +25,7 @@ import time
 from pathlib import Path
 
 from epir import make_config, run_loso
+from epir.engine.records import LosoResults, Scores
 from epir.engine.results import format_summary
 
 REFERENCES = {
@@ -32,6 +41,48 @@ def default_root() -> str:
     return str(Path(__file__).resolve().parents[2] / "shared" / "data" / "htnet-composite")
 
 
+#: The honest STSTNet LOSO measured in the first round (official recipe, seed 0), per source: UF1 only there.
+STSTNET_MEASURED = {"all": (0.6969, 0.6803), "casme2": (0.817, None), "samm": (0.604, None), "smic": (0.637, None)}
+SOURCES = ("all", "casme2", "samm", "smic")
+
+
+def _cells(r: LosoResults | None) -> dict[str, tuple[float | None, float | None]]:
+    if r is None:
+        return dict(STSTNET_MEASURED)
+    scores: dict[str, Scores] = dict(r.rows())
+    return {s: (scores[s].uf1, scores[s].uar) if s in scores else (None, None) for s in SOURCES}
+
+
+def beside_table(model: str, r: LosoResults, ref: LosoResults | None, ref_name: str = "ststnet") -> str:
+    """Issue 13's table: ``model`` and the reference side by side (overall and per source), the differences,
+    and the targets (>= 0.74 both; >= reference + 0.03 both; no source more than 0.02 below the reference)."""
+    mine, theirs = _cells(r), _cells(ref)
+    label = f"{ref_name} ({'this benchmark, seeds ' + str(list(ref.seeds)) if ref else 'measured reference, seed 0'})"
+
+    def f(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    def d(a: float | None, b: float | None) -> str:
+        return "-" if a is None or b is None else f"{a - b:+.4f}"
+
+    lines = [f"| | {model} UF1 | {model} UAR | {label} UF1 | UAR | diff UF1 | diff UAR |",
+             "|---|---|---|---|---|---|---|"]
+    for s in SOURCES:
+        (u, a), (ru, ra) = mine[s], theirs[s]
+        lines.append(f"| {s} | {f(u)} | {f(a)} | {f(ru)} | {f(ra)} | {d(u, ru)} | {d(a, ra)} |")
+    (u, a), (ru, ra) = mine["all"], theirs["all"]
+    checks = [
+        ("UF1 >= 0.74 and UAR >= 0.74", u is not None and a is not None and u >= 0.74 and a >= 0.74),
+        (f"ahead of {ref_name} by >= 0.03 on both", None not in (u, a, ru, ra) and u - ru >= 0.03 and a - ra >= 0.03),
+        (f"no source more than 0.02 below {ref_name} (UF1)",
+         all(mine[s][0] is not None and theirs[s][0] is not None and mine[s][0] >= theirs[s][0] - 0.02
+             for s in SOURCES[1:])),
+    ]
+    lines.append("")
+    lines += [f"- {'met' if ok else 'MISSED'}: {what}" for what, ok in checks]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="epir")
@@ -44,6 +95,10 @@ def main() -> None:
     p.add_argument("--root", default=default_root())
     p.add_argument("--out", default=None)
     p.add_argument("--jobs", type=int, default=2, help="folds in parallel processes (default 2: one per core)")
+    p.add_argument("--beside", default=None, metavar="MODEL",
+                   help="also run MODEL's honest LOSO (its default recipe, same seeds) and print both side by side")
+    p.add_argument("--beside-run", default=None, metavar="DIR",
+                   help="a finished run directory of the reference model to print beside this one")
     a = p.parse_args()
     cfg = make_config(a.model, "megc2019", root=a.root, seeds=a.seeds, folds=a.folds,
                       oracle_epoch=a.oracle_epoch, recipe=a.recipe,
@@ -60,6 +115,17 @@ def main() -> None:
     if a.model in REFERENCES:
         print("reference:", REFERENCES[a.model])
     print(f"run directory: {out}")
+    if a.beside or a.beside_run or a.model == "epir":
+        ref = None
+        if a.beside_run:
+            ref = LosoResults.load(a.beside_run)
+        elif a.beside:
+            ref_cfg = make_config(a.beside, "megc2019", root=a.root, seeds=a.seeds, folds=a.folds,
+                                  overrides=[f"eval.jobs={a.jobs}", f"data.subset={a.subset}"])
+            ref = LosoResults.from_json(run_loso(ref_cfg, out_dir=f"runs/bench-{a.beside}{sde}-s"
+                                                                  f"{'-'.join(map(str, a.seeds))}"))
+        print()
+        print(beside_table(a.model, LosoResults.from_json(r), ref, a.beside or "ststnet"))
 
 
 if __name__ == "__main__":
