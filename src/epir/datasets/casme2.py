@@ -71,10 +71,8 @@ def normalise(table: pd.DataFrame, layout: dict, source: str) -> pd.DataFrame:
 #: Annotation fixes of this dataset (see :func:`epir.datasets.sheets.load_fixes`).
 FIXES = """\
 dataset,sheet,subject,clip,action,field,old,new,reason
-casme2,,sub04,EP12_01f,drop,apex,/,,"apex is written '/' (not annotated), so there is no onset-to-apex motion; the "
-                                    "official MEGC2019 composite list leaves this clip out"
-casme2,,sub05,EP09_05f,drop,apex,69,,"apex equals onset (frame 69), so the onset-to-apex motion is empty; the "
-                                     "official MEGC2019 composite list leaves this clip out"
+casme2,,sub04,EP12_01f,drop,apex,/,,"apex is written '/' (not annotated), so there is no onset-to-apex motion; the official MEGC2019 composite list leaves this clip out"
+casme2,,sub05,EP09_05f,drop,apex,69,,"apex equals onset (frame 69), so the onset-to-apex motion is empty; the official MEGC2019 composite list leaves this clip out"
 """
 
 # ------------------------------------------------------------------------------------------ frames
