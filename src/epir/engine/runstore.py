@@ -160,7 +160,7 @@ class RunLock:
             self._fd = None
             raise ConfigError(
                 f"{out_dir} is in use by another epir run (locked: {self.path}). Wait for it to finish, or use "
-                f"another --out."
+                f"another out_dir (--out)."
             ) from None
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"{os.getpid()}\n".encode())

@@ -107,7 +107,7 @@ def model_dir() -> Path:
         raise FaceModelError(
             "The face landmark model is missing: install the package 'face-recognition-models' "
             "(pip install face-recognition-models), which ships shape_predictor_68_face_landmarks.dat, "
-            "or run with --no-align on frames that are already cropped faces."
+            "or set the preprocessing setting align=false (--no-align) for frames that are already cropped faces."
         )
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
@@ -119,7 +119,7 @@ def _dlib_models() -> tuple[Any, Any]:
     except ImportError as e:
         raise FaceModelError(
             "dlib is not installed: install the package 'dlib-bin' (pip install dlib-bin; prebuilt wheels, no "
-            "compiler needed), or run with --no-align on frames that are already cropped faces."
+            "compiler needed), or set align=false (--no-align) for frames that are already cropped faces."
         ) from e
     path = model_dir() / PREDICTOR_FILE
     if not path.is_file():
