@@ -24,10 +24,9 @@ from epir.models import MODELS, list_models
 from epir.preprocess.cli import add_parser as add_preprocess
 from epir.profiling import profile_model
 from epir.runsetup import (
-    DASK_HELP,
-    FOLD_BATCH_HELP,
-    JOBS_HELP,
-    SUBSET_HELP,
+    add_data_options,
+    add_execution_options,
+    add_recipe_options,
     add_run_options,
     config_from_args,
     flag_values,
@@ -188,27 +187,14 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="several models on the same folds and seeds: one table and figures")
     p.add_argument("--models", nargs="+", required=True, metavar="MODEL")
-    p.add_argument("--dataset", default="synthetic")
-    p.add_argument("--root", default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--folds", nargs="+", metavar="SUBJECT")
-    p.add_argument("--subset", nargs="+", metavar="SOURCE", help=SUBSET_HELP)
-    p.add_argument("--dask-scheduler", default=None, metavar="ADDRESS", help=DASK_HELP)
     p.add_argument("--protocol", choices=["honest", "oracle-epoch"], default="honest",
                    help="oracle-epoch is OPTIMISTIC (epoch chosen on each held-out subject) and labelled so")
     p.add_argument("--recipe", dest="recipes", action="append", default=[], metavar="MODEL:NAME",
                    help="a named recipe for one model, e.g. htnet:cpu (default: each model's default recipe)")
-    p.add_argument("--epochs", type=int, help="override every model's epochs")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
-                   help="override a config field for every model, or for one with MODEL: in front")
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--jobs", type=int, default=None, help=JOBS_HELP)
-    p.add_argument("--fold-batch", type=int, default=None, metavar="N", help=FOLD_BATCH_HELP)
-    p.add_argument("--out", default=None)
-    p.add_argument("--no-progress", action="store_true")
+    add_data_options(p)
+    add_recipe_options(p, per_model=True)
+    add_execution_options(p)
+    p.set_defaults(dataset="synthetic", seeds=[0])
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("evaluate", help="recompute the metrics of a run directory or a MEGC2019 log")

@@ -117,40 +117,40 @@ def execution_free(cfg: RunConfig) -> dict[str, dict[str, Any]]:
 # ------------------------------------------------------------------------------------------- command lines
 
 
-def add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir", loso: bool = True) -> None:
-    """The options shared by every command that trains (loso, demo, ablate, compare, train).
-
-    Args:
-        p: the subcommand's parser.
-        model: the default of ``--model`` (None: the command has its own model argument).
-        loso: add the evaluation and execution options (seeds, folds, workers, Dask, ``--out``); ``epir train``
-            leaves them out.
-    """
-    if model is not None:
-        p.add_argument("--model", default=model, help="registered model name (epir list models)")
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """Which data and folds: ``--dataset``, ``--root``, ``--subset``, ``--seeds``, ``--folds``."""
     p.add_argument("--dataset", default=None, help="registered dataset name (epir list datasets; default synthetic)")
     p.add_argument("--root", default=None, help="dataset root (flowmaps/megc2019: or $EPIR_MEGC2019_ROOT)")
-    p.add_argument("--config", default=None, help="a config.yaml to start from (e.g. a run's own)")
-    p.add_argument("--recipe", default=None, help="a named recipe of the model instead of its default "
-                                                   "(e.g. htnet: official, cpu; `epir list models` names them)")
+    p.add_argument("--subset", nargs="+", metavar="SOURCE", help=SUBSET_HELP)
+    p.add_argument("--seeds", type=int, nargs="+", help="repeat the whole LOSO for each seed (default 0)")
+    p.add_argument("--folds", nargs="+", metavar="SUBJECT", help="run only these subjects' folds")
+
+
+def add_recipe_options(p: argparse.ArgumentParser, *, per_model: bool = False) -> None:
+    """Recipe overrides: ``--epochs``, ``--batch-size``, ``--lr`` and ``--set KEY=VALUE`` (``[MODEL:]KEY=VALUE``
+    where several models run: ``per_model``).
+    """
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--batch-size", type=int, help="override the recipe's batch size")
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. train.weight_decay=0.01 or model.dim=32 (repeatable)")
-    p.add_argument("--subset", nargs="+", metavar="SOURCE", help=SUBSET_HELP)
+    if per_model:
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
+                       help="override a config field for every model, or for one with MODEL: in front")
+    else:
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config field, e.g. train.weight_decay=0.01 or model.dim=32 (repeatable)")
+
+
+def add_execution_options(p: argparse.ArgumentParser, *, loso: bool = True) -> None:
+    """How a run executes (none of it changes a result): device, threads, workers, fold batching, Dask, output.
+
+    ``loso=False`` (``epir train``): only ``--device``, ``--threads`` and ``--no-progress``.
+    """
     p.add_argument("--device", default=None, help="torch device (cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     if not loso:
         p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
-        p.set_defaults(seeds=None, folds=None, oracle_epoch=False, jobs=None, dask_scheduler=None, fold_batch=None,
-                       tensorboard=None)
         return
-    p.add_argument("--seeds", type=int, nargs="+", help="repeat the whole LOSO for each seed (default 0)")
-    p.add_argument("--folds", nargs="+", metavar="SUBJECT", help="run only these subjects' folds")
-    p.add_argument("--oracle-epoch", action="store_true",
-                   help="OPTIMISTIC protocol of published baselines: per subject, the epoch with the best test "
-                        "accuracy; every output is labelled 'oracle-epoch (optimistic)'")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads per process (given alone: one process with that many threads)")
     p.add_argument("--jobs", type=int, default=None, help=JOBS_HELP)
@@ -160,6 +160,38 @@ def add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir", l
                                                "rerunning with the same --out resumes finished folds")
     p.add_argument("--tensorboard", action="store_const", const=True, default=None,
                    help="also write the training curves as TensorBoard event files (needs pip install tensorboard)")
+
+
+def add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir", loso: bool = True) -> None:
+    """The options shared by every command that trains one model (loso, demo, ablate, train): the model and its
+    recipe, :func:`add_data_options`, :func:`add_recipe_options`, :func:`add_execution_options` (``epir compare``
+    uses the last three with its own model options).
+
+    Args:
+        p: the subcommand's parser.
+        model: the default of ``--model`` (None: the command has its own model argument).
+        loso: add the evaluation and execution options (seeds, folds, workers, Dask, ``--out``); ``epir train``
+            leaves them out.
+    """
+    if model is not None:
+        p.add_argument("--model", default=model, help="registered model name (epir list models)")
+    p.add_argument("--config", default=None, help="a config.yaml to start from (e.g. a run's own)")
+    p.add_argument("--recipe", default=None, help="a named recipe of the model instead of its default "
+                                                   "(e.g. htnet: official, cpu; `epir list models` names them)")
+    add_recipe_options(p)
+    if loso:
+        add_data_options(p)
+        p.add_argument("--oracle-epoch", action="store_true",
+                       help="OPTIMISTIC protocol of published baselines: per subject, the epoch with the best test "
+                            "accuracy; every output is labelled 'oracle-epoch (optimistic)'")
+    else:
+        p.add_argument("--dataset", default=None,
+                       help="registered dataset name (epir list datasets; default synthetic)")
+        p.add_argument("--root", default=None, help="dataset root (flowmaps/megc2019: or $EPIR_MEGC2019_ROOT)")
+        p.add_argument("--subset", nargs="+", metavar="SOURCE", help="train on these source datasets only")
+        p.set_defaults(seeds=None, folds=None, oracle_epoch=False, jobs=None, dask_scheduler=None, fold_batch=None,
+                       tensorboard=None)
+    add_execution_options(p, loso=loso)
 
 
 def default_jobs(args: argparse.Namespace) -> int | None:
@@ -290,6 +322,7 @@ def prepare_data(cfg: RunConfig, dataset: FlowDataset | None = None) -> tuple[Fl
     return data, report
 
 
-__all__ = ["EXECUTION_KEYS", "FLAG_KEYS", "add_run_options", "check_model_fits", "config_from_args", "default_jobs",
+__all__ = ["EXECUTION_KEYS", "FLAG_KEYS", "add_data_options", "add_execution_options", "add_recipe_options",
+           "add_run_options", "check_model_fits", "config_from_args", "default_jobs",
            "execution_free", "flag_values", "load_data", "make_config", "parse_sets", "prepare_data",
            "resolve_config", "resolve_run_config", "select_sources", "select_subjects", "transform_data"]
