@@ -16,6 +16,7 @@ from epir.engine.ablate import run_ablation
 from epir.engine.compare import run_compare
 from epir.engine.evaluate import evaluate_megc_log, evaluate_run_dir
 from epir.engine.loso import run_loso
+from epir.engine.pretrain import pretrain
 from epir.engine.report import build_report, to_markdown, write_report
 from epir.engine.results import format_summary
 from epir.errors import EpirError
@@ -132,6 +133,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Handler of ``epir pretrain``: weights from a large generated synthetic set, for ``train.init``."""
+    cfg = config_from_args(args)
+    pretrain(cfg.model, args.out, subjects=args.subjects, clips=args.clips, epochs=args.epochs or 10, seed=args.seed,
+             cache_dir=None if args.no_cache else args.cache_dir, train=cfg.train, jobs=args.jobs or -1,
+             progress=not args.no_progress)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Handler of ``epir report``: a paper-style table from run directories."""
     table = build_report(args.run_dirs)
@@ -184,6 +194,20 @@ def make_parser() -> argparse.ArgumentParser:
                    help="recipe levers to add, one arm each: mixup, ema, swa, rotate, ensemble, distill, conv-stem, "
                         "select-epochs, or all")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("pretrain", help="pretrain a model on a large generated synthetic set (weights for train.init)",
+                       description="Generate SUBJECTS x CLIPS synthetic clips (TV-L1 flow, cached), train the model "
+                                   "on them with its recipe, write OUT.safetensors and OUT.json. A LOSO recipe starts "
+                                   "from the weights with --set train.init=OUT.safetensors.")
+    add_run_options(p, loso=False, data=False)
+    p.add_argument("--out", required=True, metavar="FILE", help="the weights file to write (.safetensors)")
+    p.add_argument("--subjects", type=int, default=400, help="generated subjects (default 400)")
+    p.add_argument("--clips", type=int, default=50, help="clips per subject (default 50: 20,000 maps)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and batches")
+    p.add_argument("--jobs", type=int, default=None, help="processes generating the set (default: one per core)")
+    p.add_argument("--cache-dir", default="~/.cache/epir", help="where the generated set is cached")
+    p.add_argument("--no-cache", action="store_true", help="do not cache the generated set")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("compare", help="several models on the same folds and seeds: one table and figures")
     p.add_argument("--models", nargs="+", required=True, metavar="MODEL")

@@ -52,6 +52,7 @@ class TrainConfig:
     distill_temperature: float = 2.0  # softmax temperature of the soft targets
     select: tuple[str, ...] = ()  # candidates chosen among inside each fold ("train.epochs=20;train.mixup=0.4")
     select_k: int = 3  # inner leave-subjects-out groups of the training subjects for train.select
+    init: str = ""  # initial weights (a .safetensors file of `epir pretrain`) loaded before training; "" = random
 
 
 @dataclass(frozen=True)

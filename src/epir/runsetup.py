@@ -162,7 +162,8 @@ def add_execution_options(p: argparse.ArgumentParser, *, loso: bool = True) -> N
                    help="also write the training curves as TensorBoard event files (needs pip install tensorboard)")
 
 
-def add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir", loso: bool = True) -> None:
+def add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir", loso: bool = True,
+                    data: bool = True) -> None:
     """The options shared by every command that trains one model (loso, demo, ablate, train): the model and its
     recipe, :func:`add_data_options`, :func:`add_recipe_options`, :func:`add_execution_options` (``epir compare``
     uses the last three with its own model options).
@@ -172,6 +173,7 @@ def add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir", l
         model: the default of ``--model`` (None: the command has its own model argument).
         loso: add the evaluation and execution options (seeds, folds, workers, Dask, ``--out``); ``epir train``
             leaves them out.
+        data: add the data options (``epir pretrain`` generates its own).
     """
     if model is not None:
         p.add_argument("--model", default=model, help="registered model name (epir list models)")
@@ -185,10 +187,11 @@ def add_run_options(p: argparse.ArgumentParser, *, model: str | None = "epir", l
                        help="OPTIMISTIC protocol of published baselines: per subject, the epoch with the best test "
                             "accuracy; every output is labelled 'oracle-epoch (optimistic)'")
     else:
-        p.add_argument("--dataset", default=None,
-                       help="registered dataset name (epir list datasets; default synthetic)")
-        p.add_argument("--root", default=None, help="dataset root (flowmaps/megc2019: or $EPIR_MEGC2019_ROOT)")
-        p.add_argument("--subset", nargs="+", metavar="SOURCE", help="train on these source datasets only")
+        if data:
+            p.add_argument("--dataset", default=None,
+                           help="registered dataset name (epir list datasets; default synthetic)")
+            p.add_argument("--root", default=None, help="dataset root (flowmaps/megc2019: or $EPIR_MEGC2019_ROOT)")
+            p.add_argument("--subset", nargs="+", metavar="SOURCE", help="train on these source datasets only")
         p.set_defaults(seeds=None, folds=None, oracle_epoch=False, jobs=None, dask_scheduler=None, fold_batch=None,
                        tensorboard=None)
     add_execution_options(p, loso=loso)

@@ -47,6 +47,7 @@ from epir.engine.train import (
     check_finite_weights,
     class_weights,
     distillation_loss,
+    load_initial_weights,
     lr_factor,
     make_optimizer,
     masked_cross_entropy,
@@ -175,7 +176,10 @@ def fit_many(
     models = []
     for m in members:
         torch.manual_seed(m.seed)  # the same initialisation as the loop's fold
-        models.append(build_model(model_cfg).to(device))
+        model = build_model(model_cfg)
+        if cfg.init:  # pretrained weights (epir pretrain), as fit() loads them
+            load_initial_weights(model, cfg.init)
+        models.append(model.to(device))
     ok, why = can_batch(models[0])
     if not ok:
         raise ConfigError(f"fit_many(): {why}.")

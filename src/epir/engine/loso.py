@@ -42,6 +42,7 @@ from epir.engine.report_html import write_run_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
 from epir.engine.runstore import FoldStore, check_resume, fold_file
 from epir.engine.selection import candidate_configs, teacher_config
+from epir.engine.train import load_initial_weights
 from epir.errors import ConfigError
 from epir.models import build_model
 from epir.profiling import count_flops
@@ -181,6 +182,8 @@ def run_loso(
         candidate_configs(cfg)  # a malformed candidate or teacher is an error before anything is trained
     if cfg.train.distill:
         teacher_config(cfg)
+    if cfg.train.init:  # a missing or mismatched weights file is an error before anything is trained
+        load_initial_weights(build_model(cfg.model), cfg.train.init)
     protocol = protocol_of(cfg, fold_weights)
     seeds = list(cfg.eval.seeds) if fold_weights is None else [cfg.eval.seeds[0]]
     out = Path(out_dir) if out_dir is not None else None

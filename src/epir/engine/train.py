@@ -6,11 +6,14 @@ selection nor normalisation statistics can see that subject. Everything is held 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from epir.config import TrainConfig
@@ -245,6 +248,28 @@ def check_finite(loss: torch.Tensor, what: str) -> None:
         )
 
 
+def load_initial_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load ``train.init``: a ``.safetensors`` state dict (``epir pretrain``) that must match ``model`` exactly."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"train.init={str(path)!r}: no such file; write one with `epir pretrain --out FILE`, or "
+                          "leave train.init empty to start from random weights.")
+    try:
+        state = load_safetensors(str(file))
+    except Exception as e:  # safetensors raises its own error types for a damaged or foreign file
+        raise ConfigError(f"train.init={str(path)!r}: not a safetensors state dict ({type(e).__name__}: "
+                          f"{e}).") from None
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or extra or shapes:
+        what = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra
+                else f"shape of {shapes[0]}: {tuple(state[shapes[0]].shape)} vs {tuple(own[shapes[0]].shape)}")
+        raise ConfigError(f"train.init={str(path)!r} does not fit this model ({what}); pretrain with the same "
+                          "model arguments (epir pretrain --set model.KEY=VALUE).")
+    model.load_state_dict(state, strict=True)
+
+
 def fit(
     model: nn.Module,
     x: torch.Tensor,
@@ -284,6 +309,8 @@ def fit(
         raise ConfigError("fit() got no training samples.")
     gen = torch.Generator().manual_seed(seed)
     norm = InputNorm.fit(cfg.input_norm, x)
+    if cfg.init:
+        load_initial_weights(model, cfg.init)
     model.to(device)
     weight = class_weights(y, num_classes, cfg)
     if weight is not None:
