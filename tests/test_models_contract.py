@@ -16,13 +16,25 @@ TINY: dict[str, dict] = {
     "epir": {"dim": 16, "heads": 2, "projection_dim": 8},
     "htnet": {"dim": 16, "heads": 2, "block_repeats": [1, 1, 1]},  # the official one has 139.6M parameters
 }
+#: Model variants that are switches of a registered model (issue 13's architecture levers), checked like models.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "epir[stem=conv]": ("epir", {"stem": "conv", "patch_size": 2}),
+    "epir[patch_size=4]": ("epir", {"patch_size": 4}),
+    "epir[plain]": ("epir", {"dnspt": False, "merge": False, "itals": False, "dtsm": False, "contrastive": False}),
+}
 NUM_CLASSES = 4
 BATCH = 6
 
 
+def base(name: str) -> tuple[str, dict]:
+    """(registered model, extra kwargs) of a model or variant name."""
+    return VARIANTS.get(name, (name, {}))
+
+
 def build(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return create_model(name, num_classes=NUM_CLASSES, **TINY.get(name, {}))
+    model, extra = base(name)
+    return create_model(model, num_classes=NUM_CLASSES, **{**TINY.get(model, {}), **extra})
 
 
 def batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +51,7 @@ def training_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[t
     return F.cross_entropy(logits, y), logits
 
 
-@pytest.fixture(params=list_models())
+@pytest.fixture(params=[*list_models(), *VARIANTS])
 def name(request: pytest.FixtureRequest) -> str:
     return request.param
 
@@ -93,12 +105,13 @@ def test_eval_outputs_do_not_depend_on_the_batch(name: str) -> None:
 
 
 def test_factory_defaults_are_yaml_values_and_lists_are_accepted(name: str) -> None:
+    name, extra = base(name)
     defaults = model_defaults(name)
     for key, value in defaults.items():
         items = value if isinstance(value, (list, tuple)) else [value]
         assert all(isinstance(v, (bool, int, float, str)) for v in items), f"{name}.{key} = {value!r}"
     as_lists = {k: list(v) for k, v in defaults.items() if isinstance(v, tuple)}
-    model = create_model(name, **{**TINY.get(name, {}), **as_lists})
+    model = create_model(name, **{**TINY.get(name, {}), **as_lists, **extra})
     assert isinstance(model, nn.Module)
     assert isinstance(default_recipe(name), TrainConfig)
 
