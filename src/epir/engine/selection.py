@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from epir.config import ModelConfig, RunConfig, TrainConfig, apply_overrides
+from epir.config import ModelConfig, RunConfig, TrainConfig, apply_overrides, parse_key_value
 from epir.data import FlowDataset
 from epir.engine.batched import Member, fit_many, steps_per_epoch
 from epir.engine.metrics import megc_scores
@@ -41,7 +41,7 @@ def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
     for text in cfg.train.select:
         items = [item.strip() for item in text.split(";") if item.strip()]
         for item in items:
-            key = item.split("=", 1)[0].strip()
+            key, _ = parse_key_value(item, "train.select", "train.epochs=20")
             if not key.startswith(CANDIDATE_SECTIONS) or key.startswith(("train.select", "train.ensemble")):
                 raise ConfigError(
                     f"train.select candidate {text!r}: {key!r} cannot vary inside the fold; a candidate sets "
