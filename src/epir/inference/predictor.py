@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 
 from epir.data.transforms import mosaic
 from epir.errors import ClipError, ConfigError, EpirError, ExportError
-from epir.inference import export as onnx_export
 from epir.inference.checkpoint import Checkpoint, InferenceModel, load_checkpoint
 from epir.inference.explain import explain_prediction
 from epir.inference.runners import OnnxRunner, Runner, TorchRunner, torch_threads
@@ -258,32 +257,18 @@ class Predictor:
         except ImportError as e:
             return unavailable(f"onnxruntime is not installed ({e}): pip install 'epir[export]'",
                                ExportError(f"The onnx backend needs onnxruntime ({e}): pip install 'epir[export]'."))
-        if onnx is not None:
-            file = Path(onnx).expanduser()
-            if not file.is_file():
-                raise ExportError(f"ONNX file {file} does not exist; write it with `epir export --checkpoint "
-                                  f"{self.checkpoint.path or 'DIR'} --onnx {file}`, or leave it out.")
-            session = onnx_export.onnx_session(file, self.threads)
-            onnx_export.verify_onnx(self.checkpoint, session.get_modelmeta().custom_metadata_map, file)
-            note = f"onnxruntime, {file}"
+        if onnx is not None:  # a missing file, or one of another checkpoint, is an error whatever `required` says
+            runner, note = OnnxRunner.from_file(self.checkpoint, onnx, self.threads)
         else:
             try:
-                with self.torch_threads():
-                    graph = onnx_export.onnx_model(self.checkpoint).SerializeToString()
-                    session = onnx_export.onnx_session(graph, self.threads)
+                runner, note = OnnxRunner.exported(self.checkpoint, self.threads)
             except ExportError as e:
                 return unavailable(str(e), e)
-            except Exception as e:  # anything else the tracing or serialising raises: same meaning to a user
-                error = ExportError(f"The in-memory ONNX export failed ({type(e).__name__}: {e}); use backend 'torch'.")
-                return unavailable(str(error), error)
-            note = "onnxruntime, exported in memory"
-        with self.torch_threads():
-            diff = onnx_export.compare_onnx(self.checkpoint, None, samples=4, session=session)
-        if not diff <= 1e-4:
-            error = ExportError(f"onnxruntime's logits differ from PyTorch's by up to {diff:.3g} (tolerance 1e-4) "
-                                f"with {note}; please report it, and use backend 'torch' meanwhile.")
-            return unavailable(str(error), error)
-        self.runner = OnnxRunner(session)
+        try:
+            runner.check(self.checkpoint, note, self.threads)
+        except ExportError as e:
+            return unavailable(str(e), e)
+        self.runner = runner
         self.backend_note = f"{note} (auto)" if self.requested_backend == "auto" else note
         return True
 

@@ -6,12 +6,18 @@ runner it uses is its ``backend``. A runner returns class probabilities as a Num
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
+
+from epir.errors import ExportError
+from epir.inference import export as onnx_export
+from epir.inference.checkpoint import Checkpoint
 
 
 class Runner(Protocol):
@@ -60,6 +66,40 @@ class OnnxRunner:
 
     def __init__(self, session: Any) -> None:
         self.session = session
+
+    @classmethod
+    def from_file(cls, checkpoint: Checkpoint, file: str | os.PathLike, threads: int | None = 1
+                  ) -> tuple[OnnxRunner, str]:
+        """A session of an ``epir export`` file, checked to belong to ``checkpoint`` (weights hash); with a note."""
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise ExportError(f"ONNX file {path} does not exist; write it with `epir export --checkpoint "
+                              f"{checkpoint.path or 'DIR'} --onnx {path}`, or leave it out.")
+        session = onnx_export.onnx_session(path, threads)
+        onnx_export.verify_onnx(checkpoint, session.get_modelmeta().custom_metadata_map, path)
+        return cls(session), f"onnxruntime, {path}"
+
+    @classmethod
+    def exported(cls, checkpoint: Checkpoint, threads: int | None = 1) -> tuple[OnnxRunner, str]:
+        """A session of ``checkpoint``'s model exported in memory (a few seconds); with a note."""
+        try:
+            with torch_threads(threads):
+                graph = onnx_export.onnx_model(checkpoint).SerializeToString()
+                session = onnx_export.onnx_session(graph, threads)
+        except ExportError:
+            raise
+        except Exception as e:  # anything else the tracing or serialising raises: same meaning to a user
+            raise ExportError(f"The in-memory ONNX export failed ({type(e).__name__}: {e}); use backend "
+                              f"'torch'.") from e
+        return cls(session), "onnxruntime, exported in memory"
+
+    def check(self, checkpoint: Checkpoint, note: str, threads: int | None = 1, tolerance: float = 1e-4) -> None:
+        """Compare with PyTorch on random maps; an ExportError when the logits differ by more than ``tolerance``."""
+        with torch_threads(threads):
+            diff = onnx_export.compare_onnx(checkpoint, None, samples=4, session=self.session)
+        if not diff <= tolerance:
+            raise ExportError(f"onnxruntime's logits differ from PyTorch's by up to {diff:.3g} (tolerance "
+                              f"{tolerance:g}) with {note}; please report it, and use backend 'torch' meanwhile.")
 
     def probabilities(self, x: torch.Tensor) -> np.ndarray:
         """The graph's ``probabilities`` output."""
