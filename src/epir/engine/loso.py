@@ -145,6 +145,55 @@ def predictions_frame(dataset: FlowDataset, records: list[dict[str, Any]]) -> pd
     return pd.DataFrame(rows)
 
 
+def check_before_training(cfg: RunConfig) -> None:
+    """Every error a run can know of before it trains anything: options that exclude each other, malformed
+    selection candidates or teacher, a missing or mismatched ``train.init``, a missing TensorBoard.
+    """
+    if cfg.eval.tensorboard:
+        _summary_writer()
+    if cfg.train.select and cfg.eval.oracle_epoch:
+        raise ConfigError(
+            "train.select (selection inside the fold, on training subjects) and eval.oracle_epoch (the epoch "
+            "picked on the held-out subject) exclude each other: use one."
+        )
+    if cfg.train.select:
+        candidate_configs(cfg)
+    if cfg.train.distill:
+        teacher_config(cfg)
+    if cfg.train.init:
+        load_initial_weights(build_model(cfg.model), cfg.train.init)
+
+
+def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, Any]], seeds: Sequence[int],
+              subjects: Sequence[str]) -> dict[str, Any]:
+    """What ``results.json`` says of the run beside its scores: model, size, cost, selection choices."""
+    model = build_model(cfg.model)
+    n_params = int(sum(p.numel() for p in model.parameters()))
+    try:
+        flops = count_flops(model.eval(), (1, *dataset.x.shape[1:]))
+    except Exception:  # a model the FLOP counter cannot trace: the report leaves the figure out
+        flops = None
+    facts: dict[str, Any] = {
+        "evaluation": evaluation_of(cfg),
+        "model": cfg.model.name,
+        "dataset": dataset.name,
+        "n": sum(len(r["indices"]) for r in records) // max(1, len(seeds)),
+        "n_folds": len(subjects),
+        "params": n_params,
+        "params_total": n_params * cfg.train.ensemble,  # every member of an in-fold ensemble
+        "flops_per_sample": flops,
+        "fold_seconds": float(np.mean([r["seconds"] for r in records])) if records else 0.0,
+    }
+    chosen = [r["selection"]["chosen"] for r in records if r.get("selection")]
+    if chosen:
+        facts["selection"] = {
+            "candidates": list(cfg.train.select),
+            "select_k": cfg.train.select_k,
+            "chosen_counts": {c: chosen.count(i) for i, c in enumerate(cfg.train.select)},
+        }
+    return facts
+
+
 def run_loso(
     cfg: RunConfig,
     dataset: FlowDataset | None = None,
@@ -169,21 +218,8 @@ def run_loso(
     cfg = resolve_config(cfg)
     check_ranges(cfg)
     dataset, transform_report = prepare_data(cfg, dataset)
-    evaluation = evaluation_of(cfg)
     subjects = select_subjects(dataset, cfg.eval.folds)
-    if cfg.eval.tensorboard:
-        _summary_writer()  # checked before training, not after
-    if cfg.train.select and cfg.eval.oracle_epoch:
-        raise ConfigError(
-            "train.select (selection inside the fold, on training subjects) and eval.oracle_epoch (the epoch "
-            "picked on the held-out subject) exclude each other: use one."
-        )
-    if cfg.train.select:
-        candidate_configs(cfg)  # a malformed candidate or teacher is an error before anything is trained
-    if cfg.train.distill:
-        teacher_config(cfg)
-    if cfg.train.init:  # a missing or mismatched weights file is an error before anything is trained
-        load_initial_weights(build_model(cfg.model), cfg.train.init)
+    check_before_training(cfg)
     protocol = protocol_of(cfg, fold_weights)
     seeds = list(cfg.eval.seeds) if fold_weights is None else [cfg.eval.seeds[0]]
     out = Path(out_dir) if out_dir is not None else None
@@ -209,36 +245,11 @@ def run_loso(
         bar.close()
         preds = predictions_frame(dataset, records)
         results = summarize(preds, dataset.class_names, protocol, cfg.eval.absent_class)
-        model = build_model(cfg.model)
-        n_params = int(sum(p.numel() for p in model.parameters()))
-        try:
-            flops = count_flops(model.eval(), (1, *dataset.x.shape[1:]))
-        except Exception:  # a model the FLOP counter cannot trace: the report leaves the figure out
-            flops = None
-        results.update(
-            evaluation=evaluation,
-            model=cfg.model.name,
-            dataset=dataset.name,
-            n=int(len(preds) // len(seeds)),
-            n_folds=len(subjects),
-            params=n_params,
-            params_total=n_params * cfg.train.ensemble,  # every member of an in-fold ensemble
-            flops_per_sample=flops,
-            wall_seconds=time.perf_counter() - t_start,
-            fold_seconds=float(np.mean([r["seconds"] for r in records])) if records else 0.0,
-            resumed_folds=resumed,
-            fold_batch=fold_batch,
-            jobs=jobs,
-        )
+        results.update(run_facts(cfg, dataset, records, seeds, subjects))
+        results.update(wall_seconds=time.perf_counter() - t_start, resumed_folds=resumed, fold_batch=fold_batch,
+                       jobs=jobs)
         if fold_weights is not None:
             results["fold_weights"] = str(fold_weights)
-        chosen = [r["selection"]["chosen"] for r in records if r.get("selection")]
-        if chosen:
-            results["selection"] = {
-                "candidates": list(cfg.train.select),
-                "select_k": cfg.train.select_k,
-                "chosen_counts": {c: chosen.count(i) for i, c in enumerate(cfg.train.select)},
-            }
         if transform_report:
             results["input_transform"] = transform_report
         if out is not None:
