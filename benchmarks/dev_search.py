@@ -37,9 +37,8 @@ CONFIGS: list[tuple[str, list[str], str]] = [
      "distillation from STSTNet at full strength (its official recipe, 800 epochs): ABORTED after 22 min with no "
      "fold group finished (the teachers alone exceed the 10-minute budget for a full LOSO); no score"),
     ("d9", ["train.mixup=0.4", "train.epochs=80"], "mixup 0.4 with twice the epochs (regularised, longer)"),
-    ("d10", ["train.mixup=0.4", "train.ensemble=3"], "mixup 0.4, 3 members per fold"),
-    ("d11", ["train.mixup=1.0"], "stronger mixup (alpha 1: mixing weights uniform)"),
-    ("d12", ["train.init=pretrained/epir-synthetic-10k.safetensors"],
+    ("d10", ["train.mixup=1.0"], "stronger mixup (alpha 1: mixing weights uniform)"),
+    ("d11", ["train.init=pretrained/epir-synthetic-10k.safetensors"],
      "start from weights pretrained on 10,000 generated clips (epir pretrain --subjects 200 --clips 50 --epochs 10 "
      "--out pretrained/epir-synthetic-10k; run from the repository root)"),
 ]

@@ -6,6 +6,7 @@ from typing import Any
 import pandas as pd
 
 from epir.config import RunConfig
+from epir.engine.records import LosoResults
 from epir.models import build_model
 from epir.profiling import count_flops, count_parameters, measure_latency
 
@@ -23,20 +24,16 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     With ``latency``, also the model's CPU forward latency at batch 1 (ms).
     """
     model = build_model(cfg.model)
-    row: dict[str, Any] = {
-        "name": name,
-        "uf1": results["uf1"], "uf1_std": results["uf1_std"],
-        "uar": results["uar"], "uar_std": results["uar_std"],
-    }
-    for src, e in results["per_dataset"].items():
-        row.update({f"{src}_uf1": e["uf1"], f"{src}_uf1_std": e["uf1_std"],
-                    f"{src}_uar": e["uar"], f"{src}_uar_std": e["uar_std"]})
+    record = LosoResults.from_json(results)
+    o = record.overall
+    row: dict[str, Any] = {"name": name, "uf1": o.uf1, "uf1_std": o.uf1_std, "uar": o.uar, "uar_std": o.uar_std}
+    for src, e in record.per_dataset.items():
+        row.update({f"{src}_uf1": e.uf1, f"{src}_uf1_std": e.uf1_std, f"{src}_uar": e.uar, f"{src}_uar_std": e.uar_std})
     row.update(params=count_parameters(model), flops_per_sample=count_flops(model, (1, *input_shape(cfg))))
     if latency:
         row["latency_ms_b1"] = measure_latency(model, batch_size=1, repeats=20)
-    row.update(fold_seconds=results["fold_seconds"], wall_seconds=results["wall_seconds"],
-               protocol=results["protocol"], evaluation=results.get("evaluation", "CDE"),
-               n_folds=results.get("n_folds"), seeds=" ".join(map(str, results["seeds"])))
+    row.update(fold_seconds=results.get("fold_seconds"), wall_seconds=record.wall_seconds, protocol=record.protocol,
+               evaluation=record.evaluation, n_folds=record.n_folds, seeds=" ".join(map(str, record.seeds)))
     return row
 
 
