@@ -38,6 +38,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "distill": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=80, train.lr=5e-4]"),
     "conv-stem": ("model.stem=conv", "model.patch_size=2"),
     "select-epochs": ("train.select=['', 'train.epochs=20', 'train.epochs=80']",),
+    # weights of `epir pretrain --subjects 200 --clips 50 --epochs 10 --out pretrained/epir-synthetic-10k` (run
+    # it first; a missing file is an error before anything trains)
+    "pretrain": ("train.init=pretrained/epir-synthetic-10k.safetensors",),
 }
 
 
