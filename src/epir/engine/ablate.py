@@ -12,11 +12,12 @@ import pandas as pd
 
 from epir.config import RunConfig, apply_overrides
 from epir.data import FlowDataset, load_dataset
-from epir.engine.loso import run_loso
+from epir.engine.loso import check_before_training, run_loso
 from epir.engine.report_html import write_table_report
 from epir.engine.tables import run_row, to_markdown
 from epir.errors import ConfigError, did_you_mean
 from epir.models import MODELS, resolve_model_args
+from epir.runsetup import resolve_config
 
 
 def model_switches(name: str) -> list[str]:
@@ -81,6 +82,8 @@ def run_ablation(
         if lever not in LEVERS:
             raise ConfigError(f"no lever {lever!r}{did_you_mean(lever, LEVERS)}; levers: {', '.join(LEVERS)}, all.")
         arms.append((f"+{lever}", apply_overrides(cfg, list(LEVERS[lever]))))
+    for _, arm_cfg in arms:  # every arm's errors (a missing train.init, a bad candidate) before any arm trains
+        check_before_training(resolve_config(arm_cfg))
     rows = []
     for arm, arm_cfg in arms:
         if progress:
