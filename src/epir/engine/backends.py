@@ -143,6 +143,3 @@ def execute(
     finally:
         torch.set_num_threads(threads_before)
 
-
-#: The former name of :func:`run_group`.
-_group_task = run_group

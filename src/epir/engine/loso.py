@@ -40,7 +40,7 @@ from epir.engine.folds import (
 )
 from epir.engine.report_html import write_run_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
-from epir.engine.runstore import FoldStore, check_resume, fold_file
+from epir.engine.runstore import FoldStore, fold_file
 from epir.engine.selection import candidate_configs, teacher_config
 from epir.engine.train import load_initial_weights
 from epir.errors import ConfigError
@@ -57,9 +57,6 @@ from epir.runsetup import (
 
 #: Config fields that may differ when resuming a run (execution, not protocol: ``epir.runsetup.EXECUTION_KEYS``).
 RESUME_FREE = {tuple(k.split(".", 1)) for k in EXECUTION_KEYS}
-
-#: The former private name of :func:`epir.engine.runstore.check_resume`.
-_check_resume = check_resume
 
 
 
