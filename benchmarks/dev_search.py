@@ -41,6 +41,12 @@ CONFIGS: list[tuple[str, list[str], str]] = [
     ("d11", ["train.init=pretrained/epir-synthetic-10k.safetensors"],
      "start from weights pretrained on 10,000 generated clips (epir pretrain --subjects 200 --clips 50 --epochs 10 "
      "--out pretrained/epir-synthetic-10k; run from the repository root)"),
+    # Round 3. The first round's component ablation also ran on this subset (6 arms besides the default:
+    # no-dnspt, no-refine, no-merge, no-itals, no-dtsm, no-contrastive; docs/epir-design.md, "Ablation"); they
+    # count against the budget too, so 24 of 40 were used before d12.
+    ("d12", ["model.select_ratio=1.0"],
+     "DTSM keeps all final tokens: its scores only weight them (soft selection, nothing discarded)"),
+    ("d13", ["model.select_ratio=1.0", "train.mixup=0.4"], "d12 with mixup 0.4"),
 ]
 
 
