@@ -47,6 +47,7 @@ CONFIGS: list[tuple[str, list[str], str]] = [
     ("d12", ["model.select_ratio=1.0"],
      "DTSM keeps all final tokens: its scores only weight them (soft selection, nothing discarded)"),
     ("d13", ["model.select_ratio=1.0", "train.mixup=0.4"], "d12 with mixup 0.4"),
+    ("d14", ["train.tta=flip"], "test-time flip: mean of the probabilities of each map and its mirror (u reversed)"),
 ]
 
 

@@ -290,3 +290,46 @@ def test_distillation_loss_is_zero_for_identical_logits_and_masks_padding() -> N
     valid = torch.arange(5) < 3
     torch.testing.assert_close(distillation_loss(logits, other, 2.0, valid),
                                distillation_loss(logits[:3], other[:3], 2.0))
+
+
+# ------------------------------------------------------------------------------ test-time augmentation
+
+
+def test_flip_tta_is_the_mean_of_the_map_and_its_mirror() -> None:
+    """train.tta=flip: the probabilities are the mean of the map's and its mirror's (u reversed: 255 - u)."""
+    from epir.engine.train import InputNorm, mirror_maps
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="ststnet")).eval()
+    norm = InputNorm.fit("scale", torch.zeros(1, 3, 28, 28))
+    x = torch.rand(5, 3, 28, 28) * 255
+    mirrored = mirror_maps(x)
+    assert torch.equal(mirrored[:, 1:], x[:, 1:].flip(-1))  # v and strain only move with the pixels
+    assert torch.allclose(mirrored[:, 0], 255 - x[:, 0].flip(-1))  # horizontal motion reverses
+    assert torch.allclose(mirror_maps(mirrored), x, atol=1e-4)
+    plain = predict_proba(model, norm, x)
+    both = predict_proba(model, norm, x, tta="flip")
+    np.testing.assert_allclose(both.numpy(), ((plain + predict_proba(model, norm, mirrored)) / 2).numpy(), atol=1e-6)
+    with pytest.raises(ConfigError, match="train.tta"):
+        predict_proba(model, norm, x, tta="rotate")
+
+
+@pytest.mark.parametrize("fold_batch", [1, 4])
+def test_flip_tta_reaches_every_fold_path(fake_dataset, monkeypatch, fold_batch: int) -> None:
+    """The recipe's train.tta is what the fold's predictions use, batched or not."""
+    cfg = tiny_run_cfg(fold_batch=fold_batch)
+    cfg = replace(cfg, train=replace(cfg.train, tta="flip"))
+    seen: list[str] = []
+    real = folds.predict_proba
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("tta", "none"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(folds, "predict_proba", spy)
+    subjects = fake_dataset.subject_list()[:2]
+    if fold_batch == 1:
+        folds.run_fold(fake_dataset, cfg, subjects[0], seed=0)
+    else:
+        folds.run_fold_group(fake_dataset, cfg, [(0, s) for s in subjects])
+    assert seen and set(seen) == {"flip"}

@@ -53,6 +53,7 @@ class TrainConfig:
     select: tuple[str, ...] = ()  # candidates chosen among inside each fold ("train.epochs=20;train.mixup=0.4")
     select_k: int = 3  # inner leave-subjects-out groups of the training subjects for train.select
     init: str = ""  # initial weights (a .safetensors file of `epir pretrain`) loaded before training; "" = random
+    tta: str = "none"  # none | flip: test-time augmentation, probabilities averaged over the map and its mirror
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,8 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(0 <= t.distill_weight <= 1, "train.distill_weight", t.distill_weight, "a number in [0, 1]")
     _check(_finite(t.distill_temperature) and t.distill_temperature > 0, "train.distill_temperature",
            t.distill_temperature, "a number > 0")
+    _check(t.tta in ("none", "flip"), "train.tta", t.tta, "none or flip (mean of the map's and its mirror's "
+           "probabilities)")
     _check(t.select_k >= 2, "train.select_k", t.select_k, "an integer >= 2")
     _check(e.threads >= 0, "eval.threads", e.threads, "an integer >= 0 (0: all cores)")
     _check(e.jobs >= 1 or e.jobs == -1, "eval.jobs", e.jobs, "an integer >= 1, or -1 for one per core")

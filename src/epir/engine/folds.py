@@ -75,14 +75,14 @@ class _OracleBest:
     accuracy on the held-out subject. Only here, in the caller of ``fit``, does test data appear.
     """
 
-    def __init__(self, test_x: torch.Tensor, test_y: torch.Tensor, device: str) -> None:
-        self.test_x, self.test_y, self.device = test_x, test_y, device
+    def __init__(self, test_x: torch.Tensor, test_y: torch.Tensor, device: str, tta: str = "none") -> None:
+        self.test_x, self.test_y, self.device, self.tta = test_x, test_y, device, tta
         self.acc: float = -1.0
         self.probs: torch.Tensor | None = None
         self.epoch: int | None = None
 
     def update(self, epoch: int, model: torch.nn.Module, norm: InputNorm) -> None:
-        p = predict_proba(model, norm, self.test_x, device=self.device)
+        p = predict_proba(model, norm, self.test_x, device=self.device, tta=self.tta)
         acc = float((p.argmax(1) == self.test_y).float().mean())
         if acc >= self.acc:
             self.acc, self.probs, self.epoch = acc, p, epoch
@@ -137,7 +137,7 @@ def run_fold(
                               f"{e}") from None
         model.to(device)
         norm = InputNorm.fit(cfg.train.input_norm, dataset.x[train_idx])
-        probs = predict_proba(model, norm, test.x, device=device)
+        probs = predict_proba(model, norm, test.x, device=device, tta=cfg.train.tta)
     else:
         train = dataset.subset(train_idx)
         member_probs, epochs = [], []
@@ -155,7 +155,7 @@ def run_fold(
             if k > 0:  # the first member is the model built above (so one member is the plain fold)
                 torch.manual_seed(mseed)
                 model = build_model(cfg.model)
-            oracle = _OracleBest(test.x, test.y, device) if cfg.eval.oracle_epoch else None
+            oracle = _OracleBest(test.x, test.y, device, cfg.train.tta) if cfg.eval.oracle_epoch else None
 
             def epoch_done(epoch: int, m: torch.nn.Module, norm: InputNorm, _o: _OracleBest | None = oracle) -> None:
                 if _o is not None:
@@ -180,7 +180,7 @@ def run_fold(
                 member_probs.append(oracle.probs)
                 epochs.append(oracle.epoch)
             else:
-                member_probs.append(predict_proba(model, norm, test.x, device=device))
+                member_probs.append(predict_proba(model, norm, test.x, device=device, tta=cfg.train.tta))
                 epochs.append(cfg.train.epochs - 1)
         probs = torch.stack(member_probs).mean(dim=0)  # the ensemble: mean of the members' probabilities
         chosen_epoch = epochs[0]
@@ -245,7 +245,7 @@ def run_fold_group(
         )
         teachers = None if fold_teachers is None else [fold_teachers[idx.index(f)] for f in owner]
         if cfg.eval.oracle_epoch:  # optimistic: per member, the epoch with the best held-out accuracy
-            oracles = [_OracleBest(*tests[f], device) for f in owner]
+            oracles = [_OracleBest(*tests[f], device, ccfg.train.tta) for f in owner]
 
             def epoch_done(epoch: int, models: list[torch.nn.Module], norms: list[InputNorm],
                            _o: list[_OracleBest] = oracles) -> None:
@@ -264,7 +264,7 @@ def run_fold_group(
         models, norms = train_models(ccfg.model, ccfg.train, jobs, num_classes=dataset.num_classes, device=device,
                                      teachers=teachers, histories=histories)
         for f, model, norm in zip(owner, models, norms):
-            member_probs[f].append(predict_proba(model, norm, tests[f][0], device=device))
+            member_probs[f].append(predict_proba(model, norm, tests[f][0], device=device, tta=ccfg.train.tta))
             member_epochs[f].append(ccfg.train.epochs - 1)
     seconds = (time.perf_counter() - t0) / len(folds)
     records = []

@@ -169,7 +169,7 @@ def select_in_fold(
                                      device=cfg.eval.device, batched=batched, teachers=teachers)
         true, pred = [], []
         for model, norm, idx in zip(models, norms, held):
-            probs = predict_proba(model, norm, dataset.x[idx], device=cfg.eval.device)
+            probs = predict_proba(model, norm, dataset.x[idx], device=cfg.eval.device, tta=cand.train.tta)
             true += dataset.y[idx].tolist()
             pred += probs.argmax(1).tolist()
         s = megc_scores(true, pred, dataset.num_classes, absent="skip", context=f"{name} select {c}")

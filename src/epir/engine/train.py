@@ -56,21 +56,27 @@ class InputNorm:
         return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
 
+def mirror_maps(x: torch.Tensor) -> torch.Tensor:
+    """The horizontal mirror of flow maps ``x`` (B, 3, H, W) at the 0-255 scale: pixels flipped left-right and
+    horizontal motion reversed. On a map min-max normalised per sample, negating u before the normalisation is
+    exactly ``255 - u`` after it, so the mirror is exact; v and strain only move with the pixels.
+    """
+    xf = x.flip(-1)
+    xf[:, U_CHANNEL] = MAP_MAX - xf[:, U_CHANNEL]
+    return xf
+
+
 def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     """Random flow-map augmentation on a batch ``x`` (B, 3, H, W) at the 0-255 scale.
 
-    A horizontal flip mirrors the face, so horizontal motion changes sign. On a map min-max normalised per
-    sample, negating u before normalisation is exactly ``255 - u`` after it, so the flip is exact. Strain
-    (a magnitude) and v only move with the pixels. Shifts pad by replicating the border.
+    A horizontal flip mirrors the face (:func:`mirror_maps`). Shifts pad by replicating the border.
     """
     b = x.shape[0]
     if cfg.hflip > 0:
         flip = torch.rand(b, generator=gen) < cfg.hflip
         if flip.any():
-            xf = x[flip].flip(-1)
-            xf[:, U_CHANNEL] = MAP_MAX - xf[:, U_CHANNEL]
             x = x.clone()
-            x[flip] = xf
+            x[flip] = mirror_maps(x[flip])
     if cfg.translate > 0:
         t = cfg.translate
         h, w = x.shape[-2:]
@@ -386,12 +392,24 @@ def fit(
 
 @torch.inference_mode()
 def predict_proba(
-    model: nn.Module, norm: InputNorm, x: torch.Tensor, *, device: str = "cpu", batch_size: int = 256
+    model: nn.Module, norm: InputNorm, x: torch.Tensor, *, device: str = "cpu", batch_size: int = 256,
+    tta: str = "none",
 ) -> torch.Tensor:
-    """Class probabilities (N, num_classes) of ``model`` in eval mode."""
+    """Class probabilities (N, num_classes) of ``model`` in eval mode, for raw 0-255 maps ``x``.
+
+    ``tta="flip"`` (the recipe's ``train.tta``): the mean of the probabilities of each map and of its mirror
+    (:func:`mirror_maps`), the test-time counterpart of the flip augmentation.
+    """
+    if tta not in ("none", "flip"):
+        raise ConfigError(f"train.tta={tta!r}; expected none or flip.")
     was_training = model.training
     model.eval()
-    out = [torch.softmax(model(norm(x[i : i + batch_size]).to(device)), dim=-1).cpu()
-           for i in range(0, len(x), batch_size)]
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size]
+        p = torch.softmax(model(norm(xb).to(device)), dim=-1).cpu()
+        if tta == "flip":
+            p = (p + torch.softmax(model(norm(mirror_maps(xb)).to(device)), dim=-1).cpu()) / 2
+        out.append(p)
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
