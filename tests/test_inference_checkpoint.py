@@ -49,6 +49,7 @@ def test_train_writes_a_self_contained_checkpoint(trained: Checkpoint, tiny_data
     assert meta["class_names"] == ["negative", "positive", "surprise"]
     assert meta["input"]["channels"] == ["u", "v", "strain"] and meta["input"]["size"] == 28
     assert meta["input"]["range"] == [0, 255] and meta["input"]["transform"] == "none"
+    assert meta["input"]["tta"] == epir.models.default_recipe("epir").tta  # the recipe's test-time augmentation
     assert meta["input"]["normalization"]["kind"] == "standardize"
     assert meta["preprocessing"]["flow_method"] == "tvl1" and meta["preprocessing"]["size"] == 28
     tr = meta["training"]
@@ -131,6 +132,7 @@ def test_weights_of_another_model_are_a_clear_error(trained: Checkpoint, tmp_pat
     (lambda m: m["input"].update(channels=["v", "u", "strain"]), "input.channels"),
     (lambda m: m["input"]["normalization"].update(std=[1.0, 0.0, 1.0]), "std in \\[1e-6"),
     (lambda m: m.update(class_names=["a", "b"]), "num_classes is 3 but there are 2 class_names"),
+    (lambda m: m["input"].update(tta="rotate"), "input.tta must be one of none, flip"),
 ])
 def test_malformed_description_is_a_clear_error(trained: Checkpoint, tmp_path: Path, edit, message: str) -> None:
     d = copy_checkpoint(trained.path, tmp_path / "ck")

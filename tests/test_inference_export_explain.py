@@ -1,6 +1,7 @@
 """ONNX export (onnxruntime equals PyTorch within 1e-4 on random inputs) and `--explain` PNGs (issue 6)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -20,13 +21,13 @@ from epir.models import create_model, resolve_model_args
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def save_untrained(name: str, args: dict, path: Path, transform: str = "none") -> Path:
+def save_untrained(name: str, args: dict, path: Path, transform: str = "none", tta: str = "none") -> Path:
     torch.manual_seed(0)
     model = create_model(name, **args).eval()
     norm = InputNorm(torch.tensor([90.0, 120.0, 60.0]).reshape(1, 3, 1, 1),
                      torch.tensor([40.0, 50.0, 30.0]).reshape(1, 3, 1, 1))
     meta = make_meta(model_name=name, model_args=resolve_model_args(name, args), class_names=("a", "b", "c"),
-                     norm=norm, norm_kind="standardize", input_size=28, transform=transform)
+                     norm=norm, norm_kind="standardize", input_size=28, transform=transform, tta=tta)
     return save_checkpoint(path, model, meta)
 
 
@@ -56,6 +57,26 @@ def test_onnx_of_a_model_with_mosaic_input(tmp_path: Path) -> None:
     ckpt = save_untrained("ststnet", {}, tmp_path / "ck", transform="mosaic")
     report = export_onnx(ckpt, tmp_path / "s.onnx")
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+
+
+def test_flip_tta_checkpoint_predicts_the_mean_of_map_and_mirror_in_torch_and_onnx(tmp_path: Path) -> None:
+    """A recipe with train.tta=flip predicts as LOSO scored it: the mean of the map's and its mirror's
+    probabilities, in PyTorch and in the exported ONNX graph."""
+    from epir.engine.train import mirror_maps, predict_proba
+
+    ckpt = load_checkpoint(save_untrained("epir", {"dim": 16, "heads": 2}, tmp_path / "ck", tta="flip"))
+    assert ckpt.info.tta == "flip"
+    x = random_maps(4, seed=3)
+    with torch.inference_mode():
+        probs = ckpt.inference_model()(x).softmax(-1)
+    expected = predict_proba(ckpt.model, ckpt.norm, x, tta="flip")
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
+    plain = predict_proba(ckpt.model, ckpt.norm, x)
+    assert not torch.allclose(probs, plain, atol=1e-4)  # the mirror changes the answer
+    torch.testing.assert_close((plain + predict_proba(ckpt.model, ckpt.norm, mirror_maps(x))) / 2, expected)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        report = export_onnx(ckpt, tmp_path / "t.onnx")
+        assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
 
 
 def test_export_errors_are_clear(ckpt_dir: Path, tmp_path: Path, capsys) -> None:

@@ -45,13 +45,15 @@ from torch import nn
 from epir._version import __version__
 from epir.data.base import CHANNELS
 from epir.data.transforms import INPUT_TRANSFORMS, mosaic
-from epir.engine.train import InputNorm
+from epir.engine.train import InputNorm, mirror_maps
 from epir.errors import CheckpointError, CheckpointNotFoundError, EpirError, UnknownNameError
 from epir.fileio import write_atomic
 from epir.models import create_model
 
 #: Identifies an epir checkpoint in ``checkpoint.json``.
 FORMAT = "epir-checkpoint"
+#: Test-time augmentations a checkpoint may ask for (``train.tta``).
+TTA_KINDS = ("none", "flip")
 #: Version of the ``checkpoint.json`` layout written by this epir; a newer one is refused on load.
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -67,20 +69,25 @@ class InferenceModel(nn.Module):
     ``(x - mean) / std``, and returns the network's logits ``(B, num_classes)``. This is the module that
     :class:`~epir.inference.Predictor` runs and that :func:`~epir.inference.export_onnx` exports.
     ``transform`` is the transform done inside the module ("none" for a model whose mosaic needs per-clip
-    landmarks: it takes the mosaic).
+    landmarks: it takes the mosaic). ``tta="flip"`` (the recipe's ``train.tta``) returns the log of the mean of
+    the probabilities of the input and of its mirror, exactly what LOSO scored (the mirror is taken of the
+    transformed input, as in training); its softmax is that mean.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, model: nn.Module, norm: InputNorm, transform: str = "none") -> None:
+    def __init__(self, model: nn.Module, norm: InputNorm, transform: str = "none", tta: str = "none") -> None:
         super().__init__()
         if transform not in INPUT_TRANSFORMS:
             raise CheckpointError(
                 f"Unknown input transform {transform!r}; expected one of {', '.join(INPUT_TRANSFORMS)}."
             )
+        if tta not in TTA_KINDS:
+            raise CheckpointError(f"Unknown test-time augmentation {tta!r}; expected one of {', '.join(TTA_KINDS)}.")
         self.model = model
         self.transform = transform
+        self.tta = tta
         self.register_buffer("mean", norm.mean.detach().reshape(1, -1, 1, 1).float().clone())
         self.register_buffer("std", norm.std.detach().reshape(1, -1, 1, 1).float().clone())
 
@@ -92,7 +99,12 @@ class InferenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: flow maps (B, 3, H, W), channels u, v, strain at 0-255. Returns logits (B, num_classes)."""
-        return self.model(self.normalize(x))
+        if self.tta == "none":
+            return self.model(self.normalize(x))
+        t = mosaic(x) if self.transform == "mosaic" else x
+        both = self.model((torch.cat([t, mirror_maps(t)]) - self.mean) / self.std).softmax(-1)
+        n = x.shape[0]
+        return ((both[:n] + both[n:]) / 2).log()
 
     def has_intermediates(self) -> bool:
         """Whether the network exposes ``forward_intermediates`` (tokens, selection, attention)."""
@@ -168,7 +180,7 @@ class Checkpoint:
         """
         transform = "none" if self.per_clip_landmarks else self.transform
         device = next(iter(self.model.parameters()), torch.empty(0)).device
-        return InferenceModel(self.model, self.norm, transform).to(device).eval()
+        return InferenceModel(self.model, self.norm, transform, self.info.tta).to(device).eval()
 
 
 def make_meta(
@@ -183,6 +195,7 @@ def make_meta(
     landmarks: str = "default",
     preprocessing: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
+    tta: str = "none",
 ) -> dict[str, Any]:
     """The ``checkpoint.json`` content (without the ``weights`` entry, which :func:`save_checkpoint` adds).
 
@@ -197,6 +210,7 @@ def make_meta(
         landmarks: ``default`` (the mosaic uses the official fixed points) or ``per-clip`` (each sample's own).
         preprocessing: ``PreprocessSettings.to_dict()`` of the clips' preprocessing.
         training: where the model came from (dataset, subjects, config, ...).
+        tta: the recipe's test-time augmentation (``train.tta``: none or flip), applied when predicting.
     """
     return {
         "format": FORMAT,
@@ -211,6 +225,7 @@ def make_meta(
             "range": [0, 255],
             "transform": transform,
             "landmarks": landmarks,
+            "tta": tta,
             "normalization": {"kind": norm_kind, **norm.to_dict()},
         },
         "preprocessing": _jsonable(preprocessing or {}),
@@ -311,6 +326,7 @@ class CheckpointMeta:
         input_size: height and width of the flow maps.
         transform: the input transform (``none`` or ``mosaic``).
         landmarks: ``default`` or ``per-clip`` (a mosaic around each sample's own points).
+        tta: test-time augmentation applied when predicting (``none`` or ``flip``; ``none`` in older files).
         norm_mean: per-channel mean of the input normalisation.
         norm_std: per-channel standard deviation.
         weights_file: the weights file's name in the directory.
@@ -329,6 +345,7 @@ class CheckpointMeta:
     input_size: int
     transform: str
     landmarks: str
+    tta: str
     norm_mean: tuple[float, ...]
     norm_std: tuple[float, ...]
     weights_file: str
@@ -382,6 +399,9 @@ class CheckpointMeta:
         landmarks = meta["input"].get("landmarks", "default")
         if landmarks not in ("default", "per-clip"):
             raise CheckpointError(f"{file}: input.landmarks must be 'default' or 'per-clip', got {landmarks!r}.")
+        tta = meta["input"].get("tta", "none")
+        if tta not in TTA_KINDS:
+            raise CheckpointError(f"{file}: input.tta must be one of {', '.join(TTA_KINDS)}, got {tta!r}.")
         for key in ("mean", "std"):
             values = _get(meta, f"input.normalization.{key}", list, file)
             if len(values) != len(CHANNELS) or not all(
@@ -404,7 +424,7 @@ class CheckpointMeta:
             format_version=version, epir_version=str(meta.get("epir_version", "")),
             created=str(meta.get("created", "")),
             model_name=meta["model"]["name"], model_args=dict(meta["model"]["args"]), class_names=tuple(names),
-            input_size=size, transform=transform, landmarks=landmarks, norm_mean=tuple(float(v) for v in norm["mean"]),
+            input_size=size, transform=transform, landmarks=landmarks, tta=tta, norm_mean=tuple(float(v) for v in norm["mean"]),
             norm_std=tuple(float(v) for v in norm["std"]), weights_file=meta["weights"]["file"],
             weights_sha256=meta["weights"]["sha256"], weights_bytes=meta["weights"]["bytes"],
             preprocessing=dict(meta.get("preprocessing") or {}), training=dict(meta.get("training") or {}),

@@ -158,6 +158,7 @@ def _train_and_save(cfg: RunConfig, dataset: FlowDataset, out: Path, *, seed: in
         landmarks="per-clip" if str(transform_report.get("landmarks", "")).startswith("per-sample") else "default",
         preprocessing=preprocessing,
         training=training,
+        tta=cfg.train.tta,
     )
     out = save_checkpoint(out, model, meta, config_yaml=cfg.to_yaml(), overwrite=overwrite)
     return Checkpoint(model=model, norm=norm, meta=read_meta(out), path=out)
