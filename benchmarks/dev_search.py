@@ -48,6 +48,7 @@ CONFIGS: list[tuple[str, list[str], str]] = [
      "DTSM keeps all final tokens: its scores only weight them (soft selection, nothing discarded)"),
     ("d13", ["model.select_ratio=1.0", "train.mixup=0.4"], "d12 with mixup 0.4"),
     ("d14", ["train.tta=flip"], "test-time flip: mean of the probabilities of each map and its mirror (u reversed)"),
+    ("d15", ["train.cutmix=1.0"], "CutMix, alpha 1 (a box of another map pasted, labels mixed by area)"),
 ]
 
 

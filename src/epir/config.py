@@ -42,6 +42,7 @@ class TrainConfig:
     rotate: float = 0.0  # max random rotation in degrees; the (u, v) vectors turn with the pixels
     scale: float = 0.0  # max random relative scaling (0.1: factors in [0.9, 1.1])
     mixup: float = 0.0  # mixup Beta(alpha, alpha) on every batch, labels mixed with the maps' weights; 0 = off
+    cutmix: float = 0.0  # CutMix Beta(alpha, alpha): a box pasted from another map, labels mixed by area; 0 = off
     average: str = "none"  # none | ema | swa: weight averaging; the averaged weights are the fold's model
     ema_decay: float = 0.995  # ema only: per-step decay
     swa_start: float = 0.5  # swa only: epoch-end weights are averaged from this fraction of the epochs on
@@ -184,6 +185,7 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(_finite(t.rotate) and 0 <= t.rotate <= 180, "train.rotate", t.rotate, "degrees in [0, 180]")
     _check(_finite(t.scale) and 0 <= t.scale < 1, "train.scale", t.scale, "a number in [0, 1)")
     _check(_finite(t.mixup) and t.mixup >= 0, "train.mixup", t.mixup, "a Beta alpha >= 0 (0: off)")
+    _check(_finite(t.cutmix) and t.cutmix >= 0, "train.cutmix", t.cutmix, "a Beta alpha >= 0 (0: off)")
     _check(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in (0, 1)")
     _check(0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "a fraction in [0, 1)")
     _check(t.ensemble >= 1, "train.ensemble", t.ensemble, "an integer >= 1 (models per fold)")

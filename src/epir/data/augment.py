@@ -1,5 +1,5 @@
 """Augmentation that respects flow physics: rotations and scalings that turn the (u, v) vectors with the pixels,
-and mixup for flow maps.
+and mixup and CutMix for flow maps.
 
 The physics. A flow field ``f(p) = (u, v)(p)`` of a face rotated by ``R`` (angle ``a``) and scaled by ``s``
 about the image centre is ``f'(p) = s R f(R^-1 p / s)``: every vector moves to where its pixel went, turns by
@@ -128,4 +128,53 @@ def mixup(
     return lam * x + (1.0 - lam) * x[perm], y, y[perm], lam
 
 
-__all__ = ["minmax_255", "mixup", "random_rotate_scale", "rotate_scale_flow", "rotate_scale_maps"]
+def cutmix(
+    x: torch.Tensor, y: torch.Tensor, alpha: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al. 2019) of a batch with a shuffled copy of itself.
+
+    ``lam ~ Beta(alpha, alpha)`` folded to ``lam >= 0.5``; a box of area ``(1 - lam) H W`` (aspect as the map,
+    centre uniform, clipped at the border) is replaced in every map by the same box of its partner
+    ``x[perm]``, and ``lam`` becomes the share of pixels actually kept. The loss is ``lam L(y_a) + (1 - lam)
+    L(y_b)``: the labels are mixed with exactly the area each clip contributes. All three channels are pasted
+    together, so inside the box the vectors and the strain are the partner's own (its motion, at its own 0-255
+    scaling): a map made of two faces' regions, not a blend of both everywhere as in mixup.
+
+    Returns:
+        (mixed x, y_a, y_b = y[perm], lam).
+    """
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    rng = np.random.default_rng(seed)
+    lam = float(rng.beta(alpha, alpha))
+    lam = max(lam, 1.0 - lam)
+    h, w = x.shape[-2:]
+    bh, bw = round(h * math.sqrt(1.0 - lam)), round(w * math.sqrt(1.0 - lam))
+    cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+    y0, y1 = max(cy - bh // 2, 0), min(cy - bh // 2 + bh, h)
+    x0, x1 = max(cx - bw // 2, 0), min(cx - bw // 2 + bw, w)
+    perm = torch.randperm(len(x), generator=gen)
+    out = x.clone()
+    out[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+    lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+    return out, y, y[perm], lam
+
+
+def mix_batch(
+    x: torch.Tensor, y: torch.Tensor, mixup_alpha: float, cutmix_alpha: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """The recipe's batch mixing (``train.mixup``, ``train.cutmix``): mixup, CutMix, or (both set) one of the two
+    per batch with equal odds, as timm does. Neither set: the batch unchanged with ``lam = 1``.
+
+    Returns:
+        (x, y_a, y_b, lam) for the loss ``lam L(y_a) + (1 - lam) L(y_b)``.
+    """
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or bool(torch.rand(1, generator=gen) < 0.5))
+    if use_cutmix:
+        return cutmix(x, y, cutmix_alpha, gen)
+    if mixup_alpha > 0:
+        return mixup(x, y, mixup_alpha, gen)
+    return x, y, y, 1.0
+
+
+__all__ = ["cutmix", "minmax_255", "mix_batch", "mixup", "random_rotate_scale", "rotate_scale_flow",
+           "rotate_scale_maps"]

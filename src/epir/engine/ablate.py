@@ -32,6 +32,9 @@ def model_switches(name: str) -> list[str]:
 #: Recipe levers (issue 13), each a set of overrides on top of the full configuration: an arm ``+<lever>``.
 LEVERS: dict[str, tuple[str, ...]] = {
     "mixup": ("train.mixup=0.4",),
+    "cutmix": ("train.cutmix=1.0",),
+    "tta": ("train.tta=flip",),
+    "soft-select": ("model.select_ratio=1.0",),
     "ema": ("train.average=ema",),
     "swa": ("train.average=swa",),
     "rotate": ("train.rotate=10", "train.scale=0.1"),

@@ -37,7 +37,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from epir.config import ModelConfig, TrainConfig
-from epir.data.augment import mixup
+from epir.data.augment import mix_batch
 from epir.engine.train import (
     InputNorm,
     Teacher,
@@ -194,7 +194,7 @@ def fit_many(
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
     distill = (cfg.distill_weight, cfg.distill_temperature) if teachers is not None else None
-    loss_module = _MemberLoss(base, cfg.label_smoothing, cfg.mixup > 0, distill)
+    loss_module = _MemberLoss(base, cfg.label_smoothing, cfg.mixup > 0 or cfg.cutmix > 0, distill)
     prefixed_params = {f"model.{k}": v for k, v in params.items()}
     prefixed_buffers = {f"model.{k}": v for k, v in buffers.items()}
 
@@ -226,8 +226,8 @@ def fit_many(
                 idx = order[lo : lo + cfg.batch_size]
                 xm, ym = augment(m.x[idx], cfg, g), m.y[idx]
                 y2m, lam = ym, 1.0
-                if cfg.mixup > 0:  # before padding: a member mixes its own real samples only
-                    xm, ym, y2m, lam = mixup(xm, ym, cfg.mixup, g)
+                if cfg.mixup > 0 or cfg.cutmix > 0:  # before padding: a member mixes its own real samples only
+                    xm, ym, y2m, lam = mix_batch(xm, ym, cfg.mixup, cfg.cutmix, g)
                 if teachers is not None:
                     softs.append(_pad(teacher_logits(teachers[i], xm.to(device)).cpu(), width))
                 xm = norm(xm)

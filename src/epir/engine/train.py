@@ -17,7 +17,7 @@ from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
 from epir.config import TrainConfig
-from epir.data.augment import mixup, random_rotate_scale
+from epir.data.augment import mix_batch, random_rotate_scale
 from epir.errors import ConfigError, DivergedError
 
 #: Index of the horizontal-flow channel in epir's canonical order (u, v, strain).
@@ -343,8 +343,8 @@ def fit(
             idx = order[start : start + cfg.batch_size]
             xb, yb = augment(x[idx], cfg, gen), y[idx]
             loss_fn = ce
-            if cfg.mixup > 0:  # on the raw maps: the normalisation is affine, so it commutes with mixing
-                xb, yb, yb2, lam = mixup(xb, yb, cfg.mixup, gen)
+            if cfg.mixup > 0 or cfg.cutmix > 0:  # on the raw maps: the normalisation is affine, so it commutes
+                xb, yb, yb2, lam = mix_batch(xb, yb, cfg.mixup, cfg.cutmix, gen)
                 yb2 = yb2.to(device)
 
                 def loss_fn(logits: torch.Tensor, target: torch.Tensor, _b: torch.Tensor = yb2, _l: float = lam
