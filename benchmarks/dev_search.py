@@ -49,6 +49,8 @@ CONFIGS: list[tuple[str, list[str], str]] = [
     ("d13", ["model.select_ratio=1.0", "train.mixup=0.4"], "d12 with mixup 0.4"),
     ("d14", ["train.tta=flip"], "test-time flip: mean of the probabilities of each map and its mirror (u reversed)"),
     ("d15", ["train.cutmix=1.0"], "CutMix, alpha 1 (a box of another map pasted, labels mixed by area)"),
+    ("d16", ["train.batch_size=32"], "batch 32: twice the steps, noisier gradients"),
+    ("d17", ["model.dim=64", "model.heads=4"], "wider: dim 64, 4 heads (158,353 parameters)"),
 ]
 
 
