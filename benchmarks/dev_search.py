@@ -51,6 +51,8 @@ CONFIGS: list[tuple[str, list[str], str]] = [
     ("d15", ["train.cutmix=1.0"], "CutMix, alpha 1 (a box of another map pasted, labels mixed by area)"),
     ("d16", ["train.batch_size=32"], "batch 32: twice the steps, noisier gradients"),
     ("d17", ["model.dim=64", "model.heads=4"], "wider: dim 64, 4 heads (158,353 parameters)"),
+    ("d18", ["train.input_norm=recentre"],
+     "each map's u and v recentred on their own median (0 = still in every map), then standardised"),
 ]
 
 

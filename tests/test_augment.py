@@ -138,3 +138,25 @@ def test_the_training_loss_uses_the_same_weight_as_the_maps(switch, monkeypatch)
     x, y = torch.rand(8, 3, 8, 8) * 255, torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
     train_mod.fit(Probe(), x, y, cfg, seed=0, num_classes=3)
     assert len(checked) == 1 and 0.5 <= checked[0] <= 1.0
+
+
+def test_recentring_puts_no_motion_at_zero_in_every_map() -> None:
+    """train.input_norm=recentre: u and v minus their own median, so a map whose still level is 100 and one
+    whose still level is 30 (the same motion) become the same; strain is left alone; the fit sees only x."""
+    from epir.engine.train import InputNorm, recentre_maps
+
+    base = torch.zeros(1, 3, 28, 28)
+    base[0, :2, 10:13, 10:13] = 50.0  # a small moving patch; the rest of the face is still
+    base[0, 2, 10:13, 10:13] = 200.0
+    a, b = base.clone(), base.clone()
+    a[:, :2] += 100.0
+    b[:, :2] += 30.0
+    ra, rb = recentre_maps(torch.cat([a, b]))
+    torch.testing.assert_close(ra, rb)
+    assert float(ra[0, 0, 0]) == 0.0 and float(ra[0, 11, 11]) == 50.0
+    torch.testing.assert_close(ra[2], base[0, 2])
+    norm = InputNorm.fit("recentre", torch.cat([a, b]))
+    assert norm.recentre
+    torch.testing.assert_close(norm(a), norm(b))
+    with pytest.raises(Exception, match="train.input_norm"):
+        InputNorm.fit("median", a)

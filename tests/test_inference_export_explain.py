@@ -79,6 +79,29 @@ def test_flip_tta_checkpoint_predicts_the_mean_of_map_and_mirror_in_torch_and_on
         assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
 
 
+def test_recentred_checkpoint_predicts_as_trained_in_torch_and_onnx(tmp_path: Path) -> None:
+    """train.input_norm=recentre travels with the checkpoint: the loaded module recentres each map before the
+    affine normalisation, in PyTorch and in the ONNX graph."""
+    from epir.engine.train import predict_proba, recentre_maps
+
+    torch.manual_seed(0)
+    model = create_model("ststnet").eval()
+    x = random_maps(6, seed=4)
+    norm = InputNorm.fit("recentre", x)
+    meta = make_meta(model_name="ststnet", model_args=resolve_model_args("ststnet", {}), class_names=("a", "b", "c"),
+                     norm=norm, norm_kind="recentre", input_size=28)
+    ckpt = load_checkpoint(save_checkpoint(tmp_path / "ck", model, meta))
+    assert ckpt.norm.recentre
+    with torch.inference_mode():
+        probs = ckpt.inference_model()(x).softmax(-1)
+        direct = model((recentre_maps(x) - norm.mean) / norm.std).softmax(-1)
+    torch.testing.assert_close(probs, direct, atol=1e-5, rtol=0)
+    torch.testing.assert_close(probs, predict_proba(model, norm, x), atol=1e-5, rtol=0)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        report = export_onnx(ckpt, tmp_path / "r.onnx")
+        assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+
+
 def test_export_errors_are_clear(ckpt_dir: Path, tmp_path: Path, capsys) -> None:
     code = main(["export", "--checkpoint", str(tmp_path / "none"), "--onnx", str(tmp_path / "m.onnx")])
     err = capsys.readouterr().err

@@ -35,7 +35,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weight: str = "none"  # none | balanced (inverse class frequency of the training fold)
     grad_clip: float = 0.0  # max gradient norm; 0 disables
-    input_norm: str = "none"  # none | scale (x/255) | standardize (per-channel, training subjects only)
+    input_norm: str = "none"  # none | scale (x/255) | standardize (per-channel, training subjects only) | recentre
     hflip: float = 0.0  # probability of a horizontal flip (u mirrored: 255 - u on 0-255 maps)
     translate: int = 0  # max random shift in pixels (border replicated)
     noise: float = 0.0  # std of additive Gaussian noise, in units of the 0-255 scale
@@ -185,6 +185,8 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(_finite(t.rotate) and 0 <= t.rotate <= 180, "train.rotate", t.rotate, "degrees in [0, 180]")
     _check(_finite(t.scale) and 0 <= t.scale < 1, "train.scale", t.scale, "a number in [0, 1)")
     _check(_finite(t.mixup) and t.mixup >= 0, "train.mixup", t.mixup, "a Beta alpha >= 0 (0: off)")
+    _check(t.input_norm in ("none", "scale", "standardize", "recentre"), "train.input_norm", t.input_norm,
+           "none, scale, standardize or recentre")
     _check(_finite(t.cutmix) and t.cutmix >= 0, "train.cutmix", t.cutmix, "a Beta alpha >= 0 (0: off)")
     _check(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in (0, 1)")
     _check(0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "a fraction in [0, 1)")

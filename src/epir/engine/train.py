@@ -26,29 +26,54 @@ U_CHANNEL = 0
 MAP_MAX = 255.0
 
 
+def recentre_maps(x: torch.Tensor) -> torch.Tensor:
+    """Each map's u and v minus their own median (B, 3, H, W at 0-255; strain unchanged).
+
+    The composite maps were min-max normalised per sample and channel, so "no motion" sits at a different
+    value in every map (``255 * -min u / (max u - min u)``). Most of a face does not move in a micro-expression,
+    so the median pixel is at rest (the estimate :func:`epir.data.augment.rotate_scale_maps` uses too): after
+    recentring, 0 means "still" in every map and the sign is the direction of motion. It uses the sample alone,
+    so it is part of the input, like the flip, and nothing is fitted on other samples.
+    """
+    flow = x[:, :2]
+    median = flow.flatten(2).sort(dim=-1).values[..., (flow.shape[-1] * flow.shape[-2] - 1) // 2]
+    return torch.cat([flow - median[..., None, None], x[:, 2:]], dim=1)
+
+
 @dataclass
 class InputNorm:
-    """Per-channel affine input normalisation ``(x - mean) / std``; stats from training samples only."""
+    """Per-channel affine input normalisation ``(x - mean) / std``; stats from training samples only.
+
+    With ``recentre`` (``train.input_norm=recentre``) each map is first recentred on its own zero-motion
+    level (:func:`recentre_maps`), and the statistics are those of the recentred training maps.
+    """
 
     mean: torch.Tensor  # (1, C, 1, 1)
     std: torch.Tensor  # (1, C, 1, 1)
+    recentre: bool = False
 
     @classmethod
     def fit(cls, kind: str, x: torch.Tensor) -> InputNorm:
-        """``kind``: none | scale (x / 255) | standardize (per-channel mean/std of ``x``)."""
+        """``kind``: none | scale (x / 255) | standardize (per-channel mean/std of ``x``) | recentre (each map's
+        u and v minus their own median, then standardize on the recentred ``x``).
+        """
         c = x.shape[1]
         if kind == "none":
             return cls(torch.zeros(1, c, 1, 1), torch.ones(1, c, 1, 1))
         if kind == "scale":
             return cls(torch.zeros(1, c, 1, 1), torch.full((1, c, 1, 1), MAP_MAX))
-        if kind == "standardize":
+        if kind in ("standardize", "recentre"):
+            if kind == "recentre":
+                x = recentre_maps(x)
             mean = x.mean(dim=(0, 2, 3), keepdim=True)
             std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-            return cls(mean, std)
-        raise ConfigError(f"train.input_norm={kind!r}; expected none, scale or standardize.")
+            return cls(mean, std, recentre=kind == "recentre")
+        raise ConfigError(f"train.input_norm={kind!r}; expected none, scale, standardize or recentre.")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` with the fitted statistics."""
+        if self.recentre:
+            x = recentre_maps(x)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def to_dict(self) -> dict[str, list[float]]:

@@ -45,7 +45,7 @@ from torch import nn
 from epir._version import __version__
 from epir.data.base import CHANNELS
 from epir.data.transforms import INPUT_TRANSFORMS, mosaic
-from epir.engine.train import InputNorm, mirror_maps
+from epir.engine.train import InputNorm, mirror_maps, recentre_maps
 from epir.errors import CheckpointError, CheckpointNotFoundError, EpirError, UnknownNameError
 from epir.fileio import write_atomic
 from epir.models import create_model
@@ -88,6 +88,7 @@ class InferenceModel(nn.Module):
         self.model = model
         self.transform = transform
         self.tta = tta
+        self.recentre = norm.recentre
         self.register_buffer("mean", norm.mean.detach().reshape(1, -1, 1, 1).float().clone())
         self.register_buffer("std", norm.std.detach().reshape(1, -1, 1, 1).float().clone())
 
@@ -95,6 +96,11 @@ class InferenceModel(nn.Module):
         """x: flow maps (B, 3, H, W) at 0-255. Returns the network's input (transformed, then standardised)."""
         if self.transform == "mosaic":
             x = mosaic(x)
+        return self._standardize(x)
+
+    def _standardize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.recentre:
+            x = recentre_maps(x)
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +108,7 @@ class InferenceModel(nn.Module):
         if self.tta == "none":
             return self.model(self.normalize(x))
         t = mosaic(x) if self.transform == "mosaic" else x
-        both = self.model((torch.cat([t, mirror_maps(t)]) - self.mean) / self.std).softmax(-1)
+        both = self.model(self._standardize(torch.cat([t, mirror_maps(t)]))).softmax(-1)
         n = x.shape[0]
         return ((both[:n] + both[n:]) / 2).log()
 
@@ -589,6 +595,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> Checkpoi
     norm = InputNorm(
         torch.tensor(norm_meta["mean"], dtype=torch.float32).reshape(1, c, 1, 1),
         torch.tensor(norm_meta["std"], dtype=torch.float32).reshape(1, c, 1, 1),
+        recentre=norm_meta.get("kind") == "recentre",
     )
     return Checkpoint(model=model, norm=norm, meta=meta, path=directory)
 
