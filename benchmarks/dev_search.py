@@ -53,6 +53,9 @@ CONFIGS: list[tuple[str, list[str], str]] = [
     ("d17", ["model.dim=64", "model.heads=4"], "wider: dim 64, 4 heads (158,353 parameters)"),
     ("d18", ["train.input_norm=recentre"],
      "each map's u and v recentred on their own median (0 = still in every map), then standardised"),
+    ("d19", ["train.input_norm=recentre", "model.select_ratio=1.0", "train.tta=flip"],
+     "the three best single changes together: recentre (d18), soft selection (d12), test-time flip (d14)"),
+    ("d20", ["train.input_norm=recentre", "train.tta=flip"], "recentre and test-time flip, DTSM keeping 4 of 7"),
 ]
 
 
