@@ -55,7 +55,11 @@ CONFIGS: list[tuple[str, list[str], str]] = [
      "each map's u and v recentred on their own median (0 = still in every map), then standardised"),
     ("d19", ["train.input_norm=recentre", "model.select_ratio=1.0", "train.tta=flip"],
      "the three best single changes together: recentre (d18), soft selection (d12), test-time flip (d14)"),
-    ("d20", ["train.input_norm=recentre", "train.tta=flip"], "recentre and test-time flip, DTSM keeping 4 of 7"),
+    # d20 was first written as "recentre and test-time flip" and replaced, before it ran, after d17's result
+    ("d20", ["model.dim=64", "model.heads=4", "train.input_norm=recentre", "model.select_ratio=1.0", "train.tta=flip"],
+     "d17 (dim 64) with d19's three changes"),
+    ("d21", ["model.dim=96", "model.heads=6"], "wider still: dim 96, 6 heads"),
+    ("d22", ["model.dim=64", "model.heads=4", "model.depths=[2,2,2]"], "dim 64 and two blocks per stage"),
 ]
 
 
