@@ -35,6 +35,8 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "cutmix": ("train.cutmix=1.0",),
     "tta": ("train.tta=flip",),
     "soft-select": ("model.select_ratio=1.0",),
+    "recentre": ("train.input_norm=recentre",),
+    "wide": ("model.dim=64", "model.heads=4"),
     "ema": ("train.average=ema",),
     "swa": ("train.average=swa",),
     "rotate": ("train.rotate=10", "train.scale=0.1"),
