@@ -67,3 +67,24 @@ def test_profile_table_with_override(capsys):
     assert main(["profile", "--model", "epir", "--set", "model.merge=false"]) == 0
     out = capsys.readouterr().out
     assert "FLOPs/sample" in out and "epir" in out
+
+
+def test_a_lever_already_in_the_full_configuration_becomes_a_minus_arm() -> None:
+    """A lever the default already has (say the recipe adopted mixup) is ablated by turning it off: -<lever>."""
+    from epir import make_config
+    from epir.engine.ablate import LEVER_OFF, LEVERS, lever_arm
+    from epir.errors import ConfigError
+
+    cfg = make_config("epir", "synthetic")
+    assert lever_arm(cfg, "mixup")[0] == "+mixup"
+    with_mixup = make_config("epir", "synthetic", overrides=["train.mixup=0.4"])
+    name, arm = lever_arm(with_mixup, "mixup")
+    assert name == "-mixup" and arm.train.mixup == 0
+    wide = make_config("epir", "synthetic", overrides=list(LEVERS["wide"]))
+    name, arm = lever_arm(wide, "wide")
+    assert name == "-wide" and arm.model.args["dim"] == 48
+    assert set(LEVER_OFF) <= set(LEVERS)
+    with pytest.raises(ConfigError, match="no 'off' setting"):
+        lever_arm(make_config("epir", "synthetic", overrides=list(LEVERS["distill"])), "distill")
+    with pytest.raises(ConfigError, match="no lever"):
+        lever_arm(cfg, "mixupp")

@@ -50,6 +50,35 @@ LEVERS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: How to turn a lever off again, for a full configuration that already has it on (e.g. the default recipe):
+#: the arm is then ``-<lever>``, the full configuration with these overrides.
+LEVER_OFF: dict[str, tuple[str, ...]] = {
+    "mixup": ("train.mixup=0",),
+    "cutmix": ("train.cutmix=0",),
+    "tta": ("train.tta=none",),
+    "soft-select": ("model.select_ratio=0.5",),
+    "recentre": ("train.input_norm=standardize",),
+    "wide": ("model.dim=48", "model.heads=3"),
+    "ema": ("train.average=none",),
+    "swa": ("train.average=none",),
+    "ensemble": ("train.ensemble=1",),
+}
+
+
+def lever_arm(cfg: RunConfig, lever: str) -> tuple[str, RunConfig]:
+    """The ablation arm of ``lever`` on ``cfg``: ``+<lever>`` (the lever's overrides), or ``-<lever>`` (turned
+    off by :data:`LEVER_OFF`) when ``cfg`` already has it on."""
+    if lever not in LEVERS:
+        raise ConfigError(f"no lever {lever!r}{did_you_mean(lever, LEVERS)}; levers: {', '.join(LEVERS)}, all.")
+    on = apply_overrides(cfg, list(LEVERS[lever]))
+    if resolve_config(on) != resolve_config(cfg):
+        return f"+{lever}", on
+    if lever not in LEVER_OFF:
+        raise ConfigError(f"lever {lever!r} is already on in the full configuration and has no 'off' setting; "
+                          "ablate it from a configuration without it.")
+    return f"-{lever}", apply_overrides(cfg, list(LEVER_OFF[lever]))
+
+
 def run_ablation(
     cfg: RunConfig,
     out_dir: str | os.PathLike,
@@ -66,7 +95,8 @@ def run_ablation(
         out_dir: the run directory; each arm's own run directory is ``out_dir/<arm>`` (resumable).
         dataset: the data (loaded from ``cfg.data`` when omitted, once for all arms).
         switches: the components to switch off (default: all the model's switches).
-        levers: recipe levers of :data:`LEVERS` to add, one arm ``+<lever>`` each (``["all"]``: every one).
+        levers: recipe levers of :data:`LEVERS`, one arm each (``["all"]``: every one): ``+<lever>`` adds it,
+            ``-<lever>`` takes it away when the full configuration already has it (:func:`lever_arm`).
         progress: print each arm and show the progress bars.
     """
     out = Path(out_dir)
@@ -84,9 +114,7 @@ def run_ablation(
             raise ConfigError(f"model.{s} is already false in the full configuration; nothing to ablate.")
         arms.append((f"no-{s}", replace(cfg, model=replace(cfg.model, args={**cfg.model.args, s: False}))))
     for lever in (list(LEVERS) if levers == ["all"] else levers or []):
-        if lever not in LEVERS:
-            raise ConfigError(f"no lever {lever!r}{did_you_mean(lever, LEVERS)}; levers: {', '.join(LEVERS)}, all.")
-        arms.append((f"+{lever}", apply_overrides(cfg, list(LEVERS[lever]))))
+        arms.append(lever_arm(cfg, lever))
     for _, arm_cfg in arms:  # every arm's errors (a missing train.init, a bad candidate) before any arm trains
         check_before_training(resolve_config(arm_cfg))
     rows = []
