@@ -67,7 +67,8 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
 
 def lever_arm(cfg: RunConfig, lever: str) -> tuple[str, RunConfig]:
     """The ablation arm of ``lever`` on ``cfg``: ``+<lever>`` (the lever's overrides), or ``-<lever>`` (turned
-    off by :data:`LEVER_OFF`) when ``cfg`` already has it on."""
+    off by :data:`LEVER_OFF`) when ``cfg`` already has it on.
+    """
     if lever not in LEVERS:
         raise ConfigError(f"no lever {lever!r}{did_you_mean(lever, LEVERS)}; levers: {', '.join(LEVERS)}, all.")
     on = apply_overrides(cfg, list(LEVERS[lever]))
