@@ -13,8 +13,8 @@ at most 34.
 Seeds. Every configuration is first run with seed 0. Because seed noise on the subset's 102 samples turned out
 as large as the differences between configurations (d19 and d20 stacked the best single changes and scored
 below each of them), the finalists of round 3 are also run with seeds 1 and 2: the default (d0) and the three
-best configurations by their seed-0 mean once d22 has run (declared before d21 and d22 finished). These are the same configurations, not new
-ones, and the rule below then applies to their mean over the three seeds.
+best configurations by their seed-0 mean once d22 has run (declared before d21 and d22 finished). These are the
+same configurations, not new ones, and the rule below then applies to their mean over the three seeds.
 
 Selection rule (written before the runs): the highest mean of UF1 and UAR on the subset; among
 configurations within 0.01 of the best, the cheaper one.
