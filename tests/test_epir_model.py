@@ -87,7 +87,8 @@ def test_dnspt_is_normed_on_both_sides_of_the_projection() -> None:
 
 def test_documented_token_counts_per_stage() -> None:
     model = create_model("epir")  # default: patch 7, a 4x4 grid of 16 tokens
-    assert model.token_counts == [16, 11, 7] and model.pool.keep == 4
+    assert model.token_counts == [16, 11, 7] and model.pool.keep == 7  # soft selection: every final token
+    assert create_model("epir", select_ratio=0.5).pool.keep == 4
     assert create_model("epir", merge=False).token_counts == [16, 16, 16]
     assert create_model("epir", patch_size=4).token_counts == [49, 33, 22]
     assert stage_token_counts(49, 4, 0.33) == [49, 33, 22, 15]
@@ -152,7 +153,7 @@ def test_itals_temperature_is_learnable() -> None:
 
 
 def test_dtsm_keeps_the_documented_number_of_tokens() -> None:
-    model = tiny().eval()
+    model = tiny(select_ratio=0.5).eval()
     assert isinstance(model.pool, DTSM) and model.pool.keep == 11  # half of the 22 final tokens
     model(torch.randn(3, 3, 28, 28))
     sel = model.pool.last_selection
@@ -160,7 +161,8 @@ def test_dtsm_keeps_the_documented_number_of_tokens() -> None:
     assert all(len(set(row.tolist())) == 11 for row in sel) and sel.min() >= 0 and sel.max() < 22
     top = model.pool.last_scores.topk(11, dim=1).indices
     assert torch.equal(sel, top)
-    assert tiny(merge=False).pool.keep == 25  # round(0.5 * 49)
+    assert tiny(merge=False, select_ratio=0.5).pool.keep == 25  # round(0.5 * 49)
+    assert tiny().pool.keep == 22  # the default keeps every final token, weighted by its score
 
 
 # ---- switches, loss, budget ----------------------------------------------------------------------------

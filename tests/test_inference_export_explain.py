@@ -138,6 +138,7 @@ def test_cli_explain_writes_a_png_of_the_documented_size(ckpt_dir: Path, tmp_pat
 
 
 @pytest.mark.parametrize("name, args, kind", [
+    ("epir", {"dim": 16, "heads": 2, "select_ratio": 0.5}, "dtsm"),
     ("epir", {"dim": 16, "heads": 2}, "dtsm"),
     ("epir", {"dim": 16, "heads": 2, "dtsm": False}, "attention"),
     ("ststnet", {}, "saliency"),
@@ -151,7 +152,10 @@ def test_evidence_of_each_model_kind(name: str, args: dict, kind: str, tmp_path:
     if kind == "dtsm":
         net = predictor.model.model
         kept_patches = ev.kept.reshape(4, 7, 4, 7)[:, 0, :, 0].sum()  # 7-pixel patches on a 4x4 grid
-        assert 0 < kept_patches < 16  # some patches are dropped
+        if args.get("select_ratio", 1.0) < 1.0:
+            assert 0 < kept_patches < 16  # some patches are dropped
+        else:
+            assert kept_patches == 16  # soft selection (the default): every patch kept, weighted by its score
         assert (ev.heat[~ev.kept] == 0).all()
         assert net.keep_sources is False  # the model is left as it was
     path = predictor.explain(predictor.predict_map(flow_map), tmp_path / "map.png")  # no face: the strain stands in
