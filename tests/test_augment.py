@@ -143,7 +143,8 @@ def test_the_training_loss_uses_the_same_weight_as_the_maps(switch, monkeypatch)
 def test_recentring_puts_no_motion_at_zero_in_every_map() -> None:
     """train.input_norm=recentre: u and v minus their own median, so a map whose still level is 100 and one
     whose still level is 30 (the same motion) become the same; strain is left alone; the fit sees only x."""
-    from epir.engine.train import InputNorm, recentre_maps
+    from epir.data.augment import recentre_maps
+    from epir.engine.train import InputNorm
 
     base = torch.zeros(1, 3, 28, 28)
     base[0, :2, 10:13, 10:13] = 50.0  # a small moving patch; the rest of the face is still

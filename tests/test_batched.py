@@ -297,7 +297,8 @@ def test_distillation_loss_is_zero_for_identical_logits_and_masks_padding() -> N
 
 def test_flip_tta_is_the_mean_of_the_map_and_its_mirror() -> None:
     """train.tta=flip: the probabilities are the mean of the map's and its mirror's (u reversed: 255 - u)."""
-    from epir.engine.train import InputNorm, mirror_maps
+    from epir.data.augment import mirror_maps
+    from epir.engine.train import InputNorm
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(name="ststnet")).eval()

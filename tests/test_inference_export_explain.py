@@ -62,7 +62,8 @@ def test_onnx_of_a_model_with_mosaic_input(tmp_path: Path) -> None:
 def test_flip_tta_checkpoint_predicts_the_mean_of_map_and_mirror_in_torch_and_onnx(tmp_path: Path) -> None:
     """A recipe with train.tta=flip predicts as LOSO scored it: the mean of the map's and its mirror's
     probabilities, in PyTorch and in the exported ONNX graph."""
-    from epir.engine.train import mirror_maps, predict_proba
+    from epir.data.augment import mirror_maps
+    from epir.engine.train import predict_proba
 
     ckpt = load_checkpoint(save_untrained("epir", {"dim": 16, "heads": 2}, tmp_path / "ck", tta="flip"))
     assert ckpt.info.tta == "flip"
@@ -82,7 +83,8 @@ def test_flip_tta_checkpoint_predicts_the_mean_of_map_and_mirror_in_torch_and_on
 def test_recentred_checkpoint_predicts_as_trained_in_torch_and_onnx(tmp_path: Path) -> None:
     """train.input_norm=recentre travels with the checkpoint: the loaded module recentres each map before the
     affine normalisation, in PyTorch and in the ONNX graph."""
-    from epir.engine.train import predict_proba, recentre_maps
+    from epir.data.augment import recentre_maps
+    from epir.engine.train import predict_proba
 
     torch.manual_seed(0)
     model = create_model("ststnet").eval()

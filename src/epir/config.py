@@ -18,6 +18,11 @@ import yaml
 
 from epir.errors import ConfigError, did_you_mean
 
+#: Values of ``train.input_norm`` (see ``epir.engine.train.InputNorm``).
+INPUT_NORMS = ("none", "scale", "standardize", "recentre")
+#: Values of ``train.tta``: no test-time augmentation, or the mean over each map and its mirror.
+TTA_KINDS = ("none", "flip")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -185,8 +190,7 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(_finite(t.rotate) and 0 <= t.rotate <= 180, "train.rotate", t.rotate, "degrees in [0, 180]")
     _check(_finite(t.scale) and 0 <= t.scale < 1, "train.scale", t.scale, "a number in [0, 1)")
     _check(_finite(t.mixup) and t.mixup >= 0, "train.mixup", t.mixup, "a Beta alpha >= 0 (0: off)")
-    _check(t.input_norm in ("none", "scale", "standardize", "recentre"), "train.input_norm", t.input_norm,
-           "none, scale, standardize or recentre")
+    _check(t.input_norm in INPUT_NORMS, "train.input_norm", t.input_norm, " | ".join(INPUT_NORMS))
     _check(_finite(t.cutmix) and t.cutmix >= 0, "train.cutmix", t.cutmix, "a Beta alpha >= 0 (0: off)")
     _check(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in (0, 1)")
     _check(0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "a fraction in [0, 1)")
@@ -194,8 +198,8 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(0 <= t.distill_weight <= 1, "train.distill_weight", t.distill_weight, "a number in [0, 1]")
     _check(_finite(t.distill_temperature) and t.distill_temperature > 0, "train.distill_temperature",
            t.distill_temperature, "a number > 0")
-    _check(t.tta in ("none", "flip"), "train.tta", t.tta, "none or flip (mean of the map's and its mirror's "
-           "probabilities)")
+    _check(t.tta in TTA_KINDS, "train.tta", t.tta, f"{' | '.join(TTA_KINDS)} (flip: mean of the map's and its "
+           "mirror's probabilities)")
     _check(t.select_k >= 2, "train.select_k", t.select_k, "an integer >= 2")
     _check(e.threads >= 0, "eval.threads", e.threads, "an integer >= 0 (0: all cores)")
     _check(e.jobs >= 1 or e.jobs == -1, "eval.jobs", e.jobs, "an integer >= 1, or -1 for one per core")

@@ -79,6 +79,30 @@ def minmax_255(x: torch.Tensor) -> torch.Tensor:
     return (x - lo) * (MAP_MAX / (hi - lo).clamp_min(1e-12))
 
 
+def mirror_maps(x: torch.Tensor) -> torch.Tensor:
+    """The horizontal mirror of flow maps ``x`` (B, 3, H, W) at the 0-255 scale: pixels flipped left-right and
+    horizontal motion reversed. On a map min-max normalised per sample, negating u before the normalisation is
+    exactly ``255 - u`` after it, so the mirror is exact; v and strain only move with the pixels.
+    """
+    xf = x.flip(-1)
+    xf[:, U] = MAP_MAX - xf[:, U]
+    return xf
+
+
+def recentre_maps(x: torch.Tensor) -> torch.Tensor:
+    """Each map's u and v minus their own median (B, 3, H, W at 0-255; strain unchanged).
+
+    The composite maps were min-max normalised per sample and channel, so "no motion" sits at a different
+    value in every map (``255 * -min u / (max u - min u)``). Most of a face does not move in a micro-expression,
+    so the median pixel is at rest: after recentring, 0 means "still" in every map and the sign is the direction
+    of motion. It uses the sample alone. The median (the lower one for an even pixel count, as ``torch.median``)
+    is taken with a sort, which ONNX can export.
+    """
+    flow = x[:, :2]
+    median = flow.flatten(2).sort(dim=-1).values[..., (flow.shape[-1] * flow.shape[-2] - 1) // 2]
+    return torch.cat([flow - median[..., None, None], x[:, 2:]], dim=1)
+
+
 def rotate_scale_maps(maps: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """Rotate and scale min-max normalised 0-255 flow maps (u, v, strain), turning the vectors with the pixels.
 
@@ -91,11 +115,7 @@ def rotate_scale_maps(maps: torch.Tensor, angle: torch.Tensor, scale: torch.Tens
         scale: (B,) zoom factors (None: 1, rotation only).
         angle: (B,) radians; scale: (B,) factors (default 1).
     """
-    zero = maps[:, :2].flatten(2).median(dim=-1).values[..., None, None]
-    flow = maps.clone()
-    flow[:, :2] = maps[:, :2] - zero
-    out = rotate_scale_flow(flow, angle, scale)
-    return minmax_255(out)
+    return minmax_255(rotate_scale_flow(recentre_maps(maps), angle, scale))
 
 
 def random_rotate_scale(
@@ -176,5 +196,5 @@ def mix_batch(
     return x, y, y, 1.0
 
 
-__all__ = ["cutmix", "minmax_255", "mix_batch", "mixup", "random_rotate_scale", "rotate_scale_flow",
-           "rotate_scale_maps"]
+__all__ = ["cutmix", "minmax_255", "mirror_maps", "mix_batch", "mixup", "random_rotate_scale", "recentre_maps",
+           "rotate_scale_flow", "rotate_scale_maps"]

@@ -59,10 +59,6 @@ from epir.runsetup import (
 RESUME_FREE = {tuple(k.split(".", 1)) for k in EXECUTION_KEYS}
 
 
-
-
-
-
 def protocol_of(cfg: RunConfig, fold_weights: str | os.PathLike | None = None) -> str:
     if fold_weights is not None:
         return FOLD_WEIGHTS

@@ -16,28 +16,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file as load_safetensors
 from torch import nn
 
-from epir.config import TrainConfig
-from epir.data.augment import mix_batch, random_rotate_scale
+from epir.config import INPUT_NORMS, TTA_KINDS, TrainConfig
+from epir.data.augment import MAP_MAX, mirror_maps, mix_batch, random_rotate_scale, recentre_maps
 from epir.errors import ConfigError, DivergedError
-
-#: Index of the horizontal-flow channel in epir's canonical order (u, v, strain).
-U_CHANNEL = 0
-#: Maximum value of a per-sample min-max normalised flow map.
-MAP_MAX = 255.0
-
-
-def recentre_maps(x: torch.Tensor) -> torch.Tensor:
-    """Each map's u and v minus their own median (B, 3, H, W at 0-255; strain unchanged).
-
-    The composite maps were min-max normalised per sample and channel, so "no motion" sits at a different
-    value in every map (``255 * -min u / (max u - min u)``). Most of a face does not move in a micro-expression,
-    so the median pixel is at rest (the estimate :func:`epir.data.augment.rotate_scale_maps` uses too): after
-    recentring, 0 means "still" in every map and the sign is the direction of motion. It uses the sample alone,
-    so it is part of the input, like the flip, and nothing is fitted on other samples.
-    """
-    flow = x[:, :2]
-    median = flow.flatten(2).sort(dim=-1).values[..., (flow.shape[-1] * flow.shape[-2] - 1) // 2]
-    return torch.cat([flow - median[..., None, None], x[:, 2:]], dim=1)
 
 
 @dataclass
@@ -68,7 +49,7 @@ class InputNorm:
             mean = x.mean(dim=(0, 2, 3), keepdim=True)
             std = x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
             return cls(mean, std, recentre=kind == "recentre")
-        raise ConfigError(f"train.input_norm={kind!r}; expected none, scale, standardize or recentre.")
+        raise ConfigError(f"train.input_norm={kind!r}; expected one of {', '.join(INPUT_NORMS)}.")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise ``x`` with the fitted statistics."""
@@ -81,20 +62,11 @@ class InputNorm:
         return {"mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist()}
 
 
-def mirror_maps(x: torch.Tensor) -> torch.Tensor:
-    """The horizontal mirror of flow maps ``x`` (B, 3, H, W) at the 0-255 scale: pixels flipped left-right and
-    horizontal motion reversed. On a map min-max normalised per sample, negating u before the normalisation is
-    exactly ``255 - u`` after it, so the mirror is exact; v and strain only move with the pixels.
-    """
-    xf = x.flip(-1)
-    xf[:, U_CHANNEL] = MAP_MAX - xf[:, U_CHANNEL]
-    return xf
-
-
 def augment(x: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
     """Random flow-map augmentation on a batch ``x`` (B, 3, H, W) at the 0-255 scale.
 
-    A horizontal flip mirrors the face (:func:`mirror_maps`). Shifts pad by replicating the border.
+    A horizontal flip mirrors the face (:func:`epir.data.augment.mirror_maps`). Shifts pad by replicating the
+    border.
     """
     b = x.shape[0]
     if cfg.hflip > 0:
@@ -415,6 +387,16 @@ def fit(
     return norm
 
 
+def mirror_mean_probabilities(logits_of: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The mean of the class probabilities of maps ``x`` (B, 3, H, W at 0-255) and of their mirrors
+    (:func:`epir.data.augment.mirror_maps`), ``logits_of`` taking both in one batch: the flip test-time
+    augmentation (``train.tta=flip``), shared by LOSO's :func:`predict_proba` and the checkpoint's module.
+    """
+    probs = logits_of(torch.cat([x, mirror_maps(x)])).softmax(-1)
+    n = x.shape[0]  # not len(x): the ONNX export traces shape[0] as the dynamic batch size
+    return (probs[:n] + probs[n:]) / 2
+
+
 @torch.inference_mode()
 def predict_proba(
     model: nn.Module, norm: InputNorm, x: torch.Tensor, *, device: str = "cpu", batch_size: int = 256,
@@ -423,18 +405,17 @@ def predict_proba(
     """Class probabilities (N, num_classes) of ``model`` in eval mode, for raw 0-255 maps ``x``.
 
     ``tta="flip"`` (the recipe's ``train.tta``): the mean of the probabilities of each map and of its mirror
-    (:func:`mirror_maps`), the test-time counterpart of the flip augmentation.
+    (:func:`mirror_mean_probabilities`), the test-time counterpart of the flip augmentation.
     """
-    if tta not in ("none", "flip"):
-        raise ConfigError(f"train.tta={tta!r}; expected none or flip.")
+    if tta not in TTA_KINDS:
+        raise ConfigError(f"train.tta={tta!r}; expected one of {', '.join(TTA_KINDS)}.")
+
+    def logits_of(xb: torch.Tensor) -> torch.Tensor:
+        return model(norm(xb).to(device))
+
     was_training = model.training
     model.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size]
-        p = torch.softmax(model(norm(xb).to(device)), dim=-1).cpu()
-        if tta == "flip":
-            p = (p + torch.softmax(model(norm(mirror_maps(xb)).to(device)), dim=-1).cpu()) / 2
-        out.append(p)
+    out = [(mirror_mean_probabilities(logits_of, xb) if tta == "flip" else logits_of(xb).softmax(-1)).cpu()
+           for xb in (x[i : i + batch_size] for i in range(0, len(x), batch_size))]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

@@ -43,17 +43,17 @@ from safetensors.torch import load, save
 from torch import nn
 
 from epir._version import __version__
+from epir.config import TTA_KINDS
+from epir.data.augment import recentre_maps
 from epir.data.base import CHANNELS
 from epir.data.transforms import INPUT_TRANSFORMS, mosaic
-from epir.engine.train import InputNorm, mirror_maps, recentre_maps
+from epir.engine.train import InputNorm, mirror_mean_probabilities
 from epir.errors import CheckpointError, CheckpointNotFoundError, EpirError, UnknownNameError
 from epir.fileio import write_atomic
 from epir.models import create_model
 
 #: Identifies an epir checkpoint in ``checkpoint.json``.
 FORMAT = "epir-checkpoint"
-#: Test-time augmentations a checkpoint may ask for (``train.tta``).
-TTA_KINDS = ("none", "flip")
 #: Version of the ``checkpoint.json`` layout written by this epir; a newer one is refused on load.
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -108,9 +108,7 @@ class InferenceModel(nn.Module):
         if self.tta == "none":
             return self.model(self.normalize(x))
         t = mosaic(x) if self.transform == "mosaic" else x
-        both = self.model(self._standardize(torch.cat([t, mirror_maps(t)]))).softmax(-1)
-        n = x.shape[0]
-        return ((both[:n] + both[n:]) / 2).log()
+        return mirror_mean_probabilities(lambda m: self.model(self._standardize(m)), t).log()
 
     def has_intermediates(self) -> bool:
         """Whether the network exposes ``forward_intermediates`` (tokens, selection, attention)."""
