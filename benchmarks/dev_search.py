@@ -26,7 +26,10 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from epir import load_dataset, make_config, run_loso
+from epir.engine.metrics import megc_scores
 from real_loso import default_root  # noqa: E402  (same folder)
 
 #: (name, overrides on the default recipe, what it tests). Append only: this is the record of what was tried.
@@ -77,9 +80,33 @@ CONFIGS: list[tuple[str, list[str], str]] = [
     # adjustment (Menon et al., ICLR 2021) adds tau * log(class frequencies of the fold's training rows) to the
     # logits at prediction: tau = 1 undoes the balancing (the plain posterior), tau = 0 is today's default.
     # Seeds 0, 1, 2; same rule. The adjustment changes no weight, so these equal d12's trained models.
-    ("d24", ["train.logit_adjust=0.5"], "d12 with post-hoc logit adjustment, tau 0.5"),
-    ("d25", ["train.logit_adjust=1.0"], "d12 with post-hoc logit adjustment, tau 1 (the training prior restored)"),
+    # They need no training: POSTHOC rows are computed from d12's stored fold probabilities (posthoc_scores);
+    # the adjustment was not adopted, so it is not a library switch.
+    ("d24", ["train.logit_adjust=0.5"], "POSTHOC d12 with post-hoc logit adjustment, tau 0.5"),
+    ("d25", ["train.logit_adjust=1.0"], "POSTHOC d12 with post-hoc logit adjustment, tau 1 (training prior restored)"),
 ]
+
+
+def posthoc_scores(data, run_dir: Path, tau: float) -> tuple[float, float]:
+    """UF1 and UAR of a finished run's stored fold probabilities after post-hoc logit adjustment: each fold's
+    log-probabilities plus ``tau * log`` of the class frequencies of its training rows (every row but the held-out
+    subject's), then the arg-max.
+    """
+    labels = np.asarray(data.y)
+    true, pred = [], []
+    files = sorted(run_dir.glob("folds/*/*.json"))
+    if not files:
+        raise SystemExit(f"{run_dir}: no fold files; run d12 first (python benchmarks/dev_search.py --only d12)")
+    for f in files:
+        rec = json.loads(f.read_text())
+        train = np.ones(len(labels), bool)
+        train[rec["indices"]] = False
+        prior = np.bincount(labels[train], minlength=data.num_classes) / train.sum()
+        logp = np.log(np.clip(np.asarray(rec["probs"]), 1e-12, None)) + tau * np.log(prior)
+        true += rec["true"]
+        pred += logp.argmax(1).tolist()
+    s = megc_scores(true, pred, data.num_classes, absent="skip")
+    return s["uf1"], s["uar"]
 
 
 def dev_subjects(data) -> list[str]:
@@ -103,6 +130,14 @@ def main() -> None:
             continue
         if "ABORTED" in what:
             print(f"{name}: aborted, no score ({what})", flush=True)
+            continue
+        if what.startswith("POSTHOC"):
+            tau = float(overrides[0].split("=")[1])
+            base = Path(a.out) / ("d12" if a.seed == 0 else f"d12-s{a.seed}")
+            uf1, uar = posthoc_scores(data, base, tau)
+            name = name if a.seed == 0 else f"{name}-s{a.seed}"
+            rows.append((name, " ".join(overrides), uf1, uar, 0.0, what))
+            print(f"{name}: UF1 {uf1:.4f} UAR {uar:.4f} mean {(uf1 + uar) / 2:.4f} (post hoc on {base}) {what}")
             continue
         cfg = make_config("epir", "megc2019", root=a.root, seeds=(a.seed,), folds=folds,
                           overrides=["eval.jobs=-1", *overrides])
