@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig
+from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, check_ranges
 from epir.engine import batched as batched_mod
 from epir.engine import folds
 from epir.engine.batched import Member, fit_many, steps_per_epoch
 from epir.engine.loso import plan_groups, resolve_fold_batch, run_loso
-from epir.engine.train import fit, masked_cross_entropy, predict_proba
+from epir.engine import train as train_mod
+from epir.engine.train import fit, masked_cross_entropy, predict_proba, snapshot_epochs
 from epir.errors import ConfigError
 from epir.losses import supervised_contrastive_loss
 from epir.models import build_model, default_recipe
@@ -176,6 +177,58 @@ def test_ensemble_probabilities_are_the_mean_of_the_members(fake_dataset, monkey
     np.testing.assert_allclose(rec["probs"], torch.stack(seen).mean(0).numpy(), atol=1e-6)
     single = folds.run_fold(fake_dataset, tiny_run_cfg(fold_batch=1), subject, seed=0)
     np.testing.assert_allclose(single["probs"], seen[0].numpy(), atol=1e-6)  # member 0 is the plain fold
+
+
+def test_snapshot_epochs_spread_over_the_second_half() -> None:
+    assert snapshot_epochs(40, 4) == [24, 29, 34]  # the ends of epochs 25, 30, 35 (1-based), beside the final 40
+    assert snapshot_epochs(40, 1) == [] and snapshot_epochs(10, 5) == [5, 6, 7, 8]
+    with pytest.raises(ConfigError, match="train.snapshots"):
+        check_ranges(replace(tiny_run_cfg(), train=replace(tiny_run_cfg().train, snapshots=3)))  # 2 epochs: at most 1
+
+
+@pytest.mark.parametrize("fold_batch", [1, 2])
+def test_snapshot_probabilities_are_the_mean_over_the_snapshot_epochs(fake_dataset, monkeypatch,
+                                                                      fold_batch: int) -> None:
+    """train.snapshots=K: each fold's probabilities are the mean of K predictions of its held-out rows, the
+    final weights' and those at the fixed snapshot epochs, batched or not."""
+    cfg = tiny_run_cfg(fold_batch=fold_batch)
+    cfg = replace(cfg, train=replace(cfg.train, epochs=6, snapshots=3))
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def spy(real):
+        def wrapped(model, norm, x, **kw):
+            out = real(model, norm, x, **kw)
+            calls.append((x, out))
+            return out
+        return wrapped
+
+    monkeypatch.setattr(folds, "predict_proba", spy(folds.predict_proba))
+    monkeypatch.setattr(train_mod, "predict_proba", spy(train_mod.predict_proba))
+    epochs_seen: list[int] = []
+    real_update = train_mod.SnapshotMean.update
+    monkeypatch.setattr(train_mod.SnapshotMean, "update",
+                        lambda self, e, m, n: (epochs_seen.append(e) if e in self.epochs else None,
+                                               real_update(self, e, m, n))[1])
+    subjects = fake_dataset.subject_list()[:2]
+    records = folds.run_fold_group(fake_dataset, cfg, [(0, s) for s in subjects])
+    assert sorted(set(epochs_seen)) == snapshot_epochs(6, 3) == [3, 4]
+    for rec in records:
+        x = fake_dataset.x[rec["indices"]]
+        mine = [p for xs, p in calls if xs.shape == x.shape and torch.equal(xs, x)]
+        assert len(mine) == 3  # two snapshot epochs and the final weights
+        np.testing.assert_allclose(rec["probs"], torch.stack(mine).mean(0).numpy(), atol=1e-6)
+
+
+def test_snapshots_exclude_the_oracle_and_checkpoints(fake_dataset, tmp_path) -> None:
+    cfg = tiny_run_cfg(oracle_epoch=True)
+    cfg = replace(cfg, train=replace(cfg.train, epochs=4, snapshots=2))
+    with pytest.raises(ConfigError, match="train.snapshots=2.*eval.oracle_epoch"):
+        run_loso(cfg, fake_dataset, tmp_path / "run", progress=False)
+    from epir.inference import train_checkpoint
+
+    with pytest.raises(ConfigError, match="train.snapshots=2: a checkpoint holds one model"):
+        train_checkpoint(replace(cfg, eval=replace(cfg.eval, oracle_epoch=False)), tmp_path / "ckpt",
+                         dataset=fake_dataset, progress=False)
 
 
 def test_cpu_default_uses_every_core(monkeypatch) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from epir.annotations.cli import add_parser as add_annotations
 from epir.config import RunConfig, parse_key_values
 from epir.data import DATASETS, load_dataset
-from epir.engine.ablate import run_ablation
+from epir.engine.ablate import LEVERS, run_ablation
 from epir.engine.compare import run_compare
 from epir.engine.evaluate import evaluate_megc_log, evaluate_run_dir
 from epir.engine.loso import run_loso
@@ -191,8 +191,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--switches", nargs="+", default=None, metavar="NAME",
                    help="components to switch off (default: all of the model's switches)")
     p.add_argument("--levers", nargs="+", default=None, metavar="LEVER",
-                   help="recipe levers to add, one arm each: mixup, ema, swa, rotate, ensemble, distill, conv-stem, "
-                        "select-epochs, or all")
+                   help="recipe levers, one arm each (+LEVER, or -LEVER where the configuration has it on): "
+                        f"{', '.join(LEVERS)}, or all")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("pretrain", help="pretrain a model on a large generated synthetic set (weights for train.init)",

@@ -52,6 +52,8 @@ class TrainConfig:
     ema_decay: float = 0.995  # ema only: per-step decay
     swa_start: float = 0.5  # swa only: epoch-end weights are averaged from this fraction of the epochs on
     ensemble: int = 1  # models per fold (own seeds), their class probabilities averaged
+    snapshots: int = 1  # per model: probabilities averaged over the final weights and snapshots-1 earlier
+    # epoch ends spread evenly over the second half of training (snapshot_epochs); 1 = the final weights only
     distill: str = ""  # teacher model trained on the same fold's training rows first ("" = no distillation)
     distill_overrides: tuple[str, ...] = ()  # KEY=VALUE on the teacher's default recipe ("train.epochs=100")
     distill_weight: float = 0.5  # weight of the soft-target term; 1 - weight on the labels' cross-entropy
@@ -195,6 +197,9 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in (0, 1)")
     _check(0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "a fraction in [0, 1)")
     _check(t.ensemble >= 1, "train.ensemble", t.ensemble, "an integer >= 1 (models per fold)")
+    _check(1 <= t.snapshots <= max(1, t.epochs // 2), "train.snapshots", t.snapshots,
+           f"an integer from 1 to train.epochs // 2 = {max(1, t.epochs // 2)} (snapshots taken in the second half "
+           "of training)")
     _check(0 <= t.distill_weight <= 1, "train.distill_weight", t.distill_weight, "a number in [0, 1]")
     _check(_finite(t.distill_temperature) and t.distill_temperature > 0, "train.distill_temperature",
            t.distill_temperature, "a number > 0")

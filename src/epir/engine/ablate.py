@@ -41,6 +41,7 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "swa": ("train.average=swa",),
     "rotate": ("train.rotate=10", "train.scale=0.1"),
     "ensemble": ("train.ensemble=3",),
+    "snapshots": ("train.snapshots=4",),
     "distill": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=80, train.lr=5e-4]"),
     "conv-stem": ("model.stem=conv", "model.patch_size=2"),
     "select-epochs": ("train.select=['', 'train.epochs=20', 'train.epochs=80']",),
@@ -62,6 +63,7 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "ema": ("train.average=none",),
     "swa": ("train.average=none",),
     "ensemble": ("train.ensemble=1",),
+    "snapshots": ("train.snapshots=1",),
 }
 
 

@@ -27,7 +27,7 @@ from epir.engine.selection import (
     train_models,
     train_teachers,
 )
-from epir.engine.train import InputNorm, fit, predict_proba, steps_per_epoch
+from epir.engine.train import InputNorm, SnapshotMean, fit, predict_proba, snapshot_callback, steps_per_epoch
 from epir.errors import ConfigError, DatasetNotFoundError
 from epir.models import MODELS, build_model, is_batchable
 
@@ -156,10 +156,13 @@ def run_fold(
                 torch.manual_seed(mseed)
                 model = build_model(cfg.model)
             oracle = _OracleBest(test.x, test.y, device, cfg.train.tta) if cfg.eval.oracle_epoch else None
+            snaps = SnapshotMean(test.x, cfg.train, device)
 
-            def epoch_done(epoch: int, m: torch.nn.Module, norm: InputNorm, _o: _OracleBest | None = oracle) -> None:
+            def epoch_done(epoch: int, m: torch.nn.Module, norm: InputNorm, _o: _OracleBest | None = oracle,
+                           _s: SnapshotMean = snaps) -> None:
                 if _o is not None:
                     _o.update(epoch, m, norm)
+                _s.update(epoch, m, norm)
                 if on_epoch is not None:
                     on_epoch(epoch)
 
@@ -180,7 +183,7 @@ def run_fold(
                 member_probs.append(oracle.probs)
                 epochs.append(oracle.epoch)
             else:
-                member_probs.append(predict_proba(model, norm, test.x, device=device, tta=cfg.train.tta))
+                member_probs.append(snaps.mean(predict_proba(model, norm, test.x, device=device, tta=cfg.train.tta)))
                 epochs.append(cfg.train.epochs - 1)
         probs = torch.stack(member_probs).mean(dim=0)  # the ensemble: mean of the members' probabilities
         chosen_epoch = epochs[0]
@@ -261,10 +264,13 @@ def run_fold_group(
                 member_probs[f].append(oracle.probs)
                 member_epochs[f].append(oracle.epoch)
             continue
+        snaps = [SnapshotMean(tests[f][0], ccfg.train, device) for f in owner]  # train.snapshots, per model
         models, norms = train_models(ccfg.model, ccfg.train, jobs, num_classes=dataset.num_classes, device=device,
-                                     teachers=teachers, histories=histories)
-        for f, model, norm in zip(owner, models, norms):
-            member_probs[f].append(predict_proba(model, norm, tests[f][0], device=device, tta=ccfg.train.tta))
+                                     teachers=teachers, histories=histories,
+                                     on_epoch=snapshot_callback(snaps))
+        for f, model, norm, snap in zip(owner, models, norms, snaps):
+            member_probs[f].append(snap.mean(predict_proba(model, norm, tests[f][0], device=device,
+                                                           tta=ccfg.train.tta)))
             member_epochs[f].append(ccfg.train.epochs - 1)
     seconds = (time.perf_counter() - t0) / len(folds)
     records = []

@@ -149,6 +149,12 @@ def check_before_training(cfg: RunConfig) -> None:
             "train.select (selection inside the fold, on training subjects) and eval.oracle_epoch (the epoch "
             "picked on the held-out subject) exclude each other: use one."
         )
+    if cfg.train.snapshots > 1 and cfg.eval.oracle_epoch:
+        raise ConfigError(
+            f"train.snapshots={cfg.train.snapshots} (probabilities averaged over fixed epochs) and "
+            "eval.oracle_epoch (one epoch picked on the held-out subject) exclude each other: set train.snapshots=1 "
+            "or drop --oracle-epoch."
+        )
     if cfg.train.select:
         candidate_configs(cfg)
     if cfg.train.distill:

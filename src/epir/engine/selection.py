@@ -14,8 +14,9 @@ one at a time otherwise; each inner model's seed derives from the fold's seed, t
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ from epir.config import ModelConfig, RunConfig, TrainConfig, apply_overrides, pa
 from epir.data import FlowDataset
 from epir.engine.batched import Member, fit_many, steps_per_epoch
 from epir.engine.metrics import megc_scores
-from epir.engine.train import InputNorm, Teacher, fit, predict_proba
+from epir.engine.train import InputNorm, SnapshotMean, Teacher, fit, predict_proba, snapshot_callback
 from epir.errors import ConfigError
 from epir.models import build_model, default_recipe, is_batchable, resolve_model_args
 
@@ -105,11 +106,12 @@ def train_models(
     batched: bool = True,
     teachers: Sequence[Teacher] | None = None,
     histories: Sequence[list[dict[str, float]]] | None = None,
+    on_epoch: Callable[[int, int, nn.Module, InputNorm], None] | None = None,
 ) -> tuple[list[nn.Module], list[InputNorm]]:
     """Train one model per ``(x, y, seed, name)`` job with one architecture and recipe: batched in groups of
     equal steps per epoch when ``batched`` (and the model allows), else one at a time; with ``teachers`` (one
-    per job), distilling from them; ``histories`` (one list per job) receive the training curves. Returns them in
-    order.
+    per job), distilling from them; ``histories`` (one list per job) receive the training curves; ``on_epoch``
+    is called as ``on_epoch(job, epoch, model, norm)`` after each job's every epoch. Returns them in order.
     """
     models: list[nn.Module | None] = [None] * len(jobs)
     norms: list[InputNorm | None] = [None] * len(jobs)
@@ -119,9 +121,15 @@ def train_models(
             by_steps.setdefault(steps_per_epoch(len(x), recipe.batch_size), []).append(i)
         for idx in by_steps.values():
             members = [Member(jobs[i][0], jobs[i][1], jobs[i][2], jobs[i][3]) for i in idx]
+            def each(epoch: int, ms: list[nn.Module], ns: list[InputNorm], _idx: list[int] = idx) -> None:
+                if on_epoch is not None:
+                    for i, m, n in zip(_idx, ms, ns):
+                        on_epoch(i, epoch, m, n)
+
             ms, ns = fit_many(model_cfg, members, recipe, num_classes=num_classes, device=device,
                               teachers=None if teachers is None else [teachers[i] for i in idx],
-                              histories=None if histories is None else [histories[i] for i in idx])
+                              histories=None if histories is None else [histories[i] for i in idx],
+                              on_epoch=None if on_epoch is None else each)
             for i, m, n in zip(idx, ms, ns):
                 models[i], norms[i] = m, n
     else:
@@ -130,7 +138,8 @@ def train_models(
             model = build_model(model_cfg)
             norms[i] = fit(model, x, y, recipe, seed=seed, num_classes=num_classes, device=device, describe=name,
                            teacher=None if teachers is None else teachers[i],
-                           history=None if histories is None else histories[i])
+                           history=None if histories is None else histories[i],
+                           on_epoch=None if on_epoch is None else partial(on_epoch, i))
             models[i] = model
     return models, norms  # type: ignore[return-value]
 
@@ -165,11 +174,13 @@ def select_in_fold(
         held = [train_idx[np.isin(subjects, group)] for group in groups]
         jobs = [(dataset.x[idx], dataset.y[idx], seed, n) for idx, seed, n in inner]
         teachers = train_teachers(dataset, cand, inner, batched=batched)
+        snaps = [SnapshotMean(dataset.x[idx], cand.train, cfg.eval.device) for idx in held]
         models, norms = train_models(cand.model, cand.train, jobs, num_classes=dataset.num_classes,
-                                     device=cfg.eval.device, batched=batched, teachers=teachers)
+                                     device=cfg.eval.device, batched=batched, teachers=teachers,
+                                     on_epoch=snapshot_callback(snaps))
         true, pred = [], []
-        for model, norm, idx in zip(models, norms, held):
-            probs = predict_proba(model, norm, dataset.x[idx], device=cfg.eval.device, tta=cand.train.tta)
+        for model, norm, idx, snap in zip(models, norms, held, snaps):  # predicted as the outer fold predicts
+            probs = snap.mean(predict_proba(model, norm, dataset.x[idx], device=cfg.eval.device, tta=cand.train.tta))
             true += dataset.y[idx].tolist()
             pred += probs.argmax(1).tolist()
         s = megc_scores(true, pred, dataset.num_classes, absent="skip", context=f"{name} select {c}")

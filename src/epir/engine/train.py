@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -395,6 +395,51 @@ def mirror_mean_probabilities(logits_of: Callable[[torch.Tensor], torch.Tensor],
     probs = logits_of(torch.cat([x, mirror_maps(x)])).softmax(-1)
     n = x.shape[0]  # not len(x): the ONNX export traces shape[0] as the dynamic batch size
     return (probs[:n] + probs[n:]) / 2
+
+
+def snapshot_epochs(epochs: int, snapshots: int) -> list[int]:
+    """The 0-based epochs whose end-of-epoch weights are ``train.snapshots``' earlier snapshots, the final weights
+    being the last one: ``snapshots - 1`` epochs spread evenly over the second half of training (40 epochs, 4
+    snapshots: the ends of epochs 25, 30 and 35, 1-based, beside the final 40). Fixed by the recipe alone.
+    """
+    half = epochs / 2
+    return sorted({epochs - 1 - round(j * half / snapshots) for j in range(1, snapshots)})
+
+
+class SnapshotMean:
+    """``train.snapshots``: the mean of a model's probabilities for ``x`` at the fixed :func:`snapshot_epochs`
+    and of its final weights'. :meth:`update` is the training loop's per-epoch callback; it only predicts (the
+    epochs are fixed before training, nothing is chosen on ``x``).
+    """
+
+    def __init__(self, x: torch.Tensor, cfg: TrainConfig, device: str = "cpu") -> None:
+        self.x, self.device, self.tta = x, device, cfg.tta
+        self.epochs = set(snapshot_epochs(cfg.epochs, cfg.snapshots))
+        self.probs: list[torch.Tensor] = []
+
+    def update(self, epoch: int, model: nn.Module, norm: InputNorm) -> None:
+        """After epoch ``epoch`` (0-based): keep the current weights' probabilities if it is a snapshot epoch."""
+        if epoch in self.epochs:
+            self.probs.append(predict_proba(model, norm, self.x, device=self.device, tta=self.tta))
+
+    def mean(self, final: torch.Tensor) -> torch.Tensor:
+        """The snapshots' mean, the final weights' probabilities ``final`` (N, K) being the last snapshot."""
+        return torch.stack([*self.probs, final]).mean(dim=0)
+
+
+def snapshot_callback(
+    snaps: Sequence[SnapshotMean],
+) -> Callable[[int, int, nn.Module, InputNorm], None] | None:
+    """The per-job epoch callback of :func:`epir.engine.selection.train_models` that feeds job ``j``'s model to
+    ``snaps[j]``; None when no snapshot epoch is due (``train.snapshots=1``: no per-epoch copies of the weights).
+    """
+    if not any(s.epochs for s in snaps):
+        return None
+
+    def update(job: int, epoch: int, model: nn.Module, norm: InputNorm) -> None:
+        snaps[job].update(epoch, model, norm)
+
+    return update
 
 
 @torch.inference_mode()

@@ -99,6 +99,9 @@ def train_checkpoint(
         The trained :class:`Checkpoint` (as :func:`~epir.inference.load_checkpoint` would return it).
     """
     cfg = resolve_config(cfg)
+    if cfg.train.snapshots > 1:  # a checkpoint holds one set of weights: it could not predict as LOSO scored
+        raise ConfigError(f"train.snapshots={cfg.train.snapshots}: a checkpoint holds one model's weights, not an "
+                          "average of snapshots; train it with --set train.snapshots=1.")
     out = Path(out_dir).expanduser()
     if (out / "checkpoint.json").exists() and not overwrite:  # fail before training, not after
         raise ConfigError(f"{out} already holds a checkpoint; choose another out_dir (--out), or pass overwrite=True "
