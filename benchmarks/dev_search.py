@@ -4,7 +4,8 @@ Every configuration tried is listed here, in the order it was tried, with its sc
 against LOSO scores. The subset is fixed (every 4th subject in fold order, 17 folds, declared in
 docs/epir-design.md before the first search), seed 0, honest protocol. The budget for the whole project is 40
 configurations on this subset. Used: 6 in the first search (v0-v5 in docs/epir-design.md), 6 by the first
-round's component ablation on the same subset, and d0-d26 below (d8 aborted; d24 and d25 computed post hoc): 39 of 40, 1 left.
+round's component ablation on the same subset, and d0-d26 below (d8 aborted; d24 and d25 computed post hoc):
+39 of 40, 1 left.
 
     python benchmarks/dev_search.py                 # every configuration below (runs resume)
     python benchmarks/dev_search.py --only d1 d2    # some of them

@@ -13,9 +13,9 @@ import torch
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, check_ranges
 from epir.engine import batched as batched_mod
 from epir.engine import folds
+from epir.engine import train as train_mod
 from epir.engine.batched import Member, fit_many, steps_per_epoch
 from epir.engine.loso import plan_groups, resolve_fold_batch, run_loso
-from epir.engine import train as train_mod
 from epir.engine.train import fit, masked_cross_entropy, predict_proba, snapshot_epochs
 from epir.errors import ConfigError
 from epir.losses import supervised_contrastive_loss

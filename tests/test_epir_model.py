@@ -14,6 +14,7 @@ from epir.models.epir import (
     DTSM,
     EPIR,
     ITALS,
+    EarlySelect,
     FixedShifts,
     MeanPool,
     PatchEmbedding,
@@ -163,6 +164,25 @@ def test_dtsm_keeps_the_documented_number_of_tokens() -> None:
     assert torch.equal(sel, top)
     assert tiny(merge=False, select_ratio=0.5).pool.keep == 25  # round(0.5 * 49)
     assert tiny().pool.keep == 22  # the default keeps every final token, weighted by its score
+
+
+def test_select_before_last_keeps_and_fuses_tokens_before_the_last_stage() -> None:
+    """select_before_last: the last stage attends over the kept tokens plus one fused token, every patch still
+    accounted for; the pooling is the size-weighted mean; the scorer learns through the fusion weights."""
+    model = tiny(select_ratio=0.5, select_before_last=True)
+    assert isinstance(model.early_select, EarlySelect) and isinstance(model.pool, MeanPool)
+    assert model.early_select.keep == 11  # half of the 22 tokens entering the last stage
+    inter = model.forward_intermediates(torch.randn(3, 3, 28, 28))
+    assert inter["attention"][-1].shape[-1] == 12  # 11 kept + 1 fused
+    assert inter["sources"].shape[1] == 12 and torch.all(inter["sources"].sum(dim=(1, 2)) == model.num_patches)
+    assert inter["selection"] is None
+    model.train()
+    loss, _ = model.forward_with_loss(torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 2, 0]), F.cross_entropy)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.early_select.scorer.parameters())
+    assert tiny().early_select is None  # off by default
+    with pytest.raises(ConfigError, match="select_before_last"):
+        tiny(select_before_last=True)  # select_ratio 1.0 keeps every token: nothing to fuse
 
 
 # ---- switches, loss, budget ----------------------------------------------------------------------------

@@ -44,6 +44,7 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "snapshots": ("train.snapshots=4",),
     "distill": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=80, train.lr=5e-4]"),
     "conv-stem": ("model.stem=conv", "model.patch_size=2"),
+    "select-before-last": ("model.select_ratio=0.5", "model.select_before_last=true"),
     "select-epochs": ("train.select=['', 'train.epochs=20', 'train.epochs=80']",),
     # weights of `epir pretrain --subjects 200 --clips 50 --epochs 10 --out pretrained/epir-synthetic-10k` (run
     # it first; a missing file is an error before anything trains)

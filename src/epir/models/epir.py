@@ -292,6 +292,40 @@ class DTSM(nn.Module):
         return (weights[..., None] * kept).sum(dim=1)
 
 
+class EarlySelect(nn.Module):
+    """DTSM before the last stage (``select_before_last=True``): EViT's token reorganisation (Liang et al., ICLR
+    2022) with DTSM's learned score. The ``keep`` highest-scoring tokens entering the last stage pass on; the
+    others are fused into one token, their mean weighted by the softmax of their scores (its size: theirs
+    summed), so the last stage attends over ``keep + 1`` tokens and nothing is discarded outright. The scorer
+    learns through the fusion weights.
+    """
+
+    def __init__(self, *, dim: int, keep: int) -> None:
+        super().__init__()
+        self.keep = keep
+        self.scorer = nn.Sequential(nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, 1))
+
+    def forward(
+        self, x: torch.Tensor, size: torch.Tensor, sources: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x: tokens (B, N, D), N > keep; size: (B, N); sources: (B, N, P) or None. Returns the kept tokens and
+        the fused one (B, keep + 1, D), their sizes and their sources.
+        """
+        scores = self.scorer(x)[..., 0] + size.log()
+        order = scores.argsort(dim=1, descending=True)
+        kept, dropped = order[:, : self.keep], order[:, self.keep :]
+
+        def take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
+
+        w = scores.gather(1, dropped).softmax(dim=1)[..., None]
+        tokens = torch.cat([take(x, kept), (w * take(x, dropped)).sum(dim=1, keepdim=True)], dim=1)
+        size = torch.cat([size.gather(1, kept), size.gather(1, dropped).sum(dim=1, keepdim=True)], dim=1)
+        if sources is not None:
+            sources = torch.cat([take(sources, kept), take(sources, dropped).sum(dim=1, keepdim=True)], dim=1)
+        return tokens, size, sources
+
+
 class MeanPool(nn.Module):
     """Mean over all tokens (``dtsm=False``), size-weighted: the mean over the original patches."""
 
@@ -366,6 +400,7 @@ class EPIR(nn.Module):
         projection_dim: int,
         stem: str = "patch",
         stem_channels: int = 16,
+        select_before_last: bool = False,
     ) -> None:
         super().__init__()
         if stem not in ("patch", "conv"):
@@ -408,6 +443,16 @@ class EPIR(nn.Module):
         final = self.token_counts[-1]
         keep = min(final, max(2, math.floor(select_ratio * final + 0.5)))
         self.pool: nn.Module = DTSM(dim=dim, keep=keep) if dtsm else MeanPool()
+        self.early_select: EarlySelect | None = None
+        if select_before_last:
+            if not dtsm or keep >= final:
+                raise ConfigError(
+                    f"model.select_before_last moves DTSM's selection before the last stage: it needs model.dtsm=true "
+                    f"and a model.select_ratio that keeps fewer than the {final} tokens entering that stage (got "
+                    f"dtsm={dtsm}, select_ratio={select_ratio}, which keeps {keep}); e.g. select_ratio=0.5."
+                )
+            self.early_select = EarlySelect(dim=dim, keep=keep)
+            self.pool = MeanPool()  # over the kept tokens and the fused one, size-weighted
         self.head_drop = nn.Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)
         # 4. "trained with cross-entropy plus a contrastive loss": SupCon on a projection (SimCLR-style head).
@@ -434,6 +479,10 @@ class EPIR(nn.Module):
                 if size is None:
                     size = tokens.new_ones(tokens.shape[:2])
                 tokens, size, sources = self.merges[i - 1](tokens, size, sources)
+            if i == len(self.stages) - 1 and self.early_select is not None:
+                if size is None:
+                    size = tokens.new_ones(tokens.shape[:2])
+                tokens, size, sources = self.early_select(tokens, size, sources)
             for block in stage.children():
                 tokens = block(tokens, size=size)
         if self.keep_sources:
@@ -566,6 +615,7 @@ def epir(
     projection_dim: int = 32,
     stem: str = "patch",
     stem_channels: int = 16,
+    select_before_last: bool = False,
 ) -> EPIR:
     """EPIR with every component on; each boolean switch falls back to its plain counterpart.
 
@@ -604,5 +654,8 @@ def epir(
             (:class:`ConvStem`, a (ceil(image_size / 3))^2 grid; ``patch_size`` then applies to that grid,
             e.g. 2 on the 10 x 10 grid of 28 x 28 maps).
         stem_channels: output channels of the conv stem.
+        select_before_last: DTSM selects before the last stage instead of at the pooling (EViT's keep + fuse,
+            :class:`EarlySelect`): the last stage sees the ``select_ratio`` share of its tokens plus one fused token,
+            and the pooling is the size-weighted mean. Needs ``dtsm`` and ``select_ratio < 1``.
     """
     return EPIR(**locals())  # the arguments pass through unchanged
