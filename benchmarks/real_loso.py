@@ -115,7 +115,9 @@ def main() -> None:
     if a.model in REFERENCES:
         print("reference:", REFERENCES[a.model])
     print(f"run directory: {out}")
-    if a.beside or a.beside_run or a.model == "epir":
+    if a.subset and a.model == "epir" and not (a.beside or a.beside_run):
+        print("(SDE run: no table beside the composite STSTNet reference, which is CDE; use --beside ststnet)")
+    elif a.beside or a.beside_run or a.model == "epir":
         ref = None
         if a.beside_run:
             ref = LosoResults.load(a.beside_run)
