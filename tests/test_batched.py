@@ -219,6 +219,14 @@ def test_snapshot_probabilities_are_the_mean_over_the_snapshot_epochs(fake_datas
         np.testing.assert_allclose(rec["probs"], torch.stack(mine).mean(0).numpy(), atol=1e-6)
 
 
+def test_params_total_counts_every_member_and_snapshot(fake_dataset, tmp_path) -> None:
+    """results.json reports one model's parameters and the whole that predicts a fold (members x snapshots)."""
+    cfg = tiny_run_cfg(folds=(fake_dataset.subject_list()[0],))
+    cfg = replace(cfg, train=replace(cfg.train, epochs=4, ensemble=2, snapshots=2))
+    r = run_loso(cfg, fake_dataset, tmp_path / "run", progress=False)
+    assert r["params"] == 1683 and r["params_total"] == 4 * r["params"]  # STSTNet: 2 members x 2 snapshots
+
+
 def test_snapshots_exclude_the_oracle_and_checkpoints(fake_dataset, tmp_path) -> None:
     cfg = tiny_run_cfg(oracle_epoch=True)
     cfg = replace(cfg, train=replace(cfg.train, epochs=4, snapshots=2))

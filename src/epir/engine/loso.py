@@ -179,7 +179,8 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
         "n": sum(len(r["indices"]) for r in records) // max(1, len(seeds)),
         "n_folds": len(subjects),
         "params": n_params,
-        "params_total": n_params * cfg.train.ensemble,  # every member of an in-fold ensemble
+        # every model that predicts a fold: the members of an in-fold ensemble, each member's snapshots
+        "params_total": n_params * cfg.train.ensemble * cfg.train.snapshots,
         "flops_per_sample": flops,
         "fold_seconds": float(np.mean([r["seconds"] for r in records])) if records else 0.0,
     }
