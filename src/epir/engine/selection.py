@@ -121,6 +121,7 @@ def train_models(
             by_steps.setdefault(steps_per_epoch(len(x), recipe.batch_size), []).append(i)
         for idx in by_steps.values():
             members = [Member(jobs[i][0], jobs[i][1], jobs[i][2], jobs[i][3]) for i in idx]
+
             def each(epoch: int, ms: list[nn.Module], ns: list[InputNorm], _idx: list[int] = idx) -> None:
                 if on_epoch is not None:
                     for i, m, n in zip(_idx, ms, ns):
