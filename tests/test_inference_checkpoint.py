@@ -13,6 +13,7 @@ import epir
 from epir.cli import main
 from epir.data import load_dataset
 from epir.engine.train import InputNorm, mirror_mean_probabilities
+from epir.errors import ConfigError
 from epir.inference import Checkpoint, CheckpointError, CheckpointNotFoundError, load_checkpoint, train_checkpoint
 from epir.inference.checkpoint import make_meta, save_checkpoint
 from epir.models import create_model, resolve_model_args
@@ -167,6 +168,34 @@ def test_train_refuses_to_overwrite(trained: Checkpoint, tiny_data) -> None:
     cfg = epir.make_config("epir", "synthetic", overrides=["train.epochs=1", *TINY_EPIR])
     with pytest.raises(epir.ConfigError, match="already holds a checkpoint"):
         train_checkpoint(cfg, trained.path, dataset=tiny_data, progress=False)
+
+
+def test_train_follows_the_recipe_selection_and_teacher_on_every_row(tiny_data, tmp_path: Path, monkeypatch) -> None:
+    """epir train runs the recipe as LOSO does, every row being a training row: train.select chooses on groups of
+    all subjects, train.distill's teacher learns from all rows; ensembles and snapshots are refused."""
+    from epir.inference import training
+
+    seen: list[int] = []
+    real = training.train_teachers
+
+    def spy(dataset, cfg, folds, **kw):
+        seen.extend(len(rows) for rows, _, _ in folds)
+        return real(dataset, cfg, folds, **kw)
+
+    monkeypatch.setattr(training, "train_teachers", spy)
+    cfg = epir.make_config("epir", "synthetic", overrides=[
+        "train.epochs=2", *TINY_EPIR, "train.distill=ststnet", "train.distill_overrides=[train.epochs=1]",
+        "train.select=['', 'train.epochs=1']", "train.select_k=3"])
+    ckpt = train_checkpoint(cfg, tmp_path / "ckpt", dataset=tiny_data, progress=False)
+    tr = ckpt.meta["training"]
+    assert tr["teacher"] == "ststnet" and seen[-1] == len(tiny_data)  # the final teacher saw every row
+    chosen = tr["selection"]["chosen"]
+    assert len(tr["selection"]["scores"]) == 2 and tr["config"]["train"]["epochs"] == [2, 1][chosen]
+    assert tr["config"]["train"]["select"] == []  # the saved config is the candidate that was trained
+    for key in ("train.ensemble=2", "train.snapshots=2"):
+        bad = epir.make_config("epir", "synthetic", overrides=["train.epochs=4", *TINY_EPIR, key])
+        with pytest.raises(ConfigError, match=f"{key}: a checkpoint holds one model's weights"):
+            train_checkpoint(bad, tmp_path / key, dataset=tiny_data, progress=False)
 
 
 def test_cli_train_then_load(tmp_path: Path, capsys) -> None:

@@ -14,11 +14,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from epir.config import RunConfig
 from epir.data import FlowDataset
+from epir.engine.selection import select_in_fold, train_teachers
 from epir.engine.train import fit
 from epir.errors import ConfigError
 from epir.inference.checkpoint import Checkpoint, make_meta, read_meta, save_checkpoint
@@ -99,9 +101,13 @@ def train_checkpoint(
         The trained :class:`Checkpoint` (as :func:`~epir.inference.load_checkpoint` would return it).
     """
     cfg = resolve_config(cfg)
-    if cfg.train.snapshots > 1:  # a checkpoint holds one set of weights: it could not predict as LOSO scored
+    # A checkpoint holds one set of weights, so it could not predict as LOSO scored these recipes.
+    if cfg.train.snapshots > 1:
         raise ConfigError(f"train.snapshots={cfg.train.snapshots}: a checkpoint holds one model's weights, not an "
                           "average of snapshots; train it with --set train.snapshots=1.")
+    if cfg.train.ensemble > 1:
+        raise ConfigError(f"train.ensemble={cfg.train.ensemble}: a checkpoint holds one model's weights, not an "
+                          "ensemble; train it with --set train.ensemble=1 (or one checkpoint per --seed).")
     out = Path(out_dir).expanduser()
     if (out / "checkpoint.json").exists() and not overwrite:  # fail before training, not after
         raise ConfigError(f"{out} already holds a checkpoint; choose another out_dir (--out), or pass overwrite=True "
@@ -124,13 +130,23 @@ def train_checkpoint(
 
 def _train_and_save(cfg: RunConfig, dataset: FlowDataset, out: Path, *, seed: int, overwrite: bool, progress: bool,
                     preprocessing: dict[str, Any], note: str, transform_report: dict[str, Any]) -> Checkpoint:
-    """Train on every row of ``dataset`` and save the checkpoint (the body of :func:`train_checkpoint`)."""
+    """Train on every row of ``dataset`` and save the checkpoint (the body of :func:`train_checkpoint`).
+
+    The recipe as LOSO runs it, with every row as the training rows: ``train.select`` chooses its candidate on
+    leave-subjects-out groups of all subjects first, and ``train.distill`` trains the teacher on all rows.
+    """
+    t0 = time.perf_counter()
+    rows = np.arange(len(dataset))
+    selection: dict[str, Any] = {}
+    if cfg.train.select:
+        cfg, selection = select_in_fold(dataset, cfg, rows, seed, name="epir train", batched=False)
+    teachers = train_teachers(dataset, cfg, [(rows, seed, "epir train")], batched=False)
     torch.manual_seed(seed)
     model = build_model(cfg.model)
     bar = tqdm(total=cfg.train.epochs, desc=f"train {cfg.model.name}", unit="epoch", disable=not progress)
-    t0 = time.perf_counter()
     norm = fit(model, dataset.x, dataset.y, cfg.train, seed=seed, num_classes=dataset.num_classes,
-               device=cfg.eval.device, on_epoch=lambda *_: bar.update(1))
+               device=cfg.eval.device, on_epoch=lambda *_: bar.update(1),
+               teacher=None if teachers is None else teachers[0])
     bar.close()
     seconds = time.perf_counter() - t0
     model.cpu().eval()
@@ -150,6 +166,10 @@ def _train_and_save(cfg: RunConfig, dataset: FlowDataset, out: Path, *, seed: in
         "dataset_info": info,
         "config": cfg.to_dict(),
     }
+    if selection:  # the candidate train.select chose (its config is "config" above) and the inner scores
+        training["selection"] = selection
+    if teachers is not None:
+        training["teacher"] = cfg.train.distill
     meta = make_meta(
         model_name=cfg.model.name,
         model_args=cfg.model.args,
