@@ -114,6 +114,11 @@ def main() -> None:
           f"({r['resumed_folds']} folds resumed)   mean fold {r['fold_seconds']:.1f} s")
     if a.model in REFERENCES:
         print("reference:", REFERENCES[a.model])
+    teacher = r.get("teacher") or {}
+    if "uf1" in teacher:  # train.distill: the fold's teacher alone, on the same held-out subjects
+        print(f"teacher {teacher['model']} ({teacher['params']:,} params, trained in each fold) alone: "
+              f"UF1 {teacher['uf1']:.4f}  UAR {teacher['uar']:.4f}   weight in the fold's probabilities "
+              f"(train.distill_mix) {teacher['mix']}")
     print(f"run directory: {out}")
     if a.subset and a.model == "epir" and not (a.beside or a.beside_run):
         print("(SDE run: no table beside the composite STSTNet reference, which is CDE; use --beside ststnet)")

@@ -342,6 +342,43 @@ def test_teacher_is_trained_on_the_training_rows_only(fake_dataset, monkeypatch,
             assert not (x == row).flatten(1).all(1).any(), "a held-out row reached the teacher"
 
 
+@pytest.mark.parametrize("fold_batch", [1, 4])
+def test_distill_mix_blends_the_teachers_own_probabilities(fake_dataset, tmp_path, fold_batch: int) -> None:
+    """train.distill_mix = m: the fold's probabilities are (1 - m) student + m teacher; the fold files keep the
+    teacher's own held-out probabilities and results.json its scores and parameters (in the total when it predicts)."""
+    def run(mix: float, out: str) -> dict:
+        cfg = RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}),
+                        data=DataConfig(dataset="megc2019"),
+                        train=replace(default_recipe("epir"), epochs=1, distill="ststnet", distill_weight=0.0,
+                                      distill_overrides=("train.epochs=1",), distill_mix=mix),
+                        eval=EvalConfig(threads=1, fold_batch=fold_batch, report=False,
+                                        folds=tuple(fake_dataset.subject_list()[:2])))
+        return run_loso(cfg, fake_dataset, out_dir=tmp_path / out, progress=False)
+
+    plain, mixed = run(0.0, "plain"), run(0.25, "mixed")
+    for f in sorted((tmp_path / "plain" / "folds").rglob("*.json")):
+        a = json.loads(f.read_text())
+        b = json.loads((tmp_path / "mixed" / f.relative_to(tmp_path / "plain")).read_text())
+        teacher = torch.tensor(a["teacher_probs"])
+        torch.testing.assert_close(torch.tensor(b["teacher_probs"]), teacher)
+        torch.testing.assert_close(torch.tensor(b["probs"]), 0.75 * torch.tensor(a["probs"]) + 0.25 * teacher)
+    assert plain["teacher"]["model"] == "ststnet" and 0 <= plain["teacher"]["uf1"] <= 1
+    assert mixed["params_total"] == plain["params_total"] + plain["teacher"]["params"]
+    with pytest.raises(ConfigError, match="train.distill_mix=0.5: expected 0 without a teacher"):
+        check_ranges(RunConfig(train=replace(default_recipe("epir"), distill_mix=0.5)))
+
+
+def test_distill_mix_can_be_chosen_inside_the_fold(fake_dataset) -> None:
+    """A train.select candidate may set train.distill_mix: its inner predictions blend its inner teachers'."""
+    cfg = RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}),
+                    data=DataConfig(dataset="megc2019"),
+                    train=replace(default_recipe("epir"), epochs=1, distill="ststnet", distill_weight=0.0,
+                                  distill_overrides=("train.epochs=1",), select=("", "train.distill_mix=1")),
+                    eval=EvalConfig(threads=1, report=False, folds=tuple(fake_dataset.subject_list()[:1])))
+    r = run_loso(cfg, fake_dataset, progress=False)
+    assert sum(r["selection"]["chosen_counts"].values()) == 1
+
+
 def test_distillation_loss_is_zero_for_identical_logits_and_masks_padding() -> None:
     from epir.engine.train import distillation_loss
 

@@ -196,6 +196,10 @@ def test_train_follows_the_recipe_selection_and_teacher_on_every_row(tiny_data, 
         bad = epir.make_config("epir", "synthetic", overrides=["train.epochs=4", *TINY_EPIR, key])
         with pytest.raises(ConfigError, match=f"{key}: a checkpoint holds one model's weights"):
             train_checkpoint(bad, tmp_path / key, dataset=tiny_data, progress=False)
+    bad = epir.make_config("epir", "synthetic", overrides=["train.epochs=4", *TINY_EPIR, "train.distill=ststnet",
+                                                         "train.distill_mix=0.5"])
+    with pytest.raises(ConfigError, match="train.distill_mix=0.5: a checkpoint holds the student alone"):
+        train_checkpoint(bad, tmp_path / "mix", dataset=tiny_data, progress=False)
 
 
 def test_cli_train_then_load(tmp_path: Path, capsys) -> None:

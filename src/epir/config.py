@@ -58,6 +58,8 @@ class TrainConfig:
     distill_overrides: tuple[str, ...] = ()  # KEY=VALUE on the teacher's default recipe ("train.epochs=100")
     distill_weight: float = 0.5  # weight of the soft-target term; 1 - weight on the labels' cross-entropy
     distill_temperature: float = 2.0  # softmax temperature of the soft targets
+    distill_mix: float = 0.0  # weight m of the teacher's own held-out probabilities in the fold's: (1-m) student +
+    # m teacher (a two-model ensemble of different architectures; with distill_weight=0 the student learns from labels)
     select: tuple[str, ...] = ()  # candidates chosen among inside each fold ("train.epochs=20;train.mixup=0.4")
     select_k: int = 3  # inner leave-subjects-out groups of the training subjects for train.select
     init: str = ""  # initial weights (a .safetensors file of `epir pretrain`) loaded before training; "" = random
@@ -203,6 +205,10 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(0 <= t.distill_weight <= 1, "train.distill_weight", t.distill_weight, "a number in [0, 1]")
     _check(_finite(t.distill_temperature) and t.distill_temperature > 0, "train.distill_temperature",
            t.distill_temperature, "a number > 0")
+    _check(_finite(t.distill_mix) and 0 <= t.distill_mix <= 1, "train.distill_mix", t.distill_mix,
+           "a number in [0, 1] (the teacher's weight in the fold's probabilities)")
+    _check(t.distill_mix == 0 or bool(t.distill), "train.distill_mix", t.distill_mix,
+           "0 without a teacher; name one with train.distill=MODEL (e.g. ststnet)")
     _check(t.tta in TTA_KINDS, "train.tta", t.tta, f"{' | '.join(TTA_KINDS)} (flip: mean of the map's and its "
            "mirror's probabilities)")
     _check(t.select_k >= 2, "train.select_k", t.select_k, "an integer >= 2")

@@ -23,7 +23,9 @@ from epir.config import RunConfig
 from epir.data import FlowDataset
 from epir.engine.batched import Member, fit_many
 from epir.engine.selection import (
+    mix_teacher,
     select_in_fold,
+    teacher_proba,
     train_models,
     train_teachers,
 )
@@ -112,6 +114,7 @@ def run_fold(
     chosen_epoch: int | None = None
     selection: dict[str, Any] = {}
     curve: list[dict[str, float]] = []  # the (first member's) training curve
+    teacher_p: torch.Tensor | None = None  # train.distill: the teacher's own held-out probabilities
     if fold_weights is not None:
         path = Path(fold_weights) / f"{test.subject_ids[0]}.pth"
         if not path.is_file():
@@ -187,7 +190,12 @@ def run_fold(
                 epochs.append(cfg.train.epochs - 1)
         probs = torch.stack(member_probs).mean(dim=0)  # the ensemble: mean of the members' probabilities
         chosen_epoch = epochs[0]
+        if teachers is not None:  # the teacher's own predictions are kept; train.distill_mix blends them in
+            teacher_p = teacher_proba(cfg, teachers[0], test.x)
+            probs = mix_teacher(cfg, probs, teacher_p)
     rec = fold_record(seed, subject, test_idx, test.y, probs, chosen_epoch, time.perf_counter() - t0, len(train_idx))
+    if teacher_p is not None:
+        rec["teacher_probs"] = teacher_p.tolist()
     if selection:
         rec["selection"] = selection
     if curve:
@@ -232,6 +240,7 @@ def run_fold_group(
     member_probs: list[list[torch.Tensor]] = [[] for _ in folds]
     member_epochs: list[list[int]] = [[] for _ in folds]
     curves: list[list[dict[str, float]]] = [[] for _ in folds]  # each fold's first member's training curve
+    teacher_p: list[torch.Tensor | None] = [None for _ in folds]  # train.distill: the teacher's own predictions
     for key in sorted({k for k, _ in chosen}):
         idx = [f for f, (k, _) in enumerate(chosen) if k == key]
         ccfg = chosen[idx[0]][1]
@@ -247,6 +256,8 @@ def run_fold_group(
             dataset, ccfg, [(splits[f][0], fold_seed(*folds[f]), f"fold {folds[f][1]} seed {folds[f][0]}") for f in idx]
         )
         teachers = None if fold_teachers is None else [fold_teachers[idx.index(f)] for f in owner]
+        for f, teacher in zip(idx, fold_teachers or []):
+            teacher_p[f] = teacher_proba(ccfg, teacher, tests[f][0])
         if cfg.eval.oracle_epoch:  # optimistic: per member, the epoch with the best held-out accuracy
             oracles = [_OracleBest(*tests[f], device, ccfg.train.tta) for f in owner]
 
@@ -276,7 +287,12 @@ def run_fold_group(
     records = []
     for f, ((seed, subject), (train_idx, test_idx)) in enumerate(zip(folds, splits)):
         probs = torch.stack(member_probs[f]).mean(dim=0)  # the ensemble: mean of the members' probabilities
+        tp = teacher_p[f]
+        if tp is not None:
+            probs = mix_teacher(chosen[f][1], probs, tp)
         rec = fold_record(seed, subject, test_idx, tests[f][1], probs, member_epochs[f][0], seconds, len(train_idx))
+        if tp is not None:
+            rec["teacher_probs"] = tp.tolist()
         if selections[f]:
             rec["selection"] = selections[f]
         if curves[f]:

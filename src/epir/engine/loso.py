@@ -38,6 +38,7 @@ from epir.engine.folds import (
     run_fold,
     run_fold_group,
 )
+from epir.engine.metrics import megc_scores
 from epir.engine.report_html import write_run_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
 from epir.engine.runstore import FoldStore, fold_file
@@ -184,6 +185,20 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
         "flops_per_sample": flops,
         "fold_seconds": float(np.mean([r["seconds"] for r in records])) if records else 0.0,
     }
+    taught = [r for r in records if r.get("teacher_probs") is not None]
+    if cfg.train.distill:  # the teacher is counted separately; it predicts too when train.distill_mix > 0
+        t_params = int(sum(p.numel() for p in build_model(teacher_config(cfg).model).parameters()))
+        facts["teacher"] = {"model": cfg.train.distill, "params": t_params, "mix": cfg.train.distill_mix}
+        if cfg.train.distill_mix > 0:
+            facts["params_total"] += t_params
+        if taught:  # the teacher's own held-out scores (pooled per seed, then averaged over seeds)
+            per_seed = [[r for r in taught if r["seed"] == s] for s in seeds]
+            scores = [megc_scores([y for r in rs for y in r["true"]],
+                                  [int(np.argmax(p)) for r in rs for p in r["teacher_probs"]],
+                                  dataset.num_classes, absent=cfg.eval.absent_class, context="teacher")
+                      for rs in per_seed if rs]
+            facts["teacher"]["uf1"] = float(np.mean([s["uf1"] for s in scores]))
+            facts["teacher"]["uar"] = float(np.mean([s["uar"] for s in scores]))
     chosen = [r["selection"]["chosen"] for r in records if r.get("selection")]
     if chosen:
         facts["selection"] = {

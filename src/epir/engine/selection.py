@@ -85,6 +85,20 @@ def train_teachers(
     return list(zip(models, norms))
 
 
+def teacher_proba(cfg: RunConfig, teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
+    """A fold's teacher's own class probabilities on raw maps ``x``, predicted as its recipe predicts (its
+    ``train.tta``).
+    """
+    model, norm = teacher
+    return predict_proba(model, norm, x, device=cfg.eval.device, tta=teacher_config(cfg).train.tta)
+
+
+def mix_teacher(cfg: RunConfig, probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """The fold's probabilities with ``train.distill_mix`` = m: ``(1 - m) * probs + m * teacher_probs``."""
+    m = cfg.train.distill_mix
+    return probs if m == 0 else (1.0 - m) * probs + m * teacher_probs
+
+
 def inner_groups(subjects: Sequence[str], k: int, seed: int) -> list[list[str]]:
     """Split the training subjects into ``k`` groups (a seeded shuffle dealt round-robin)."""
     if k < 2:
@@ -180,8 +194,10 @@ def select_in_fold(
                                      device=cfg.eval.device, batched=batched, teachers=teachers,
                                      on_epoch=snapshot_callback(snaps))
         true, pred = [], []
-        for model, norm, idx, snap in zip(models, norms, held, snaps):  # predicted as the outer fold predicts
+        for j, (model, norm, idx, snap) in enumerate(zip(models, norms, held, snaps)):  # as the outer fold predicts
             probs = snap.mean(predict_proba(model, norm, dataset.x[idx], device=cfg.eval.device, tta=cand.train.tta))
+            if teachers is not None and cand.train.distill_mix > 0:
+                probs = mix_teacher(cand, probs, teacher_proba(cand, teachers[j], dataset.x[idx]))
             true += dataset.y[idx].tolist()
             pred += probs.argmax(1).tolist()
         s = megc_scores(true, pred, dataset.num_classes, absent="skip", context=f"{name} select {c}")
@@ -194,4 +210,13 @@ def select_in_fold(
     return candidates[chosen], info
 
 
-__all__ = ["candidate_configs", "inner_groups", "select_in_fold", "teacher_config", "train_models", "train_teachers"]
+__all__ = [
+    "candidate_configs",
+    "inner_groups",
+    "mix_teacher",
+    "select_in_fold",
+    "teacher_config",
+    "teacher_proba",
+    "train_models",
+    "train_teachers",
+]

@@ -108,6 +108,9 @@ def train_checkpoint(
     if cfg.train.ensemble > 1:
         raise ConfigError(f"train.ensemble={cfg.train.ensemble}: a checkpoint holds one model's weights, not an "
                           "ensemble; train it with --set train.ensemble=1 (or one checkpoint per --seed).")
+    if cfg.train.distill_mix > 0:
+        raise ConfigError(f"train.distill_mix={cfg.train.distill_mix}: a checkpoint holds the student alone, not its "
+                          "mix with the teacher; train it with --set train.distill_mix=0.")
     out = Path(out_dir).expanduser()
     if (out / "checkpoint.json").exists() and not overwrite:  # fail before training, not after
         raise ConfigError(f"{out} already holds a checkpoint; choose another out_dir (--out), or pass overwrite=True "
