@@ -193,6 +193,8 @@ def fit_many(
 
     params, buffers = stack_module_state(models)
     base = copy.deepcopy(models[0]).to("meta")
+    if cfg.distill_weight == 0:  # nothing to learn from the teachers' soft targets: skip their forward passes
+        teachers = None
     distill = (cfg.distill_weight, cfg.distill_temperature) if teachers is not None else None
     loss_module = _MemberLoss(base, cfg.label_smoothing, cfg.mixup > 0 or cfg.cutmix > 0, distill)
     prefixed_params = {f"model.{k}": v for k, v in params.items()}

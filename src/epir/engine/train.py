@@ -301,7 +301,9 @@ def fit(
             caller's optimistic oracle-epoch bookkeeping; ``fit`` itself never sees test data).
         describe: what is trained (e.g. "fold casme2/sub01 seed 0"), for the divergence error.
         teacher: a model trained on the same rows and its input normalisation: its soft predictions on each
-            (augmented) batch are distilled with ``train.distill_weight`` and ``train.distill_temperature``.
+            (augmented) batch are distilled with ``train.distill_weight`` and ``train.distill_temperature``
+            (ignored at ``distill_weight=0``, where the teacher only predicts beside the student:
+            ``train.distill_mix``).
         history: when given, one ``{"epoch", "loss", "acc"}`` per epoch is appended: the mean training loss and
             the accuracy on the (augmented) training batches, the training curve.
 
@@ -318,6 +320,8 @@ def fit(
     weight = class_weights(y, num_classes, cfg)
     if weight is not None:
         weight = weight.to(device)
+    if cfg.distill_weight == 0:  # nothing to learn from the teacher's soft targets: skip its forward passes
+        teacher = None
 
     def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, weight=weight, label_smoothing=cfg.label_smoothing)
