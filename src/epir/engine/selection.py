@@ -29,7 +29,7 @@ from epir.engine.batched import Member, fit_many, steps_per_epoch
 from epir.engine.metrics import megc_scores
 from epir.engine.train import InputNorm, SnapshotMean, Teacher, fit, predict_proba, snapshot_callback
 from epir.errors import ConfigError
-from epir.models import build_model, default_recipe, is_batchable, resolve_model_args
+from epir.models import batches_well, build_model, default_recipe, resolve_model_args
 
 #: Keys a candidate may set (a candidate that selects again, or changes the data or protocol, is refused).
 CANDIDATE_SECTIONS = ("train.", "model.")
@@ -123,13 +123,14 @@ def train_models(
     on_epoch: Callable[[int, int, nn.Module, InputNorm], None] | None = None,
 ) -> tuple[list[nn.Module], list[InputNorm]]:
     """Train one model per ``(x, y, seed, name)`` job with one architecture and recipe: batched in groups of
-    equal steps per epoch when ``batched`` (and the model allows), else one at a time; with ``teachers`` (one
+    equal steps per epoch when ``batched`` and the model batches well on ``device`` (``batches_well``: not STSTNet
+    on CPU, e.g. a distillation teacher), else one at a time; with ``teachers`` (one
     per job), distilling from them; ``histories`` (one list per job) receive the training curves; ``on_epoch``
     is called as ``on_epoch(job, epoch, model, norm)`` after each job's every epoch. Returns them in order.
     """
     models: list[nn.Module | None] = [None] * len(jobs)
     norms: list[InputNorm | None] = [None] * len(jobs)
-    if batched and is_batchable(model_cfg.name) and len(jobs) > 1:
+    if batched and batches_well(model_cfg.name, device) and len(jobs) > 1:
         by_steps: dict[int, list[int]] = {}
         for i, (x, _, _, _) in enumerate(jobs):
             by_steps.setdefault(steps_per_epoch(len(x), recipe.batch_size), []).append(i)

@@ -16,6 +16,7 @@ from epir.models import epir, htnet, ststnet  # noqa: F401
 from epir.models.factory import (
     MODELS,
     accepted_input_size,
+    batches_well,
     build_model,
     create_model,
     default_recipe,
@@ -27,5 +28,5 @@ from epir.models.factory import (
     resolve_model_args,
 )
 
-__all__ = ["MODELS", "accepted_input_size", "build_model", "create_model", "default_recipe", "is_batchable",
-           "list_models", "list_recipes", "model_defaults", "register_model", "resolve_model_args"]
+__all__ = ["MODELS", "accepted_input_size", "batches_well", "build_model", "create_model", "default_recipe",
+           "is_batchable", "list_models", "list_recipes", "model_defaults", "register_model", "resolve_model_args"]

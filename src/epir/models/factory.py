@@ -9,6 +9,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from epir.config import ModelConfig, TrainConfig, coerce_scalar
@@ -47,6 +48,14 @@ def accepted_input_size(name: str, args: dict[str, Any]) -> int | None:
 def is_batchable(name: str) -> bool:
     """Whether model ``name`` was registered ``batchable`` (its folds can train batched)."""
     return bool(MODELS.meta(name).get("batchable", False))
+
+
+def batches_well(name: str, device: str = "cpu") -> bool:
+    """Whether several models ``name`` are best trained at once on ``device``: registered ``batchable``, and its
+    ``auto_fold_batch`` for that device type is not 1 (STSTNet on CPU, where vmap runs it at half the loop's speed).
+    """
+    kind = torch.device(device).type
+    return is_batchable(name) and MODELS.meta(name).get("auto_fold_batch", {}).get(kind, 2) != 1
 
 
 def list_models(pattern: str = "*") -> list[str]:
