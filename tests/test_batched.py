@@ -379,6 +379,30 @@ def test_distill_mix_can_be_chosen_inside_the_fold(fake_dataset) -> None:
     assert sum(r["selection"]["chosen_counts"].values()) == 1
 
 
+def test_candidates_differing_in_distill_mix_share_their_inner_models(fake_dataset, monkeypatch) -> None:
+    """Choosing the teacher's weight costs one set of inner trainings (student and teacher per group), and each
+    candidate's inner predictions are its blend of those models' probabilities."""
+    from epir.engine import selection
+
+    calls: list[str] = []
+    real = selection.train_models
+
+    def spy(model_cfg, recipe, jobs, **kw):
+        calls.extend(model_cfg.name for _ in jobs)
+        return real(model_cfg, recipe, jobs, **kw)
+
+    monkeypatch.setattr(selection, "train_models", spy)
+    cfg = RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}),
+                    data=DataConfig(dataset="megc2019"),
+                    train=replace(default_recipe("epir"), epochs=1, distill="ststnet", distill_weight=0.0,
+                                  distill_overrides=("train.epochs=1",), select_k=2,
+                                  select=("train.distill_mix=0", "train.distill_mix=0.5", "train.distill_mix=1")))
+    train_idx = np.flatnonzero(np.asarray(fake_dataset.subjects) != fake_dataset.subject_list()[0])
+    chosen, info = selection.select_in_fold(fake_dataset, cfg, train_idx, 0)
+    assert calls.count("ststnet") == 2 and calls.count("epir") == 2  # one teacher and one student per group
+    assert len(info["scores"]) == 3 and chosen.train.distill_mix == [0.0, 0.5, 1.0][info["chosen"]]
+
+
 def test_distillation_loss_is_zero_for_identical_logits_and_masks_padding() -> None:
     from epir.engine.train import distillation_loss
 

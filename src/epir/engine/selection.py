@@ -10,6 +10,8 @@ subject. Each fold records the candidates, their inner scores and the choice.
 
 The inner models train like the outer ones: batched (``epir.engine.batched.fit_many``) when the model allows,
 one at a time otherwise; each inner model's seed derives from the fold's seed, the candidate and the group.
+Candidates that differ only in ``train.distill_mix`` (the teacher's weight in the predictions) share their inner
+models, so choosing that weight costs one set of inner trainings.
 """
 from __future__ import annotations
 
@@ -160,6 +162,39 @@ def train_models(
     return models, norms  # type: ignore[return-value]
 
 
+def _inner_predictions(
+    dataset: FlowDataset,
+    cand: RunConfig,
+    train_idx: np.ndarray,
+    subjects: np.ndarray,
+    groups: list[list[str]],
+    held: list[np.ndarray],
+    fold_seed: int,
+    c: int,
+    *,
+    name: str,
+    batched: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Train candidate ``c``'s inner models (one per group, on the other groups) and predict each held group as
+    the outer fold predicts: the student's probabilities per group, and its teacher's (``train.distill``) or None.
+    """
+    inner = [  # (training rows, seed, name) of each inner model: every group but one
+        (train_idx[~np.isin(subjects, group)], (fold_seed + zlib.crc32(f"select/{c}/{j}".encode())) % (2**31 - 1),
+         f"{name} select {c} group {j}")
+        for j, group in enumerate(groups)
+    ]
+    jobs = [(dataset.x[idx], dataset.y[idx], seed, n) for idx, seed, n in inner]
+    teachers = train_teachers(dataset, cand, inner, batched=batched)
+    snaps = [SnapshotMean(dataset.x[idx], cand.train, cand.eval.device) for idx in held]
+    models, norms = train_models(cand.model, cand.train, jobs, num_classes=dataset.num_classes,
+                                 device=cand.eval.device, batched=batched, teachers=teachers,
+                                 on_epoch=snapshot_callback(snaps))
+    student = [snap.mean(predict_proba(model, norm, dataset.x[idx], device=cand.eval.device, tta=cand.train.tta))
+               for model, norm, idx, snap in zip(models, norms, held, snaps)]
+    teacher = None if teachers is None else [teacher_proba(cand, t, dataset.x[idx]) for t, idx in zip(teachers, held)]
+    return student, teacher
+
+
 def select_in_fold(
     dataset: FlowDataset,
     cfg: RunConfig,
@@ -180,25 +215,21 @@ def select_in_fold(
     train_idx = np.asarray(train_idx)
     subjects = np.asarray(dataset.subjects)[train_idx]
     groups = inner_groups(subjects.tolist(), cfg.train.select_k, fold_seed)
+    held = [train_idx[np.isin(subjects, group)] for group in groups]
+    # Candidates that differ only in how the trained models' predictions are blended (train.distill_mix) share
+    # their inner models: trained once, under the first such candidate's index.
+    blend_free = [replace(cand, train=replace(cand.train, distill_mix=0.0)) for cand in candidates]
+    trained: dict[int, tuple[list[torch.Tensor], list[torch.Tensor] | None]] = {}
     scores, uf1s, uars = [], [], []
     for c, cand in enumerate(candidates):
-        inner = [  # (training rows, seed, name) of each inner model: every group but one
-            (train_idx[~np.isin(subjects, group)], (fold_seed + zlib.crc32(f"select/{c}/{j}".encode())) % (2**31 - 1),
-             f"{name} select {c} group {j}")
-            for j, group in enumerate(groups)
-        ]
-        held = [train_idx[np.isin(subjects, group)] for group in groups]
-        jobs = [(dataset.x[idx], dataset.y[idx], seed, n) for idx, seed, n in inner]
-        teachers = train_teachers(dataset, cand, inner, batched=batched)
-        snaps = [SnapshotMean(dataset.x[idx], cand.train, cfg.eval.device) for idx in held]
-        models, norms = train_models(cand.model, cand.train, jobs, num_classes=dataset.num_classes,
-                                     device=cfg.eval.device, batched=batched, teachers=teachers,
-                                     on_epoch=snapshot_callback(snaps))
+        first = blend_free.index(blend_free[c])  # a config holds dicts: compared by equality, not hashed
+        if first not in trained:
+            trained[first] = _inner_predictions(dataset, cand, train_idx, subjects, groups, held, fold_seed, first,
+                                                name=name, batched=batched)
+        student, teacher = trained[first]
         true, pred = [], []
-        for j, (model, norm, idx, snap) in enumerate(zip(models, norms, held, snaps)):  # as the outer fold predicts
-            probs = snap.mean(predict_proba(model, norm, dataset.x[idx], device=cfg.eval.device, tta=cand.train.tta))
-            if teachers is not None and cand.train.distill_mix > 0:
-                probs = mix_teacher(cand, probs, teacher_proba(cand, teachers[j], dataset.x[idx]))
+        for j, idx in enumerate(held):
+            probs = student[j] if teacher is None else mix_teacher(cand, student[j], teacher[j])
             true += dataset.y[idx].tolist()
             pred += probs.argmax(1).tolist()
         s = megc_scores(true, pred, dataset.num_classes, absent="skip", context=f"{name} select {c}")
