@@ -368,6 +368,17 @@ def test_distill_mix_blends_the_teachers_own_probabilities(fake_dataset, tmp_pat
         check_ranges(RunConfig(train=replace(default_recipe("epir"), distill_mix=0.5)))
 
 
+def test_teacher_mix_recipe_is_the_ablation_lever() -> None:
+    """``--recipe teacher-mix`` is the default recipe plus the teacher-mix lever's overrides, and passes the checks."""
+    from epir.engine.ablate import LEVERS
+    from epir.runsetup import make_config
+
+    named = make_config("epir", recipe="teacher-mix")
+    lever = make_config("epir", overrides=list(LEVERS["teacher-mix"]))
+    assert named.train == lever.train and named.train.distill_mix == 0.5
+    check_ranges(named)
+
+
 def test_distill_mix_can_be_chosen_inside_the_fold(fake_dataset) -> None:
     """A train.select candidate may set train.distill_mix: its inner predictions blend its inner teachers'."""
     cfg = RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}),
