@@ -377,6 +377,11 @@ def test_teacher_mix_recipe_is_the_ablation_lever() -> None:
     lever = make_config("epir", overrides=list(LEVERS["teacher-mix"]))
     assert named.train == lever.train and named.train.distill_mix == 0.5
     check_ranges(named)
+    chosen = make_config("epir", recipe="teacher-mix-select")  # the weight chosen inside the fold instead
+    assert chosen.train.select == ("train.distill_mix=0", "train.distill_mix=0.25", "train.distill_mix=0.5",
+                                   "train.distill_mix=0.75", "train.distill_mix=1")
+    assert replace(chosen.train, select=(), distill_mix=0.5) == named.train
+    check_ranges(chosen)
 
 
 def test_distill_mix_can_be_chosen_inside_the_fold(fake_dataset) -> None:
@@ -388,6 +393,8 @@ def test_distill_mix_can_be_chosen_inside_the_fold(fake_dataset) -> None:
                     eval=EvalConfig(threads=1, report=False, folds=tuple(fake_dataset.subject_list()[:1])))
     r = run_loso(cfg, fake_dataset, progress=False)
     assert sum(r["selection"]["chosen_counts"].values()) == 1
+    # a candidate lets the teacher predict: the whole counts it, and the weight is marked as chosen per fold
+    assert r["teacher"]["mix_chosen_in_fold"] and r["params_total"] == r["params"] + r["teacher"]["params"]
 
 
 def test_candidates_differing_in_distill_mix_share_their_inner_models(fake_dataset, monkeypatch) -> None:

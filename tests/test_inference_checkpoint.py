@@ -200,6 +200,9 @@ def test_train_follows_the_recipe_selection_and_teacher_on_every_row(tiny_data, 
                                                          "train.distill_mix=0.5"])
     with pytest.raises(ConfigError, match="train.distill_mix=0.5: a checkpoint holds the student alone"):
         train_checkpoint(bad, tmp_path / "mix", dataset=tiny_data, progress=False)
+    bad = epir.make_config("epir", "synthetic", recipe="teacher-mix-select", overrides=["train.epochs=4", *TINY_EPIR])
+    with pytest.raises(ConfigError, match="a candidate mixes in the teacher"):
+        train_checkpoint(bad, tmp_path / "mix-select", dataset=tiny_data, progress=False)
 
 
 def test_cli_train_then_load(tmp_path: Path, capsys) -> None:

@@ -188,8 +188,12 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
     taught = [r for r in records if r.get("teacher_probs") is not None]
     if cfg.train.distill:  # the teacher is counted separately; it predicts too when train.distill_mix > 0
         t_params = int(sum(p.numel() for p in build_model(teacher_config(cfg).model).parameters()))
-        facts["teacher"] = {"model": cfg.train.distill, "params": t_params, "mix": cfg.train.distill_mix}
-        if cfg.train.distill_mix > 0:
+        # with train.select, the weight is each fold's choice: "mix" is the base config's, the folds' choices are
+        # counted in "selection"; the teacher counts in the total when any candidate lets it predict
+        mixes = [c.train.distill_mix for c in candidate_configs(cfg)] if cfg.train.select else [cfg.train.distill_mix]
+        facts["teacher"] = {"model": cfg.train.distill, "params": t_params, "mix": cfg.train.distill_mix,
+                            "mix_chosen_in_fold": bool(cfg.train.select) and len(set(mixes)) > 1}
+        if max(mixes) > 0:
             facts["params_total"] += t_params
         if taught:  # the teacher's own held-out scores (pooled per seed, then averaged over seeds)
             per_seed = [[r for r in taught if r["seed"] == s] for s in seeds]

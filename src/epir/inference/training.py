@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from epir.config import RunConfig
 from epir.data import FlowDataset
-from epir.engine.selection import select_in_fold, train_teachers
+from epir.engine.selection import candidate_configs, select_in_fold, train_teachers
 from epir.engine.train import fit
 from epir.errors import ConfigError
 from epir.inference.checkpoint import Checkpoint, make_meta, read_meta, save_checkpoint
@@ -111,6 +111,10 @@ def train_checkpoint(
     if cfg.train.distill_mix > 0:
         raise ConfigError(f"train.distill_mix={cfg.train.distill_mix}: a checkpoint holds the student alone, not its "
                           "mix with the teacher; train it with --set train.distill_mix=0.")
+    if any(c.train.distill_mix > 0 for c in candidate_configs(cfg)):
+        raise ConfigError(f"train.select={list(cfg.train.select)}: a candidate mixes in the teacher "
+                          "(train.distill_mix > 0), which a checkpoint cannot hold; drop those candidates, or use "
+                          "the default recipe.")
     out = Path(out_dir).expanduser()
     if (out / "checkpoint.json").exists() and not overwrite:  # fail before training, not after
         raise ConfigError(f"{out} already holds a checkpoint; choose another out_dir (--out), or pass overwrite=True "

@@ -599,8 +599,18 @@ EPIR_TEACHER_MIX_RECIPE = replace(
     distill_mix=0.5,
 )
 
+#: The same teacher with its weight chosen inside each fold (``--recipe teacher-mix-select``): per outer fold, the
+#: weights 0, 0.25, 0.5, 0.75 and 1 are scored on 3 leave-subject-group-out splits of the training subjects (one
+#: inner teacher and student per split, shared by the five) and the best is used; the held-out subject takes no part.
+EPIR_TEACHER_MIX_SELECT_RECIPE = replace(
+    EPIR_TEACHER_MIX_RECIPE,
+    distill_mix=0.0,
+    select=tuple(f"train.distill_mix={m}" for m in ("0", "0.25", "0.5", "0.75", "1")),
+)
 
-@register_model(batchable=True, recipe=EPIR_RECIPE, recipes={"teacher-mix": EPIR_TEACHER_MIX_RECIPE},
+
+@register_model(batchable=True, recipe=EPIR_RECIPE, recipes={"teacher-mix": EPIR_TEACHER_MIX_RECIPE,
+                                                       "teacher-mix-select": EPIR_TEACHER_MIX_SELECT_RECIPE},
                 description="EPIR (Wang et al. 2026), reconstructed: DNSPT, ToMe, ITALS, DTSM")
 def epir(
     *,
