@@ -116,11 +116,11 @@ def main() -> None:
         print("reference:", REFERENCES[a.model])
     teacher = r.get("teacher") or {}
     if "uf1" in teacher:  # train.distill: the fold's teacher alone, on the same held-out subjects
+        weight = ("chosen in each fold (results.json 'selection')" if teacher.get("mix_chosen_in_fold")
+                  else teacher["mix"])
         print(f"teacher {teacher['model']} ({teacher['params']:,} params, trained in each fold) alone: "
               f"UF1 {teacher['uf1']:.4f}  UAR {teacher['uar']:.4f}   weight in the fold's probabilities "
-              f"(train.distill_mix) "
-              + ("chosen in each fold (results.json 'selection')" if teacher.get("mix_chosen_in_fold")
-                 else str(teacher["mix"])) + f"; parameters of the whole {r['params_total']:,}")
+              f"(train.distill_mix) {weight}; parameters of the whole {r['params_total']:,}")
     print(f"run directory: {out}")
     if a.subset and a.model == "epir" and not (a.beside or a.beside_run):
         print("(SDE run: no table beside the composite STSTNet reference, which is CDE; use --beside ststnet)")

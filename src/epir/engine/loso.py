@@ -192,7 +192,7 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
         # counted in "selection"; the teacher counts in the total when any candidate lets it predict
         mixes = [c.train.distill_mix for c in candidate_configs(cfg)] if cfg.train.select else [cfg.train.distill_mix]
         facts["teacher"] = {"model": cfg.train.distill, "params": t_params, "mix": cfg.train.distill_mix,
-                            "mix_chosen_in_fold": bool(cfg.train.select) and len(set(mixes)) > 1}
+                            "mix_chosen_in_fold": len(set(mixes)) > 1}
         if max(mixes) > 0:
             facts["params_total"] += t_params
         if taught:  # the teacher's own held-out scores (pooled per seed, then averaged over seeds)
