@@ -196,13 +196,6 @@ def test_train_follows_the_recipe_selection_and_teacher_on_every_row(tiny_data, 
         bad = epir.make_config("epir", "synthetic", overrides=["train.epochs=4", *TINY_EPIR, key])
         with pytest.raises(ConfigError, match=f"{key}: a checkpoint holds one model's weights"):
             train_checkpoint(bad, tmp_path / key, dataset=tiny_data, progress=False)
-    bad = epir.make_config("epir", "synthetic", overrides=["train.epochs=4", *TINY_EPIR, "train.distill=ststnet",
-                                                         "train.distill_mix=0.5"])
-    with pytest.raises(ConfigError, match="train.distill_mix=0.5: a checkpoint holds the student alone"):
-        train_checkpoint(bad, tmp_path / "mix", dataset=tiny_data, progress=False)
-    bad = epir.make_config("epir", "synthetic", recipe="teacher-mix-select", overrides=["train.epochs=4", *TINY_EPIR])
-    with pytest.raises(ConfigError, match="a candidate mixes in the teacher"):
-        train_checkpoint(bad, tmp_path / "mix-select", dataset=tiny_data, progress=False)
 
 
 def test_cli_train_then_load(tmp_path: Path, capsys) -> None:
@@ -216,3 +209,107 @@ def test_cli_train_then_load(tmp_path: Path, capsys) -> None:
     assert main(args) == 2  # a second time: refuses to overwrite, no traceback
     err = capsys.readouterr().err
     assert "already holds a checkpoint" in err and "Traceback" not in err
+
+
+MIX_OVERRIDES = ["train.epochs=2", *TINY_EPIR, "train.distill_overrides=[train.epochs=1]"]
+
+
+@pytest.fixture(scope="module")
+def mixed(tiny_data, tmp_path_factory) -> Checkpoint:
+    """A checkpoint of --recipe teacher-mix: EPIR and its STSTNet teacher, predicting their equal-weight blend."""
+    cfg = epir.make_config("epir", "synthetic", recipe="teacher-mix", overrides=MIX_OVERRIDES)
+    return train_checkpoint(cfg, tmp_path_factory.mktemp("mixed") / "ck", dataset=tiny_data, progress=False)
+
+
+def test_teacher_mix_checkpoint_predicts_the_blend_loso_scored(mixed: Checkpoint, tiny_data) -> None:
+    """A recipe that mixes its teacher into the predictions (train.distill_mix > 0) trains into one checkpoint
+    holding both networks; loaded, it predicts exactly the fold blend LOSO scores: (1 - m) student + m teacher,
+    each with its own normalisation and test-time augmentation."""
+    from epir.engine.selection import mix_teacher, teacher_proba
+    from epir.engine.train import predict_proba
+
+    d = mixed.path
+    assert {p.name for p in d.iterdir()} == {"model.safetensors", "teacher.safetensors", "checkpoint.json",
+                                             "config.yaml"}
+    meta = json.loads((d / "checkpoint.json").read_text())
+    assert meta["format_version"] == 2  # older epirs refuse it rather than predict with the student alone
+    assert meta["teacher"]["model"]["name"] == "ststnet" and meta["teacher"]["mix"] == 0.5
+    assert meta["teacher"]["normalization"]["kind"] == "none" and meta["teacher"]["weights"]["sha256"]
+    loaded = load_checkpoint(d)
+    assert loaded.teacher is not None and loaded.teacher_mix == 0.5
+    cfg = epir.RunConfig.from_dict(meta["training"]["config"])
+    x = tiny_data.x
+    with torch.inference_mode():
+        student = predict_proba(loaded.model, loaded.norm, x, tta=cfg.train.tta)
+        expected = mix_teacher(cfg, student, teacher_proba(cfg, loaded.teacher, x))
+        got = loaded.inference_model()(x).softmax(-1)
+        fresh = mixed.inference_model()(x).softmax(-1)  # the checkpoint train_checkpoint returned predicts the same
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fresh, got, rtol=0, atol=1e-6)
+    assert not torch.allclose(got, student, atol=1e-4)  # the teacher does move the predictions
+
+
+def test_teacher_mix_select_checkpoint_holds_the_teacher_when_chosen(tiny_data, tmp_path: Path) -> None:
+    """--recipe teacher-mix-select: epir train chooses the weight on groups of all subjects and the checkpoint holds
+    the teacher exactly when the chosen weight is above 0."""
+    cfg = epir.make_config("epir", "synthetic", recipe="teacher-mix-select", overrides=MIX_OVERRIDES)
+    ckpt = train_checkpoint(cfg, tmp_path / "ck", dataset=tiny_data, progress=False)
+    sel = ckpt.meta["training"]["selection"]
+    mix = [0.0, 0.25, 0.5, 0.75, 1.0][sel["chosen"]]
+    assert len(sel["scores"]) == 5 and ckpt.meta["training"]["config"]["train"]["distill_mix"] == mix
+    assert ("teacher" in ckpt.meta) == (mix > 0) == (tmp_path / "ck" / "teacher.safetensors").exists()
+    assert load_checkpoint(tmp_path / "ck").teacher_mix == mix
+
+
+def test_overwriting_a_mixed_checkpoint_with_a_plain_one_drops_the_teacher(mixed: Checkpoint, tiny_data,
+                                                                          tmp_path: Path) -> None:
+    d = copy_checkpoint(mixed.path, tmp_path / "ck")
+    cfg = epir.make_config("epir", "synthetic", overrides=["train.epochs=1", *TINY_EPIR])
+    train_checkpoint(cfg, d, dataset=tiny_data, progress=False, overwrite=True)
+    assert not (d / "teacher.safetensors").exists() and load_checkpoint(d).teacher is None
+
+
+def test_a_damaged_teacher_is_a_clear_error(mixed: Checkpoint, tmp_path: Path) -> None:
+    d = copy_checkpoint(mixed.path, tmp_path / "ck")
+    blob = bytearray((d / "teacher.safetensors").read_bytes())
+    blob[-3] ^= 0xFF
+    (d / "teacher.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match=r"teacher.safetensors does not match the SHA-256"):
+        load_checkpoint(d)
+    (d / "teacher.safetensors").unlink()
+    with pytest.raises(CheckpointNotFoundError, match="teacher.safetensors is missing"):
+        load_checkpoint(d)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["teacher"].update(mix=1.5), r"teacher.mix must be a number in \(0, 1\]"),
+    (lambda m: m["teacher"].update(mix=0), r"teacher.mix must be a number in \(0, 1\]"),
+    (lambda m: m.update(format_version=1), "a 'teacher' entry needs format_version 2"),
+    (lambda m: m["teacher"].pop("weights"), "missing key 'teacher.weights.file'"),
+    (lambda m: m["teacher"]["model"].update(name="ststnett"), "Unknown model 'ststnett'"),
+    (lambda m: m["teacher"]["model"]["args"].update(num_classes=4), "teacher.model.args.num_classes is 4"),
+    (lambda m: m["teacher"]["normalization"].update(std=[1.0, 0.0, 1.0]), r"teacher.normalization must have std"),
+    (lambda m: m["teacher"].update(tta="rotate"), "teacher.tta must be one of none, flip"),
+])
+def test_malformed_teacher_entry_is_a_clear_error(mixed: Checkpoint, tmp_path: Path, edit, message: str) -> None:
+    d = copy_checkpoint(mixed.path, tmp_path / "ck")
+    meta = json.loads((d / "checkpoint.json").read_text())
+    edit(meta)
+    (d / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=message) as exc:
+        load_checkpoint(d)
+    assert "checkpoint.json" in str(exc.value)
+
+
+def test_save_checkpoint_needs_the_teacher_its_description_names(tmp_path: Path) -> None:
+    from epir.inference.checkpoint import teacher_meta
+
+    model, norm = create_model("ststnet"), InputNorm.fit("none", torch.zeros(1, 3, 28, 28))
+    plain = make_meta(model_name="ststnet", model_args=resolve_model_args("ststnet", {}),
+                      class_names=("a", "b", "c"), norm=norm, norm_kind="none", input_size=28)
+    with pytest.raises(CheckpointError, match="exactly when meta has a 'teacher' entry"):
+        save_checkpoint(tmp_path / "a", model, plain, teacher=create_model("ststnet"))
+    with_teacher = {**plain, "format_version": 2, "teacher": teacher_meta(
+        model_name="ststnet", model_args=resolve_model_args("ststnet", {}), norm=norm, norm_kind="none", mix=0.5)}
+    with pytest.raises(CheckpointError, match="exactly when meta has a 'teacher' entry"):
+        save_checkpoint(tmp_path / "b", model, with_teacher)

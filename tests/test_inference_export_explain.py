@@ -80,6 +80,47 @@ def test_flip_tta_checkpoint_predicts_the_mean_of_map_and_mirror_in_torch_and_on
         assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
 
 
+def test_teacher_mix_checkpoint_exports_both_networks_and_their_blend(tmp_path: Path) -> None:
+    """A checkpoint that mixes its teacher in (--recipe teacher-mix) exports as one graph: EPIR with the test-time
+    flip, STSTNet on its own input scale, and the blend; the file's metadata pins the teacher's description."""
+    pytest.importorskip("onnxruntime")
+    from epir.errors import ExportError
+    from epir.inference.checkpoint import teacher_meta
+    from epir.inference.export import verify_onnx
+
+    def save(path: Path) -> Path:
+        torch.manual_seed(0)
+        model = create_model("epir", dim=16, heads=2).eval()
+        norm = InputNorm(torch.tensor([90.0, 120.0, 60.0]).reshape(1, 3, 1, 1),
+                         torch.tensor([40.0, 50.0, 30.0]).reshape(1, 3, 1, 1))
+        teacher = create_model("ststnet").eval()
+        t_meta = teacher_meta(model_name="ststnet", model_args=resolve_model_args("ststnet", {}),
+                              norm=InputNorm.fit("none", torch.zeros(1, 3, 1, 1)), norm_kind="none", mix=0.25)
+        meta = make_meta(model_name="epir", model_args=resolve_model_args("epir", {"dim": 16, "heads": 2}),
+                         class_names=("a", "b", "c"), norm=norm, norm_kind="standardize", input_size=28, tta="flip",
+                         teacher=t_meta)
+        return save_checkpoint(path, model, meta, teacher=teacher)
+
+    ckpt = load_checkpoint(save(tmp_path / "ck"))
+    report = export_onnx(ckpt, tmp_path / "mix.onnx")
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+    assert Predictor.load(tmp_path / "ck", onnx=tmp_path / "mix.onnx").backend == "onnx"
+    assert "mixed with 'ststnet' at 0.25" in repr(Predictor.load(tmp_path / "ck"))
+    evidence = model_evidence(Predictor.load(tmp_path / "ck"), random_maps(1)[0].numpy())
+    assert evidence.kind == "dtsm" and "mixes in its teacher at 0.25" in evidence.note  # EPIR's tokens, said so
+    metadata = onnx_session(tmp_path / "mix.onnx").get_modelmeta().custom_metadata_map
+    verify_onnx(ckpt, metadata, tmp_path / "mix.onnx")
+    other = tmp_path / "other"  # the same weights, the teacher weighted differently: not the exported graph
+    other.mkdir()
+    for f in (tmp_path / "ck").iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((other / "checkpoint.json").read_text())
+    meta["teacher"]["mix"] = 0.5
+    (other / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(ExportError, match="another model description"):
+        verify_onnx(load_checkpoint(other), metadata, tmp_path / "mix.onnx")
+
+
 def test_recentred_checkpoint_predicts_as_trained_in_torch_and_onnx(tmp_path: Path) -> None:
     """train.input_norm=recentre travels with the checkpoint: the loaded module recentres each map before the
     affine normalisation, in PyTorch and in the ONNX graph."""

@@ -8,6 +8,10 @@ A checkpoint directory, as written by ``epir train`` (:func:`epir.inference.trai
                             settings a clip goes through, the training data and recipe, the epir version, and
                             the size and SHA-256 of model.safetensors
     DIR/config.yaml         the fully resolved run configuration it was trained with (for people; not read)
+    DIR/teacher.safetensors only for a recipe that mixes its teacher into the predictions (``train.distill_mix``
+                            > 0, e.g. ``--recipe teacher-mix``): the teacher's state dict; ``checkpoint.json``
+                            then has a ``teacher`` entry (its model, arguments, input normalisation, test-time
+                            augmentation, weight ``mix`` and its file's size and SHA-256) and format version 2
 
 Loading (:func:`load_checkpoint`) never unpickles anything: the JSON is plain data, the weights are read with
 ``safetensors``, and the model is rebuilt from the registry by name. Everything is validated and every problem
@@ -18,6 +22,8 @@ was saved, and missing, extra or mis-shaped tensors.
 The fitted input normalisation (``train.input_norm``; per-channel mean and std of the training maps) is part
 of the checkpoint, and :class:`InferenceModel` puts it, and the input transform (HTNet's mosaic), in front of
 the network, so that it takes the same 0-255 flow map as the training data, in PyTorch and in ONNX alike.
+With a teacher, the module returns the log of ``(1 - mix) * p_model + mix * p_teacher``, each model predicting
+with its own normalisation and test-time augmentation: exactly the probabilities LOSO scored for the recipe.
 
 One exception: a model trained on a mosaic built around each sample's own landmarks (data written by
 ``epir preprocess``, ``input.landmarks: per-clip``) needs each clip's five points, which are not part of the
@@ -54,9 +60,11 @@ from epir.models import create_model
 
 #: Identifies an epir checkpoint in ``checkpoint.json``.
 FORMAT = "epir-checkpoint"
-#: Version of the ``checkpoint.json`` layout written by this epir; a newer one is refused on load.
-FORMAT_VERSION = 1
+#: Version of the ``checkpoint.json`` layout written by this epir; a newer one is refused on load. Version 2 adds
+#: the ``teacher`` entry; a checkpoint without a teacher is still written as version 1, which older epirs read.
+FORMAT_VERSION = 2
 WEIGHTS_FILE = "model.safetensors"
+TEACHER_WEIGHTS_FILE = "teacher.safetensors"
 META_FILE = "checkpoint.json"
 CONFIG_FILE = "config.yaml"
 
@@ -72,13 +80,20 @@ class InferenceModel(nn.Module):
     landmarks: it takes the mosaic). ``tta="flip"`` (the recipe's ``train.tta``) returns the log of the mean of
     the probabilities of the input and of its mirror, exactly what LOSO scored (the mirror is taken of the
     transformed input, as in training); its softmax is that mean.
+
+    ``teacher`` (another :class:`InferenceModel`, with its own normalisation and test-time augmentation) and
+    ``mix`` = m make it return the log of ``(1 - m) * p + m * p_teacher``, the recipe's ``train.distill_mix``
+    blend; its softmax is that blend.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, model: nn.Module, norm: InputNorm, transform: str = "none", tta: str = "none") -> None:
+    def __init__(self, model: nn.Module, norm: InputNorm, transform: str = "none", tta: str = "none", *,
+                 teacher: InferenceModel | None = None, mix: float = 0.0) -> None:
         super().__init__()
+        if teacher is not None and not 0 < mix <= 1:
+            raise CheckpointError(f"A teacher's weight in the predictions must be in (0, 1], got {mix!r}.")
         if transform not in INPUT_TRANSFORMS:
             raise CheckpointError(
                 f"Unknown input transform {transform!r}; expected one of {', '.join(INPUT_TRANSFORMS)}."
@@ -88,6 +103,8 @@ class InferenceModel(nn.Module):
         self.model = model
         self.transform = transform
         self.tta = tta
+        self.teacher = teacher
+        self.mix = float(mix) if teacher is not None else 0.0
         self.recentre = norm.recentre
         self.register_buffer("mean", norm.mean.detach().reshape(1, -1, 1, 1).float().clone())
         self.register_buffer("std", norm.std.detach().reshape(1, -1, 1, 1).float().clone())
@@ -105,6 +122,13 @@ class InferenceModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: flow maps (B, 3, H, W), channels u, v, strain at 0-255. Returns logits (B, num_classes)."""
+        logits = self._own_logits(x)
+        if self.teacher is None:
+            return logits
+        probs = (1.0 - self.mix) * logits.softmax(-1) + self.mix * self.teacher(x).softmax(-1)
+        return probs.log()
+
+    def _own_logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.tta == "none":
             return self.model(self.normalize(x))
         t = mosaic(x) if self.transform == "mosaic" else x
@@ -130,12 +154,15 @@ class Checkpoint:
         norm: the fitted input normalisation (``(x - mean) / std``), shape (1, C, 1, 1) each.
         meta: the content of ``checkpoint.json`` (see the module docstring; plain JSON data).
         path: the directory it was loaded from or saved to, if any.
+        teacher: the teacher mixed into the predictions and its input normalisation, when the recipe mixes one in
+            (``meta["teacher"]``; eval mode); None otherwise.
     """
 
     model: nn.Module
     norm: InputNorm
     meta: dict[str, Any]
     path: Path | None = field(default=None)
+    teacher: tuple[nn.Module, InputNorm] | None = field(default=None)
 
     @functools.cached_property
     def info(self) -> CheckpointMeta:
@@ -146,6 +173,11 @@ class Checkpoint:
     def model_name(self) -> str:
         """The registered model name."""
         return self.info.model_name
+
+    @property
+    def teacher_mix(self) -> float:
+        """The teacher's weight m in the predictions, ``(1 - m) * model + m * teacher`` (0 without a teacher)."""
+        return self.info.teacher.mix if self.info.teacher is not None else 0.0
 
     @property
     def model_args(self) -> dict[str, Any]:
@@ -184,7 +216,11 @@ class Checkpoint:
         """
         transform = "none" if self.per_clip_landmarks else self.transform
         device = next(iter(self.model.parameters()), torch.empty(0)).device
-        return InferenceModel(self.model, self.norm, transform, self.info.tta).to(device).eval()
+        teacher = None
+        if self.teacher is not None and self.info.teacher is not None:
+            teacher = InferenceModel(self.teacher[0], self.teacher[1], transform, self.info.teacher.tta)
+        return InferenceModel(self.model, self.norm, transform, self.info.tta, teacher=teacher,
+                              mix=self.teacher_mix).to(device).eval()
 
 
 def make_meta(
@@ -200,6 +236,7 @@ def make_meta(
     preprocessing: dict[str, Any] | None = None,
     training: dict[str, Any] | None = None,
     tta: str = "none",
+    teacher: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``checkpoint.json`` content (without the ``weights`` entry, which :func:`save_checkpoint` adds).
 
@@ -215,10 +252,12 @@ def make_meta(
         preprocessing: ``PreprocessSettings.to_dict()`` of the clips' preprocessing.
         training: where the model came from (dataset, subjects, config, ...).
         tta: the recipe's test-time augmentation (``train.tta``: none or flip), applied when predicting.
+        teacher: the teacher mixed into the predictions (:func:`teacher_meta`), if any; its weights are given to
+            :func:`save_checkpoint`.
     """
-    return {
+    meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if teacher is not None else 1,
         "epir_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": {"name": model_name, "args": _jsonable(model_args)},
@@ -235,6 +274,26 @@ def make_meta(
         "preprocessing": _jsonable(preprocessing or {}),
         "training": _jsonable(training or {}),
     }
+    if teacher is not None:
+        meta["teacher"] = _jsonable(teacher)
+    return meta
+
+
+def teacher_meta(
+    *, model_name: str, model_args: dict[str, Any], norm: InputNorm, norm_kind: str, mix: float, tta: str = "none"
+) -> dict[str, Any]:
+    """The ``teacher`` entry of ``checkpoint.json`` (without its ``weights``, which :func:`save_checkpoint` adds).
+
+    Args:
+        model_name: the teacher's registered model.
+        model_args: all its keyword arguments.
+        norm: its fitted input normalisation.
+        norm_kind: its recipe's ``train.input_norm``.
+        mix: its weight m in the predictions, ``(1 - m) * model + m * teacher`` (the recipe's ``train.distill_mix``).
+        tta: its recipe's test-time augmentation.
+    """
+    return {"model": {"name": model_name, "args": _jsonable(model_args)}, "mix": float(mix), "tta": tta,
+            "normalization": {"kind": norm_kind, **norm.to_dict()}}
 
 
 def _jsonable(value: Any) -> Any:
@@ -256,9 +315,16 @@ def _write_atomic(path: Path, data: bytes) -> None:
     write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
+def _weights_blob(model: nn.Module, name: str) -> tuple[bytes, dict[str, Any]]:
+    """``model``'s state dict as safetensors bytes, and the ``weights`` entry (file, size, SHA-256, tensor count)."""
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    blob = save(tensors, metadata={"format": "pt", "epir_model": name})
+    return blob, {"bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "tensors": len(tensors)}
+
+
 def save_checkpoint(
     out_dir: str | os.PathLike, model: nn.Module, meta: dict[str, Any], *, config_yaml: str | None = None,
-    overwrite: bool = False,
+    overwrite: bool = False, teacher: nn.Module | None = None,
 ) -> Path:
     """Write ``model.safetensors`` and ``checkpoint.json`` (and ``config.yaml`` when given) to ``out_dir``.
 
@@ -269,10 +335,15 @@ def save_checkpoint(
             and tensor count is added.
         config_yaml: the run configuration as YAML text, saved as ``config.yaml`` for reference.
         overwrite: replace a checkpoint already in ``out_dir``; otherwise that is an error.
+        teacher: the teacher that ``meta["teacher"]`` describes (required with that entry, refused without it);
+            saved as ``teacher.safetensors``.
 
     Returns:
         The directory.
     """
+    if (teacher is None) != ("teacher" not in meta):
+        raise CheckpointError("save_checkpoint: give the teacher's weights (teacher=) exactly when meta has a "
+                              "'teacher' entry (make_meta(teacher=teacher_meta(...))).")
     out = Path(out_dir).expanduser()
     if (out / META_FILE).exists() and not overwrite:
         raise CheckpointError(
@@ -283,12 +354,18 @@ def save_checkpoint(
     if out.exists() and not out.is_dir():
         raise CheckpointError(f"{out} exists and is not a directory; choose another out_dir (--out).")
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    blob = save(tensors, metadata={"format": "pt", "epir_model": str(meta["model"]["name"])})
-    meta = {**meta, "weights": {"file": WEIGHTS_FILE, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(),
-                                "tensors": len(tensors)}}
+    blob, weights = _weights_blob(model, str(meta["model"]["name"]))
+    meta = {**meta, "weights": {"file": WEIGHTS_FILE, **weights}}
+    teacher_blob = None
+    if teacher is not None:
+        teacher_blob, weights = _weights_blob(teacher, str(meta["teacher"]["model"]["name"]))
+        meta["teacher"] = {**meta["teacher"], "weights": {"file": TEACHER_WEIGHTS_FILE, **weights}}
     (out / META_FILE).unlink(missing_ok=True)  # an interrupted save leaves no checkpoint.json: not a checkpoint
     _write_atomic(out / WEIGHTS_FILE, blob)
+    if teacher_blob is not None:
+        _write_atomic(out / TEACHER_WEIGHTS_FILE, teacher_blob)
+    else:
+        (out / TEACHER_WEIGHTS_FILE).unlink(missing_ok=True)  # overwriting a mixed checkpoint with a plain one
     if config_yaml is not None:
         _write_atomic(out / CONFIG_FILE, config_yaml.encode())
     _write_atomic(out / META_FILE, (json.dumps(meta, indent=2, default=str) + "\n").encode())
@@ -317,6 +394,81 @@ def _get(meta: dict[str, Any], key: str, typ: type | tuple[type, ...], file: Pat
 
 
 @dataclass(frozen=True)
+class TeacherMeta:
+    """The ``teacher`` entry of ``checkpoint.json``: a second model whose probabilities are mixed into the
+    predictions (a recipe with ``train.distill_mix`` > 0).
+
+    Attributes:
+        model_name: its registered model.
+        model_args: all its keyword arguments.
+        mix: its weight m, ``(1 - m) * model + m * teacher``, in (0, 1].
+        tta: its test-time augmentation.
+        norm_kind: its ``train.input_norm``.
+        norm_mean: per-channel mean of its input normalisation.
+        norm_std: per-channel standard deviation.
+        weights_file: its weights file's name in the directory.
+        weights_sha256: its SHA-256 (checked on load).
+        weights_bytes: its size.
+    """
+
+    model_name: str
+    model_args: Mapping[str, Any]
+    mix: float
+    tta: str
+    norm_kind: str
+    norm_mean: tuple[float, ...]
+    norm_std: tuple[float, ...]
+    weights_file: str
+    weights_sha256: str
+    weights_bytes: int
+
+
+def _check_normalization(meta: dict[str, Any], key: str, file: Path) -> dict[str, Any]:
+    """``meta[key]`` (e.g. ``input.normalization``): per-channel mean and std, finite and in float32 range."""
+    for part in ("mean", "std"):
+        values = _get(meta, f"{key}.{part}", list, file)
+        if len(values) != len(CHANNELS) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
+        ):
+            raise CheckpointError(
+                f"{file}: {key}.{part} must be {len(CHANNELS)} finite numbers, got {values!r}."
+            )
+    norm = _get(meta, key, dict, file)
+    if not all(1e-6 <= v <= 1e6 for v in norm["std"]) or not all(abs(v) <= 1e6 for v in norm["mean"]):
+        raise CheckpointError(f"{file}: {key} must have std in [1e-6, 1e6] and |mean| <= 1e6 "
+                              f"(float32 range for 0-255 maps), got mean {norm['mean']}, std {norm['std']}.")
+    return norm
+
+
+def _teacher_from_json(meta: dict[str, Any], version: int, classes: int, file: Path) -> TeacherMeta:
+    """Validate ``meta["teacher"]`` (see :class:`TeacherMeta`)."""
+    if version < 2:
+        raise CheckpointError(f"{file}: a 'teacher' entry needs format_version 2 (older epirs would ignore it and "
+                              f"predict with the model alone), got {version}; write it again with `epir train`.")
+    name = _get(meta, "teacher.model.name", str, file)
+    args = _get(meta, "teacher.model.args", dict, file)
+    if args.get("num_classes", classes) != classes:
+        raise CheckpointError(f"{file}: teacher.model.args.num_classes is {args['num_classes']!r} but there are "
+                              f"{classes} class_names; they must agree.")
+    mix = _get(meta, "teacher.mix", (int, float), file)
+    if isinstance(mix, bool) or not math.isfinite(mix) or not 0 < mix <= 1:
+        raise CheckpointError(f"{file}: teacher.mix must be a number in (0, 1] (the teacher's weight in the "
+                              f"predictions), got {mix!r}.")
+    tta = meta["teacher"].get("tta", "none")
+    if tta not in TTA_KINDS:
+        raise CheckpointError(f"{file}: teacher.tta must be one of {', '.join(TTA_KINDS)}, got {tta!r}.")
+    norm = _check_normalization(meta, "teacher.normalization", file)
+    _get(meta, "teacher.weights.file", str, file)
+    _get(meta, "teacher.weights.sha256", str, file)
+    _get(meta, "teacher.weights.bytes", int, file)
+    weights = meta["teacher"]["weights"]
+    return TeacherMeta(model_name=name, model_args=dict(args), mix=float(mix), tta=tta,
+                       norm_kind=str(norm.get("kind", "none")), norm_mean=tuple(float(v) for v in norm["mean"]),
+                       norm_std=tuple(float(v) for v in norm["std"]), weights_file=weights["file"],
+                       weights_sha256=weights["sha256"], weights_bytes=weights["bytes"])
+
+
+@dataclass(frozen=True)
 class CheckpointMeta:
     """``checkpoint.json`` as a typed record; :meth:`from_json` is its one validating constructor.
 
@@ -338,6 +490,7 @@ class CheckpointMeta:
         weights_bytes: its size.
         preprocessing: ``PreprocessSettings.to_dict()`` of the clips' preprocessing.
         training: where the model came from (dataset, subjects, config, ...).
+        teacher: the teacher mixed into the predictions (format version 2), or None.
     """
 
     format_version: int
@@ -357,6 +510,7 @@ class CheckpointMeta:
     weights_bytes: int
     preprocessing: Mapping[str, Any]
     training: Mapping[str, Any]
+    teacher: TeacherMeta | None = None
 
     @classmethod
     def from_json(cls, meta: Any, file: Path) -> CheckpointMeta:
@@ -406,23 +560,13 @@ class CheckpointMeta:
         tta = meta["input"].get("tta", "none")
         if tta not in TTA_KINDS:
             raise CheckpointError(f"{file}: input.tta must be one of {', '.join(TTA_KINDS)}, got {tta!r}.")
-        for key in ("mean", "std"):
-            values = _get(meta, f"input.normalization.{key}", list, file)
-            if len(values) != len(CHANNELS) or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values
-            ):
-                raise CheckpointError(
-                    f"{file}: input.normalization.{key} must be {len(CHANNELS)} finite numbers, got {values!r}."
-                )
-        norm = meta["input"]["normalization"]
-        if not all(1e-6 <= v <= 1e6 for v in norm["std"]) or not all(abs(v) <= 1e6 for v in norm["mean"]):
-            raise CheckpointError(f"{file}: input.normalization must have std in [1e-6, 1e6] and |mean| <= 1e6 "
-                                  f"(float32 range for 0-255 maps), got mean {norm['mean']}, std {norm['std']}.")
+        _check_normalization(meta, "input.normalization", file)
         _get(meta, "weights.file", str, file)
         _get(meta, "weights.sha256", str, file)  # the integrity check is not optional
         _get(meta, "weights.bytes", int, file)
         if not isinstance(meta.get("preprocessing", {}), dict):
             raise CheckpointError(f"{file}: 'preprocessing' must be a mapping of preprocessing settings.")
+        teacher = _teacher_from_json(meta, version, len(names), file) if "teacher" in meta else None
         norm = meta["input"]["normalization"]
         return cls(
             format_version=version, epir_version=str(meta.get("epir_version", "")),
@@ -433,6 +577,7 @@ class CheckpointMeta:
             norm_std=tuple(float(v) for v in norm["std"]), weights_file=meta["weights"]["file"],
             weights_sha256=meta["weights"]["sha256"], weights_bytes=meta["weights"]["bytes"],
             preprocessing=dict(meta.get("preprocessing") or {}), training=dict(meta.get("training") or {}),
+            teacher=teacher,
         )
 
 
@@ -469,11 +614,12 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def _read_weights(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-    name = meta["weights"]["file"]
+def _read_weights(directory: Path, weights: dict[str, Any], key: str = "weights") -> dict[str, torch.Tensor]:
+    """The tensors of the file that ``weights`` (``meta[key]``: file, bytes, sha256) describes, verified."""
+    name = weights["file"]
     if Path(name).name != name:
         raise CheckpointError(
-            f"{directory / META_FILE}: weights.file must be a file name in the checkpoint, got {name!r}."
+            f"{directory / META_FILE}: {key}.file must be a file name in the checkpoint, got {name!r}."
         )
     file = directory / name
     if not file.is_file():
@@ -481,7 +627,7 @@ def _read_weights(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tens
             f"{file} is missing: a checkpoint needs its weights beside {META_FILE}. Copy the whole directory."
         )
     blob = file.read_bytes()
-    expected_size, expected_hash = meta["weights"].get("bytes"), meta["weights"].get("sha256")
+    expected_size, expected_hash = weights.get("bytes"), weights.get("sha256")
     if expected_size is not None and len(blob) != expected_size:
         raise CheckpointError(
             f"{file} has {len(blob)} bytes but {META_FILE} says {expected_size}: the file is truncated or was "
@@ -576,30 +722,45 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> Checkpoi
     p = Path(path).expanduser()
     meta = read_meta(p)
     directory = p.parent if p.is_file() else p
-    file = directory / META_FILE
-    model = build_checkpoint_model(meta, file)
-    state = _read_weights(directory, meta)
-    _check_state(directory / meta["weights"]["file"], meta["model"]["name"], state, model.state_dict())
+    model = _load_model(directory, meta, "weights", device)
+    norm = _input_norm(meta["input"]["normalization"])
+    teacher = None
+    if "teacher" in meta:
+        t = meta["teacher"]
+        teacher_model = _load_model(directory, {"model": t["model"], "class_names": meta["class_names"],
+                                                "weights": t["weights"]}, "teacher.weights", device)
+        teacher = (teacher_model, _input_norm(t["normalization"]))
+    return Checkpoint(model=model, norm=norm, meta=meta, path=directory, teacher=teacher)
+
+
+def _load_model(directory: Path, meta: dict[str, Any], key: str, device: str) -> nn.Module:
+    """The network ``meta["model"]`` names with the verified weights ``meta["weights"]`` (``key`` in errors)."""
+    model = build_checkpoint_model(meta, directory / META_FILE)
+    state = _read_weights(directory, meta["weights"], key)
+    file = directory / meta["weights"]["file"]
+    _check_state(file, meta["model"]["name"], state, model.state_dict())
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise CheckpointError(
-            f"{directory / meta['weights']['file']}: {len(bad)} tensors hold NaN or infinity (e.g. {bad[0]}): the "
+            f"{file}: {len(bad)} tensors hold NaN or infinity (e.g. {bad[0]}): the "
             f"model diverged in training. Train again with a lower learning rate; this one cannot give predictions."
         )
     model.load_state_dict(state, strict=True)
-    model.to(device).eval()
-    norm_meta = meta["input"]["normalization"]
+    return model.to(device).eval()
+
+
+def _input_norm(norm_meta: dict[str, Any]) -> InputNorm:
+    """The :class:`InputNorm` a ``normalization`` entry describes."""
     c = len(CHANNELS)
-    norm = InputNorm(
+    return InputNorm(
         torch.tensor(norm_meta["mean"], dtype=torch.float32).reshape(1, c, 1, 1),
         torch.tensor(norm_meta["std"], dtype=torch.float32).reshape(1, c, 1, 1),
         recentre=norm_meta.get("kind") == "recentre",
     )
-    return Checkpoint(model=model, norm=norm, meta=meta, path=directory)
 
 
 __all__ = [
-    "CONFIG_FILE", "FORMAT_VERSION", "META_FILE", "WEIGHTS_FILE", "Checkpoint", "CheckpointError", "CheckpointMeta",
-    "CheckpointNotFoundError", "InferenceModel", "build_checkpoint_model", "load_checkpoint", "make_meta",
-    "read_meta", "save_checkpoint",
+    "CONFIG_FILE", "FORMAT_VERSION", "META_FILE", "TEACHER_WEIGHTS_FILE", "WEIGHTS_FILE", "Checkpoint",
+    "CheckpointError", "CheckpointMeta", "CheckpointNotFoundError", "InferenceModel", "TeacherMeta",
+    "build_checkpoint_model", "load_checkpoint", "make_meta", "read_meta", "save_checkpoint", "teacher_meta",
 ]

@@ -108,7 +108,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     tr = ckpt.info.training
     counts = ", ".join(f"{k} {v}" for k, v in tr["class_counts"].items())
     print(f"trained on {tr['samples']} samples of {len(tr['subjects'])} subjects ({counts}) in {tr['seconds']:.1f} s")
-    print(f"checkpoint: {out} (model.safetensors, checkpoint.json, config.yaml)")
+    teacher = ckpt.info.teacher
+    if teacher is not None:
+        print(f"predicts (1 - {teacher.mix:g}) x {ckpt.model_name} + {teacher.mix:g} x its {teacher.model_name} "
+              "teacher (trained on the same rows), as LOSO scored the recipe")
+    files = "model.safetensors, teacher.safetensors" if teacher is not None else "model.safetensors"
+    print(f"checkpoint: {out} ({files}, checkpoint.json, config.yaml)")
     print(f"next: epir predict CLIP --checkpoint {out}   |   epir export --checkpoint {out} --onnx model.onnx")
     return 0
 

@@ -105,6 +105,8 @@ def model_evidence(predictor: Predictor, flow_map: np.ndarray, landmarks: np.nda
             kept, note, kind = None, "attention received, last block", "attention"
         heat = _patch_to_pixels(values / max(values.max(), 1e-12), grid, size)
         shares = (values / max(values.sum(), 1e-12)).reshape(grid, grid)
+        if wrapper.teacher is not None:  # the tokens are the model's; the prediction also weighs the teacher's
+            note += f" ({predictor.checkpoint.model_name}'s; the prediction mixes in its teacher at {wrapper.mix:g})"
         return Evidence(kind=kind, heat=heat, kept=kept, grid=grid, note=note, shares=shares)
     # any other model: gradient saliency on the 0-255 map (before the input transform, so on face positions)
     x = x.clone().requires_grad_(True)

@@ -5,7 +5,8 @@ training data and :meth:`Predictor.predict_map`, ``x`` float32 ``(batch, 3, 28, 
 at 0-255, and returns ``logits`` and ``probabilities`` ``(batch, num_classes)``; the batch axis is dynamic.
 Class names and the preprocessing settings are written into the ONNX file's metadata (``epir.class_names``,
 ``epir.preprocessing``, ``epir.checkpoint``, JSON strings; ``epir.input`` says what ``x`` is), and the SHA-256
-of the checkpoint's ``model.safetensors`` (``epir.weights_sha256``): :func:`verify_onnx` checks a file against
+of the checkpoint's ``model.safetensors`` (``epir.weights_sha256``; a teacher's is in ``epir.checkpoint``'s
+``teacher`` entry, and the graph holds both networks and their blend): :func:`verify_onnx` checks a file against
 a checkpoint with it, so that ``Predictor.load(DIR, onnx=FILE)`` refuses a file exported from another
 checkpoint. :func:`onnx_model` builds the graph in memory (what the Predictor's ``onnx`` backend runs when no
 file is given); :func:`export_onnx` writes it to a file. A model whose
@@ -150,9 +151,16 @@ def weights_sha256(checkpoint: Checkpoint) -> str | None:
     return str(value) if value else None
 
 
+def _graph_keys(checkpoint: Checkpoint) -> tuple[str, ...]:
+    """The ``checkpoint.json`` entries the graph depends on besides the model's weights: model, input and
+    normalisation, and the teacher mixed into the predictions (its weights' SHA-256 included) when there is one.
+    """
+    return ("model", "input", "teacher") if "teacher" in checkpoint.meta else ("model", "input")
+
+
 def _graph_meta(checkpoint: Checkpoint) -> dict:
-    """What of ``checkpoint.json`` the graph depends on besides the weights (model, input and normalisation)."""
-    return {k: checkpoint.meta[k] for k in ("model", "input")}
+    """What of ``checkpoint.json`` the graph depends on besides the weights (see :func:`_graph_keys`)."""
+    return {k: checkpoint.meta[k] for k in _graph_keys(checkpoint)}
 
 
 def onnx_model(checkpoint: Checkpoint | str | os.PathLike, *, opset: int = OPSET) -> Any:  # onnx.ModelProto
@@ -187,7 +195,7 @@ def onnx_model(checkpoint: Checkpoint | str | os.PathLike, *, opset: int = OPSET
     meta = {
         "epir.class_names": json.dumps(list(ckpt.class_names)),
         "epir.preprocessing": json.dumps(ckpt.preprocessing),
-        "epir.checkpoint": json.dumps({k: ckpt.meta[k] for k in ("model", "input", "epir_version", "created")}),
+        "epir.checkpoint": json.dumps({k: ckpt.meta[k] for k in (*_graph_keys(ckpt), "epir_version", "created")}),
         "epir.weights_sha256": weights_sha256(ckpt) or "",
         "epir.input": ("mosaic: HTNet's four regions around the clip's five landmarks (epir.data.transforms.mosaic) "
                        "of the u, v, strain map at 0-255" if ckpt.per_clip_landmarks else
@@ -239,7 +247,7 @@ def verify_onnx(checkpoint: Checkpoint, metadata: dict[str, str], file: str | os
         names = json.loads(metadata.get("epir.class_names", ""))
     except json.JSONDecodeError:
         graph, names = None, None
-    if not isinstance(graph, dict) or {k: graph.get(k) for k in ("model", "input")} != _graph_meta(checkpoint) or (
+    if not isinstance(graph, dict) or {k: graph.get(k) for k in _graph_keys(checkpoint)} != _graph_meta(checkpoint) or (
         names != list(checkpoint.class_names)
     ):
         raise ExportError(

@@ -222,7 +222,9 @@ class Predictor:
 
     def __repr__(self) -> str:
         where = f" from {self.checkpoint.path}" if self.checkpoint.path else ""
-        return (f"Predictor({self.checkpoint.model_name!r}{where}, classes={list(self.class_names)}, "
+        teacher = self.checkpoint.info.teacher
+        mixed = f", mixed with {teacher.model_name!r} at {teacher.mix:g}" if teacher is not None else ""
+        return (f"Predictor({self.checkpoint.model_name!r}{mixed}{where}, classes={list(self.class_names)}, "
                 f"backend={self.backend!r})")
 
     def use_onnx(self, onnx: str | os.PathLike | None = None, *, required: bool = True) -> bool:

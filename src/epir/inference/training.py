@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 
 from epir.config import RunConfig
 from epir.data import FlowDataset
-from epir.engine.selection import candidate_configs, select_in_fold, train_teachers
+from epir.engine.selection import select_in_fold, teacher_config, train_teachers
 from epir.engine.train import fit
 from epir.errors import ConfigError
-from epir.inference.checkpoint import Checkpoint, make_meta, read_meta, save_checkpoint
+from epir.inference.checkpoint import Checkpoint, make_meta, read_meta, save_checkpoint, teacher_meta
 from epir.models import build_model
 from epir.preprocess.pipeline import PreprocessSettings
 from epir.runsetup import check_model_fits, load_data, resolve_config, transform_data
@@ -108,13 +108,6 @@ def train_checkpoint(
     if cfg.train.ensemble > 1:
         raise ConfigError(f"train.ensemble={cfg.train.ensemble}: a checkpoint holds one model's weights, not an "
                           "ensemble; train it with --set train.ensemble=1 (or one checkpoint per --seed).")
-    if cfg.train.distill_mix > 0:
-        raise ConfigError(f"train.distill_mix={cfg.train.distill_mix}: a checkpoint holds the student alone, not its "
-                          "mix with the teacher; train it with --set train.distill_mix=0.")
-    if any(c.train.distill_mix > 0 for c in candidate_configs(cfg)):
-        raise ConfigError(f"train.select={list(cfg.train.select)}: a candidate mixes in the teacher "
-                          "(train.distill_mix > 0), which a checkpoint cannot hold; drop those candidates, or use "
-                          "the default recipe.")
     out = Path(out_dir).expanduser()
     if (out / "checkpoint.json").exists() and not overwrite:  # fail before training, not after
         raise ConfigError(f"{out} already holds a checkpoint; choose another out_dir (--out), or pass overwrite=True "
@@ -140,14 +133,17 @@ def _train_and_save(cfg: RunConfig, dataset: FlowDataset, out: Path, *, seed: in
     """Train on every row of ``dataset`` and save the checkpoint (the body of :func:`train_checkpoint`).
 
     The recipe as LOSO runs it, with every row as the training rows: ``train.select`` chooses its candidate on
-    leave-subjects-out groups of all subjects first, and ``train.distill`` trains the teacher on all rows.
+    leave-subjects-out groups of all subjects first, and ``train.distill`` trains the teacher on all rows. When
+    the (chosen) recipe mixes the teacher into the predictions (``train.distill_mix`` > 0, e.g. ``--recipe
+    teacher-mix``), the checkpoint holds the teacher too and predicts with the same blend LOSO scored.
     """
     t0 = time.perf_counter()
     rows = np.arange(len(dataset))
     selection: dict[str, Any] = {}
     if cfg.train.select:
         cfg, selection = select_in_fold(dataset, cfg, rows, seed, name="epir train", batched=False)
-    teachers = train_teachers(dataset, cfg, [(rows, seed, "epir train")], batched=False)
+    needs_teacher = cfg.train.distill_weight > 0 or cfg.train.distill_mix > 0
+    teachers = train_teachers(dataset, cfg, [(rows, seed, "epir train")], batched=False) if needs_teacher else None
     torch.manual_seed(seed)
     model = build_model(cfg.model)
     bar = tqdm(total=cfg.train.epochs, desc=f"train {cfg.model.name}", unit="epoch", disable=not progress)
@@ -177,6 +173,12 @@ def _train_and_save(cfg: RunConfig, dataset: FlowDataset, out: Path, *, seed: in
         training["selection"] = selection
     if teachers is not None:
         training["teacher"] = cfg.train.distill
+    mixed = None
+    if teachers is not None and cfg.train.distill_mix > 0:  # the teacher predicts too: the checkpoint holds it
+        t_cfg = teacher_config(cfg)
+        teachers[0][0].cpu().eval()
+        mixed = teacher_meta(model_name=t_cfg.model.name, model_args=t_cfg.model.args, norm=teachers[0][1],
+                             norm_kind=t_cfg.train.input_norm, mix=cfg.train.distill_mix, tta=t_cfg.train.tta)
     meta = make_meta(
         model_name=cfg.model.name,
         model_args=cfg.model.args,
@@ -189,9 +191,12 @@ def _train_and_save(cfg: RunConfig, dataset: FlowDataset, out: Path, *, seed: in
         preprocessing=preprocessing,
         training=training,
         tta=cfg.train.tta,
+        teacher=mixed,
     )
-    out = save_checkpoint(out, model, meta, config_yaml=cfg.to_yaml(), overwrite=overwrite)
-    return Checkpoint(model=model, norm=norm, meta=read_meta(out), path=out)
+    teacher = teachers[0] if mixed is not None and teachers is not None else None
+    out = save_checkpoint(out, model, meta, config_yaml=cfg.to_yaml(), overwrite=overwrite,
+                          teacher=None if teacher is None else teacher[0])
+    return Checkpoint(model=model, norm=norm, meta=read_meta(out), path=out, teacher=teacher)
 
 
 __all__ = ["preprocessing_for", "train_checkpoint"]
