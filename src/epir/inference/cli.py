@@ -28,8 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train a model on every subject of a dataset and save a checkpoint (for predict/export)",
         description="Train one model on every subject of a dataset with its default recipe (or --recipe, --set, "
-                    "...) and save a self-contained checkpoint: model.safetensors, checkpoint.json, config.yaml. "
-                    "Measure how well the recipe generalises with `epir loso` first; this is the model to deploy.",
+                    "...) and save a self-contained checkpoint: model.safetensors, checkpoint.json, config.yaml "
+                    "(and teacher.safetensors when the recipe mixes its teacher into the predictions, e.g. "
+                    "--recipe teacher-mix). Measure how well the recipe generalises with `epir loso` first; this "
+                    "is the model to deploy.",
     )
     add_run_options(p, loso=False)
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation, batches and augmentation")

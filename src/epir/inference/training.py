@@ -2,7 +2,8 @@
 
 Unlike LOSO, nothing is held out: this is the model a user deploys after having measured, with LOSO, how well
 the recipe generalises to unseen subjects. The seed fixes the initialisation, the batches and the augmentation,
-so the same command gives the same weights.
+so the same command gives the same weights. A recipe that mixes its teacher into the predictions
+(``train.distill_mix`` > 0) gives a checkpoint holding both networks, which predicts the blend LOSO scored.
 """
 from __future__ import annotations
 
