@@ -43,8 +43,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "ensemble": ("train.ensemble=3",),
     "snapshots": ("train.snapshots=4",),
     "distill": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=80, train.lr=5e-4]"),
-    # the same teacher, not distilled from but averaged with EPIR in the fold's probabilities (half each)
-    "teacher-mix": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=80, train.lr=5e-4]",
+    # STSTNet not distilled from but averaged with EPIR in the fold's probabilities (half each); its teacher is
+    # round 5's, 20 epochs at lr 2e-3 (EPIR_TEACHER_MIX_RECIPE's; round 4 measured it with the distill lever's)
+    "teacher-mix": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=20, train.lr=2e-3]",
                     "train.distill_weight=0", "train.distill_mix=0.5"),
     "conv-stem": ("model.stem=conv", "model.patch_size=2"),
     "select-before-last": ("model.select_ratio=0.5", "model.select_before_last=true"),
