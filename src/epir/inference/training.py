@@ -174,11 +174,11 @@ def _train_and_save(cfg: RunConfig, dataset: FlowDataset, out: Path, *, seed: in
         training["selection"] = selection
     if teachers is not None:
         training["teacher"] = cfg.train.distill
-    mixed = None
+    teacher, mixed = None, None
     if teachers is not None and cfg.train.distill_mix > 0:  # the teacher predicts too: the checkpoint holds it
-        t_cfg = teacher_config(cfg)
-        teachers[0][0].cpu().eval()
-        mixed = teacher_meta(model_name=t_cfg.model.name, model_args=t_cfg.model.args, norm=teachers[0][1],
+        teacher, t_cfg = teachers[0], teacher_config(cfg)
+        teacher[0].cpu().eval()
+        mixed = teacher_meta(model_name=t_cfg.model.name, model_args=t_cfg.model.args, norm=teacher[1],
                              norm_kind=t_cfg.train.input_norm, mix=cfg.train.distill_mix, tta=t_cfg.train.tta)
     meta = make_meta(
         model_name=cfg.model.name,
@@ -194,7 +194,6 @@ def _train_and_save(cfg: RunConfig, dataset: FlowDataset, out: Path, *, seed: in
         tta=cfg.train.tta,
         teacher=mixed,
     )
-    teacher = teachers[0] if mixed is not None and teachers is not None else None
     out = save_checkpoint(out, model, meta, config_yaml=cfg.to_yaml(), overwrite=overwrite,
                           teacher=None if teacher is None else teacher[0])
     return Checkpoint(model=model, norm=norm, meta=read_meta(out), path=out, teacher=teacher)
