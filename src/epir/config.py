@@ -62,6 +62,9 @@ class TrainConfig:
     # m teacher (a two-model ensemble of different architectures; with distill_weight=0 the student learns from labels)
     select: tuple[str, ...] = ()  # candidates chosen among inside each fold ("train.epochs=20;train.mixup=0.4")
     select_k: int = 3  # inner leave-subjects-out groups of the training subjects for train.select
+    select_shared: int = 0  # 0: inner groups drawn inside each fold (select_k); G >= 3: the run's subjects dealt
+    # once into G groups shared by all folds; a fold scores on the groups other than its subject's, each predicted by
+    # a model trained without it and without that group (G(G-1)/2 inner trainings per seed instead of select_k per fold)
     init: str = ""  # initial weights (a .safetensors file of `epir pretrain`) loaded before training; "" = random
     tta: str = "none"  # none | flip: test-time augmentation, probabilities averaged over the map and its mirror
 
@@ -212,6 +215,8 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(t.tta in TTA_KINDS, "train.tta", t.tta, f"{' | '.join(TTA_KINDS)} (flip: mean of the map's and its "
            "mirror's probabilities)")
     _check(t.select_k >= 2, "train.select_k", t.select_k, "an integer >= 2")
+    _check(t.select_shared == 0 or t.select_shared >= 3, "train.select_shared", t.select_shared,
+           "0 (inner groups drawn per fold) or an integer >= 3 (groups of the run's subjects shared by all folds)")
     _check(e.threads >= 0, "eval.threads", e.threads, "an integer >= 0 (0: all cores)")
     _check(e.jobs >= 1 or e.jobs == -1, "eval.jobs", e.jobs, "an integer >= 1, or -1 for one per core")
     _check(e.fold_batch >= 0, "eval.fold_batch", e.fold_batch, "an integer >= 0 (0: automatic)")

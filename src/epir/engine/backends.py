@@ -15,21 +15,27 @@ from joblib import Parallel, delayed
 from epir.config import RunConfig
 from epir.data import FlowDataset
 from epir.engine import folds as fold_runner
-from epir.engine.folds import Fold
+from epir.engine.folds import Choices, Fold
 from epir.errors import ConfigError
 
 
 def run_group(
     dataset: FlowDataset, cfg: RunConfig, folds: Sequence[Fold], fold_weights: str | os.PathLike | None,
-    batched: bool = True,
+    batched: bool = True, choices: Choices | None = None,
 ) -> list[dict[str, Any]]:
     """One group of folds in a worker process: one torch thread per worker unless ``eval.threads`` says
     otherwise, so workers do not fight over cores.
     """
     torch.set_num_threads(cfg.eval.threads or 1)
     if not batched:
-        return [fold_runner.run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights) for seed, subject in folds]
-    return fold_runner.run_fold_group(dataset, cfg, folds, fold_weights)
+        return [fold_runner.run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, choices=choices)
+                for seed, subject in folds]
+    return fold_runner.run_fold_group(dataset, cfg, folds, fold_weights, choices)
+
+
+def _subset(choices: Choices | None, folds: Sequence[Fold]) -> dict[Fold, tuple[int, dict[str, Any]]] | None:
+    """The choices of ``folds`` alone (what one task needs)."""
+    return None if choices is None else {f: choices[f] for f in folds if f in choices}
 
 
 def run_on_dask(
@@ -39,6 +45,7 @@ def run_on_dask(
     groups: Sequence[Sequence[Fold]],
     fold_weights: str | os.PathLike | None = None,
     batched: bool = True,
+    choices: Choices | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run groups of ``(seed, subject)`` folds on a Dask distributed cluster, one task per group (a group of
     one fold when folds are not batched); yield each fold's record as its group finishes.
@@ -67,7 +74,7 @@ def run_on_dask(
         data = client.scatter(dataset, broadcast=True)
         tag = zlib.crc32(cfg.to_yaml().encode())
         futures = [
-            client.submit(run_group, data, cfg, list(group), fold_weights, batched,
+            client.submit(run_group, data, cfg, list(group), fold_weights, batched, _subset(choices, group),
                           key=f"epir-folds-{tag:08x}-{group[0][0]}-{group[0][1]}-{len(group)}", pure=False)
             for group in groups
         ]
@@ -83,7 +90,7 @@ Status = Callable[[str], None]
 
 def run_sequential(
     dataset: FlowDataset, cfg: RunConfig, groups: Sequence[Sequence[Fold]], fold_weights: str | os.PathLike | None,
-    fold_batch: int, on_status: Status | None = None,
+    fold_batch: int, on_status: Status | None = None, choices: Choices | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run the groups one after another in this process (``eval.threads`` torch threads when set)."""
     status = on_status or (lambda text: None)
@@ -93,7 +100,7 @@ def run_sequential(
     for group in groups:
         if fold_batch > 1 and (len(group) > 1 or cfg.train.ensemble > 1):
             status(f"{len(group)} folds at once")
-            yield from fold_runner.run_fold_group(dataset, cfg, group, fold_weights)
+            yield from fold_runner.run_fold_group(dataset, cfg, group, fold_weights, choices)
             continue
         seed, subject = group[0]
         status(f"seed {seed} {subject}")
@@ -101,15 +108,17 @@ def run_sequential(
         def on_epoch(epoch: int, _s: str = subject, _seed: int = seed) -> None:
             status(f"seed {_seed} {_s} epoch {epoch + 1}/{epochs}")
 
-        yield fold_runner.run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, on_epoch=on_epoch)
+        yield fold_runner.run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, on_epoch=on_epoch,
+                                   choices=choices)
 
 
 def run_processes(
     dataset: FlowDataset, cfg: RunConfig, groups: Sequence[Sequence[Fold]], fold_weights: str | os.PathLike | None,
-    fold_batch: int, jobs: int,
+    fold_batch: int, jobs: int, choices: Choices | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run the groups in ``jobs`` worker processes (joblib), yielding records as groups finish."""
-    tasks = (delayed(run_group)(dataset, cfg, group, fold_weights, fold_batch > 1) for group in groups)
+    tasks = (delayed(run_group)(dataset, cfg, group, fold_weights, fold_batch > 1, _subset(choices, group))
+             for group in groups)
     for recs in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
         yield from recs
 
@@ -123,9 +132,11 @@ def execute(
     fold_batch: int = 1,
     jobs: int = 1,
     on_status: Status | None = None,
+    choices: Choices | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run the groups on the backend the config asks for: Dask (``eval.dask_scheduler``), worker processes
     (``jobs > 1`` and more than one group) or this process; yield each fold's record as it finishes.
+    ``choices``: selections made before the folds (``train.select_shared``), passed to each fold.
 
     This process's torch thread count is restored when the iteration ends (or is abandoned).
     """
@@ -134,12 +145,13 @@ def execute(
     try:
         if cfg.eval.dask_scheduler and groups:
             status(f"dask {cfg.eval.dask_scheduler}")
-            yield from run_on_dask(cfg.eval.dask_scheduler, dataset, cfg, groups, fold_weights, fold_batch > 1)
+            yield from run_on_dask(cfg.eval.dask_scheduler, dataset, cfg, groups, fold_weights, fold_batch > 1,
+                                   choices)
         elif jobs > 1 and len(groups) > 1:
             status(f"{jobs} workers, {fold_batch} folds at once" if fold_batch > 1 else f"{jobs} workers")
-            yield from run_processes(dataset, cfg, groups, fold_weights, fold_batch, jobs)
+            yield from run_processes(dataset, cfg, groups, fold_weights, fold_batch, jobs, choices)
         else:
-            yield from run_sequential(dataset, cfg, groups, fold_weights, fold_batch, status)
+            yield from run_sequential(dataset, cfg, groups, fold_weights, fold_batch, status, choices)
     finally:
         torch.set_num_threads(threads_before)
 

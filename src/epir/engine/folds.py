@@ -12,7 +12,7 @@ import os
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ from epir.config import RunConfig
 from epir.data import FlowDataset
 from epir.engine.batched import Member, fit_many
 from epir.engine.selection import (
+    candidate_configs,
     mix_teacher,
     select_in_fold,
+    select_shared,
     teacher_proba,
     train_models,
     train_teachers,
@@ -39,6 +41,34 @@ def fold_seed(seed: int, subject: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(subject.encode())) % (2**31 - 1)
 
 
+
+
+Fold = tuple[int, str]  # (seed, subject)
+
+#: Choices made before the folds run (``train.select_shared``): ``{(seed, subject): (candidate index, record)}``.
+Choices = Mapping[Fold, tuple[int, dict[str, Any]]]
+
+
+def choose_recipe(
+    dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str, choices: Choices | None = None, *,
+    batched: bool = True,
+) -> tuple[RunConfig, dict[str, Any]]:
+    """The recipe the fold holding out ``subject`` trains (``train.select``'s choice on training subjects alone)
+    and the record of the choice; ``cfg`` and ``{}`` without ``train.select``. With ``train.select_shared`` the
+    choice comes from ``choices`` (made once for the run by :func:`~epir.engine.selection.select_shared`) or is
+    made now for this subject's group alone.
+    """
+    if not cfg.train.select:
+        return cfg, {}
+    if cfg.train.select_shared:
+        if choices is not None and (seed, subject) in choices:
+            chosen, info = choices[(seed, subject)]
+        else:
+            chosen, info = select_shared(dataset, cfg, seed, [subject], batched=batched)[subject]
+        return candidate_configs(cfg)[chosen], info
+    train_idx, _ = fold_split(dataset, subject)
+    return select_in_fold(dataset, cfg, train_idx, fold_seed(seed, subject), name=f"fold {subject} seed {seed}",
+                          batched=batched)
 
 
 def member_seeds(base: int, members: int) -> list[int]:
@@ -103,8 +133,11 @@ def run_fold(
     *,
     fold_weights: str | os.PathLike | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    choices: Choices | None = None,
 ) -> dict[str, Any]:
-    """Train on every subject but ``subject`` and predict ``subject``'s samples."""
+    """Train on every subject but ``subject`` and predict ``subject``'s samples (``choices``: see
+    :func:`choose_recipe`).
+    """
     train_idx, test_idx = fold_split(dataset, subject)
     test = dataset.subset(test_idx)
     device = cfg.eval.device
@@ -145,8 +178,7 @@ def run_fold(
         train = dataset.subset(train_idx)
         member_probs, epochs = [], []
         if cfg.train.select:  # choose the recipe on the training subjects alone, then build its model afresh
-            cfg, selection = select_in_fold(dataset, cfg, train_idx, fold_seed(seed, subject),
-                                            name=f"fold {subject} seed {seed}", batched=False)
+            cfg, selection = choose_recipe(dataset, cfg, seed, subject, choices, batched=False)
             torch.manual_seed(fold_seed(seed, subject))
             model = build_model(cfg.model)
         teachers = train_teachers(dataset, cfg, [(train_idx, fold_seed(seed, subject), f"fold {subject} seed {seed}")],
@@ -203,14 +235,12 @@ def run_fold(
     return rec
 
 
-Fold = tuple[int, str]  # (seed, subject)
-
-
 def run_fold_group(
     dataset: FlowDataset,
     cfg: RunConfig,
     folds: Sequence[Fold],
     fold_weights: str | os.PathLike | None = None,
+    choices: Choices | None = None,
 ) -> list[dict[str, Any]]:
     """Train the ``(seed, subject)`` folds of one group at once (``epir.engine.batched.fit_many``) and return
     their records; one fold (or ``fold_weights``) runs :func:`run_fold`. Each member of the group gets exactly
@@ -218,7 +248,8 @@ def run_fold_group(
     under the optimistic ``eval.oracle_epoch``).
     """
     if (len(folds) == 1 and cfg.train.ensemble == 1) or fold_weights is not None:
-        return [run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights) for seed, subject in folds]
+        return [run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, choices=choices)
+                for seed, subject in folds]
 
     device = cfg.eval.device
     t0 = time.perf_counter()
@@ -227,10 +258,9 @@ def run_fold_group(
     # Selection inside each fold (training subjects only), then one training per chosen candidate.
     chosen: list[tuple[int, RunConfig]] = []
     selections: list[dict[str, Any]] = []
-    for (seed, subject), (train_idx, _) in zip(folds, splits):
+    for seed, subject in folds:
         if cfg.train.select:
-            c, info = select_in_fold(dataset, cfg, train_idx, fold_seed(seed, subject),
-                                     name=f"fold {subject} seed {seed}")
+            c, info = choose_recipe(dataset, cfg, seed, subject, choices)
             chosen.append((info["chosen"], c))
         else:
             c, info = cfg, {}

@@ -30,6 +30,7 @@ from epir.data import FlowDataset
 from epir.engine.backends import execute
 from epir.engine.folds import (
     AUTO_FOLD_BATCH,
+    Fold,
     fold_seed,
     fold_split,
     member_seeds,
@@ -42,7 +43,7 @@ from epir.engine.metrics import megc_scores
 from epir.engine.report_html import write_run_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
 from epir.engine.runstore import FoldStore, fold_file
-from epir.engine.selection import candidate_configs, teacher_config
+from epir.engine.selection import candidate_configs, select_shared, teacher_config
 from epir.engine.train import load_initial_weights
 from epir.errors import ConfigError
 from epir.models import build_model
@@ -208,6 +209,7 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
         facts["selection"] = {
             "candidates": list(cfg.train.select),
             "select_k": cfg.train.select_k,
+            "select_shared": cfg.train.select_shared,
             "chosen_counts": {c: chosen.count(i) for i, c in enumerate(cfg.train.select)},
         }
     return facts
@@ -255,8 +257,19 @@ def run_loso(
             warnings.warn(note, stacklevel=2)
         jobs = (os.cpu_count() or 1) if cfg.eval.jobs == -1 else cfg.eval.jobs  # check_ranges: >= 1 or -1
         groups = plan_groups(dataset, cfg, todo, fold_batch, workers=jobs)
+        choices: dict[Fold, tuple[int, dict[str, Any]]] | None = None
+        select_seconds = 0.0
+        if cfg.train.select and cfg.train.select_shared and fold_weights is None and todo:
+            # inner groups shared by all folds: the choices of every fold still to run, made here at once
+            t_sel = time.perf_counter()
+            choices = {}
+            for seed in sorted({s for s, _ in todo}):
+                bar.set_postfix_str(f"seed {seed}: selection on {cfg.train.select_shared} shared groups")
+                mine = [subject for s, subject in todo if s == seed]
+                choices.update({(seed, k): v for k, v in select_shared(dataset, cfg, seed, mine).items()})
+            select_seconds = time.perf_counter() - t_sel
         for rec in execute(dataset, cfg, groups, fold_weights=fold_weights, fold_batch=fold_batch, jobs=jobs,
-                           on_status=bar.set_postfix_str):
+                           on_status=bar.set_postfix_str, choices=choices):
             store.save(rec)  # at once: a later failure loses nothing finished
             done[(rec["seed"], rec["subject"])] = rec
             bar.update(1)
@@ -267,6 +280,8 @@ def run_loso(
         results.update(run_facts(cfg, dataset, records, seeds, subjects))
         results.update(wall_seconds=time.perf_counter() - t_start, resumed_folds=resumed, fold_batch=fold_batch,
                        jobs=jobs)
+        if choices is not None:  # the shared inner trainings: in wall_seconds, not in any fold's seconds
+            results["selection"]["shared_seconds"] = select_seconds
         if fold_weights is not None:
             results["fold_weights"] = str(fold_weights)
         if transform_report:

@@ -101,15 +101,20 @@ def mix_teacher(cfg: RunConfig, probs: torch.Tensor, teacher_probs: torch.Tensor
     return probs if m == 0 else (1.0 - m) * probs + m * teacher_probs
 
 
+def _deal(subjects: Sequence[str], k: int, seed: int, key: str) -> list[list[str]]:
+    """Distinct ``subjects`` in ``k`` groups: a seeded shuffle dealt round-robin (``key`` names the setting)."""
+    subjects = sorted(set(subjects))
+    if len(subjects) < k:
+        raise ConfigError(f"{key}={k} needs at least {k} subjects to split, got {len(subjects)}; lower {key}.")
+    order = np.random.default_rng(seed).permutation(len(subjects))
+    return [[subjects[i] for i in order[j::k]] for j in range(k)]
+
+
 def inner_groups(subjects: Sequence[str], k: int, seed: int) -> list[list[str]]:
     """Split the training subjects into ``k`` groups (a seeded shuffle dealt round-robin)."""
     if k < 2:
         raise ConfigError(f"train.select_k must be >= 2 (inner leave-subjects-out groups), got {k}.")
-    subjects = sorted(set(subjects))
-    if len(subjects) < k:
-        raise ConfigError(f"train.select_k={k} needs at least {k} training subjects, got {len(subjects)}.")
-    order = np.random.default_rng(seed).permutation(len(subjects))
-    return [[subjects[i] for i in order[j::k]] for j in range(k)]
+    return _deal(subjects, k, seed, "train.select_k")
 
 
 def train_models(
@@ -162,27 +167,21 @@ def train_models(
     return models, norms  # type: ignore[return-value]
 
 
+Blocks = list[tuple[np.ndarray, torch.Tensor, "torch.Tensor | None"]]  # (rows, student probs, teacher probs or None)
+
+
 def _inner_predictions(
     dataset: FlowDataset,
     cand: RunConfig,
-    train_idx: np.ndarray,
-    subjects: np.ndarray,
-    groups: list[list[str]],
+    inner: list[tuple[np.ndarray, int, str]],
     held: list[np.ndarray],
-    fold_seed: int,
-    c: int,
     *,
-    name: str,
     batched: bool,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """Train candidate ``c``'s inner models (one per group, on the other groups) and predict each held group as
-    the outer fold predicts: the student's probabilities per group, and its teacher's (``train.distill``) or None.
+    """Train candidate ``cand``'s inner models, one per ``(training rows, seed, name)``, and predict each one's
+    ``held`` rows as the outer fold predicts: the student's probabilities per model, and its teacher's
+    (``train.distill``) or None.
     """
-    inner = [  # (training rows, seed, name) of each inner model: every group but one
-        (train_idx[~np.isin(subjects, group)], (fold_seed + zlib.crc32(f"select/{c}/{j}".encode())) % (2**31 - 1),
-         f"{name} select {c} group {j}")
-        for j, group in enumerate(groups)
-    ]
     jobs = [(dataset.x[idx], dataset.y[idx], seed, n) for idx, seed, n in inner]
     teachers = train_teachers(dataset, cand, inner, batched=batched)
     snaps = [SnapshotMean(dataset.x[idx], cand.train, cand.eval.device) for idx in held]
@@ -193,6 +192,33 @@ def _inner_predictions(
                for model, norm, idx, snap in zip(models, norms, held, snaps)]
     teacher = None if teachers is None else [teacher_proba(cand, t, dataset.x[idx]) for t, idx in zip(teachers, held)]
     return student, teacher
+
+
+def _blend_groups(candidates: Sequence[RunConfig]) -> list[int]:
+    """For each candidate, the index of the first candidate with the same trained models: candidates that differ
+    only in how the trained models' predictions are blended (``train.distill_mix``) share their inner models.
+    """
+    blend_free = [replace(cand, train=replace(cand.train, distill_mix=0.0)) for cand in candidates]
+    return [blend_free.index(b) for b in blend_free]  # a config holds dicts: compared by equality, not hashed
+
+
+def _score(dataset: FlowDataset, candidates: Sequence[RunConfig], blocks: Callable[[int], Blocks],
+           name: str) -> dict[str, Any]:
+    """Score each candidate on its pooled inner predictions (``blocks(c)``: rows with the student's and teacher's
+    probabilities) by mean(UF1, UAR); returns ``scores``, ``uf1``, ``uar`` and ``chosen`` (the first best).
+    """
+    scores, uf1s, uars = [], [], []
+    for c, cand in enumerate(candidates):
+        true, pred = [], []
+        for rows, student, teacher in blocks(c):
+            probs = student if teacher is None else mix_teacher(cand, student, teacher)
+            true += dataset.y[rows].tolist()
+            pred += probs.argmax(1).tolist()
+        s = megc_scores(true, pred, dataset.num_classes, absent="skip", context=f"{name} select {c}")
+        uf1s.append(s["uf1"])
+        uars.append(s["uar"])
+        scores.append((s["uf1"] + s["uar"]) / 2)
+    return {"scores": scores, "uf1": uf1s, "uar": uars, "chosen": int(np.argmax(scores))}
 
 
 def select_in_fold(
@@ -216,30 +242,93 @@ def select_in_fold(
     subjects = np.asarray(dataset.subjects)[train_idx]
     groups = inner_groups(subjects.tolist(), cfg.train.select_k, fold_seed)
     held = [train_idx[np.isin(subjects, group)] for group in groups]
-    # Candidates that differ only in how the trained models' predictions are blended (train.distill_mix) share
-    # their inner models: trained once, under the first such candidate's index.
-    blend_free = [replace(cand, train=replace(cand.train, distill_mix=0.0)) for cand in candidates]
+    first = _blend_groups(candidates)
     trained: dict[int, tuple[list[torch.Tensor], list[torch.Tensor] | None]] = {}
-    scores, uf1s, uars = [], [], []
-    for c, cand in enumerate(candidates):
-        first = blend_free.index(blend_free[c])  # a config holds dicts: compared by equality, not hashed
-        if first not in trained:
-            trained[first] = _inner_predictions(dataset, cand, train_idx, subjects, groups, held, fold_seed, first,
-                                                name=name, batched=batched)
-        student, teacher = trained[first]
-        true, pred = [], []
-        for j, idx in enumerate(held):
-            probs = student[j] if teacher is None else mix_teacher(cand, student[j], teacher[j])
-            true += dataset.y[idx].tolist()
-            pred += probs.argmax(1).tolist()
-        s = megc_scores(true, pred, dataset.num_classes, absent="skip", context=f"{name} select {c}")
-        uf1s.append(s["uf1"])
-        uars.append(s["uar"])
-        scores.append((s["uf1"] + s["uar"]) / 2)
-    chosen = int(np.argmax(scores))
-    info = {"candidates": list(cfg.train.select), "select_k": cfg.train.select_k, "scores": scores,
-            "uf1": uf1s, "uar": uars, "chosen": chosen}
-    return candidates[chosen], info
+    for c in sorted(set(first)):
+        inner = [  # (training rows, seed, name) of each inner model: every group but one
+            (train_idx[~np.isin(subjects, group)], (fold_seed + zlib.crc32(f"select/{c}/{j}".encode())) % (2**31 - 1),
+             f"{name} select {c} group {j}")
+            for j, group in enumerate(groups)
+        ]
+        trained[c] = _inner_predictions(dataset, candidates[c], inner, held, batched=batched)
+
+    def blocks(c: int) -> Blocks:
+        student, teacher = trained[first[c]]
+        return [(idx, student[j], None if teacher is None else teacher[j]) for j, idx in enumerate(held)]
+
+    info = {"candidates": list(cfg.train.select), "select_k": cfg.train.select_k,
+            **_score(dataset, candidates, blocks, name)}
+    return candidates[info["chosen"]], info
+
+
+def shared_seed(seed: int) -> int:
+    """Seed of a run seed's shared inner groups and models (``train.select_shared``)."""
+    return (seed * 1_000_003 + zlib.crc32(b"select/shared")) % (2**31 - 1)
+
+
+def select_shared(
+    dataset: FlowDataset,
+    cfg: RunConfig,
+    seed: int,
+    subjects: Sequence[str],
+    *,
+    batched: bool = True,
+) -> dict[str, tuple[int, dict[str, Any]]]:
+    """Choose a ``train.select`` candidate for the folds holding out each of ``subjects`` (run seed ``seed``),
+    with inner groups shared by all folds (``train.select_shared`` = G).
+
+    All the dataset's subjects are dealt once into G groups. The fold holding out a subject of group g scores
+    the candidates on every other group h, predicted by a model trained on the groups other than g and h: the
+    held-out subject's whole group takes no part, neither in inner training nor in inner scoring, and the model
+    of the pair {g, h} serves both groups' folds. The G(G-1)/2 pair models (G-1 per outer group) replace the
+    ``select_k`` inner models of every fold; folds of one group share their choice.
+
+    Returns ``{subject: (chosen index, record)}``; the record holds ``candidates``, ``select_shared``,
+    ``group`` (the held-out subject's), ``scores``, ``uf1``, ``uar`` and ``chosen``.
+    """
+    candidates = candidate_configs(cfg)
+    g_count = cfg.train.select_shared
+    if not candidates:
+        return {}
+    if g_count < 3:
+        raise ConfigError(f"train.select_shared must be >= 3 to share inner groups between folds, got {g_count}.")
+    every = np.asarray(dataset.subjects)
+    base = shared_seed(seed)
+    groups = _deal(every.tolist(), g_count, base, "train.select_shared")
+    group_of = {s: j for j, group in enumerate(groups) for s in group}
+    missing = sorted(set(subjects) - set(group_of))
+    if missing:
+        raise ConfigError(f"select_shared: subjects {missing} are not in the dataset {dataset.name!r}.")
+    rows = [np.flatnonzero(np.isin(every, group)) for group in groups]
+    outer = sorted({group_of[s] for s in subjects})
+    pairs = sorted({(min(g, h), max(g, h)) for g in outer for h in range(g_count) if h != g})
+    first = _blend_groups(candidates)
+    trained: dict[int, tuple[list[torch.Tensor], list[torch.Tensor] | None]] = {}
+    for c in sorted(set(first)):
+        inner = [(np.flatnonzero(~np.isin(every, groups[a] + groups[b])),
+                  (base + zlib.crc32(f"select/shared/{c}/{a}/{b}".encode())) % (2**31 - 1),
+                  f"seed {seed} select {c} groups {a}+{b} out") for a, b in pairs]
+        held = [np.concatenate([rows[a], rows[b]]) for a, b in pairs]
+        trained[c] = _inner_predictions(dataset, candidates[c], inner, held, batched=batched)
+
+    choices: dict[int, tuple[int, dict[str, Any]]] = {}
+    for g in outer:
+        def blocks(c: int, _g: int = g) -> Blocks:
+            student, teacher = trained[first[c]]
+            out: Blocks = []
+            for h in range(g_count):
+                if h == _g:
+                    continue
+                p = pairs.index((min(_g, h), max(_g, h)))
+                a = pairs[p][0]
+                part = slice(0, len(rows[a])) if h == a else slice(len(rows[a]), None)  # h's rows in pair p's
+                out.append((rows[h], student[p][part], None if teacher is None else teacher[p][part]))
+            return out
+
+        info = {"candidates": list(cfg.train.select), "select_shared": g_count, "group": g,
+                **_score(dataset, candidates, blocks, f"seed {seed} group {g}")}
+        choices[g] = (info["chosen"], info)
+    return {s: choices[group_of[s]] for s in subjects}
 
 
 __all__ = [
@@ -247,6 +336,8 @@ __all__ = [
     "inner_groups",
     "mix_teacher",
     "select_in_fold",
+    "select_shared",
+    "shared_seed",
     "teacher_config",
     "teacher_proba",
     "train_models",

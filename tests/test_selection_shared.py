@@ -1,0 +1,104 @@
+"""Selection with inner groups shared by all folds (``train.select_shared``): the held-out subject's whole group
+takes no part in its fold's choice, the choice made before the folds equals the one a fold makes alone, and the
+run records it."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, check_ranges
+from epir.engine import folds, selection
+from epir.engine.loso import run_loso
+from epir.engine.selection import select_shared, shared_seed
+from epir.errors import ConfigError
+from epir.models import default_recipe
+
+
+def shared_cfg(groups: int = 3, **eval_kw) -> RunConfig:
+    eval_kw.setdefault("threads", 1)
+    recipe = replace(default_recipe("ststnet"), epochs=1, select=("", "train.epochs=2"), select_shared=groups)
+    return RunConfig(model=ModelConfig(name="ststnet"), data=DataConfig(dataset="megc2019"), train=recipe,
+                     eval=EvalConfig(**eval_kw))
+
+
+def group_of(dataset, cfg: RunConfig, seed: int, subject: str) -> list[str]:
+    groups = selection._deal(list(dataset.subjects), cfg.train.select_shared, shared_seed(seed), "test")
+    return next(g for g in groups if subject in g)
+
+
+@pytest.mark.parametrize("fold_batch", [1, 4])
+def test_shared_selection_never_trains_on_the_held_out_group(fake_dataset, monkeypatch, fold_batch: int) -> None:
+    """Spy on every training call of the run: no inner model of the fold's choice sees a row of the held-out
+    subject's group, and no model at all sees the held-out subject's rows."""
+    trained: list[torch.Tensor] = []
+    real_fit, real_many = selection.fit, selection.fit_many
+
+    def spy_fit(model, x, y, cfg, **kw):
+        trained.append(x.clone())
+        return real_fit(model, x, y, cfg, **kw)
+
+    def spy_many(model_cfg, members, cfg, **kw):
+        trained.extend(m.x.clone() for m in members)
+        return real_many(model_cfg, members, cfg, **kw)
+
+    monkeypatch.setattr(selection, "fit", spy_fit)
+    monkeypatch.setattr(selection, "fit_many", spy_many)
+    subject = fake_dataset.subject_list()[1]
+    cfg = shared_cfg(fold_batch=fold_batch, folds=(subject,))
+    mates = group_of(fake_dataset, cfg, 0, subject)
+    outside = fake_dataset.x[torch.tensor([s in mates for s in fake_dataset.subjects])]
+    r = run_loso(cfg, fake_dataset, progress=False)
+    inner = trained[:-1]  # the last training is the fold's own model, on every subject but the held-out one
+    assert len(inner) >= cfg.train.select_shared - 1, "selection trained nothing"
+    for x in inner:
+        for row in outside:
+            assert not (x == row).flatten(1).all(1).any(), "a row of the held-out subject's group reached selection"
+    assert r["selection"]["select_shared"] == 3 and sum(r["selection"]["chosen_counts"].values()) == 1
+
+
+def test_the_held_out_subject_cannot_change_its_folds_choice(fake_dataset) -> None:
+    """Replace the held-out subject's maps and labels: the inner scores of its fold stay exactly the same."""
+    cfg = shared_cfg()
+    subject = fake_dataset.subject_list()[2]
+    rows = torch.tensor([s == subject for s in fake_dataset.subjects])
+    x, y = fake_dataset.x.clone(), fake_dataset.y.clone()
+    x[rows] = torch.rand_like(x[rows]) * 255
+    y[rows] = (y[rows] + 1) % len(fake_dataset.class_names)
+    other = replace(fake_dataset, x=x, y=y)
+    a = select_shared(fake_dataset, cfg, 0, [subject])[subject]
+    b = select_shared(other, cfg, 0, [subject])[subject]
+    assert a == b
+    assert a[1]["group"] == b[1]["group"] and len(a[1]["scores"]) == 2
+
+
+def test_choices_made_before_the_folds_equal_a_folds_own(fake_dataset, tmp_path) -> None:
+    """The run's pre-pass and a fold run alone (no choices given) choose alike; every fold records its group's
+    choice and the run its cost."""
+    cfg = shared_cfg(fold_batch=1)
+    out = tmp_path / "run"
+    r = run_loso(cfg, fake_dataset, out, progress=False)
+    assert r["selection"]["shared_seconds"] > 0
+    assert sum(r["selection"]["chosen_counts"].values()) == len(fake_dataset.subject_list())
+    recs = {p.stem: json.loads(p.read_text()) for p in (out / "folds" / "seed0").glob("*.json")}
+    by_group: dict[int, list[float]] = {}
+    for rec in recs.values():
+        sel = rec["selection"]
+        assert sel["select_shared"] == 3 and sel["chosen"] == int(np.argmax(sel["scores"]))
+        assert by_group.setdefault(sel["group"], sel["scores"]) == sel["scores"]  # one choice per group
+    assert len(by_group) == 3
+    subject = fake_dataset.subject_list()[0]
+    alone = folds.run_fold(fake_dataset, cfg, subject, 0)
+    assert alone["selection"] == next(rec["selection"] for rec in recs.values() if rec["subject"] == subject)
+
+
+def test_select_shared_range(fake_dataset) -> None:
+    for bad in (1, 2, -1):
+        with pytest.raises(ConfigError, match="train.select_shared"):
+            check_ranges(shared_cfg(groups=bad))
+    check_ranges(shared_cfg(groups=0))
+    with pytest.raises(ConfigError, match="needs at least 7 subjects"):
+        select_shared(fake_dataset, shared_cfg(groups=7), 0, fake_dataset.subject_list()[:1])
