@@ -382,6 +382,9 @@ def test_teacher_mix_recipe_is_the_ablation_lever() -> None:
                                    "train.distill_mix=0.75", "train.distill_mix=1")
     assert replace(chosen.train, select=(), distill_mix=0.5) == named.train
     check_ranges(chosen)
+    shared = make_config("epir", recipe="teacher-mix-shared")  # the same choice on groups shared by the folds
+    assert shared.train.select_shared == 6 and replace(shared.train, select_shared=0) == chosen.train
+    check_ranges(shared)
 
 
 def test_distill_mix_can_be_chosen_inside_the_fold(fake_dataset) -> None:
@@ -395,6 +398,8 @@ def test_distill_mix_can_be_chosen_inside_the_fold(fake_dataset) -> None:
     assert sum(r["selection"]["chosen_counts"].values()) == 1
     # a candidate lets the teacher predict: the whole counts it, and the weight is marked as chosen per fold
     assert r["teacher"]["mix_chosen_in_fold"] and r["params_total"] == r["params"] + r["teacher"]["params"]
+    assert r["teacher"]["mix_counts"] == {"0.0": 1 - r["selection"]["chosen_counts"]["train.distill_mix=1"],
+                                          "1.0": r["selection"]["chosen_counts"]["train.distill_mix=1"]}
 
 
 def test_candidates_differing_in_distill_mix_share_their_inner_models(fake_dataset, monkeypatch) -> None:

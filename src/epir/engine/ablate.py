@@ -47,6 +47,12 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # round 5's, 20 epochs at lr 2e-3 (EPIR_TEACHER_MIX_RECIPE's; round 4 measured it with the distill lever's)
     "teacher-mix": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=20, train.lr=2e-3]",
                     "train.distill_weight=0", "train.distill_mix=0.5"),
+    # the teacher's weight chosen inside the fold (0 = EPIR alone to 1 = the teacher alone) on 6 subject groups
+    # shared by the folds, instead of fixed at 0.5: the default recipe since round 6 (EPIR_TEACHER_MIX_SHARED_RECIPE)
+    "mix-select": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=20, train.lr=2e-3]",
+                   "train.distill_weight=0", "train.distill_mix=0.5",
+                   "train.select=[train.distill_mix=0, train.distill_mix=0.25, train.distill_mix=0.5, "
+                   "train.distill_mix=0.75, train.distill_mix=1]", "train.select_shared=6"),
     "conv-stem": ("model.stem=conv", "model.patch_size=2"),
     "select-before-last": ("model.select_ratio=0.5", "model.select_before_last=true"),
     "select-epochs": ("train.select=['', 'train.epochs=20', 'train.epochs=80']",),
@@ -69,6 +75,10 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "swa": ("train.average=none",),
     "ensemble": ("train.ensemble=1",),
     "snapshots": ("train.snapshots=1",),
+    # the default recipe's teacher taken away (EPIR alone, as --recipe alone), or its weight fixed at 0.5 again
+    "teacher-mix": ("train.distill=''", "train.distill_overrides=[]", "train.distill_weight=0.5", "train.distill_mix=0",
+                    "train.select=[]", "train.select_shared=0"),
+    "mix-select": ("train.select=[]", "train.select_shared=0"),
 }
 
 

@@ -194,6 +194,9 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
         mixes = [c.train.distill_mix for c in candidate_configs(cfg)] if cfg.train.select else [cfg.train.distill_mix]
         facts["teacher"] = {"model": cfg.train.distill, "params": t_params, "mix": cfg.train.distill_mix,
                             "mix_chosen_in_fold": len(set(mixes)) > 1}
+        picks = [mixes[r["selection"]["chosen"]] for r in records if r.get("selection")] if cfg.train.select else []
+        if len(set(mixes)) > 1 and picks:  # how many folds (over all seeds) chose each weight
+            facts["teacher"]["mix_counts"] = {str(m): picks.count(m) for m in sorted(set(mixes))}
         if max(mixes) > 0:
             facts["params_total"] += t_params
         if taught:  # the teacher's own held-out scores (pooled per seed, then averaged over seeds)
