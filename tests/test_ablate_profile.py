@@ -18,8 +18,9 @@ def test_epir_switches_are_its_components():
 
 def test_ablate_writes_one_table(fake_root, tmp_path, capsys):
     out = tmp_path / "ablate"
-    code = main(["ablate", "--model", "epir", "--dataset", "megc2019", "--root", str(fake_root), "--epochs", "1",
-                 "--switches", "merge", "itals", "--folds", "casme2/sub01", "samm/006", "--threads", "1",
+    code = main(["ablate", "--model", "epir", "--recipe", "alone", "--dataset", "megc2019", "--root", str(fake_root),
+                 "--epochs", "1", "--switches", "merge", "itals", "--folds", "casme2/sub01", "samm/006",
+                 "--threads", "1",
                  "--out", str(out), "--no-progress", *TINY_EPIR])
     assert code == 0
     table = pd.read_csv(out / "ablation.csv")
@@ -36,8 +37,9 @@ def test_ablate_writes_one_table(fake_root, tmp_path, capsys):
 
 def test_ablate_levers_add_one_arm_each(fake_root, tmp_path):
     out = tmp_path / "ablate"
-    code = main(["ablate", "--model", "epir", "--dataset", "megc2019", "--root", str(fake_root), "--epochs", "1",
-                 "--switches", "merge", "--levers", "mixup", "ensemble", "--folds", "casme2/sub01", "--threads", "1",
+    code = main(["ablate", "--model", "epir", "--recipe", "alone", "--dataset", "megc2019", "--root", str(fake_root),
+                 "--epochs", "1", "--switches", "merge", "--levers", "mixup", "ensemble", "--folds", "casme2/sub01",
+                 "--threads", "1",
                  "--out", str(out), "--no-progress", *TINY_EPIR])
     assert code == 0
     assert list(pd.read_csv(out / "ablation.csv")["arm"]) == ["full", "no-merge", "+mixup", "+ensemble"]

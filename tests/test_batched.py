@@ -329,7 +329,7 @@ def test_teacher_is_trained_on_the_training_rows_only(fake_dataset, monkeypatch,
     monkeypatch.setattr(folds, "train_models", spy)
     cfg = RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}),
                     data=DataConfig(dataset="megc2019"),
-                    train=replace(default_recipe("epir"), epochs=1, distill="ststnet",
+                    train=replace(default_recipe("epir", "alone"), epochs=1, distill="ststnet",
                                   distill_overrides=("train.epochs=1",)),
                     eval=EvalConfig(threads=1, fold_batch=fold_batch, folds=tuple(fake_dataset.subject_list()[:2])))
     r = run_loso(cfg, fake_dataset, progress=False)
@@ -349,7 +349,7 @@ def test_distill_mix_blends_the_teachers_own_probabilities(fake_dataset, tmp_pat
     def run(mix: float, out: str) -> dict:
         cfg = RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}),
                         data=DataConfig(dataset="megc2019"),
-                        train=replace(default_recipe("epir"), epochs=1, distill="ststnet", distill_weight=0.0,
+                        train=replace(default_recipe("epir", "alone"), epochs=1, distill="ststnet", distill_weight=0.0,
                                       distill_overrides=("train.epochs=1",), distill_mix=mix),
                         eval=EvalConfig(threads=1, fold_batch=fold_batch, report=False,
                                         folds=tuple(fake_dataset.subject_list()[:2])))
@@ -365,17 +365,25 @@ def test_distill_mix_blends_the_teachers_own_probabilities(fake_dataset, tmp_pat
     assert plain["teacher"]["model"] == "ststnet" and 0 <= plain["teacher"]["uf1"] <= 1
     assert mixed["params_total"] == plain["params_total"] + plain["teacher"]["params"]
     with pytest.raises(ConfigError, match="train.distill_mix=0.5: expected 0 without a teacher"):
-        check_ranges(RunConfig(train=replace(default_recipe("epir"), distill_mix=0.5)))
+        check_ranges(RunConfig(train=replace(default_recipe("epir", "alone"), distill_mix=0.5)))
 
 
 def test_teacher_mix_recipe_is_the_ablation_lever() -> None:
-    """``--recipe teacher-mix`` is the default recipe plus the teacher-mix lever's overrides, and passes the checks."""
-    from epir.engine.ablate import LEVERS
-    from epir.runsetup import make_config
+    """``--recipe teacher-mix`` is EPIR alone plus the teacher-mix lever's overrides; the default recipe is the
+    weight chosen on shared groups, and the ablation's two levers take it back to the fixed mix and to EPIR alone."""
+    from epir.engine.ablate import LEVERS, lever_arm
+    from epir.runsetup import make_config, resolve_config
 
     named = make_config("epir", recipe="teacher-mix")
-    lever = make_config("epir", overrides=list(LEVERS["teacher-mix"]))
+    alone = make_config("epir", recipe="alone")
+    lever = make_config("epir", recipe="alone", overrides=list(LEVERS["teacher-mix"]))
     assert named.train == lever.train and named.train.distill_mix == 0.5
+    default = make_config("epir")
+    assert default.train == make_config("epir", recipe="teacher-mix-shared").train
+    for name, arm, expected in (("teacher-mix", "-teacher-mix", alone), ("mix-select", "-mix-select", named)):
+        got_arm, got = lever_arm(default, name)
+        assert got_arm == arm and resolve_config(got) == resolve_config(expected)
+    assert resolve_config(lever_arm(alone, "mix-select")[1]) == resolve_config(default)
     check_ranges(named)
     chosen = make_config("epir", recipe="teacher-mix-select")  # the weight chosen inside the fold instead
     assert chosen.train.select == ("train.distill_mix=0", "train.distill_mix=0.25", "train.distill_mix=0.5",
@@ -391,7 +399,7 @@ def test_distill_mix_can_be_chosen_inside_the_fold(fake_dataset) -> None:
     """A train.select candidate may set train.distill_mix: its inner predictions blend its inner teachers'."""
     cfg = RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}),
                     data=DataConfig(dataset="megc2019"),
-                    train=replace(default_recipe("epir"), epochs=1, distill="ststnet", distill_weight=0.0,
+                    train=replace(default_recipe("epir", "alone"), epochs=1, distill="ststnet", distill_weight=0.0,
                                   distill_overrides=("train.epochs=1",), select=("", "train.distill_mix=1")),
                     eval=EvalConfig(threads=1, report=False, folds=tuple(fake_dataset.subject_list()[:1])))
     r = run_loso(cfg, fake_dataset, progress=False)
@@ -417,7 +425,7 @@ def test_candidates_differing_in_distill_mix_share_their_inner_models(fake_datas
     monkeypatch.setattr(selection, "train_models", spy)
     cfg = RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}),
                     data=DataConfig(dataset="megc2019"),
-                    train=replace(default_recipe("epir"), epochs=1, distill="ststnet", distill_weight=0.0,
+                    train=replace(default_recipe("epir", "alone"), epochs=1, distill="ststnet", distill_weight=0.0,
                                   distill_overrides=("train.epochs=1",), select_k=2,
                                   select=("train.distill_mix=0", "train.distill_mix=0.5", "train.distill_mix=1")))
     train_idx = np.flatnonzero(np.asarray(fake_dataset.subjects) != fake_dataset.subject_list()[0])

@@ -25,9 +25,13 @@ def cluster():
 
 
 def test_dask_cluster_gives_the_local_results(fake_dataset, tmp_path, cluster) -> None:
-    cfg = make_config("epir", overrides=TINY)
+    """The default recipe (its teacher and the choices made on shared groups before the folds) on Dask workers
+    gives what it gives locally."""
+    cheap_teacher = [*TINY, "train.distill_overrides=[train.epochs=1]"]
+    cfg = make_config("epir", overrides=cheap_teacher)
     local = run_loso(cfg, fake_dataset, tmp_path / "local", progress=False)
-    dask_cfg = make_config("epir", overrides=[*TINY, f"eval.dask_scheduler={cluster.scheduler_address}"])
+    assert local["selection"]["select_shared"] == 6
+    dask_cfg = make_config("epir", overrides=[*cheap_teacher, f"eval.dask_scheduler={cluster.scheduler_address}"])
     on_dask = run_loso(dask_cfg, fake_dataset, tmp_path / "dask", progress=False)
     assert on_dask["per_seed"] == local["per_seed"]
     for f in (tmp_path / "local" / "folds" / "seed0").glob("*.json"):
@@ -36,7 +40,7 @@ def test_dask_cluster_gives_the_local_results(fake_dataset, tmp_path, cluster) -
 
 
 def test_dask_run_resumes_and_only_runs_missing_folds(fake_dataset, tmp_path, cluster) -> None:
-    cfg = make_config("epir", overrides=[*TINY, f"eval.dask_scheduler={cluster.scheduler_address}"])
+    cfg = make_config("epir", recipe="alone", overrides=[*TINY, f"eval.dask_scheduler={cluster.scheduler_address}"])
     run_loso(cfg, fake_dataset, tmp_path / "run", progress=False)
     first = tmp_path / "run" / "folds" / "seed0" / "casme2__sub01.json"
     first.unlink()  # as if the worker running this fold had died with the client

@@ -30,7 +30,7 @@ def tiny_data():
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory) -> Checkpoint:
-    cfg = epir.make_config("epir", "synthetic", overrides=["train.epochs=2", *TINY_EPIR])
+    cfg = epir.make_config("epir", "synthetic", recipe="alone", overrides=["train.epochs=2", *TINY_EPIR])
     return train_checkpoint(cfg, tmp_path_factory.mktemp("ckpt") / "epir", dataset=tiny_data, progress=False)
 
 
@@ -50,7 +50,7 @@ def test_train_writes_a_self_contained_checkpoint(trained: Checkpoint, tiny_data
     assert meta["class_names"] == ["negative", "positive", "surprise"]
     assert meta["input"]["channels"] == ["u", "v", "strain"] and meta["input"]["size"] == 28
     assert meta["input"]["range"] == [0, 255] and meta["input"]["transform"] == "none"
-    assert meta["input"]["tta"] == epir.models.default_recipe("epir").tta  # the recipe's test-time augmentation
+    assert meta["input"]["tta"] == epir.models.default_recipe("epir", "alone").tta  # the recipe's test-time flip
     assert meta["input"]["normalization"]["kind"] == "standardize"
     assert meta["preprocessing"]["flow_method"] == "tvl1" and meta["preprocessing"]["size"] == 28
     tr = meta["training"]
@@ -62,7 +62,7 @@ def test_train_writes_a_self_contained_checkpoint(trained: Checkpoint, tiny_data
 def test_round_trip_gives_the_same_outputs(trained: Checkpoint, tiny_data) -> None:
     loaded = load_checkpoint(trained.path)
     x = tiny_data.x
-    assert loaded.info.tta == epir.models.default_recipe("epir").tta
+    assert loaded.info.tta == epir.models.default_recipe("epir", "alone").tta
     with torch.inference_mode():
         model = trained.model.eval()
         if loaded.info.tta == "flip":  # the recipe's test-time flip: log of the mean of map's and mirror's probs
@@ -170,7 +170,7 @@ def test_missing_paths_are_clear_errors(trained: Checkpoint, tmp_path: Path) -> 
 
 
 def test_train_refuses_to_overwrite(trained: Checkpoint, tiny_data) -> None:
-    cfg = epir.make_config("epir", "synthetic", overrides=["train.epochs=1", *TINY_EPIR])
+    cfg = epir.make_config("epir", "synthetic", recipe="alone", overrides=["train.epochs=1", *TINY_EPIR])
     with pytest.raises(epir.ConfigError, match="already holds a checkpoint"):
         train_checkpoint(cfg, trained.path, dataset=tiny_data, progress=False)
 
@@ -188,7 +188,7 @@ def test_train_follows_the_recipe_selection_and_teacher_on_every_row(tiny_data, 
         return real(dataset, cfg, folds, **kw)
 
     monkeypatch.setattr(training, "train_teachers", spy)
-    cfg = epir.make_config("epir", "synthetic", overrides=[
+    cfg = epir.make_config("epir", "synthetic", recipe="alone", overrides=[
         "train.epochs=2", *TINY_EPIR, "train.distill=ststnet", "train.distill_overrides=[train.epochs=1]",
         "train.select=['', 'train.epochs=1']", "train.select_k=3"])
     ckpt = train_checkpoint(cfg, tmp_path / "ckpt", dataset=tiny_data, progress=False)
@@ -198,7 +198,7 @@ def test_train_follows_the_recipe_selection_and_teacher_on_every_row(tiny_data, 
     assert len(tr["selection"]["scores"]) == 2 and tr["config"]["train"]["epochs"] == [2, 1][chosen]
     assert tr["config"]["train"]["select"] == []  # the saved config is the candidate that was trained
     for key in ("train.ensemble=2", "train.snapshots=2"):
-        bad = epir.make_config("epir", "synthetic", overrides=["train.epochs=4", *TINY_EPIR, key])
+        bad = epir.make_config("epir", "synthetic", recipe="alone", overrides=["train.epochs=4", *TINY_EPIR, key])
         with pytest.raises(ConfigError, match=f"{key}: a checkpoint holds one model's weights"):
             train_checkpoint(bad, tmp_path / key, dataset=tiny_data, progress=False)
 
@@ -269,7 +269,7 @@ def test_teacher_mix_select_checkpoint_holds_the_teacher_when_chosen(tiny_data, 
 def test_overwriting_a_mixed_checkpoint_with_a_plain_one_drops_the_teacher(mixed: Checkpoint, tiny_data,
                                                                           tmp_path: Path) -> None:
     d = copy_checkpoint(mixed.path, tmp_path / "ck")
-    cfg = epir.make_config("epir", "synthetic", overrides=["train.epochs=1", *TINY_EPIR])
+    cfg = epir.make_config("epir", "synthetic", recipe="alone", overrides=["train.epochs=1", *TINY_EPIR])
     train_checkpoint(cfg, d, dataset=tiny_data, progress=False, overwrite=True)
     assert not (d / "teacher.safetensors").exists() and load_checkpoint(d).teacher is None
 

@@ -47,7 +47,7 @@ def test_every_fold_starts_from_train_init(tmp_path, fake_dataset, monkeypatch, 
     monkeypatch.setattr(train, "load_initial_weights", spy)
     monkeypatch.setattr(batched, "load_initial_weights", spy)
     subjects = fake_dataset.subject_list()[:2]
-    cfg = make_config("epir", seeds=(0,), folds=subjects,
+    cfg = make_config("epir", seeds=(0,), folds=subjects, recipe="alone",
                       overrides=["train.epochs=1", f"train.init={path}", "eval.jobs=1",
                                  f"eval.fold_batch={fold_batch}"])
     run_loso(cfg, fake_dataset, progress=False)
