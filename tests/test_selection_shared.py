@@ -102,3 +102,18 @@ def test_select_shared_range(fake_dataset) -> None:
     check_ranges(shared_cfg(groups=0))
     with pytest.raises(ConfigError, match="needs at least 7 subjects"):
         select_shared(fake_dataset, shared_cfg(groups=7), 0, fake_dataset.subject_list()[:1])
+
+
+def test_log_loss_criterion_chooses_the_lowest_inner_nll(fake_dataset) -> None:
+    """train.select_metric=nll: scores are minus the pooled inner log-loss and the choice its lowest; the record
+    keeps UF1, UAR and NLL whichever criterion chose."""
+    cfg = shared_cfg()
+    cfg = replace(cfg, train=replace(cfg.train, select_metric="nll"))
+    subject = fake_dataset.subject_list()[0]
+    chosen, info = select_shared(fake_dataset, cfg, 0, [subject])[subject]
+    assert info["select_metric"] == "nll" and info["scores"] == [-n for n in info["nll"]]
+    assert chosen == int(np.argmin(info["nll"])) and all(n > 0 for n in info["nll"])
+    megc = select_shared(fake_dataset, shared_cfg(), 0, [subject])[subject][1]
+    assert megc["nll"] == info["nll"] and megc["scores"] == [(f + r) / 2 for f, r in zip(megc["uf1"], megc["uar"])]
+    with pytest.raises(ConfigError, match="train.select_metric"):
+        check_ranges(replace(cfg, train=replace(cfg.train, select_metric="auc")))

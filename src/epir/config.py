@@ -65,8 +65,14 @@ class TrainConfig:
     select_shared: int = 0  # 0: inner groups drawn inside each fold (select_k); G >= 3: the run's subjects dealt
     # once into G groups shared by all folds; a fold scores on the groups other than its subject's, each predicted by
     # a model trained without it and without that group (G(G-1)/2 inner trainings per seed instead of select_k per fold)
+    select_metric: str = "megc"  # megc: the mean of pooled inner UF1 and UAR (highest wins) | nll: the pooled inner
+    # negative log-likelihood of the (blended) probabilities, a proper scoring rule (lowest wins)
     init: str = ""  # initial weights (a .safetensors file of `epir pretrain`) loaded before training; "" = random
     tta: str = "none"  # none | flip: test-time augmentation, probabilities averaged over the map and its mirror
+
+
+#: Criteria of the choice inside the fold (``train.select_metric``).
+SELECT_METRICS = ("megc", "nll")
 
 
 @dataclass(frozen=True)
@@ -215,6 +221,8 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(t.tta in TTA_KINDS, "train.tta", t.tta, f"{' | '.join(TTA_KINDS)} (flip: mean of the map's and its "
            "mirror's probabilities)")
     _check(t.select_k >= 2, "train.select_k", t.select_k, "an integer >= 2")
+    _check(t.select_metric in SELECT_METRICS, "train.select_metric", t.select_metric,
+           f"{' | '.join(SELECT_METRICS)} (megc: mean of inner UF1 and UAR; nll: inner log-loss)")
     _check(t.select_shared == 0 or t.select_shared >= 3, "train.select_shared", t.select_shared,
            "0 (inner groups drawn per fold) or an integer >= 3 (groups of the run's subjects shared by all folds)")
     _check(e.threads >= 0, "eval.threads", e.threads, "an integer >= 0 (0: all cores)")

@@ -53,6 +53,8 @@ LEVERS: dict[str, tuple[str, ...]] = {
                    "train.distill_weight=0", "train.distill_mix=0.5",
                    "train.select=[train.distill_mix=0, train.distill_mix=0.25, train.distill_mix=0.5, "
                    "train.distill_mix=0.75, train.distill_mix=1]", "train.select_shared=6"),
+    # the in-fold choice by the inner log-loss of the blend instead of the mean of inner UF1 and UAR (round 6)
+    "select-nll": ("train.select_metric=nll",),
     "conv-stem": ("model.stem=conv", "model.patch_size=2"),
     "select-before-last": ("model.select_ratio=0.5", "model.select_before_last=true"),
     "select-epochs": ("train.select=['', 'train.epochs=20', 'train.epochs=80']",),
@@ -79,6 +81,7 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "teacher-mix": ("train.distill=''", "train.distill_overrides=[]", "train.distill_weight=0.5", "train.distill_mix=0",
                     "train.select=[]", "train.select_shared=0"),
     "mix-select": ("train.select=[]", "train.select_shared=0"),
+    "select-nll": ("train.select_metric=megc",),
 }
 
 

@@ -41,8 +41,6 @@ def fold_seed(seed: int, subject: str) -> int:
     return (seed * 1_000_003 + zlib.crc32(subject.encode())) % (2**31 - 1)
 
 
-
-
 Fold = tuple[int, str]  # (seed, subject)
 
 #: Choices made before the folds run (``train.select_shared``): ``{(seed, subject): (candidate index, record)}``.

@@ -213,6 +213,7 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
             "candidates": list(cfg.train.select),
             "select_k": cfg.train.select_k,
             "select_shared": cfg.train.select_shared,
+            "select_metric": cfg.train.select_metric,
             "chosen_counts": {c: chosen.count(i) for i, c in enumerate(cfg.train.select)},
         }
     return facts

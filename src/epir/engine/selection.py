@@ -4,9 +4,10 @@
 run's ``train.*`` or ``model.*`` fields (``""`` is the recipe as it is). Within each outer fold, the training
 subjects (never the held-out one) are split into ``train.select_k`` groups; for each candidate and each group,
 a model is trained on the other training subjects and predicts that group (leave-subjects-out). The inner
-predictions are pooled per candidate and scored by the mean of UF1 and UAR (MEGC2019 pooling); the best
-candidate (the first on ties) is then trained on all the fold's training subjects and predicts the held-out
-subject. Each fold records the candidates, their inner scores and the choice.
+predictions are pooled per candidate and scored by the mean of UF1 and UAR (MEGC2019 pooling), or with
+``train.select_metric=nll`` by their log-loss; the best candidate (the first on ties) is then trained on all the
+fold's training subjects and predicts the held-out subject. Each fold records the candidates, their inner scores
+and the choice. With ``train.select_shared`` the inner groups are drawn once for all folds (:func:`select_shared`).
 
 The inner models train like the outer ones: batched (``epir.engine.batched.fit_many``) when the model allows,
 one at a time otherwise; each inner model's seed derives from the fold's seed, the candidate and the group.
@@ -203,22 +204,27 @@ def _blend_groups(candidates: Sequence[RunConfig]) -> list[int]:
 
 
 def _score(dataset: FlowDataset, candidates: Sequence[RunConfig], blocks: Callable[[int], Blocks],
-           name: str) -> dict[str, Any]:
+           name: str, metric: str) -> dict[str, Any]:
     """Score each candidate on its pooled inner predictions (``blocks(c)``: rows with the student's and teacher's
-    probabilities) by mean(UF1, UAR); returns ``scores``, ``uf1``, ``uar`` and ``chosen`` (the first best).
+    probabilities): ``uf1``, ``uar``, ``nll`` (mean negative log-likelihood of the true class) per candidate, and
+    ``scores``, the criterion of ``train.select_metric`` as higher-is-better (mean of UF1 and UAR, or minus the
+    NLL); ``chosen`` is the first best.
     """
-    scores, uf1s, uars = [], [], []
+    scores, uf1s, uars, nlls = [], [], [], []
     for c, cand in enumerate(candidates):
-        true, pred = [], []
+        true, pred, loglik = [], [], []
         for rows, student, teacher in blocks(c):
             probs = student if teacher is None else mix_teacher(cand, student, teacher)
-            true += dataset.y[rows].tolist()
+            labels = dataset.y[rows]
+            true += labels.tolist()
             pred += probs.argmax(1).tolist()
+            loglik.append(probs.gather(1, labels.view(-1, 1)).clamp_min(1e-12).log().flatten())
         s = megc_scores(true, pred, dataset.num_classes, absent="skip", context=f"{name} select {c}")
         uf1s.append(s["uf1"])
         uars.append(s["uar"])
-        scores.append((s["uf1"] + s["uar"]) / 2)
-    return {"scores": scores, "uf1": uf1s, "uar": uars, "chosen": int(np.argmax(scores))}
+        nlls.append(float(-torch.cat(loglik).mean()))
+        scores.append(-nlls[-1] if metric == "nll" else (s["uf1"] + s["uar"]) / 2)
+    return {"scores": scores, "uf1": uf1s, "uar": uars, "nll": nlls, "chosen": int(np.argmax(scores))}
 
 
 def select_in_fold(
@@ -256,8 +262,9 @@ def select_in_fold(
         student, teacher = trained[first[c]]
         return [(idx, student[j], None if teacher is None else teacher[j]) for j, idx in enumerate(held)]
 
-    info = {"candidates": list(cfg.train.select), "select_k": cfg.train.select_k,
-            **_score(dataset, candidates, blocks, name)}
+    metric = cfg.train.select_metric
+    info = {"candidates": list(cfg.train.select), "select_k": cfg.train.select_k, "select_metric": metric,
+            **_score(dataset, candidates, blocks, name, metric)}
     return candidates[info["chosen"]], info
 
 
@@ -325,8 +332,9 @@ def select_shared(
                 out.append((rows[h], student[p][part], None if teacher is None else teacher[p][part]))
             return out
 
-        info = {"candidates": list(cfg.train.select), "select_shared": g_count, "group": g,
-                **_score(dataset, candidates, blocks, f"seed {seed} group {g}")}
+        metric = cfg.train.select_metric
+        info = {"candidates": list(cfg.train.select), "select_shared": g_count, "group": g, "select_metric": metric,
+                **_score(dataset, candidates, blocks, f"seed {seed} group {g}", metric)}
         choices[g] = (info["chosen"], info)
     return {s: choices[group_of[s]] for s in subjects}
 
