@@ -145,3 +145,14 @@ def test_report_cli_and_compare_directories(runs: dict[str, Path], tmp_path: Pat
     assert {p.name for p in (tmp_path / "rep").iterdir()} == {"report.md", "report.csv", "report.tex", "report.html"}
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_params_cell_counts_every_network_that_predicts() -> None:
+    """A run whose teacher or ensemble members predict too shows its own and the whole's parameters."""
+    import pandas as pd
+
+    from epir.engine.report import _params
+
+    assert _params(pd.Series({"params": 99585, "params_total": 101268})) == "99,585 (all 101,268)"
+    assert _params(pd.Series({"params": 1683, "params_total": 1683})) == "1,683"
+    assert _params(pd.Series({"params": 1683})) == "1,683"

@@ -98,7 +98,8 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
 
     CSV columns: ``model, protocol, full_uf1, full_uf1_std, full_uar, full_uar_std``, then
     ``cde_<ds>_uf1[_std]``, ``cde_<ds>_uar[_std]`` and ``sde_<ds>_...`` per dataset, ``params``,
-    ``flops_per_sample``, ``seeds``, ``partial`` (evaluations run on a subset of folds) and ``runs``.
+    ``params_total`` (every network that predicts: a mixed-in teacher, ensemble members), ``flops_per_sample``,
+    ``seeds``, ``partial`` (evaluations run on a subset of folds) and ``runs``.
     """
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     sources: list[str] = []
@@ -120,8 +121,10 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             row = rows[(label, protocol)] = {
                 "model": label, "protocol": protocol, "params": count_parameters(model),
                 "flops_per_sample": count_flops(model, (1, *input_shape(cfg))),
-                "seeds": set(), "partial": [], "runs": [], "_cells": {},
+                "seeds": set(), "partial": [], "runs": [], "_cells": {}, "params_total": 0,
             }
+        # every network that predicts (a mixed-in teacher, ensemble members): results.json's params_total
+        row["params_total"] = max(row["params_total"], int(results.get("params_total", row["params"])))
         evaluation = _evaluation(cfg, results)
         cells: dict[str, tuple[float, float]] = {}
         if evaluation == "CDE":
@@ -158,7 +161,8 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             for key in ("uf1", "uar"):
                 v = row["_cells"].get(f"{col}_{key}")
                 flat[f"{col}_{key}"], flat[f"{col}_{key}_std"] = (v[0][0], v[0][1]) if v else (None, None)
-        flat.update(params=row["params"], flops_per_sample=row["flops_per_sample"],
+        flat.update(params=row["params"], params_total=max(row["params_total"], row["params"]),
+                    flops_per_sample=row["flops_per_sample"],
                     seeds=" ".join(map(str, sorted(row["seeds"]))), partial="; ".join(row["partial"]),
                     runs=" ".join(row["runs"]))
         out.append(flat)
@@ -212,6 +216,12 @@ def _footnotes(table: pd.DataFrame, latex: bool = False) -> list[str]:
     return notes
 
 
+def _params(r: pd.Series) -> str:
+    """The model's parameters, and the whole's when more networks predict (e.g. ``99,585 (all 101,268)``)."""
+    own, total = int(r["params"]), int(r.get("params_total", r["params"]))
+    return f"{own:,}" if total == own else f"{own:,} (all {total:,})"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """The report as a markdown table (UF1 and UAR per group, mean ± std) with footnotes."""
     groups = _groups(table)
@@ -221,7 +231,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         one = len(str(r["seeds"]).split()) == 1
         cells = [_name(r)] + [_cell(r[f"{g}_{m}"], r[f"{g}_{m}_std"], single=one)
                               for g in groups for m in ("uf1", "uar")]
-        cells += [f"{int(r['params']):,}", f"{int(r['flops_per_sample']):,}"]
+        cells += [_params(r), f"{int(r['flops_per_sample']):,}"]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [*_footnotes(table), "Cells: mean ± std over seeds (one seed: the value)."]
     return "\n".join(lines) + "\n\n" + "\n".join(f"{n}  " for n in notes) + "\n"
@@ -243,7 +253,7 @@ def to_latex(table: pd.DataFrame) -> str:
         one = len(str(r["seeds"]).split()) == 1
         cells = [_name(r, True)] + [_cell(r[f"{g}_{m}"], r[f"{g}_{m}_std"], True, one)
                                     for g in groups for m in ("uf1", "uar")]
-        cells += [f"{int(r['params']):,}".replace(",", "{,}"), f"{int(r['flops_per_sample']):,}".replace(",", "{,}")]
+        cells += [_params(r).replace(",", "{,}"), f"{int(r['flops_per_sample']):,}".replace(",", "{,}")]
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}",
               "\\caption{" + " ".join(_footnotes(table, True))
