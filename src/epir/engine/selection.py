@@ -239,7 +239,8 @@ def select_in_fold(
     """Choose a ``train.select`` candidate on the fold's training rows ``train_idx`` alone.
 
     Returns the chosen candidate's config and the record of the choice: ``candidates``, ``select_k``,
-    ``scores`` (mean of inner UF1 and UAR per candidate), ``uf1``, ``uar``, ``chosen`` (index).
+    ``select_metric``, ``scores`` (the criterion per candidate, higher is better), ``uf1``, ``uar``, ``nll``,
+    ``chosen`` (index).
     """
     candidates = candidate_configs(cfg)
     if not candidates:
@@ -291,7 +292,7 @@ def select_shared(
     ``select_k`` inner models of every fold; folds of one group share their choice.
 
     Returns ``{subject: (chosen index, record)}``; the record holds ``candidates``, ``select_shared``,
-    ``group`` (the held-out subject's), ``scores``, ``uf1``, ``uar`` and ``chosen``.
+    ``group`` (the held-out subject's), ``select_metric``, ``scores``, ``uf1``, ``uar``, ``nll`` and ``chosen``.
     """
     candidates = candidate_configs(cfg)
     g_count = cfg.train.select_shared
