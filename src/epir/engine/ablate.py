@@ -42,7 +42,10 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "rotate": ("train.rotate=10", "train.scale=0.1"),
     "ensemble": ("train.ensemble=3",),
     "snapshots": ("train.snapshots=4",),
-    "distill": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=80, train.lr=5e-4]"),
+    # soft-target distillation (weight 0.5, EPIR alone's own setting, spelled out so that the lever distils on the
+    # default recipe too, whose teacher is only mixed in)
+    "distill": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=80, train.lr=5e-4]",
+                "train.distill_weight=0.5"),
     # STSTNet not distilled from but averaged with EPIR in the fold's probabilities (half each); its teacher is
     # round 5's, 20 epochs at lr 2e-3 (EPIR_TEACHER_MIX_RECIPE's; round 4 measured it with the distill lever's)
     "teacher-mix": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=20, train.lr=2e-3]",
