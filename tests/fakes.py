@@ -131,3 +131,24 @@ def record_returns(real: Callable[..., Any], sink: list) -> Callable[..., Any]:
         return value
 
     return wrapped
+
+
+def spy_on_selection_training(monkeypatch: Any) -> list[torch.Tensor]:
+    """Patch ``epir.engine.selection``'s ``fit`` and ``fit_many`` (every inner and outer training that goes through
+    it) to record a copy of each training set's maps; returns the list they are appended to."""
+    from epir.engine import selection
+
+    trained: list[torch.Tensor] = []
+    real_fit, real_many = selection.fit, selection.fit_many
+
+    def spy_fit(model: Any, x: torch.Tensor, y: torch.Tensor, cfg: Any, **kw: Any) -> Any:
+        trained.append(x.clone())
+        return real_fit(model, x, y, cfg, **kw)
+
+    def spy_many(model_cfg: Any, members: Any, cfg: Any, **kw: Any) -> Any:
+        trained.extend(m.x.clone() for m in members)
+        return real_many(model_cfg, members, cfg, **kw)
+
+    monkeypatch.setattr(selection, "fit", spy_fit)
+    monkeypatch.setattr(selection, "fit_many", spy_many)
+    return trained

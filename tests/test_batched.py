@@ -20,7 +20,7 @@ from epir.engine.train import fit, masked_cross_entropy, predict_proba, snapshot
 from epir.errors import ConfigError
 from epir.losses import supervised_contrastive_loss
 from epir.models import build_model, default_recipe
-from fakes import interrupt_on_call, record_returns
+from fakes import interrupt_on_call, record_returns, spy_on_selection_training
 
 #: Model-internal randomness (dropout, stochastic depth) off: with it on, batched members draw their masks from
 #: vmap's per-member stream instead of the global one (documented), so only then do the paths differ.
@@ -261,21 +261,7 @@ def select_cfg(**eval_kw) -> RunConfig:
 def test_inner_selection_never_sees_the_held_out_subject(fake_dataset, monkeypatch, fold_batch: int) -> None:
     """Spy on every training call of the selection: no held-out row ever reaches one; each fold records its
     candidates, inner scores and choice."""
-    from epir.engine import selection
-
-    trained: list[torch.Tensor] = []
-    real_fit, real_many = selection.fit, selection.fit_many
-
-    def spy_fit(model, x, y, cfg, **kw):
-        trained.append(x.clone())
-        return real_fit(model, x, y, cfg, **kw)
-
-    def spy_many(model_cfg, members, cfg, **kw):
-        trained.extend(m.x.clone() for m in members)
-        return real_many(model_cfg, members, cfg, **kw)
-
-    monkeypatch.setattr(selection, "fit", spy_fit)
-    monkeypatch.setattr(selection, "fit_many", spy_many)
+    trained = spy_on_selection_training(monkeypatch)
     subject = fake_dataset.subject_list()[1]
     held_out = fake_dataset.x[torch.tensor([s == subject for s in fake_dataset.subjects])]
     cfg = replace(select_cfg(fold_batch=fold_batch), eval=replace(select_cfg().eval, folds=(subject,),

@@ -16,6 +16,7 @@ from epir.engine.loso import run_loso
 from epir.engine.selection import select_shared, shared_seed
 from epir.errors import ConfigError
 from epir.models import default_recipe
+from fakes import spy_on_selection_training
 
 
 def shared_cfg(groups: int = 3, **eval_kw) -> RunConfig:
@@ -34,19 +35,7 @@ def group_of(dataset, cfg: RunConfig, seed: int, subject: str) -> list[str]:
 def test_shared_selection_never_trains_on_the_held_out_group(fake_dataset, monkeypatch, fold_batch: int) -> None:
     """Spy on every training call of the run: no inner model of the fold's choice sees a row of the held-out
     subject's group, and no model at all sees the held-out subject's rows."""
-    trained: list[torch.Tensor] = []
-    real_fit, real_many = selection.fit, selection.fit_many
-
-    def spy_fit(model, x, y, cfg, **kw):
-        trained.append(x.clone())
-        return real_fit(model, x, y, cfg, **kw)
-
-    def spy_many(model_cfg, members, cfg, **kw):
-        trained.extend(m.x.clone() for m in members)
-        return real_many(model_cfg, members, cfg, **kw)
-
-    monkeypatch.setattr(selection, "fit", spy_fit)
-    monkeypatch.setattr(selection, "fit_many", spy_many)
+    trained = spy_on_selection_training(monkeypatch)
     subject = fake_dataset.subject_list()[1]
     cfg = shared_cfg(fold_batch=fold_batch, folds=(subject,))
     mates = group_of(fake_dataset, cfg, 0, subject)
