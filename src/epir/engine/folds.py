@@ -48,13 +48,13 @@ Choices = Mapping[Fold, tuple[int, dict[str, Any]]]
 
 
 def choose_recipe(
-    dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str, choices: Choices | None = None, *,
-    batched: bool = True,
+    dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str, train_idx: np.ndarray,
+    choices: Choices | None = None, *, batched: bool = True,
 ) -> tuple[RunConfig, dict[str, Any]]:
-    """The recipe the fold holding out ``subject`` trains (``train.select``'s choice on training subjects alone)
-    and the record of the choice; ``cfg`` and ``{}`` without ``train.select``. With ``train.select_shared`` the
-    choice comes from ``choices`` (made once for the run by :func:`~epir.engine.selection.select_shared`) or is
-    made now for this subject's group alone.
+    """The recipe the fold holding out ``subject`` (training rows ``train_idx``) trains: ``train.select``'s choice
+    on training subjects alone, and the record of the choice; ``cfg`` and ``{}`` without ``train.select``. With
+    ``train.select_shared`` the choice comes from ``choices`` (made once for the run by
+    :func:`~epir.engine.selection.select_shared`) or is made now for this subject's group alone.
     """
     if not cfg.train.select:
         return cfg, {}
@@ -64,7 +64,6 @@ def choose_recipe(
         else:
             chosen, info = select_shared(dataset, cfg, seed, [subject], batched=batched)[subject]
         return candidate_configs(cfg)[chosen], info
-    train_idx, _ = fold_split(dataset, subject)
     return select_in_fold(dataset, cfg, train_idx, fold_seed(seed, subject), name=f"fold {subject} seed {seed}",
                           batched=batched)
 
@@ -176,7 +175,7 @@ def run_fold(
         train = dataset.subset(train_idx)
         member_probs, epochs = [], []
         if cfg.train.select:  # choose the recipe on the training subjects alone, then build its model afresh
-            cfg, selection = choose_recipe(dataset, cfg, seed, subject, choices, batched=False)
+            cfg, selection = choose_recipe(dataset, cfg, seed, subject, train_idx, choices, batched=False)
             torch.manual_seed(fold_seed(seed, subject))
             model = build_model(cfg.model)
         teachers = train_teachers(dataset, cfg, [(train_idx, fold_seed(seed, subject), f"fold {subject} seed {seed}")],
@@ -256,9 +255,9 @@ def run_fold_group(
     # Selection inside each fold (training subjects only), then one training per chosen candidate.
     chosen: list[tuple[int, RunConfig]] = []
     selections: list[dict[str, Any]] = []
-    for seed, subject in folds:
+    for (seed, subject), (train_idx, _) in zip(folds, splits):
         if cfg.train.select:
-            c, info = choose_recipe(dataset, cfg, seed, subject, choices)
+            c, info = choose_recipe(dataset, cfg, seed, subject, train_idx, choices)
             chosen.append((info["chosen"], c))
         else:
             c, info = cfg, {}

@@ -161,7 +161,7 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             for key in ("uf1", "uar"):
                 v = row["_cells"].get(f"{col}_{key}")
                 flat[f"{col}_{key}"], flat[f"{col}_{key}_std"] = (v[0][0], v[0][1]) if v else (None, None)
-        flat.update(params=row["params"], params_total=max(row["params_total"], row["params"]),
+        flat.update(params=row["params"], params_total=row["params_total"],
                     flops_per_sample=row["flops_per_sample"],
                     seeds=" ".join(map(str, sorted(row["seeds"]))), partial="; ".join(row["partial"]),
                     runs=" ".join(row["runs"]))
