@@ -58,6 +58,8 @@ class TrainConfig:
     distill_overrides: tuple[str, ...] = ()  # KEY=VALUE on the teacher's default recipe ("train.epochs=100")
     distill_weight: float = 0.5  # weight of the soft-target term; 1 - weight on the labels' cross-entropy
     distill_temperature: float = 2.0  # softmax temperature of the soft targets
+    distill_members: int = 1  # teacher seeds per fold, trained on the same rows: the teacher is their probabilities'
+    # mean (an ensemble teacher, for soft targets and for train.distill_mix alike); 1 = a single teacher
     distill_mix: float = 0.0  # weight m of the teacher's own held-out probabilities in the fold's: (1-m) student +
     # m teacher (a two-model ensemble of different architectures; with distill_weight=0 the student learns from labels)
     select: tuple[str, ...] = ()  # candidates chosen among inside each fold ("train.epochs=20;train.mixup=0.4")
@@ -214,6 +216,8 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(0 <= t.distill_weight <= 1, "train.distill_weight", t.distill_weight, "a number in [0, 1]")
     _check(_finite(t.distill_temperature) and t.distill_temperature > 0, "train.distill_temperature",
            t.distill_temperature, "a number > 0")
+    _check(1 <= t.distill_members <= 64, "train.distill_members", t.distill_members,
+           "an integer from 1 to 64 (teacher seeds per fold, their probabilities averaged)")
     _check(_finite(t.distill_mix) and 0 <= t.distill_mix <= 1, "train.distill_mix", t.distill_mix,
            "a number in [0, 1] (the teacher's weight in the fold's probabilities)")
     _check(t.distill_mix == 0 or bool(t.distill), "train.distill_mix", t.distill_mix,

@@ -24,6 +24,7 @@ from epir.data import FlowDataset
 from epir.engine.batched import Member, fit_many
 from epir.engine.selection import (
     candidate_configs,
+    member_seeds,
     mix_teacher,
     select_in_fold,
     select_shared,
@@ -66,13 +67,6 @@ def choose_recipe(
         return candidate_configs(cfg)[chosen], info
     return select_in_fold(dataset, cfg, train_idx, fold_seed(seed, subject), name=f"fold {subject} seed {seed}",
                           batched=batched)
-
-
-def member_seeds(base: int, members: int) -> list[int]:
-    """Seeds of a fold's ensemble members: the fold's own seed first (so one member is the plain fold)."""
-    if members < 1:
-        raise ConfigError(f"train.ensemble must be >= 1 (models per fold), got {members}.")
-    return [(base + 7919 * k) % (2**31 - 1) for k in range(members)]
 
 
 def fold_split(dataset: FlowDataset, subject: str) -> tuple[np.ndarray, np.ndarray]:

@@ -188,11 +188,13 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
     }
     taught = [r for r in records if r.get("teacher_probs") is not None]
     if cfg.train.distill:  # the teacher is counted separately; it predicts too when train.distill_mix > 0
-        t_params = int(sum(p.numel() for p in build_model(teacher_config(cfg).model).parameters()))
+        members = cfg.train.distill_members  # an ensemble teacher counts all its members
+        t_params = members * int(sum(p.numel() for p in build_model(teacher_config(cfg).model).parameters()))
         # with train.select, the weight is each fold's choice: "mix" is the base config's, the folds' choices are
         # counted in "selection"; the teacher counts in the total when any candidate lets it predict
         mixes = [c.train.distill_mix for c in candidate_configs(cfg)] if cfg.train.select else [cfg.train.distill_mix]
-        facts["teacher"] = {"model": cfg.train.distill, "params": t_params, "mix": cfg.train.distill_mix,
+        facts["teacher"] = {"model": cfg.train.distill, "members": members, "params": t_params,
+                            "mix": cfg.train.distill_mix,
                             "mix_chosen_in_fold": len(set(mixes)) > 1}
         picks = [mixes[r["selection"]["chosen"]] for r in records if r.get("selection")] if cfg.train.select else []
         if len(set(mixes)) > 1 and picks:  # how many folds (over all seeds) chose each weight

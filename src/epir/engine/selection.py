@@ -32,7 +32,7 @@ from epir.engine.batched import Member, fit_many, steps_per_epoch
 from epir.engine.metrics import megc_scores
 from epir.engine.train import InputNorm, SnapshotMean, Teacher, fit, predict_proba, snapshot_callback
 from epir.errors import ConfigError
-from epir.models import batches_well, build_model, default_recipe, resolve_model_args
+from epir.models import ProbabilityMean, batches_well, build_model, default_recipe, resolve_model_args
 
 #: Keys a candidate may set (a candidate that selects again, or changes the data or protocol, is refused).
 CANDIDATE_SECTIONS = ("train.", "model.")
@@ -76,16 +76,31 @@ def train_teachers(
     batched: bool = True,
 ) -> list[Teacher] | None:
     """With ``train.distill``, one teacher per ``(train_idx, fold_seed, name)``, trained on those rows alone
-    (its cost is part of the fold's); None without distillation.
+    (its cost is part of the fold's); None without distillation. With ``train.distill_members`` = K > 1 each
+    teacher is K seeds of the teacher's recipe as one :class:`~epir.models.ProbabilityMean`.
     """
     if not cfg.train.distill:
         return None
     t = teacher_config(cfg)
-    jobs = [(dataset.x[idx], dataset.y[idx], (seed + zlib.crc32(b"teacher")) % (2**31 - 1), f"{name} teacher")
-            for idx, seed, name in folds]
+    k = cfg.train.distill_members
+    jobs = [(dataset.x[idx], dataset.y[idx], mseed, f"{name} teacher" + (f" {j}" if k > 1 else ""))
+            for idx, seed, name in folds
+            for j, mseed in enumerate(member_seeds((seed + zlib.crc32(b"teacher")) % (2**31 - 1), k))]
     models, norms = train_models(t.model, t.train, jobs, num_classes=dataset.num_classes, device=cfg.eval.device,
                                  batched=batched)
-    return list(zip(models, norms))
+    if k == 1:
+        return list(zip(models, norms))
+    # train.distill_members: the members of one fold saw the same rows, so their input normalisation is one
+    return [(ProbabilityMean(models[i:i + k]), norms[i]) for i in range(0, len(models), k)]
+
+
+def member_seeds(base: int, members: int) -> list[int]:
+    """Seeds of a fold's ensemble members (``train.ensemble``, ``train.distill_members``): ``base`` first, so that
+    one member is the plain fold's model.
+    """
+    if members < 1:
+        raise ConfigError(f"train.ensemble must be >= 1 (models per fold), got {members}.")
+    return [(base + 7919 * k) % (2**31 - 1) for k in range(members)]
 
 
 def teacher_proba(cfg: RunConfig, teacher: Teacher, x: torch.Tensor) -> torch.Tensor:
@@ -343,6 +358,7 @@ def select_shared(
 __all__ = [
     "candidate_configs",
     "inner_groups",
+    "member_seeds",
     "mix_teacher",
     "select_in_fold",
     "select_shared",

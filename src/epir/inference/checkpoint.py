@@ -11,7 +11,9 @@ A checkpoint directory, as written by ``epir train`` (:func:`epir.inference.trai
     DIR/teacher.safetensors only for a recipe that mixes its teacher into the predictions (``train.distill_mix``
                             > 0, e.g. ``--recipe teacher-mix``): the teacher's state dict; ``checkpoint.json``
                             then has a ``teacher`` entry (its model, arguments, input normalisation, test-time
-                            augmentation, weight ``mix`` and its file's size and SHA-256) and format version 2
+                            augmentation, weight ``mix`` and its file's size and SHA-256) and format version 2;
+                            an ensemble teacher (``train.distill_members`` = K > 1) adds ``members``: K, and the
+                            file holds its K networks (``members.0.*`` ...) averaged as probabilities
 
 Loading (:func:`load_checkpoint`) never unpickles anything: the JSON is plain data, the weights are read with
 ``safetensors``, and the model is rebuilt from the registry by name. Everything is validated and every problem
@@ -56,7 +58,7 @@ from epir.data.transforms import INPUT_TRANSFORMS, mosaic
 from epir.engine.train import InputNorm, mirror_mean_probabilities
 from epir.errors import CheckpointError, CheckpointNotFoundError, EpirError, UnknownNameError
 from epir.fileio import write_atomic
-from epir.models import create_model
+from epir.models import ProbabilityMean, create_model
 
 #: Identifies an epir checkpoint in ``checkpoint.json``.
 FORMAT = "epir-checkpoint"
@@ -280,7 +282,8 @@ def make_meta(
 
 
 def teacher_meta(
-    *, model_name: str, model_args: dict[str, Any], norm: InputNorm, norm_kind: str, mix: float, tta: str = "none"
+    *, model_name: str, model_args: dict[str, Any], norm: InputNorm, norm_kind: str, mix: float, tta: str = "none",
+    members: int = 1,
 ) -> dict[str, Any]:
     """The ``teacher`` entry of ``checkpoint.json`` (without its ``weights``, which :func:`save_checkpoint` adds).
 
@@ -291,9 +294,15 @@ def teacher_meta(
         norm_kind: its recipe's ``train.input_norm``.
         mix: its weight m in the predictions, ``(1 - m) * model + m * teacher`` (the recipe's ``train.distill_mix``).
         tta: its recipe's test-time augmentation.
+        members: how many networks of that model the teacher averages (``train.distill_members``; the weights
+            are then a :class:`~epir.models.ProbabilityMean`'s). Written only when above 1, so a single teacher's
+            entry is as before.
     """
-    return {"model": {"name": model_name, "args": _jsonable(model_args)}, "mix": float(mix), "tta": tta,
-            "normalization": {"kind": norm_kind, **norm.to_dict()}}
+    entry: dict[str, Any] = {"model": {"name": model_name, "args": _jsonable(model_args)}, "mix": float(mix),
+                             "tta": tta, "normalization": {"kind": norm_kind, **norm.to_dict()}}
+    if members > 1:
+        entry["members"] = int(members)
+    return entry
 
 
 def _jsonable(value: Any) -> Any:
@@ -409,6 +418,7 @@ class TeacherMeta:
         weights_file: its weights file's name in the directory.
         weights_sha256: its SHA-256 (checked on load).
         weights_bytes: its size.
+        members: how many networks of the model it averages (1: a single network).
     """
 
     model_name: str
@@ -421,6 +431,7 @@ class TeacherMeta:
     weights_file: str
     weights_sha256: str
     weights_bytes: int
+    members: int = 1
 
 
 def _check_normalization(meta: dict[str, Any], key: str, file: Path) -> dict[str, Any]:
@@ -458,6 +469,10 @@ def _teacher_from_json(meta: dict[str, Any], version: int, classes: int, file: P
     if tta not in TTA_KINDS:
         raise CheckpointError(f"{file}: teacher.tta must be one of {', '.join(TTA_KINDS)}, got {tta!r}.")
     norm = _check_normalization(meta, "teacher.normalization", file)
+    members = meta["teacher"].get("members", 1)
+    if not isinstance(members, int) or isinstance(members, bool) or not 1 <= members <= 64:
+        raise CheckpointError(f"{file}: teacher.members must be an integer from 1 to 64 (the networks the teacher "
+                              f"averages), got {members!r}; write it again with `epir train`.")
     _get(meta, "teacher.weights.file", str, file)
     _get(meta, "teacher.weights.sha256", str, file)
     _get(meta, "teacher.weights.bytes", int, file)
@@ -465,7 +480,7 @@ def _teacher_from_json(meta: dict[str, Any], version: int, classes: int, file: P
     return TeacherMeta(model_name=name, model_args=dict(args), mix=float(mix), tta=tta,
                        norm_kind=str(norm.get("kind", "none")), norm_mean=tuple(float(v) for v in norm["mean"]),
                        norm_std=tuple(float(v) for v in norm["std"]), weights_file=weights["file"],
-                       weights_sha256=weights["sha256"], weights_bytes=weights["bytes"])
+                       weights_sha256=weights["sha256"], weights_bytes=weights["bytes"], members=members)
 
 
 @dataclass(frozen=True)
@@ -674,7 +689,12 @@ MAX_PARAMETERS = 2_000_000_000
 
 
 def build_checkpoint_model(meta: dict[str, Any], file: Path | None = None) -> nn.Module:
-    """A freshly initialised network of the model and arguments ``meta`` names (errors name ``file``)."""
+    """A freshly initialised network of the model and arguments ``meta`` names (errors name ``file``); with
+    ``meta["members"]`` = K > 1 (an ensemble teacher), K of them as one :class:`~epir.models.ProbabilityMean`.
+    """
+    members = int(meta.get("members", 1))
+    if members > 1:
+        return ProbabilityMean([build_checkpoint_model({**meta, "members": 1}, file) for _ in range(members)])
     where = f"{file}: " if file is not None else ""
     name, args = meta["model"]["name"], dict(meta["model"]["args"])
     try:
@@ -728,7 +748,8 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> Checkpoi
     if "teacher" in meta:
         t = meta["teacher"]
         teacher_model = _load_model(directory, {"model": t["model"], "class_names": meta["class_names"],
-                                                "weights": t["weights"]}, "teacher.weights", device)
+                                                "weights": t["weights"], "members": t.get("members", 1)},
+                                    "teacher.weights", device)
         teacher = (teacher_model, _input_norm(t["normalization"]))
     return Checkpoint(model=model, norm=norm, meta=meta, path=directory, teacher=teacher)
 

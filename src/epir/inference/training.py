@@ -179,7 +179,8 @@ def _train_and_save(cfg: RunConfig, dataset: FlowDataset, out: Path, *, seed: in
         teacher, t_cfg = teachers[0], teacher_config(cfg)
         teacher[0].cpu().eval()
         mixed = teacher_meta(model_name=t_cfg.model.name, model_args=t_cfg.model.args, norm=teacher[1],
-                             norm_kind=t_cfg.train.input_norm, mix=cfg.train.distill_mix, tta=t_cfg.train.tta)
+                             norm_kind=t_cfg.train.input_norm, mix=cfg.train.distill_mix, tta=t_cfg.train.tta,
+                             members=cfg.train.distill_members)
     meta = make_meta(
         model_name=cfg.model.name,
         model_args=cfg.model.args,

@@ -27,6 +27,8 @@ from epir.models.factory import (
     register_model,
     resolve_model_args,
 )
+from epir.models.layers import ProbabilityMean
 
-__all__ = ["MODELS", "accepted_input_size", "batches_well", "build_model", "create_model", "default_recipe",
-           "is_batchable", "list_models", "list_recipes", "model_defaults", "register_model", "resolve_model_args"]
+__all__ = ["MODELS", "ProbabilityMean", "accepted_input_size", "batches_well", "build_model", "create_model",
+           "default_recipe", "is_batchable", "list_models", "list_recipes", "model_defaults", "register_model",
+           "resolve_model_args"]

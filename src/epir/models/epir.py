@@ -622,11 +622,17 @@ EPIR_TEACHER_MIX_SELECT_RECIPE = replace(
 #: on ``select_k`` groups of all its subjects.
 EPIR_TEACHER_MIX_SHARED_RECIPE = replace(EPIR_TEACHER_MIX_SELECT_RECIPE, select_shared=6)
 
+#: The same choice with an ensemble teacher (``--recipe teacher3-mix-shared``): the fold's teacher is 3 seeds of
+#: :data:`STSTNET_TEACHER_OVERRIDES`'s STSTNet trained on the same rows, their probabilities averaged
+#: (``train.distill_members=3``; 3 fixed for cost before measuring, round 7 in docs/epir-design.md).
+EPIR_TEACHER3_MIX_SHARED_RECIPE = replace(EPIR_TEACHER_MIX_SHARED_RECIPE, distill_members=3)
+
 
 @register_model(batchable=True, recipe=EPIR_TEACHER_MIX_SHARED_RECIPE,
                 recipes={"alone": EPIR_RECIPE, "teacher-mix": EPIR_TEACHER_MIX_RECIPE,
                          "teacher-mix-select": EPIR_TEACHER_MIX_SELECT_RECIPE,
-                         "teacher-mix-shared": EPIR_TEACHER_MIX_SHARED_RECIPE},
+                         "teacher-mix-shared": EPIR_TEACHER_MIX_SHARED_RECIPE,
+                         "teacher3-mix-shared": EPIR_TEACHER3_MIX_SHARED_RECIPE},
                 description="EPIR (Wang et al. 2026), reconstructed: DNSPT, ToMe, ITALS, DTSM")
 def epir(
     *,

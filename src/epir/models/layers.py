@@ -1,5 +1,5 @@
 """Shared transformer blocks, defined once: ``FeedForward``, multi-head ``Attention``, ``DropPath`` and a
-pre-norm ``Block``.
+pre-norm ``Block``; and ``ProbabilityMean``, an ensemble of classifiers as one module.
 
 Token tensors are ``(B, N, D)``. Blocks optionally take token *sizes* ``(B, N)``: how many input patches
 each token stands for once tokens have been merged (Bolya et al., "Token Merging: Your ViT But Faster",
@@ -187,3 +187,22 @@ class Block(nn.Module):
         """x: tokens, shape (B, N, D); size: token sizes (B, N) or None. Returns (B, N, D)."""
         x = x + self.drop_path(self.attn(self.norm1(x), size=size))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ProbabilityMean(nn.Module):
+    """Classifiers of one kind as one module: the log of the mean of their class probabilities.
+
+    ``softmax`` of the output is the members' mean probability, so the module stands wherever one classifier's
+    logits are expected (an ensemble teacher: soft targets, the fold's mix, a checkpoint, the ONNX graph).
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("ProbabilityMean needs at least one member.")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: one member's input. Returns (B, num_classes) log mean probabilities."""
+        probs = torch.stack([m(x).softmax(dim=-1) for m in self.members]).mean(dim=0)
+        return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
