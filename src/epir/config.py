@@ -60,6 +60,8 @@ class TrainConfig:
     distill_temperature: float = 2.0  # softmax temperature of the soft targets
     distill_members: int = 1  # teacher seeds per fold, trained on the same rows: the teacher is their probabilities'
     # mean (an ensemble teacher, for soft targets and for train.distill_mix alike); 1 = a single teacher
+    distill_shared: bool = False  # the fold's teacher trained once per train.select_shared group, on the subjects of
+    # the other groups (never the held-out subject's group), and shared by that group's folds; needs distill_weight=0
     distill_mix: float = 0.0  # weight m of the teacher's own held-out probabilities in the fold's: (1-m) student +
     # m teacher (a two-model ensemble of different architectures; with distill_weight=0 the student learns from labels)
     select: tuple[str, ...] = ()  # candidates chosen among inside each fold ("train.epochs=20;train.mixup=0.4")
@@ -218,6 +220,8 @@ def check_ranges(cfg: RunConfig) -> None:
            t.distill_temperature, "a number > 0")
     _check(1 <= t.distill_members <= 64, "train.distill_members", t.distill_members,
            "an integer from 1 to 64 (teacher seeds per fold, their probabilities averaged)")
+    _check(t.distill_members == 1 or bool(t.distill), "train.distill_members", t.distill_members,
+           "1 without a teacher; name one with train.distill=MODEL (e.g. ststnet)")
     _check(_finite(t.distill_mix) and 0 <= t.distill_mix <= 1, "train.distill_mix", t.distill_mix,
            "a number in [0, 1] (the teacher's weight in the fold's probabilities)")
     _check(t.distill_mix == 0 or bool(t.distill), "train.distill_mix", t.distill_mix,
@@ -227,6 +231,10 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(t.select_k >= 2, "train.select_k", t.select_k, "an integer >= 2")
     _check(t.select_metric in SELECT_METRICS, "train.select_metric", t.select_metric,
            f"{' | '.join(SELECT_METRICS)} (megc: mean of inner UF1 and UAR; nll: inner log-loss)")
+    _check(not t.distill_shared or (bool(t.distill) and t.select_shared >= 3 and t.distill_weight == 0),
+           "train.distill_shared", t.distill_shared,
+           "false, or true with a teacher (train.distill), shared groups (train.select_shared >= 3) and "
+           "train.distill_weight=0 (a group's teacher only predicts; soft targets need the fold's own)")
     _check(t.select_shared == 0 or t.select_shared >= 3, "train.select_shared", t.select_shared,
            "0 (inner groups drawn per fold) or an integer >= 3 (groups of the run's subjects shared by all folds)")
     _check(e.threads >= 0, "eval.threads", e.threads, "an integer >= 0 (0: all cores)")

@@ -56,6 +56,10 @@ LEVERS: dict[str, tuple[str, ...]] = {
                    "train.distill_weight=0", "train.distill_mix=0.5",
                    "train.select=[train.distill_mix=0, train.distill_mix=0.25, train.distill_mix=0.5, "
                    "train.distill_mix=0.75, train.distill_mix=1]", "train.select_shared=6"),
+    # the fold's teacher as 3 seeds of its recipe, their probabilities averaged, instead of one (round 7)
+    "teacher-ensemble": ("train.distill_members=3",),
+    # the fold's teacher trained once per shared group, without that group, and shared by its folds (round 7)
+    "teacher-grouped": ("train.distill_shared=true",),
     # the in-fold choice by the inner log-loss of the blend instead of the mean of inner UF1 and UAR (round 6)
     "select-nll": ("train.select_metric=nll",),
     "conv-stem": ("model.stem=conv", "model.patch_size=2"),
@@ -82,8 +86,11 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "snapshots": ("train.snapshots=1",),
     # the default recipe's teacher taken away (EPIR alone, as --recipe alone), or its weight fixed at 0.5 again
     "teacher-mix": ("train.distill=''", "train.distill_overrides=[]", "train.distill_weight=0.5", "train.distill_mix=0",
-                    "train.select=[]", "train.select_shared=0"),
-    "mix-select": ("train.select=[]", "train.select_shared=0"),
+                    "train.distill_members=1", "train.distill_shared=false", "train.select=[]",
+                    "train.select_shared=0"),
+    "teacher-ensemble": ("train.distill_members=1",),
+    "teacher-grouped": ("train.distill_shared=false",),
+    "mix-select": ("train.select=[]", "train.select_shared=0", "train.distill_shared=false"),
     "select-nll": ("train.select_metric=megc",),
 }
 

@@ -24,6 +24,7 @@ from epir.data import FlowDataset
 from epir.engine.batched import Member, fit_many
 from epir.engine.selection import (
     candidate_configs,
+    group_teacher,
     member_seeds,
     mix_teacher,
     select_in_fold,
@@ -32,7 +33,7 @@ from epir.engine.selection import (
     train_models,
     train_teachers,
 )
-from epir.engine.train import InputNorm, SnapshotMean, fit, predict_proba, snapshot_callback, steps_per_epoch
+from epir.engine.train import InputNorm, SnapshotMean, Teacher, fit, predict_proba, snapshot_callback, steps_per_epoch
 from epir.errors import ConfigError, DatasetNotFoundError
 from epir.models import MODELS, build_model, is_batchable
 
@@ -67,6 +68,21 @@ def choose_recipe(
         return candidate_configs(cfg)[chosen], info
     return select_in_fold(dataset, cfg, train_idx, fold_seed(seed, subject), name=f"fold {subject} seed {seed}",
                           batched=batched)
+
+
+def fold_teachers(
+    dataset: FlowDataset, cfg: RunConfig, folds: Sequence[tuple[int, str, np.ndarray]], *, batched: bool = True
+) -> list[Teacher] | None:
+    """With ``train.distill``, the teacher of each ``(seed, subject, training rows)`` fold: trained on those rows
+    alone, or with ``train.distill_shared`` its group's (:func:`~epir.engine.selection.group_teacher`); None
+    without distillation.
+    """
+    if not cfg.train.distill:
+        return None
+    if cfg.train.distill_shared:
+        return [group_teacher(dataset, cfg, seed, subject) for seed, subject, _ in folds]
+    return train_teachers(dataset, cfg, [(idx, fold_seed(seed, subject), f"fold {subject} seed {seed}")
+                                         for seed, subject, idx in folds], batched=batched)
 
 
 def fold_split(dataset: FlowDataset, subject: str) -> tuple[np.ndarray, np.ndarray]:
@@ -172,8 +188,7 @@ def run_fold(
             cfg, selection = choose_recipe(dataset, cfg, seed, subject, train_idx, choices, batched=False)
             torch.manual_seed(fold_seed(seed, subject))
             model = build_model(cfg.model)
-        teachers = train_teachers(dataset, cfg, [(train_idx, fold_seed(seed, subject), f"fold {subject} seed {seed}")],
-                                  batched=False)
+        teachers = fold_teachers(dataset, cfg, [(seed, subject, train_idx)], batched=False)
         if teachers is not None:  # the teacher used the global generator: the student starts as without one
             torch.manual_seed(fold_seed(seed, subject))
             model = build_model(cfg.model)
@@ -273,11 +288,9 @@ def run_fold_group(
         ]
         owner = [f for f in idx for _ in range(k_members)]
         histories = [curves[f] if k == 0 else [] for f in idx for k in range(k_members)]
-        fold_teachers = train_teachers(
-            dataset, ccfg, [(splits[f][0], fold_seed(*folds[f]), f"fold {folds[f][1]} seed {folds[f][0]}") for f in idx]
-        )
-        teachers = None if fold_teachers is None else [fold_teachers[idx.index(f)] for f in owner]
-        for f, teacher in zip(idx, fold_teachers or []):
+        trained = fold_teachers(dataset, ccfg, [(*folds[f], splits[f][0]) for f in idx])
+        teachers = None if trained is None else [trained[idx.index(f)] for f in owner]
+        for f, teacher in zip(idx, trained or []):
             teacher_p[f] = teacher_proba(ccfg, teacher, tests[f][0])
         if cfg.eval.oracle_epoch:  # optimistic: per member, the epoch with the best held-out accuracy
             oracles = [_OracleBest(*tests[f], device, ccfg.train.tta) for f in owner]

@@ -289,6 +289,42 @@ def shared_seed(seed: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(b"select/shared")) % (2**31 - 1)
 
 
+#: Group teachers already trained in this process (``train.distill_shared``), by :func:`_group_teacher_key`.
+_GROUP_TEACHERS: dict[tuple[Any, ...], Teacher] = {}
+
+
+def _group_teacher_key(dataset: FlowDataset, cfg: RunConfig, seed: int, group: int) -> tuple[Any, ...]:
+    """What a group teacher depends on: the data (its content, not the object), the teacher's recipe, the member
+    count, the groups and the run seed.
+    """
+    t = teacher_config(cfg)
+    data = (zlib.crc32(dataset.x.numpy().tobytes()), zlib.crc32(dataset.y.numpy().tobytes()),
+            zlib.crc32("\n".join(dataset.subjects).encode()))
+    return (*data, repr(t.model), repr(t.train), cfg.train.distill_members, cfg.train.select_shared, seed, group)
+
+
+def group_teacher(dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str) -> Teacher:
+    """``train.distill_shared``: the teacher of the fold holding out ``subject`` (run seed ``seed``), trained on the
+    subjects outside its ``train.select_shared`` group (the groups :func:`select_shared` deals) and shared by every
+    fold of that group. The held-out subject's whole group takes no part in it. Trained one network at a time, so
+    that it is the same whichever process trains it first; kept for the process's later folds of the group.
+    """
+    every = np.asarray(dataset.subjects)
+    base = shared_seed(seed)
+    groups = _deal(every.tolist(), cfg.train.select_shared, base, "train.select_shared")
+    g = next((j for j, group in enumerate(groups) if subject in group), None)
+    if g is None:
+        raise ConfigError(f"train.distill_shared: subject {subject!r} is not in the dataset {dataset.name!r}.")
+    key = _group_teacher_key(dataset, cfg, seed, g)
+    if key not in _GROUP_TEACHERS:
+        rows = np.flatnonzero(~np.isin(every, groups[g]))
+        teacher_seed = (base + zlib.crc32(f"teacher/group/{g}".encode())) % (2**31 - 1)
+        trained = train_teachers(dataset, cfg, [(rows, teacher_seed, f"seed {seed} group {g}")], batched=False)
+        assert trained is not None  # train.distill_shared is checked to come with train.distill
+        _GROUP_TEACHERS[key] = trained[0]
+    return _GROUP_TEACHERS[key]
+
+
 def select_shared(
     dataset: FlowDataset,
     cfg: RunConfig,
@@ -357,6 +393,7 @@ def select_shared(
 
 __all__ = [
     "candidate_configs",
+    "group_teacher",
     "inner_groups",
     "member_seeds",
     "mix_teacher",

@@ -627,12 +627,18 @@ EPIR_TEACHER_MIX_SHARED_RECIPE = replace(EPIR_TEACHER_MIX_SELECT_RECIPE, select_
 #: (``train.distill_members=3``; 3 fixed for cost before measuring, round 7 in docs/epir-design.md).
 EPIR_TEACHER3_MIX_SHARED_RECIPE = replace(EPIR_TEACHER_MIX_SHARED_RECIPE, distill_members=3)
 
+#: The same with each group's teacher shared by its folds (``--recipe teacher3-mix-grouped``): the 3 teacher seeds of
+#: the fold of a subject in group g are trained on the subjects of the other 5 groups (``train.distill_shared``),
+#: 6 x 3 teachers per seed instead of 68 x 3 (round 7).
+EPIR_TEACHER3_MIX_GROUPED_RECIPE = replace(EPIR_TEACHER3_MIX_SHARED_RECIPE, distill_shared=True)
+
 
 @register_model(batchable=True, recipe=EPIR_TEACHER_MIX_SHARED_RECIPE,
                 recipes={"alone": EPIR_RECIPE, "teacher-mix": EPIR_TEACHER_MIX_RECIPE,
                          "teacher-mix-select": EPIR_TEACHER_MIX_SELECT_RECIPE,
                          "teacher-mix-shared": EPIR_TEACHER_MIX_SHARED_RECIPE,
-                         "teacher3-mix-shared": EPIR_TEACHER3_MIX_SHARED_RECIPE},
+                         "teacher3-mix-shared": EPIR_TEACHER3_MIX_SHARED_RECIPE,
+                         "teacher3-mix-grouped": EPIR_TEACHER3_MIX_GROUPED_RECIPE},
                 description="EPIR (Wang et al. 2026), reconstructed: DNSPT, ToMe, ITALS, DTSM")
 def epir(
     *,
