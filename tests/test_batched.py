@@ -365,11 +365,13 @@ def test_teacher_mix_recipe_is_the_ablation_lever() -> None:
     lever = make_config("epir", recipe="alone", overrides=list(LEVERS["teacher-mix"]))
     assert named.train == lever.train and named.train.distill_mix == 0.5
     default = make_config("epir")
-    assert default.train == make_config("epir", recipe="teacher-mix-shared").train
-    for name, arm, expected in (("teacher-mix", "-teacher-mix", alone), ("mix-select", "-mix-select", named)):
+    assert default.train == make_config("epir", recipe="teacher3-mix-grouped").train  # round 7's default
+    round6 = make_config("epir", recipe="teacher-mix-shared")
+    three = replace(named.train, distill_members=3)  # the fixed 0.5 with the default's ensemble teacher
+    for name, arm, expected in (("teacher-mix", "-teacher-mix", alone.train), ("mix-select", "-mix-select", three)):
         got_arm, got = lever_arm(default, name)
-        assert got_arm == arm and resolve_config(got) == resolve_config(expected)
-    assert resolve_config(lever_arm(alone, "mix-select")[1]) == resolve_config(default)
+        assert got_arm == arm and resolve_config(got).train == resolve_config(replace(default, train=expected)).train
+    assert resolve_config(lever_arm(alone, "mix-select")[1]) == resolve_config(round6)
     check_ranges(named)
     chosen = make_config("epir", recipe="teacher-mix-select")  # the weight chosen inside the fold instead
     assert chosen.train.select == ("train.distill_mix=0", "train.distill_mix=0.25", "train.distill_mix=0.5",

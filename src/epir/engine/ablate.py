@@ -51,7 +51,7 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "teacher-mix": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=20, train.lr=2e-3]",
                     "train.distill_weight=0", "train.distill_mix=0.5"),
     # the teacher's weight chosen inside the fold (0 = EPIR alone to 1 = the teacher alone) on 6 subject groups
-    # shared by the folds, instead of fixed at 0.5: the default recipe since round 6 (EPIR_TEACHER_MIX_SHARED_RECIPE)
+    # shared by the folds, instead of fixed at 0.5 (EPIR_TEACHER_MIX_SHARED_RECIPE, round 6's default)
     "mix-select": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=20, train.lr=2e-3]",
                    "train.distill_weight=0", "train.distill_mix=0.5",
                    "train.select=[train.distill_mix=0, train.distill_mix=0.25, train.distill_mix=0.5, "
@@ -84,7 +84,8 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "swa": ("train.average=none",),
     "ensemble": ("train.ensemble=1",),
     "snapshots": ("train.snapshots=1",),
-    # the default recipe's teacher taken away (EPIR alone, as --recipe alone), or its weight fixed at 0.5 again
+    # the default recipe's teacher taken away (EPIR alone, as --recipe alone), or its weight fixed at 0.5 again (with
+    # the fold's own teacher: groups are for choosing), its ensemble of 3 or its groups undone
     "teacher-mix": ("train.distill=''", "train.distill_overrides=[]", "train.distill_weight=0.5", "train.distill_mix=0",
                     "train.distill_members=1", "train.distill_shared=false", "train.select=[]",
                     "train.select_shared=0"),

@@ -617,7 +617,7 @@ EPIR_TEACHER_MIX_SELECT_RECIPE = replace(
 #: predicted by a teacher and student trained on the four groups left (never g), so 15 inner pairs per seed replace
 #: 3 per fold (about a fifth of a LOSO's training more instead of three times more). 6 groups keep the inner
 #: training sets at two thirds of the subjects, as ``select_k=3`` does inside a fold (round 6, fixed before measuring).
-#: The default recipe since round 6: the honest choice of the teacher's weight, 0 (EPIR alone) included, inside
+#: The default recipe of round 6: the honest choice of the teacher's weight, 0 (EPIR alone) included, inside
 #: the 10-minute budget (docs/epir-design.md, "Round 6"). ``epir train`` has no outer fold: it chooses the weight
 #: on ``select_k`` groups of all its subjects.
 EPIR_TEACHER_MIX_SHARED_RECIPE = replace(EPIR_TEACHER_MIX_SELECT_RECIPE, select_shared=6)
@@ -629,11 +629,13 @@ EPIR_TEACHER3_MIX_SHARED_RECIPE = replace(EPIR_TEACHER_MIX_SHARED_RECIPE, distil
 
 #: The same with each group's teacher shared by its folds (``--recipe teacher3-mix-grouped``): the 3 teacher seeds of
 #: the fold of a subject in group g are trained on the subjects of the other 5 groups (``train.distill_shared``),
-#: 6 x 3 teachers per seed instead of 68 x 3 (round 7).
+#: 6 x 3 teachers per seed instead of 68 x 3. The default recipe since round 7, adopted by a rule on its cost fixed
+#: before it ran (docs/epir-design.md, "Round 7"). ``epir train`` has no groups: its 3 teacher seeds learn from
+#: every row, and the checkpoint keeps them when the chosen weight is above 0.
 EPIR_TEACHER3_MIX_GROUPED_RECIPE = replace(EPIR_TEACHER3_MIX_SHARED_RECIPE, distill_shared=True)
 
 
-@register_model(batchable=True, recipe=EPIR_TEACHER_MIX_SHARED_RECIPE,
+@register_model(batchable=True, recipe=EPIR_TEACHER3_MIX_GROUPED_RECIPE,
                 recipes={"alone": EPIR_RECIPE, "teacher-mix": EPIR_TEACHER_MIX_RECIPE,
                          "teacher-mix-select": EPIR_TEACHER_MIX_SELECT_RECIPE,
                          "teacher-mix-shared": EPIR_TEACHER_MIX_SHARED_RECIPE,
