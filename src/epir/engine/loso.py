@@ -194,8 +194,7 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
         # counted in "selection"; the teacher counts in the total when any candidate lets it predict
         mixes = [c.train.distill_mix for c in candidate_configs(cfg)] if cfg.train.select else [cfg.train.distill_mix]
         facts["teacher"] = {"model": cfg.train.distill, "members": members, "shared": cfg.train.distill_shared,
-                            "params": t_params,
-                            "mix": cfg.train.distill_mix,
+                            "params": t_params, "mix": cfg.train.distill_mix,
                             "mix_chosen_in_fold": len(set(mixes)) > 1}
         picks = [mixes[r["selection"]["chosen"]] for r in records if r.get("selection")] if cfg.train.select else []
         if len(set(mixes)) > 1 and picks:  # how many folds (over all seeds) chose each weight

@@ -289,6 +289,13 @@ def shared_seed(seed: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(b"select/shared")) % (2**31 - 1)
 
 
+def shared_groups(subjects: Sequence[str], g_count: int, seed: int) -> list[list[str]]:
+    """The ``train.select_shared`` = ``g_count`` groups of a run seed: the distinct ``subjects`` dealt once (the
+    groups :func:`select_shared` chooses on and :func:`group_teacher` trains without).
+    """
+    return _deal(list(subjects), g_count, shared_seed(seed), "train.select_shared")
+
+
 #: Group teachers already trained in this process (``train.distill_shared``), by :func:`_group_teacher_key`.
 _GROUP_TEACHERS: dict[tuple[Any, ...], Teacher] = {}
 
@@ -310,15 +317,14 @@ def group_teacher(dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str)
     that it is the same whichever process trains it first; kept for the process's later folds of the group.
     """
     every = np.asarray(dataset.subjects)
-    base = shared_seed(seed)
-    groups = _deal(every.tolist(), cfg.train.select_shared, base, "train.select_shared")
+    groups = shared_groups(dataset.subjects, cfg.train.select_shared, seed)
     g = next((j for j, group in enumerate(groups) if subject in group), None)
     if g is None:
         raise ConfigError(f"train.distill_shared: subject {subject!r} is not in the dataset {dataset.name!r}.")
     key = _group_teacher_key(dataset, cfg, seed, g)
     if key not in _GROUP_TEACHERS:
         rows = np.flatnonzero(~np.isin(every, groups[g]))
-        teacher_seed = (base + zlib.crc32(f"teacher/group/{g}".encode())) % (2**31 - 1)
+        teacher_seed = (shared_seed(seed) + zlib.crc32(f"teacher/group/{g}".encode())) % (2**31 - 1)
         trained = train_teachers(dataset, cfg, [(rows, teacher_seed, f"seed {seed} group {g}")], batched=False)
         assert trained is not None  # train.distill_shared is checked to come with train.distill
         _GROUP_TEACHERS[key] = trained[0]
@@ -353,7 +359,7 @@ def select_shared(
         raise ConfigError(f"train.select_shared must be >= 3 to share inner groups between folds, got {g_count}.")
     every = np.asarray(dataset.subjects)
     base = shared_seed(seed)
-    groups = _deal(every.tolist(), g_count, base, "train.select_shared")
+    groups = shared_groups(dataset.subjects, g_count, seed)
     group_of = {s: j for j, group in enumerate(groups) for s in group}
     missing = sorted(set(subjects) - set(group_of))
     if missing:
@@ -399,6 +405,7 @@ __all__ = [
     "mix_teacher",
     "select_in_fold",
     "select_shared",
+    "shared_groups",
     "shared_seed",
     "teacher_config",
     "teacher_proba",
