@@ -634,13 +634,23 @@ EPIR_TEACHER3_MIX_SHARED_RECIPE = replace(EPIR_TEACHER_MIX_SHARED_RECIPE, distil
 #: every row, and the checkpoint keeps them when the chosen weight is above 0.
 EPIR_TEACHER3_MIX_GROUPED_RECIPE = replace(EPIR_TEACHER3_MIX_SHARED_RECIPE, distill_shared=True)
 
+#: The weights that ``--recipe teacher3-mix-coarse`` chooses among: EPIR alone, the plain average, the teacher alone.
+COARSE_MIX_WEIGHTS = ("0", "0.5", "1")
+
+#: :data:`EPIR_TEACHER3_MIX_SHARED_RECIPE` choosing among :data:`COARSE_MIX_WEIGHTS` only (``--recipe
+#: teacher3-mix-coarse``, round 8): in-fold selection pays only among candidates that differ by more than the inner
+#: estimate's noise, and weights 0.25 apart differed by a median 0.011 (docs/epir-design.md, "Round 4" and "Round 8").
+EPIR_TEACHER3_MIX_COARSE_RECIPE = replace(
+    EPIR_TEACHER3_MIX_SHARED_RECIPE, select=tuple(f"train.distill_mix={m}" for m in COARSE_MIX_WEIGHTS))
+
 
 @register_model(batchable=True, recipe=EPIR_TEACHER3_MIX_GROUPED_RECIPE,
                 recipes={"alone": EPIR_RECIPE, "teacher-mix": EPIR_TEACHER_MIX_RECIPE,
                          "teacher-mix-select": EPIR_TEACHER_MIX_SELECT_RECIPE,
                          "teacher-mix-shared": EPIR_TEACHER_MIX_SHARED_RECIPE,
                          "teacher3-mix-shared": EPIR_TEACHER3_MIX_SHARED_RECIPE,
-                         "teacher3-mix-grouped": EPIR_TEACHER3_MIX_GROUPED_RECIPE},
+                         "teacher3-mix-grouped": EPIR_TEACHER3_MIX_GROUPED_RECIPE,
+                         "teacher3-mix-coarse": EPIR_TEACHER3_MIX_COARSE_RECIPE},
                 description="EPIR (Wang et al. 2026), reconstructed: DNSPT, ToMe, ITALS, DTSM")
 def epir(
     *,
