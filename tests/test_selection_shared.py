@@ -106,3 +106,47 @@ def test_log_loss_criterion_chooses_the_lowest_inner_nll(fake_dataset) -> None:
     assert megc["nll"] == info["nll"] and megc["scores"] == [(f + r) / 2 for f, r in zip(megc["uf1"], megc["uar"])]
     with pytest.raises(ConfigError, match="train.select_metric"):
         check_ranges(replace(cfg, train=replace(cfg.train, select_metric="auc")))
+
+
+def test_margin_keeps_the_runs_own_configuration_unless_beaten_by_more(fake_dataset) -> None:
+    """train.select_margin: the candidate equal to the run's own configuration ('' here) is kept unless the best
+    inner score beats it by more than the margin; the inner scores are the same whatever the margin."""
+    subject = fake_dataset.subject_list()[0]
+    free = select_shared(fake_dataset, shared_cfg(), 0, [subject])[subject][1]
+    cfg = shared_cfg()
+    assert selection.prior_candidate(cfg) == 0  # '' is the run's own configuration
+    for margin in (1e-9, 2.0):
+        kept = replace(cfg, train=replace(cfg.train, select_margin=margin))
+        chosen, info = select_shared(fake_dataset, kept, 0, [subject])[subject]
+        assert info["scores"] == free["scores"] and info["best"] == free["chosen"] == int(np.argmax(free["scores"]))
+        assert info["prior"] == 0 and info["margin"] == margin
+        beats = free["scores"][free["chosen"]] - free["scores"][0] > margin
+        assert chosen == info["chosen"] == (free["chosen"] if beats else 0)
+    # a margin of 2 can never be beaten (scores are in [0, 1]): every fold keeps its own configuration
+    r = run_loso(replace(cfg, train=replace(cfg.train, select_margin=2.0)), fake_dataset, progress=False)
+    assert r["selection"]["chosen_counts"] == {"": len(fake_dataset.subject_list()), "train.epochs=2": 0}
+    assert r["selection"]["select_margin"] == 2.0 and "kept_prior" in r["selection"]
+
+
+def test_margin_needs_a_candidate_equal_to_the_run(fake_dataset) -> None:
+    cfg = shared_cfg()
+    no_prior = replace(cfg, train=replace(cfg.train, select=("train.epochs=2", "train.epochs=3"), select_margin=0.02))
+    assert selection.prior_candidate(replace(no_prior, train=replace(no_prior.train, select_margin=0))) is None
+    with pytest.raises(ConfigError, match="no train.select candidate equals it"):
+        select_shared(fake_dataset, no_prior, 0, fake_dataset.subject_list()[:1])
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ConfigError, match="train.select_margin"):
+            check_ranges(replace(cfg, train=replace(cfg.train, select_margin=bad)))
+
+
+def test_margin_on_the_teacher_mix_keeps_the_plain_average() -> None:
+    """On the teacher-mix recipes the run's own configuration is the weight 0.5 (their base value)."""
+    from epir.engine.ablate import lever_arm
+    from epir.runsetup import make_config, resolve_config
+
+    for recipe, index in (("teacher3-mix-coarse", 1), ("teacher-mix-shared", 2), ("teacher3-mix-grouped", 2)):
+        cfg = resolve_config(make_config("epir", recipe=recipe))
+        assert selection.prior_candidate(cfg) == index and cfg.train.select[index] == "train.distill_mix=0.5"
+        arm, on = lever_arm(cfg, "select-margin")
+        assert arm == "+select-margin" and resolve_config(on).train.select_margin == 0.02
+        assert lever_arm(resolve_config(on), "select-margin")[0] == "-select-margin"

@@ -234,3 +234,37 @@ def test_teacher3_grouped_recipe_and_lever() -> None:
     assert arm == "-teacher-grouped" and resolve_config(off) == resolve_config(three)
     for lever in ("teacher-mix", "mix-select"):  # taking the teacher or the groups away is a valid configuration
         check_ranges(resolve_config(lever_arm(grouped, lever)[1]))
+
+
+def test_teacher3_coarse_recipe_and_lever() -> None:
+    """``teacher3-mix-coarse`` is A with the grid 0, 0.5, 1; the ``mix-coarse`` lever adds it and takes it away."""
+    from epir.engine.ablate import lever_arm
+    from epir.models.epir import COARSE_MIX_WEIGHTS
+    from epir.runsetup import resolve_config
+
+    three = epir.make_config("epir", recipe="teacher3-mix-shared")
+    coarse = epir.make_config("epir", recipe="teacher3-mix-coarse")
+    grid = tuple(f"train.distill_mix={m}" for m in COARSE_MIX_WEIGHTS)
+    assert COARSE_MIX_WEIGHTS == ("0", "0.5", "1")
+    assert coarse.train == replace(three.train, select=grid)
+    check_ranges(coarse)
+    arm, on = lever_arm(three, "mix-coarse")
+    assert arm == "+mix-coarse" and resolve_config(on) == resolve_config(coarse)
+    arm, off = lever_arm(coarse, "mix-coarse")
+    assert arm == "-mix-coarse" and resolve_config(off) == resolve_config(three)
+    # on EPIR alone the arm is the coarse choice of a single teacher's weight on the shared groups
+    arm, alone_on = lever_arm(epir.make_config("epir", recipe="alone"), "mix-coarse")
+    resolved = resolve_config(alone_on)
+    check_ranges(resolved)
+    assert arm == "+mix-coarse" and resolved.train.distill == "ststnet" and resolved.train.select == grid
+    assert resolved.train.select_shared == 6 and resolved.train.distill_members == 1
+
+
+def test_member_seeds_error_names_the_setting() -> None:
+    from epir.engine.selection import member_seeds
+
+    assert member_seeds(5, 1) == [5]
+    with pytest.raises(ConfigError, match="train.distill_members must be >= 1"):
+        member_seeds(5, 0, setting="train.distill_members")
+    with pytest.raises(ConfigError, match="train.ensemble must be >= 1"):
+        member_seeds(5, 0)

@@ -71,6 +71,9 @@ class TrainConfig:
     # a model trained without it and without that group (G(G-1)/2 inner trainings per seed instead of select_k per fold)
     select_metric: str = "megc"  # megc: the mean of pooled inner UF1 and UAR (highest wins) | nll: the pooled inner
     # negative log-likelihood of the (blended) probabilities, a proper scoring rule (lowest wins)
+    select_margin: float = 0.0  # > 0: a candidate other than the run's own configuration (the candidate equal to it,
+    # e.g. train.distill_mix=0.5 when distill_mix is 0.5) is chosen only if its inner score beats that one's by more
+    # than this (the score's units: mean of UF1 and UAR, or nats with select_metric=nll); 0: the best inner score wins
     init: str = ""  # initial weights (a .safetensors file of `epir pretrain`) loaded before training; "" = random
     tta: str = "none"  # none | flip: test-time augmentation, probabilities averaged over the map and its mirror
 
@@ -231,6 +234,8 @@ def check_ranges(cfg: RunConfig) -> None:
     _check(t.select_k >= 2, "train.select_k", t.select_k, "an integer >= 2")
     _check(t.select_metric in SELECT_METRICS, "train.select_metric", t.select_metric,
            f"{' | '.join(SELECT_METRICS)} (megc: mean of inner UF1 and UAR; nll: inner log-loss)")
+    _check(_finite(t.select_margin) and t.select_margin >= 0, "train.select_margin", t.select_margin,
+           "a number >= 0 (how much a candidate must beat the run's own configuration by inside the fold)")
     _check(not t.distill_shared or (bool(t.distill) and t.select_shared >= 3 and t.distill_weight == 0),
            "train.distill_shared", t.distill_shared,
            "false, or true with a teacher (train.distill), shared groups (train.select_shared >= 3) and "

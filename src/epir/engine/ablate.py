@@ -62,6 +62,15 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "teacher-grouped": ("train.distill_shared=true",),
     # the in-fold choice by the inner log-loss of the blend instead of the mean of inner UF1 and UAR (round 6)
     "select-nll": ("train.select_metric=nll",),
+    # the in-fold choice keeps the recipe's own configuration (the teacher mix: weight 0.5) unless another candidate's
+    # inner score beats it by more than 0.02, round 4's "several hundredths" of inner noise (round 8)
+    "select-margin": ("train.select_margin=0.02",),
+    # the in-fold choice among the weights 0, 0.5 and 1 only, instead of 0 to 1 in steps of 0.25 (round 8)
+    # (with mix-select's teacher and groups, so that on EPIR alone the arm is the coarse choice of the teacher mix)
+    "mix-coarse": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=20, train.lr=2e-3]",
+                   "train.distill_weight=0", "train.distill_mix=0.5",
+                   "train.select=[train.distill_mix=0, train.distill_mix=0.5, train.distill_mix=1]",
+                   "train.select_shared=6"),
     "conv-stem": ("model.stem=conv", "model.patch_size=2"),
     "select-before-last": ("model.select_ratio=0.5", "model.select_before_last=true"),
     "select-epochs": ("train.select=['', 'train.epochs=20', 'train.epochs=80']",),
@@ -93,6 +102,9 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "teacher-grouped": ("train.distill_shared=false",),
     "mix-select": ("train.select=[]", "train.select_shared=0", "train.distill_shared=false"),
     "select-nll": ("train.select_metric=megc",),
+    "select-margin": ("train.select_margin=0",),
+    "mix-coarse": ("train.select=[train.distill_mix=0, train.distill_mix=0.25, train.distill_mix=0.5, "
+                   "train.distill_mix=0.75, train.distill_mix=1]",),
 }
 
 

@@ -83,9 +83,10 @@ def train_teachers(
         return None
     t = teacher_config(cfg)
     k = cfg.train.distill_members
+    seeds = partial(member_seeds, members=k, setting="train.distill_members")
     jobs = [(dataset.x[idx], dataset.y[idx], mseed, f"{name} teacher" + (f" {j}" if k > 1 else ""))
             for idx, seed, name in folds
-            for j, mseed in enumerate(member_seeds((seed + zlib.crc32(b"teacher")) % (2**31 - 1), k))]
+            for j, mseed in enumerate(seeds((seed + zlib.crc32(b"teacher")) % (2**31 - 1)))]
     models, norms = train_models(t.model, t.train, jobs, num_classes=dataset.num_classes, device=cfg.eval.device,
                                  batched=batched)
     if k == 1:
@@ -94,12 +95,12 @@ def train_teachers(
     return [(ProbabilityMean(models[i:i + k]), norms[i]) for i in range(0, len(models), k)]
 
 
-def member_seeds(base: int, members: int) -> list[int]:
+def member_seeds(base: int, members: int, *, setting: str = "train.ensemble") -> list[int]:
     """Seeds of a fold's ensemble members (``train.ensemble``, ``train.distill_members``): ``base`` first, so that
-    one member is the plain fold's model.
+    one member is the plain fold's model. ``setting`` names the count in the error for fewer than one member.
     """
     if members < 1:
-        raise ConfigError(f"train.ensemble must be >= 1 (models per fold), got {members}.")
+        raise ConfigError(f"{setting} must be >= 1 (models per fold), got {members}.")
     return [(base + 7919 * k) % (2**31 - 1) for k in range(members)]
 
 
@@ -218,12 +219,33 @@ def _blend_groups(candidates: Sequence[RunConfig]) -> list[int]:
     return [blend_free.index(b) for b in blend_free]  # a config holds dicts: compared by equality, not hashed
 
 
+def prior_candidate(cfg: RunConfig) -> int | None:
+    """Index of the ``train.select`` candidate equal to the run's own configuration (the prior that
+    ``train.select_margin`` keeps unless another candidate beats it by more than the margin), or None. Raises a
+    ConfigError when the margin is set and no candidate is the run's own configuration.
+    """
+    candidates = candidate_configs(cfg)
+    base = replace(cfg, train=replace(cfg.train, select=()))
+    base = replace(base, model=replace(base.model, args=resolve_model_args(base.model.name, base.model.args)))
+    same = [c for c, cand in enumerate(candidates) if cand == base]
+    if same:
+        return same[0]
+    if cfg.train.select_margin > 0:
+        raise ConfigError(
+            f"train.select_margin={cfg.train.select_margin} keeps the run's own configuration unless a candidate "
+            f"beats it, but no train.select candidate equals it (candidates: {list(cfg.train.select)}). Add one that "
+            f"does (e.g. '' for the configuration as it is, or train.distill_mix={cfg.train.distill_mix}), or set "
+            f"train.select_margin=0.")
+    return None
+
+
 def _score(dataset: FlowDataset, candidates: Sequence[RunConfig], blocks: Callable[[int], Blocks],
-           name: str, metric: str) -> dict[str, Any]:
+           name: str, metric: str, *, margin: float = 0.0, prior: int | None = None) -> dict[str, Any]:
     """Score each candidate on its pooled inner predictions (``blocks(c)``: rows with the student's and teacher's
     probabilities): ``uf1``, ``uar``, ``nll`` (mean negative log-likelihood of the true class) per candidate, and
     ``scores``, the criterion of ``train.select_metric`` as higher-is-better (mean of UF1 and UAR, or minus the
-    NLL); ``chosen`` is the first best.
+    NLL); ``chosen`` is the first best, or ``prior`` when the best beats it by no more than ``margin``
+    (``train.select_margin``; the record then also holds ``prior``, ``margin`` and ``best``).
     """
     scores, uf1s, uars, nlls = [], [], [], []
     for c, cand in enumerate(candidates):
@@ -239,7 +261,12 @@ def _score(dataset: FlowDataset, candidates: Sequence[RunConfig], blocks: Callab
         uars.append(s["uar"])
         nlls.append(float(-torch.cat(loglik).mean()))
         scores.append(-nlls[-1] if metric == "nll" else (s["uf1"] + s["uar"]) / 2)
-    return {"scores": scores, "uf1": uf1s, "uar": uars, "nll": nlls, "chosen": int(np.argmax(scores))}
+    best = int(np.argmax(scores))
+    out: dict[str, Any] = {"scores": scores, "uf1": uf1s, "uar": uars, "nll": nlls, "chosen": best}
+    if margin > 0 and prior is not None:
+        chosen = prior if scores[best] - scores[prior] <= margin else best
+        out.update(chosen=chosen, best=best, prior=prior, margin=margin)
+    return out
 
 
 def select_in_fold(
@@ -260,6 +287,7 @@ def select_in_fold(
     candidates = candidate_configs(cfg)
     if not candidates:
         return cfg, {}
+    prior = prior_candidate(cfg)
     train_idx = np.asarray(train_idx)
     subjects = np.asarray(dataset.subjects)[train_idx]
     groups = inner_groups(subjects.tolist(), cfg.train.select_k, fold_seed)
@@ -280,7 +308,7 @@ def select_in_fold(
 
     metric = cfg.train.select_metric
     info = {"candidates": list(cfg.train.select), "select_k": cfg.train.select_k, "select_metric": metric,
-            **_score(dataset, candidates, blocks, name, metric)}
+            **_score(dataset, candidates, blocks, name, metric, margin=cfg.train.select_margin, prior=prior)}
     return candidates[info["chosen"]], info
 
 
@@ -355,6 +383,7 @@ def select_shared(
     g_count = cfg.train.select_shared
     if not candidates:
         return {}
+    prior = prior_candidate(cfg)
     if g_count < 3:
         raise ConfigError(f"train.select_shared must be >= 3 to share inner groups between folds, got {g_count}.")
     every = np.asarray(dataset.subjects)
@@ -392,7 +421,8 @@ def select_shared(
 
         metric = cfg.train.select_metric
         info = {"candidates": list(cfg.train.select), "select_shared": g_count, "group": g, "select_metric": metric,
-                **_score(dataset, candidates, blocks, f"seed {seed} group {g}", metric)}
+                **_score(dataset, candidates, blocks, f"seed {seed} group {g}", metric,
+                         margin=cfg.train.select_margin, prior=prior)}
         choices[g] = (info["chosen"], info)
     return {s: choices[group_of[s]] for s in subjects}
 
@@ -403,6 +433,7 @@ __all__ = [
     "inner_groups",
     "member_seeds",
     "mix_teacher",
+    "prior_candidate",
     "select_in_fold",
     "select_shared",
     "shared_groups",

@@ -1,0 +1,93 @@
+"""Post-hoc reading of a teacher-mix run's fold files: what each fixed weight, or each in-fold margin, would have
+scored with the same trained networks. A reading of stored predictions, not a result: nothing here is chosen on
+the held-out subjects' scores, and no figure it prints may choose a recipe (docs/epir-design.md, "Round 8").
+
+A fold file of a run with ``train.distill_mix`` keeps the blend it predicted (``probs``), the teacher's own
+probabilities (``teacher_probs``) and, when the weight was chosen inside the fold, its ``selection`` record. The
+student's probabilities follow, ``(probs - w teacher) / (1 - w)`` (not for a fold that chose the teacher alone,
+w = 1), and with them any other blend. The row ``as run`` must reproduce the run's own scores; the script stops if
+it does not.
+
+    python benchmarks/mix_readout.py runs/r8-coarse-s0 runs/r8-coarse-s1 runs/r8-coarse-s2
+    python benchmarks/mix_readout.py runs/r8-default6-s0 --weights 0 0.25 0.5 0.75 1 --margins 0.01 0.02
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from epir.config import RunConfig
+from epir.engine.metrics import megc_scores
+
+
+def fold_parts(rec: dict, mix: float) -> tuple[np.ndarray, np.ndarray, float, dict | None]:
+    """``(student probs, teacher probs, weight used, selection record or None)`` of one fold file's record; ``mix``
+    is the run's ``train.distill_mix`` (the weight of a fold that chose nothing)."""
+    if "teacher_probs" not in rec:
+        raise SystemExit(f"fold {rec['seed']}/{rec['subject']}: no teacher_probs; this reads runs with train.distill.")
+    blend, teacher = np.asarray(rec["probs"]), np.asarray(rec["teacher_probs"])
+    sel = rec.get("selection") or None
+    if sel:
+        chosen = sel["candidates"][sel["chosen"]]
+        w = float(chosen.split("train.distill_mix=")[1].split(";")[0]) if "train.distill_mix=" in chosen else None
+    else:
+        w = None
+    if w is None:
+        w = mix
+    if w >= 1:
+        raise SystemExit(f"fold {rec['seed']}/{rec['subject']} used the teacher alone: its student cannot be read "
+                         "back.")
+    return (blend - w * teacher) / (1 - w), teacher, w, sel
+
+
+def weight_of(sel: dict, index: int) -> float:
+    return float(sel["candidates"][index].split("train.distill_mix=")[1].split(";")[0])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="run directories of a teacher-mix recipe")
+    p.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.5, 1.0])
+    p.add_argument("--margins", nargs="+", type=float, default=[0.01, 0.02],
+                   help="train.select_margin values to read (the prior is the weight 0.5)")
+    a = p.parse_args()
+    print("| run | seed | blend | UF1 | UAR | weights used (folds) |")
+    print("|---|---|---|---|---|---|")
+    for run in a.runs:
+        results = json.loads((run / "results.json").read_text())
+        per_seed = {int(s["seed"]): s for s in results.get("per_seed") or [results]}
+        mix = RunConfig.load(run / "config.yaml").train.distill_mix
+        for seed_dir in sorted((run / "folds").glob("seed*")):
+            seed = int(seed_dir.name[4:])
+            recs = [json.loads(f.read_text()) for f in sorted(seed_dir.glob("*.json"))]
+            parts = [fold_parts(r, mix) for r in recs]
+            true = [y for r in recs for y in r["true"]]
+            rows: list[tuple[str, list[float]]] = [("as run", [w for _, _, w, _ in parts])]
+            rows += [(f"fixed {w:g}", [w] * len(parts)) for w in a.weights]
+            if all(sel for *_, sel in parts):
+                for m in a.margins:
+                    ws = []
+                    for *_, sel in parts:
+                        scores = np.asarray(sel["scores"])
+                        prior = next(i for i in range(len(scores)) if weight_of(sel, i) == 0.5)
+                        best = int(np.argmax(scores))
+                        ws.append(weight_of(sel, prior if scores[best] - scores[prior] <= m else best))
+                    rows.append((f"margin {m:g} (prior 0.5)", ws))
+            for label, ws in rows:
+                pred = [int(k) for (s, t, _, _), w in zip(parts, ws) for k in ((1 - w) * s + w * t).argmax(1)]
+                sc = megc_scores(true, pred, len(results["class_names"]), absent="skip")
+                if label == "as run":
+                    ref = per_seed[seed]
+                    if abs(sc["uf1"] - ref["uf1"]) > 1e-9 or abs(sc["uar"] - ref["uar"]) > 1e-9:
+                        raise SystemExit(f"{run} seed {seed}: the reading gives {sc['uf1']:.4f} / {sc['uar']:.4f}, "
+                                         f"the run reported {ref['uf1']:.4f} / {ref['uar']:.4f}: not a faithful read.")
+                counts = {w: ws.count(w) for w in sorted(set(ws))}
+                used = ", ".join(f"{w:g}: {n}" for w, n in counts.items())
+                print(f"| {run.name} | {seed} | {label} | {sc['uf1']:.4f} | {sc['uar']:.4f} | {used} |")
+
+
+if __name__ == "__main__":
+    main()
