@@ -21,30 +21,23 @@ import numpy as np
 
 from epir.config import RunConfig
 from epir.engine.metrics import megc_scores
+from epir.engine.selection import candidate_configs, choose_with_margin, prior_candidate
+from epir.runsetup import resolve_config
 
 
-def fold_parts(rec: dict, mix: float) -> tuple[np.ndarray, np.ndarray, float, dict | None]:
-    """``(student probs, teacher probs, weight used, selection record or None)`` of one fold file's record; ``mix``
-    is the run's ``train.distill_mix`` (the weight of a fold that chose nothing)."""
+def fold_parts(rec: dict, weights: list[float], mix: float) -> tuple[np.ndarray, np.ndarray, float, dict | None]:
+    """``(student probs, teacher probs, weight used, selection record or None)`` of one fold file's record;
+    ``weights`` is each ``train.select`` candidate's ``train.distill_mix``, ``mix`` the run's own (the weight of a
+    fold that chose nothing)."""
     if "teacher_probs" not in rec:
         raise SystemExit(f"fold {rec['seed']}/{rec['subject']}: no teacher_probs; this reads runs with train.distill.")
     blend, teacher = np.asarray(rec["probs"]), np.asarray(rec["teacher_probs"])
     sel = rec.get("selection") or None
-    if sel:
-        chosen = sel["candidates"][sel["chosen"]]
-        w = float(chosen.split("train.distill_mix=")[1].split(";")[0]) if "train.distill_mix=" in chosen else None
-    else:
-        w = None
-    if w is None:
-        w = mix
+    w = weights[sel["chosen"]] if sel else mix
     if w >= 1:
         raise SystemExit(f"fold {rec['seed']}/{rec['subject']} used the teacher alone: its student cannot be read "
                          "back.")
     return (blend - w * teacher) / (1 - w), teacher, w, sel
-
-
-def weight_of(sel: dict, index: int) -> float:
-    return float(sel["candidates"][index].split("train.distill_mix=")[1].split(";")[0])
 
 
 def main() -> None:
@@ -52,30 +45,27 @@ def main() -> None:
     p.add_argument("runs", nargs="+", type=Path, help="run directories of a teacher-mix recipe")
     p.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.5, 1.0])
     p.add_argument("--margins", nargs="+", type=float, default=[0.01, 0.02],
-                   help="train.select_margin values to read (the prior is the weight 0.5)")
+                   help="train.select_margin values to read (the prior: the run's own train.distill_mix)")
     a = p.parse_args()
     print("| run | seed | blend | UF1 | UAR | weights used (folds) |")
     print("|---|---|---|---|---|---|")
     for run in a.runs:
         results = json.loads((run / "results.json").read_text())
         per_seed = {int(s["seed"]): s for s in results.get("per_seed") or [results]}
-        mix = RunConfig.load(run / "config.yaml").train.distill_mix
+        cfg = resolve_config(RunConfig.load(run / "config.yaml"))
+        weights = [c.train.distill_mix for c in candidate_configs(cfg)]
+        prior = prior_candidate(cfg) if cfg.train.select else None
         for seed_dir in sorted((run / "folds").glob("seed*")):
             seed = int(seed_dir.name[4:])
             recs = [json.loads(f.read_text()) for f in sorted(seed_dir.glob("*.json"))]
-            parts = [fold_parts(r, mix) for r in recs]
+            parts = [fold_parts(r, weights, cfg.train.distill_mix) for r in recs]
             true = [y for r in recs for y in r["true"]]
             rows: list[tuple[str, list[float]]] = [("as run", [w for _, _, w, _ in parts])]
             rows += [(f"fixed {w:g}", [w] * len(parts)) for w in a.weights]
-            if all(sel for *_, sel in parts):
+            if prior is not None and all(sel for *_, sel in parts):
                 for m in a.margins:
-                    ws = []
-                    for *_, sel in parts:
-                        scores = np.asarray(sel["scores"])
-                        prior = next(i for i in range(len(scores)) if weight_of(sel, i) == 0.5)
-                        best = int(np.argmax(scores))
-                        ws.append(weight_of(sel, prior if scores[best] - scores[prior] <= m else best))
-                    rows.append((f"margin {m:g} (prior 0.5)", ws))
+                    ws = [weights[choose_with_margin(sel["scores"], prior, m)] for *_, sel in parts]
+                    rows.append((f"margin {m:g} (prior {weights[prior]:g})", ws))
             for label, ws in rows:
                 pred = [int(k) for (s, t, _, _), w in zip(parts, ws) for k in ((1 - w) * s + w * t).argmax(1)]
                 sc = megc_scores(true, pred, len(results["class_names"]), absent="skip")

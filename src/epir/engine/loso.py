@@ -219,9 +219,9 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
             "select_margin": cfg.train.select_margin,
             "chosen_counts": {c: chosen.count(i) for i, c in enumerate(cfg.train.select)},
         }
-        overruled = [r["selection"] for r in records if r.get("selection") and "best" in r["selection"]]
-        if overruled:  # train.select_margin: how often the best inner score was not enough to move off the prior
-            facts["selection"]["kept_prior"] = sum(s["best"] != s["chosen"] for s in overruled)
+        margined = [r["selection"] for r in records if r.get("selection") and "best" in r["selection"]]
+        if margined:  # train.select_margin: how often the best inner score was not enough to move off the prior
+            facts["selection"]["kept_prior"] = sum(s["best"] != s["chosen"] for s in margined)
     return facts
 
 

@@ -38,6 +38,12 @@ from epir.models import ProbabilityMean, batches_well, build_model, default_reci
 CANDIDATE_SECTIONS = ("train.", "model.")
 
 
+def _with_overrides(base: RunConfig, items: Sequence[str]) -> RunConfig:
+    """``base`` with the override ``items`` applied and its model's arguments resolved (how a candidate is built)."""
+    c = apply_overrides(base, list(items))
+    return replace(c, model=replace(c.model, args=resolve_model_args(c.model.name, c.model.args)))
+
+
 def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
     """The run config of each ``train.select`` candidate (selection itself switched off in each)."""
     base = replace(cfg, train=replace(cfg.train, select=()))
@@ -51,8 +57,7 @@ def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
                     f"train.select candidate {text!r}: {key!r} cannot vary inside the fold; a candidate sets "
                     f"train.* or model.* fields (not train.select*), e.g. 'train.epochs=20;train.average=swa'."
                 )
-        c = apply_overrides(base, items)
-        out.append(replace(c, model=replace(c.model, args=resolve_model_args(c.model.name, c.model.args))))
+        out.append(_with_overrides(base, items))
     return out
 
 
@@ -219,14 +224,14 @@ def _blend_groups(candidates: Sequence[RunConfig]) -> list[int]:
     return [blend_free.index(b) for b in blend_free]  # a config holds dicts: compared by equality, not hashed
 
 
-def prior_candidate(cfg: RunConfig) -> int | None:
+def prior_candidate(cfg: RunConfig, candidates: Sequence[RunConfig] | None = None) -> int | None:
     """Index of the ``train.select`` candidate equal to the run's own configuration (the prior that
     ``train.select_margin`` keeps unless another candidate beats it by more than the margin), or None. Raises a
-    ConfigError when the margin is set and no candidate is the run's own configuration.
+    ConfigError when the margin is set and no candidate is the run's own configuration. ``candidates``: the
+    :func:`candidate_configs` of ``cfg`` when the caller has them already.
     """
-    candidates = candidate_configs(cfg)
-    base = replace(cfg, train=replace(cfg.train, select=()))
-    base = replace(base, model=replace(base.model, args=resolve_model_args(base.model.name, base.model.args)))
+    candidates = candidate_configs(cfg) if candidates is None else candidates
+    base = _with_overrides(replace(cfg, train=replace(cfg.train, select=())), [])  # the candidate ''
     same = [c for c, cand in enumerate(candidates) if cand == base]
     if same:
         return same[0]
@@ -264,9 +269,16 @@ def _score(dataset: FlowDataset, candidates: Sequence[RunConfig], blocks: Callab
     best = int(np.argmax(scores))
     out: dict[str, Any] = {"scores": scores, "uf1": uf1s, "uar": uars, "nll": nlls, "chosen": best}
     if margin > 0 and prior is not None:
-        chosen = prior if scores[best] - scores[prior] <= margin else best
-        out.update(chosen=chosen, best=best, prior=prior, margin=margin)
+        out.update(chosen=choose_with_margin(scores, prior, margin), best=best, prior=prior, margin=margin)
     return out
+
+
+def choose_with_margin(scores: Sequence[float], prior: int, margin: float) -> int:
+    """The candidate ``train.select_margin`` chooses: the first best of ``scores`` (higher is better) if it beats
+    ``prior``'s score by more than ``margin``, else ``prior``.
+    """
+    best = int(np.argmax(scores))
+    return prior if scores[best] - scores[prior] <= margin else best
 
 
 def select_in_fold(
@@ -287,7 +299,7 @@ def select_in_fold(
     candidates = candidate_configs(cfg)
     if not candidates:
         return cfg, {}
-    prior = prior_candidate(cfg)
+    prior = prior_candidate(cfg, candidates)
     train_idx = np.asarray(train_idx)
     subjects = np.asarray(dataset.subjects)[train_idx]
     groups = inner_groups(subjects.tolist(), cfg.train.select_k, fold_seed)
@@ -383,7 +395,7 @@ def select_shared(
     g_count = cfg.train.select_shared
     if not candidates:
         return {}
-    prior = prior_candidate(cfg)
+    prior = prior_candidate(cfg, candidates)
     if g_count < 3:
         raise ConfigError(f"train.select_shared must be >= 3 to share inner groups between folds, got {g_count}.")
     every = np.asarray(dataset.subjects)
@@ -429,6 +441,7 @@ def select_shared(
 
 __all__ = [
     "candidate_configs",
+    "choose_with_margin",
     "group_teacher",
     "inner_groups",
     "member_seeds",
