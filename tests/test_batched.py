@@ -22,10 +22,8 @@ from epir.losses import supervised_contrastive_loss
 from epir.models import build_model, default_recipe
 from fakes import interrupt_on_call, record_returns, spy_on_selection_training
 
-#: Model-internal randomness (dropout, stochastic depth) off: with it on, batched members draw their masks from
-#: vmap's per-member stream instead of the global one (documented), so only then do the paths differ.
-DETERMINISTIC = {"epir": {"dropout": 0.0, "drop_path": 0.0, "dim": 24, "heads": 2},
-                 "ststnet": {"dropout": 0.0}}
+#: Small models, their dropout and stochastic depth on: batched members replay the masks the loop draws.
+SMALL = {"epir": {"dim": 24, "heads": 2}, "ststnet": {}}
 
 
 def members(sizes=(20, 23, 17), seed: int = 0) -> list[Member]:
@@ -45,8 +43,9 @@ def one_at_a_time(model_cfg: ModelConfig, m: Member, recipe):
 @pytest.mark.parametrize("extra", [{}, {"mixup": 0.4, "average": "ema", "rotate": 5.0, "scale": 0.1}])
 def test_batched_members_match_one_at_a_time_training(name: str, extra: dict, one_torch_thread) -> None:
     """Same seeds and data order: the same weights (float tolerance) and predictions, members of unequal
-    sizes included (their last batches are padded and masked out of the loss and of BatchNorm)."""
-    model_cfg = ModelConfig(name=name, args=DETERMINISTIC[name])
+    sizes included (their last batches are padded and masked out of the loss and of BatchNorm), dropout and
+    stochastic depth on (each member replays the masks it draws alone)."""
+    model_cfg = ModelConfig(name=name, args=SMALL[name])
     recipe = replace(default_recipe(name), epochs=2, batch_size=8, **extra)
     ms = members()
     assert len({steps_per_epoch(len(m.x), recipe.batch_size) for m in ms}) == 1  # equal steps, unequal last batch
@@ -62,6 +61,75 @@ def test_batched_members_match_one_at_a_time_training(name: str, extra: dict, on
                 assert torch.equal(a, b), k
         torch.testing.assert_close(predict_proba(model, norm, probe), predict_proba(ref, ref_norm, probe),
                                    atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["epir", "ststnet"])
+def test_a_members_model_does_not_depend_on_its_batch_partners(name: str, one_torch_thread) -> None:
+    """Dropout and stochastic depth on: a member trained with others gets the weights it gets trained alone or
+    beside other partners (the masks are its own), so a --folds, resumed or full run trains a fold alike.
+    Without the replay its weights moved by 2e-3 (EPIR) and 0.9 (STSTNet) here."""
+    model_cfg = ModelConfig(name=name, args=SMALL[name])
+    recipe = replace(default_recipe(name), epochs=2, batch_size=8)
+    ms = members()
+    others = members(seed=5)
+    trio, _ = fit_many(model_cfg, ms, recipe, num_classes=3)
+    alone, _ = fit_many(model_cfg, ms[1:2], recipe, num_classes=3)
+    swapped, _ = fit_many(model_cfg, [others[0], ms[1], others[2]], recipe, num_classes=3)
+    for model in (alone[0], swapped[1]):
+        for k, a in trio[1].state_dict().items():
+            torch.testing.assert_close(model.state_dict()[k], a, atol=5e-4, rtol=1e-4, msg=lambda s, k=k: f"{k}: {s}")
+
+
+def test_batched_training_replays_the_dropout_masks_of_the_global_generator() -> None:
+    """layers.Dropout and DropPath draw what nn.Dropout and rand_like draw; draw() from a generator in the global
+    generator's state gives the same masks, and a replayed pass uses exactly the draws it is given."""
+    from epir.models.layers import Dropout, DropPath, draw, recorded_draws, replayed_draws
+
+    x = torch.rand(5, 4, 3) + 1.0
+    drop, path = Dropout(0.3).train(), DropPath(0.4).train()
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    want = path(drop(x))
+    torch.manual_seed(3)
+    assert torch.equal(path(torch.nn.Dropout(0.3).train()(x)), want)  # outside a replay: torch's own draws
+    with recorded_draws() as calls:
+        torch.testing.assert_close(path(drop(x)), x / 0.7 / 0.6)  # recording draws nothing: masks keep all
+    assert [(c.kind, c.shape) for c in calls] == [("bernoulli", (4, 3)), ("uniform", (1, 1))]
+    g = torch.Generator()
+    g.set_state(state)
+    draws = [draw(c, 5, g) for c in calls]
+    with replayed_draws(draws):
+        got = path(drop(x))
+    torch.testing.assert_close(got, want)
+    with pytest.raises(RuntimeError, match="took 1 random draws, not the 2"):
+        with replayed_draws(draws):
+            drop(x)
+    with pytest.raises(RuntimeError, match="recorded as"):
+        with replayed_draws([draws[0][:, :2]]):
+            drop(x)
+
+
+def test_models_that_draw_randomness_elsewhere_are_refused_batched(monkeypatch) -> None:
+    """torch's own Dropout, or torch.rand in forward, cannot be drawn per member: a one-line error with the fix."""
+    from epir.engine.batched import can_batch
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.2), torch.nn.Linear(3 * 28 * 28, 3))
+    ok, why = can_batch(net)
+    assert not ok and "epir.models.layers.Dropout" in why
+    assert can_batch(torch.nn.Sequential(torch.nn.Dropout(0.0)))[0]  # p = 0 draws nothing
+
+    class Noisy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(3 * 28 * 28, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.flatten(1) + (torch.rand_like(x.flatten(1)) if self.training else 0))
+
+    monkeypatch.setattr(batched_mod, "build_model", lambda cfg: Noisy())
+    with pytest.raises(ConfigError, match="draws random numbers in training"):
+        fit_many(ModelConfig(name="ststnet"), members(sizes=(8, 8)),
+                 replace(default_recipe("ststnet"), epochs=1, batch_size=8), num_classes=3)
 
 
 def test_a_member_never_receives_another_members_rows(monkeypatch) -> None:
@@ -475,3 +543,26 @@ def test_flip_tta_reaches_every_fold_path(fake_dataset, monkeypatch, fold_batch:
     else:
         folds.run_fold_group(fake_dataset, cfg, [(0, s) for s in subjects])
     assert seen and set(seen) == {"flip"}
+
+
+def test_an_epir_folds_predictions_do_not_depend_on_the_run_plan(fake_dataset, tmp_path) -> None:
+    """Dropout and stochastic depth on: a fold's probabilities are the same in a full batched run, in a run of
+    that fold alone (``--folds``) and one at a time, so resumed and partial runs reproduce the full run."""
+    from epir.models.epir import EPIR_RECIPE
+
+    train = replace(EPIR_RECIPE, epochs=2)
+    cfg = RunConfig(model=ModelConfig(name="epir", args=SMALL["epir"]), data=DataConfig(dataset="megc2019"),
+                    train=train, eval=EvalConfig(threads=1, fold_batch=6))
+    subject = fake_dataset.subject_list()[3]
+
+    def probs(c: RunConfig, out: str) -> list[list[float]]:
+        run_loso(c, fake_dataset, tmp_path / out, progress=False)
+        rec = next(json.loads(p.read_text()) for p in (tmp_path / out / "folds" / "seed0").glob("*.json")
+                   if json.loads(p.read_text())["subject"] == subject)
+        return rec["probs"]
+
+    full = torch.tensor(probs(cfg, "full"))
+    alone = torch.tensor(probs(replace(cfg, eval=replace(cfg.eval, folds=(subject,))), "alone"))
+    loop = torch.tensor(probs(replace(cfg, eval=replace(cfg.eval, fold_batch=1)), "loop"))
+    torch.testing.assert_close(alone, full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(loop, full, atol=1e-4, rtol=1e-4)

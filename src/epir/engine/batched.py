@@ -21,9 +21,19 @@ contrastive term) and out of batch statistics (:class:`epir.models.layers.BatchN
 ``sample_mask``). Members are grouped so that they take the same number of optimizer steps per epoch (the
 learning-rate schedule is per step), see :func:`steps_per_epoch`.
 
-What differs from the loop: dropout and stochastic-depth masks come from vmap's per-member random stream
-(``randomness="different"``) instead of the global generator, so with those on, batched and looped numbers
-differ the way two seeds do; with them off, the weights agree within float tolerance (tests assert both).
+- its own dropout and stochastic-depth masks: the draws one training step makes are recorded once
+  (:func:`epir.models.layers.recorded_draws`), then drawn for each member from a generator in the state the global
+  generator has after that member's model is built, in the loop's order and with its batch sizes
+  (:func:`epir.models.layers.draw`), and replayed inside ``vmap`` (:func:`epir.models.layers.replayed_draws`).
+  On CPU these are the loop's masks, so the weights agree with the loop's within float tolerance, dropout on or
+  off (tests assert it), and a member's model never depends on which members share its batch (a ``--folds`` run,
+  a resumed run and a full run train the same fold alike). On CUDA the loop draws from the CUDA generator, so
+  the paths differ the way two seeds do, but each member's masks still depend on its seed alone.
+
+``vmap`` runs with ``randomness="error"``: a model that draws randomness any other way (``torch.nn.Dropout``,
+``torch.rand`` in ``forward``) is refused with a one-line error instead of being given masks that depend on its
+batch partners; it trains one at a time (register it without ``batchable``) or draws through
+``epir.models.layers``.
 """
 from __future__ import annotations
 
@@ -56,7 +66,7 @@ from epir.engine.train import (
 )
 from epir.errors import ConfigError
 from epir.models import build_model
-from epir.models.layers import sample_mask
+from epir.models.layers import Dropout, RandomCall, draw, recorded_draws, replayed_draws, sample_mask
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,10 @@ def can_batch(model: nn.Module) -> tuple[bool, str]:
     """Whether ``model`` can train batched, and if not, why (the reason is shown to the user)."""
     if not getattr(model, "batchable", True):
         return False, f"{type(model).__name__} declares batchable = False"
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd) and not isinstance(module, Dropout) and module.p > 0:
+            return False, (f"{type(model).__name__}.{name} is a torch {type(module).__name__}, whose masks batched "
+                           "training cannot draw per model (use epir.models.layers.Dropout)")
     with_loss = getattr(model, "forward_with_loss", None)
     if with_loss is not None and "valid" not in inspect.signature(with_loss).parameters:
         return False, f"{type(model).__name__}.forward_with_loss takes no valid mask (needed for padded batches)"
@@ -94,11 +108,12 @@ class _MemberLoss(nn.Module):
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor, y2: torch.Tensor,
-        lam: torch.Tensor, soft: torch.Tensor,
+        lam: torch.Tensor, soft: torch.Tensor, draws: tuple[torch.Tensor, ...] = (),
     ) -> torch.Tensor:
         """x: (B, C, H, W) normalised; y, valid: (B,); weight: class weights (K,); y2, lam: mixup's second
         labels (B,) and weight () (``lam`` = 1 without mixup); soft: the teacher's logits (B, K) when
-        distilling. Returns (loss, number of correct valid predictions).
+        distilling; draws: the step's dropout and stochastic-depth masks, in the order the model takes them.
+        Returns (loss, number of correct valid predictions).
         """
 
         def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -111,7 +126,7 @@ class _MemberLoss(nn.Module):
                 loss = (1.0 - a) * loss + a * distillation_loss(logits, soft, temperature, valid)
             return loss
 
-        with sample_mask(valid):
+        with sample_mask(valid), replayed_draws(draws):
             if self.with_loss:
                 loss, logits = getattr(self.model, "forward_with_loss")(x, y, ce, valid=valid)  # noqa: B009 (typed)
             else:
@@ -173,17 +188,21 @@ def fit_many(
             f"ceil(n / train.batch_size) (epir.engine.batched.steps_per_epoch)."
         )
     n_steps = steps.pop()
-    models = []
+    models, rngs = [], []
     for m in members:
         torch.manual_seed(m.seed)  # the same initialisation as the loop's fold
         model = build_model(model_cfg)
         if cfg.init:  # pretrained weights (epir pretrain), as fit() loads them
             load_initial_weights(model, cfg.init)
         models.append(model.to(device))
+        rng = torch.Generator()  # where the loop's dropout masks come from: the global generator, as fit() starts
+        rng.set_state(torch.get_rng_state())
+        rngs.append(rng)
     ok, why = can_batch(models[0])
     if not ok:
         raise ConfigError(f"fit_many(): {why}.")
     norms = [InputNorm.fit(cfg.input_norm, m.x) for m in members]
+    calls = _random_calls(models[0], members[0], norms[0], device)
     gens = [torch.Generator().manual_seed(m.seed) for m in members]
     weights = []
     for m in members:
@@ -203,10 +222,11 @@ def fit_many(
     def member_loss(
         p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
         valid: torch.Tensor, w: torch.Tensor, y2: torch.Tensor, lam: torch.Tensor, soft: torch.Tensor,
+        draws: tuple[torch.Tensor, ...],
     ) -> torch.Tensor:
-        return functional_call(loss_module, (p, b), (x, y, valid, w, y2, lam, soft))
+        return functional_call(loss_module, (p, b), (x, y, valid, w, y2, lam, soft, draws))
 
-    batched_loss = vmap(member_loss, randomness="different")
+    batched_loss = vmap(member_loss, randomness="error")  # every draw is replayed (module docstring)
     trainable = [p for p in params.values() if p.requires_grad]
     opt = make_optimizer(trainable, cfg)
     averager = WeightAverage(trainable, cfg)
@@ -244,9 +264,21 @@ def fit_many(
             lamb = torch.tensor(lams, dtype=xb.dtype, device=device)
             vb = torch.stack(valids).to(device)
             sb = torch.stack(softs).to(device) if teachers is not None else torch.zeros(len(members), 1, device=device)
+            masks = [[draw(c, n_i, rng) for c in calls] for n_i, rng in
+                     zip((len(o[lo : lo + cfg.batch_size]) for o in orders), rngs)]  # per member, as the loop
+            draws = tuple(torch.stack([_pad(mm[j], width) for mm in masks]).to(device) for j in range(len(calls)))
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
-            out = batched_loss(prefixed_params, prefixed_buffers, xb, yb, vb, weight, y2b, lamb, sb)
+            try:
+                out = batched_loss(prefixed_params, prefixed_buffers, xb, yb, vb, weight, y2b, lamb, sb, draws)
+            except RuntimeError as e:
+                if "randomness" not in str(e):
+                    raise
+                raise ConfigError(
+                    f"fit_many(): {type(models[0]).__name__} draws random numbers in training other than through "
+                    "epir.models.layers (Dropout, DropPath), so batched models cannot each draw their own; use "
+                    "those layers, or register the model without batchable=True to train it one at a time."
+                ) from e
             losses = out[:, 0]
             counts = vb.sum(1)
             loss_sums += losses.detach() * counts
@@ -274,6 +306,20 @@ def fit_many(
     for m, model in zip(members, models):
         check_finite_weights(model.parameters(), m.name)
     return models, norms
+
+
+def _random_calls(model: nn.Module, member: Member, norm: InputNorm, device: str) -> list[RandomCall]:
+    """The random draws one training step of ``model`` makes, in order (recorded on a copy and two samples)."""
+    probe = copy.deepcopy(model).train()  # a copy: the recording pass must not move batch-norm statistics
+    rows = torch.arange(2) % len(member.x)
+    x, y = norm(member.x[rows]).to(device), member.y[rows].to(device)
+    with torch.no_grad(), recorded_draws() as calls:
+        with_loss = getattr(probe, "forward_with_loss", None)
+        if with_loss is not None:
+            with_loss(x, y, lambda logits, _t: logits.sum(), valid=torch.ones(2, dtype=torch.bool, device=device))
+        else:
+            probe(x)
+    return calls
 
 
 def _clip_per_member(params: list[torch.Tensor], max_norm: float) -> None:

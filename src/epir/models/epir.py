@@ -35,7 +35,7 @@ from epir.config import TrainConfig
 from epir.errors import ConfigError
 from epir.losses import supervised_contrastive_loss
 from epir.models.factory import register_model
-from epir.models.layers import Attention, Block, init_vit_weights, is_batched
+from epir.models.layers import Attention, Block, Dropout, init_vit_weights, is_batched
 
 # --------------------------------------------------------------------------------------------------------
 # 1. DNSPT: "shifted copies of the input learn the relation between neighbouring pixels", "a refined spatial
@@ -454,7 +454,7 @@ class EPIR(nn.Module):
                 )
             self.early_select = EarlySelect(dim=dim, keep=keep)
             self.pool = MeanPool()  # over the kept tokens and the fused one, size-weighted
-        self.head_drop = nn.Dropout(dropout)
+        self.head_drop = Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)
         # 4. "trained with cross-entropy plus a contrastive loss": SupCon on a projection (SimCLR-style head).
         self.projection = (

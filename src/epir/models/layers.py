@@ -1,5 +1,5 @@
-"""Shared transformer blocks, defined once: ``FeedForward``, multi-head ``Attention``, ``DropPath`` and a
-pre-norm ``Block``; and ``ProbabilityMean``, an ensemble of classifiers as one module.
+"""Shared transformer blocks, defined once: ``FeedForward``, multi-head ``Attention``, ``Dropout``, ``DropPath``
+and a pre-norm ``Block``; and ``ProbabilityMean``, an ensemble of classifiers as one module.
 
 Token tensors are ``(B, N, D)``. Blocks optionally take token *sizes* ``(B, N)``: how many input patches
 each token stands for once tokens have been merged (Bolya et al., "Token Merging: Your ViT But Faster",
@@ -9,12 +9,19 @@ logits) so a merged token weighs as much as the tokens it replaced.
 Dropout defaults to 0 everywhere: on CPU, elementwise dropout masks cost about as much as the matmuls of a
 model this small (``bernoulli_`` on a (64, 49, 128) tensor takes ~4 ms), so small models here regularise
 with ``DropPath`` (one Bernoulli draw per sample) instead. A rate of 0 builds no dropout module at all.
+
+``Dropout`` and ``DropPath`` draw their masks as ``nn.Dropout`` and ``torch.rand_like`` do, from the global
+generator, except inside :func:`replayed_draws`: there they take the masks they are given. Batched training
+(``epir.engine.batched``) records once which draws a training step makes (:func:`recorded_draws`), draws them for
+each model from that model's own generator (:func:`draw`) and replays them inside ``vmap``, so a model's masks
+are those it would draw trained alone, whatever models share its batch.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import torch
 from einops import rearrange
@@ -35,6 +42,92 @@ def sample_mask(valid: torch.Tensor | None) -> Iterator[None]:
         _SAMPLE_MASK.reset(token)
 
 
+@dataclass(frozen=True)
+class RandomCall:
+    """One random draw of a training forward pass: a dropout mask (``kind`` "bernoulli", keep probability ``p``)
+    or uniform noise (``kind`` "uniform"), of ``shape`` per sample.
+    """
+
+    kind: str
+    shape: tuple[int, ...]
+    p: float = 0.0
+
+
+@dataclass
+class _Draws:
+    """The state of :func:`recorded_draws` (``given`` None: record ``calls``) or :func:`replayed_draws`."""
+
+    given: Sequence[torch.Tensor] | None
+    calls: list[RandomCall] = field(default_factory=list)
+    pos: int = 0
+
+
+_DRAWS: ContextVar[_Draws | None] = ContextVar("epir_draws", default=None)
+
+
+@contextmanager
+def recorded_draws() -> Iterator[list[RandomCall]]:
+    """Within the block, ``Dropout`` and ``DropPath`` draw nothing (their masks keep all) and the list yielded
+    receives the :class:`RandomCall` of each draw they would have made, in order.
+    """
+    state = _Draws(given=None)
+    token = _DRAWS.set(state)
+    try:
+        yield state.calls
+    finally:
+        _DRAWS.reset(token)
+
+
+@contextmanager
+def replayed_draws(draws: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Within the block, ``Dropout`` and ``DropPath`` take their masks from ``draws`` in order (each
+    ``(B, *shape)``, made by :func:`draw` for the calls :func:`recorded_draws` recorded) instead of the global
+    generator. A pass that takes more draws, draws of other shapes, or fewer draws than given is an error.
+    """
+    state = _Draws(given=draws)
+    token = _DRAWS.set(state)
+    try:
+        yield
+        if state.pos != len(draws):
+            raise RuntimeError(f"the training step took {state.pos} random draws, not the {len(draws)} recorded "
+                               "(a model whose random draws depend on its input cannot replay them).")
+    finally:
+        _DRAWS.reset(token)
+
+
+def draw(call: RandomCall, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The draw ``call`` for a batch of ``batch`` samples, from ``generator``: the same numbers the layer draws
+    from the global generator when that is in ``generator``'s state (``nn.Dropout``'s ``bernoulli_`` mask,
+    ``DropPath``'s ``rand_like``).
+    """
+    shape = (batch, *call.shape)
+    if call.kind == "uniform":
+        return torch.rand(shape, generator=generator)
+    return torch.empty(shape).bernoulli_(call.p, generator=generator)
+
+
+def _given(kind: str, like: torch.Tensor, p: float = 0.0) -> torch.Tensor | None:
+    """The draw a layer takes inside :func:`recorded_draws` (no randomness: keep all) or :func:`replayed_draws`;
+    None outside both (the layer draws from the global generator).
+    """
+    state = _DRAWS.get()
+    if state is None:
+        return None
+    call = RandomCall(kind, tuple(like.shape[1:]), p)
+    if state.given is None:
+        state.calls.append(call)
+        return like.new_ones(like.shape) if kind == "bernoulli" else like.new_zeros(like.shape)
+    if state.pos >= len(state.given):
+        raise RuntimeError(f"the training step took more than the {len(state.given)} random draws recorded "
+                           "(a model whose random draws depend on its input cannot replay them).")
+    out = state.given[state.pos]
+    state.pos += 1
+    if tuple(out.shape) != tuple(like.shape):
+        raise RuntimeError(f"random draw {state.pos} was recorded as {tuple(out.shape)} and is now asked for as "
+                           f"{tuple(like.shape)} (a model whose random draws depend on its input cannot replay them).")
+    return out
+
+
 def is_batched(x: torch.Tensor) -> bool:
     """True inside ``torch.func.vmap`` (the engine's batched fold training), where ``x`` is a batched tensor."""
     return bool(torch._C._functorch.is_batchedtensor(x))
@@ -51,9 +144,26 @@ def init_vit_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (the same masks from the same generator state) that replays the masks it is given inside
+    :func:`replayed_draws`, as batched training does.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: any shape, samples first. Returns x with elements zeroed with probability ``p`` and the rest
+        scaled by 1 / (1 - p) in training; x in eval mode.
+        """
+        if not self.training or self.p == 0.0 or self.p == 1.0:
+            return super().forward(x)
+        mask = _given("bernoulli", x, 1.0 - self.p)
+        if mask is None:
+            return super().forward(x)
+        return x * mask.div(1.0 - self.p)  # as torch's CPU dropout: input * bernoulli_(1 - p).div_(1 - p)
+
+
 def dropout_or_identity(p: float) -> nn.Module:
-    """``nn.Dropout(p)``, or ``nn.Identity()`` for p = 0 (no mask is drawn at all)."""
-    return nn.Dropout(p) if p > 0 else nn.Identity()
+    """:class:`Dropout` ``(p)``, or ``nn.Identity()`` for p = 0 (no mask is drawn at all)."""
+    return Dropout(p) if p > 0 else nn.Identity()
 
 
 class DropPath(nn.Module):
@@ -69,8 +179,9 @@ class DropPath(nn.Module):
         """x: (B, ...). Returns x with some samples zeroed (training only)."""
         if not self.training or self.p == 0.0:
             return x
-        # rand_like (not new_empty().bernoulli_()) so each vmapped model draws its own mask
-        keep = (torch.rand_like(x[(slice(None),) + (slice(0, 1),) * (x.ndim - 1)]) < 1.0 - self.p).to(x.dtype)
+        first = x[(slice(None),) + (slice(0, 1),) * (x.ndim - 1)]  # (B, 1, ..., 1): one draw per sample
+        u = _given("uniform", first)
+        keep = ((torch.rand_like(first) if u is None else u) < 1.0 - self.p).to(x.dtype)
         return x * keep / (1.0 - self.p)
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from epir.config import TrainConfig
 from epir.models.factory import register_model
-from epir.models.layers import BatchNorm2d
+from epir.models.layers import BatchNorm2d, Dropout
 
 
 class STSTNet(nn.Module):
@@ -36,7 +36,7 @@ class STSTNet(nn.Module):
         self.bn3 = BatchNorm2d(8)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=3, padding=1)
         self.avgpool = nn.AvgPool2d(kernel_size=2, stride=2)
-        self.dropout = nn.Dropout(p=dropout)
+        self.dropout = Dropout(p=dropout)
         self.fc = nn.Linear(5 * 5 * 16, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
