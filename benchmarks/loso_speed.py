@@ -4,8 +4,9 @@ side from one run, with the same ``--jobs``; plus peak memory of the process tre
 For each model asked for (default: EPIR's default recipe, full 68-fold LOSO, seed 0):
 
 - wall time of the LOSO with ``eval.fold_batch=1`` and with the automatic fold batch, and their ratio;
-- UF1 / UAR of both (they differ only through dropout / stochastic-depth masks, which batched members draw
-  from vmap's per-member random stream: like two seeds);
+- UF1 / UAR of both (on CPU the same within float rounding: batched members replay the dropout and
+  stochastic-depth masks the loop draws; before round 9 they drew them from one vmap stream and differed like
+  two seeds);
 - peak resident memory of the whole process tree (the command and its worker processes).
 
 Then, unless ``--skip-epoch``, seconds per epoch of HTNet's official configuration on one fold (extrapolated

@@ -150,3 +150,21 @@ def test_margin_on_the_teacher_mix_keeps_the_plain_average() -> None:
         arm, on = lever_arm(cfg, "select-margin")
         assert arm == "+select-margin" and resolve_config(on).train.select_margin == 0.02
         assert lever_arm(resolve_config(on), "select-margin")[0] == "-select-margin"
+
+
+@pytest.mark.parametrize("name", ["ststnet", "epir"])
+def test_inner_models_in_worker_processes_choose_as_one_process(fake_dataset, name: str, one_torch_thread) -> None:
+    """select_shared(jobs=2) deals the pair models to two worker processes: the same inner scores and choices as
+    one process (a model depends on its rows, seed and recipe only, not on the models trained beside it)."""
+    cfg = shared_cfg(threads=1)
+    if name == "epir":
+        from epir.models.epir import EPIR_RECIPE
+
+        cfg = replace(cfg, model=ModelConfig(name="epir", args={"dim": 24, "heads": 2}),
+                      train=replace(EPIR_RECIPE, epochs=1, select=("", "train.epochs=2"), select_shared=3))
+    subjects = fake_dataset.subject_list()
+    one = select_shared(fake_dataset, cfg, 0, subjects)
+    two = select_shared(fake_dataset, cfg, 0, subjects, jobs=2)
+    for s in subjects:
+        assert one[s][0] == two[s][0]
+        np.testing.assert_allclose(two[s][1]["scores"], one[s][1]["scores"], atol=1e-6)

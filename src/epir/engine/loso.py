@@ -276,7 +276,7 @@ def run_loso(
             for seed in sorted({s for s, _ in todo}):
                 bar.set_postfix_str(f"seed {seed}: selection on {cfg.train.select_shared} shared groups")
                 mine = [subject for s, subject in todo if s == seed]
-                choices.update({(seed, k): v for k, v in select_shared(dataset, cfg, seed, mine).items()})
+                choices.update({(seed, k): v for k, v in select_shared(dataset, cfg, seed, mine, jobs=jobs).items()})
             select_seconds = time.perf_counter() - t_sel
         for rec in execute(dataset, cfg, groups, fold_weights=fold_weights, fold_batch=fold_batch, jobs=jobs,
                            on_status=bar.set_postfix_str, choices=choices):

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from joblib import Parallel, delayed
 from torch import nn
 
 from epir.config import ModelConfig, RunConfig, TrainConfig, apply_overrides, parse_key_value
@@ -216,6 +217,41 @@ def _inner_predictions(
     return student, teacher
 
 
+def _inner_worker(
+    dataset: FlowDataset, cand: RunConfig, inner: list[tuple[np.ndarray, int, str]], held: list[np.ndarray],
+    batched: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """:func:`_inner_predictions` in a worker process, with one torch thread unless ``eval.threads`` says otherwise."""
+    torch.set_num_threads(cand.eval.threads or 1)
+    return _inner_predictions(dataset, cand, inner, held, batched=batched)
+
+
+def _inner_predictions_in(
+    jobs: int,
+    dataset: FlowDataset,
+    cand: RunConfig,
+    inner: list[tuple[np.ndarray, int, str]],
+    held: list[np.ndarray],
+    *,
+    batched: bool,
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """:func:`_inner_predictions` with its models dealt in contiguous shares to ``jobs`` worker processes (joblib;
+    in this process for ``jobs`` = 1). A model depends only on its rows, seed and recipe, never on the models
+    trained beside it (``epir.engine.batched``), so the predictions are those of one process, up to float rounding
+    between thread counts.
+    """
+    n = min(jobs, len(inner))
+    if n <= 1:
+        return _inner_predictions(dataset, cand, inner, held, batched=batched)
+    bounds = np.linspace(0, len(inner), n + 1).round().astype(int).tolist()
+    parts = Parallel(n_jobs=n)(delayed(_inner_worker)(dataset, cand, inner[a:b], held[a:b], batched)
+                               for a, b in zip(bounds, bounds[1:]))
+    student = [p for s, _ in parts for p in s]
+    teachers = [t for _, t in parts]
+    teacher = None if teachers[0] is None else [p for t in teachers for p in (t or [])]
+    return student, teacher
+
+
 def _blend_groups(candidates: Sequence[RunConfig]) -> list[int]:
     """For each candidate, the index of the first candidate with the same trained models: candidates that differ
     only in how the trained models' predictions are blended (``train.distill_mix``) share their inner models.
@@ -378,9 +414,11 @@ def select_shared(
     subjects: Sequence[str],
     *,
     batched: bool = True,
+    jobs: int = 1,
 ) -> dict[str, tuple[int, dict[str, Any]]]:
     """Choose a ``train.select`` candidate for the folds holding out each of ``subjects`` (run seed ``seed``),
-    with inner groups shared by all folds (``train.select_shared`` = G).
+    with inner groups shared by all folds (``train.select_shared`` = G); the inner models are trained in ``jobs``
+    worker processes (``epir loso`` passes ``eval.jobs``), with the same choices as in one.
 
     All the dataset's subjects are dealt once into G groups. The fold holding out a subject of group g scores
     the candidates on every other group h, predicted by a model trained on the groups other than g and h: the
@@ -415,7 +453,7 @@ def select_shared(
                   (base + zlib.crc32(f"select/shared/{c}/{a}/{b}".encode())) % (2**31 - 1),
                   f"seed {seed} select {c} groups {a}+{b} out") for a, b in pairs]
         held = [np.concatenate([rows[a], rows[b]]) for a, b in pairs]
-        trained[c] = _inner_predictions(dataset, candidates[c], inner, held, batched=batched)
+        trained[c] = _inner_predictions_in(jobs, dataset, candidates[c], inner, held, batched=batched)
 
     choices: dict[int, tuple[int, dict[str, Any]]] = {}
     for g in outer:
