@@ -53,6 +53,22 @@ def test_resume_on_reordered_data_is_refused(fake_root, tmp_path, capsys) -> Non
     assert snapshot(out) == before
 
 
+def test_resume_of_a_run_started_by_older_training_code_is_refused(fake_root, tmp_path, capsys) -> None:
+    """A run directory whose fingerprint predates the training revision (round 9: batched models replay their own
+    dropout masks) is not resumed with folds of two kinds."""
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out, "--folds", "s01")) == 0
+    fp = json.loads((out / "fingerprint.json").read_text())
+    del fp["training_revision"]  # as written by round 8's code
+    (out / "fingerprint.json").write_text(json.dumps(fp))
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(loso_args(fake_root, out)) == 2
+    err = capsys.readouterr().err
+    assert "training_revision: None -> 2" in err and "older training code" in err and "Traceback" not in err
+    assert snapshot(out) == before
+
+
 def test_tampered_fold_file_is_refused(fake_root, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     assert main(loso_args(fake_root, out)) == 0

@@ -123,3 +123,30 @@ def test_profiling_works(name: str) -> None:
     assert count_flops(model) > 0
     assert measure_latency(model, batch_size=2, repeats=2, warmup=1) > 0
     assert model.training  # profiling restores the mode
+
+
+def test_batchable_models_can_replay_their_training_randomness(name: str) -> None:
+    """A model registered batchable passes can_batch, and a training step replayed with the draws it recorded
+    equals the step drawn from the global generator in the same state (its masks can be its own when batched)."""
+    from epir.engine.batched import can_batch
+    from epir.models import is_batchable
+    from epir.models.layers import draw, recorded_draws, replayed_draws
+
+    model = build(name)
+    if not is_batchable(base(name)[0]):
+        pytest.skip("not batchable: trained one at a time")
+    assert can_batch(model) == (True, "")
+    x, y = batch()
+    model.train()
+    with torch.no_grad(), recorded_draws() as calls:
+        training_loss(build(name).train(), x, y)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    with torch.no_grad():
+        want = training_loss(model, x, y)[1]
+    g = torch.Generator()
+    g.set_state(state)
+    model = build(name).train()
+    with torch.no_grad(), replayed_draws([draw(c, BATCH, g) for c in calls]):
+        got = training_loss(model, x, y)[1]
+    torch.testing.assert_close(got, want)

@@ -2,7 +2,8 @@
 writes with unique temporary names, and an OS-level lock held while a run writes.
 
 A finished fold file is reused only if it provably belongs to the run being resumed: the fingerprint
-(protocol, published per-fold weights and their hashes, the dataset's identity, the package version) matches
+(protocol, published per-fold weights and their hashes, the dataset's identity, the package version and the
+training revision) matches
 the one saved when the run started, and the file itself names the seed, the subject and the clips it
 predicted, which must be the dataset's rows at its indices. Anything else is refused with the differences
 listed; nothing finished is altered by a refused rerun.
@@ -25,6 +26,11 @@ from epir.engine.records import FoldRecord
 from epir.errors import ConfigError
 from epir.fileio import write_atomic
 from epir.runsetup import execution_free, resolve_config
+
+#: Raised whenever the same configuration and data train differently than before, so that a run directory started
+#: by older code is not resumed with folds of two kinds. 2 (round 9): batched models replay their own dropout and
+#: stochastic-depth masks instead of drawing them from one stream for the whole batch (``epir.engine.batched``).
+TRAINING_REVISION = 2
 
 #: The fingerprint file in a run directory.
 FINGERPRINT = "fingerprint.json"
@@ -53,6 +59,7 @@ def run_fingerprint(
         "fold_weights": None,
         "dataset": {"name": dataset.name, "n": len(dataset), "sha256": dataset_digest(dataset)},
         "epir_version": __version__,
+        "training_revision": TRAINING_REVISION,
     }
     if fold_weights is not None:
         folder = Path(fold_weights).resolve()
@@ -92,7 +99,8 @@ def check_fingerprint(out_dir: Path, fingerprint: dict[str, Any]) -> None:
     diffs = _differences(old, fingerprint)
     if diffs:
         raise ConfigError(
-            f"{out_dir} holds a run of other data or another protocol ({'; '.join(diffs)}): its finished folds "
+            f"{out_dir} holds a run of other data, another protocol or older training code ({'; '.join(diffs)}): "
+            "its finished folds "
             f"cannot be reused. Use another out_dir (--out), or delete {out_dir} to start over."
         )
 
@@ -273,5 +281,16 @@ class FoldStore:
             self._lock = None
 
 
-__all__ = ["FINGERPRINT", "FoldStore", "RunLock", "check_fingerprint", "check_resume", "dataset_digest", "fold_file",
-           "read_fold_file", "run_fingerprint", "write_json_atomic"]
+__all__ = [
+    "FINGERPRINT",
+    "TRAINING_REVISION",
+    "FoldStore",
+    "RunLock",
+    "check_fingerprint",
+    "check_resume",
+    "dataset_digest",
+    "fold_file",
+    "read_fold_file",
+    "run_fingerprint",
+    "write_json_atomic",
+]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from joblib import Parallel, delayed
+from joblib.externals.loky import get_reusable_executor
 from torch import nn
 
 from epir.config import ModelConfig, RunConfig, TrainConfig, apply_overrides, parse_key_value
@@ -200,15 +201,30 @@ def _inner_predictions(
     held: list[np.ndarray],
     *,
     batched: bool,
+    jobs: int = 1,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """Train candidate ``cand``'s inner models, one per ``(training rows, seed, name)``, and predict each one's
     ``held`` rows as the outer fold predicts: the student's probabilities per model, and its teacher's
     (``train.distill``) or None.
+
+    With ``jobs`` > 1 the models are dealt in contiguous shares to that many worker processes (joblib). A model
+    depends only on its rows, seed and recipe, never on the models trained beside it (``epir.engine.batched``),
+    so the predictions are those of one process, up to float rounding between thread counts.
     """
-    jobs = [(dataset.x[idx], dataset.y[idx], seed, n) for idx, seed, n in inner]
+    n = min(jobs, len(inner))
+    if n > 1:
+        bounds = np.linspace(0, len(inner), n + 1).round().astype(int).tolist()
+        parts = Parallel(n_jobs=n)(delayed(_inner_worker)(dataset, cand, inner[a:b], held[a:b], batched)
+                                   for a, b in zip(bounds, bounds[1:]))
+        # the workers grew by the inner models; left for the folds, loky's leak check stops them mid-run (a warning)
+        get_reusable_executor().shutdown(wait=True)
+        student = [p for s, _ in parts for p in s]
+        shares = [t for _, t in parts]
+        return student, None if shares[0] is None else [p for t in shares for p in (t or [])]
+    to_train = [(dataset.x[idx], dataset.y[idx], seed, name) for idx, seed, name in inner]
     teachers = train_teachers(dataset, cand, inner, batched=batched)
     snaps = [SnapshotMean(dataset.x[idx], cand.train, cand.eval.device) for idx in held]
-    models, norms = train_models(cand.model, cand.train, jobs, num_classes=dataset.num_classes,
+    models, norms = train_models(cand.model, cand.train, to_train, num_classes=dataset.num_classes,
                                  device=cand.eval.device, batched=batched, teachers=teachers,
                                  on_epoch=snapshot_callback(snaps))
     student = [snap.mean(predict_proba(model, norm, dataset.x[idx], device=cand.eval.device, tta=cand.train.tta))
@@ -221,35 +237,9 @@ def _inner_worker(
     dataset: FlowDataset, cand: RunConfig, inner: list[tuple[np.ndarray, int, str]], held: list[np.ndarray],
     batched: bool,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """:func:`_inner_predictions` in a worker process, with one torch thread unless ``eval.threads`` says otherwise."""
+    """:func:`_inner_predictions`'s share in a worker process, one torch thread unless ``eval.threads`` says so."""
     torch.set_num_threads(cand.eval.threads or 1)
     return _inner_predictions(dataset, cand, inner, held, batched=batched)
-
-
-def _inner_predictions_in(
-    jobs: int,
-    dataset: FlowDataset,
-    cand: RunConfig,
-    inner: list[tuple[np.ndarray, int, str]],
-    held: list[np.ndarray],
-    *,
-    batched: bool,
-) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """:func:`_inner_predictions` with its models dealt in contiguous shares to ``jobs`` worker processes (joblib;
-    in this process for ``jobs`` = 1). A model depends only on its rows, seed and recipe, never on the models
-    trained beside it (``epir.engine.batched``), so the predictions are those of one process, up to float rounding
-    between thread counts.
-    """
-    n = min(jobs, len(inner))
-    if n <= 1:
-        return _inner_predictions(dataset, cand, inner, held, batched=batched)
-    bounds = np.linspace(0, len(inner), n + 1).round().astype(int).tolist()
-    parts = Parallel(n_jobs=n)(delayed(_inner_worker)(dataset, cand, inner[a:b], held[a:b], batched)
-                               for a, b in zip(bounds, bounds[1:]))
-    student = [p for s, _ in parts for p in s]
-    teachers = [t for _, t in parts]
-    teacher = None if teachers[0] is None else [p for t in teachers for p in (t or [])]
-    return student, teacher
 
 
 def _blend_groups(candidates: Sequence[RunConfig]) -> list[int]:
@@ -453,7 +443,7 @@ def select_shared(
                   (base + zlib.crc32(f"select/shared/{c}/{a}/{b}".encode())) % (2**31 - 1),
                   f"seed {seed} select {c} groups {a}+{b} out") for a, b in pairs]
         held = [np.concatenate([rows[a], rows[b]]) for a, b in pairs]
-        trained[c] = _inner_predictions_in(jobs, dataset, candidates[c], inner, held, batched=batched)
+        trained[c] = _inner_predictions(dataset, candidates[c], inner, held, batched=batched, jobs=jobs)
 
     choices: dict[int, tuple[int, dict[str, Any]]] = {}
     for g in outer:
