@@ -152,16 +152,13 @@ def test_margin_on_the_teacher_mix_keeps_the_plain_average() -> None:
         assert lever_arm(resolve_config(on), "select-margin")[0] == "-select-margin"
 
 
-@pytest.mark.parametrize("name", ["ststnet", "epir"])
-def test_inner_models_in_worker_processes_choose_as_one_process(fake_dataset, name: str, one_torch_thread) -> None:
+def test_inner_models_in_worker_processes_choose_as_one_process(fake_dataset, one_torch_thread) -> None:
     """select_shared(jobs=2) deals the pair models to two worker processes: the same inner scores and choices as
-    one process (a model depends on its rows, seed and recipe only, not on the models trained beside it)."""
-    cfg = shared_cfg(threads=1)
-    if name == "epir":
-        from epir.models.epir import EPIR_RECIPE
+    one process (a batched EPIR, dropout on, depends on its rows, seed and recipe only, not on its partners)."""
+    from epir.models.epir import EPIR_RECIPE
 
-        cfg = replace(cfg, model=ModelConfig(name="epir", args={"dim": 24, "heads": 2}),
-                      train=replace(EPIR_RECIPE, epochs=1, select=("", "train.epochs=2"), select_shared=3))
+    cfg = replace(shared_cfg(threads=1), model=ModelConfig(name="epir", args={"dim": 24, "heads": 2}),
+                  train=replace(EPIR_RECIPE, epochs=1, select=("", "train.epochs=2"), select_shared=3))
     subjects = fake_dataset.subject_list()
     one = select_shared(fake_dataset, cfg, 0, subjects)
     two = select_shared(fake_dataset, cfg, 0, subjects, jobs=2)
