@@ -27,8 +27,9 @@ learning-rate schedule is per step), see :func:`steps_per_epoch`.
   (:func:`epir.models.layers.draw`), and replayed inside ``vmap`` (:func:`epir.models.layers.replayed_draws`).
   On CPU these are the loop's masks, so the weights agree with the loop's within float tolerance, dropout on or
   off (tests assert it), and a member's model never depends on which members share its batch (a ``--folds`` run,
-  a resumed run and a full run train the same fold alike). On CUDA the loop draws from the CUDA generator, so
-  the paths differ the way two seeds do, but each member's masks still depend on its seed alone.
+  a resumed run and a full run train the same fold alike). On CUDA the masks are drawn on the device from a
+  generator seeded with the member's seed (the loop's CUDA dropout draws differently, so there the paths differ
+  the way two seeds do), and still depend on the member alone.
 
 ``vmap`` runs with ``randomness="error"``: a model that draws randomness any other way (``torch.nn.Dropout``,
 ``torch.rand`` in ``forward``) is refused with a one-line error instead of being given masks that depend on its
@@ -195,9 +196,7 @@ def fit_many(
         if cfg.init:  # pretrained weights (epir pretrain), as fit() loads them
             load_initial_weights(model, cfg.init)
         models.append(model.to(device))
-        rng = torch.Generator()  # where the loop's dropout masks come from: the global generator, as fit() starts
-        rng.set_state(torch.get_rng_state())
-        rngs.append(rng)
+        rngs.append(_mask_generator(m.seed, device))
     ok, why = can_batch(models[0])
     if not ok:
         raise ConfigError(f"fit_many(): {why}.")
@@ -306,6 +305,19 @@ def fit_many(
     for m, model in zip(members, models):
         check_finite_weights(model.parameters(), m.name)
     return models, norms
+
+
+def _mask_generator(seed: int, device: str) -> torch.Generator:
+    """The generator a member's dropout masks come from, called right after its model is built. On CPU: the global
+    generator's state at that point, where :func:`~epir.engine.train.fit` starts drawing its masks, so the masks are
+    the loop's. Elsewhere: a generator on the device seeded with the member's seed (the loop's CUDA dropout draws
+    differently anyway; masks drawn on the device spare a host-to-device copy of every mask at every step).
+    """
+    if torch.device(device).type == "cpu":
+        rng = torch.Generator()
+        rng.set_state(torch.get_rng_state())
+        return rng
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _random_calls(model: nn.Module, member: Member, norm: InputNorm, device: str) -> list[RandomCall]:

@@ -98,12 +98,13 @@ def replayed_draws(draws: Sequence[torch.Tensor]) -> Iterator[None]:
 def draw(call: RandomCall, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """The draw ``call`` for a batch of ``batch`` samples, from ``generator``: the same numbers the layer draws
     from the global generator when that is in ``generator``'s state (``nn.Dropout``'s ``bernoulli_`` mask,
-    ``DropPath``'s ``rand_like``).
+    ``DropPath``'s ``rand_like``), on ``generator``'s device.
     """
     shape = (batch, *call.shape)
+    device = None if generator is None else generator.device
     if call.kind == "uniform":
-        return torch.rand(shape, generator=generator)
-    return torch.empty(shape).bernoulli_(call.p, generator=generator)
+        return torch.rand(shape, generator=generator, device=device)
+    return torch.empty(shape, device=device).bernoulli_(call.p, generator=generator)
 
 
 def _given(kind: str, like: torch.Tensor, p: float = 0.0) -> torch.Tensor | None:
