@@ -240,7 +240,7 @@ def fit_many(
         seen = torch.zeros(len(members), device=device)
         orders = [torch.randperm(n, generator=g) if cfg.shuffle else torch.arange(n) for n, g in zip(sizes, gens)]
         for s in range(n_steps):
-            xs, ys, y2s, lams, valids, softs = [], [], [], [], [], []
+            xs, ys, y2s, lams, valids, softs, masks = [], [], [], [], [], [], []
             lo = s * cfg.batch_size
             width = max(min(cfg.batch_size, n - lo) for n in sizes)
             for i, (m, order, norm, g) in enumerate(zip(members, orders, norms, gens)):
@@ -257,15 +257,14 @@ def fit_many(
                 y2s.append(_pad(y2m, width))
                 lams.append(lam)
                 valids.append(torch.arange(width) < len(idx))
+                masks.append([_pad(draw(c, len(idx), rngs[i]), width) for c in calls])  # as the loop draws them
             xb = torch.stack(xs).to(device)
             yb = torch.stack(ys).to(device)
             y2b = torch.stack(y2s).to(device)
             lamb = torch.tensor(lams, dtype=xb.dtype, device=device)
             vb = torch.stack(valids).to(device)
             sb = torch.stack(softs).to(device) if teachers is not None else torch.zeros(len(members), 1, device=device)
-            masks = [[draw(c, n_i, rng) for c in calls] for n_i, rng in
-                     zip((len(o[lo : lo + cfg.batch_size]) for o in orders), rngs)]  # per member, as the loop
-            draws = tuple(torch.stack([_pad(mm[j], width) for mm in masks]).to(device) for j in range(len(calls)))
+            draws = tuple(torch.stack(per_call).to(device) for per_call in zip(*masks))  # one (M, width, ...) per call
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
             try:

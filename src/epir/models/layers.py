@@ -63,6 +63,8 @@ class _Draws:
 
 
 _DRAWS: ContextVar[_Draws | None] = ContextVar("epir_draws", default=None)
+#: The end of every replay error: what a mismatch between the recorded and the replayed pass means.
+_REPLAY_HINT = " (a model whose random draws depend on its input cannot replay them)."
 
 
 @contextmanager
@@ -89,8 +91,8 @@ def replayed_draws(draws: Sequence[torch.Tensor]) -> Iterator[None]:
     try:
         yield
         if state.pos != len(draws):
-            raise RuntimeError(f"the training step took {state.pos} random draws, not the {len(draws)} recorded "
-                               "(a model whose random draws depend on its input cannot replay them).")
+            raise RuntimeError(f"the training step took {state.pos} random draws, not the {len(draws)} recorded"
+                               + _REPLAY_HINT)
     finally:
         _DRAWS.reset(token)
 
@@ -119,13 +121,13 @@ def _given(kind: str, like: torch.Tensor, p: float = 0.0) -> torch.Tensor | None
         state.calls.append(call)
         return like.new_ones(like.shape) if kind == "bernoulli" else like.new_zeros(like.shape)
     if state.pos >= len(state.given):
-        raise RuntimeError(f"the training step took more than the {len(state.given)} random draws recorded "
-                           "(a model whose random draws depend on its input cannot replay them).")
+        raise RuntimeError(f"the training step took more than the {len(state.given)} random draws recorded"
+                           + _REPLAY_HINT)
     out = state.given[state.pos]
     state.pos += 1
     if tuple(out.shape) != tuple(like.shape):
         raise RuntimeError(f"random draw {state.pos} was recorded as {tuple(out.shape)} and is now asked for as "
-                           f"{tuple(like.shape)} (a model whose random draws depend on its input cannot replay them).")
+                           f"{tuple(like.shape)}" + _REPLAY_HINT)
     return out
 
 
