@@ -89,7 +89,11 @@ def test_app_answers_an_uploaded_clip_in_the_browser(ckpt_dir: Path, tmp_path: P
             except TimeoutException:
                 continue
         else:
-            raise AssertionError("the app gave no prediction after three clicks of predict-button")
+            shown = driver.find_element(By.ID, "prediction").text
+            proc.terminate()
+            log = proc.communicate(timeout=30)[0][-3000:]
+            raise AssertionError(f"the app gave no prediction after three clicks of predict-button; it shows "
+                                 f"{shown!r}; the app's last output:\n{log}")
         img = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#explanation img"))
         assert img.get_attribute("src")
         wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", img) > 100)
