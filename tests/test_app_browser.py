@@ -76,11 +76,18 @@ def test_app_answers_an_uploaded_clip_in_the_browser(ckpt_dir: Path, tmp_path: P
         driver = webdriver.Chrome(service=webdriver.ChromeService(driver_path), options=options)
         driver.get(url)
         wait = WebDriverWait(driver, 90)
-        upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
-        upload.send_keys(str(write_clip(tmp_path / "clip.avi")))
-        time.sleep(2)  # let the upload land before asking
+        clip = write_clip(tmp_path / "clip.avi")
+        shown_video = "#video-input video"
+        for _ in range(3):  # a file given before the page's scripts attach to the input is dropped: give it again
+            upload = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#video-input input[type=file]")))
+            upload.send_keys(str(clip))
+            try:
+                WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, shown_video))
+                break
+            except TimeoutException:
+                continue
         classes = ("negative", "positive", "surprise")
-        for _ in range(3):  # on a loaded machine the upload can land after the first click: ask again
+        for _ in range(3):  # on a loaded machine the answer can take long: ask again
             wait.until(ec.element_to_be_clickable((By.ID, "predict-button"))).click()
             try:
                 WebDriverWait(driver, 45).until(
@@ -90,10 +97,12 @@ def test_app_answers_an_uploaded_clip_in_the_browser(ckpt_dir: Path, tmp_path: P
                 continue
         else:
             shown = driver.find_element(By.ID, "prediction").text
+            has_video = bool(driver.find_elements(By.CSS_SELECTOR, shown_video))
             proc.terminate()
             log = proc.communicate(timeout=30)[0][-3000:]
             raise AssertionError(f"the app gave no prediction after three clicks of predict-button; it shows "
-                                 f"{shown!r}; the app's last output:\n{log}")
+                                 f"{shown!r}; the uploaded video {'is' if has_video else 'is not'} shown; the app's "
+                                 f"last output:\n{log}")
         img = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#explanation img"))
         assert img.get_attribute("src")
         wait.until(lambda d: d.execute_script("return arguments[0].naturalWidth", img) > 100)

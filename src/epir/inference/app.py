@@ -89,7 +89,8 @@ def build_app(checkpoint: str | os.PathLike, run_dir: str | os.PathLike | None =
         with gr.Tab("Predict a clip"):
             with gr.Row():
                 with gr.Column():
-                    video = gr.Video(label="Video (upload, or record from the webcam)", sources=["upload", "webcam"])
+                    video = gr.Video(label="Video (upload, or record from the webcam)", sources=["upload", "webcam"],
+                                     elem_id="video-input")
                     frames = gr.File(label="...or frame images", file_count="multiple", file_types=["image"])
                     with gr.Row():
                         onset = gr.Textbox(label="onset frame index (empty: the first frame)", value="")
