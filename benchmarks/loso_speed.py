@@ -17,12 +17,14 @@ to its official 800-epoch LOSO) against EPIR's batched LOSO.
     python benchmarks/loso_speed.py --models ststnet --folds 8        # STSTNet official recipe, first 8 folds
     python benchmarks/loso_speed.py --fold-batches 1 2 4 8 16 --folds 16 --epochs 10   # choose the auto size
     python benchmarks/loso_speed.py --models epir ststnet --device cuda --jobs 1          # on a GPU
+    python benchmarks/loso_speed.py --seeds 0 --skip-epoch --repeats 2   # loop and batched twice, interleaved
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shutil
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -108,6 +110,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="torch device for both paths (e.g. cuda)")
     p.add_argument("--skip-epoch", action="store_true", help="skip the HTNet seconds-per-epoch measurement")
     p.add_argument("--htnet-epochs", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="time every fold batch this many times, interleaved (1, auto, 1, auto, ...); the summary "
+                        "gives each one's median wall and the ratio of the medians")
     p.add_argument("--out", default="runs/bench-loso-speed")
     a = p.parse_args()
     data = load_dataset("megc2019", root=a.root)
@@ -115,26 +120,40 @@ def main() -> None:
     overrides = ([f"train.epochs={a.epochs}"] if a.epochs else []) + [f"eval.device={a.device}"]
     rows: list[tuple[str, ...]] = []
     batched_wall = None
+    walls: dict[tuple[str, int], list[float]] = {}
     for model in a.models:
         base = None
-        for fb in a.fold_batches:
-            r, wall, peak = timed_loso(model, data, a.root, a.seeds, folds, a.jobs, fb,
-                                       Path(a.out) / f"{model}-fb{fb}", overrides)
-            base = wall if base is None else base
-            spread = (f"{r['uf1']:.4f} ± {r.get('uf1_std', 0):.4f} / {r['uar']:.4f} ± {r.get('uar_std', 0):.4f}"
-                      if len(a.seeds) > 1 else f"{r['uf1']:.4f} / {r['uar']:.4f}")
-            rows.append((model, f"{fb or 'auto'} ({r['fold_batch']})", str(r["n_folds"]), str(len(a.seeds)),
-                         f"{wall:.0f}", f"{base / wall:.2f}x", f"{peak / 1e9:.2f}", spread))
-            if model == "epir" and fb == 0:
-                batched_wall = (wall, r["n_folds"])
-            print(rows[-1], flush=True)
+        for rep in range(a.repeats):
+            for fb in a.fold_batches:
+                name = f"{model}-fb{fb}" + (f"-r{rep}" if a.repeats > 1 else "")
+                r, wall, peak = timed_loso(model, data, a.root, a.seeds, folds, a.jobs, fb, Path(a.out) / name,
+                                           overrides)
+                base = wall if base is None else base
+                walls.setdefault((model, fb), []).append(wall)
+                spread = (f"{r['uf1']:.4f} ± {r.get('uf1_std', 0):.4f} / {r['uar']:.4f} ± {r.get('uar_std', 0):.4f}"
+                          if len(a.seeds) > 1 else f"{r['uf1']:.4f} / {r['uar']:.4f}")
+                rows.append((model, f"{fb or 'auto'} ({r['fold_batch']})", str(rep), str(r["n_folds"]),
+                             str(len(a.seeds)), f"{wall:.0f}", f"{base / wall:.2f}x", f"{peak / 1e9:.2f}", spread))
+                if model == "epir" and fb == 0:
+                    batched_wall = (wall, r["n_folds"])
+                print(rows[-1], flush=True)
     cores = os.cpu_count() or 1
     print(f"\nLOSO speed on {cores} cores, {a.jobs} worker processes (torch {torch.__version__}, {len(data)} "
           "samples)\n")
-    print("| model | fold batch (used) | folds | seeds | wall s | speed-up vs first row | peak GB | UF1 / UAR |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | fold batch (used) | repeat | folds | seeds | wall s | speed-up vs first row | peak GB "
+          "| UF1 / UAR |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    if a.repeats > 1:
+        print("\n| model | fold batch | walls s | median s | speed-up vs the first fold batch's median |")
+        print("|---|---|---|---|---|")
+        for model in a.models:
+            first = statistics.median(walls[(model, a.fold_batches[0])])
+            for fb in a.fold_batches:
+                med = statistics.median(walls[(model, fb)])
+                print(f"| {model} | {fb or 'auto'} | {', '.join(f'{w:.0f}' for w in walls[(model, fb)])} | "
+                      f"{med:.0f} | {first / med:.2f}x |")
     if not a.skip_epoch and batched_wall is not None:
         torch.set_num_threads(cores)
         subject = data.subject_list()[0]
