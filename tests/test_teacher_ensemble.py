@@ -211,6 +211,32 @@ def test_group_teachers_never_see_the_held_out_group_and_serve_its_folds(fake_da
     assert a["teacher_probs"] == b["teacher_probs"]
 
 
+def test_folds_that_chose_different_blends_train_in_one_batch(fake_dataset, monkeypatch) -> None:
+    """Candidates that differ only in train.distill_mix train the same models, so a group of folds that chose
+    different weights trains its students in one batch; each fold still gets its own blend, the loop's model."""
+    monkeypatch.setattr(selection, "_GROUP_TEACHERS", {})
+    calls: list[int] = []
+    real = folds.train_models
+
+    def spy(model_cfg, recipe, jobs, **kw):
+        if model_cfg.name == "epir":
+            calls.append(len(jobs))
+        return real(model_cfg, recipe, jobs, **kw)
+
+    monkeypatch.setattr(folds, "train_models", spy)
+    subjects = fake_dataset.subject_list()[:4]
+    cfg = grouped_cfg(tuple(subjects))
+    choices = {(0, s): (i % 2, {"chosen": i % 2}) for i, s in enumerate(subjects)}  # weights 0.5, 1, 0.5, 1
+    records = folds.run_fold_group(fake_dataset, cfg, [(0, s) for s in subjects], None, choices)
+    assert calls == [4]  # before: one batch per chosen weight ([2, 2])
+    for i, (subject, rec) in enumerate(zip(subjects, records)):
+        loop = folds.run_fold(fake_dataset, cfg, subject, 0, choices=choices)
+        torch.testing.assert_close(torch.tensor(rec["probs"]), torch.tensor(loop["probs"]), rtol=0, atol=1e-5)
+        if i % 2:  # weight 1: the teacher's own probabilities
+            torch.testing.assert_close(torch.tensor(rec["probs"]), torch.tensor(rec["teacher_probs"]), rtol=0,
+                                       atol=1e-6)
+
+
 def test_distill_shared_needs_groups_a_teacher_and_no_soft_targets() -> None:
     base = replace(default_recipe("epir", "alone"), distill="ststnet", distill_weight=0.0, select_shared=6,
                    distill_shared=True)

@@ -23,6 +23,7 @@ from epir.config import RunConfig
 from epir.data import FlowDataset
 from epir.engine.batched import Member, fit_many
 from epir.engine.selection import (
+    blend_groups,
     candidate_configs,
     group_teacher,
     member_seeds,
@@ -272,14 +273,17 @@ def run_fold_group(
             c, info = cfg, {}
             chosen.append((-1, cfg))
         selections.append(info)
+    # Folds whose chosen candidates differ only in the blend (train.distill_mix) train the same models: one batch.
+    shared = blend_groups(candidate_configs(cfg)) if cfg.train.select else []
+    keys = [shared[k] if k >= 0 else k for k, _ in chosen]
     tests = [(dataset.x[test_idx], dataset.y[test_idx]) for _, test_idx in splits]
     member_probs: list[list[torch.Tensor]] = [[] for _ in folds]
     member_epochs: list[list[int]] = [[] for _ in folds]
     curves: list[list[dict[str, float]]] = [[] for _ in folds]  # each fold's first member's training curve
     teacher_p: list[torch.Tensor | None] = [None for _ in folds]  # train.distill: the teacher's own predictions
-    for key in sorted({k for k, _ in chosen}):
-        idx = [f for f, (k, _) in enumerate(chosen) if k == key]
-        ccfg = chosen[idx[0]][1]
+    for key in sorted(set(keys)):
+        idx = [f for f, k in enumerate(keys) if k == key]
+        ccfg = chosen[idx[0]][1]  # trains as every fold of idx does; each fold's own blend is applied below
         jobs = [
             (dataset.x[splits[f][0]], dataset.y[splits[f][0]], mseed,
              f"fold {folds[f][1]} seed {folds[f][0]}" + (f" member {k}" if k_members > 1 else ""))

@@ -242,7 +242,7 @@ def _inner_worker(
     return _inner_predictions(dataset, cand, inner, held, batched=batched)
 
 
-def _blend_groups(candidates: Sequence[RunConfig]) -> list[int]:
+def blend_groups(candidates: Sequence[RunConfig]) -> list[int]:
     """For each candidate, the index of the first candidate with the same trained models: candidates that differ
     only in how the trained models' predictions are blended (``train.distill_mix``) share their inner models.
     """
@@ -330,7 +330,7 @@ def select_in_fold(
     subjects = np.asarray(dataset.subjects)[train_idx]
     groups = inner_groups(subjects.tolist(), cfg.train.select_k, fold_seed)
     held = [train_idx[np.isin(subjects, group)] for group in groups]
-    first = _blend_groups(candidates)
+    first = blend_groups(candidates)
     trained: dict[int, tuple[list[torch.Tensor], list[torch.Tensor] | None]] = {}
     for c in sorted(set(first)):
         inner = [  # (training rows, seed, name) of each inner model: every group but one
@@ -436,7 +436,7 @@ def select_shared(
     rows = [np.flatnonzero(np.isin(every, group)) for group in groups]
     outer = sorted({group_of[s] for s in subjects})
     pairs = sorted({(min(g, h), max(g, h)) for g in outer for h in range(g_count) if h != g})
-    first = _blend_groups(candidates)
+    first = blend_groups(candidates)
     trained: dict[int, tuple[list[torch.Tensor], list[torch.Tensor] | None]] = {}
     for c in sorted(set(first)):
         inner = [(np.flatnonzero(~np.isin(every, groups[a] + groups[b])),
@@ -468,6 +468,7 @@ def select_shared(
 
 
 __all__ = [
+    "blend_groups",
     "candidate_configs",
     "choose_with_margin",
     "group_teacher",
