@@ -223,6 +223,15 @@ def test_groups_hold_folds_of_equal_steps_and_respect_the_size(fake_dataset) -> 
     assert all(len(g) == 1 for g in plan_groups(fake_dataset, cfg, todo, fold_batch=1))
 
 
+def test_groups_are_balanced_between_workers(fake_dataset) -> None:
+    """12 folds, 4 at once, 2 workers: 4 groups of 3 (a multiple of the workers), not 4 + 4 + 4 on 3 groups."""
+    cfg = tiny_run_cfg()
+    todo = [(seed, s) for seed in (0, 1) for s in fake_dataset.subject_list()]
+    groups = plan_groups(fake_dataset, cfg, todo, fold_batch=4, workers=2)
+    assert sorted(f for g in groups for f in g) == sorted(todo)
+    assert len(groups) % 2 == 0 and max(map(len, groups)) - min(map(len, groups)) <= 1 <= min(map(len, groups))
+
+
 def test_fold_batch_defaults_and_fallback() -> None:
     cfg = tiny_run_cfg()
     assert resolve_fold_batch(cfg)[0] == 1  # STSTNet batched is slower on CPU (measured): one at a time there

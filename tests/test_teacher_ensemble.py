@@ -237,6 +237,50 @@ def test_folds_that_chose_different_blends_train_in_one_batch(fake_dataset, monk
                                        atol=1e-6)
 
 
+def test_group_teachers_trained_before_the_folds_are_the_ones_a_fold_trains(fake_dataset, monkeypatch,
+                                                                            one_torch_thread) -> None:
+    """shared_teachers trains each group teacher the folds need once, in worker processes; adopted, they serve
+    group_teacher without training, and predict as a teacher the fold's own process trains."""
+    subjects = tuple(fake_dataset.subject_list())
+    cfg = grouped_cfg(subjects)
+    todo = [(0, s) for s in subjects]
+    assert selection.shared_teachers(fake_dataset, cfg, todo, jobs=1) == {}  # one process trains each once anyway
+    teachers = selection.shared_teachers(fake_dataset, cfg, todo, jobs=2)
+    assert len(teachers) == 3  # one per group of the run seed
+    monkeypatch.setattr(selection, "_GROUP_TEACHERS", {})
+    own = {s: selection.teacher_proba(cfg, selection.group_teacher(fake_dataset, cfg, 0, s), fake_dataset.x)
+           for s in subjects}  # trained here, one network at a time
+    monkeypatch.setattr(selection, "_GROUP_TEACHERS", {})
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a group teacher was trained again")
+
+    monkeypatch.setattr(selection, "train_teachers", no_training)
+    selection.adopt_group_teachers(teachers)
+    for s in subjects:
+        got = selection.teacher_proba(cfg, selection.group_teacher(fake_dataset, cfg, 0, s), fake_dataset.x)
+        torch.testing.assert_close(got, own[s], rtol=0, atol=1e-6)
+
+
+def test_a_run_with_group_teachers_in_workers_equals_one_process(fake_dataset, monkeypatch, tmp_path) -> None:
+    """epir loso trains the group teachers in its worker processes before the folds (timed in results.json): the
+    folds get the predictions of a run in one process."""
+    subjects = tuple(fake_dataset.subject_list())
+    cfg = grouped_cfg(subjects)
+    runs = {}
+    for jobs in (1, 2):
+        monkeypatch.setattr(selection, "_GROUP_TEACHERS", {})
+        c = replace(cfg, eval=replace(cfg.eval, jobs=jobs))
+        runs[jobs] = run_loso(c, fake_dataset, out_dir=tmp_path / f"j{jobs}", progress=False)
+    assert "shared_seconds" in runs[2]["teacher"] and "shared_seconds" not in runs[1]["teacher"]
+    for f in (tmp_path / "j1" / "folds").rglob("*.json"):
+        a = json.loads(f.read_text())
+        b = json.loads((tmp_path / "j2" / f.relative_to(tmp_path / "j1")).read_text())
+        torch.testing.assert_close(torch.tensor(b["teacher_probs"]), torch.tensor(a["teacher_probs"]), rtol=0,
+                                   atol=1e-6)
+        torch.testing.assert_close(torch.tensor(b["probs"]), torch.tensor(a["probs"]), rtol=0, atol=1e-5)
+
+
 def test_distill_shared_needs_groups_a_teacher_and_no_soft_targets() -> None:
     base = replace(default_recipe("epir", "alone"), distill="ststnet", distill_weight=0.0, select_shared=6,
                    distill_shared=True)

@@ -16,17 +16,19 @@ from epir.config import RunConfig
 from epir.data import FlowDataset
 from epir.engine import folds as fold_runner
 from epir.engine.folds import Choices, Fold
+from epir.engine.selection import GroupTeachers, adopt_group_teachers
 from epir.errors import ConfigError
 
 
 def run_group(
     dataset: FlowDataset, cfg: RunConfig, folds: Sequence[Fold], fold_weights: str | os.PathLike | None,
-    batched: bool = True, choices: Choices | None = None,
+    batched: bool = True, choices: Choices | None = None, teachers: GroupTeachers | None = None,
 ) -> list[dict[str, Any]]:
     """One group of folds in a worker process: one torch thread per worker unless ``eval.threads`` says
-    otherwise, so workers do not fight over cores.
+    otherwise, so workers do not fight over cores. ``teachers``: group teachers trained before the folds.
     """
     torch.set_num_threads(cfg.eval.threads or 1)
+    adopt_group_teachers(teachers)
     if not batched:
         return [fold_runner.run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, choices=choices)
                 for seed, subject in folds]
@@ -46,6 +48,7 @@ def run_on_dask(
     fold_weights: str | os.PathLike | None = None,
     batched: bool = True,
     choices: Choices | None = None,
+    teachers: GroupTeachers | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run groups of ``(seed, subject)`` folds on a Dask distributed cluster, one task per group (a group of
     one fold when folds are not batched); yield each fold's record as its group finishes.
@@ -74,7 +77,7 @@ def run_on_dask(
         data = client.scatter(dataset, broadcast=True)
         tag = zlib.crc32(cfg.to_yaml().encode())
         futures = [
-            client.submit(run_group, data, cfg, list(group), fold_weights, batched, _subset(choices, group),
+            client.submit(run_group, data, cfg, list(group), fold_weights, batched, _subset(choices, group), teachers,
                           key=f"epir-folds-{tag:08x}-{group[0][0]}-{group[0][1]}-{len(group)}", pure=False)
             for group in groups
         ]
@@ -91,9 +94,11 @@ Status = Callable[[str], None]
 def run_sequential(
     dataset: FlowDataset, cfg: RunConfig, groups: Sequence[Sequence[Fold]], fold_weights: str | os.PathLike | None,
     fold_batch: int, on_status: Status | None = None, choices: Choices | None = None,
+    teachers: GroupTeachers | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run the groups one after another in this process (``eval.threads`` torch threads when set)."""
     status = on_status or (lambda text: None)
+    adopt_group_teachers(teachers)
     if cfg.eval.threads:
         torch.set_num_threads(cfg.eval.threads)
     epochs = 0 if fold_weights is not None else cfg.train.epochs
@@ -114,10 +119,10 @@ def run_sequential(
 
 def run_processes(
     dataset: FlowDataset, cfg: RunConfig, groups: Sequence[Sequence[Fold]], fold_weights: str | os.PathLike | None,
-    fold_batch: int, jobs: int, choices: Choices | None = None,
+    fold_batch: int, jobs: int, choices: Choices | None = None, teachers: GroupTeachers | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run the groups in ``jobs`` worker processes (joblib), yielding records as groups finish."""
-    tasks = (delayed(run_group)(dataset, cfg, group, fold_weights, fold_batch > 1, _subset(choices, group))
+    tasks = (delayed(run_group)(dataset, cfg, group, fold_weights, fold_batch > 1, _subset(choices, group), teachers)
              for group in groups)
     for recs in Parallel(n_jobs=jobs, return_as="generator_unordered")(tasks):
         yield from recs
@@ -133,10 +138,12 @@ def execute(
     jobs: int = 1,
     on_status: Status | None = None,
     choices: Choices | None = None,
+    teachers: GroupTeachers | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run the groups on the backend the config asks for: Dask (``eval.dask_scheduler``), worker processes
     (``jobs > 1`` and more than one group) or this process; yield each fold's record as it finishes.
-    ``choices``: selections made before the folds (``train.select_shared``), passed to each fold.
+    ``choices``: selections made before the folds (``train.select_shared``), passed to each fold; ``teachers``:
+    group teachers trained before the folds (``train.distill_shared``), given to every process that runs folds.
 
     This process's torch thread count is restored when the iteration ends (or is abandoned).
     """
@@ -146,12 +153,12 @@ def execute(
         if cfg.eval.dask_scheduler and groups:
             status(f"dask {cfg.eval.dask_scheduler}")
             yield from run_on_dask(cfg.eval.dask_scheduler, dataset, cfg, groups, fold_weights, fold_batch > 1,
-                                   choices)
+                                   choices, teachers)
         elif jobs > 1 and len(groups) > 1:
             status(f"{jobs} workers, {fold_batch} folds at once" if fold_batch > 1 else f"{jobs} workers")
-            yield from run_processes(dataset, cfg, groups, fold_weights, fold_batch, jobs, choices)
+            yield from run_processes(dataset, cfg, groups, fold_weights, fold_batch, jobs, choices, teachers)
         else:
-            yield from run_sequential(dataset, cfg, groups, fold_weights, fold_batch, status, choices)
+            yield from run_sequential(dataset, cfg, groups, fold_weights, fold_batch, status, choices, teachers)
     finally:
         torch.set_num_threads(threads_before)
 

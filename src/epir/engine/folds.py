@@ -371,11 +371,17 @@ def plan_groups(dataset: FlowDataset, cfg: RunConfig, todo: Sequence[Fold], fold
         return [[f] for f in todo]
     cap = fold_batch // per_fold
     workers = max(1, workers)
-    rounds = math.ceil(len(todo) / (workers * cap))  # balance: every worker gets about as many folds
-    size = max(1, math.ceil(len(todo) / (workers * rounds)))
+    # balance: about workers x rounds groups of near-equal size, so that no worker is left with one group more
+    # (68 folds, 2 workers, 4 at once: 18 groups of 4 or 3, not 17 of 4 with one worker idle for the last)
+    target = workers * math.ceil(len(todo) / (workers * cap))
     counts = Counter(dataset.subjects)
     by_steps: dict[int, list[Fold]] = {}
     for seed, subject in todo:
         steps = steps_per_epoch(len(dataset) - counts[subject], cfg.train.batch_size)
         by_steps.setdefault(steps, []).append((seed, subject))
-    return [group[i : i + size] for group in by_steps.values() for i in range(0, len(group), size)]
+    out: list[list[Fold]] = []
+    for group in by_steps.values():
+        n = min(len(group), max(math.ceil(len(group) / cap), round(len(group) * target / len(todo))))
+        bounds = np.linspace(0, len(group), n + 1).round().astype(int)
+        out.extend(group[a:b] for a, b in zip(bounds, bounds[1:]))
+    return out

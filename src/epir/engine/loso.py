@@ -43,7 +43,7 @@ from epir.engine.metrics import megc_scores
 from epir.engine.report_html import write_run_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
 from epir.engine.runstore import FoldStore, fold_file
-from epir.engine.selection import candidate_configs, select_shared, teacher_config
+from epir.engine.selection import GroupTeachers, candidate_configs, select_shared, shared_teachers, teacher_config
 from epir.engine.train import load_initial_weights
 from epir.errors import ConfigError
 from epir.models import build_model
@@ -278,8 +278,15 @@ def run_loso(
                 mine = [subject for s, subject in todo if s == seed]
                 choices.update({(seed, k): v for k, v in select_shared(dataset, cfg, seed, mine, jobs=jobs).items()})
             select_seconds = time.perf_counter() - t_sel
+        teachers: GroupTeachers = {}
+        teacher_seconds = 0.0
+        if fold_weights is None and todo:  # train.distill_shared: each group teacher once, in the worker processes
+            t_teach = time.perf_counter()
+            bar.set_postfix_str("group teachers")
+            teachers = shared_teachers(dataset, cfg, todo, jobs=1 if cfg.eval.dask_scheduler else jobs)
+            teacher_seconds = time.perf_counter() - t_teach
         for rec in execute(dataset, cfg, groups, fold_weights=fold_weights, fold_batch=fold_batch, jobs=jobs,
-                           on_status=bar.set_postfix_str, choices=choices):
+                           on_status=bar.set_postfix_str, choices=choices, teachers=teachers):
             store.save(rec)  # at once: a later failure loses nothing finished
             done[(rec["seed"], rec["subject"])] = rec
             bar.update(1)
@@ -292,6 +299,8 @@ def run_loso(
                        jobs=jobs)
         if choices is not None:  # the shared inner trainings: in wall_seconds, not in any fold's seconds
             results["selection"]["shared_seconds"] = select_seconds
+        if teachers and "teacher" in results:
+            results["teacher"]["shared_seconds"] = teacher_seconds
         if fold_weights is not None:
             results["fold_weights"] = str(fold_weights)
         if transform_report:

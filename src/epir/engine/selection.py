@@ -376,25 +376,75 @@ def _group_teacher_key(dataset: FlowDataset, cfg: RunConfig, seed: int, group: i
     return (*data, repr(t.model), repr(t.train), cfg.train.distill_members, cfg.train.select_shared, seed, group)
 
 
-def group_teacher(dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str) -> Teacher:
-    """``train.distill_shared``: the teacher of the fold holding out ``subject`` (run seed ``seed``), trained on the
-    subjects outside its ``train.select_shared`` group (the groups :func:`select_shared` deals) and shared by every
-    fold of that group. The held-out subject's whole group takes no part in it. Trained one network at a time, so
-    that it is the same whichever process trains it first; kept for the process's later folds of the group.
-    """
-    every = np.asarray(dataset.subjects)
+#: Group teachers by :func:`_group_teacher_key`, as :func:`shared_teachers` returns them.
+GroupTeachers = dict[tuple[Any, ...], Teacher]
+
+
+def _group_index(dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str) -> int:
+    """The ``train.select_shared`` group (run seed ``seed``) that holds ``subject``."""
     groups = shared_groups(dataset.subjects, cfg.train.select_shared, seed)
     g = next((j for j, group in enumerate(groups) if subject in group), None)
     if g is None:
         raise ConfigError(f"train.distill_shared: subject {subject!r} is not in the dataset {dataset.name!r}.")
+    return g
+
+
+def _train_group_teacher(dataset: FlowDataset, cfg: RunConfig, seed: int, g: int) -> Teacher:
+    """Group ``g``'s teacher (run seed ``seed``), trained now on the other groups' rows, one network at a time."""
+    groups = shared_groups(dataset.subjects, cfg.train.select_shared, seed)
+    rows = np.flatnonzero(~np.isin(np.asarray(dataset.subjects), groups[g]))
+    teacher_seed = (shared_seed(seed) + zlib.crc32(f"teacher/group/{g}".encode())) % (2**31 - 1)
+    trained = train_teachers(dataset, cfg, [(rows, teacher_seed, f"seed {seed} group {g}")], batched=False)
+    assert trained is not None  # train.distill_shared is checked to come with train.distill
+    return trained[0]
+
+
+def group_teacher(dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str) -> Teacher:
+    """``train.distill_shared``: the teacher of the fold holding out ``subject`` (run seed ``seed``), trained on the
+    subjects outside its ``train.select_shared`` group (the groups :func:`select_shared` deals) and shared by every
+    fold of that group. The held-out subject's whole group takes no part in it. Trained one network at a time, so
+    that it is the same whichever process trains it first; kept for the process's later folds of the group (or
+    given to it beforehand by :func:`adopt_group_teachers`).
+    """
+    g = _group_index(dataset, cfg, seed, subject)
     key = _group_teacher_key(dataset, cfg, seed, g)
     if key not in _GROUP_TEACHERS:
-        rows = np.flatnonzero(~np.isin(every, groups[g]))
-        teacher_seed = (shared_seed(seed) + zlib.crc32(f"teacher/group/{g}".encode())) % (2**31 - 1)
-        trained = train_teachers(dataset, cfg, [(rows, teacher_seed, f"seed {seed} group {g}")], batched=False)
-        assert trained is not None  # train.distill_shared is checked to come with train.distill
-        _GROUP_TEACHERS[key] = trained[0]
+        _GROUP_TEACHERS[key] = _train_group_teacher(dataset, cfg, seed, g)
     return _GROUP_TEACHERS[key]
+
+
+def _group_teacher_worker(dataset: FlowDataset, cfg: RunConfig, seed: int, g: int
+                          ) -> tuple[tuple[Any, ...], Teacher]:
+    """One group teacher in a worker process, one torch thread unless ``eval.threads`` says so (as the folds')."""
+    torch.set_num_threads(cfg.eval.threads or 1)
+    return _group_teacher_key(dataset, cfg, seed, g), _train_group_teacher(dataset, cfg, seed, g)
+
+
+def shared_teachers(dataset: FlowDataset, cfg: RunConfig, folds: Sequence[tuple[int, str]], *, jobs: int = 1
+                    ) -> GroupTeachers:
+    """``train.distill_shared``: every group teacher the ``(seed, subject)`` folds need, each trained once, in
+    ``jobs`` worker processes, for :func:`adopt_group_teachers` in the processes that run the folds. Without it
+    each fold process trains every group teacher its folds need, so two workers trained each one twice. A teacher
+    depends only on its rows, seed and recipe (one network at a time), so it is the one a fold would train.
+    ``{}`` without ``train.distill_shared`` or with ``jobs`` = 1 (the folds' process trains each once anyway).
+    """
+    if not (cfg.train.distill and cfg.train.distill_shared) or jobs <= 1:
+        return {}
+    needed = sorted({(seed, _group_index(dataset, cfg, seed, subject)) for seed, subject in folds})
+    if len(needed) <= 1:
+        return {}
+    parts = Parallel(n_jobs=min(jobs, len(needed)))(delayed(_group_teacher_worker)(dataset, cfg, seed, g)
+                                                    for seed, g in needed)
+    get_reusable_executor().shutdown(wait=True)  # as after the inner pairs: loky's leak check would stop them later
+    return dict(parts)
+
+
+def adopt_group_teachers(teachers: GroupTeachers | None) -> None:
+    """Keep ``teachers`` (from :func:`shared_teachers`) for this process's folds: :func:`group_teacher` serves them
+    instead of training them again.
+    """
+    if teachers:
+        _GROUP_TEACHERS.update(teachers)
 
 
 def select_shared(
@@ -468,6 +518,8 @@ def select_shared(
 
 
 __all__ = [
+    "GroupTeachers",
+    "adopt_group_teachers",
     "blend_groups",
     "candidate_configs",
     "choose_with_margin",
@@ -480,6 +532,7 @@ __all__ = [
     "select_shared",
     "shared_groups",
     "shared_seed",
+    "shared_teachers",
     "teacher_config",
     "teacher_proba",
     "train_models",
