@@ -18,6 +18,7 @@ to its official 800-epoch LOSO) against EPIR's batched LOSO.
     python benchmarks/loso_speed.py --fold-batches 1 2 4 8 16 --folds 16 --epochs 10   # choose the auto size
     python benchmarks/loso_speed.py --models epir ststnet --device cuda --jobs 1          # on a GPU
     python benchmarks/loso_speed.py --seeds 0 --skip-epoch --repeats 2   # loop and batched twice, interleaved
+    python benchmarks/loso_speed.py --recipe alone --skip-epoch          # EPIR alone (no teacher, no selection)
 """
 from __future__ import annotations
 
@@ -85,10 +86,10 @@ def seconds_per_epoch(model_name: str, data, subject: str, epochs: int, recipe: 
 
 
 def timed_loso(model: str, data, root: str, seeds, folds, jobs: int, fold_batch: int, out: Path,
-               overrides: list[str]) -> tuple[dict, float, int]:
+               overrides: list[str], recipe: str | None = None) -> tuple[dict, float, int]:
     if out.exists():
         shutil.rmtree(out)
-    cfg = make_config(model, "megc2019", root=root, seeds=seeds, folds=folds,
+    cfg = make_config(model, "megc2019", root=root, seeds=seeds, folds=folds, recipe=recipe,
                       overrides=[f"eval.jobs={jobs}", f"eval.fold_batch={fold_batch}", *overrides])
     with PeakMemory() as mem:
         t0 = time.perf_counter()
@@ -113,6 +114,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1,
                    help="time every fold batch this many times, interleaved (1, auto, 1, auto, ...); the summary "
                         "gives each one's median wall and the ratio of the medians")
+    p.add_argument("--recipe", default=None,
+                   help="the models' recipe (default: each model's default; e.g. alone for EPIR without its teacher)")
     p.add_argument("--out", default="runs/bench-loso-speed")
     a = p.parse_args()
     data = load_dataset("megc2019", root=a.root)
@@ -127,7 +130,7 @@ def main() -> None:
             for fb in a.fold_batches:
                 name = f"{model}-fb{fb}" + (f"-r{rep}" if a.repeats > 1 else "")
                 r, wall, peak = timed_loso(model, data, a.root, a.seeds, folds, a.jobs, fb, Path(a.out) / name,
-                                           overrides)
+                                           overrides, a.recipe)
                 base = wall if base is None else base
                 walls.setdefault((model, fb), []).append(wall)
                 spread = (f"{r['uf1']:.4f} ± {r.get('uf1_std', 0):.4f} / {r['uar']:.4f} ± {r.get('uar_std', 0):.4f}"

@@ -19,7 +19,7 @@ from epir.engine.loso import plan_groups, resolve_fold_batch, run_loso
 from epir.engine.train import fit, masked_cross_entropy, predict_proba, snapshot_epochs
 from epir.errors import ConfigError
 from epir.losses import supervised_contrastive_loss
-from epir.models import build_model, default_recipe
+from epir.models import AUTO_FOLD_BATCH, batches_well, build_model, default_recipe
 from fakes import interrupt_on_call, record_returns, spy_on_selection_training
 
 #: Small models, their dropout and stochastic depth on: batched members replay the masks the loop draws.
@@ -236,8 +236,11 @@ def test_fold_batch_defaults_and_fallback() -> None:
     cfg = tiny_run_cfg()
     assert resolve_fold_batch(cfg)[0] == 1  # STSTNet batched is slower on CPU (measured): one at a time there
     epir_cfg = replace(cfg, model=ModelConfig(name="epir"))
-    assert resolve_fold_batch(epir_cfg)[0] == folds.AUTO_FOLD_BATCH["cpu"]
+    assert resolve_fold_batch(epir_cfg)[0] == AUTO_FOLD_BATCH["cpu"] == 1  # the loop is faster on the CPU (round 10)
     assert resolve_fold_batch(cfg, fold_weights="w") == (1, "")  # published weights: nothing to train
+    cuda = replace(epir_cfg, eval=replace(epir_cfg.eval, device="cuda"))
+    assert resolve_fold_batch(cuda)[0] == AUTO_FOLD_BATCH["cuda"] > 1  # every fold at once on a GPU
+    assert not batches_well("epir", "cpu") and batches_well("epir", "cuda") and not batches_well("htnet", "cuda")
     htnet = replace(cfg, model=ModelConfig(name="htnet"), eval=replace(cfg.eval, fold_batch=8))
     size, note = resolve_fold_batch(htnet)
     assert size == 1 and "not batchable" in note

@@ -16,7 +16,7 @@ from epir.engine.loso import run_loso
 from epir.engine.selection import select_shared, shared_seed
 from epir.errors import ConfigError
 from epir.models import default_recipe
-from fakes import spy_on_selection_training
+from fakes import record_returns, spy_on_selection_training
 
 
 def shared_cfg(groups: int = 3, **eval_kw) -> RunConfig:
@@ -165,3 +165,23 @@ def test_inner_models_in_worker_processes_choose_as_one_process(fake_dataset, on
     for s in subjects:
         assert one[s][0] == two[s][0]
         np.testing.assert_allclose(two[s][1]["scores"], one[s][1]["scores"], atol=1e-6)
+
+
+def test_batched_inner_models_choose_as_the_loop(fake_dataset, monkeypatch, one_torch_thread) -> None:
+    """The inner pair models train one at a time on the CPU (``batches_well``: the loop is faster there) and
+    batched where the model batches well (CUDA): both give the same inner scores and choices, dropout on."""
+    from epir.models.epir import EPIR_RECIPE
+
+    cfg = replace(shared_cfg(threads=1), model=ModelConfig(name="epir", args={"dim": 24, "heads": 2}),
+                  train=replace(EPIR_RECIPE, epochs=1, select=("", "train.epochs=2"), select_shared=3))
+    subjects = fake_dataset.subject_list()
+    many = []
+    monkeypatch.setattr(selection, "fit_many", record_returns(selection.fit_many, many))
+    loop = select_shared(fake_dataset, cfg, 0, subjects)
+    assert not many  # EPIR on the CPU: one at a time
+    monkeypatch.setattr(selection, "batches_well", lambda name, device="cpu": True)
+    batched = select_shared(fake_dataset, cfg, 0, subjects)
+    assert many  # the batched path ran
+    for s in subjects:
+        assert batched[s][0] == loop[s][0]
+        np.testing.assert_allclose(batched[s][1]["scores"], loop[s][1]["scores"], atol=1e-5)

@@ -36,7 +36,7 @@ from epir.engine.selection import (
 )
 from epir.engine.train import InputNorm, SnapshotMean, Teacher, fit, predict_proba, snapshot_callback, steps_per_epoch
 from epir.errors import ConfigError, DatasetNotFoundError
-from epir.models import MODELS, build_model, is_batchable
+from epir.models import auto_fold_batch, build_model, is_batchable
 
 
 def fold_seed(seed: int, subject: str) -> int:
@@ -339,12 +339,6 @@ def run_fold_group(
     return records
 
 
-#: Models trained at once per worker when ``eval.fold_batch`` is 0 (automatic), by device type; measured by
-#: ``benchmarks/loso_speed.py``: on the 2-core CPU, 8 was ~1.3x the loop but took the process tree past 2 GB; 4 stays
-#: within it (1.86 GB) at ~1.1x.
-AUTO_FOLD_BATCH = {"cpu": 4, "cuda": 68}
-
-
 def resolve_fold_batch(cfg: RunConfig, fold_weights: str | os.PathLike | None = None) -> tuple[int, str]:
     """Models trained at once per worker, and a note when the model or protocol cannot be batched."""
     if fold_weights is not None:
@@ -355,9 +349,7 @@ def resolve_fold_batch(cfg: RunConfig, fold_weights: str | os.PathLike | None = 
         return 1, note if cfg.eval.fold_batch > 1 else ""
     if cfg.eval.fold_batch:
         return cfg.eval.fold_batch, ""
-    kind = torch.device(cfg.eval.device).type
-    per_model = MODELS.meta(cfg.model.name).get("auto_fold_batch", {})
-    return per_model.get(kind, AUTO_FOLD_BATCH.get(kind, 4)), ""
+    return auto_fold_batch(cfg.model.name, cfg.eval.device), ""
 
 
 def plan_groups(dataset: FlowDataset, cfg: RunConfig, todo: Sequence[Fold], fold_batch: int, workers: int = 1

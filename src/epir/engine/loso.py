@@ -29,7 +29,6 @@ from epir.config import RunConfig, check_ranges
 from epir.data import FlowDataset
 from epir.engine.backends import execute
 from epir.engine.folds import (
-    AUTO_FOLD_BATCH,
     Fold,
     fold_seed,
     fold_split,
@@ -46,7 +45,7 @@ from epir.engine.runstore import FoldStore, fold_file
 from epir.engine.selection import GroupTeachers, candidate_configs, select_shared, shared_teachers, teacher_config
 from epir.engine.train import load_initial_weights
 from epir.errors import ConfigError
-from epir.models import build_model
+from epir.models import AUTO_FOLD_BATCH, build_model
 from epir.profiling import count_flops
 from epir.runsetup import (
     EXECUTION_KEYS,

@@ -14,8 +14,10 @@ from __future__ import annotations
 # Every model module, imported so that registration is complete.
 from epir.models import epir, htnet, ststnet  # noqa: F401
 from epir.models.factory import (
+    AUTO_FOLD_BATCH,
     MODELS,
     accepted_input_size,
+    auto_fold_batch,
     batches_well,
     build_model,
     create_model,
@@ -29,6 +31,6 @@ from epir.models.factory import (
 )
 from epir.models.layers import ProbabilityMean
 
-__all__ = ["MODELS", "ProbabilityMean", "accepted_input_size", "batches_well", "build_model", "create_model",
-           "default_recipe", "is_batchable", "list_models", "list_recipes", "model_defaults", "register_model",
-           "resolve_model_args"]
+__all__ = ["AUTO_FOLD_BATCH", "MODELS", "ProbabilityMean", "accepted_input_size", "auto_fold_batch", "batches_well",
+           "build_model", "create_model", "default_recipe", "is_batchable", "list_models", "list_recipes",
+           "model_defaults", "register_model", "resolve_model_args"]

@@ -50,12 +50,27 @@ def is_batchable(name: str) -> bool:
     return bool(MODELS.meta(name).get("batchable", False))
 
 
-def batches_well(name: str, device: str = "cpu") -> bool:
-    """Whether several models ``name`` are best trained at once on ``device``: registered ``batchable``, and its
-    ``auto_fold_batch`` for that device type is not 1 (STSTNet on CPU, where vmap runs it at half the loop's speed).
+#: Models a worker trains at once by default, by device type, for a batchable model that registers no
+#: ``auto_fold_batch`` of its own (measured with ``benchmarks/loso_speed.py --repeats 2``). On the 2-core CPU the
+#: one-at-a-time loop is faster: EPIR's default recipe 361 s against 382 s batched 4 at once, EPIR alone 245 s
+#: against 281 s, with identical scores (round 10; round 2's code had measured 1.1x for 4 at once, before the
+#: masks were replayed per model in round 9); on CUDA every fold at once (launch overhead dominates there).
+AUTO_FOLD_BATCH = {"cpu": 1, "cuda": 68}
+
+
+def auto_fold_batch(name: str, device: str = "cpu") -> int:
+    """How many models ``name`` a worker trains at once by default on ``device``: the model's own
+    ``auto_fold_batch`` for that device type, else :data:`AUTO_FOLD_BATCH` (1 for a device type it does not name).
     """
     kind = torch.device(device).type
-    return is_batchable(name) and MODELS.meta(name).get("auto_fold_batch", {}).get(kind, 2) != 1
+    return int(MODELS.meta(name).get("auto_fold_batch", {}).get(kind, AUTO_FOLD_BATCH.get(kind, 1)))
+
+
+def batches_well(name: str, device: str = "cpu") -> bool:
+    """Whether several models ``name`` are best trained at once on ``device``: registered ``batchable``, and its
+    :func:`auto_fold_batch` there is above 1 (on CUDA; on the CPU every built-in model trains faster one at a time).
+    """
+    return is_batchable(name) and auto_fold_batch(name, device) > 1
 
 
 def list_models(pattern: str = "*") -> list[str]:
