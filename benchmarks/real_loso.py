@@ -118,7 +118,11 @@ def main() -> None:
     if "uf1" in teacher:  # train.distill: the fold's teacher alone, on the same held-out subjects
         weight = ("chosen in each fold (results.json 'selection')" if teacher.get("mix_chosen_in_fold")
                   else teacher["mix"])
-        print(f"teacher {teacher['model']} ({teacher['params']:,} params, trained in each fold) alone: "
+        members = teacher.get("members", 1)
+        trained = ("trained once per shared group, on the other groups" if teacher.get("shared")
+                   else "trained in each fold")
+        what = f"{members} seeds averaged, " if members > 1 else ""
+        print(f"teacher {teacher['model']} ({what}{teacher['params']:,} params, {trained}) alone: "
               f"UF1 {teacher['uf1']:.4f}  UAR {teacher['uar']:.4f}   weight in the fold's probabilities "
               f"(train.distill_mix) {weight}; parameters of the whole {r['params_total']:,}")
     print(f"run directory: {out}")
