@@ -250,11 +250,14 @@ def run_fold_group(
     choices: Choices | None = None,
 ) -> list[dict[str, Any]]:
     """Train the ``(seed, subject)`` folds of one group at once (``epir.engine.batched.fit_many``) and return
-    their records; one fold (or ``fold_weights``) runs :func:`run_fold`. Each member of the group gets exactly
-    its own fold's training rows; its held-out subject's rows are only predicted, after training (or per epoch
-    under the optimistic ``eval.oracle_epoch``).
+    their records; one fold on the CPU (or ``fold_weights``) runs :func:`run_fold`, the same model. Off the CPU one
+    fold trains batched too: the loop's dropout draws there from another stream than a batched member's masks, so
+    a fold alone (a ``--folds`` or resumed run) would train unlike the full run. Each member of the group gets
+    exactly its own fold's training rows; its held-out subject's rows are only predicted, after training (or per
+    epoch under the optimistic ``eval.oracle_epoch``).
     """
-    if (len(folds) == 1 and cfg.train.ensemble == 1) or fold_weights is not None:
+    on_cpu = torch.device(cfg.eval.device).type == "cpu"
+    if (len(folds) == 1 and cfg.train.ensemble == 1 and on_cpu) or fold_weights is not None:
         return [run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, choices=choices)
                 for seed, subject in folds]
 

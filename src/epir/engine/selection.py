@@ -154,14 +154,17 @@ def train_models(
     on_epoch: Callable[[int, int, nn.Module, InputNorm], None] | None = None,
 ) -> tuple[list[nn.Module], list[InputNorm]]:
     """Train one model per ``(x, y, seed, name)`` job with one architecture and recipe: batched in groups of
-    equal steps per epoch when ``batched`` and the model batches well on ``device`` (``batches_well``: not STSTNet
-    on CPU, e.g. a distillation teacher), else one at a time; with ``teachers`` (one
+    equal steps per epoch when ``batched`` and the model batches well on ``device`` (``batches_well``: on CUDA, not
+    on the CPU), a single job included off the CPU, else one at a time; with ``teachers`` (one
     per job), distilling from them; ``histories`` (one list per job) receive the training curves; ``on_epoch``
     is called as ``on_epoch(job, epoch, model, norm)`` after each job's every epoch. Returns them in order.
     """
     models: list[nn.Module | None] = [None] * len(jobs)
     norms: list[InputNorm | None] = [None] * len(jobs)
-    if batched and batches_well(model_cfg.name, device) and len(jobs) > 1:
+    # One job alone trains through fit_many too off the CPU: there the loop's dropout draws from another stream
+    # than a batched member's masks, so a fold would train differently in a group of one (a --folds or resumed run)
+    # than beside partners. On the CPU the two agree and the loop is faster.
+    if batched and batches_well(model_cfg.name, device) and (len(jobs) > 1 or torch.device(device).type != "cpu"):
         by_steps: dict[int, list[int]] = {}
         for i, (x, _, _, _) in enumerate(jobs):
             by_steps.setdefault(steps_per_epoch(len(x), recipe.batch_size), []).append(i)

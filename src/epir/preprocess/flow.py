@@ -107,6 +107,10 @@ def _apply_setters(obj: Any, params: Mapping[str, Any], setters: Mapping[str, st
 def _tvl1(prev: np.ndarray, nxt: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
     # Creating the object costs ~0.2 ms (vs 10-80 ms for calc() on a 64x64 pair), so no cache:
     # a fresh object per call keeps compute_flow free of shared state and thread-safe.
+    if not hasattr(cv2, "optflow"):
+        raise ConfigError("TV-L1 flow needs OpenCV's contrib modules (cv2.optflow), which this OpenCV lacks: "
+                          "pip install opencv-contrib-python-headless in place of opencv-python(-headless), "
+                          "or choose flow_method='farneback'.")
     tvl1 = cv2.optflow.DualTVL1OpticalFlow_create()
     _apply_setters(tvl1, params, _TVL1_SETTERS, "tvl1")
     return tvl1.calc(prev, nxt, None)

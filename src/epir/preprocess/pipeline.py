@@ -240,7 +240,7 @@ def run_clip(frames: Sequence[np.ndarray], onset: int, apex: int | None, setting
 
 
 def process_clip(frames: Sequence[np.ndarray], onset: int, apex: int,
-                 settings: PreprocessSettings = PreprocessSettings(), *,
+                 settings: PreprocessSettings | None = None, *,
                  aligner: FaceAligner | None = None) -> ClipResult:
     """Turn a clip's onset and apex frames into the model input (see the module docstring).
 
@@ -249,7 +249,7 @@ def process_clip(frames: Sequence[np.ndarray], onset: int, apex: int,
             and ``frames[apex]`` are read).
         onset: 0-based index of the onset frame.
         apex: 0-based index of the apex frame, after the onset.
-        settings: the preprocessing settings.
+        settings: the preprocessing settings (default: ``PreprocessSettings()``).
         aligner: a :class:`FaceAligner` to reuse (default: one made from ``settings``); ignored with
             ``settings.align=False``.
 
@@ -263,7 +263,7 @@ def process_clip(frames: Sequence[np.ndarray], onset: int, apex: int,
     """
     if apex is None:
         raise ClipError("process_clip needs an apex index; use process_video(..., apex=None) to estimate it.")
-    return run_clip(frames, onset, apex, settings, aligner)
+    return run_clip(frames, onset, apex, settings or PreprocessSettings(), aligner)
 
 
 @dataclass
@@ -333,7 +333,7 @@ def read_clip(clip: str | os.PathLike | Sequence[np.ndarray], onset: int | None 
 
 
 def process_video(path: str | Path, onset: int | None = None, apex: int | None = None,
-                  settings: PreprocessSettings = PreprocessSettings(),  # noqa: B008 (frozen, immutable)
+                  settings: PreprocessSettings | None = None,
                   aligner: FaceAligner | None = None) -> ClipResult:
     """Process one clip given as a video file or a folder of frames (a new recording, for inference).
 
@@ -353,7 +353,8 @@ def process_video(path: str | Path, onset: int | None = None, apex: int | None =
             :func:`epir.preprocess.video.read_frames` and :func:`process_clip`).
     """
     loaded = read_clip(path, onset, None)  # every frame: the apex, if given, is an index into them
-    return LoadedClip(loaded.frames, loaded.onset, apex, None, loaded.where).run(settings, aligner)
+    return LoadedClip(loaded.frames, loaded.onset, apex, None, loaded.where).run(settings or PreprocessSettings(),
+                                                                                 aligner)
 
 
 __all__ = ["APEX_METHODS", "PIPELINE_VERSION", "ClipResult", "LoadedClip", "PreprocessSettings", "process_clip",
