@@ -132,3 +132,18 @@ def test_flow_map_convenience() -> None:
     a = textured()
     b = shifted(a, 0.5, 1.0)
     np.testing.assert_array_equal(flow_map(a, b, "dis", size=28), flow_to_map(compute_flow(a, b, "dis")))
+
+
+def test_without_opencv_contrib_epir_imports_and_tvl1_names_the_fix(monkeypatch) -> None:
+    """Plain opencv-python has no cv2.optflow: ``import epir`` still works (nothing computes flow at import) and
+    TV-L1 flow is a one-line error naming the package to install or the other method."""
+    import subprocess
+    import sys
+
+    code = "import cv2\nif hasattr(cv2, 'optflow'): del cv2.optflow\nimport epir, epir.preprocess\nprint('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    monkeypatch.delattr(cv2, "optflow", raising=False)
+    frame = np.zeros((16, 16), np.uint8)
+    with pytest.raises(ConfigError, match="opencv-contrib-python-headless.*farneback"):
+        compute_flow(frame, frame, "tvl1")
