@@ -102,11 +102,8 @@ def run_sequential(
     if cfg.eval.threads:
         torch.set_num_threads(cfg.eval.threads)
     epochs = 0 if fold_weights is not None else cfg.train.epochs
-    # Off the CPU a group of one trains batched too: the loop's dropout draws there from another stream than a
-    # batched member's masks, so a fold alone (a --folds or resumed run) would train unlike the full run.
-    alone_batched = torch.device(cfg.eval.device).type != "cpu"
     for group in groups:
-        if fold_batch > 1 and (len(group) > 1 or cfg.train.ensemble > 1 or alone_batched):
+        if fold_batch > 1 and not fold_runner.trains_alone(cfg, len(group)):
             status(f"{len(group)} folds at once")
             yield from fold_runner.run_fold_group(dataset, cfg, group, fold_weights, choices)
             continue

@@ -306,6 +306,15 @@ def fit_many(
     return models, norms
 
 
+def alone_trains_batched(device: str) -> bool:
+    """Whether a model trained alone goes through :func:`fit_many` rather than the loop
+    (:func:`~epir.engine.train.fit`) on ``device``: off the CPU, where the loop's dropout draws from another stream
+    than a member's masks (:func:`_mask_generator`), so a fold alone (a ``--folds`` or resumed run) would train
+    unlike the same fold beside partners. On the CPU the two give the same model and the loop is faster.
+    """
+    return torch.device(device).type != "cpu"
+
+
 def _mask_generator(seed: int, device: str) -> torch.Generator:
     """The generator a member's dropout masks come from, called right after its model is built. On CPU: the global
     generator's state at that point, where :func:`~epir.engine.train.fit` starts drawing its masks, so the masks are

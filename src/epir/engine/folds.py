@@ -21,7 +21,7 @@ import torch
 
 from epir.config import RunConfig
 from epir.data import FlowDataset
-from epir.engine.batched import Member, fit_many
+from epir.engine.batched import Member, alone_trains_batched, fit_many
 from epir.engine.selection import (
     blend_groups,
     candidate_configs,
@@ -242,6 +242,14 @@ def run_fold(
     return rec
 
 
+def trains_alone(cfg: RunConfig, n_folds: int) -> bool:
+    """Whether a group of ``n_folds`` folds trains through :func:`run_fold` (the loop) rather than at once: one
+    fold with one member, on a device where a model alone trains in the loop
+    (:func:`~epir.engine.batched.alone_trains_batched`: the CPU, where both give the same model).
+    """
+    return n_folds == 1 and cfg.train.ensemble == 1 and not alone_trains_batched(cfg.eval.device)
+
+
 def run_fold_group(
     dataset: FlowDataset,
     cfg: RunConfig,
@@ -250,14 +258,11 @@ def run_fold_group(
     choices: Choices | None = None,
 ) -> list[dict[str, Any]]:
     """Train the ``(seed, subject)`` folds of one group at once (``epir.engine.batched.fit_many``) and return
-    their records; one fold on the CPU (or ``fold_weights``) runs :func:`run_fold`, the same model. Off the CPU one
-    fold trains batched too: the loop's dropout draws there from another stream than a batched member's masks, so
-    a fold alone (a ``--folds`` or resumed run) would train unlike the full run. Each member of the group gets
-    exactly its own fold's training rows; its held-out subject's rows are only predicted, after training (or per
-    epoch under the optimistic ``eval.oracle_epoch``).
+    their records; a group that :func:`trains_alone` (or ``fold_weights``) runs :func:`run_fold`. Each member of the
+    group gets exactly its own fold's training rows; its held-out subject's rows are only predicted, after training
+    (or per epoch under the optimistic ``eval.oracle_epoch``).
     """
-    on_cpu = torch.device(cfg.eval.device).type == "cpu"
-    if (len(folds) == 1 and cfg.train.ensemble == 1 and on_cpu) or fold_weights is not None:
+    if trains_alone(cfg, len(folds)) or fold_weights is not None:
         return [run_fold(dataset, cfg, subject, seed, fold_weights=fold_weights, choices=choices)
                 for seed, subject in folds]
 

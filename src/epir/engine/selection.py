@@ -30,7 +30,7 @@ from torch import nn
 
 from epir.config import ModelConfig, RunConfig, TrainConfig, apply_overrides, parse_key_value
 from epir.data import FlowDataset
-from epir.engine.batched import Member, fit_many, steps_per_epoch
+from epir.engine.batched import Member, alone_trains_batched, fit_many, steps_per_epoch
 from epir.engine.metrics import megc_scores
 from epir.engine.train import InputNorm, SnapshotMean, Teacher, fit, predict_proba, snapshot_callback
 from epir.errors import ConfigError
@@ -161,10 +161,7 @@ def train_models(
     """
     models: list[nn.Module | None] = [None] * len(jobs)
     norms: list[InputNorm | None] = [None] * len(jobs)
-    # One job alone trains through fit_many too off the CPU: there the loop's dropout draws from another stream
-    # than a batched member's masks, so a fold would train differently in a group of one (a --folds or resumed run)
-    # than beside partners. On the CPU the two agree and the loop is faster.
-    if batched and batches_well(model_cfg.name, device) and (len(jobs) > 1 or torch.device(device).type != "cpu"):
+    if batched and batches_well(model_cfg.name, device) and (len(jobs) > 1 or alone_trains_batched(device)):
         by_steps: dict[int, list[int]] = {}
         for i, (x, _, _, _) in enumerate(jobs):
             by_steps.setdefault(steps_per_epoch(len(x), recipe.batch_size), []).append(i)
