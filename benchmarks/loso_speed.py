@@ -10,7 +10,8 @@ For each model asked for (default: EPIR's default recipe, full 68-fold LOSO, see
 - peak resident memory of the whole process tree (the command and its worker processes).
 
 Then, unless ``--skip-epoch``, seconds per epoch of HTNet's official configuration on one fold (extrapolated
-to its official 800-epoch LOSO) against EPIR's batched LOSO.
+to its official 800-epoch LOSO) against EPIR's LOSO with the automatic fold batch (one at a time on the CPU
+since round 10).
 
     python benchmarks/loso_speed.py                                   # EPIR, full LOSO, seed 0 (~15 min, 2 cores)
     python benchmarks/loso_speed.py --seeds 0 1 2                     # the 3-seed comparison (~45 min)
@@ -165,7 +166,7 @@ def main() -> None:
         wall, n_folds = batched_wall
         htnet_loso = htnet_epoch * HTNET_OFFICIAL_EPOCHS * n_folds
         print(f"\nHTNet official: {htnet_epoch:.2f} s/epoch -> {n_folds} folds x {HTNET_OFFICIAL_EPOCHS} epochs = "
-              f"{htnet_loso / 3600:.1f} h here, {htnet_loso / wall:.0f}x EPIR's batched LOSO")
+              f"{htnet_loso / 3600:.1f} h here, {htnet_loso / wall:.0f}x EPIR's LOSO (automatic fold batch)")
 
 
 if __name__ == "__main__":
