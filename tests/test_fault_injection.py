@@ -111,6 +111,50 @@ def test_divergence_stops_the_fold(fake_root, tmp_path, capsys) -> None:
     assert not (out / "results.json").exists()
 
 
+def test_an_exploded_but_finite_loss_stops_the_fold(fake_root, tmp_path, capsys) -> None:
+    """STSTNet at lr 1e9 trains to a mean loss of about 1e19 with every prediction saturated, finite throughout: it
+    used to be reported as a result."""
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out, "--set", "train.lr=1e9", "--epochs", "3")) == 2
+    err = capsys.readouterr().err
+    assert "diverged" in err and "mean training loss" in err and "train.lr" in err and "Traceback" not in err
+    assert not (out / "results.json").exists()
+
+
+def test_exploded_loss_rule() -> None:
+    import math
+
+    import torch
+
+    from epir.engine.train import EXPLODED_LOSS_FACTOR, check_training_loss, exploded_loss_limit
+    from epir.errors import DivergedError
+
+    limit = exploded_loss_limit(3)
+    assert limit == pytest.approx(EXPLODED_LOSS_FACTOR * math.log(3))
+    check_training_loss(torch.tensor([1.1, 5.0, 0.999 * limit]), 3, ["a", "b", "c"], 0, 1e-3)  # under it: kept
+    with pytest.raises(DivergedError, match=r"^b epoch 2: the mean training loss is 1e\+19"):
+        check_training_loss(torch.tensor([1.1, 1e19]), 3, ["a", "b"], 1, 1e9)
+    with pytest.raises(DivergedError, match=r"^a, b epoch 1: the training loss is not finite"):
+        check_training_loss(torch.tensor([float("nan"), float("inf")]), 3, ["a", "b"], 0, 1e-3)
+
+
+def test_a_batched_member_whose_loss_explodes_is_named() -> None:
+    import torch
+
+    from epir.config import ModelConfig
+    from epir.engine.batched import Member, fit_many
+    from epir.engine.train import TrainConfig
+    from epir.errors import DivergedError
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(24, 3, 28, 28, generator=g) * 255
+    y = torch.arange(24) % 3
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e9, optimizer="adam")
+    members = [Member(x=x, y=y, seed=s, name=f"member {s}") for s in (0, 1)]
+    with pytest.raises(DivergedError, match="member 0.*diverged"):
+        fit_many(ModelConfig(name="ststnet"), members, cfg, num_classes=3)
+
+
 def test_a_locked_run_directory_is_refused(fake_root, tmp_path, capsys) -> None:
     from epir.engine.runstore import RunLock
 

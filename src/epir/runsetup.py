@@ -283,7 +283,9 @@ def load_data(cfg: RunConfig, dataset: FlowDataset | None = None) -> FlowDataset
     """The run's samples: ``dataset`` or the one ``cfg.data`` names, restricted to ``data.subset``."""
     if cfg.data.dataset == "synthetic" and cfg.data.root is not None:
         raise ConfigError(f"data.root={cfg.data.root!r}: the synthetic set is generated, it has no root; leave "
-                          f"data.root unset, or name the dataset that lives there (data.dataset=flowmaps).")
+                          f"data.root unset, or name the dataset that lives there: --dataset megc2019 "
+                          f"(data.dataset=megc2019) for the HTNet layout of the composite set, --dataset flowmaps for "
+                          f"epir preprocess's output.")
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.data.seed)
     return select_sources(dataset, tuple(cfg.data.subset or ()))

@@ -54,8 +54,8 @@ from epir.engine.train import (
     Teacher,
     WeightAverage,
     augment,
-    check_finite,
     check_finite_weights,
+    check_training_loss,
     class_weights,
     distillation_loss,
     load_initial_weights,
@@ -176,7 +176,8 @@ def fit_many(
 
     Raises:
         ConfigError: no members, or members with different numbers of steps per epoch.
-        DivergedError: a member's loss became NaN or infinite (the message names the member).
+        DivergedError: a member's loss became NaN or infinite or exploded past
+            :func:`~epir.engine.train.exploded_loss_limit` (the message names the member).
     """
     if not members:
         raise ConfigError("fit_many() got no members.")
@@ -289,10 +290,8 @@ def fit_many(
             opt.step()
             averager.after_step(step)
             step += 1
-        finite = torch.isfinite(loss_sums)  # a NaN or inf at any step carries into the sum: one sync per epoch
-        if not bool(finite.all()):
-            bad = [members[i].name for i in torch.nonzero(~finite).flatten().tolist()]
-            check_finite(loss_sums, f"{', '.join(bad)} epoch {epoch + 1}")
+        # a NaN or inf at any step carries into the sum: one check (and one sync) per epoch, naming the member
+        check_training_loss(loss_sums / seen, num_classes, [m.name for m in members], epoch, cfg.lr)
         averager.after_epoch(epoch)
         if histories is not None:
             for h, lo, c in zip(histories, (loss_sums / seen).tolist(), (correct / seen).tolist()):

@@ -242,12 +242,40 @@ def check_finite_weights(params: Iterable[torch.Tensor], what: str) -> None:
         )
 
 
-def check_finite(loss: torch.Tensor, what: str) -> None:
-    """Stop training loudly when the loss is not finite (a diverged model is never reported as a result)."""
-    if not bool(torch.isfinite(loss).all()):
+#: An epoch whose mean training loss exceeds this many times ln(num_classes), the loss of a uniform guess, has
+#: diverged even where the loss is still finite: a sane recipe starts near ln(C) (a few times it with the contrastive
+#: term or a wrong-footed start) and falls; a too-high learning rate sends it to 1e19 with saturated predictions.
+EXPLODED_LOSS_FACTOR = 100.0
+
+
+def exploded_loss_limit(num_classes: int) -> float:
+    """The mean training loss above which an epoch counts as diverged: :data:`EXPLODED_LOSS_FACTOR` x ln(C)
+    (ln 2 at least).
+    """
+    return EXPLODED_LOSS_FACTOR * math.log(max(num_classes, 2))
+
+
+def check_training_loss(mean_loss: torch.Tensor, num_classes: int, names: Sequence[str], epoch: int, lr: float
+                        ) -> None:
+    """Stop training loudly when an epoch's mean training loss is not finite or has exploded past
+    :func:`exploded_loss_limit` (one value per model in ``names``; a diverged model is never reported as a result).
+    """
+    losses = mean_loss.detach().reshape(-1).tolist()
+    bad = [(n, v) for n, v in zip(names, losses) if not math.isfinite(v)]
+    if bad:
         raise DivergedError(
-            f"{what}: the training loss is not finite ({loss.detach().flatten().tolist()[:4]}): the model diverged. "
-            f"Lower train.lr (--lr), set train.grad_clip, or check the input maps."
+            f"{', '.join(n for n, _ in bad)} epoch {epoch + 1}: the training loss is not finite "
+            f"({[v for _, v in bad][:4]}): the model diverged. Lower train.lr (--lr, now {lr:g}), set "
+            f"train.grad_clip, or check the input maps."
+        )
+    limit = exploded_loss_limit(num_classes)
+    bad = [(n, v) for n, v in zip(names, losses) if v > limit]
+    if bad:
+        raise DivergedError(
+            f"{', '.join(n for n, _ in bad)} epoch {epoch + 1}: the mean training loss is {bad[0][1]:.3g}, over "
+            f"{limit:.3g} ({EXPLODED_LOSS_FACTOR:g} x ln {max(num_classes, 2)}, a uniform guess scoring "
+            f"{math.log(max(num_classes, 2)):.3g}): the model diverged. Lower train.lr (--lr, now {lr:g}) or set "
+            f"train.grad_clip."
         )
 
 
@@ -308,7 +336,8 @@ def fit(
             the accuracy on the (augmented) training batches, the training curve.
 
     Raises:
-        DivergedError: the loss became NaN or infinite (checked once per epoch, on the epoch's summed loss).
+        DivergedError: the loss became NaN or infinite, or an epoch's mean loss exploded past
+            :func:`exploded_loss_limit` (checked once per epoch).
     """
     if len(x) == 0:
         raise ConfigError("fit() got no training samples.")
@@ -380,7 +409,8 @@ def fit(
             opt.step()
             averager.after_step(step)
             step += 1
-        check_finite(loss_sum, f"{describe} epoch {epoch + 1}")  # a NaN or inf at any step carries into the sum
+        # a NaN or inf at any step carries into the sum: one check (and one sync) per epoch
+        check_training_loss(loss_sum / seen, num_classes, [describe], epoch, cfg.lr)
         averager.after_epoch(epoch)
         if history is not None:
             history.append({"epoch": epoch, "loss": float(loss_sum) / seen, "acc": float(correct) / seen})
