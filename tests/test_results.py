@@ -227,3 +227,10 @@ def test_evaluate_keeps_the_oracle_label(tmp_path, fake_dataset, capsys) -> None
     assert json.loads(capsys.readouterr().out)["protocol"] == ORACLE
     assert main(["evaluate", "--megc-log", str(out / "megc_log.txt")]) == 0
     assert "oracle-epoch (optimistic)" in capsys.readouterr().out
+
+
+def test_evaluate_given_a_log_file_as_run_dir_names_megc_log(tmp_path) -> None:
+    log = tmp_path / "submission.txt"
+    log.write_text("casme2 sub01\nEP02_01f 1 1\n")
+    with pytest.raises(DatasetNotFoundError, match=r"is a file, not a run directory.*--megc-log"):
+        evaluate_run_dir(log)

@@ -18,6 +18,9 @@ def evaluate_run_dir(run_dir: str | Path) -> dict[str, Any]:
     """Metrics of ``RUN_DIR/predictions.csv`` with the run's protocol and absent-class policy."""
     run = Path(run_dir)
     path = run / "predictions.csv"
+    if run.is_file():
+        raise DatasetNotFoundError(f"{run} is a file, not a run directory; for a MEGC2019 submission log use "
+                                   f"`epir evaluate --megc-log {run}`.")
     if not path.is_file():
         raise DatasetNotFoundError(f"{path} does not exist; is {run} a finished epir run directory?")
     preds = pd.read_csv(path, dtype={"subject_id": str, "clip": str})
