@@ -173,9 +173,12 @@ def test_resuming_a_subset_keeps_the_whole_runs_results(fake_root, tmp_path, cap
     out = tmp_path / "run"
     assert main(loso_args(fake_root, out)) == 0
     whole = (out / "results.json").read_bytes()
+    config = (out / "config.yaml").read_bytes()
     args = [a if a != "s02" else "--no-progress" for a in loso_args(fake_root, out)]  # only s01
     assert main(args) == 0
     assert (out / "results.json").read_bytes() == whole
+    assert (out / "config.yaml").read_bytes() == config  # it describes the results left there (both folds)
+    assert not (out / "config.yaml.tmp").exists()
 
 
 def test_protocol_of_a_run_without_results_json(fake_root, tmp_path) -> None:

@@ -307,11 +307,12 @@ def run_loso(
         if out is not None:
             wider = store.wider(seeds, subjects)
             if wider:
+                store.keep_previous_config()
                 warnings.warn(
                     f"{out} holds finished folds beyond this run's eval.folds/eval.seeds (--folds/--seeds) "
                     f"({wider}); its results.json, "
-                    f"predictions.csv and MEGC logs are left as they are (they cover the whole run). Run the whole "
-                    f"set again to rewrite them; these results are printed only.", stacklevel=2)
+                    f"predictions.csv, MEGC logs and config.yaml are left as they are (they cover the whole run). Run "
+                    f"the whole set again to rewrite them; these results are printed only.", stacklevel=2)
             else:
                 write_results(out, results, preds)
                 write_curves(out, records)
