@@ -176,7 +176,7 @@ def fit_many(
 
     Raises:
         ConfigError: no members, or members with different numbers of steps per epoch.
-        DivergedError: a member's loss became NaN or infinite or exploded past
+        DivergedError: a member's loss became NaN or infinite, or its last epoch's mean loss exploded past
             :func:`~epir.engine.train.exploded_loss_limit` (the message names the member).
     """
     if not members:
@@ -291,7 +291,8 @@ def fit_many(
             averager.after_step(step)
             step += 1
         # a NaN or inf at any step carries into the sum: one check (and one sync) per epoch, naming the member
-        check_training_loss(loss_sums / seen, num_classes, [m.name for m in members], epoch, cfg.lr)
+        check_training_loss(loss_sums / seen, num_classes, [m.name for m in members], epoch, cfg.lr,
+                            last=epoch == cfg.epochs - 1)
         averager.after_epoch(epoch)
         if histories is not None:
             for h, lo, c in zip(histories, (loss_sums / seen).tolist(), (correct / seen).tolist()):

@@ -242,23 +242,25 @@ def check_finite_weights(params: Iterable[torch.Tensor], what: str) -> None:
         )
 
 
-#: An epoch whose mean training loss exceeds this many times ln(num_classes), the loss of a uniform guess, has
-#: diverged even where the loss is still finite: a sane recipe starts near ln(C) (a few times it with the contrastive
-#: term or a wrong-footed start) and falls; a too-high learning rate sends it to 1e19 with saturated predictions.
+#: A model whose last epoch's mean training loss exceeds this many times ln(num_classes), the loss of a uniform
+#: guess, has diverged even where the loss is still finite: a sane recipe starts near ln(C) and falls, while a far
+#: too high learning rate ends at 1e2-1e19 with saturated logits (STSTNet at lr 10 ends near 500, at lr 1e9 near
+#: 1e19). Only the last epoch counts: a spike that training recovers from (STSTNet at lr 1: 432, then 8) is not one.
 EXPLODED_LOSS_FACTOR = 100.0
 
 
 def exploded_loss_limit(num_classes: int) -> float:
-    """The mean training loss above which an epoch counts as diverged: :data:`EXPLODED_LOSS_FACTOR` x ln(C)
-    (ln 2 at least).
+    """The last epoch's mean training loss above which a model counts as diverged: :data:`EXPLODED_LOSS_FACTOR` x
+    ln(C) (ln 2 at least).
     """
     return EXPLODED_LOSS_FACTOR * math.log(max(num_classes, 2))
 
 
-def check_training_loss(mean_loss: torch.Tensor, num_classes: int, names: Sequence[str], epoch: int, lr: float
-                        ) -> None:
-    """Stop training loudly when an epoch's mean training loss is not finite or has exploded past
-    :func:`exploded_loss_limit` (one value per model in ``names``; a diverged model is never reported as a result).
+def check_training_loss(mean_loss: torch.Tensor, num_classes: int, names: Sequence[str], epoch: int, lr: float, *,
+                        last: bool) -> None:
+    """Stop training loudly when an epoch's mean training loss is not finite, or when the ``last`` epoch's has
+    exploded past :func:`exploded_loss_limit` (one value per model in ``names``; a diverged model is never reported as
+    a result).
     """
     losses = mean_loss.detach().reshape(-1).tolist()
     bad = [(n, v) for n, v in zip(names, losses) if not math.isfinite(v)]
@@ -269,13 +271,13 @@ def check_training_loss(mean_loss: torch.Tensor, num_classes: int, names: Sequen
             f"train.grad_clip, or check the input maps."
         )
     limit = exploded_loss_limit(num_classes)
-    bad = [(n, v) for n, v in zip(names, losses) if v > limit]
+    bad = [(n, v) for n, v in zip(names, losses) if v > limit] if last else []
     if bad:
+        c = max(num_classes, 2)
         raise DivergedError(
-            f"{', '.join(n for n, _ in bad)} epoch {epoch + 1}: the mean training loss is {bad[0][1]:.3g}, over "
-            f"{limit:.3g} ({EXPLODED_LOSS_FACTOR:g} x ln {max(num_classes, 2)}, a uniform guess scoring "
-            f"{math.log(max(num_classes, 2)):.3g}): the model diverged. Lower train.lr (--lr, now {lr:g}) or set "
-            f"train.grad_clip."
+            f"{', '.join(n for n, _ in bad)} epoch {epoch + 1} (the last): the mean training loss is {bad[0][1]:.3g}, "
+            f"over {limit:.3g} ({EXPLODED_LOSS_FACTOR:g} x ln {c}, a uniform guess scoring {math.log(c):.3g}): the "
+            f"model diverged. Lower train.lr (--lr, now {lr:g}) or set train.grad_clip."
         )
 
 
@@ -336,8 +338,8 @@ def fit(
             the accuracy on the (augmented) training batches, the training curve.
 
     Raises:
-        DivergedError: the loss became NaN or infinite, or an epoch's mean loss exploded past
-            :func:`exploded_loss_limit` (checked once per epoch).
+        DivergedError: the loss became NaN or infinite (checked once per epoch), or the last epoch's mean loss
+            exploded past :func:`exploded_loss_limit`.
     """
     if len(x) == 0:
         raise ConfigError("fit() got no training samples.")
@@ -410,7 +412,7 @@ def fit(
             averager.after_step(step)
             step += 1
         # a NaN or inf at any step carries into the sum: one check (and one sync) per epoch
-        check_training_loss(loss_sum / seen, num_classes, [describe], epoch, cfg.lr)
+        check_training_loss(loss_sum / seen, num_classes, [describe], epoch, cfg.lr, last=epoch == cfg.epochs - 1)
         averager.after_epoch(epoch)
         if history is not None:
             history.append({"epoch": epoch, "loss": float(loss_sum) / seen, "acc": float(correct) / seen})
