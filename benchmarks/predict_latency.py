@@ -41,17 +41,7 @@ from epir.inference.export import export_onnx, onnx_session, random_maps
 from epir.inference.predictor import AUTO_ONNX_MIN_CLIPS
 from epir.models import create_model, resolve_model_args
 from epir.preprocess.face import FaceAligner
-
-
-def median_ms(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000.0 * statistics.median(times)
+from epir.profiling import median_ms
 
 
 def make_checkpoint(directory: Path) -> Path:

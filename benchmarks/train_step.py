@@ -30,17 +30,7 @@ from epir.config import ModelConfig
 from epir.engine.batched import Member, fit_many
 from epir.engine.train import fit, make_optimizer
 from epir.models import build_model, default_recipe, resolve_model_args
-
-
-def median_ms(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000.0 * statistics.median(times)
+from epir.profiling import median_ms
 
 
 def step_parts(name: str, batch: int, repeats: int) -> dict[str, float]:

@@ -90,3 +90,11 @@ def test_a_lever_already_in_the_full_configuration_becomes_a_minus_arm() -> None
         lever_arm(make_config("epir", "synthetic", overrides=list(LEVERS["distill"])), "distill")
     with pytest.raises(ConfigError, match="no lever"):
         lever_arm(cfg, "mixupp")
+
+
+def test_median_ms_calls_warmup_plus_repeats() -> None:
+    from epir.profiling import median_ms
+
+    calls = []
+    ms = median_ms(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(calls) == 6 and ms >= 0.0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +41,18 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] = (1, *SAMPLE_SHAPE
     finally:
         model.train(was_training)
     return counter.get_total_flops() // input_shape[0]
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
+    """Wall time of ``fn()`` in milliseconds: the median over ``repeats`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times)
 
 
 def measure_latency(
