@@ -65,18 +65,11 @@ def measure_latency(
     was_training = model.training
     model.eval()
     x = torch.randn(batch_size, *sample_shape)
-    times = []
     try:
         with torch.inference_mode():
-            for _ in range(warmup):
-                model(x)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - start) * 1000.0)
+            return median_ms(lambda: model(x), repeats, warmup)
     finally:
         model.train(was_training)
-    return statistics.median(times)
 
 
 def measure_train_step(

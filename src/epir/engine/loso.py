@@ -255,7 +255,7 @@ def run_loso(
     out = Path(out_dir) if out_dir is not None else None
     store = FoldStore(out, dataset)
     try:
-        store.open(cfg, protocol, fold_weights)
+        store.open(cfg, protocol, fold_weights, seeds=seeds, subjects=subjects)
         t_start = time.perf_counter()
         bar = tqdm(total=len(seeds) * len(subjects), desc="LOSO folds", unit="fold", disable=not progress, leave=True)
         done, todo = store.load(seeds, subjects)
@@ -307,7 +307,6 @@ def run_loso(
         if out is not None:
             wider = store.wider(seeds, subjects)
             if wider:
-                store.keep_previous_config()
                 warnings.warn(
                     f"{out} holds finished folds beyond this run's eval.folds/eval.seeds (--folds/--seeds) "
                     f"({wider}); its results.json, "

@@ -224,10 +224,13 @@ class FoldStore:
         self.out = Path(out_dir) if out_dir is not None else None
         self.dataset = dataset
         self._lock: RunLock | None = None
-        self._previous_config: bytes | None = None
 
-    def open(self, cfg: RunConfig, protocol: str, fold_weights: str | os.PathLike | None = None) -> FoldStore:
-        """Lock and check the directory, save the run's configuration and fingerprint."""
+    def open(self, cfg: RunConfig, protocol: str, fold_weights: str | os.PathLike | None = None, *,
+             seeds: Sequence[int] | None = None, subjects: Sequence[str] | None = None) -> FoldStore:
+        """Lock and check the directory, save the run's configuration and fingerprint. A run over ``seeds`` x
+        ``subjects`` (when given) that the directory's finished folds go beyond (:meth:`wider`) leaves its
+        ``config.yaml`` as it is: that describes the whole run, whose results the subset leaves there too.
+        """
         if self.out is None:
             return self
         self.out.mkdir(parents=True, exist_ok=True)
@@ -236,8 +239,8 @@ class FoldStore:
         fingerprint = run_fingerprint(cfg, self.dataset, protocol, fold_weights)
         check_fingerprint(self.out, fingerprint)
         config = self.out / "config.yaml"
-        self._previous_config = config.read_bytes() if config.is_file() else None
-        cfg.save(config)
+        if not config.is_file() or seeds is None or subjects is None or not self.wider(seeds, subjects):
+            cfg.save(config)
         write_json_atomic(self.out / FINGERPRINT, fingerprint)
         return self
 
@@ -266,15 +269,6 @@ class FoldStore:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, rec)
-
-    def keep_previous_config(self) -> None:
-        """Put back the ``config.yaml`` the directory held before :meth:`open` (a rerun on a subset of the folds
-        leaves the whole run's files, and so the configuration that describes them, as they were).
-        """
-        if self.out is not None and self._previous_config is not None:
-            tmp = self.out / "config.yaml.tmp"
-            tmp.write_bytes(self._previous_config)
-            os.replace(tmp, self.out / "config.yaml")
 
     def wider(self, seeds: Sequence[int], subjects: Sequence[str]) -> str:
         """A description of the finished folds here that ``seeds`` x ``subjects`` do not cover ('' when none)."""
