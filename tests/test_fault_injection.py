@@ -84,6 +84,31 @@ def test_tampered_fold_file_is_refused(fake_root, tmp_path, capsys) -> None:
     assert "not a readable fold record" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r["probs"][0].__setitem__(0, float("nan")), "not all finite numbers in [0, 1]"),
+    (lambda r: r["probs"][0].__setitem__(0, -0.5), "not all finite numbers in [0, 1]"),
+    (lambda r: r["probs"][0].__setitem__(0, "x"), "its probs are not numbers"),
+    (lambda r: r["probs"].__setitem__(0, [p / 2 for p in r["probs"][0]]), "do not sum to 1"),
+    (lambda r: r["predicted"].__setitem__(0, (r["predicted"][0] + 1) % 3), "not those of the largest probabilities"),
+])
+def test_a_fold_file_with_damaged_probabilities_is_not_resumed(fake_root, tmp_path, capsys, edit, message) -> None:
+    """A finished fold is read back only if its probabilities are probabilities and its predictions their argmax."""
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out, "--folds", "s01")) == 0
+    path = next((out / "folds" / "seed0").glob("*.json"))
+    rec = json.loads(path.read_text())
+    if "largest" in message:  # make row 0's winner clear, so that another class is surely not it
+        rec["probs"][0] = [0.8 if c == rec["predicted"][0] else 0.1 for c in range(3)]
+    edit(rec)
+    path.write_text(json.dumps(rec))
+    before = snapshot(out)
+    capsys.readouterr()
+    assert main(loso_args(fake_root, out, "--folds", "s01")) == 2
+    err = capsys.readouterr().err
+    assert message in err and path.name in err and "Traceback" not in err
+    assert snapshot(out) == before
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--epochs", "0"], "train.epochs"),
     (["--batch-size", "-4"], "train.batch_size"),

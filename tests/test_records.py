@@ -50,3 +50,23 @@ def test_checkpoint_meta_is_validated_once_and_typed(tmp_path):
                                                                                     (1.0, 2.0, 3.0))
     with pytest.raises(CheckpointError, match=r"checkpoint.json: 'class_names' must be"):
         CheckpointMeta.from_json({**meta, "class_names": ["a", "a"]}, tmp_path / "checkpoint.json")
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"uf1": "0.7"}, r"uf1 is '0.7'; expected a finite number in \[0, 1\]"),
+    ({"uar": float("nan")}, r"uar is nan"),
+    ({"uf1": 1.5}, r"uf1 is 1.5"),
+    ({"uf1": True}, r"uf1 is True"),
+    ({"uar_std": -0.1}, r"uar_std is -0.1; expected a finite number >= 0"),
+    ({"n": 2.5}, r"n is 2.5; expected a count"),
+    ({"seeds": ["a"]}, r"seeds is \['a'\]; expected whole numbers\."),
+    ({"confusion": [[1, -2]]}, r"confusion is .*; expected whole numbers >= 0"),
+    ({"per_dataset": [1]}, r"per_dataset is list"),
+    ({"per_dataset": {"smic": {"uf1": 0.5, "uar": 2}}}, r"per_dataset\[smic\]: uar is 2"),
+])
+def test_scores_that_are_not_scores_are_refused(edit, message):
+    raw = {"protocol": "honest", "uf1": 0.7, "uar": 0.6, "seeds": [-1, 0]}  # a negative seed is a seed
+    assert LosoResults.from_json(raw).seeds == (-1, 0)
+    with pytest.raises(ConfigError, match=message) as info:
+        LosoResults.from_json({**raw, **edit}, "run/results.json")
+    assert str(info.value).startswith("run/results.json") and "with the same --out" in str(info.value)

@@ -234,3 +234,62 @@ def test_evaluate_given_a_log_file_as_run_dir_names_megc_log(tmp_path) -> None:
     log.write_text("casme2 sub01\nEP02_01f 1 1\n")
     with pytest.raises(DatasetNotFoundError, match=r"is a file, not a run directory.*--megc-log"):
         evaluate_run_dir(log)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda df: df.assign(predicted=[9, *df["predicted"][1:]]), r"line 2: predicted is '9'; expected a class 0\.\.2"),
+    (lambda df: df.assign(predicted=["x", *df["predicted"][1:]]), r"line 2: predicted is 'x'"),
+    (lambda df: df.assign(true=["", *df["true"][1:]]), r"line 2: true is ''"),
+    (lambda df: df.assign(seed=[0.5, *df["seed"][1:]]), r"line 2: seed is '0.5'; expected a whole number"),
+    # NaN is written as an empty cell
+    (lambda df: df.assign(prob_negative=[float("nan"), *df["prob_negative"][1:]]), r"line 2: prob_negative is ''"),
+    (lambda df: df.assign(prob_negative=[2.0, *df["prob_negative"][1:]]), r"line 2: prob_negative is '2.0'"),
+    (lambda df: df.assign(prob_negative=df["prob_negative"] / 2), r"line 2: .*to sum to 1"),
+    (lambda df: pd.concat([df, df.iloc[[1]]]), r"line \d+: clip is .*once per seed"),
+    (lambda df: pd.concat([df, df.assign(seed=1).iloc[1:]]), r"seed 1 has \d+ samples and seed 0"),
+    (lambda df: pd.concat([df, df.assign(seed=1, true=(df["true"] + 1) % 3)]), r"seed 1 gives some samples other"),
+    (lambda df: df.iloc[:0], r"no rows"),
+    (lambda df: df.drop(columns=["prob_negative", "prob_positive", "prob_surprise"]), r"no prob_<class> columns"),
+    (lambda df: df.drop(columns=["true"]), r"missing columns \['true'\]"),
+])
+def test_a_damaged_predictions_csv_is_refused_by_line(run_dir: Path, tmp_path, edit, message) -> None:
+    """``epir evaluate`` scores nothing from an edited predictions.csv: each damage names its line and the fix."""
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("config.yaml", "results.json"):
+        (copy / name).write_bytes((run_dir / name).read_bytes())
+    df = pd.read_csv(run_dir / "predictions.csv", dtype={"subject_id": str, "clip": str})
+    edit(df).to_csv(copy / "predictions.csv", index=False)
+    with pytest.raises(DatasetError, match=message) as info:
+        evaluate_run_dir(copy)
+    assert "rerun the run's `epir loso` command with the same --out" in str(info.value)
+
+
+def test_a_predicted_class_that_is_not_the_argmax_is_refused(run_dir: Path, tmp_path, capsys) -> None:
+    copy = tmp_path / "run"
+    copy.mkdir()
+    df = pd.read_csv(run_dir / "predictions.csv", dtype={"subject_id": str, "clip": str})
+    probs = df[[c for c in df.columns if c.startswith("prob_")]].to_numpy()
+    row = int(np.flatnonzero(probs.max(1) > 0.5)[0])  # a clear winner, so any other class is not it
+    df.loc[row, "predicted"] = (int(probs[row].argmax()) + 1) % 3
+    df.to_csv(copy / "predictions.csv", index=False)
+    assert main(["evaluate", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert f"line {row + 2}: predicted" in err and "largest probability" in err and "Traceback" not in err
+    (copy / "predictions.csv").write_text("")
+    assert main(["evaluate", str(copy)]) == 2
+    assert "the file is empty" in capsys.readouterr().err
+
+
+def test_report_refuses_a_results_json_whose_scores_are_not_scores(run_dir: Path, tmp_path, capsys) -> None:
+    for value in ("0.7", float("nan"), 7.0, True):
+        copy = tmp_path / f"run-{value}"
+        copy.mkdir()
+        (copy / "config.yaml").write_bytes((run_dir / "config.yaml").read_bytes())
+        res = json.loads((run_dir / "results.json").read_text())
+        res["per_dataset"]["samm"]["uar"] = value
+        (copy / "results.json").write_text(json.dumps(res))
+        assert main(["report", str(copy), "--out", str(tmp_path / "report")]) == 2
+        err = capsys.readouterr().err
+        assert f"per_dataset[samm]: uar is {value!r}; expected a finite number in [0, 1]" in err, err
+        assert "Traceback" not in err and not (tmp_path / "report").exists()

@@ -5,13 +5,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from epir.config import RunConfig
 from epir.data.base import COMPOSITE_CLASSES
 from epir.engine.loso import evaluation_of
-from epir.engine.results import ORACLE, UNKNOWN, read_megc_log, read_megc_log_meta, summarize
-from epir.errors import DatasetError, DatasetNotFoundError
+from epir.engine.results import ORACLE, UNKNOWN, read_megc_log, read_megc_log_meta, read_predictions, summarize
+from epir.errors import DatasetNotFoundError
 
 
 def evaluate_run_dir(run_dir: str | Path) -> dict[str, Any]:
@@ -23,11 +21,7 @@ def evaluate_run_dir(run_dir: str | Path) -> dict[str, Any]:
                                    f"`epir evaluate --megc-log {run}`.")
     if not path.is_file():
         raise DatasetNotFoundError(f"{path} does not exist; is {run} a finished epir run directory?")
-    preds = pd.read_csv(path, dtype={"subject_id": str, "clip": str})
-    missing = {"seed", "subject", "source", "true", "predicted"} - set(preds.columns)
-    if missing:
-        raise DatasetError(f"{path}: missing columns {sorted(missing)}.")
-    class_names = [c.removeprefix("prob_") for c in preds.columns if c.startswith("prob_")]
+    preds, class_names = read_predictions(path)
     protocol, absent, evaluation = UNKNOWN, "skip", None
     if (run / "config.yaml").is_file():
         cfg = RunConfig.load(run / "config.yaml")

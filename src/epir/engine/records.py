@@ -7,6 +7,7 @@ users' scripts); in code they are read through these frozen dataclasses, each wi
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,28 @@ def _need(d: Mapping[str, Any], keys: tuple[str, ...], where: str) -> None:
     missing = [k for k in keys if k not in d]
     if missing:
         raise ConfigError(f"{where}: missing key(s) {', '.join(missing)}; the file is incomplete or not epir's.")
+
+
+#: The fix a damaged ``results.json`` names: the fold files are the record, and a rerun rewrites the file from them.
+REDO_RESULTS = ("The file was edited or is not epir's: rerun the run's `epir loso` command with the same --out (its "
+                "finished folds are kept and results.json is written again from them).")
+
+
+def _number(value: Any, key: str, where: str, *, upper: float | None = None) -> float:
+    """``value`` as a finite float >= 0 (and <= ``upper``), else a ConfigError naming ``where`` and ``key``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    if not ok or (upper is not None and value > upper):
+        span = f"in [0, {upper:g}]" if upper is not None else ">= 0"
+        raise ConfigError(f"{where}: {key} is {value!r}; expected a finite number {span}. {REDO_RESULTS}")
+    return float(value)
+
+
+def _count(value: Any, *, signed: bool = False) -> int:
+    """``value`` as a whole number, >= 0 unless ``signed`` (a ValueError otherwise; a bool is not one)."""
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not numeric or value != int(value) or (value < 0 and not signed):
+        raise ValueError(value)
+    return int(value)
 
 
 @dataclass(frozen=True)
@@ -37,8 +60,14 @@ class Scores:
         if not isinstance(d, Mapping):
             raise ConfigError(f"{where}: expected a mapping with uf1 and uar, got {type(d).__name__}.")
         _need(d, ("uf1", "uar"), where)
-        return cls(float(d["uf1"]), float(d["uar"]), float(d.get("uf1_std") or 0.0), float(d.get("uar_std") or 0.0),
-                   int(d.get("n") or 0))
+        uf1, uar = (_number(d[k], k, where, upper=1.0) for k in ("uf1", "uar"))
+        uf1_std, uar_std = (_number(d.get(k) or 0.0, k, where) for k in ("uf1_std", "uar_std"))
+        try:
+            n = _count(d.get("n") or 0)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: n is {d.get('n')!r}; expected a count of samples (a whole number >= 0). "
+                              f"{REDO_RESULTS}") from None
+        return cls(uf1, uar, uf1_std, uar_std, n)
 
 
 @dataclass(frozen=True)
@@ -96,21 +125,36 @@ class LosoResults:
             raise ConfigError(f"{where}: expected a JSON object of results, got {type(d).__name__}.")
         _need(d, ("protocol", "uf1", "uar"), where)
         per = d.get("per_dataset") or {}
+        if not isinstance(per, Mapping):
+            raise ConfigError(f"{where}: per_dataset is {type(per).__name__}; expected a mapping of source to "
+                              f"scores. {REDO_RESULTS}")
         n = d.get("n")
         if n is None:
             n = sum(int(e.get("n") or 0) for e in per.values())
         overall = Scores.from_json({**d, "n": n}, where)
+        per_dataset = {str(s): Scores.from_json(e, f"{where}: per_dataset[{s}]") for s, e in per.items()}
+        key = "seeds"
+        try:
+            seeds = tuple(_count(s, signed=True) for s in d.get("seeds") or (0,))
+            key = "confusion"
+            confusion = tuple(tuple(_count(v) for v in row) for row in d.get("confusion") or ())
+            key = "n_folds"
+            n_folds = _count(d.get("n_folds") or 0)
+        except (TypeError, ValueError):
+            sign = "" if key == "seeds" else " >= 0"
+            got = d.get(key)
+            raise ConfigError(f"{where}: {key} is {got!r}; expected whole numbers{sign}. {REDO_RESULTS}") from None
         return cls(
             protocol=str(d["protocol"]),
             overall=overall,
-            per_dataset={str(s): Scores.from_json(e, f"{where}: per_dataset[{s}]") for s, e in per.items()},
-            seeds=tuple(int(s) for s in d.get("seeds") or (0,)),
+            per_dataset=per_dataset,
+            seeds=seeds,
             class_names=tuple(str(c) for c in d.get("class_names") or ()),
-            confusion=tuple(tuple(int(v) for v in row) for row in d.get("confusion") or ()),
+            confusion=confusion,
             evaluation=str(d.get("evaluation") or "CDE"),
             model=str(d.get("model") or ""),
             dataset=str(d.get("dataset") or ""),
-            n_folds=int(d.get("n_folds") or 0),
+            n_folds=n_folds,
             params=d.get("params"),
             params_total=d.get("params_total"),
             flops_per_sample=d.get("flops_per_sample"),

@@ -31,6 +31,7 @@ import pandas as pd
 
 from epir.config import RunConfig
 from epir.engine.loso import evaluation_of
+from epir.engine.records import LosoResults
 from epir.engine.report_html import write_table_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE
 from epir.engine.tables import fmt_mean_std, input_shape
@@ -112,8 +113,9 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             raise DatasetError(f"epir report: cannot read the run in {run}: {e}") from None
         missing = {"uf1", "uar", "protocol", "per_dataset"} - set(results)
         if missing:
-            raise DatasetError(f"epir report: {run / 'results.json'} lacks {sorted(missing)}; "
-                               f"rerun `epir evaluate {run}` or the run itself.")
+            raise DatasetError(f"epir report: {run / 'results.json'} lacks {sorted(missing)}; rerun the run's "
+                               f"`epir loso` command with --out {run} (its finished folds are kept).")
+        LosoResults.from_json(results, str(run / "results.json"))  # every score a number in [0, 1]
         label, protocol = config_label(cfg), results["protocol"]
         row = rows.get((label, protocol))
         if row is None:

@@ -189,6 +189,81 @@ def read_megc_log(path: str | Path, num_classes: int | None = None) -> pd.DataFr
     return pd.DataFrame(rows, columns=["source", "subject_id", "subject", "clip", "true", "predicted", "seed"])
 
 
+#: Columns every ``predictions.csv`` row has (beside one ``prob_<class>`` column per class).
+PREDICTION_COLUMNS = ("seed", "subject", "source", "true", "predicted")
+_REDO_PREDICTIONS = ("The file was edited or is not epir's: rerun the run's `epir loso` command with the same --out "
+                     "(its finished folds are kept and predictions.csv is written again from them).")
+
+
+def read_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
+    """A run's ``predictions.csv`` and its class names (from the ``prob_<class>`` columns), checked row by row.
+
+    Strict, as :func:`read_megc_log`: ``seed``, ``true`` and ``predicted`` are whole numbers, the labels classes
+    ``0..K-1``, every probability a finite number in [0, 1], each row's summing to 1 with the predicted class at
+    their maximum; a sample (``seed, subject, clip``) appears once, and every seed covers the same samples with the
+    same labels. Anything else is a :class:`~epir.errors.DatasetError` naming the line and the fix: a score is
+    never computed from a damaged file.
+    """
+    path = Path(path)
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path}: the file is empty; expected a header row and one row per prediction. "
+                           f"{_REDO_PREDICTIONS}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot parse as CSV ({type(e).__name__}: {e}). {_REDO_PREDICTIONS}") from None
+    missing = [c for c in PREDICTION_COLUMNS if c not in raw.columns]
+    if missing:
+        raise DatasetError(f"{path}: missing columns {missing}; expected {list(PREDICTION_COLUMNS)} and one "
+                           f"prob_<class> column per class. {_REDO_PREDICTIONS}")
+    prob_cols = [c for c in raw.columns if c.startswith("prob_")]
+    if not prob_cols:
+        raise DatasetError(f"{path}: no prob_<class> columns; expected one per class (the class names come from "
+                           f"them). {_REDO_PREDICTIONS}")
+    raw = raw[raw.apply(lambda r: any(str(v).strip() for v in r), axis=1)]  # blank lines carry no row
+    if raw.empty:
+        raise DatasetError(f"{path}: no rows; expected one row per prediction. {_REDO_PREDICTIONS}")
+    lines = raw.index.to_numpy() + 2  # 1-based, after the header (blank lines kept in the count)
+    k = len(prob_cols)
+
+    def stop(mask: np.ndarray, column: str, expected: str) -> None:
+        if mask.any():
+            i = int(np.flatnonzero(mask)[0])
+            raise DatasetError(f"{path} line {lines[i]}: {column} is {raw[column].iloc[i]!r}; expected {expected}. "
+                               f"{_REDO_PREDICTIONS}")
+
+    out = raw.copy()
+    for column, lo, hi in (("seed", None, None), ("true", 0, k - 1), ("predicted", 0, k - 1)):
+        values = pd.to_numeric(raw[column].str.strip(), errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(values) | (values != np.round(values))
+        if lo is not None:
+            bad |= (values < lo) | (values > hi)
+        stop(bad, column, "a whole number" if lo is None else f"a class 0..{hi} (one per prob_ column)")
+        out[column] = values.astype(np.int64)
+    probs = np.stack([pd.to_numeric(raw[c].str.strip(), errors="coerce").to_numpy(dtype=float) for c in prob_cols], 1)
+    for j, c in enumerate(prob_cols):
+        stop(~np.isfinite(probs[:, j]) | (probs[:, j] < 0) | (probs[:, j] > 1), c, "a probability in [0, 1]")
+        out[c] = probs[:, j]
+    stop(np.abs(probs.sum(1) - 1) > 1e-3, prob_cols[0], f"the {k} probabilities of a row to sum to 1")
+    pred = out["predicted"].to_numpy()
+    stop(probs[np.arange(len(pred)), pred] < probs.max(1) - 1e-5, "predicted",
+         "the class of the row's largest probability")
+    key = ["seed", "subject", "clip"] if "clip" in raw.columns else ["seed", "subject"]
+    if "clip" in raw.columns:
+        stop(out.duplicated(key).to_numpy(), "clip", "each sample once per seed (this row repeats an earlier one)")
+        samples = {s: d.set_index(["subject", "clip"])["true"] for s, d in out.groupby("seed", sort=True)}
+        first_seed, first = next(iter(samples.items()))
+        for seed, labels in samples.items():
+            if set(labels.index) != set(first.index):
+                raise DatasetError(f"{path}: seed {seed} has {len(labels)} samples and seed {first_seed} "
+                                   f"{len(first)}, or other ones; expected every seed to cover the same samples. "
+                                   f"{_REDO_PREDICTIONS}")
+            if not labels.sort_index().equals(first.sort_index()):
+                raise DatasetError(f"{path}: seed {seed} gives some samples other true labels than seed "
+                                   f"{first_seed}; expected the same labels in every seed. {_REDO_PREDICTIONS}")
+    return out.reset_index(drop=True), [c.removeprefix("prob_") for c in prob_cols]
+
+
 def write_results(out_dir: Path, results: dict[str, Any], predictions: pd.DataFrame) -> None:
     """Write ``results.json``, ``predictions.csv`` and ``megc_log.txt`` (plus one log per seed if several)."""
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")

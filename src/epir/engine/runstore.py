@@ -140,6 +140,16 @@ def read_fold_file(path: Path, dataset: FlowDataset, seed: int, subject: str) ->
     bad_class = any(not isinstance(p, int) or not 0 <= p < k for p in rec["predicted"])
     if bad_class or any(len(p) != k for p in rec["probs"]):
         raise bad(f"its predictions are not classes 0..{k - 1}")
+    try:
+        probs = np.asarray(rec["probs"], dtype=float)
+    except (TypeError, ValueError):
+        raise bad("its probs are not numbers") from None
+    if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
+        raise bad("its probs are not all finite numbers in [0, 1]")
+    if (np.abs(probs.sum(axis=1) - 1) > 1e-3).any():
+        raise bad("its probs do not sum to 1 in every row")
+    if (probs[np.arange(n), rec["predicted"]] < probs.max(axis=1) - 1e-5).any():
+        raise bad("its predicted classes are not those of the largest probabilities")
     return rec
 
 
