@@ -9,7 +9,7 @@ import yaml
 
 import epir.engine.folds as folds
 from epir.cli import main
-from epir.config import RunConfig
+from epir.config import RunConfig, apply_overrides, parse_key_value
 from fakes import interrupt_on_call
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -56,6 +56,37 @@ def test_list_models(capsys) -> None:
     out = capsys.readouterr().out
     assert "ststnet" in out
     assert "Liong" in out  # with its description
+
+
+@pytest.mark.parametrize("model", ["epir", "htnet", "ststnet"])
+def test_list_args_gives_every_argument_a_settable_default_and_a_description(model, capsys) -> None:
+    from epir.models import model_defaults
+
+    assert main(["list", "args", "--model", model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(model_defaults(model))
+    for line, (key, default) in zip(lines, model_defaults(model).items(), strict=True):
+        setting, _, text = line.partition("  ")
+        assert parse_key_value(setting) == (f"model.{key}", list(default) if isinstance(default, tuple) else default)
+        assert text.strip(), f"model.{key} has no description in {model}'s docstring (Args:)"
+
+
+def test_list_recipes_gives_each_recipe_as_the_settings_that_make_it(capsys) -> None:
+    from epir.models import default_recipe, list_recipes
+
+    assert main(["list", "recipes", "--model", "epir"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher3-mix-grouped  (the default)" in out.splitlines() and "\ndefault" not in out
+    blocks: dict[str, list[str]] = {}
+    for line in out.splitlines():
+        if not line.startswith("    "):
+            blocks[line.split()[0]] = []
+        else:
+            blocks[list(blocks)[-1]].append(line.strip())
+    assert set(blocks) == set(list_recipes("epir")) - {"default"}
+    for recipe, settings in blocks.items():  # --set of those settings on the plain TrainConfig gives the recipe
+        cfg = apply_overrides(RunConfig(), settings)
+        assert cfg.train == default_recipe("epir", recipe), recipe
 
 
 def test_list_datasets(capsys) -> None:

@@ -272,7 +272,7 @@ def test_export_refuses_to_overwrite(ckpt_dir, tmp_path, capsys) -> None:
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["weights"].pop("sha256"), "weights.sha256"),
     (lambda m: m["model"]["args"].update(num_classes=10**12), "num_classes"),
-    (lambda m: m["model"]["args"].update(dim=-48), "cannot build"),
+    (lambda m: m["model"]["args"].update(dim=-48), r"model 'epir': model.dim=-48: expected an integer >= 1"),
     (lambda m: m.update(class_names=["neg\x1b[31m", "pos", "sur"]), "printable"),
     (lambda m: m["input"]["normalization"].update(std=[1e-300, 1.0, 1.0]), "std in"),
 ])

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from epir.config import TrainConfig
+from epir.errors import ConfigError
 from epir.models import create_model, default_recipe, list_models, model_defaults
 from epir.profiling import count_flops, count_parameters, measure_latency
 
@@ -150,3 +151,36 @@ def test_batchable_models_can_replay_their_training_randomness(name: str) -> Non
     with torch.no_grad(), replayed_draws([draw(c, BATCH, g) for c in calls]):
         got = training_loss(model, x, y)[1]
     torch.testing.assert_close(got, want)
+
+
+#: For every registered model, argument values it cannot be built from (one each), and the argument the error names.
+BAD_ARGS: dict[str, list[tuple[str, object]]] = {
+    "epir": [("dim", 0), ("dim", -3), ("heads", 0), ("patch_size", 0), ("in_channels", 0), ("num_classes", 0),
+             ("projection_dim", 0), ("stem_channels", 0), ("dropout", 1.5), ("drop_path", -0.1), ("mlp_ratio", 0.0),
+             ("contrastive_temperature", 0.0), ("contrastive_weight", -1.0)],
+    "htnet": [("dim", 0), ("patch_size", 0), ("in_channels", 0), ("mlp_ratio", 0), ("dropout", 1.0)],
+    "ststnet": [("num_classes", 0), ("dropout", 1.0), ("dropout", -0.5)],
+}
+
+
+def test_every_model_has_bad_argument_cases() -> None:
+    assert set(BAD_ARGS) == set(list_models())
+
+
+@pytest.mark.parametrize("model, key, value", [(m, k, v) for m, cases in BAD_ARGS.items() for k, v in cases])
+def test_a_value_a_model_cannot_be_built_from_is_one_config_error(model: str, key: str, value: object) -> None:
+    """Each names the argument and what it expects, before torch sees it (no traceback from inside a layer)."""
+    with pytest.raises(ConfigError, match=rf"^model\.{key}={value!r}: expected "):
+        create_model(model, **{**TINY.get(model, {}), key: value})
+
+
+def test_what_the_models_own_checks_miss_is_still_one_config_error(monkeypatch) -> None:
+    from epir.models import factory
+
+    def broken(*, dropout: float = 0.5) -> nn.Module:
+        raise RuntimeError("Trying to create tensor with negative dimension -3")
+
+    monkeypatch.setattr(factory.MODELS, "get", lambda name: broken)
+    with pytest.raises(ConfigError, match=r"Model 'ststnet' cannot be built from model\.dropout=0\.1 \(RuntimeError: "
+                                          r"Trying to create tensor.*; change those values\.$"):
+        create_model("ststnet", dropout=0.1)

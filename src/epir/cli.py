@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from epir.annotations.cli import add_parser as add_annotations
-from epir.config import RunConfig, parse_key_values
+from epir.config import RunConfig, format_key_value, parse_key_values
 from epir.data import DATASETS, load_dataset
 from epir.engine.ablate import LEVERS, run_ablation
 from epir.engine.compare import run_compare
@@ -21,7 +22,7 @@ from epir.engine.report import build_report, to_markdown, write_report
 from epir.engine.results import format_summary
 from epir.errors import EpirError
 from epir.inference.cli import add_parser as add_inference
-from epir.models import MODELS, list_models
+from epir.models import MODELS, default_recipe, describe_args, list_models, list_recipes, recipe_settings
 from epir.preprocess.cli import add_parser as add_preprocess
 from epir.profiling import profile_model
 from epir.runsetup import (
@@ -48,11 +49,23 @@ def _print_results(results: dict[str, Any], out: Path | None) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """Handler of ``epir list``: registered models, datasets, or a dataset's subjects."""
+    """Handler of ``epir list``: registered models, a model's arguments or recipes, datasets, or subjects."""
     if args.what == "models":
         for name in MODELS.names():
             recipes = ", ".join(MODELS.meta(name)["recipes"])
             print(f"{name:<14} {MODELS.meta(name).get('description', '')}  [recipes: {recipes}]")
+    elif args.what == "args":
+        for key, default, text in describe_args(args.model):
+            print(f"{format_key_value(f'model.{key}', default):<34}  {text}")
+    elif args.what == "recipes":
+        default = default_recipe(args.model)
+        for recipe in list_recipes(args.model):
+            if recipe == "default":
+                continue
+            mark = "  (the default)" if default_recipe(args.model, recipe) == default else ""
+            print(f"{recipe}{mark}")
+            for key, value in recipe_settings(args.model, recipe).items():
+                print(f"    {format_key_value(key, value)}")
     elif args.what == "datasets":
         for name in DATASETS.names():
             print(f"{name:<14} {DATASETS.meta(name).get('description', '')}")
@@ -170,8 +183,12 @@ def make_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("list", help="list registered models, datasets, or a dataset's subjects")
-    p.add_argument("what", choices=["models", "datasets", "subjects"])
+    p = sub.add_parser("list", help="list registered models, a model's arguments or recipes, datasets, or a dataset's "
+                                    "subjects")
+    p.add_argument("what", choices=["models", "args", "recipes", "datasets", "subjects"],
+                   help="args: --model's arguments (--set model.KEY=VALUE) with their defaults; recipes: --model's "
+                        "named recipes (--recipe NAME), each as the train settings it changes")
+    p.add_argument("--model", default="epir", help="the model of `list args` and `list recipes` (default epir)")
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--root", default=None)
     p.set_defaults(func=cmd_list)
@@ -259,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     except EpirError as e:
         print(f"epir {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of the output went away (`epir list args | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's documented recipe
+        return 141
     except KeyboardInterrupt:
         print("\ninterrupted: finished folds are saved; run the same command with the same --out to resume.",
               file=sys.stderr)

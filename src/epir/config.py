@@ -178,7 +178,8 @@ class RunConfig:
         Path(path).write_text(self.to_yaml())
 
 
-def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+def check_setting(ok: bool, key: str, value: Any, expected: str) -> None:
+    """Unless ``ok``, stop with a ConfigError in the form of every bad-setting error (``KEY=VALUE: expected ...``)."""
     if not ok:
         raise ConfigError(f"{key}={value!r}: expected {expected}.")
 
@@ -194,61 +195,62 @@ def check_ranges(cfg: RunConfig) -> None:
         ConfigError: naming the key, the value and what is expected.
     """
     t, e = cfg.train, cfg.eval
-    _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
-    _check(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
-    _check(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "a finite number > 0")
-    _check(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay,
+    check_setting(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
+    check_setting(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
+    check_setting(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "a finite number > 0")
+    check_setting(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay,
            "a finite number >= 0")
-    _check(_finite(t.momentum) and 0 <= t.momentum < 1, "train.momentum", t.momentum, "a number in [0, 1)")
-    _check(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "an integer >= 0")
-    _check(_finite(t.label_smoothing) and 0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing,
+    check_setting(_finite(t.momentum) and 0 <= t.momentum < 1, "train.momentum", t.momentum, "a number in [0, 1)")
+    check_setting(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "an integer >= 0")
+    check_setting(_finite(t.label_smoothing) and 0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing,
            "a number in [0, 1)")
-    _check(_finite(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "a finite number >= 0 (0: off)")
-    _check(0 <= t.hflip <= 1, "train.hflip", t.hflip, "a probability in [0, 1]")
-    _check(t.translate >= 0, "train.translate", t.translate, "pixels >= 0")
-    _check(_finite(t.noise) and t.noise >= 0, "train.noise", t.noise, "a finite number >= 0")
-    _check(_finite(t.rotate) and 0 <= t.rotate <= 180, "train.rotate", t.rotate, "degrees in [0, 180]")
-    _check(_finite(t.scale) and 0 <= t.scale < 1, "train.scale", t.scale, "a number in [0, 1)")
-    _check(_finite(t.mixup) and t.mixup >= 0, "train.mixup", t.mixup, "a Beta alpha >= 0 (0: off)")
-    _check(t.input_norm in INPUT_NORMS, "train.input_norm", t.input_norm, " | ".join(INPUT_NORMS))
-    _check(_finite(t.cutmix) and t.cutmix >= 0, "train.cutmix", t.cutmix, "a Beta alpha >= 0 (0: off)")
-    _check(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in (0, 1)")
-    _check(0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "a fraction in [0, 1)")
-    _check(t.ensemble >= 1, "train.ensemble", t.ensemble, "an integer >= 1 (models per fold)")
-    _check(1 <= t.snapshots <= max(1, t.epochs // 2), "train.snapshots", t.snapshots,
+    check_setting(_finite(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip", t.grad_clip,
+                  "a finite number >= 0 (0: off)")
+    check_setting(0 <= t.hflip <= 1, "train.hflip", t.hflip, "a probability in [0, 1]")
+    check_setting(t.translate >= 0, "train.translate", t.translate, "pixels >= 0")
+    check_setting(_finite(t.noise) and t.noise >= 0, "train.noise", t.noise, "a finite number >= 0")
+    check_setting(_finite(t.rotate) and 0 <= t.rotate <= 180, "train.rotate", t.rotate, "degrees in [0, 180]")
+    check_setting(_finite(t.scale) and 0 <= t.scale < 1, "train.scale", t.scale, "a number in [0, 1)")
+    check_setting(_finite(t.mixup) and t.mixup >= 0, "train.mixup", t.mixup, "a Beta alpha >= 0 (0: off)")
+    check_setting(t.input_norm in INPUT_NORMS, "train.input_norm", t.input_norm, " | ".join(INPUT_NORMS))
+    check_setting(_finite(t.cutmix) and t.cutmix >= 0, "train.cutmix", t.cutmix, "a Beta alpha >= 0 (0: off)")
+    check_setting(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in (0, 1)")
+    check_setting(0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "a fraction in [0, 1)")
+    check_setting(t.ensemble >= 1, "train.ensemble", t.ensemble, "an integer >= 1 (models per fold)")
+    check_setting(1 <= t.snapshots <= max(1, t.epochs // 2), "train.snapshots", t.snapshots,
            f"an integer from 1 to train.epochs // 2 = {max(1, t.epochs // 2)} (snapshots taken in the second half "
            "of training)")
-    _check(0 <= t.distill_weight <= 1, "train.distill_weight", t.distill_weight, "a number in [0, 1]")
-    _check(_finite(t.distill_temperature) and t.distill_temperature > 0, "train.distill_temperature",
+    check_setting(0 <= t.distill_weight <= 1, "train.distill_weight", t.distill_weight, "a number in [0, 1]")
+    check_setting(_finite(t.distill_temperature) and t.distill_temperature > 0, "train.distill_temperature",
            t.distill_temperature, "a number > 0")
-    _check(1 <= t.distill_members <= 64, "train.distill_members", t.distill_members,
+    check_setting(1 <= t.distill_members <= 64, "train.distill_members", t.distill_members,
            "an integer from 1 to 64 (teacher seeds per fold, their probabilities averaged)")
-    _check(t.distill_members == 1 or bool(t.distill), "train.distill_members", t.distill_members,
+    check_setting(t.distill_members == 1 or bool(t.distill), "train.distill_members", t.distill_members,
            "1 without a teacher; name one with train.distill=MODEL (e.g. ststnet)")
-    _check(_finite(t.distill_mix) and 0 <= t.distill_mix <= 1, "train.distill_mix", t.distill_mix,
+    check_setting(_finite(t.distill_mix) and 0 <= t.distill_mix <= 1, "train.distill_mix", t.distill_mix,
            "a number in [0, 1] (the teacher's weight in the fold's probabilities)")
-    _check(t.distill_mix == 0 or bool(t.distill), "train.distill_mix", t.distill_mix,
+    check_setting(t.distill_mix == 0 or bool(t.distill), "train.distill_mix", t.distill_mix,
            "0 without a teacher; name one with train.distill=MODEL (e.g. ststnet)")
-    _check(t.tta in TTA_KINDS, "train.tta", t.tta, f"{' | '.join(TTA_KINDS)} (flip: mean of the map's and its "
+    check_setting(t.tta in TTA_KINDS, "train.tta", t.tta, f"{' | '.join(TTA_KINDS)} (flip: mean of the map's and its "
            "mirror's probabilities)")
-    _check(t.select_k >= 2, "train.select_k", t.select_k, "an integer >= 2")
-    _check(t.select_metric in SELECT_METRICS, "train.select_metric", t.select_metric,
+    check_setting(t.select_k >= 2, "train.select_k", t.select_k, "an integer >= 2")
+    check_setting(t.select_metric in SELECT_METRICS, "train.select_metric", t.select_metric,
            f"{' | '.join(SELECT_METRICS)} (megc: mean of inner UF1 and UAR; nll: inner log-loss)")
-    _check(_finite(t.select_margin) and t.select_margin >= 0, "train.select_margin", t.select_margin,
+    check_setting(_finite(t.select_margin) and t.select_margin >= 0, "train.select_margin", t.select_margin,
            "a number >= 0 (how much a candidate must beat the run's own configuration by inside the fold)")
-    _check(not t.distill_shared or (bool(t.distill) and t.select_shared >= 3 and t.distill_weight == 0),
+    check_setting(not t.distill_shared or (bool(t.distill) and t.select_shared >= 3 and t.distill_weight == 0),
            "train.distill_shared", t.distill_shared,
            "false, or true with a teacher (train.distill), shared groups (train.select_shared >= 3) and "
            "train.distill_weight=0 (a group's teacher only predicts; soft targets need the fold's own)")
-    _check(t.select_shared == 0 or t.select_shared >= 3, "train.select_shared", t.select_shared,
+    check_setting(t.select_shared == 0 or t.select_shared >= 3, "train.select_shared", t.select_shared,
            "0 (inner groups drawn per fold) or an integer >= 3 (groups of the run's subjects shared by all folds)")
-    _check(e.threads >= 0, "eval.threads", e.threads, "an integer >= 0 (0: all cores)")
-    _check(e.jobs >= 1 or e.jobs == -1, "eval.jobs", e.jobs, "an integer >= 1, or -1 for one per core")
-    _check(e.fold_batch >= 0, "eval.fold_batch", e.fold_batch, "an integer >= 0 (0: automatic)")
-    _check(e.absent_class in ("skip", "zero"), "eval.absent_class", e.absent_class, "skip or zero")
+    check_setting(e.threads >= 0, "eval.threads", e.threads, "an integer >= 0 (0: all cores)")
+    check_setting(e.jobs >= 1 or e.jobs == -1, "eval.jobs", e.jobs, "an integer >= 1, or -1 for one per core")
+    check_setting(e.fold_batch >= 0, "eval.fold_batch", e.fold_batch, "an integer >= 0 (0: automatic)")
+    check_setting(e.absent_class in ("skip", "zero"), "eval.absent_class", e.absent_class, "skip or zero")
     dup = sorted({s for s in e.seeds if list(e.seeds).count(s) > 1})
-    _check(not dup, "eval.seeds", list(e.seeds), f"distinct seeds (repeated: {dup}; each would count twice)")
-    _check(len(e.seeds) >= 1, "eval.seeds", list(e.seeds), "at least one seed")
+    check_setting(not dup, "eval.seeds", list(e.seeds), f"distinct seeds (repeated: {dup}; each would count twice)")
+    check_setting(len(e.seeds) >= 1, "eval.seeds", list(e.seeds), "at least one seed")
     import torch  # a device string is checked by torch itself  # noqa: PLC0415 (epir.config stays importable without loading torch)
 
     try:
@@ -348,6 +350,17 @@ def parse_key_value(item: str, option: str = "--set", example: str = "train.lr=1
     if not sep or not key.strip():
         raise ConfigError(f"{option} expects KEY=VALUE (e.g. {example}), got {item!r}.")
     return key.strip(), parse_value(text)
+
+
+def format_key_value(key: str, value: Any) -> str:
+    """``KEY=VALUE`` with the value written as YAML flow (tuples as lists): what :func:`parse_key_value` reads back.
+
+    >>> format_key_value("train.select", ("train.epochs=20", ""))
+    "train.select=[train.epochs=20, '']"
+    """
+    value = list(value) if isinstance(value, tuple) else value
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return f"{key}={text.removesuffix(chr(10) + '...').removesuffix('...').strip()}"
 
 
 def parse_key_values(items: Sequence[str], option: str = "--set", example: str = "train.lr=1e-3") -> dict[str, Any]:

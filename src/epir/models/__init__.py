@@ -22,15 +22,17 @@ from epir.models.factory import (
     build_model,
     create_model,
     default_recipe,
+    describe_args,
     is_batchable,
     list_models,
     list_recipes,
     model_defaults,
+    recipe_settings,
     register_model,
     resolve_model_args,
 )
 from epir.models.layers import ProbabilityMean
 
 __all__ = ["AUTO_FOLD_BATCH", "MODELS", "ProbabilityMean", "accepted_input_size", "auto_fold_batch", "batches_well",
-           "build_model", "create_model", "default_recipe", "is_batchable", "list_models", "list_recipes",
-           "model_defaults", "register_model", "resolve_model_args"]
+           "build_model", "create_model", "default_recipe", "describe_args", "is_batchable", "list_models",
+           "list_recipes", "model_defaults", "recipe_settings", "register_model", "resolve_model_args"]

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from epir.config import TrainConfig
+from epir.config import TrainConfig, check_setting
 from epir.errors import ConfigError
 from epir.losses import supervised_contrastive_loss
-from epir.models.factory import register_model
+from epir.models.factory import check_positive, check_rates, check_sizes, register_model
 from epir.models.layers import Attention, Block, Dropout, init_vit_weights, is_batched
 
 # --------------------------------------------------------------------------------------------------------
@@ -344,7 +344,7 @@ class MeanPool(nn.Module):
 
 def _check_args(
     image_size: int, patch_size: int, dim: int, heads: int, depths: Sequence[int] | int, dnspt: bool,
-    merge_ratio: float, select_ratio: float,
+    merge_ratio: float, select_ratio: float, size_name: str = "model.image_size",
 ) -> list[int]:
     """Validate the arguments a user can get wrong; returns ``depths`` as a list."""
     if isinstance(depths, int):
@@ -353,7 +353,7 @@ def _check_args(
     if not depths or not all(isinstance(d, int) and d >= 1 for d in depths):
         raise ConfigError(f"model.depths must be a non-empty list of positive ints (blocks per stage), got {depths}.")
     if image_size % patch_size:
-        raise ConfigError(f"model.image_size ({image_size}) must be a multiple of model.patch_size ({patch_size}).")
+        raise ConfigError(f"{size_name} ({image_size}) must be a multiple of model.patch_size ({patch_size}).")
     if dnspt and patch_size < 2:
         raise ConfigError(f"model.dnspt shifts by patch_size // 2, so model.patch_size must be >= 2, got {patch_size}.")
     if dim % heads:
@@ -404,6 +404,12 @@ class EPIR(nn.Module):
         select_before_last: bool = False,
     ) -> None:
         super().__init__()
+        check_sizes(num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size,
+                    dim=dim, heads=heads, projection_dim=projection_dim, stem_channels=stem_channels)
+        check_rates(dropout=dropout, drop_path=drop_path)
+        check_positive(mlp_ratio=mlp_ratio, contrastive_temperature=contrastive_temperature)
+        check_setting(math.isfinite(contrastive_weight) and contrastive_weight >= 0, "model.contrastive_weight",
+                      contrastive_weight, "a finite number >= 0")
         if stem not in ("patch", "conv"):
             raise ConfigError(f"model.stem must be 'patch' or 'conv', got {stem!r}.")
         self.stem: nn.Module = nn.Identity()
@@ -411,7 +417,10 @@ class EPIR(nn.Module):
         if stem == "conv":
             self.stem = ConvStem(in_channels=in_channels, channels=stem_channels)
             token_in, token_size = stem_channels, ConvStem.out_size(image_size)
-        depths = _check_args(token_size, patch_size, dim, heads, depths, dnspt, merge_ratio, select_ratio)
+        size_name = "model.image_size"
+        if stem == "conv":
+            size_name = f"with model.stem=conv, the stem's output side (from image_size {image_size})"
+        depths = _check_args(token_size, patch_size, dim, heads, depths, dnspt, merge_ratio, select_ratio, size_name)
         grid = token_size // patch_size
         self.num_patches = grid * grid
         if dnspt:

@@ -5,14 +5,17 @@ the package that imports them. See :mod:`epir.models` for the model contract.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
+import docstring_parser
 import torch
 from torch import nn
 
-from epir.config import ModelConfig, TrainConfig, coerce_scalar
+from epir.config import ModelConfig, TrainConfig, check_setting, coerce_scalar
 from epir.errors import ConfigError, did_you_mean
 from epir.registry import Registry
 
@@ -38,6 +41,24 @@ def register_model(
     recipe = recipe or TrainConfig()
     return MODELS.register(recipe=recipe, recipes={"default": recipe, **(recipes or {})}, description=description,
                            batchable=batchable, input_size=input_size, auto_fold_batch=auto_fold_batch or {})
+
+
+def check_sizes(**sizes: int) -> None:
+    """Stop at the first model argument (name -> value) that is not a whole number >= 1 (widths, counts, sides)."""
+    for key, value in sizes.items():
+        check_setting(isinstance(value, int) and value >= 1, f"model.{key}", value, "an integer >= 1")
+
+
+def check_rates(**rates: float) -> None:
+    """Stop at the first model argument that is not a rate in [0, 1) (dropout, drop-path)."""
+    for key, value in rates.items():
+        check_setting(0 <= value < 1, f"model.{key}", value, "a rate in [0, 1)")
+
+
+def check_positive(**values: float) -> None:
+    """Stop at the first model argument that is not a finite number > 0 (ratios, temperatures)."""
+    for key, value in values.items():
+        check_setting(math.isfinite(value) and value > 0, f"model.{key}", value, "a finite number > 0")
 
 
 def accepted_input_size(name: str, args: dict[str, Any]) -> int | None:
@@ -106,6 +127,24 @@ def model_defaults(name: str) -> dict[str, Any]:
     }
 
 
+def describe_args(name: str) -> list[tuple[str, Any, str]]:
+    """Model ``name``'s arguments in signature order: ``(argument, default, description)``, the description from
+    the factory docstring's ``Args:`` section (``""`` where it has none).
+    """
+    doc = docstring_parser.parse(inspect.getdoc(MODELS.get(name)) or "")
+    text = {p.arg_name: " ".join((p.description or "").split()) for p in doc.params}
+    return [(key, default, text.get(key, "")) for key, default in model_defaults(name).items()]
+
+
+def recipe_settings(name: str, recipe: str | None = None) -> dict[str, Any]:
+    """Where model ``name``'s recipe (its default if None) differs from :class:`TrainConfig`'s defaults, as
+    ``train.KEY -> value``: what the recipe is, in the ``--set`` keys that would make it.
+    """
+    base, this = TrainConfig(), default_recipe(name, recipe)
+    return {f"train.{f.name}": getattr(this, f.name) for f in dataclasses.fields(TrainConfig)
+            if getattr(this, f.name) != getattr(base, f.name)}
+
+
 def resolve_model_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
     """All keyword arguments of ``name`` with ``args`` applied, type-checked against the defaults."""
     defaults = model_defaults(name)
@@ -125,9 +164,20 @@ def resolve_model_args(name: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build registered model ``name``; unknown keyword arguments are an error with a "did you mean"."""
+    """Build registered model ``name``; unknown keyword arguments are an error with a "did you mean", and so is
+    a combination of values the model cannot be built from (its own checks name the argument; anything they miss
+    still stops as one ConfigError naming the arguments given, never as a traceback from inside torch).
+    """
     args = resolve_model_args(name, kwargs)
-    return MODELS.get(name)(**args)
+    factory = MODELS.get(name)
+    try:
+        return factory(**args)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError, OverflowError) as e:
+        given = ", ".join(f"model.{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
+        raise ConfigError(f"Model {name!r} cannot be built from {given} ({type(e).__name__}: {e}); change those "
+                          f"values.") from None
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:

@@ -33,7 +33,7 @@ from torch import nn
 
 from epir.config import TrainConfig
 from epir.errors import ConfigError
-from epir.models.factory import register_model
+from epir.models.factory import check_rates, check_sizes, register_model
 from epir.models.layers import dropout_or_identity
 
 # --------------------------------------------------------------------------------------------------------
@@ -310,6 +310,9 @@ def htnet(
         dropout: dropout on the attention weights, attention output and feed-forward (0 officially).
         bgr_input: reverse the channel axis first (u, v, strain -> the official BGR order).
     """
+    check_sizes(num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size,
+                dim=dim, heads=heads, mlp_ratio=mlp_ratio)
+    check_rates(dropout=dropout)
     block_repeats = _check_args(image_size, patch_size, dim, heads, num_hierarchies, block_repeats)
     return HTNet(
         num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size, dim=dim,

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from epir.config import TrainConfig
-from epir.models.factory import register_model
+from epir.models.factory import check_rates, check_sizes, register_model
 from epir.models.layers import BatchNorm2d, Dropout
 
 
@@ -65,7 +65,14 @@ STSTNET_RECIPE = TrainConfig(
 @register_model(batchable=True, input_size=28, auto_fold_batch={"cpu": 1}, recipe=STSTNET_RECIPE,
                 recipes={"official": STSTNET_RECIPE}, description="STSTNet (Liong et al. 2019), official architecture")
 def ststnet(*, num_classes: int = 3, bgr_input: bool = True, dropout: float = 0.5) -> STSTNet:
-    """STSTNet as in the official code; ``bgr_input`` feeds the official weights the BGR order they expect;
-    ``dropout`` is the official 0.5 (0 turns it off, e.g. to compare training paths exactly).
+    """STSTNet as in the official code (1,683 parameters).
+
+    Args:
+        num_classes: output classes.
+        bgr_input: reverse the channel axis first (u, v, strain -> the BGR order the official weights expect).
+        dropout: dropout before the classifier, the official 0.5 (0 turns it off, e.g. to compare training paths
+            exactly).
     """
+    check_sizes(num_classes=num_classes)
+    check_rates(dropout=dropout)
     return STSTNet(num_classes=num_classes, bgr_input=bgr_input, dropout=dropout)
