@@ -49,12 +49,14 @@ def main() -> None:
     a = p.parse_args()
     print("| run | seed | blend | UF1 | UAR | weights used (folds) |")
     print("|---|---|---|---|---|---|")
+    every: dict[str, list[tuple[float, float]]] = {}  # over all the runs' seeds (one seed per run directory, say)
     for run in a.runs:
         results = json.loads((run / "results.json").read_text())
         per_seed = {int(s["seed"]): s for s in results.get("per_seed") or [results]}
         cfg = resolve_config(RunConfig.load(run / "config.yaml"))
         weights = [c.train.distill_mix for c in candidate_configs(cfg)]
         prior = prior_candidate(cfg) if cfg.train.select else None
+        by_label: dict[str, list[tuple[float, float]]] = {}
         for seed_dir in sorted((run / "folds").glob("seed*")):
             seed = int(seed_dir.name[4:])
             recs = [json.loads(f.read_text()) for f in sorted(seed_dir.glob("*.json"))]
@@ -77,6 +79,21 @@ def main() -> None:
                 counts = {w: ws.count(w) for w in sorted(set(ws))}
                 used = ", ".join(f"{w:g}: {n}" for w, n in counts.items())
                 print(f"| {run.name} | {seed} | {label} | {sc['uf1']:.4f} | {sc['uar']:.4f} | {used} |")
+                by_label.setdefault(label, []).append((sc["uf1"], sc["uar"]))
+        for label, scores in by_label.items():  # the mean over the run's seeds (the figure a recipe is judged by)
+            every.setdefault(label, []).extend(scores)
+            if len(scores) > 1:
+                print_mean(run.name, label, scores)
+    if len(a.runs) > 1:
+        for label, scores in every.items():
+            print_mean("all runs", label, scores)
+
+
+def print_mean(name: str, label: str, scores: list[tuple[float, float]]) -> None:
+    """A table row: the mean ± sample standard deviation of (UF1, UAR) readings."""
+    uf1, uar = np.asarray(scores).T
+    print(f"| {name} | mean of {len(scores)} | {label} | {uf1.mean():.4f} ± {uf1.std(ddof=1):.4f} | "
+          f"{uar.mean():.4f} ± {uar.std(ddof=1):.4f} | |")
 
 
 if __name__ == "__main__":
