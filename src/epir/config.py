@@ -199,11 +199,11 @@ def check_ranges(cfg: RunConfig) -> None:
     check_setting(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
     check_setting(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "a finite number > 0")
     check_setting(_finite(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay,
-           "a finite number >= 0")
+                  "a finite number >= 0")
     check_setting(_finite(t.momentum) and 0 <= t.momentum < 1, "train.momentum", t.momentum, "a number in [0, 1)")
     check_setting(t.warmup_epochs >= 0, "train.warmup_epochs", t.warmup_epochs, "an integer >= 0")
     check_setting(_finite(t.label_smoothing) and 0 <= t.label_smoothing < 1, "train.label_smoothing", t.label_smoothing,
-           "a number in [0, 1)")
+                  "a number in [0, 1)")
     check_setting(_finite(t.grad_clip) and t.grad_clip >= 0, "train.grad_clip", t.grad_clip,
                   "a finite number >= 0 (0: off)")
     check_setting(0 <= t.hflip <= 1, "train.hflip", t.hflip, "a probability in [0, 1]")
@@ -218,32 +218,33 @@ def check_ranges(cfg: RunConfig) -> None:
     check_setting(0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "a fraction in [0, 1)")
     check_setting(t.ensemble >= 1, "train.ensemble", t.ensemble, "an integer >= 1 (models per fold)")
     check_setting(1 <= t.snapshots <= max(1, t.epochs // 2), "train.snapshots", t.snapshots,
-           f"an integer from 1 to train.epochs // 2 = {max(1, t.epochs // 2)} (snapshots taken in the second half "
-           "of training)")
+                  f"an integer from 1 to train.epochs // 2 = {max(1, t.epochs // 2)} (snapshots taken in the second "
+                  "half of training)")
     check_setting(0 <= t.distill_weight <= 1, "train.distill_weight", t.distill_weight, "a number in [0, 1]")
     check_setting(_finite(t.distill_temperature) and t.distill_temperature > 0, "train.distill_temperature",
-           t.distill_temperature, "a number > 0")
+                  t.distill_temperature, "a number > 0")
     check_setting(1 <= t.distill_members <= 64, "train.distill_members", t.distill_members,
-           "an integer from 1 to 64 (teacher seeds per fold, their probabilities averaged)")
+                  "an integer from 1 to 64 (teacher seeds per fold, their probabilities averaged)")
     check_setting(t.distill_members == 1 or bool(t.distill), "train.distill_members", t.distill_members,
-           "1 without a teacher; name one with train.distill=MODEL (e.g. ststnet)")
+                  "1 without a teacher; name one with train.distill=MODEL (e.g. ststnet)")
     check_setting(_finite(t.distill_mix) and 0 <= t.distill_mix <= 1, "train.distill_mix", t.distill_mix,
-           "a number in [0, 1] (the teacher's weight in the fold's probabilities)")
+                  "a number in [0, 1] (the teacher's weight in the fold's probabilities)")
     check_setting(t.distill_mix == 0 or bool(t.distill), "train.distill_mix", t.distill_mix,
-           "0 without a teacher; name one with train.distill=MODEL (e.g. ststnet)")
+                  "0 without a teacher; name one with train.distill=MODEL (e.g. ststnet)")
     check_setting(t.tta in TTA_KINDS, "train.tta", t.tta, f"{' | '.join(TTA_KINDS)} (flip: mean of the map's and its "
-           "mirror's probabilities)")
+                  "mirror's probabilities)")
     check_setting(t.select_k >= 2, "train.select_k", t.select_k, "an integer >= 2")
     check_setting(t.select_metric in SELECT_METRICS, "train.select_metric", t.select_metric,
-           f"{' | '.join(SELECT_METRICS)} (megc: mean of inner UF1 and UAR; nll: inner log-loss)")
+                  f"{' | '.join(SELECT_METRICS)} (megc: mean of inner UF1 and UAR; nll: inner log-loss)")
     check_setting(_finite(t.select_margin) and t.select_margin >= 0, "train.select_margin", t.select_margin,
-           "a number >= 0 (how much a candidate must beat the run's own configuration by inside the fold)")
+                  "a number >= 0 (how much a candidate must beat the run's own configuration by inside the fold)")
     check_setting(not t.distill_shared or (bool(t.distill) and t.select_shared >= 3 and t.distill_weight == 0),
-           "train.distill_shared", t.distill_shared,
-           "false, or true with a teacher (train.distill), shared groups (train.select_shared >= 3) and "
-           "train.distill_weight=0 (a group's teacher only predicts; soft targets need the fold's own)")
+                  "train.distill_shared", t.distill_shared,
+                  "false, or true with a teacher (train.distill), shared groups (train.select_shared >= 3) and "
+                  "train.distill_weight=0 (a group's teacher only predicts; soft targets need the fold's own)")
     check_setting(t.select_shared == 0 or t.select_shared >= 3, "train.select_shared", t.select_shared,
-           "0 (inner groups drawn per fold) or an integer >= 3 (groups of the run's subjects shared by all folds)")
+                  "0 (inner groups drawn per fold) or an integer >= 3 (groups of the run's subjects shared by all "
+                  "folds)")
     check_setting(e.threads >= 0, "eval.threads", e.threads, "an integer >= 0 (0: all cores)")
     check_setting(e.jobs >= 1 or e.jobs == -1, "eval.jobs", e.jobs, "an integer >= 1, or -1 for one per core")
     check_setting(e.fold_batch >= 0, "eval.fold_batch", e.fold_batch, "an integer >= 0 (0: automatic)")

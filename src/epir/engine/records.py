@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from epir.errors import ConfigError
 
 
@@ -42,6 +44,29 @@ def _count(value: Any, *, signed: bool = False) -> int:
     if not numeric or value != int(value) or (value < 0 and not signed):
         raise ValueError(value)
     return int(value)
+
+
+#: How far a stored row's probabilities may sum from 1 (predictions.csv keeps 6 decimals) ...
+PROB_SUM_TOLERANCE = 1e-3
+#: ... and how far its predicted class's probability may fall below the row's largest (a tie rounded apart).
+ARGMAX_TOLERANCE = 1e-5
+
+
+def first_bad_probability_row(probs: np.ndarray, predicted: np.ndarray) -> tuple[int, str] | None:
+    """The first row of ``probs`` (rows x classes) that is not a distribution with ``predicted`` at its maximum,
+    and what is wrong with it: ``"range"`` (a value not finite or outside [0, 1]), ``"sum"`` (not summing to 1) or
+    ``"argmax"`` (the predicted class is not the most probable), checked in that order over all rows; None when
+    every row is right. The one check of stored probabilities (fold files and ``predictions.csv``).
+    """
+    rows = np.arange(len(probs))
+    for kind, bad in (
+        ("range", ~np.isfinite(probs).all(axis=1) | (probs < 0).any(axis=1) | (probs > 1).any(axis=1)),
+        ("sum", np.abs(probs.sum(axis=1) - 1) > PROB_SUM_TOLERANCE),
+        ("argmax", probs[rows, predicted] < probs.max(axis=1) - ARGMAX_TOLERANCE),
+    ):
+        if bad.any():
+            return int(np.flatnonzero(bad)[0]), kind
+    return None
 
 
 @dataclass(frozen=True)
@@ -245,4 +270,4 @@ class FoldRecord:
         return out
 
 
-__all__ = ["FoldRecord", "LosoResults", "Scores"]
+__all__ = ["ARGMAX_TOLERANCE", "PROB_SUM_TOLERANCE", "FoldRecord", "LosoResults", "Scores", "first_bad_probability_row"]

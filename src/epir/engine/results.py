@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from epir.engine.metrics import megc_scores
-from epir.engine.records import LosoResults, Scores
+from epir.engine.records import LosoResults, Scores, first_bad_probability_row
 from epir.errors import DatasetError, DatasetNotFoundError
 
 HONEST = "honest"
@@ -241,16 +241,20 @@ def read_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
         stop(bad, column, "a whole number" if lo is None else f"a class 0..{hi} (one per prob_ column)")
         out[column] = values.astype(np.int64)
     probs = np.stack([pd.to_numeric(raw[c].str.strip(), errors="coerce").to_numpy(dtype=float) for c in prob_cols], 1)
-    for j, c in enumerate(prob_cols):
-        stop(~np.isfinite(probs[:, j]) | (probs[:, j] < 0) | (probs[:, j] > 1), c, "a probability in [0, 1]")
-        out[c] = probs[:, j]
-    stop(np.abs(probs.sum(1) - 1) > 1e-3, prob_cols[0], f"the {k} probabilities of a row to sum to 1")
-    pred = out["predicted"].to_numpy()
-    stop(probs[np.arange(len(pred)), pred] < probs.max(1) - 1e-5, "predicted",
-         "the class of the row's largest probability")
-    key = ["seed", "subject", "clip"] if "clip" in raw.columns else ["seed", "subject"]
+    out[prob_cols] = probs
+    found = first_bad_probability_row(probs, out["predicted"].to_numpy())
+    if found is not None:
+        row, kind = found
+        one = np.arange(len(probs)) == row
+        if kind == "range":  # name the value that is not a probability
+            j = int(np.flatnonzero(~np.isfinite(probs[row]) | (probs[row] < 0) | (probs[row] > 1))[0])
+            stop(one, prob_cols[j], "a probability in [0, 1]")
+        elif kind == "sum":
+            stop(one, prob_cols[0], f"the {k} probabilities of a row to sum to 1")
+        stop(one, "predicted", "the class of the row's largest probability")
     if "clip" in raw.columns:
-        stop(out.duplicated(key).to_numpy(), "clip", "each sample once per seed (this row repeats an earlier one)")
+        stop(out.duplicated(["seed", "subject", "clip"]).to_numpy(), "clip",
+             "each sample once per seed (this row repeats an earlier one)")
         samples = {s: d.set_index(["subject", "clip"])["true"] for s, d in out.groupby("seed", sort=True)}
         first_seed, first = next(iter(samples.items()))
         for seed, labels in samples.items():

@@ -22,7 +22,7 @@ import numpy as np
 from epir._version import __version__
 from epir.config import RunConfig
 from epir.data import FlowDataset
-from epir.engine.records import FoldRecord
+from epir.engine.records import FoldRecord, first_bad_probability_row
 from epir.errors import ConfigError
 from epir.fileio import write_atomic
 from epir.runsetup import execution_free, resolve_config
@@ -144,12 +144,11 @@ def read_fold_file(path: Path, dataset: FlowDataset, seed: int, subject: str) ->
         probs = np.asarray(rec["probs"], dtype=float)
     except (TypeError, ValueError):
         raise bad("its probs are not numbers") from None
-    if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
-        raise bad("its probs are not all finite numbers in [0, 1]")
-    if (np.abs(probs.sum(axis=1) - 1) > 1e-3).any():
-        raise bad("its probs do not sum to 1 in every row")
-    if (probs[np.arange(n), rec["predicted"]] < probs.max(axis=1) - 1e-5).any():
-        raise bad("its predicted classes are not those of the largest probabilities")
+    found = first_bad_probability_row(probs, np.asarray(rec["predicted"]))
+    if found is not None:
+        raise bad({"range": "its probs are not all finite numbers in [0, 1]",
+                   "sum": "its probs do not sum to 1 in every row",
+                   "argmax": "its predicted classes are not those of the largest probabilities"}[found[1]])
     return rec
 
 
