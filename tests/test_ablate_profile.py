@@ -16,6 +16,16 @@ def test_epir_switches_are_its_components():
     assert model_switches("epir") == ["dnspt", "refine", "merge", "itals", "dtsm", "contrastive"]
 
 
+@pytest.mark.parametrize("model", ["ststnet", "htnet"])
+def test_the_official_baselines_have_no_switches(model, tmp_path, capsys):
+    """bgr_input (the input channels' order) is not a component; ablating a baseline needs recipe levers."""
+    assert model_switches(model) == []
+    code = main(["ablate", "--model", model, "--dataset", "synthetic", "--out", str(tmp_path / "a"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"'{model}' has no component switches to ablate" in err and "--levers" in err
+    assert not (tmp_path / "a").exists()
+
+
 def test_ablate_writes_one_table(fake_root, tmp_path, capsys):
     out = tmp_path / "ablate"
     code = main(["ablate", "--model", "epir", "--recipe", "alone", "--dataset", "megc2019", "--root", str(fake_root),

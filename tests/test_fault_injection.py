@@ -385,3 +385,85 @@ def test_train_never_saves_a_diverged_model(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert code == 2 and "diverged" in err and "Traceback" not in err
     assert not (out / "model.safetensors").exists()
+
+
+# ---- output folders that cannot be written: one line, before any work ----------------------------------------------
+
+
+@pytest.fixture()
+def file_in_the_way(tmp_path: Path) -> Path:
+    """A plain file where an output folder's parent should be (a read-only folder does not stop root)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder")
+    return blocker
+
+
+def never_called(*_args, **_kwargs):
+    raise AssertionError("the work started before the output folder was checked")
+
+
+@pytest.mark.parametrize("argv, what, patch", [
+    (["loso", "--model", "ststnet", "--dataset", "synthetic", "--epochs", "1", "--folds", "s01", "--no-progress",
+      "--out", "{out}"], "run directory", "epir.engine.folds.fit"),
+    (["train", "--model", "ststnet", "--dataset", "synthetic", "--epochs", "1", "--no-progress", "--out", "{out}"],
+     "checkpoint folder", "epir.inference.training.load_data"),
+    (["pretrain", "--model", "ststnet", "--subjects", "2", "--clips", "2", "--epochs", "1", "--no-progress",
+      "--out", "{out}/w"], "weights file", "epir.engine.pretrain.synthetic_corpus"),
+    (["compare", "--models", "ststnet", "--dataset", "synthetic", "--epochs", "1", "--folds", "s01", "--no-progress",
+      "--out", "{out}"], "comparison folder", "epir.engine.compare.run_loso"),
+    (["ablate", "--model", "epir", "--switches", "merge", "--dataset", "synthetic", "--epochs", "1", "--folds", "s01",
+      "--no-progress", "--out", "{out}"], "ablation folder", "epir.engine.ablate.run_loso"),
+])
+def test_an_output_folder_that_cannot_be_written_stops_before_the_work(file_in_the_way, monkeypatch, capsys, argv,
+                                                                        what, patch) -> None:
+    monkeypatch.setattr(patch, never_called)
+    out = file_in_the_way / "out"
+    code = main([a.replace("{out}", str(out)) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"cannot write the {what}" in err and f"{file_in_the_way} is a file, not a folder" in err, err
+
+
+def test_a_report_folder_that_cannot_be_written_is_a_config_error(file_in_the_way) -> None:
+    import pandas as pd
+
+    from epir.engine.report import write_report
+    from epir.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="cannot write the report folder .* is a file, not a folder"):
+        write_report(pd.DataFrame({"model": ["m"]}), file_in_the_way / "r")
+
+
+def test_export_to_an_unwritable_folder_is_one_line(ckpt_dir, file_in_the_way, capsys) -> None:
+    code = main(["export", "--checkpoint", str(ckpt_dir), "--onnx", str(file_in_the_way / "m.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write the ONNX file" in err and "is a file, not a folder" in err, err
+
+
+def test_writable_dir_creates_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    from epir.fileio import writable_dir, writable_parent
+
+    out = writable_dir(tmp_path / "a" / "b")
+    assert out.is_dir() and list(out.iterdir()) == []
+    assert writable_parent(tmp_path / "c" / "w.safetensors") == tmp_path / "c" / "w.safetensors"
+    assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_a_machine_error_mid_command_is_one_line(monkeypatch, capsys) -> None:
+    import epir.cli as cli
+
+    def full_disk(_args):
+        raise OSError(28, "No space left on device", "runs/x/folds/s0/a.json")
+
+    monkeypatch.setattr(cli, "cmd_loso", full_disk)
+    code = main(["loso", "--dataset", "synthetic"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "No space left on device" in err and "run the same command again" in err
+
+
+def test_train_refuses_a_negative_seed(tmp_path, capsys) -> None:
+    code = main(["train", "--model", "ststnet", "--dataset", "synthetic", "--seed", "-1", "--epochs", "1",
+                 "--out", str(tmp_path / "ck"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "seed (--seed) must be a whole number >= 0, got -1" in err

@@ -279,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of the output went away (`epir list args | head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's documented recipe
         return 141
+    except OSError as e:  # the machine's, not the input's (a full disk, a folder gone mid-run): one line, not a trace
+        print(f"epir {args.command}: error: {type(e).__name__}: {e}. Finished work is kept (a run's fold files); "
+              "fix the cause and run the same command again.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: finished folds are saved; run the same command with the same --out to resume.",
               file=sys.stderr)

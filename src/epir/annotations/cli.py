@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from epir.datasets import NATIVE, READERS, list_schemes, read_annotations
+from epir.fileio import writable_parent
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -40,9 +41,7 @@ def cmd_annotations(args: argparse.Namespace) -> int:
     fixes = False if args.no_fixes else (args.fixes or True)
     df = read_annotations(args.dataset, args.sheet, labels=labels, fixes=fixes)
     if args.csv:
-        out = Path(args.csv).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out, index=False)
+        df.to_csv(writable_parent(args.csv, "annotation table (--csv)"), index=False)
     else:
         with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 250):
             print(df.to_string(index=False))

@@ -16,14 +16,17 @@ from epir.engine.loso import check_before_training, run_loso
 from epir.engine.report_html import write_table_report
 from epir.engine.tables import run_row, to_markdown
 from epir.errors import ConfigError, did_you_mean
+from epir.fileio import writable_dir
 from epir.models import MODELS, resolve_model_args
 from epir.runsetup import resolve_config
 
 
 def model_switches(name: str) -> list[str]:
-    """A model's component switches: registered ``switches``, else its boolean arguments defaulting to True."""
+    """A model's component switches: its registered ``switches`` (``()`` for none), else its boolean arguments
+    defaulting to True.
+    """
     registered = MODELS.meta(name).get("switches")
-    if registered:
+    if registered is not None:
         return list(registered)
     sig = inspect.signature(MODELS.get(name))
     return [p.name for p in sig.parameters.values() if p.default is True]
@@ -148,7 +151,11 @@ def run_ablation(
     switches = known if switches is None else switches
     for s in switches:
         if s not in known:
-            raise ConfigError(f"{cfg.model.name!r} has no switch {s!r}; its switches: {', '.join(known)}.")
+            raise ConfigError(f"{cfg.model.name!r} has no switch {s!r}; its switches: {', '.join(known) or 'none'}.")
+    if not switches and not levers:
+        raise ConfigError(f"{cfg.model.name!r} has no component switches to ablate; ablate recipe levers "
+                          f"instead (levers, --levers: e.g. --levers tta mixup; all: {', '.join(LEVERS)}), or "
+                          "another model (epir: --model epir).")
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.data.seed)
     full_args = resolve_model_args(cfg.model.name, cfg.model.args)
@@ -161,6 +168,7 @@ def run_ablation(
         arms.append(lever_arm(cfg, lever))
     for _, arm_cfg in arms:  # every arm's errors (a missing train.init, a bad candidate) before any arm trains
         check_before_training(resolve_config(arm_cfg))
+    writable_dir(out, "ablation folder")
     rows = []
     for arm, arm_cfg in arms:
         if progress:
@@ -168,7 +176,6 @@ def run_ablation(
         results = run_loso(arm_cfg, dataset=dataset, out_dir=out / arm, progress=progress)
         rows.append(run_row(arm, results, arm_cfg))
     table = pd.DataFrame(rows).rename(columns={"name": "arm"})
-    out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "ablation.csv", index=False)
     (out / "ablation.md").write_text(
         f"# Ablation of {cfg.model.name} on {dataset.name} ({rows[0]['protocol']}, {rows[0]['evaluation']}, seeds "

@@ -13,6 +13,7 @@ from epir.engine.loso import make_config, run_loso
 from epir.engine.report_html import METRIC_COLOURS, confusion_plot, write_table_report
 from epir.engine.tables import run_row, to_markdown
 from epir.errors import ConfigError
+from epir.fileio import writable_dir
 from epir.models import MODELS
 
 
@@ -92,8 +93,7 @@ def run_compare(
         if m not in models:
             raise ConfigError(f"recipes (--recipe) {m}:{recipes[m]}: {m!r} is not one of the compared models "
                               f"{list(models)}.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out_dir, "comparison folder")
     per_model = split_overrides(models, overrides)
     configs = {
         m: make_config(m, dataset, root=root, seeds=seeds, folds=folds, oracle_epoch=protocol == "oracle-epoch",

@@ -281,7 +281,8 @@ def run_loso(
         teacher_seconds = 0.0
         if fold_weights is None and todo:  # train.distill_shared: each group teacher once, in the worker processes
             t_teach = time.perf_counter()
-            bar.set_postfix_str("group teachers")
+            if cfg.train.distill and cfg.train.distill_shared:
+                bar.set_postfix_str("group teachers")
             teachers = shared_teachers(dataset, cfg, todo, jobs=1 if cfg.eval.dask_scheduler else jobs)
             teacher_seconds = time.perf_counter() - t_teach
         for rec in execute(dataset, cfg, groups, fold_weights=fold_weights, fold_batch=fold_batch, jobs=jobs,

@@ -27,7 +27,7 @@ from epir.config import ModelConfig, TrainConfig
 from epir.data.synthetic import synthetic
 from epir.engine.train import fit
 from epir.errors import ConfigError
-from epir.fileio import write_atomic
+from epir.fileio import writable_parent, write_atomic
 from epir.models import build_model, default_recipe, resolve_model_args
 
 #: Subjects generated per parallel task (each task is one call of the synthetic generator).
@@ -107,6 +107,7 @@ def pretrain(
     path = Path(out).expanduser()
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
+    writable_parent(path, "weights file")  # before the corpus and the training, not after
     t0 = time.perf_counter()
     x, y, cache = synthetic_corpus(subjects, clips, seed=data_seed, cache_dir=cache_dir, jobs=jobs)
     t_data = time.perf_counter() - t0
@@ -119,7 +120,6 @@ def pretrain(
     fit(net, x, y, recipe, seed=seed, num_classes=int(y.max()) + 1, describe="pretraining")
     t_train = time.perf_counter() - t1
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda tmp: save_file(state, str(tmp)))
     meta: dict[str, Any] = {
         "model": {"name": model_cfg.name, "args": model_cfg.args}, "recipe": recipe.__dict__,

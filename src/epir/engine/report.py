@@ -36,6 +36,7 @@ from epir.engine.report_html import write_table_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE
 from epir.engine.tables import fmt_mean_std, input_shape
 from epir.errors import ConfigError, DatasetError, DatasetNotFoundError
+from epir.fileio import writable_dir
 from epir.models import build_model, default_recipe, list_recipes, model_defaults
 from epir.profiling import count_flops, count_parameters
 
@@ -265,8 +266,7 @@ def to_latex(table: pd.DataFrame) -> str:
 
 def write_report(table: pd.DataFrame, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``report.md``, ``report.csv`` and ``report.tex`` into ``out_dir``; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out_dir, "report folder")
     paths = {"md": out / "report.md", "csv": out / "report.csv", "tex": out / "report.tex"}
     paths["md"].write_text(to_markdown(table))
     table.to_csv(paths["csv"], index=False)

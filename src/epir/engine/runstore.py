@@ -24,7 +24,7 @@ from epir.config import RunConfig
 from epir.data import FlowDataset
 from epir.engine.records import FoldRecord, first_bad_probability_row
 from epir.errors import ConfigError
-from epir.fileio import write_atomic
+from epir.fileio import writable_dir, write_atomic
 from epir.runsetup import execution_free, resolve_config
 
 #: Raised whenever the same configuration and data train differently than before, so that a run directory started
@@ -242,7 +242,7 @@ class FoldStore:
         """
         if self.out is None:
             return self
-        self.out.mkdir(parents=True, exist_ok=True)
+        writable_dir(self.out, "run directory")
         self._lock = RunLock(self.out)
         check_resume(self.out, cfg)
         fingerprint = run_fingerprint(cfg, self.dataset, protocol, fold_weights)

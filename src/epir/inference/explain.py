@@ -32,6 +32,7 @@ import torch
 
 from epir.data.transforms import mosaic
 from epir.errors import ConfigError
+from epir.fileio import writable_parent
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -186,6 +187,7 @@ def explain_prediction(predictor: Predictor, prediction: Prediction, path: str |
     out = Path(path).expanduser()
     if out.suffix.lower() != ".png":
         raise ConfigError(f"explain (--explain) writes a PNG; give a file name ending in .png, got {out}.")
+    writable_parent(out, "explanation figure")
     flow_map = np.asarray(prediction.map, dtype=np.float32)
     size = flow_map.shape[-1]
     with predictor.torch_threads():
@@ -264,7 +266,6 @@ def explain_prediction(predictor: Predictor, prediction: Prediction, path: str |
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=_DPI, format="png")
     return out
 

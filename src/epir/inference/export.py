@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from epir.errors import ExportError
+from epir.fileio import writable_parent
 from epir.inference.checkpoint import Checkpoint, load_checkpoint
 
 #: Default ONNX opset (ScatterElements with reduction, TopK, LayerNormalization all available).
@@ -288,8 +289,8 @@ def export_onnx(
     out = Path(path).expanduser()
     if out.is_dir():
         raise ExportError(f"ONNX file {out} (--onnx) is a directory; give a file name such as {out / 'model.onnx'}.")
+    writable_parent(out, "ONNX file")
     proto = onnx_model(ckpt, opset=opset)
-    out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(proto, str(out))
     report = ExportReport(path=out, bytes=out.stat().st_size, opset=opset)
     if check:

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from epir.data.transforms import mosaic
 from epir.errors import ClipError, ConfigError, EpirError, ExportError
+from epir.fileio import writable_parent
 from epir.inference.checkpoint import Checkpoint, InferenceModel, load_checkpoint
 from epir.inference.explain import explain_prediction
 from epir.inference.runners import OnnxRunner, Runner, TorchRunner, torch_threads
@@ -467,6 +468,7 @@ class Predictor:
                 f"{root} is not a folder; predict_folder (--csv) predicts every clip (video file or frame folder) in "
                 "a folder."
             )
+        out = None if csv_path is None else writable_parent(csv_path, "predictions table")  # before the clips
         clips = list_clips(root)
         if not clips:
             raise ClipError(
@@ -490,9 +492,7 @@ class Predictor:
                            apex_estimated=None, ms=None, error=f"{type(e).__name__}: {e}")
             rows.append(row)
         df = pd.DataFrame(rows)
-        if csv_path is not None:
-            out = Path(csv_path).expanduser()
-            out.parent.mkdir(parents=True, exist_ok=True)
+        if out is not None:
             df.to_csv(out, index=False)
         return df
 

@@ -24,6 +24,7 @@ from epir.data import FlowDataset
 from epir.engine.selection import select_in_fold, teacher_config, train_teachers
 from epir.engine.train import fit
 from epir.errors import ConfigError
+from epir.fileio import writable_dir
 from epir.inference.checkpoint import Checkpoint, make_meta, read_meta, save_checkpoint, teacher_meta
 from epir.models import build_model
 from epir.preprocess.pipeline import PreprocessSettings
@@ -109,10 +110,13 @@ def train_checkpoint(
     if cfg.train.ensemble > 1:
         raise ConfigError(f"train.ensemble={cfg.train.ensemble}: a checkpoint holds one model's weights, not an "
                           "ensemble; train it with --set train.ensemble=1 (or one checkpoint per --seed).")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed (--seed) must be a whole number >= 0, got {seed!r}.")
     out = Path(out_dir).expanduser()
     if (out / "checkpoint.json").exists() and not overwrite:  # fail before training, not after
         raise ConfigError(f"{out} already holds a checkpoint; choose another out_dir (--out), or pass overwrite=True "
                           "(--overwrite) to replace it.")
+    writable_dir(out, "checkpoint folder")
     dataset = load_data(cfg, dataset)
     preprocessing, note = preprocessing_for(dataset)
     dataset, transform_report = transform_data(cfg, dataset)

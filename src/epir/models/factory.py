@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import docstring_parser
@@ -30,17 +30,21 @@ def register_model(
     batchable: bool = False,
     input_size: int | None = None,
     auto_fold_batch: dict[str, int] | None = None,
+    switches: Sequence[str] | None = None,
 ) -> Callable:
     """Register a model factory; ``recipe`` is its default training recipe, ``recipes`` more named ones;
     ``batchable``: several of its models can train at once as one vectorised model (``epir.engine.batched``:
     every operation works under ``torch.func.vmap``, batch statistics honour ``sample_mask``, and
     ``forward_with_loss``, if any, takes ``valid``); ``input_size``: the map side the model accepts when it
     has no ``image_size`` argument (e.g. STSTNet's 28); ``auto_fold_batch``: per device type, how many of its
-    models a worker trains at once by default where the engine's general choice does not suit it (measured).
+    models a worker trains at once by default where the engine's general choice does not suit it (measured);
+    ``switches``: the boolean arguments that turn one of its components off when False, what ``epir ablate``
+    ablates (default: every boolean argument defaulting to True; ``()`` for a model without optional components).
     """
     recipe = recipe or TrainConfig()
     return MODELS.register(recipe=recipe, recipes={"default": recipe, **(recipes or {})}, description=description,
-                           batchable=batchable, input_size=input_size, auto_fold_batch=auto_fold_batch or {})
+                           batchable=batchable, input_size=input_size, auto_fold_batch=auto_fold_batch or {},
+                           switches=None if switches is None else tuple(switches))
 
 
 def check_sizes(**sizes: int) -> None:

@@ -276,6 +276,7 @@ HTNET_CPU_RECIPE = TrainConfig(
     recipe=HTNET_OFFICIAL_RECIPE,
     recipes={"official": HTNET_OFFICIAL_RECIPE, "cpu": HTNET_CPU_RECIPE},
     description="HTNet (Wang et al. 2024), official architecture (139.6M parameters); feed it the mosaic input",
+    switches=(),  # the official architecture: no optional component (bgr_input orders the input channels)
 )
 def htnet(
     *,

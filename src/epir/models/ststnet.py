@@ -63,7 +63,8 @@ STSTNET_RECIPE = TrainConfig(
 #: Batched on CPU, vmap's convolution and BatchNorm run STSTNet at half the loop's speed (benchmarks/loso_speed.py
 #: --models ststnet): one at a time there by default; batched on CUDA.
 @register_model(batchable=True, input_size=28, auto_fold_batch={"cpu": 1}, recipe=STSTNET_RECIPE,
-                recipes={"official": STSTNET_RECIPE}, description="STSTNet (Liong et al. 2019), official architecture")
+                recipes={"official": STSTNET_RECIPE}, description="STSTNet (Liong et al. 2019), official architecture",
+                switches=())  # no optional component (bgr_input orders the input channels)
 def ststnet(*, num_classes: int = 3, bgr_input: bool = True, dropout: float = 0.5) -> STSTNet:
     """STSTNet as in the official code (1,683 parameters).
 

@@ -50,7 +50,7 @@ from tqdm.auto import tqdm
 
 from epir.datasets import locate_clips
 from epir.errors import ConfigError, DatasetError, EpirError
-from epir.fileio import write_atomic
+from epir.fileio import writable_dir, write_atomic
 from epir.flowmaps import CSV_NAME, META_NAME, image_path
 from epir.preprocess.face import FaceAligner, five_points
 from epir.preprocess.pipeline import ClipResult, PreprocessSettings, run_clip
@@ -263,8 +263,7 @@ def preprocess_dataset(dataset: str, root: str | os.PathLike, out: str | os.Path
     start = time.perf_counter()
     labels = labels or ("composite" if dataset == "composite" else "native")
     table = locate_clips(dataset, root, sheet=sheet, labels=labels)
-    out = Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_dir(out, "flow-map folder")
     specs = _specs(table, settings)
     manifest_path = out / MANIFEST_NAME
     manifest = _load_manifest(manifest_path)
