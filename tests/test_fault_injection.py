@@ -251,6 +251,66 @@ def test_maps_of_another_size_are_refused_before_training(tmp_path, capsys) -> N
         run_loso(make_config("ststnet", "megc2019", overrides=["train.epochs=1"]), ds, progress=False)
 
 
+def _rebuilt(**fields):
+    """The fake dataset rebuilt through ``FlowDataset`` with some fields replaced."""
+    from dataclasses import asdict
+
+    from epir.data import FlowDataset
+    from fakes import make_flow_dataset
+
+    kept = asdict(make_flow_dataset())
+    kept.update(fields)
+    return FlowDataset(**kept)
+
+
+def test_a_dataset_built_in_python_is_checked_when_made() -> None:
+    import numpy as np
+    import torch
+
+    from epir.errors import DatasetError
+    from fakes import make_flow_dataset
+
+    good = make_flow_dataset()
+    # NumPy maps, other real dtypes and whole-number float labels are taken as they are meant
+    ds = _rebuilt(x=good.x.numpy().astype(np.float64), y=good.y.numpy().astype(np.float32))
+    assert ds.x.dtype == torch.float32 and ds.y.dtype == torch.int64 and torch.equal(ds.y, good.y)
+    assert _rebuilt(x=good.x.to(torch.uint8)).x.dtype == torch.float32
+    assert torch.equal(_rebuilt(y=good.y.tolist()).y, good.y)
+
+    with pytest.raises(DatasetError, match=r"channels last.*x.permute\(0, 3, 1, 2\)"):
+        _rebuilt(x=good.x.permute(0, 2, 3, 1))
+    with pytest.raises(DatasetError, match="expected \\(N, C, H, W\\)"):
+        _rebuilt(x=good.x[:, 0])
+    nan = good.x.clone()
+    nan[3, 1, 5, 5] = float("nan")
+    with pytest.raises(DatasetError, match=f"sample 3 \\({good.sources[3]}/.*{good.clips[3]}.*NaN or infinite"):
+        _rebuilt(x=nan)
+    wrong = good.y.clone()
+    wrong[2] = 7
+    with pytest.raises(DatasetError, match="sample 2 .*label 7 is not a class index 0..2"):
+        _rebuilt(y=wrong)
+    with pytest.raises(DatasetError, match="whole-number class indices"):
+        _rebuilt(y=good.y.to(torch.float32) + 0.5)
+    with pytest.raises(DatasetError, match="clips has 1 entries"):
+        _rebuilt(clips=["one"])
+
+
+def test_maps_with_other_channels_or_scaled_to_one_are_named_before_training() -> None:
+    from epir import make_config
+    from epir.engine.loso import run_loso
+    from epir.errors import ConfigError, MapRangeWarning
+    from epir.runsetup import check_model_fits
+    from fakes import make_flow_dataset
+
+    good = make_flow_dataset()
+    with pytest.raises(ConfigError, match="takes maps with 3 channels but dataset 'fake' holds 2"):
+        run_loso(make_config("ststnet", "megc2019", overrides=["train.epochs=1"]), _rebuilt(x=good.x[:, :2]),
+                 progress=False)
+    scaled = _rebuilt(x=good.x / good.x.max())
+    with pytest.warns(MapRangeWarning, match="within 0-1"):
+        check_model_fits(make_config("ststnet", "megc2019"), scaled)
+
+
 def test_predict_csv_exits_2_when_clips_failed(ckpt_dir, tmp_path, capsys) -> None:
     folder = tmp_path / "clips"
     folder.mkdir()

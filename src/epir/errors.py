@@ -51,6 +51,10 @@ class UnknownChoiceError(UnknownNameError, ConfigError):
     """An unknown scheme or dataset name: an ``UnknownNameError`` that is also a ``ConfigError``."""
 
 
+class MapRangeWarning(UserWarning):
+    """A dataset's flow maps look scaled to 0-1 rather than epir's 0-255 per channel."""
+
+
 class AnnotationWarning(UserWarning):
     """A label sheet has rows with missing or impossible values, or a fix did not apply."""
 

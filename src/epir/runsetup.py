@@ -17,6 +17,7 @@ when a run resumes; every other key is the evaluation protocol and may not.
 from __future__ import annotations
 
 import argparse
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -25,8 +26,9 @@ import numpy as np
 
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, apply_overrides, parse_key_values, set_value
 from epir.data import FlowDataset, load_dataset
+from epir.data.base import CHANNELS
 from epir.data.transforms import apply_input_transform
-from epir.errors import ConfigError, closest, did_you_mean
+from epir.errors import ConfigError, MapRangeWarning, closest, did_you_mean
 from epir.models.factory import accepted_input_size, default_recipe, resolve_model_args
 
 #: Command-line flags that set one config key each (flag dest, key).
@@ -299,7 +301,15 @@ def transform_data(cfg: RunConfig, dataset: FlowDataset) -> tuple[FlowDataset, d
 
 
 def check_model_fits(cfg: RunConfig, dataset: FlowDataset) -> None:
-    """The model accepts the dataset's map size and class count (a clear error before anything trains)."""
+    """The model accepts the dataset's map size, channels and class count (a clear error before anything trains);
+    maps that look scaled to 0-1 instead of epir's 0-255 are warned about (:class:`MapRangeWarning`).
+    """
+    top = float(dataset.x.max()) if dataset.x.numel() else 0.0
+    if 0.0 < top <= 1.0:
+        warnings.warn(f"dataset {dataset.name!r}: every map value is within 0-1 (max {top:.3g}); epir's maps are "
+                      "0-255 per channel (epir preprocess), and recipes without input normalisation (STSTNet's, "
+                      "HTNet's) train on the raw values: multiply the maps by 255 if they were scaled.",
+                      MapRangeWarning, stacklevel=2)
     size = accepted_input_size(cfg.model.name, cfg.model.args)
     if size is not None and tuple(dataset.x.shape[-2:]) != (size, size):
         h, w = dataset.x.shape[-2:]
@@ -307,6 +317,13 @@ def check_model_fits(cfg: RunConfig, dataset: FlowDataset) -> None:
             f"model {cfg.model.name!r} accepts {size}x{size} maps but dataset {dataset.name!r} holds {h}x{w} maps; "
             f"set model.image_size={h} where the model has that argument, or make {size}x{size} maps "
             f"(epir preprocess)."
+        )
+    channels = int(resolve_model_args(cfg.model.name, cfg.model.args).get("in_channels", len(CHANNELS)))
+    if dataset.x.shape[1] != channels:
+        raise ConfigError(
+            f"model {cfg.model.name!r} takes maps with {channels} channels but dataset {dataset.name!r} holds "
+            f"{dataset.x.shape[1]}; give maps of u, v and strain (N, 3, H, W), or set model.in_channels where the "
+            "model has that argument."
         )
     classes = cfg.model.args.get("num_classes")
     if classes is not None and int(classes) != dataset.num_classes:
