@@ -66,6 +66,15 @@ def test_ablate_unknown_switch(fake_root, tmp_path, capsys):
     assert "no switch 'mergee'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags", [["--switches", "dnspt", "merge", "dnspt"], ["--levers", "tta", "tta"]])
+def test_ablate_an_arm_named_twice(fake_root, tmp_path, capsys, flags):
+    """Each arm ran twice (the second resumed the first) and the table showed it as two rows."""
+    code = main(["ablate", "--model", "epir", "--dataset", "megc2019", "--root", str(fake_root), *flags,
+                 "--out", str(tmp_path / "a"), "--no-progress"])
+    assert code == 2 and "more than once" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
 @pytest.mark.parametrize("model", ["epir", "ststnet"])
 def test_profile_json(model, capsys):
     assert main(["profile", "--model", model, "--json"]) == 0

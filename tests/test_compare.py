@@ -54,6 +54,13 @@ def test_compare_unknown_model(tmp_path, capsys):
     assert "Did you mean 'htnet'" in capsys.readouterr().err
 
 
+def test_compare_a_model_named_twice(tmp_path, capsys):
+    """The second run resumed the first's folder and the table showed one run as two rows."""
+    assert main(["compare", "--models", "epir", "ststnet", "epir", "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    assert "names 'epir' more than once" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 
 def test_named_recipes(tmp_path, capsys):
     from epir.models import default_recipe, list_recipes

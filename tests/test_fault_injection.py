@@ -527,3 +527,36 @@ def test_train_refuses_a_negative_seed(tmp_path, capsys) -> None:
                  "--out", str(tmp_path / "ck"), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "seed (--seed) must be a whole number >= 0, got -1" in err
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--set", "train.epochs=-3"], "train.epochs=-3: expected an integer >= 1"),
+    (["--set", "train.hflip=3"], "train.hflip=3.0: expected a probability in [0, 1]"),
+    (["--threads", "-3"], "eval.threads=-3: expected an integer >= 0"),
+])
+@pytest.mark.parametrize("command", ["train", "pretrain"])
+def test_train_and_pretrain_check_the_recipe_before_any_work(tmp_path, capsys, command, flags, expected) -> None:
+    """``epir train`` saved an untrained model for 0 or fewer epochs, and ``epir pretrain`` wrote untrained weights."""
+    out = tmp_path / ("ck" if command == "train" else "pre.safetensors")
+    base = (["train", "--model", "ststnet", "--dataset", "synthetic", "--out", str(out)] if command == "train" else
+            ["pretrain", "--model", "ststnet", "--subjects", "2", "--clips", "2", "--no-cache", "--out", str(out)])
+    code = main([*base, *flags, "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_pretrain_epochs_zero_is_refused_not_replaced(tmp_path, capsys) -> None:
+    out = tmp_path / "pre.safetensors"
+    code = main(["pretrain", "--model", "ststnet", "--epochs", "0", "--subjects", "2", "--clips", "2", "--no-cache",
+                 "--out", str(out), "--no-progress"])
+    assert code == 2 and "train.epochs=0: expected an integer >= 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_pretrain_takes_its_epochs_from_set_as_from_epochs(tmp_path) -> None:
+    """``--set train.epochs=2`` was replaced by pretraining's default of 10 epochs."""
+    out = tmp_path / "pre.safetensors"
+    assert main(["pretrain", "--model", "ststnet", "--set", "train.epochs=2", "--subjects", "2", "--clips", "2",
+                 "--no-cache", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["recipe"]["epochs"] == 2

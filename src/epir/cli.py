@@ -17,7 +17,7 @@ from epir.engine.ablate import LEVERS, run_ablation
 from epir.engine.compare import run_compare
 from epir.engine.evaluate import evaluate_megc_log, evaluate_run_dir
 from epir.engine.loso import run_loso
-from epir.engine.pretrain import pretrain
+from epir.engine.pretrain import PRETRAIN_EPOCHS, pretrain
 from epir.engine.report import build_report, to_markdown, write_report
 from epir.engine.results import format_summary
 from epir.errors import EpirError
@@ -149,9 +149,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Handler of ``epir pretrain``: weights from a large generated synthetic set, for ``train.init``."""
     cfg = config_from_args(args)
-    pretrain(cfg.model, args.out, subjects=args.subjects, clips=args.clips, epochs=args.epochs or 10, seed=args.seed,
+    # 10 epochs unless the epochs were given: --epochs, or a train.epochs (--set, --config, --recipe) other than the
+    # model's default recipe's
+    given = cfg.train.epochs != default_recipe(cfg.model.name).epochs
+    epochs = args.epochs if args.epochs is not None else cfg.train.epochs if given else PRETRAIN_EPOCHS
+    pretrain(cfg.model, args.out, subjects=args.subjects, clips=args.clips, seed=args.seed, epochs=epochs,
              cache_dir=None if args.no_cache else args.cache_dir, train=cfg.train, jobs=args.jobs or -1,
-             progress=not args.no_progress)
+             progress=not args.no_progress, device=cfg.eval.device, threads=cfg.eval.threads)
     return 0
 
 
@@ -214,8 +218,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain a model on a large generated synthetic set (weights for train.init)",
                        description="Generate SUBJECTS x CLIPS synthetic clips (TV-L1 flow, cached), train the model "
-                                   "on them with its recipe, write OUT.safetensors and OUT.json. A LOSO recipe starts "
-                                   "from the weights with --set train.init=OUT.safetensors.")
+                                   "on them with its recipe (for 10 epochs unless --epochs or train.epochs says "
+                                   "otherwise), write OUT.safetensors and OUT.json. A LOSO recipe starts from the "
+                                   "weights with --set train.init=OUT.safetensors.")
     add_run_options(p, loso=False, data=False)
     p.add_argument("--out", required=True, metavar="FILE", help="the weights file to write (.safetensors)")
     p.add_argument("--subjects", type=int, default=400, help="generated subjects (default 400)")

@@ -149,6 +149,10 @@ def run_ablation(
     out = Path(out_dir)
     known = model_switches(cfg.model.name)
     switches = known if switches is None else switches
+    for what, names in (("switches (--switches)", switches), ("levers (--levers)", levers or [])):
+        twice = sorted({n for n in names if list(names).count(n) > 1})
+        if twice:
+            raise ConfigError(f"{what} names {twice[0]!r} more than once; name each once (one arm each).")
     for s in switches:
         if s not in known:
             raise ConfigError(f"{cfg.model.name!r} has no switch {s!r}; its switches: {', '.join(known) or 'none'}.")

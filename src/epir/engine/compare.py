@@ -87,6 +87,12 @@ def run_compare(
     if protocol not in ("honest", "oracle-epoch"):
         raise ConfigError(f"protocol={protocol!r} (--protocol); expected honest or oracle-epoch.")
     recipes = recipes or {}
+    if not models:
+        raise ConfigError("models (--models): name at least one registered model (epir list models).")
+    twice = sorted({m for m in models if list(models).count(m) > 1})
+    if twice:
+        raise ConfigError(f"models (--models) {list(models)} names {twice[0]!r} more than once; name each model once "
+                          "(a model's variants are compared by epir ablate --levers, or by loso runs in one report).")
     for m in [*models, *recipes]:
         MODELS.get(m)  # unknown names fail before any training
     for m in recipes:

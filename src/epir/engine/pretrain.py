@@ -23,7 +23,7 @@ from joblib import Parallel, delayed
 from safetensors.torch import save_file
 
 from epir._version import __version__
-from epir.config import ModelConfig, TrainConfig
+from epir.config import EvalConfig, ModelConfig, RunConfig, TrainConfig, check_ranges
 from epir.data.synthetic import synthetic
 from epir.engine.train import fit
 from epir.errors import ConfigError
@@ -32,6 +32,9 @@ from epir.models import build_model, default_recipe, resolve_model_args
 
 #: Subjects generated per parallel task (each task is one call of the synthetic generator).
 CHUNK_SUBJECTS = 10
+
+#: Pretraining epochs when none are given (the corpus is some 50x a real set, so each epoch is long).
+PRETRAIN_EPOCHS = 10
 
 
 def _chunk(seed: int, n_subjects: int, clips: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,13 +77,15 @@ def pretrain(
     *,
     subjects: int = 400,
     clips: int = 50,
-    epochs: int = 10,
+    epochs: int = PRETRAIN_EPOCHS,
     seed: int = 0,
     data_seed: int = 1000,
     cache_dir: str | os.PathLike | None = "~/.cache/epir",
     train: TrainConfig | None = None,
     jobs: int = -1,
     progress: bool = True,
+    device: str = "cpu",
+    threads: int = 0,
 ) -> Path:
     """Pretrain ``model`` on a generated synthetic set and write ``OUT.safetensors`` and ``OUT.json``.
 
@@ -97,13 +102,21 @@ def pretrain(
         train: the recipe (default: the model's default recipe with ``epochs``).
         jobs: processes generating the set (-1: one per core).
         progress: print what happens.
+        device: the torch device that trains (the weights are written as CPU tensors).
+        threads: torch threads while training (0: as they are).
 
     Returns:
         The weights file.
+
+    Raises:
+        ConfigError: a recipe value, seed, device or thread count that cannot train, before anything is generated.
     """
     model_cfg = ModelConfig(name=model) if isinstance(model, str) else model
     model_cfg = replace(model_cfg, args=resolve_model_args(model_cfg.name, model_cfg.args))
     recipe = replace(train or default_recipe(model_cfg.name), epochs=epochs, init="")
+    check_ranges(RunConfig(model=model_cfg, train=recipe, eval=EvalConfig(device=device, threads=threads)))
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed (--seed) must be a whole number >= 0, got {seed!r}.")
     path = Path(out).expanduser()
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")
@@ -117,7 +130,13 @@ def pretrain(
     torch.manual_seed(seed)
     net = build_model(model_cfg)
     t1 = time.perf_counter()
-    fit(net, x, y, recipe, seed=seed, num_classes=int(y.max()) + 1, describe="pretraining")
+    threads_before = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        fit(net, x, y, recipe, seed=seed, num_classes=int(y.max()) + 1, device=device, describe="pretraining")
+    finally:
+        torch.set_num_threads(threads_before)
     t_train = time.perf_counter() - t1
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     write_atomic(path, lambda tmp: save_file(state, str(tmp)))
@@ -134,4 +153,4 @@ def pretrain(
     return path
 
 
-__all__ = ["CHUNK_SUBJECTS", "pretrain", "synthetic_corpus"]
+__all__ = ["CHUNK_SUBJECTS", "PRETRAIN_EPOCHS", "pretrain", "synthetic_corpus"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from epir.config import parse_key_values
+from epir.config import check_ranges, parse_key_values
 from epir.errors import ConfigError
 from epir.inference.app import launch
 from epir.inference.export import OPSET, export_onnx
@@ -102,6 +102,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Handler of ``epir train``: resolve the config like ``epir loso``, train, save, print a summary."""
     cfg = config_from_args(args)
+    check_ranges(cfg)  # before the header line (train_checkpoint checks again, for callers of the library)
     out = Path(args.out) if args.out else (
         Path("checkpoints") / f"{cfg.model.name}-{cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"epir train: {cfg.model.name} on every subject of {cfg.data.dataset} "

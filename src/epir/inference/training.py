@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from epir.config import RunConfig
+from epir.config import RunConfig, check_ranges
 from epir.data import FlowDataset
 from epir.engine.selection import select_in_fold, teacher_config, train_teachers
 from epir.engine.train import fit
@@ -103,6 +103,7 @@ def train_checkpoint(
         The trained :class:`Checkpoint` (as :func:`~epir.inference.load_checkpoint` would return it).
     """
     cfg = resolve_config(cfg)
+    check_ranges(cfg)
     # A checkpoint holds one set of weights, so it could not predict as LOSO scored these recipes.
     if cfg.train.snapshots > 1:
         raise ConfigError(f"train.snapshots={cfg.train.snapshots}: a checkpoint holds one model's weights, not an "
