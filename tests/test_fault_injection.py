@@ -560,3 +560,11 @@ def test_pretrain_takes_its_epochs_from_set_as_from_epochs(tmp_path) -> None:
     assert main(["pretrain", "--model", "ststnet", "--set", "train.epochs=2", "--subjects", "2", "--clips", "2",
                  "--no-cache", "--out", str(out), "--no-progress"]) == 0
     assert json.loads(out.with_suffix(".json").read_text())["recipe"]["epochs"] == 2
+
+
+def test_run_loso_given_something_other_than_a_config() -> None:
+    from epir import run_loso
+    from epir.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="expected a RunConfig, got str 'epir'; build one with epir.make_config"):
+        run_loso("epir")  # type: ignore[arg-type]

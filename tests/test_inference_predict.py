@@ -214,6 +214,8 @@ def test_broken_video_gives_only_our_error(kind: str, ckpt_dir: Path, clip_frame
 def test_predictor_rejects_bad_maps_and_frames(predictor: Predictor) -> None:
     with pytest.raises(epir.ConfigError, match=r"\(3, 28, 28\)"):
         predictor.predict_map(np.zeros((28, 28)))
+    with pytest.raises(epir.ConfigError, match=r"channels last: pass maps.transpose\(2, 0, 1\)"):
+        predictor.predict_map(np.zeros((28, 28, 3)))
     with pytest.raises(ClipError, match="frames"):
         predictor.predict([np.zeros(5)])
 

@@ -139,7 +139,7 @@ class TestConfusionMatrix:
         [([0, 1, 3], [0, 1, 2]), ([0, 1, 2], [0, 1, 3]), ([0, -1, 2], [0, 1, 2]), ([0, 1, 2], [-1, 1, 2])],
     )
     def test_rejects_out_of_range_labels(self, y_true, y_pred) -> None:
-        with pytest.raises(ValueError, match=r"outside 0\.\.2"):
+        with pytest.raises(ConfigError, match=r"outside the classes 0\.\.2"):
             confusion_matrix(y_true, y_pred, 3)
 
     def test_megc_scores_rejects_out_of_range_labels(self) -> None:
@@ -149,3 +149,22 @@ class TestConfusionMatrix:
     def test_rejects_length_mismatch(self) -> None:
         with pytest.raises(ValueError):
             confusion_matrix([0, 1], [0, 1, 2], 3)
+
+    @pytest.mark.parametrize(
+        "y_true, expected",
+        [([0, 1.5, 2], r"y_true\[1\] = 1.5 is not a whole-number class index"),
+         (np.array([0, np.nan, 2]), r"y_true\[1\] = nan is not a whole-number"),
+         (["negative", "positive", "surprise"], "map class names to their indices"),
+         ([[0, 1, 2]], "1-D")],
+    )
+    def test_rejects_labels_that_are_not_class_indices(self, y_true, expected) -> None:
+        """A label of 1.5 was cast to 1 and scored; a NaN became a huge negative index."""
+        with pytest.raises(ConfigError, match=expected):
+            megc_scores(y_true, [0, 1, 2], 3)
+
+    def test_whole_number_floats_are_labels(self) -> None:
+        assert megc_scores(np.array([0.0, 1.0, 2.0]), [0, 1, 2], 3)["uf1"] == 1.0
+
+    def test_rejects_num_classes_below_one(self) -> None:
+        with pytest.raises(ConfigError, match="num_classes must be a whole number >= 1"):
+            confusion_matrix([0], [0], 0)

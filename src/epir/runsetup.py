@@ -56,6 +56,9 @@ FOLD_BATCH_HELP = ("models a worker trains at once as one vectorised model (fold
 
 def resolve_config(cfg: RunConfig) -> RunConfig:
     """The config with every model argument filled in and type-checked."""
+    if not isinstance(cfg, RunConfig):
+        raise ConfigError(f"expected a RunConfig, got {type(cfg).__name__} {cfg!r:.60}; build one with "
+                          "epir.make_config(MODEL, DATASET) or RunConfig.load('config.yaml').")
     return replace(cfg, model=replace(cfg.model, args=resolve_model_args(cfg.model.name, cfg.model.args)))
 
 

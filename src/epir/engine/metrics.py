@@ -21,15 +21,41 @@ from epir.errors import ConfigError
 ABSENT_POLICIES = ("skip", "zero")
 
 
+def _labels(name: str, values: Sequence[int], num_classes: int) -> np.ndarray:
+    """``values`` as a 1-D int64 array of class indices 0..num_classes-1, or a ConfigError naming the first bad one
+    (a label of 1.5 or NaN was cast to an index and scored).
+    """
+    a = np.asarray(values)
+    if a.ndim != 1:
+        raise ConfigError(f"{name} must be one class index per sample (1-D), got shape {a.shape}.")
+    if a.size and a.dtype.kind not in "iuf":
+        raise ConfigError(f"{name} must hold class indices 0..{num_classes - 1} (whole numbers), got {a.dtype} values "
+                          f"such as {a[:3].tolist()}; map class names to their indices first.")
+    if a.dtype.kind == "f":
+        bad = np.flatnonzero(~np.isfinite(a) | (a != np.round(a)))
+        if bad.size:
+            raise ConfigError(f"{name}[{int(bad[0])}] = {float(a[bad[0]])} is not a whole-number class index "
+                              f"0..{num_classes - 1}.")
+    a = a.astype(np.int64)
+    out = np.flatnonzero((a < 0) | (a >= num_classes))
+    if out.size:
+        raise ConfigError(f"{name}[{int(out[0])}] = {int(a[out[0]])} is outside the classes 0..{num_classes - 1} "
+                          f"(labels present: {sorted(set(a.tolist()))}); check num_classes and the labels.")
+    return a
+
+
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
-    """Counts, shape (num_classes, num_classes): row = true class, column = predicted class."""
-    t = np.asarray(y_true, dtype=np.int64)
-    p = np.asarray(y_pred, dtype=np.int64)
+    """Counts, shape (num_classes, num_classes): row = true class, column = predicted class.
+
+    Raises:
+        ConfigError: labels of different lengths, not whole numbers, or outside ``0..num_classes-1``.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a whole number >= 1, got {num_classes!r}.")
+    t = _labels("y_true", y_true, num_classes)
+    p = _labels("y_pred", y_pred, num_classes)
     if t.shape != p.shape:
-        raise ValueError(f"y_true has {t.shape} entries, y_pred {p.shape}")
-    for name, a in (("y_true", t), ("y_pred", p)):
-        if a.size and (a.min() < 0 or a.max() >= num_classes):
-            raise ValueError(f"{name} holds labels outside 0..{num_classes - 1}: {sorted(set(a.tolist()))}")
+        raise ConfigError(f"y_true has {len(t)} labels but y_pred {len(p)}; give one prediction per sample.")
     return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 

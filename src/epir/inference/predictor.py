@@ -313,9 +313,11 @@ class Predictor:
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, size, size):
+            last = x.ndim == 4 and tuple(x.shape[1:]) == (size, size, 3)
             raise ConfigError(
                 f"Expected flow maps of shape (3, {size}, {size}) or (N, 3, {size}, {size}) (u, v, strain at 0-255), "
-                f"got {tuple(x.shape)}."
+                f"got {tuple(x.shape)}" + ("; these are channels last: pass maps.transpose(2, 0, 1) (one map) or "
+                                           "maps.transpose(0, 3, 1, 2) (a batch)." if last else ".")
             )
         if not torch.isfinite(x).all():
             raise ConfigError("The flow map holds NaN or infinite values; expected u, v, strain at 0-255.")
