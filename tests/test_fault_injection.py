@@ -568,3 +568,26 @@ def test_run_loso_given_something_other_than_a_config() -> None:
 
     with pytest.raises(ConfigError, match="expected a RunConfig, got str 'epir'; build one with epir.make_config"):
         run_loso("epir")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--set", "train.schedule=bogus"], "train.schedule='bogus': expected constant | cosine"),
+    (["--set", "train.optimizer=adma"], "train.optimizer='adma': expected adam | adamw | sgd"),
+    (["--set", "train.average=swag"], "train.average='swag': expected none | ema | swa"),
+    (["--set", "train.class_weight=inverse"], "train.class_weight='inverse': expected none | balanced"),
+    (["--set", 'train.select=["train.epochs=0","train.epochs=2"]'],
+     "train.select candidate 'train.epochs=0': train.epochs=0: expected an integer >= 1"),
+    (["--set", "train.distill=ststnet", "--set", 'train.distill_overrides=["train.lr=-1"]'],
+     "the teacher's recipe (ststnet's default with train.distill_overrides): train.lr=-1.0"),
+])
+@pytest.mark.parametrize("command", ["loso", "train"])
+def test_recipe_names_candidates_and_teacher_recipes_are_checked_first(tmp_path, capsys, command, flags,
+                                                                        expected) -> None:
+    """A bogus schedule ran while warm-up lasted; a 0-epoch candidate was trained, scored and could be chosen; a
+    teacher's lr of -1 was a traceback from torch after the run directory was made."""
+    out = tmp_path / "out"
+    code = main([command, "--model", "epir", "--dataset", "synthetic", "--epochs", "2", *flags, "--out", str(out),
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err and "Traceback" not in err
+    assert not out.exists()

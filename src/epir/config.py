@@ -22,6 +22,11 @@ from epir.errors import ConfigError, did_you_mean
 INPUT_NORMS = ("none", "scale", "standardize", "recentre")
 #: Values of ``train.tta``: no test-time augmentation, or the mean over each map and its mirror.
 TTA_KINDS = ("none", "flip")
+#: Values of ``train.optimizer``, ``train.schedule``, ``train.class_weight`` and ``train.average``.
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+CLASS_WEIGHTS = ("none", "balanced")
+AVERAGES = ("none", "ema", "swa")
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,9 @@ def check_ranges(cfg: RunConfig) -> None:
         ConfigError: naming the key, the value and what is expected.
     """
     t, e = cfg.train, cfg.eval
+    for key, value, choices in (("optimizer", t.optimizer, OPTIMIZERS), ("schedule", t.schedule, SCHEDULES),
+                                ("class_weight", t.class_weight, CLASS_WEIGHTS), ("average", t.average, AVERAGES)):
+        check_setting(value in choices, f"train.{key}", value, " | ".join(choices))
     check_setting(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
     check_setting(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
     check_setting(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "a finite number > 0")

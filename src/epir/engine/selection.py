@@ -28,7 +28,7 @@ from joblib import Parallel, delayed
 from joblib.externals.loky import get_reusable_executor
 from torch import nn
 
-from epir.config import ModelConfig, RunConfig, TrainConfig, apply_overrides, parse_key_value
+from epir.config import ModelConfig, RunConfig, TrainConfig, apply_overrides, check_ranges, parse_key_value
 from epir.data import FlowDataset
 from epir.engine.batched import Member, alone_trains_batched, fit_many, steps_per_epoch
 from epir.engine.metrics import megc_scores
@@ -59,7 +59,12 @@ def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
                     f"train.select candidate {text!r}: {key!r} cannot vary inside the fold; a candidate sets "
                     f"train.* or model.* fields (not train.select*), e.g. 'train.epochs=20;train.average=swa'."
                 )
-        out.append(_with_overrides(base, items))
+        candidate = _with_overrides(base, items)
+        try:  # a candidate of 0 epochs trained nothing, was scored and could be chosen
+            check_ranges(candidate)
+        except ConfigError as e:
+            raise ConfigError(f"train.select candidate {text!r}: {e}") from None
+        out.append(candidate)
     return out
 
 
@@ -72,6 +77,10 @@ def teacher_config(cfg: RunConfig) -> RunConfig:
     t = apply_overrides(t, list(cfg.train.distill_overrides))
     if t.train.distill:
         raise ConfigError("train.distill_overrides may not make the teacher distil from another teacher.")
+    try:
+        check_ranges(t)
+    except ConfigError as e:
+        raise ConfigError(f"the teacher's recipe ({name}'s default with train.distill_overrides): {e}") from None
     return replace(t, model=replace(t.model, args=resolve_model_args(name, t.model.args)))
 
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from epir.config import RunConfig, check_ranges
 from epir.data import FlowDataset
+from epir.engine.loso import check_before_training
 from epir.engine.selection import select_in_fold, teacher_config, train_teachers
 from epir.engine.train import fit
 from epir.errors import ConfigError
@@ -104,6 +105,9 @@ def train_checkpoint(
     """
     cfg = resolve_config(cfg)
     check_ranges(cfg)
+    # selection candidates, the teacher's recipe, train.init: before any folder or data (eval's LOSO-only settings,
+    # which training a checkpoint does not use, are left out)
+    check_before_training(replace(cfg, eval=replace(cfg.eval, tensorboard=False, oracle_epoch=False)))
     # A checkpoint holds one set of weights, so it could not predict as LOSO scored these recipes.
     if cfg.train.snapshots > 1:
         raise ConfigError(f"train.snapshots={cfg.train.snapshots}: a checkpoint holds one model's weights, not an "
