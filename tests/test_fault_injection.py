@@ -591,3 +591,14 @@ def test_recipe_names_candidates_and_teacher_recipes_are_checked_first(tmp_path,
     err = capsys.readouterr().err
     assert code == 2 and expected in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("address", ["bogus", "tcp://host", "tcp://:8786"])
+def test_a_dask_address_without_host_or_port_is_refused_first(tmp_path, capsys, address) -> None:
+    """'bogus' was a ValueError traceback from distributed, then 30 s of client shutdown noise."""
+    out = tmp_path / "out"
+    code = main(["loso", "--model", "ststnet", "--dataset", "synthetic", "--epochs", "1", "--dask-scheduler", address,
+                 "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"eval.dask_scheduler={address!r}: expected a scheduler address such as tcp://HOST:8786" in err
+    assert not out.exists()

@@ -8,6 +8,7 @@ rejected with a "did you mean".
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -27,6 +28,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 CLASS_WEIGHTS = ("none", "balanced")
 AVERAGES = ("none", "ema", "swa")
+#: A Dask scheduler address: ``[PROTOCOL://]HOST:PORT`` (an IPv6 host in brackets), or an in-process ``inproc://``.
+DASK_ADDRESS = r"inproc://\S+|([a-z]+://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d{1,5}"
 
 
 @dataclass(frozen=True)
@@ -256,6 +259,9 @@ def check_ranges(cfg: RunConfig) -> None:
     check_setting(e.threads >= 0, "eval.threads", e.threads, "an integer >= 0 (0: all cores)")
     check_setting(e.jobs >= 1 or e.jobs == -1, "eval.jobs", e.jobs, "an integer >= 1, or -1 for one per core")
     check_setting(e.fold_batch >= 0, "eval.fold_batch", e.fold_batch, "an integer >= 0 (0: automatic)")
+    check_setting(e.dask_scheduler is None or bool(re.fullmatch(DASK_ADDRESS, e.dask_scheduler)),
+                  "eval.dask_scheduler", e.dask_scheduler,
+                  "a scheduler address such as tcp://HOST:8786 (`dask scheduler` prints it), with its port")
     check_setting(e.absent_class in ("skip", "zero"), "eval.absent_class", e.absent_class, "skip or zero")
     dup = sorted({s for s in e.seeds if list(e.seeds).count(s) > 1})
     check_setting(not dup, "eval.seeds", list(e.seeds), f"distinct seeds (repeated: {dup}; each would count twice)")

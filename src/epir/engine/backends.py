@@ -68,7 +68,7 @@ def run_on_dask(
         ) from None
     try:
         client = Client(address, timeout="15s", set_as_default=False)
-    except (OSError, TimeoutError) as e:
+    except (OSError, TimeoutError, ValueError) as e:  # ValueError: an address distributed cannot parse
         raise ConfigError(
             f"eval.dask_scheduler={address!r}: cannot connect ({e}). Start a scheduler with `dask scheduler` and "
             f"workers with `dask worker {address}`, or check the address (tcp://HOST:8786)."
