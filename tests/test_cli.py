@@ -252,3 +252,15 @@ def test_demo_runs_on_synthetic_data(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "epir on synthetic" in text and f"run directory: {out}" in text
     assert (out / "results.json").is_file() and "dataset: synthetic" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(("section", "expected"), [
+    ({"train": {"tta": True}}, "train.tta: expected str, got True (bool); one of none | flip."),
+    ({"train": {"epochs": "ten"}}, "train.epochs: expected int, got 'ten' (str)."),
+])
+def test_a_config_value_of_the_wrong_type_names_the_key_and_choices(section, expected) -> None:
+    from epir.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict(section)
+    assert str(err.value) == expected

@@ -186,6 +186,14 @@ class RunConfig:
         Path(path).write_text(self.to_yaml())
 
 
+#: The keys whose value is one of a few words, and the words (named in type errors: ``train.tta: true``).
+KEY_CHOICES: dict[str, tuple[str, ...]] = {
+    "train.optimizer": OPTIMIZERS, "train.schedule": SCHEDULES, "train.class_weight": CLASS_WEIGHTS,
+    "train.average": AVERAGES, "train.input_norm": INPUT_NORMS, "train.tta": TTA_KINDS,
+    "train.select_metric": SELECT_METRICS,
+}
+
+
 def check_setting(ok: bool, key: str, value: Any, expected: str) -> None:
     """Unless ``ok``, stop with a ConfigError in the form of every bad-setting error (``KEY=VALUE: expected ...``)."""
     if not ok:
@@ -316,7 +324,9 @@ def coerce_scalar(value: Any, typ: type, key: str) -> Any:
             return str(value)
     else:
         return value
-    raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r} ({type(value).__name__}).")
+    choices = KEY_CHOICES.get(key)
+    raise ConfigError(f"{key}: expected {typ.__name__}, got {value!r} ({type(value).__name__})"
+                      + (f"; one of {' | '.join(choices)}." if choices else "."))
 
 
 def parse_value(text: str) -> Any:
