@@ -8,9 +8,11 @@ rejected with a "did you mean".
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 import typing
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -194,6 +196,17 @@ KEY_CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def repeated(values: Iterable[Hashable]) -> list[Any]:
+    """The values that occur more than once, sorted (a seed, model, switch or lever named twice)."""
+    return sorted(v for v, n in Counter(values).items() if n > 1)
+
+
+def check_seed(seed: Any) -> None:
+    """A seed given beside the config (``--seed`` of ``epir train`` and ``epir pretrain``) is a whole number >= 0."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ConfigError(f"seed (--seed) must be a whole number >= 0, got {seed!r}.")
+
+
 def check_setting(ok: bool, key: str, value: Any, expected: str) -> None:
     """Unless ``ok``, stop with a ConfigError in the form of every bad-setting error (``KEY=VALUE: expected ...``)."""
     if not ok:
@@ -211,9 +224,9 @@ def check_ranges(cfg: RunConfig) -> None:
         ConfigError: naming the key, the value and what is expected.
     """
     t, e = cfg.train, cfg.eval
-    for key, value, choices in (("optimizer", t.optimizer, OPTIMIZERS), ("schedule", t.schedule, SCHEDULES),
-                                ("class_weight", t.class_weight, CLASS_WEIGHTS), ("average", t.average, AVERAGES)):
-        check_setting(value in choices, f"train.{key}", value, " | ".join(choices))
+    for key in ("train.optimizer", "train.schedule", "train.class_weight", "train.average", "train.input_norm"):
+        value = getattr(t, key.removeprefix("train."))
+        check_setting(value in KEY_CHOICES[key], key, value, " | ".join(KEY_CHOICES[key]))
     check_setting(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
     check_setting(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
     check_setting(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "a finite number > 0")
@@ -231,7 +244,6 @@ def check_ranges(cfg: RunConfig) -> None:
     check_setting(_finite(t.rotate) and 0 <= t.rotate <= 180, "train.rotate", t.rotate, "degrees in [0, 180]")
     check_setting(_finite(t.scale) and 0 <= t.scale < 1, "train.scale", t.scale, "a number in [0, 1)")
     check_setting(_finite(t.mixup) and t.mixup >= 0, "train.mixup", t.mixup, "a Beta alpha >= 0 (0: off)")
-    check_setting(t.input_norm in INPUT_NORMS, "train.input_norm", t.input_norm, " | ".join(INPUT_NORMS))
     check_setting(_finite(t.cutmix) and t.cutmix >= 0, "train.cutmix", t.cutmix, "a Beta alpha >= 0 (0: off)")
     check_setting(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in (0, 1)")
     check_setting(0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "a fraction in [0, 1)")
@@ -271,7 +283,7 @@ def check_ranges(cfg: RunConfig) -> None:
                   "eval.dask_scheduler", e.dask_scheduler,
                   "a scheduler address such as tcp://HOST:8786 (`dask scheduler` prints it), with its port")
     check_setting(e.absent_class in ("skip", "zero"), "eval.absent_class", e.absent_class, "skip or zero")
-    dup = sorted({s for s in e.seeds if list(e.seeds).count(s) > 1})
+    dup = repeated(e.seeds)
     check_setting(not dup, "eval.seeds", list(e.seeds), f"distinct seeds (repeated: {dup}; each would count twice)")
     check_setting(len(e.seeds) >= 1, "eval.seeds", list(e.seeds), "at least one seed")
     import torch  # a device string is checked by torch itself  # noqa: PLC0415 (epir.config stays importable without loading torch)

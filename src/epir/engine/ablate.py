@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from epir.config import RunConfig, apply_overrides
+from epir.config import RunConfig, apply_overrides, repeated
 from epir.data import FlowDataset, load_dataset
 from epir.engine.loso import check_before_training, run_loso
 from epir.engine.report_html import write_table_report
@@ -150,7 +150,7 @@ def run_ablation(
     known = model_switches(cfg.model.name)
     switches = known if switches is None else switches
     for what, names in (("switches (--switches)", switches), ("levers (--levers)", levers or [])):
-        twice = sorted({n for n in names if list(names).count(n) > 1})
+        twice = repeated(names)
         if twice:
             raise ConfigError(f"{what} names {twice[0]!r} more than once; name each once (one arm each).")
     for s in switches:

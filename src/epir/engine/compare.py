@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from epir.config import repeated
 from epir.data import FlowDataset, load_dataset
 from epir.engine.loso import make_config, run_loso
 from epir.engine.report_html import METRIC_COLOURS, confusion_plot, write_table_report
@@ -89,7 +90,7 @@ def run_compare(
     recipes = recipes or {}
     if not models:
         raise ConfigError("models (--models): name at least one registered model (epir list models).")
-    twice = sorted({m for m in models if list(models).count(m) > 1})
+    twice = repeated(models)
     if twice:
         raise ConfigError(f"models (--models) {list(models)} names {twice[0]!r} more than once; name each model once "
                           "(a model's variants are compared by epir ablate --levers, or by loso runs in one report).")

@@ -23,7 +23,7 @@ from joblib import Parallel, delayed
 from safetensors.torch import save_file
 
 from epir._version import __version__
-from epir.config import EvalConfig, ModelConfig, RunConfig, TrainConfig, check_ranges
+from epir.config import EvalConfig, ModelConfig, RunConfig, TrainConfig, check_ranges, check_seed
 from epir.data.synthetic import synthetic
 from epir.engine.train import fit
 from epir.errors import ConfigError
@@ -115,8 +115,7 @@ def pretrain(
     model_cfg = replace(model_cfg, args=resolve_model_args(model_cfg.name, model_cfg.args))
     recipe = replace(train or default_recipe(model_cfg.name), epochs=epochs, init="")
     check_ranges(RunConfig(model=model_cfg, train=recipe, eval=EvalConfig(device=device, threads=threads)))
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed (--seed) must be a whole number >= 0, got {seed!r}.")
+    check_seed(seed)
     path = Path(out).expanduser()
     if path.suffix != ".safetensors":
         path = path.with_name(path.name + ".safetensors")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from epir.config import RunConfig, check_ranges
+from epir.config import RunConfig, check_ranges, check_seed
 from epir.data import FlowDataset
 from epir.engine.loso import check_before_training
 from epir.engine.selection import select_in_fold, teacher_config, train_teachers
@@ -115,8 +115,7 @@ def train_checkpoint(
     if cfg.train.ensemble > 1:
         raise ConfigError(f"train.ensemble={cfg.train.ensemble}: a checkpoint holds one model's weights, not an "
                           "ensemble; train it with --set train.ensemble=1 (or one checkpoint per --seed).")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ConfigError(f"seed (--seed) must be a whole number >= 0, got {seed!r}.")
+    check_seed(seed)
     out = Path(out_dir).expanduser()
     if (out / "checkpoint.json").exists() and not overwrite:  # fail before training, not after
         raise ConfigError(f"{out} already holds a checkpoint; choose another out_dir (--out), or pass overwrite=True "
