@@ -117,3 +117,31 @@ def test_median_ms_calls_warmup_plus_repeats() -> None:
     calls = []
     ms = median_ms(lambda: calls.append(1), repeats=4, warmup=2)
     assert len(calls) == 6 and ms >= 0.0
+
+
+def test_every_lever_on_the_default_recipe_is_an_arm_that_can_run() -> None:
+    """+distill on the default (group teachers, which refuse soft targets) failed when its arm came to train, after the
+    arms before it had run for hours."""
+    from epir import make_config
+    from epir.config import check_ranges
+    from epir.engine.ablate import LEVERS, lever_arm
+    from epir.engine.loso import check_before_training
+    from epir.runsetup import resolve_config
+
+    cfg = make_config("epir", "megc2019")
+    for lever in set(LEVERS) - {"pretrain"}:  # pretrain's arm needs its weights file (tested in test_pretrain)
+        _, arm = lever_arm(cfg, lever)
+        check_ranges(resolve_config(arm))
+        check_before_training(resolve_config(arm))
+
+
+def test_an_arm_that_cannot_run_stops_the_ablation_before_any_arm(fake_root, tmp_path, capsys, monkeypatch):
+    import epir.engine.ablate as ablate
+
+    trained: list[str] = []
+    monkeypatch.setattr(ablate, "run_loso", lambda *a, **k: trained.append("arm"))
+    code = main(["ablate", "--model", "epir", "--dataset", "megc2019", "--root", str(fake_root), "--recipe", "alone",
+                 "--levers", "tta", "teacher-ensemble", "--out", str(tmp_path / "a"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "ablation arm +teacher-ensemble: train.distill_members=3: expected 1 without a teacher" in err
+    assert trained == [] and not (tmp_path / "a").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from epir.config import RunConfig, apply_overrides, repeated
+from epir.config import RunConfig, apply_overrides, check_ranges, repeated
 from epir.data import FlowDataset, load_dataset
 from epir.engine.loso import check_before_training, run_loso
 from epir.engine.report_html import write_table_report
@@ -46,9 +46,10 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "ensemble": ("train.ensemble=3",),
     "snapshots": ("train.snapshots=4",),
     # soft-target distillation (weight 0.5, EPIR alone's own setting, spelled out so that the lever distils on the
-    # default recipe too, whose teacher is only mixed in)
+    # default recipe too, whose teacher is only mixed in; soft targets need the fold's own teacher, so the default's
+    # group teachers become per-fold ones)
     "distill": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=80, train.lr=5e-4]",
-                "train.distill_weight=0.5"),
+                "train.distill_weight=0.5", "train.distill_shared=false"),
     # STSTNet not distilled from but averaged with EPIR in the fold's probabilities (half each); its teacher is
     # round 5's, 20 epochs at lr 2e-3 (EPIR_TEACHER_MIX_RECIPE's; round 4 measured it with the distill lever's)
     "teacher-mix": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=20, train.lr=2e-3]",
@@ -170,8 +171,12 @@ def run_ablation(
         arms.append((f"no-{s}", replace(cfg, model=replace(cfg.model, args={**cfg.model.args, s: False}))))
     for lever in (list(LEVERS) if levers == ["all"] else levers or []):
         arms.append(lever_arm(cfg, lever))
-    for _, arm_cfg in arms:  # every arm's errors (a missing train.init, a bad candidate) before any arm trains
-        check_before_training(resolve_config(arm_cfg))
+    for arm, arm_cfg in arms:  # every arm's errors (a bad value, a missing train.init) before any arm trains
+        try:
+            check_ranges(resolve_config(arm_cfg))
+            check_before_training(resolve_config(arm_cfg))
+        except ConfigError as e:
+            raise ConfigError(f"ablation arm {arm}: {e}") from None
     writable_dir(out, "ablation folder")
     rows = []
     for arm, arm_cfg in arms:

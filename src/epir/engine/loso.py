@@ -148,7 +148,9 @@ def check_before_training(cfg: RunConfig) -> None:
     if cfg.train.select and cfg.eval.oracle_epoch:
         raise ConfigError(
             "train.select (selection inside the fold, on training subjects) and eval.oracle_epoch (the epoch "
-            "picked on the held-out subject) exclude each other: use one."
+            "picked on the held-out subject) exclude each other: use one. The default recipes of epir choose inside "
+            "the fold; for the oracle protocol pick a recipe without train.select (--recipe alone) or set "
+            "train.select=[]."
         )
     if cfg.train.snapshots > 1 and cfg.eval.oracle_epoch:
         raise ConfigError(
