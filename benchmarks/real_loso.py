@@ -79,6 +79,10 @@ def beside_table(model: str, r: LosoResults, ref: LosoResults | None, ref_name: 
              for s in SOURCES[1:])),
     ]
     lines.append("")
+    if r.protocol != "honest":  # issue 13's targets are honest ones: an optimistic run meets or misses none of them
+        lines.append(f"- targets not judged: this run's protocol is {r.protocol}; issue 13's targets are for honest "
+                     "runs only")
+        return "\n".join(lines)
     lines += [f"- {'met' if ok else 'MISSED'}: {what}" for what, ok in checks]
     return "\n".join(lines)
 
