@@ -10,8 +10,9 @@ and per dataset), wall time, and published reference points measured on the same
 
 ``--beside ststnet`` also runs the honest STSTNet LOSO (official recipe, same seeds and folds; about an hour per
 seed on 2 cores, resumable) and prints issue 13's table: both models overall and per source dataset, the
-differences, and each target met or missed. ``--beside-run DIR`` takes that run from a finished run directory
-instead; without either, the STSTNet row is the reference measured in ``../shared/docs/baselines-measured.md``
+differences, and each target met or missed, then the difference with its paired subject-bootstrap interval (is the
+lead more than which subjects happened to be held out?). ``--beside-run DIR`` takes that run from a finished run
+directory instead; without either, the STSTNet row is the reference measured in ``../shared/docs/baselines-measured.md``
 (seed 0), labelled as such.
 
 The data root is ../shared/data/htnet-composite beside the repository, or $EPIR_MEGC2019_ROOT.
@@ -25,8 +26,10 @@ import time
 from pathlib import Path
 
 from epir import make_config, run_loso
+from epir.engine.evaluate import compare_runs
 from epir.engine.records import LosoResults, Scores
 from epir.engine.results import format_summary
+from epir.engine.uncertainty import format_difference
 
 REFERENCES = {
     "ststnet": "official STSTNet weights (published): UF1 0.7209 / UAR 0.7250; "
@@ -133,16 +136,19 @@ def main() -> None:
     if a.subset and a.model == "epir" and not (a.beside or a.beside_run):
         print("(SDE run: no table beside the composite STSTNet reference, which is CDE; use --beside ststnet)")
     elif a.beside or a.beside_run or a.model == "epir":
-        ref = None
+        ref, ref_dir = None, None
         if a.beside_run:
-            ref = LosoResults.load(a.beside_run)
+            ref, ref_dir = LosoResults.load(a.beside_run), a.beside_run
         elif a.beside:
             ref_cfg = make_config(a.beside, "megc2019", root=a.root, seeds=a.seeds, folds=a.folds,
                                   overrides=[f"eval.jobs={a.jobs}", f"data.subset={a.subset}"])
-            ref = LosoResults.from_json(run_loso(ref_cfg, out_dir=f"runs/bench-{a.beside}{sde}-s"
-                                                                  f"{'-'.join(map(str, a.seeds))}"))
+            ref_dir = f"runs/bench-{a.beside}{sde}-s{'-'.join(map(str, a.seeds))}"
+            ref = LosoResults.from_json(run_loso(ref_cfg, out_dir=ref_dir))
         print()
         print(beside_table(a.model, LosoResults.from_json(r), ref, a.beside or "ststnet"))
+        if ref_dir is not None:  # is the lead more than which subjects happened to be held out?
+            print()
+            print(format_difference(compare_runs(out, ref_dir)))
 
 
 if __name__ == "__main__":

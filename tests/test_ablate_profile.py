@@ -39,6 +39,9 @@ def test_ablate_writes_one_table(fake_root, tmp_path, capsys):
         assert col in table.columns
     md = (out / "ablation.md").read_text()
     assert "| no-merge |" in md and "±" not in md  # one seed: the value, no spread
+    diffs = json.loads((out / "differences.json").read_text())  # each arm minus the full model
+    assert [d["names"] for d in diffs] == [["no-merge", "full"], ["no-itals", "full"]]
+    assert "| no-merge - full |" in md
     # each arm is a full run directory whose config says what was switched off
     assert "merge: false" in (out / "no-merge" / "config.yaml").read_text()
     assert "itals: true" in (out / "no-merge" / "config.yaml").read_text()

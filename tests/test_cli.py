@@ -264,3 +264,14 @@ def test_a_config_value_of_the_wrong_type_names_the_key_and_choices(section, exp
     with pytest.raises(ConfigError) as err:
         RunConfig.from_dict(section)
     assert str(err.value) == expected
+
+
+def test_one_seed_written_as_a_number_says_it_is_one_seed(recwarn) -> None:
+    """`eval.seeds: 3` is seed 3, as `--seeds 3` is; a reader of a config file may expect three seeds: a warning."""
+    with pytest.warns(UserWarning, match=r"eval.seeds: 3 is the one seed 3, not 3 seeds; .*\[0, 1, 2\]"):
+        cfg = apply_overrides(RunConfig(), ["eval.seeds=3"])
+    assert cfg.eval.seeds == (3,)
+    recwarn.clear()
+    assert apply_overrides(RunConfig(), ["eval.seeds=[3]"]).eval.seeds == (3,)  # a list never warns
+    assert apply_overrides(RunConfig(), ["eval.seeds=1"]).eval.seeds == (1,)  # nor 0 or 1 (no count to misread)
+    assert not [w for w in recwarn if "eval.seeds" in str(w.message)]

@@ -1,6 +1,8 @@
 """`epir compare` end to end on fake data with tiny models."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -37,7 +39,13 @@ def test_compare_three_models_same_folds(fake_root, tmp_path, capsys):
         preds = pd.read_csv(out / m / "predictions.csv")
         assert sorted(preds["subject"].unique()) == ["casme2/sub01", "samm/006"]  # the same folds for all
     assert "mosaic" in (out / "htnet" / "config.yaml").read_text()
-    assert "| htnet |" in (out / "comparison.md").read_text()
+    md = (out / "comparison.md").read_text()
+    assert "| htnet |" in md
+    # every other model minus the first, on the same samples: a paired subject bootstrap
+    diffs = json.loads((out / "differences.json").read_text())
+    assert [d["names"] for d in diffs] == [["htnet", "epir"], ["ststnet", "epir"]]
+    assert all(d["subjects"] == 2 and d["uf1"]["ci"][0] <= d["uf1"]["difference"] <= d["uf1"]["ci"][1] for d in diffs)
+    assert "| htnet - epir |" in md and "paired subject bootstrap" in md
 
 
 def test_compare_oracle_protocol_is_labelled(fake_root, tmp_path, capsys):

@@ -374,6 +374,8 @@ def test_bad_config_file_and_root_for_synthetic(tmp_path, capsys) -> None:
     assert "not valid YAML" in capsys.readouterr().err
     assert main(["loso", "--dataset", "synthetic", "--root", str(tmp_path), "--out", str(tmp_path / "r")]) == 2
     assert "has no root" in capsys.readouterr().err
+    assert main(["list", "subjects", "--dataset", "synthetic", "--root", str(tmp_path)]) == 2  # was ignored
+    assert "has no root" in capsys.readouterr().err
 
 
 def test_fold_weights_that_are_not_weights(fake_root, tmp_path, capsys) -> None:

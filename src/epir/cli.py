@@ -15,11 +15,12 @@ from epir.config import RunConfig, format_key_value, parse_key_values
 from epir.data import DATASETS, load_dataset
 from epir.engine.ablate import LEVERS, run_ablation
 from epir.engine.compare import run_compare
-from epir.engine.evaluate import evaluate_megc_log, evaluate_run_dir
+from epir.engine.evaluate import compare_runs, evaluate_megc_log, evaluate_run_dir
 from epir.engine.loso import run_loso
 from epir.engine.pretrain import PRETRAIN_EPOCHS, pretrain
 from epir.engine.report import build_report, to_markdown, write_report
-from epir.engine.results import format_summary
+from epir.engine.results import ORACLE, format_summary
+from epir.engine.uncertainty import LEVEL, RESAMPLES, format_difference
 from epir.errors import EpirError
 from epir.inference.cli import add_parser as add_inference
 from epir.models import MODELS, default_recipe, describe_args, list_models, list_recipes, recipe_settings
@@ -30,6 +31,7 @@ from epir.runsetup import (
     add_execution_options,
     add_recipe_options,
     add_run_options,
+    check_root,
     config_from_args,
     flag_values,
 )
@@ -70,6 +72,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in DATASETS.names():
             print(f"{name:<14} {DATASETS.meta(name).get('description', '')}")
     else:
+        check_root(args.dataset, args.root)
         ds = load_dataset(args.dataset, root=args.root)
         for s in ds.subject_list():
             print(f"{s}\t{ds.subjects.count(s)}")
@@ -100,7 +103,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Handler of ``epir evaluate``: score a run directory or a MEGC2019 log."""
     if (args.run_dir is None) == (args.megc_log is None):
         raise EpirError("epir evaluate takes a RUN_DIR or --megc-log FILE (exactly one).")
-    results = evaluate_megc_log(args.megc_log) if args.megc_log else evaluate_run_dir(args.run_dir)
+    ci = {"resamples": args.resamples, "level": args.level}
+    if args.versus is not None:
+        diff = compare_runs(args.megc_log or args.run_dir, args.versus, **ci)
+        if args.json:
+            print(json.dumps(diff, indent=2))
+            return 0
+        for name, protocol, seeds in zip(diff["names"], diff["protocols"], diff["seeds"]):
+            print(f"{name}: {protocol}, seeds {seeds}")
+        print(format_difference(diff))
+        if ORACLE in diff["protocols"]:
+            print(f"NOTE: a run is {ORACLE}: its scores were picked on the held-out subjects' test data.")
+        return 0
+    results = evaluate_megc_log(args.megc_log, **ci) if args.megc_log else evaluate_run_dir(args.run_dir, **ci)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -247,6 +262,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", nargs="?", default=None, metavar="RUN_DIR")
     p.add_argument("--megc-log", default=None, metavar="FILE", help="a MEGC2019 submission log")
     p.add_argument("--json", action="store_true", help="print the results.json keys as JSON")
+    p.add_argument("--versus", default=None, metavar="RUN_DIR|FILE",
+                   help="compare with another run (directory or MEGC2019 log) over the same samples: the difference "
+                        "of UF1 and UAR and its interval, resampling subjects together (paired bootstrap)")
+    p.add_argument("--resamples", type=int, default=RESAMPLES,
+                   help=f"bootstrap resamples of the intervals (default {RESAMPLES})")
+    p.add_argument("--level", type=float, default=LEVEL, help=f"confidence level of the intervals (default {LEVEL})")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="the paper-style table (CDE and SDE columns) from finished runs")

@@ -11,6 +11,7 @@ import dataclasses
 import numbers
 import re
 import typing
+import warnings
 from collections import Counter
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -307,6 +308,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key)
     if origin is tuple:
+        if key == "eval.seeds" and isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+            warnings.warn(f"eval.seeds: {value} is the one seed {value}, not {value} seeds; for {value} seeds write "
+                          f"[{', '.join(map(str, range(value)))}] (--seeds {' '.join(map(str, range(value)))}).",
+                          UserWarning, stacklevel=2)
         if isinstance(value, (str, int, float)):
             value = [value]
         if not isinstance(value, (list, tuple)):

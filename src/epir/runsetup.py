@@ -284,13 +284,18 @@ def select_subjects(dataset: FlowDataset, wanted: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def load_data(cfg: RunConfig, dataset: FlowDataset | None = None) -> FlowDataset:
-    """The run's samples: ``dataset`` or the one ``cfg.data`` names, restricted to ``data.subset``."""
-    if cfg.data.dataset == "synthetic" and cfg.data.root is not None:
-        raise ConfigError(f"data.root={cfg.data.root!r}: the synthetic set is generated, it has no root; leave "
+def check_root(dataset: str, root: str | None) -> None:
+    """A root given for the generated synthetic set is a mistake (the data meant is elsewhere): a ConfigError."""
+    if dataset == "synthetic" and root is not None:
+        raise ConfigError(f"data.root={root!r}: the synthetic set is generated, it has no root; leave "
                           f"data.root unset, or name the dataset that lives there: --dataset megc2019 "
                           f"(data.dataset=megc2019) for the HTNet layout of the composite set, --dataset flowmaps for "
                           f"epir preprocess's output.")
+
+
+def load_data(cfg: RunConfig, dataset: FlowDataset | None = None) -> FlowDataset:
+    """The run's samples: ``dataset`` or the one ``cfg.data`` names, restricted to ``data.subset``."""
+    check_root(cfg.data.dataset, cfg.data.root)
     if dataset is None:
         dataset = load_dataset(cfg.data.dataset, root=cfg.data.root, seed=cfg.data.seed)
     return select_sources(dataset, tuple(cfg.data.subset or ()))
@@ -348,6 +353,6 @@ def prepare_data(cfg: RunConfig, dataset: FlowDataset | None = None) -> tuple[Fl
 
 
 __all__ = ["EXECUTION_KEYS", "FLAG_KEYS", "add_data_options", "add_execution_options", "add_recipe_options",
-           "add_run_options", "check_model_fits", "config_from_args", "default_jobs",
+           "add_run_options", "check_model_fits", "check_root", "config_from_args", "default_jobs",
            "execution_free", "flag_values", "load_data", "make_config", "parse_sets", "prepare_data",
            "resolve_config", "resolve_run_config", "select_sources", "select_subjects", "transform_data"]

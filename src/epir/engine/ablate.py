@@ -14,7 +14,8 @@ from epir.config import RunConfig, apply_overrides, check_ranges, repeated
 from epir.data import FlowDataset, load_dataset
 from epir.engine.loso import check_before_training, run_loso
 from epir.engine.report_html import write_table_report
-from epir.engine.tables import run_row, to_markdown
+from epir.engine.runstore import write_json_atomic
+from epir.engine.tables import differences, differences_markdown, run_row, to_markdown
 from epir.errors import ConfigError, did_you_mean
 from epir.fileio import writable_dir
 from epir.models import MODELS, resolve_model_args
@@ -136,7 +137,8 @@ def run_ablation(
     levers: list[str] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """LOSO of the full model and of each switch turned off; writes ``ablation.md`` and ``ablation.csv``.
+    """LOSO of the full model and of each switch turned off; writes ``ablation.md`` and ``ablation.csv``, and
+    ``differences.json``: each arm minus the full model on the same samples (paired subject bootstrap).
 
     Args:
         cfg: the full model's run config (its seeds and folds are used by every arm).
@@ -186,10 +188,12 @@ def run_ablation(
         rows.append(run_row(arm, results, arm_cfg))
     table = pd.DataFrame(rows).rename(columns={"name": "arm"})
     table.to_csv(out / "ablation.csv", index=False)
+    diffs = differences({arm: out / arm for arm, _ in arms}, "full", cfg.eval.absent_class)
+    write_json_atomic(out / "differences.json", diffs)
     (out / "ablation.md").write_text(
         f"# Ablation of {cfg.model.name} on {dataset.name} ({rows[0]['protocol']}, {rows[0]['evaluation']}, seeds "
         f"{list(cfg.eval.seeds)}, {rows[0]['n_folds']} folds)\n\n"
-        + to_markdown(table, "arm")
+        + to_markdown(table, "arm") + ("\n" + differences_markdown(diffs) if diffs else "")
     )
     write_table_report(out, f"Ablation of {cfg.model.name} on {dataset.name}", to_markdown(table, "arm"),
                        runs=[arm for arm, _ in arms])

@@ -12,7 +12,8 @@ from epir.config import repeated
 from epir.data import FlowDataset, load_dataset
 from epir.engine.loso import make_config, run_loso
 from epir.engine.report_html import METRIC_COLOURS, confusion_plot, write_table_report
-from epir.engine.tables import run_row, to_markdown
+from epir.engine.runstore import write_json_atomic
+from epir.engine.tables import differences, differences_markdown, run_row, to_markdown
 from epir.errors import ConfigError
 from epir.fileio import writable_dir
 from epir.models import MODELS
@@ -83,7 +84,9 @@ def run_compare(
     (or the named one in ``recipes``, e.g. ``{"htnet": "cpu"}``).
 
     Writes ``comparison.md``, ``comparison.csv``, ``scores.png`` and ``confusion_<model>.png`` into
-    ``out_dir``; each model's run directory (predictions, MEGC log) is ``out_dir/<model>``.
+    ``out_dir``, and ``differences.json``: every other model minus the first on the same samples, with the interval
+    of a paired subject bootstrap (:func:`epir.engine.uncertainty.paired_difference`); each model's run directory
+    (predictions, MEGC log) is ``out_dir/<model>``.
     """
     if protocol not in ("honest", "oracle-epoch"):
         raise ConfigError(f"protocol={protocol!r} (--protocol); expected honest or oracle-epoch.")
@@ -120,11 +123,13 @@ def run_compare(
     table = pd.DataFrame(rows)
     table.to_csv(out / "comparison.csv", index=False)
     label = f"{rows[0]['protocol']}, {rows[0]['evaluation']}"
+    diffs = differences({m: out / m for m in models}, models[0], configs[models[0]].eval.absent_class)
+    write_json_atomic(out / "differences.json", diffs)
     (out / "comparison.md").write_text(
         f"# Comparison on {data.name} ({label}, seeds {list(seeds)}, "
         f"{rows[0]['n_folds']} folds; recipes: "
         + ", ".join(f"{m} {recipes.get(m, 'default')}" for m in models) + ")\n\n"
-        + to_markdown(table, "model")
+        + to_markdown(table, "model") + ("\n" + differences_markdown(diffs) if diffs else "")
     )
     plot_scores(table, out / "scores.png", f"{data.name}: {label}")
     for m, r in results_by_model.items():

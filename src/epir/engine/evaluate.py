@@ -1,19 +1,34 @@
-"""Recompute metrics from a run directory's predictions or from a MEGC2019 submission log."""
+"""Recompute metrics from a run directory's predictions or from a MEGC2019 submission log, and compare two of them."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from epir.config import RunConfig
 from epir.data.base import COMPOSITE_CLASSES
 from epir.engine.loso import evaluation_of
 from epir.engine.results import ORACLE, UNKNOWN, read_megc_log, read_megc_log_meta, read_predictions, summarize
-from epir.errors import DatasetNotFoundError
+from epir.engine.uncertainty import LEVEL, RESAMPLES, paired_difference
+from epir.errors import ConfigError, DatasetNotFoundError
 
 
-def evaluate_run_dir(run_dir: str | Path) -> dict[str, Any]:
-    """Metrics of ``RUN_DIR/predictions.csv`` with the run's protocol and absent-class policy."""
+@dataclass(frozen=True)
+class ScoredRun:
+    """What a finished run or a MEGC2019 log holds to score: its predictions and how they were obtained."""
+
+    predictions: pd.DataFrame
+    class_names: list[str]
+    protocol: str
+    absent: str = "skip"
+    evaluation: str | None = None
+
+
+def read_run_dir(run_dir: str | Path) -> ScoredRun:
+    """``RUN_DIR/predictions.csv`` with the run's protocol, absent-class policy and evaluation."""
     run = Path(run_dir)
     path = run / "predictions.csv"
     if run.is_file():
@@ -32,21 +47,69 @@ def evaluate_run_dir(run_dir: str | Path) -> dict[str, Any]:
         protocol = str(preds["protocol"].iloc[0])
     if (run / "results.json").is_file():
         protocol = json.loads((run / "results.json").read_text()).get("protocol", protocol)
-    results = summarize(preds, class_names, protocol, absent)
-    results["n"] = int(len(preds) // preds["seed"].nunique())
-    if evaluation:
-        results["evaluation"] = evaluation
-    return results
+    return ScoredRun(preds, class_names, protocol, absent, evaluation)
 
 
-def evaluate_megc_log(path: str | Path, absent: str = "skip") -> dict[str, Any]:
-    """Metrics of a MEGC2019 submission log (labels 0..K-1; three classes are named as the composite's)."""
+def read_log(path: str | Path) -> ScoredRun:
+    """A MEGC2019 submission log (labels 0..K-1; three classes are named as the composite's)."""
     preds = read_megc_log(path)
     meta = read_megc_log_meta(path)
-    names = meta["classes"] or list(COMPOSITE_CLASSES)
-    protocol, evaluation = meta["protocol"], meta["evaluation"]
-    results = summarize(preds, names, protocol, absent)
-    results["n"] = int(len(preds))
-    if evaluation:
-        results["evaluation"] = evaluation
+    return ScoredRun(preds, meta["classes"] or list(COMPOSITE_CLASSES), meta["protocol"], evaluation=meta["evaluation"])
+
+
+def read_scored(path: str | Path) -> ScoredRun:
+    """A run directory, or a MEGC2019 log when ``path`` is a file."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() in (".json", ".csv", ".yaml", ".yml"):
+        raise ConfigError(f"{path} is one of a run's files, not a run; give its run directory ({path.parent}) or a "
+                          "MEGC2019 log (megc_log.txt).")
+    return read_log(path) if path.is_file() else read_run_dir(path)
+
+
+def _summary(run: ScoredRun, absent: str, resamples: int, level: float) -> dict[str, Any]:
+    results = summarize(run.predictions, run.class_names, run.protocol, absent, ci_resamples=resamples,
+                        ci_level=level)
+    results["n"] = int(len(run.predictions) // run.predictions["seed"].nunique())
+    if run.evaluation:
+        results["evaluation"] = run.evaluation
     return results
+
+
+def evaluate_run_dir(run_dir: str | Path, *, resamples: int = RESAMPLES, level: float = LEVEL) -> dict[str, Any]:
+    """Metrics of ``RUN_DIR/predictions.csv`` with the run's protocol and absent-class policy (and the intervals of
+    :mod:`epir.engine.uncertainty` with ``resamples`` and ``level``).
+    """
+    run = read_run_dir(run_dir)
+    return _summary(run, run.absent, resamples, level)
+
+
+def evaluate_megc_log(path: str | Path, absent: str = "skip", *, resamples: int = RESAMPLES,
+                      level: float = LEVEL) -> dict[str, Any]:
+    """Metrics of a MEGC2019 submission log (labels 0..K-1; three classes are named as the composite's)."""
+    return _summary(read_log(path), absent, resamples, level)
+
+
+def compare_runs(a: str | Path, b: str | Path, *, resamples: int = RESAMPLES, level: float = LEVEL,
+                 seed: int = 0) -> dict[str, Any]:
+    """A - B of two finished runs (run directories or MEGC2019 logs) over the same samples: the paired subject
+    bootstrap of :func:`epir.engine.uncertainty.paired_difference`, with each run's protocol.
+
+    Raises:
+        ConfigError: other classes, another absent-class policy, or other samples or labels.
+    """
+    ra, rb = read_scored(a), read_scored(b)
+    if ra.class_names != rb.class_names:
+        raise ConfigError(f"{a} scores classes {ra.class_names} and {b} {rb.class_names}; compare runs of the same "
+                          "classes (the same --labels).")
+    if ra.absent != rb.absent:
+        raise ConfigError(f"{a} counts absent classes as {ra.absent!r} and {b} as {rb.absent!r}; compare runs with "
+                          "the same eval.absent_class.")
+    out = paired_difference(ra.predictions, rb.predictions, len(ra.class_names), absent=ra.absent,
+                            resamples=resamples, level=level, seed=seed, names=(str(a), str(b)))
+    out["protocols"] = [ra.protocol, rb.protocol]
+    out["seeds"] = [sorted(int(s) for s in r.predictions["seed"].unique()) for r in (ra, rb)]
+    return out
+
+
+__all__ = ["ScoredRun", "compare_runs", "evaluate_megc_log", "evaluate_run_dir", "read_log", "read_run_dir",
+           "read_scored"]

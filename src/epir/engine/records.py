@@ -38,6 +38,18 @@ def _number(value: Any, key: str, where: str, *, upper: float | None = None) -> 
     return float(value)
 
 
+def _interval(value: Any, key: str, where: str) -> tuple[float, float] | None:
+    """An optional ``[low, high]`` score interval (both in [0, 1], low <= high), else a ConfigError."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ConfigError(f"{where}: {key} is {value!r}; expected [low, high]. {REDO_RESULTS}")
+    low, high = (_number(v, key, where, upper=1.0) for v in value)
+    if low > high:
+        raise ConfigError(f"{where}: {key} is {list(value)}; expected low <= high. {REDO_RESULTS}")
+    return low, high
+
+
 def _count(value: Any, *, signed: bool = False) -> int:
     """``value`` as a whole number, >= 0 unless ``signed`` (a ValueError otherwise; a bool is not one)."""
     numeric = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -71,13 +83,17 @@ def first_bad_probability_row(probs: np.ndarray, predicted: np.ndarray) -> tuple
 
 @dataclass(frozen=True)
 class Scores:
-    """UF1 and UAR (mean and standard deviation over seeds) of a set of samples, and how many there are."""
+    """UF1 and UAR (mean and standard deviation over seeds) of a set of samples, and how many there are; with their
+    subject-bootstrap intervals where the file has them (:mod:`epir.engine.uncertainty`; None in older runs).
+    """
 
     uf1: float
     uar: float
     uf1_std: float = 0.0
     uar_std: float = 0.0
     n: int = 0
+    uf1_ci: tuple[float, float] | None = None
+    uar_ci: tuple[float, float] | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any], where: str = "scores") -> Scores:
@@ -92,7 +108,8 @@ class Scores:
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: n is {d.get('n')!r}; expected a count of samples (a whole number >= 0). "
                               f"{REDO_RESULTS}") from None
-        return cls(uf1, uar, uf1_std, uar_std, n)
+        uf1_ci, uar_ci = (_interval(d.get(k), k, where) for k in ("uf1_ci", "uar_ci"))
+        return cls(uf1, uar, uf1_std, uar_std, n, uf1_ci, uar_ci)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from epir.engine.metrics import megc_scores
 from epir.engine.records import LosoResults, Scores, first_bad_probability_row
+from epir.engine.uncertainty import LEVEL, RESAMPLES, bootstrap_ci
 from epir.errors import DatasetError, DatasetNotFoundError
 
 HONEST = "honest"
@@ -33,14 +34,22 @@ def summarize(
     class_names: Sequence[str],
     protocol: str,
     absent: str = "skip",
+    *,
+    ci_resamples: int = RESAMPLES,
+    ci_level: float = LEVEL,
 ) -> dict[str, Any]:
     """Metrics of pooled predictions, per seed and as mean and (sample) standard deviation over seeds.
+
+    Beside each mean, ``uf1_ci`` and ``uar_ci`` give its subject-bootstrap interval (overall and per source; the key
+    ``ci`` says how it was computed; see :mod:`epir.engine.uncertainty`). A source of a single subject has none.
 
     Args:
         predictions: one row per (seed, sample) with columns ``seed, subject, source, true, predicted``.
         class_names: class index -> name.
         protocol: ``honest``, ``oracle-epoch (optimistic)`` or the fold-weights label.
         absent: absent-class policy (see :mod:`epir.engine.metrics`).
+        ci_resamples: bootstrap resamples of the intervals.
+        ci_level: their confidence level.
     """
     k = len(class_names)
     per_seed = []
@@ -69,6 +78,10 @@ def summarize(
     out: dict[str, Any] = {"protocol": protocol}
     for key in ("uf1", "uar", "accuracy"):
         out[key], out[f"{key}_std"] = _mean_std([s[key] for s in per_seed])
+    ci = bootstrap_ci(predictions, k, absent=absent, resamples=ci_resamples, level=ci_level)
+    if ci is not None:
+        out["uf1_ci"], out["uar_ci"] = ci.pop("uf1"), ci.pop("uar")
+        out["ci"] = ci
     sources = sorted({s for r in per_seed for s in r["per_dataset"]})
     out["per_dataset"] = {}
     for src in sources:
@@ -76,6 +89,10 @@ def summarize(
         for key in ("uf1", "uar"):
             entry[key], entry[f"{key}_std"] = _mean_std([r["per_dataset"][src][key] for r in per_seed])
         entry["n"] = per_seed[0]["per_dataset"][src]["n"]
+        src_ci = bootstrap_ci(predictions[predictions["source"].astype(str) == src], k, absent=absent,
+                              resamples=ci_resamples, level=ci_level)
+        if src_ci is not None:
+            entry["uf1_ci"], entry["uar_ci"] = src_ci["uf1"], src_ci["uar"]
         out["per_dataset"][src] = entry
     out["seeds"] = [s["seed"] for s in per_seed]
     out["class_names"] = list(class_names)
@@ -290,19 +307,35 @@ def format_summary(results: dict[str, Any], title: str = "") -> str:
         mean, std = getattr(scores, key), getattr(scores, f"{key}_std")
         return f"{mean:.4f} ± {std:.4f}" if len(record.seeds) > 1 else f"{mean:.4f}"
 
+    def interval(scores: Scores, key: str) -> str:
+        ci = getattr(scores, f"{key}_ci")
+        return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci is not None else "-"
+
+    ci = results.get("ci") if record.overall.uf1_ci is not None else None
+    pct = f"{ci.get('level', 0.95):.0%} CI" if isinstance(ci, dict) else ""
     head = f"{'dataset':<12} {'n':>5}  {'UF1':>17}  {'UAR':>17}"
+    if ci:
+        head += f"  {'UF1 ' + pct:>16}  {'UAR ' + pct:>16}"
     lines = []
     if title:
         lines.append(title)
     evaluation = f"   evaluation: {results['evaluation']}" if results.get("evaluation") else ""
     lines.append(f"protocol: {record.protocol}{evaluation}   seeds: {results.get('seeds')}")
     lines += [head, "-" * len(head)]
-    lines += [f"{name:<12} {s.n:>5}  {cell(s, 'uf1'):>17}  {cell(s, 'uar'):>17}" for name, s in record.rows()]
+    for name, s in record.rows():
+        row = f"{name:<12} {s.n:>5}  {cell(s, 'uf1'):>17}  {cell(s, 'uar'):>17}"
+        if ci:
+            row += f"  {interval(s, 'uf1'):>16}  {interval(s, 'uar'):>16}"
+        lines.append(row)
     if results.get("input_transform"):
         t = results["input_transform"]
         lines.append(f"input transform: {t.get('input_transform')} (landmarks: {t.get('landmarks', 'n/a')})")
     if "accuracy" in results:
         lines.append(f"accuracy {results['accuracy']:.4f}")
+    if isinstance(ci, dict):
+        seeds = "; ± is the spread over seeds" if len(record.seeds) > 1 else ""
+        lines.append(f"CI: subject bootstrap ({ci.get('method', 'percentile')}, {ci.get('resamples')} resamples of "
+                     f"{ci.get('subjects')} subjects), how far the score moves with the subjects drawn{seeds}")
     if results["protocol"] == ORACLE:
         lines.append("NOTE: oracle-epoch (optimistic): the epoch was chosen on each held-out subject's test data.")
     return "\n".join(lines)

@@ -1,12 +1,16 @@
 """Tables of several runs (ablation arms, compared models): one row per run, markdown and CSV."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from epir.config import RunConfig
 from epir.engine.records import LosoResults
+from epir.engine.results import read_predictions
+from epir.engine.uncertainty import paired_difference
 from epir.models import build_model
 from epir.profiling import count_flops, count_parameters, measure_latency
 
@@ -27,6 +31,10 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     record = LosoResults.from_json(results)
     o = record.overall
     row: dict[str, Any] = {"name": name, "uf1": o.uf1, "uf1_std": o.uf1_std, "uar": o.uar, "uar_std": o.uar_std}
+    for key in ("uf1", "uar"):
+        ci = getattr(o, f"{key}_ci")
+        if ci is not None:
+            row.update({f"{key}_ci_low": ci[0], f"{key}_ci_high": ci[1]})
     for src, e in record.per_dataset.items():
         row.update({f"{src}_uf1": e.uf1, f"{src}_uf1_std": e.uf1_std, f"{src}_uar": e.uar, f"{src}_uar_std": e.uar_std})
     row.update(params=count_parameters(model), flops_per_sample=count_flops(model, (1, *input_shape(cfg))))
@@ -35,6 +43,37 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     row.update(fold_seconds=results.get("fold_seconds"), wall_seconds=record.wall_seconds, protocol=record.protocol,
                evaluation=record.evaluation, n_folds=record.n_folds, seeds=" ".join(map(str, record.seeds)))
     return row
+
+
+def differences(run_dirs: Mapping[str, Path], reference: str, absent: str = "skip") -> list[dict[str, Any]]:
+    """Every run but ``reference`` minus ``reference``, on the same samples (paired subject bootstrap of
+    :func:`epir.engine.uncertainty.paired_difference`); ``run_dirs`` maps a row's name to its run directory.
+    Empty when the runs hold a single subject (nothing to resample).
+    """
+    preds = {name: read_predictions(Path(d) / "predictions.csv") for name, d in run_dirs.items()}
+    ref, classes = preds[reference]
+    if ref["subject"].nunique() < 2:  # one held-out subject: nothing to resample
+        return []
+    return [paired_difference(p, ref, len(classes), absent=absent, names=(name, reference))
+            for name, (p, _) in preds.items() if name != reference]
+
+
+def differences_markdown(diffs: list[dict[str, Any]]) -> str:
+    """The differences of :func:`differences` as a markdown table (empty text when there are none)."""
+    if not diffs:
+        return ""
+    pct = f"{diffs[0]['level']:.0%}"
+    lines = [f"Differences, paired subject bootstrap ({diffs[0]['subjects']} subjects, {diffs[0]['resamples']} "
+             f"resamples; an interval that holds 0 is not a difference):", "",
+             f"| A - B | UF1 difference [{pct} CI] | P(A not better) | UAR difference [{pct} CI] | P(A not better) |",
+             "|---|---|---|---|---|"]
+    for d in diffs:
+        cells = [" - ".join(d["names"])]
+        for key in ("uf1", "uar"):
+            r = d[key]
+            cells += [f"{r['difference']:+.4f} [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]", f"{r['p_not_better']:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def fmt_mean_std(mean: float, std: float, single: bool = False) -> str:

@@ -214,8 +214,8 @@ def run_clip(frames: Sequence[np.ndarray], onset: int, apex: int | None, setting
         t = time.perf_counter()
         stop = n - 1 if last is None else _check_index("last", last, n)
         if stop <= onset:
-            raise ClipError(f"No frame follows the onset (index {onset}, last candidate {stop}): cannot estimate an "
-                            "apex.")
+            raise ClipError(f"No frame follows the onset (index {onset} of a {n}-frame clip, last candidate {stop}): "
+                            "cannot estimate an apex; give the frames up to the offset, an earlier onset, or the apex.")
         candidates = [onset_face.image if onset_face is not None else crop(onset)]
         candidates += [crop(i) for i in range(onset + 1, stop + 1)]
         apex = onset + estimate_apex(candidates, 0, method=settings.apex_method)

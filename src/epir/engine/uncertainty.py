@@ -1,0 +1,226 @@
+"""How far a LOSO score could move with other subjects: subject-level bootstrap intervals and paired differences.
+
+A LOSO score is pooled over a few dozen subjects, and the samples of one subject are not independent of each other
+(the same face, the same session, often the same emotion). So the unit resampled here is the **subject**: a
+bootstrap resample draws as many subjects as the run has, with replacement, pools all of their predictions, and
+scores them as :func:`epir.engine.metrics.megc_scores` does (UF1 and UAR, with the run's absent-class policy). With
+several seeds, a resample keeps the same subjects in every seed and its score is the mean over seeds, the figure a
+run reports; the interval is therefore about the choice of subjects, not about the seeds (their spread is the
+``_std`` figures).
+
+- :func:`bootstrap_ci`: the percentile interval of UF1 and UAR (``level``, 95% by default) over ``resamples``
+  resamples (:func:`scipy.stats.bootstrap`, ``method="percentile"``).
+- :func:`paired_difference`: two runs over the same samples (two models, two recipes) resampled together: the
+  interval of the difference A - B, and the share of resamples in which A does not beat B (a one-sided bootstrap
+  p-value; small means A's lead is unlikely to come from which subjects happened to be held out).
+
+The intervals say nothing of other flow sets, face crops or datasets: they are the spread of this benchmark over its
+own subjects. A difference whose interval holds 0 is not a result.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from epir.engine.metrics import ABSENT_POLICIES, confusion_matrix
+from epir.errors import ConfigError
+
+#: Resamples of a bootstrap (2000: the interval's ends move by about 0.002 between generator seeds).
+RESAMPLES = 2000
+#: Confidence level of the intervals.
+LEVEL = 0.95
+#: How the interval is read from the resampled scores (scipy.stats.bootstrap's ``method``).
+METHOD = "percentile"
+#: Resamples scored at once (bounds memory: seeds x BATCH x subjects x K x K counts).
+BATCH = 250
+#: What one resample draws.
+UNIT = "subject"
+#: Columns a predictions table needs here (``source`` and ``clip`` are used when present).
+COLUMNS = ("seed", "subject", "true", "predicted")
+
+
+def _check(predictions: pd.DataFrame, name: str) -> None:
+    missing = [c for c in COLUMNS if c not in predictions.columns]
+    if missing:
+        raise ConfigError(f"{name} lacks column(s) {missing}; expected a run's predictions (predictions.csv: one row "
+                          f"per seed and sample with {list(COLUMNS)}).")
+    if predictions.empty:
+        raise ConfigError(f"{name} has no rows; expected a run's predictions.")
+
+
+def _check_options(resamples: int, level: float, absent: str) -> None:
+    if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 100:
+        raise ConfigError(f"resamples must be a whole number >= 100 (a bootstrap of fewer is noise), got "
+                          f"{resamples!r}.")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.5 <= level < 1:
+        raise ConfigError(f"level must be a confidence level in [0.5, 1), e.g. 0.95, got {level!r}.")
+    if absent not in ABSENT_POLICIES:
+        raise ConfigError(f"absent-class policy {absent!r} is not one of {ABSENT_POLICIES}.")
+
+
+def _cluster(predictions: pd.DataFrame) -> pd.Series:
+    """The subject of each row, namespaced by its source when the table has one (``casme2/sub01``)."""
+    subject = predictions["subject"].astype(str)
+    if "source" in predictions.columns:
+        sources = predictions["source"].astype(str)
+        named = [s if s.startswith(f"{src}/") else f"{src}/{s}" for src, s in zip(sources, subject)]
+        return pd.Series(named, index=predictions.index)
+    return subject
+
+
+def subject_counts(predictions: pd.DataFrame, num_classes: int,
+                   subjects: Sequence[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Confusion counts per seed and subject, shape (seeds, subjects, K, K), and the subjects in that order.
+
+    Args:
+        predictions: one row per (seed, sample): ``seed, subject, true, predicted`` (and ``source``).
+        num_classes: K.
+        subjects: the order of the subjects (default: first appearance); every subject must be in the table.
+    """
+    cluster = _cluster(predictions)
+    order = list(dict.fromkeys(cluster)) if subjects is None else list(subjects)
+    seeds = sorted(predictions["seed"].unique())
+    counts = np.zeros((len(seeds), len(order), num_classes, num_classes), dtype=np.int64)
+    position = {s: i for i, s in enumerate(order)}
+    for (seed, subject), rows in predictions.groupby([predictions["seed"], cluster], sort=False):
+        counts[seeds.index(seed), position[subject]] = confusion_matrix(rows["true"], rows["predicted"], num_classes)
+    return counts, order
+
+
+def scores_of_counts(cm: np.ndarray, absent: str = "skip") -> tuple[np.ndarray, np.ndarray]:
+    """UF1 and UAR of confusion matrices (shape ``(..., K, K)``), vectorised; the absent-class policy as
+    :func:`~epir.engine.metrics.megc_scores` (without its warning).
+    """
+    cm = cm.astype(float)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    support = cm.sum(axis=-1)
+    predicted = cm.sum(axis=-2)
+    denom = support + predicted  # 2TP + FP + FN
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    keep = support > 0 if absent == "skip" else np.ones_like(support, dtype=bool)
+    n_keep = keep.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        uf1 = np.where(keep, f1, 0).sum(axis=-1) / n_keep
+        uar = np.where(keep, recall, 0).sum(axis=-1) / n_keep
+    return uf1, uar
+
+
+def _resampled(counts: np.ndarray, idx: np.ndarray, absent: str) -> np.ndarray:
+    """Mean over seeds of UF1 and UAR of the subjects ``idx`` (shape (..., subjects)) pooled: shape (2, ...)."""
+    pooled = counts[:, idx].sum(axis=-3)  # (seeds, ..., K, K)
+    return np.stack(scores_of_counts(pooled, absent)).mean(axis=1)
+
+
+def _bootstrap(statistic: Any, n_subjects: int, resamples: int, level: float, seed: int) -> Any:
+    return stats.bootstrap((np.arange(n_subjects),), statistic, n_resamples=resamples, vectorized=True, axis=-1,
+                           batch=BATCH, confidence_level=level, method=METHOD, rng=np.random.default_rng(seed))
+
+
+def _interval(result: Any, i: int) -> list[float]:
+    """The interval of the ``i``-th score (0: UF1, 1: UAR) of a two-score bootstrap."""
+    ci = result.confidence_interval
+    return [round(float(ci.low[i]), 6), round(float(ci.high[i]), 6)]
+
+
+def bootstrap_ci(predictions: pd.DataFrame, num_classes: int, *, absent: str = "skip", resamples: int = RESAMPLES,
+                 level: float = LEVEL, seed: int = 0) -> dict[str, Any] | None:
+    """Subject-bootstrap interval of a run's UF1 and UAR (the mean over seeds).
+
+    Args:
+        predictions: one row per (seed, sample): ``seed, subject, true, predicted`` (``source`` namespaces subjects).
+        num_classes: number of classes.
+        absent: absent-class policy, as the run's.
+        resamples: bootstrap resamples (at least 100).
+        level: confidence level.
+        seed: the resampling generator's seed (the interval is reproducible).
+
+    Returns:
+        ``{"uf1": [low, high], "uar": [low, high], "level", "resamples", "method", "unit", "subjects", "seed"}``, or
+        None when there are fewer than 2 subjects (nothing to resample).
+    """
+    _check(predictions, "predictions")
+    _check_options(resamples, level, absent)
+    counts, subjects = subject_counts(predictions, num_classes)
+    if len(subjects) < 2:
+        return None
+    res = _bootstrap(lambda idx, axis=-1: _resampled(counts, idx, absent), len(subjects), resamples, level, seed)
+    return {"uf1": _interval(res, 0), "uar": _interval(res, 1), "level": level, "resamples": resamples,
+            "method": METHOD, "unit": UNIT, "subjects": len(subjects), "seed": seed}
+
+
+def _samples(predictions: pd.DataFrame) -> pd.Series:
+    """The true label of each sample, indexed by (subject, clip) (by (subject, row within subject) without clips)."""
+    first = predictions[predictions["seed"] == predictions["seed"].min()]
+    subject = _cluster(first)
+    clip = first["clip"].astype(str) if "clip" in first.columns else first.groupby(subject).cumcount().astype(str)
+    return pd.Series(first["true"].to_numpy(), index=pd.MultiIndex.from_arrays([subject, clip])).sort_index()
+
+
+def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, absent: str = "skip",
+                      resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0,
+                      names: tuple[str, str] = ("A", "B")) -> dict[str, Any]:
+    """A - B on the same samples, resampling subjects together: the difference and its interval, for UF1 and UAR.
+
+    The two runs may have other seeds (each is averaged over its own) but must cover the same samples with the same
+    labels: the same dataset and folds.
+
+    Returns:
+        ``{"uf1": {"a", "b", "difference", "ci": [low, high], "p_not_better"}, "uar": {...}, "level", "resamples",
+        "method", "unit", "subjects", "seed"}``; ``p_not_better`` is the share of resamples in which A's score is not
+        above B's.
+
+    Raises:
+        ConfigError: a table without the columns, the runs on other samples or labels, or bad options.
+    """
+    name_a, name_b = names
+    _check(a, name_a)
+    _check(b, name_b)
+    _check_options(resamples, level, absent)
+    sa, sb = _samples(a), _samples(b)
+    if not sa.index.equals(sb.index):
+        only = sorted(set(sa.index) ^ set(sb.index))
+        raise ConfigError(f"{name_a} has {len(sa)} samples and {name_b} {len(sb)}, not the same ones (e.g. "
+                          f"{'/'.join(map(str, only[0]))} is in one only); compare runs on the same dataset and folds.")
+    differ = sa.index[sa.to_numpy() != sb.to_numpy()]
+    if len(differ):
+        raise ConfigError(f"{name_a} and {name_b} give sample {'/'.join(map(str, differ[0]))} other true labels; "
+                          f"compare runs with the same labels (--labels, the same dataset version).")
+    subjects = list(dict.fromkeys(sa.index.get_level_values(0)))
+    if len(subjects) < 2:
+        raise ConfigError(f"{name_a} and {name_b} cover {len(subjects)} subject; a paired bootstrap needs at least 2.")
+    ca, _ = subject_counts(a, num_classes, subjects)
+    cb, _ = subject_counts(b, num_classes, subjects)
+    everyone = np.arange(len(subjects))
+    res = _bootstrap(lambda idx, axis=-1: _resampled(ca, idx, absent) - _resampled(cb, idx, absent), len(subjects),
+                     resamples, level, seed)
+    point_a, point_b = _resampled(ca, everyone, absent), _resampled(cb, everyone, absent)
+    out: dict[str, Any] = {}
+    for i, key in enumerate(("uf1", "uar")):
+        out[key] = {"a": round(float(point_a[i]), 6), "b": round(float(point_b[i]), 6),
+                    "difference": round(float(point_a[i] - point_b[i]), 6), "ci": _interval(res, i),
+                    "p_not_better": round(float(np.mean(res.bootstrap_distribution[i] <= 0)), 4)}
+    return {**out, "names": [name_a, name_b], "level": level, "resamples": resamples, "method": METHOD, "unit": UNIT,
+            "subjects": len(subjects), "seed": seed}
+
+
+def format_difference(result: dict[str, Any]) -> str:
+    """A few lines: A - B on UF1 and UAR with the interval and p_not_better (for the CLI and benchmarks)."""
+    a, b = result["names"]
+    pct = f"{result['level']:.0%}"
+    lines = [f"{a} - {b}, paired subject bootstrap ({result['subjects']} subjects, {result['resamples']} resamples):"]
+    for key in ("uf1", "uar"):
+        r = result[key]
+        lo, hi = r["ci"]
+        verdict = "the interval holds 0: not a difference" if lo <= 0 <= hi else "the interval excludes 0"
+        lines.append(f"  {key.upper()} {r['a']:.4f} - {r['b']:.4f} = {r['difference']:+.4f}  {pct} CI "
+                     f"[{lo:+.4f}, {hi:+.4f}]  P({a} not better) {r['p_not_better']:.3f}  ({verdict})")
+    return "\n".join(lines)
+
+
+__all__ = ["COLUMNS", "LEVEL", "METHOD", "RESAMPLES", "UNIT", "bootstrap_ci", "format_difference",
+           "paired_difference", "scores_of_counts", "subject_counts"]

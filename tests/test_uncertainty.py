@@ -1,0 +1,212 @@
+"""Subject-bootstrap intervals and paired differences (epir.engine.uncertainty), in results and `epir evaluate`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from epir.cli import main
+from epir.engine.metrics import megc_scores
+from epir.engine.records import LosoResults
+from epir.engine.results import HONEST, format_summary, summarize, write_results
+from epir.engine.uncertainty import bootstrap_ci, paired_difference, scores_of_counts, subject_counts
+from epir.errors import ConfigError
+
+CLASSES = ("negative", "positive", "surprise")
+
+
+def predictions(n_subjects: int = 12, per_subject: int = 6, accuracy: float = 0.7, seeds: tuple[int, ...] = (0,),
+                rng_seed: int = 0) -> pd.DataFrame:
+    """A run's predictions: subjects of two sources, ``per_subject`` samples each, about ``accuracy`` right."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    truth = rng.integers(0, 3, size=(n_subjects, per_subject))
+    for seed in seeds:
+        for s in range(n_subjects):
+            source = "casme2" if s % 2 else "samm"
+            for j in range(per_subject):
+                true = int(truth[s, j])
+                pred = true if rng.random() < accuracy else int((true + rng.integers(1, 3)) % 3)
+                rows.append((seed, f"{source}/s{s:02d}", source, f"clip{j}", true, pred))
+    return pd.DataFrame(rows, columns=["seed", "subject", "source", "clip", "true", "predicted"])
+
+
+def with_probs(df: pd.DataFrame) -> pd.DataFrame:
+    """Add one-hot ``prob_<class>`` columns (what predictions.csv holds)."""
+    out = df.copy()
+    out["subject_id"] = out["subject"].str.split("/").str[1]
+    for k, name in enumerate(CLASSES):
+        out[f"prob_{name}"] = (out["predicted"] == k).astype(float)
+    return out
+
+
+@pytest.mark.parametrize("absent", ["skip", "zero"])
+def test_vectorised_scores_match_megc_scores(absent: str) -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        true = rng.integers(0, 2 if rng.random() < 0.3 else 3, 40)  # sometimes a class is absent
+        pred = rng.integers(0, 3, 40)
+        counts, _ = subject_counts(pd.DataFrame({"seed": 0, "subject": "a", "true": true, "predicted": pred}), 3)
+        uf1, uar = scores_of_counts(counts[0, 0], absent)
+        with pytest.warns(UserWarning) if (np.bincount(true, minlength=3) == 0).any() else _nothing():
+            ref = megc_scores(true, pred, 3, absent)
+        assert float(uf1) == pytest.approx(ref["uf1"]) and float(uar) == pytest.approx(ref["uar"])
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_interval_holds_the_point_and_is_reproducible() -> None:
+    df = predictions()
+    ci = bootstrap_ci(df, 3)
+    assert ci is not None and ci["subjects"] == 12 and ci["unit"] == "subject" and ci["resamples"] == 2000
+    point = megc_scores(df["true"], df["predicted"], 3)
+    assert ci["uf1"][0] < point["uf1"] < ci["uf1"][1] and ci["uar"][0] < point["uar"] < ci["uar"][1]
+    assert bootstrap_ci(df, 3) == ci  # the generator is seeded
+    assert bootstrap_ci(df, 3, seed=1) != ci
+    narrow = bootstrap_ci(df, 3, level=0.5)
+    assert narrow is not None and ci["uf1"][0] <= narrow["uf1"][0] <= narrow["uf1"][1] <= ci["uf1"][1]
+
+
+def test_the_subject_is_what_is_resampled() -> None:
+    """Two subjects, one always right and one always wrong: resampling samples would give a narrow interval around
+    0.5 accuracy; resampling subjects draws the right one twice or the wrong one twice about half the time."""
+    rows = [(0, subject, "x", f"c{j}", j % 3, j % 3 if subject == "right" else (j + 1) % 3)
+            for subject in ("right", "wrong") for j in range(30)]
+    df = pd.DataFrame(rows, columns=["seed", "subject", "source", "clip", "true", "predicted"])
+    ci = bootstrap_ci(df, 3)
+    assert ci is not None and ci["uar"][0] == pytest.approx(0.0) and ci["uar"][1] == pytest.approx(1.0)
+
+
+def test_every_subject_alike_gives_no_spread_and_one_subject_no_interval() -> None:
+    rows = [(0, f"s{s}", "x", f"c{j}", j, j) for s in range(5) for j in range(3)]  # all right, one of each class
+    df = pd.DataFrame(rows, columns=["seed", "subject", "source", "clip", "true", "predicted"])
+    ci = bootstrap_ci(df, 3)
+    assert ci is not None and ci["uf1"] == [1.0, 1.0] and ci["uar"] == [1.0, 1.0]
+    assert bootstrap_ci(df[df["subject"] == "s0"], 3) is None
+
+
+def test_seeds_are_averaged_per_resample() -> None:
+    one = predictions(seeds=(0,))
+    twice = pd.concat([one, one.assign(seed=1)])  # the same predictions under two seeds: the same interval
+    assert bootstrap_ci(twice, 3) == bootstrap_ci(one, 3)
+
+
+def test_bad_options_and_tables_are_one_line_errors() -> None:
+    df = predictions()
+    with pytest.raises(ConfigError, match="resamples must be a whole number >= 100"):
+        bootstrap_ci(df, 3, resamples=10)
+    with pytest.raises(ConfigError, match=r"level must be a confidence level in \[0.5, 1\)"):
+        bootstrap_ci(df, 3, level=95)
+    with pytest.raises(ConfigError, match=r"lacks column\(s\) \['predicted'\]"):
+        bootstrap_ci(df.drop(columns="predicted"), 3)
+    with pytest.raises(ConfigError, match="absent-class policy"):
+        bootstrap_ci(df, 3, absent="drop")
+
+
+def test_paired_difference() -> None:
+    b = predictions(accuracy=0.5, rng_seed=0)
+    same = paired_difference(b, b, 3)
+    assert same["uf1"]["difference"] == 0 and same["uf1"]["ci"] == [0.0, 0.0] and same["uf1"]["p_not_better"] == 1
+    a = b.copy()
+    a.loc[a.index[::2], "predicted"] = a["true"][::2]  # A puts right half of B's predictions
+    d = paired_difference(a, b, 3, names=("better", "base"))
+    for key in ("uf1", "uar"):
+        r = d[key]
+        assert r["difference"] > 0 and 0 < r["ci"][0] < r["difference"] < r["ci"][1]
+        assert r["p_not_better"] < 0.05
+        assert r["a"] == pytest.approx(megc_scores(a["true"], a["predicted"], 3)[key], abs=1e-6)
+    assert d["names"] == ["better", "base"] and d["subjects"] == 12
+    # other seeds are fine (each run's mean over its own)
+    assert paired_difference(pd.concat([a, a.assign(seed=5)]), b, 3)["uf1"]["difference"] == d["uf1"]["difference"]
+
+
+def test_paired_difference_needs_the_same_samples_and_labels() -> None:
+    b = predictions()
+    with pytest.raises(ConfigError, match="not the same ones .*samm/s00/clip0"):
+        paired_difference(b[1:], b, 3)
+    relabelled = b.copy()
+    relabelled.loc[3, "true"] = (relabelled.loc[3, "true"] + 1) % 3
+    with pytest.raises(ConfigError, match=r"give sample samm/s00/clip3 other true labels"):
+        paired_difference(relabelled, b, 3)
+    one = b[b["subject"] == "samm/s00"]
+    with pytest.raises(ConfigError, match="at least 2"):
+        paired_difference(one, one, 3)
+
+
+def test_results_carry_the_intervals_and_the_summary_prints_them(tmp_path: Path) -> None:
+    df = with_probs(predictions(seeds=(0, 1)))
+    res = summarize(df, CLASSES, HONEST)
+    assert res["ci"]["subjects"] == 12 and len(res["uf1_ci"]) == 2 and len(res["uar_ci"]) == 2
+    for src, entry in res["per_dataset"].items():
+        sub = bootstrap_ci(df[df["source"] == src], 3)
+        assert sub is not None and entry["uf1_ci"] == sub["uf1"] and entry["uar_ci"] == sub["uar"]
+    record = LosoResults.from_json(res)
+    assert record.overall.uf1_ci == tuple(res["uf1_ci"]) and record.per_dataset["samm"].uar_ci is not None
+    text = format_summary(res)
+    assert "UF1 95% CI" in text and f"[{res['uf1_ci'][0]:.3f}, {res['uf1_ci'][1]:.3f}]" in text
+    assert "subject bootstrap" in text and "± is the spread over seeds" in text
+    # an older results.json without intervals still reads, and prints without the columns
+    old = {k: v for k, v in res.items() if k not in ("uf1_ci", "uar_ci", "ci")}
+    assert LosoResults.from_json(old).overall.uf1_ci is None and "CI" not in format_summary(old)
+    for bad in ([0.8, 0.2], [0.1], "x", [0.1, 1.5]):
+        with pytest.raises(ConfigError, match="uf1_ci is"):
+            LosoResults.from_json({**res, "uf1_ci": bad}, "results.json")
+
+
+@pytest.fixture()
+def two_runs(tmp_path: Path) -> tuple[Path, Path]:
+    b = predictions(accuracy=0.5, n_subjects=20)
+    a = b.copy()
+    a.loc[a.index[::2], "predicted"] = a["true"][::2]
+    dirs = []
+    for name, df in (("a", a), ("b", b)):
+        df = with_probs(df)
+        out = tmp_path / name
+        out.mkdir()
+        write_results(out, summarize(df, CLASSES, HONEST), df)
+        dirs.append(out)
+    return dirs[0], dirs[1]
+
+
+def test_evaluate_versus(two_runs: tuple[Path, Path], capsys) -> None:
+    a, b = two_runs
+    assert main(["evaluate", str(a), "--versus", str(b)]) == 0
+    text = capsys.readouterr().out
+    assert f"{a} - {b}, paired subject bootstrap (20 subjects, 2000 resamples)" in text
+    assert "the interval excludes 0" in text and f"{a}: honest, seeds [0]" in text
+    assert main(["evaluate", str(a), "--versus", str(b / "megc_log.txt"), "--json", "--resamples", "500"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["resamples"] == 500 and got["uf1"]["difference"] > 0 and got["protocols"] == [HONEST, HONEST]
+    assert main(["evaluate", str(a), "--versus", str(a)]) == 0
+    assert "the interval holds 0: not a difference" in capsys.readouterr().out
+
+
+def test_evaluate_interval_options(two_runs: tuple[Path, Path], capsys) -> None:
+    a, _ = two_runs
+    assert main(["evaluate", str(a), "--level", "0.8", "--resamples", "400", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["ci"]["level"] == 0.8 and got["ci"]["resamples"] == 400
+    assert main(["evaluate", str(a), "--resamples", "5"]) == 2
+    assert "resamples must be a whole number >= 100" in capsys.readouterr().err
+
+
+def test_evaluate_versus_other_samples_is_one_line(two_runs: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    a, _ = two_runs
+    other = with_probs(predictions(n_subjects=5))
+    out = tmp_path / "other"
+    out.mkdir()
+    write_results(out, summarize(other, CLASSES, HONEST), other)
+    assert main(["evaluate", str(a), "--versus", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not the same ones" in err and "compare runs on the same dataset and folds" in err and "\n" not in err
+    assert main(["evaluate", str(a), "--versus", str(out / "results.json")]) == 2
+    assert f"give its run directory ({out})" in capsys.readouterr().err
