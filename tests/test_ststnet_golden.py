@@ -83,3 +83,7 @@ def test_official_weights_reproduce_official_predictions(real_data: Path, compos
 
     assert round(results["uf1"], 4) == 0.7209
     assert round(results["uar"], 4) == 0.7250
+    # the benchmark's resolution: how far 0.7209 moves with which subjects are held out (seeded subject bootstrap)
+    assert results["ci"]["subjects"] == 68 and results["ci"]["unit"] == "subject"
+    assert results["uf1_ci"] == pytest.approx([0.657, 0.777], abs=0.01)
+    assert results["uar_ci"] == pytest.approx([0.665, 0.778], abs=0.01)

@@ -9,15 +9,17 @@ The public API::
     model = epir.create_model("epir")
     predictor = epir.Predictor.load("checkpoints/epir")     # a checkpoint of `epir train`
     print(predictor.predict("clip.mp4").probabilities)
+    epir.compare_runs("runs/x", "runs/y")                    # A - B with a paired subject-bootstrap interval
 """
 from typing import Any
 
 from epir._version import __version__
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 from epir.data import FlowDataset, list_datasets, load_dataset
-from epir.engine.evaluate import evaluate_megc_log, evaluate_run_dir
+from epir.engine.evaluate import compare_runs, evaluate_megc_log, evaluate_run_dir
 from epir.engine.loso import make_config, run_loso
 from epir.engine.metrics import confusion_matrix, megc_scores
+from epir.engine.uncertainty import bootstrap_ci, paired_difference
 from epir.errors import ConfigError, DatasetError, DatasetNotFoundError, EpirError, UnknownNameError
 from epir.models import create_model, default_recipe, list_models
 
@@ -34,7 +36,7 @@ __all__ = [
     "ConfigError", "DataConfig", "DatasetError", "DatasetNotFoundError", "EpirError", "EvalConfig",
     "FlowDataset", "ModelConfig", "Prediction", "Predictor", "RunConfig", "TrainConfig", "UnknownNameError",
     "__version__",
-    "confusion_matrix", "create_model", "default_recipe", "evaluate_megc_log", "evaluate_run_dir",
-    "list_datasets", "list_models", "load_checkpoint", "load_dataset", "make_config", "megc_scores", "run_loso",
-    "train_checkpoint",
+    "bootstrap_ci", "compare_runs", "confusion_matrix", "create_model", "default_recipe", "evaluate_megc_log",
+    "evaluate_run_dir", "list_datasets", "list_models", "load_checkpoint", "load_dataset", "make_config",
+    "megc_scores", "paired_difference", "run_loso", "train_checkpoint",
 ]
