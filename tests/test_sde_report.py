@@ -143,6 +143,11 @@ def test_report_cli_and_compare_directories(runs: dict[str, Path], tmp_path: Pat
     out = capsys.readouterr().out
     assert "Full (CDE) UF1" in out and "SAMM (SDE) UF1" in out
     assert {p.name for p in (tmp_path / "rep").iterdir()} == {"report.md", "report.csv", "report.tex", "report.html"}
+    csv = pd.read_csv(tmp_path / "rep" / "report.csv")  # each run's subject-bootstrap interval, last
+    assert list(csv.columns[-8:]) == [f"{c}_{k}_ci_{e}" for c in ("full", "sde_samm") for k in ("uf1", "uar")
+                                      for e in ("low", "high")]
+    cde = json.loads((runs["cde"] / "results.json").read_text())
+    assert [csv["full_uf1_ci_low"].dropna().iloc[0], csv["full_uf1_ci_high"].dropna().iloc[0]] == cde["uf1_ci"]
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

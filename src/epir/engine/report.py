@@ -101,7 +101,9 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     CSV columns: ``model, protocol, full_uf1, full_uf1_std, full_uar, full_uar_std``, then
     ``cde_<ds>_uf1[_std]``, ``cde_<ds>_uar[_std]`` and ``sde_<ds>_...`` per dataset, ``params``,
     ``params_total`` (every network that predicts: a mixed-in teacher, ensemble members), ``flops_per_sample``,
-    ``seeds``, ``partial`` (evaluations run on a subset of folds) and ``runs``.
+    ``seeds``, ``partial`` (evaluations run on a subset of folds) and ``runs``; last, ``full_uf1_ci_low``,
+    ``full_uf1_ci_high`` (and ``uar``, and the same per ``sde_<ds>``): each run's subject-bootstrap interval
+    (empty for runs written before round 14).
     """
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     sources: list[str] = []
@@ -124,13 +126,14 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             row = rows[(label, protocol)] = {
                 "model": label, "protocol": protocol, "params": count_parameters(model),
                 "flops_per_sample": count_flops(model, (1, *input_shape(cfg))),
-                "seeds": set(), "partial": [], "runs": [], "_cells": {}, "params_total": 0,
+                "seeds": set(), "partial": [], "runs": [], "_cells": {}, "_ci": {}, "params_total": 0,
             }
         # every network that predicts (a mixed-in teacher, ensemble members): results.json's params_total
         row["params_total"] = max(row["params_total"], int(results.get("params_total", row["params"])))
         evaluation = _evaluation(cfg, results)
         cells: dict[str, tuple[float, float]] = {}
         if evaluation == "CDE":
+            row["_ci"]["full"] = results
             for key in ("uf1", "uar"):
                 cells[f"full_{key}"] = (results[key], results.get(f"{key}_std", 0.0))
             for src, entry in results["per_dataset"].items():
@@ -140,6 +143,7 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         else:
             src = evaluation[len("SDE("):-1]
             sde.append(src)
+            row["_ci"][f"sde_{src}"] = results
             for key in ("uf1", "uar"):
                 cells[f"sde_{src}_{key}"] = (results[key], results.get(f"{key}_std", 0.0))
         for k, v in cells.items():
@@ -168,6 +172,11 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
                     flops_per_sample=row["flops_per_sample"],
                     seeds=" ".join(map(str, sorted(row["seeds"]))), partial="; ".join(row["partial"]),
                     runs=" ".join(row["runs"]))
+        for col in columns:  # the subject-bootstrap intervals of whole runs (results.json uf1_ci / uar_ci), last
+            if not col.startswith("cde_"):
+                for key in ("uf1", "uar"):
+                    ci = (row["_ci"].get(col) or {}).get(f"{key}_ci") or (None, None)
+                    flat[f"{col}_{key}_ci_low"], flat[f"{col}_{key}_ci_high"] = ci
         out.append(flat)
     table = pd.DataFrame(out)
     table.attrs["groups"] = columns
