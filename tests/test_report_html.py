@@ -42,6 +42,7 @@ def test_report_page_is_self_contained_with_every_figure(run_dir: Path) -> None:
         assert (run_dir / "figures" / f"{name}.png").stat().st_size > 1000
     assert "config.yaml" not in page or "train:" in page  # the configuration is shown
     assert "OPTIMISTIC" not in page
+    assert "<th>UF1 95% CI</th>" in page and "subject bootstrap" in page  # each score's interval
 
 
 def test_training_curves_are_kept_per_fold_and_epoch(run_dir: Path) -> None:

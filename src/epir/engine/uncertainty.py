@@ -29,7 +29,7 @@ from scipy import stats
 from epir.engine.metrics import ABSENT_POLICIES, confusion_matrix
 from epir.errors import ConfigError
 
-#: Resamples of a bootstrap (2000: the interval's ends move by about 0.002 between generator seeds).
+#: Resamples of a bootstrap (2000: the interval's ends move by up to about 0.003 between generator seeds).
 RESAMPLES = 2000
 #: Confidence level of the intervals.
 LEVEL = 0.95
