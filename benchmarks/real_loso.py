@@ -16,7 +16,7 @@ directory instead; without either, the STSTNet row is the reference measured in 
 (seed 0), labelled as such.
 
 The data root is ../shared/data/htnet-composite beside the repository, or $EPIR_MEGC2019_ROOT.
-Runs go to runs/bench-<model>-... and resume if interrupted (same --out).
+Runs go to runs/bench-<model>[-<recipe>]-... and resume if interrupted (same --out).
 """
 from __future__ import annotations
 
@@ -111,7 +111,8 @@ def main() -> None:
                       oracle_epoch=a.oracle_epoch, recipe=a.recipe,
                       overrides=[f"eval.jobs={a.jobs}", f"data.subset={a.subset}", *a.overrides])
     sde = f"-sde-{'+'.join(a.subset)}" if a.subset else ""
-    out = a.out or f"runs/bench-{a.model}{sde}-s{'-'.join(map(str, a.seeds))}"
+    recipe = f"-{a.recipe}" if a.recipe else ""  # another recipe is another run (a shared folder would refuse it)
+    out = a.out or f"runs/bench-{a.model}{recipe}{sde}-s{'-'.join(map(str, a.seeds))}"
     t0 = time.perf_counter()
     r = run_loso(cfg, out_dir=out)
     wall = time.perf_counter() - t0
