@@ -12,10 +12,11 @@ import pandas as pd
 
 from epir.config import RunConfig, apply_overrides, check_ranges, repeated
 from epir.data import FlowDataset, load_dataset
+from epir.engine.evaluate import differences
 from epir.engine.loso import check_before_training, run_loso
 from epir.engine.report_html import write_table_report
 from epir.engine.runstore import write_json_atomic
-from epir.engine.tables import differences, differences_markdown, run_row, to_markdown
+from epir.engine.tables import differences_markdown, run_row, to_markdown
 from epir.errors import ConfigError, did_you_mean
 from epir.fileio import writable_dir
 from epir.models import MODELS, resolve_model_args
@@ -188,7 +189,7 @@ def run_ablation(
         rows.append(run_row(arm, results, arm_cfg))
     table = pd.DataFrame(rows).rename(columns={"name": "arm"})
     table.to_csv(out / "ablation.csv", index=False)
-    diffs = differences({arm: out / arm for arm, _ in arms}, "full", cfg.eval.absent_class)
+    diffs = differences({arm: out / arm for arm, _ in arms}, "full")
     write_json_atomic(out / "differences.json", diffs)
     (out / "ablation.md").write_text(
         f"# Ablation of {cfg.model.name} on {dataset.name} ({rows[0]['protocol']}, {rows[0]['evaluation']}, seeds "

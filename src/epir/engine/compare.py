@@ -10,10 +10,11 @@ import pandas as pd
 
 from epir.config import repeated
 from epir.data import FlowDataset, load_dataset
+from epir.engine.evaluate import differences
 from epir.engine.loso import make_config, run_loso
 from epir.engine.report_html import METRIC_COLOURS, confusion_plot, write_table_report
 from epir.engine.runstore import write_json_atomic
-from epir.engine.tables import differences, differences_markdown, run_row, to_markdown
+from epir.engine.tables import differences_markdown, run_row, to_markdown
 from epir.errors import ConfigError
 from epir.fileio import writable_dir
 from epir.models import MODELS
@@ -123,7 +124,7 @@ def run_compare(
     table = pd.DataFrame(rows)
     table.to_csv(out / "comparison.csv", index=False)
     label = f"{rows[0]['protocol']}, {rows[0]['evaluation']}"
-    diffs = differences({m: out / m for m in models}, models[0], configs[models[0]].eval.absent_class)
+    diffs = differences({m: out / m for m in models}, models[0])
     write_json_atomic(out / "differences.json", diffs)
     (out / "comparison.md").write_text(
         f"# Comparison on {data.name} ({label}, seeds {list(seeds)}, "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,19 +98,37 @@ def compare_runs(a: str | Path, b: str | Path, *, resamples: int = RESAMPLES, le
     Raises:
         ConfigError: other classes, another absent-class policy, or other samples or labels.
     """
-    ra, rb = read_scored(a), read_scored(b)
+    return _paired(read_scored(a), read_scored(b), (str(a), str(b)), resamples=resamples, level=level, seed=seed)
+
+
+def _paired(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str], **bootstrap: Any) -> dict[str, Any]:
+    """:func:`~epir.engine.uncertainty.paired_difference` of two read runs, after checking that their classes and
+    absent-class policies agree; with each run's protocol and seeds.
+    """
+    a, b = names
     if ra.class_names != rb.class_names:
         raise ConfigError(f"{a} scores classes {ra.class_names} and {b} {rb.class_names}; compare runs of the same "
                           "classes (the same --labels).")
     if ra.absent != rb.absent:
         raise ConfigError(f"{a} counts absent classes as {ra.absent!r} and {b} as {rb.absent!r}; compare runs with "
                           "the same eval.absent_class.")
-    out = paired_difference(ra.predictions, rb.predictions, len(ra.class_names), absent=ra.absent,
-                            resamples=resamples, level=level, seed=seed, names=(str(a), str(b)))
+    out = paired_difference(ra.predictions, rb.predictions, len(ra.class_names), absent=ra.absent, names=names,
+                            **bootstrap)
     out["protocols"] = [ra.protocol, rb.protocol]
     out["seeds"] = [sorted(int(s) for s in r.predictions["seed"].unique()) for r in (ra, rb)]
     return out
 
 
-__all__ = ["ScoredRun", "compare_runs", "evaluate_megc_log", "evaluate_run_dir", "read_log", "read_run_dir",
-           "read_scored"]
+def differences(run_dirs: Mapping[str, str | Path], reference: str) -> list[dict[str, Any]]:
+    """Every run but ``reference`` minus ``reference``, as :func:`compare_runs` (``run_dirs`` maps a row's name, the
+    name the result gives, to its run directory); empty when the runs hold a single subject (nothing to resample).
+    """
+    runs = {name: read_run_dir(d) for name, d in run_dirs.items()}
+    ref = runs[reference]
+    if ref.predictions["subject"].nunique() < 2:  # one held-out subject: nothing to resample
+        return []
+    return [_paired(run, ref, (name, reference)) for name, run in runs.items() if name != reference]
+
+
+__all__ = ["ScoredRun", "compare_runs", "differences", "evaluate_megc_log", "evaluate_run_dir", "read_log",
+           "read_run_dir", "read_scored"]

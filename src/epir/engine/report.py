@@ -133,7 +133,7 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         evaluation = _evaluation(cfg, results)
         cells: dict[str, tuple[float, float]] = {}
         if evaluation == "CDE":
-            row["_ci"]["full"] = results
+            row["_ci"]["full"] = {key: results.get(f"{key}_ci") for key in ("uf1", "uar")}
             for key in ("uf1", "uar"):
                 cells[f"full_{key}"] = (results[key], results.get(f"{key}_std", 0.0))
             for src, entry in results["per_dataset"].items():
@@ -143,7 +143,7 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         else:
             src = evaluation[len("SDE("):-1]
             sde.append(src)
-            row["_ci"][f"sde_{src}"] = results
+            row["_ci"][f"sde_{src}"] = {key: results.get(f"{key}_ci") for key in ("uf1", "uar")}
             for key in ("uf1", "uar"):
                 cells[f"sde_{src}_{key}"] = (results[key], results.get(f"{key}_std", 0.0))
         for k, v in cells.items():
@@ -175,7 +175,7 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         for col in columns:  # the subject-bootstrap intervals of whole runs (results.json uf1_ci / uar_ci), last
             if not col.startswith("cde_"):
                 for key in ("uf1", "uar"):
-                    ci = (row["_ci"].get(col) or {}).get(f"{key}_ci") or (None, None)
+                    ci = row["_ci"].get(col, {}).get(key) or (None, None)
                     flat[f"{col}_{key}_ci_low"], flat[f"{col}_{key}_ci_high"] = ci
         out.append(flat)
     table = pd.DataFrame(out)

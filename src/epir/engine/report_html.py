@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from epir.engine.records import LosoResults
+from epir.engine.uncertainty import describe_ci, format_interval
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -195,24 +196,21 @@ def results_table(results: dict[str, Any]) -> str:
     """The overall and per-dataset UF1/UAR as an HTML table (mean ± std with several seeds)."""
     record = LosoResults.from_json(results)
     seeds = len(record.seeds)
-    meta = results.get("ci") if record.overall.uf1_ci is not None else None
-
-    def interval(ci: tuple[float, float] | None) -> str:
-        return f"<td>[{ci[0]:.3f}, {ci[1]:.3f}]</td>" if ci is not None else "<td>-</td>"
-
+    shown = record.overall.uf1_ci is not None
     body = "".join(
         f"<tr><td>{html.escape(name)}</td><td>{s.n}</td><td>{_fmt(s.uf1, s.uf1_std, seeds)}</td>"
         f"<td>{_fmt(s.uar, s.uar_std, seeds)}</td>"
-        + (interval(s.uf1_ci) + interval(s.uar_ci) if meta else "") + "</tr>" for name, s in record.rows()
+        + (f"<td>{format_interval(s.uf1_ci)}</td><td>{format_interval(s.uar_ci)}</td>" if shown else "") + "</tr>"
+        for name, s in record.rows()
     )
     head = "<tr><th>dataset</th><th>n</th><th>UF1</th><th>UAR</th>"
     note = ""
-    if isinstance(meta, dict):
+    if shown:
+        meta: dict[str, Any] = results["ci"] if isinstance(results.get("ci"), dict) else {}
         pct = f"{meta.get('level', 0.95):.0%} CI"
         head += f"<th>UF1 {pct}</th><th>UAR {pct}</th>"
-        note = (f"<p>CI: subject bootstrap ({html.escape(str(meta.get('method')))}, {meta.get('resamples')} resamples "
-                f"of {meta.get('subjects')} subjects): how far the score moves with the subjects drawn. Two runs are "
-                "compared with <code>epir evaluate RUN --versus OTHER</code>.</p>")
+        note = (f"<p>CI: {html.escape(describe_ci(meta))}: how far the score moves with the subjects drawn. Two runs "
+                "are compared with <code>epir evaluate RUN --versus OTHER</code>.</p>")
     return f"<table>{head}</tr>{body}</table>{note}"
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from epir.engine.metrics import megc_scores
 from epir.engine.records import LosoResults, Scores, first_bad_probability_row
-from epir.engine.uncertainty import LEVEL, RESAMPLES, bootstrap_ci
+from epir.engine.uncertainty import LEVEL, RESAMPLES, bootstrap_ci, describe_ci, format_interval
 from epir.errors import DatasetError, DatasetNotFoundError
 
 HONEST = "honest"
@@ -307,14 +307,11 @@ def format_summary(results: dict[str, Any], title: str = "") -> str:
         mean, std = getattr(scores, key), getattr(scores, f"{key}_std")
         return f"{mean:.4f} ± {std:.4f}" if len(record.seeds) > 1 else f"{mean:.4f}"
 
-    def interval(scores: Scores, key: str) -> str:
-        ci = getattr(scores, f"{key}_ci")
-        return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci is not None else "-"
-
-    ci = results.get("ci") if record.overall.uf1_ci is not None else None
-    pct = f"{ci.get('level', 0.95):.0%} CI" if isinstance(ci, dict) else ""
+    shown = record.overall.uf1_ci is not None
+    meta: dict[str, Any] = results["ci"] if isinstance(results.get("ci"), dict) else {}
     head = f"{'dataset':<12} {'n':>5}  {'UF1':>17}  {'UAR':>17}"
-    if ci:
+    if shown:
+        pct = f"{meta.get('level', 0.95):.0%} CI"
         head += f"  {'UF1 ' + pct:>16}  {'UAR ' + pct:>16}"
     lines = []
     if title:
@@ -324,18 +321,17 @@ def format_summary(results: dict[str, Any], title: str = "") -> str:
     lines += [head, "-" * len(head)]
     for name, s in record.rows():
         row = f"{name:<12} {s.n:>5}  {cell(s, 'uf1'):>17}  {cell(s, 'uar'):>17}"
-        if ci:
-            row += f"  {interval(s, 'uf1'):>16}  {interval(s, 'uar'):>16}"
+        if shown:
+            row += f"  {format_interval(s.uf1_ci):>16}  {format_interval(s.uar_ci):>16}"
         lines.append(row)
     if results.get("input_transform"):
         t = results["input_transform"]
         lines.append(f"input transform: {t.get('input_transform')} (landmarks: {t.get('landmarks', 'n/a')})")
     if "accuracy" in results:
         lines.append(f"accuracy {results['accuracy']:.4f}")
-    if isinstance(ci, dict):
+    if shown:
         seeds = "; ± is the spread over seeds" if len(record.seeds) > 1 else ""
-        lines.append(f"CI: subject bootstrap ({ci.get('method', 'percentile')}, {ci.get('resamples')} resamples of "
-                     f"{ci.get('subjects')} subjects), how far the score moves with the subjects drawn{seeds}")
+        lines.append(f"CI: {describe_ci(meta)}, how far the score moves with the subjects drawn{seeds}")
     if results["protocol"] == ORACLE:
         lines.append("NOTE: oracle-epoch (optimistic): the epoch was chosen on each held-out subject's test data.")
     return "\n".join(lines)

@@ -1,16 +1,12 @@
 """Tables of several runs (ablation arms, compared models): one row per run, markdown and CSV."""
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from epir.config import RunConfig
 from epir.engine.records import LosoResults
-from epir.engine.results import read_predictions
-from epir.engine.uncertainty import paired_difference
 from epir.models import build_model
 from epir.profiling import count_flops, count_parameters, measure_latency
 
@@ -45,21 +41,10 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     return row
 
 
-def differences(run_dirs: Mapping[str, Path], reference: str, absent: str = "skip") -> list[dict[str, Any]]:
-    """Every run but ``reference`` minus ``reference``, on the same samples (paired subject bootstrap of
-    :func:`epir.engine.uncertainty.paired_difference`); ``run_dirs`` maps a row's name to its run directory.
-    Empty when the runs hold a single subject (nothing to resample).
-    """
-    preds = {name: read_predictions(Path(d) / "predictions.csv") for name, d in run_dirs.items()}
-    ref, classes = preds[reference]
-    if ref["subject"].nunique() < 2:  # one held-out subject: nothing to resample
-        return []
-    return [paired_difference(p, ref, len(classes), absent=absent, names=(name, reference))
-            for name, (p, _) in preds.items() if name != reference]
-
-
 def differences_markdown(diffs: list[dict[str, Any]]) -> str:
-    """The differences of :func:`differences` as a markdown table (empty text when there are none)."""
+    """The differences of :func:`epir.engine.evaluate.differences` as a markdown table (empty text when there are
+    none).
+    """
     if not diffs:
         return ""
     pct = f"{diffs[0]['level']:.0%}"

@@ -208,6 +208,17 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
             "subjects": len(subjects), "seed": seed}
 
 
+def format_interval(ci: Sequence[float] | None) -> str:
+    """``[low, high]`` at 3 decimals, or ``-`` when there is none (a source of one subject, an older run)."""
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci is not None else "-"
+
+
+def describe_ci(meta: dict[str, Any]) -> str:
+    """How the intervals of a ``results.json`` were computed (its ``ci`` entry), in a few words."""
+    return (f"subject bootstrap ({meta.get('method', METHOD)}, {meta.get('resamples')} resamples of "
+            f"{meta.get('subjects')} subjects)")
+
+
 def format_difference(result: dict[str, Any]) -> str:
     """A few lines: A - B on UF1 and UAR with the interval and p_not_better (for the CLI and benchmarks)."""
     a, b = result["names"]
@@ -222,5 +233,5 @@ def format_difference(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["COLUMNS", "LEVEL", "METHOD", "RESAMPLES", "UNIT", "bootstrap_ci", "format_difference",
-           "paired_difference", "scores_of_counts", "subject_counts"]
+__all__ = ["COLUMNS", "LEVEL", "METHOD", "RESAMPLES", "UNIT", "bootstrap_ci", "describe_ci", "format_difference",
+           "format_interval", "paired_difference", "scores_of_counts", "subject_counts"]
