@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from epir.cli import main
-from epir.engine.compare import split_overrides
-from epir.errors import ConfigError
+from epir.config import RunConfig
+from epir.engine.compare import parse_arm, split_overrides
+from epir.errors import ConfigError, UnknownNameError
 
 TINY = ["--set", "epir:model.dim=12", "--set", "epir:model.heads=2", "--set", "epir:model.projection_dim=8",
         "--set", "htnet:model.dim=16", "--set", "htnet:model.heads=2", "--set", "htnet:model.block_repeats=[1,1,1]",
@@ -46,6 +47,36 @@ def test_compare_three_models_same_folds(fake_root, tmp_path, capsys):
     assert [d["names"] for d in diffs] == [["htnet", "epir"], ["ststnet", "epir"]]
     assert all(d["subjects"] == 2 and d["uf1"]["ci"][0] <= d["uf1"]["difference"] <= d["uf1"]["ci"][1] for d in diffs)
     assert "| htnet - epir |" in md and "paired subject bootstrap" in md
+
+
+def test_arms_of_one_model(fake_root, tmp_path, capsys):
+    """MODEL@RECIPE compares recipes of one model on the same folds: each arm its own recipe and run folder."""
+    out = tmp_path / "cmp"
+    code = main(["compare", "--models", "epir", "epir@alone", "--dataset", "megc2019", "--root", str(fake_root),
+                 "--folds", "casme2/sub01", "samm/006", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+                 "--out", str(out), "--no-progress", *TINY[:6], "--set", "epir@alone:train.lr=0.002"])
+    assert code == 0, capsys.readouterr().err
+    assert list(pd.read_csv(out / "comparison.csv")["name"]) == ["epir", "epir@alone"]
+    default, alone = (RunConfig.load(out / arm / "config.yaml") for arm in ("epir", "epir@alone"))
+    assert default.train.distill == "ststnet" and alone.train.distill == ""  # each arm's own recipe
+    assert default.model.args["dim"] == alone.model.args["dim"] == 12  # epir: reaches every arm of the model
+    assert (default.train.lr, alone.train.lr) == (1e-3, 2e-3)  # epir@alone: reaches that arm only
+    assert (out / "confusion_epir@alone.png").is_file()
+    diffs = json.loads((out / "differences.json").read_text())
+    assert [d["names"] for d in diffs] == [["epir@alone", "epir"]]
+    assert "recipes: epir default, epir@alone)" in (out / "comparison.md").read_text()
+
+
+def test_arm_names_are_checked():
+    assert parse_arm("epir") == ("epir", None) and parse_arm("htnet@cpu") == ("htnet", "cpu")
+    with pytest.raises(ConfigError, match="Did you mean 'cpu'"):
+        parse_arm("htnet@cpuu")
+    with pytest.raises(ConfigError, match="expected MODEL or MODEL@RECIPE"):
+        parse_arm("epir@")
+    with pytest.raises(UnknownNameError, match="Did you mean 'htnet'"):
+        parse_arm("htnett@cpu")
+    assert split_overrides(["epir", "epir@alone", "ststnet"], ["epir:model.dim=8", "epir@alone:train.lr=1"]) == {
+        "epir": ["model.dim=8"], "epir@alone": ["model.dim=8", "train.lr=1"], "ststnet": []}
 
 
 def test_compare_oracle_protocol_is_labelled(fake_root, tmp_path, capsys):

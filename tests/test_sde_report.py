@@ -132,6 +132,10 @@ def test_settings_that_differ_from_the_defaults_name_the_row() -> None:
     assert config_label(make_config("htnet", recipe="cpu", overrides=["data.input_transform=mosaic"])) == \
         "htnet (recipe cpu; mosaic input)"
     assert config_label(make_config("epir", overrides=["model.dtsm=false"])) == "epir (dtsm=False)"
+    # another named recipe with a change: named by the recipe it is nearest, then the change
+    assert config_label(make_config("epir", recipe="alone", overrides=["train.epochs=2"])) == \
+        "epir (recipe alone; train.epochs=2)"
+    assert config_label(make_config("epir", overrides=["train.epochs=2"])) == "epir (train.epochs=2)"
 
 
 def test_report_cli_and_compare_directories(runs: dict[str, Path], tmp_path: Path, capsys) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,30 @@ def test_interval_holds_the_point_and_is_reproducible() -> None:
     assert bootstrap_ci(df, 3, seed=1) != ci
     narrow = bootstrap_ci(df, 3, level=0.5)
     assert narrow is not None and ci["uf1"][0] <= narrow["uf1"][0] <= narrow["uf1"][1] <= ci["uf1"][1]
+
+
+def test_bca_and_basic_intervals() -> None:
+    """The other ways to read an interval off the same resamples: near the percentile one on a well-behaved run,
+    recorded in the result, and finite where every resample scores the same (BCa's jackknife has no spread there)."""
+    df = predictions(n_subjects=30)
+    point = megc_scores(df["true"], df["predicted"], 3)
+    pct = bootstrap_ci(df, 3)
+    assert pct is not None
+    for method in ("bca", "basic"):
+        ci = bootstrap_ci(df, 3, method=method)
+        assert ci is not None and ci["method"] == method and ci["uf1"] != pct["uf1"]
+        assert ci["uf1"][0] < point["uf1"] < ci["uf1"][1]
+        assert abs(ci["uf1"][0] - pct["uf1"][0]) < 0.05 and abs(ci["uf1"][1] - pct["uf1"][1]) < 0.05
+    alike = pd.DataFrame([(0, f"s{s}", "x", f"c{j}", j, j) for s in range(5) for j in range(3)],
+                         columns=["seed", "subject", "source", "clip", "true", "predicted"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ci = bootstrap_ci(alike, 3, method="bca")
+    assert ci is not None and ci["uf1"] == [1.0, 1.0] and ci["uar"] == [1.0, 1.0]
+    diff = paired_difference(df, df, 3, method="bca")
+    assert diff["method"] == "bca" and diff["uf1"]["ci"] == [0.0, 0.0]
+    with pytest.raises(ConfigError, match="interval method 'BCa' is not one of"):
+        bootstrap_ci(df, 3, method="BCa")
 
 
 def test_the_subject_is_what_is_resampled() -> None:
@@ -197,6 +222,10 @@ def test_evaluate_interval_options(two_runs: tuple[Path, Path], capsys) -> None:
     assert got["ci"]["level"] == 0.8 and got["ci"]["resamples"] == 400
     assert main(["evaluate", str(a), "--resamples", "5"]) == 2
     assert "resamples must be a whole number >= 100" in capsys.readouterr().err
+    assert main(["evaluate", str(a), "--method", "bca"]) == 0
+    assert "subject bootstrap (bca, 2000 resamples of 20 subjects)" in capsys.readouterr().out
+    assert main(["evaluate", str(a), "--versus", str(a), "--method", "bca", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "bca"
 
 
 def test_evaluate_versus_other_samples_is_one_line(two_runs: tuple[Path, Path], tmp_path: Path, capsys) -> None:

@@ -20,7 +20,7 @@ from epir.engine.loso import run_loso
 from epir.engine.pretrain import PRETRAIN_EPOCHS, pretrain
 from epir.engine.report import build_report, to_markdown, write_report
 from epir.engine.results import ORACLE, format_summary
-from epir.engine.uncertainty import LEVEL, RESAMPLES, format_difference
+from epir.engine.uncertainty import LEVEL, METHOD, METHODS, RESAMPLES, format_difference
 from epir.errors import EpirError
 from epir.inference.cli import add_parser as add_inference
 from epir.models import MODELS, default_recipe, describe_args, list_models, list_recipes, recipe_settings
@@ -103,7 +103,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Handler of ``epir evaluate``: score a run directory or a MEGC2019 log."""
     if (args.run_dir is None) == (args.megc_log is None):
         raise EpirError("epir evaluate takes a RUN_DIR or --megc-log FILE (exactly one).")
-    ci = {"resamples": args.resamples, "level": args.level}
+    ci = {"resamples": args.resamples, "level": args.level, "method": args.method}
     if args.versus is not None:
         diff = compare_runs(args.megc_log or args.run_dir, args.versus, **ci)
         if args.json:
@@ -247,7 +247,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("compare", help="several models on the same folds and seeds: one table and figures")
-    p.add_argument("--models", nargs="+", required=True, metavar="MODEL")
+    p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                   help="the arms, run on the same folds and seeds: a registered model (epir list models), or "
+                        "MODEL@RECIPE for one of its named recipes (epir list recipes --model MODEL), so that "
+                        "recipes of one model can be compared, e.g. epir epir@teacher3-mix-shared ststnet; the first "
+                        "is the reference of the paired differences")
     p.add_argument("--protocol", choices=["honest", "oracle-epoch"], default="honest",
                    help="oracle-epoch is OPTIMISTIC (epoch chosen on each held-out subject) and labelled so")
     p.add_argument("--recipe", dest="recipes", action="append", default=[], metavar="MODEL:NAME",
@@ -268,6 +272,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=RESAMPLES,
                    help=f"bootstrap resamples of the intervals (default {RESAMPLES})")
     p.add_argument("--level", type=float, default=LEVEL, help=f"confidence level of the intervals (default {LEVEL})")
+    p.add_argument("--method", choices=list(METHODS), default=METHOD,
+                   help=f"how an interval is read off the resamples (default {METHOD}; bca: bias-corrected and "
+                        "accelerated, which adds a jackknife over the subjects; basic: reverse percentile)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="the paper-style table (CDE and SDE columns) from finished runs")

@@ -140,7 +140,8 @@ def add_recipe_options(p: argparse.ArgumentParser, *, per_model: bool = False) -
     p.add_argument("--lr", type=float, help="override the recipe's learning rate")
     if per_model:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="[MODEL:]KEY=VALUE",
-                       help="override a config field for every model, or for one with MODEL: in front")
+                       help="override a config field for every arm, for every arm of one model with MODEL: in "
+                            "front, or for one arm with MODEL@RECIPE: in front")
     else:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config field, e.g. train.weight_decay=0.01 or model.dim=32 (repeatable)")

@@ -17,19 +17,41 @@ from epir.engine.runstore import write_json_atomic
 from epir.engine.tables import differences_markdown, run_row, to_markdown
 from epir.errors import ConfigError
 from epir.fileio import writable_dir
-from epir.models import MODELS
+from epir.models import MODELS, default_recipe
+
+#: Separates a model from one of its named recipes in a compared arm: ``epir@alone`` (``epir list recipes``).
+ARM_SEP = "@"
+
+
+def parse_arm(arm: str) -> tuple[str, str | None]:
+    """A compared arm, ``MODEL`` or ``MODEL@RECIPE``, as (model, recipe or None); the names are checked."""
+    model, sep, recipe = arm.partition(ARM_SEP)
+    if sep and not (model and recipe):
+        raise ConfigError(f"models (--models) {arm!r}: expected MODEL or MODEL{ARM_SEP}RECIPE, e.g. "
+                          f"epir{ARM_SEP}alone (epir list recipes --model MODEL).")
+    MODELS.get(model)  # an unknown model fails before any training
+    if sep:
+        try:
+            default_recipe(model, recipe)
+        except ConfigError as e:
+            raise ConfigError(f"models (--models) {arm!r}: {e} (epir list recipes --model {model})") from None
+    return model, recipe or None
 
 
 def split_overrides(models: Sequence[str], overrides: Sequence[str]) -> dict[str, list[str]]:
-    """``KEY=VALUE`` applies to every model, ``MODEL:KEY=VALUE`` to that model only."""
+    """``KEY=VALUE`` applies to every arm, ``ARM:KEY=VALUE`` to that arm only, and ``MODEL:KEY=VALUE`` to every arm
+    of that model (``epir:...`` to ``epir`` and ``epir@alone`` alike).
+    """
     per_model: dict[str, list[str]] = {m: [] for m in models}
     for item in overrides:
         head, sep, rest = item.partition(":")
         if sep and "=" not in head:
-            if head not in per_model:
+            targets = [m for m in models if head in (m, m.partition(ARM_SEP)[0])]
+            if not targets:
                 raise ConfigError(f"overrides (--set) {item!r}: {head!r} is not one of the compared models "
                                   f"{list(models)}.")
-            per_model[head].append(rest)
+            for m in targets:
+                per_model[m].append(rest)
         else:
             for m in models:
                 per_model[m].append(item)
@@ -81,35 +103,39 @@ def run_compare(
     data: FlowDataset | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """LOSO of every model in ``models`` on the same folds and seeds, each with its own default recipe
-    (or the named one in ``recipes``, e.g. ``{"htnet": "cpu"}``).
+    """LOSO of every arm in ``models`` on the same folds and seeds: a registered model with its default recipe (or
+    the named one in ``recipes``, e.g. ``{"htnet": "cpu"}``), or ``MODEL@RECIPE`` for one of its named recipes, so
+    that several recipes of one model can be compared (``["epir", "epir@teacher3-mix-shared", "ststnet"]``).
 
-    Writes ``comparison.md``, ``comparison.csv``, ``scores.png`` and ``confusion_<model>.png`` into
-    ``out_dir``, and ``differences.json``: every other model minus the first on the same samples, with the interval
-    of a paired subject bootstrap (:func:`epir.engine.uncertainty.paired_difference`); each model's run directory
-    (predictions, MEGC log) is ``out_dir/<model>``.
+    Writes ``comparison.md``, ``comparison.csv``, ``scores.png`` and ``confusion_<arm>.png`` into
+    ``out_dir``, and ``differences.json``: every other arm minus the first on the same samples, with the interval
+    of a paired subject bootstrap (:func:`epir.engine.uncertainty.paired_difference`); each arm's run directory
+    (predictions, MEGC log) is ``out_dir/<arm>``.
     """
     if protocol not in ("honest", "oracle-epoch"):
         raise ConfigError(f"protocol={protocol!r} (--protocol); expected honest or oracle-epoch.")
-    recipes = recipes or {}
+    recipes = dict(recipes or {})
     if not models:
         raise ConfigError("models (--models): name at least one registered model (epir list models).")
     twice = repeated(models)
     if twice:
-        raise ConfigError(f"models (--models) {list(models)} names {twice[0]!r} more than once; name each model once "
-                          "(a model's variants are compared by epir ablate --levers, or by loso runs in one report).")
-    for m in [*models, *recipes]:
-        MODELS.get(m)  # unknown names fail before any training
+        raise ConfigError(f"models (--models) {list(models)} names {twice[0]!r} more than once; name each arm once "
+                          f"(another recipe of a model is MODEL{ARM_SEP}RECIPE, its components epir ablate).")
+    arms = {m: parse_arm(m) for m in models}  # unknown names fail before any training
     for m in recipes:
+        MODELS.get(m)
         if m not in models:
             raise ConfigError(f"recipes (--recipe) {m}:{recipes[m]}: {m!r} is not one of the compared models "
                               f"{list(models)}.")
+    for m, (_, recipe) in arms.items():
+        if recipe is not None:
+            recipes[m] = recipe
     out = writable_dir(out_dir, "comparison folder")
     per_model = split_overrides(models, overrides)
     configs = {
-        m: make_config(m, dataset, root=root, seeds=seeds, folds=folds, oracle_epoch=protocol == "oracle-epoch",
+        m: make_config(model, dataset, root=root, seeds=seeds, folds=folds, oracle_epoch=protocol == "oracle-epoch",
                        overrides=per_model[m], recipe=recipes.get(m))
-        for m in models
+        for m, (model, _) in arms.items()
     }
     if data is None:
         first = configs[models[0]]
@@ -129,7 +155,7 @@ def run_compare(
     (out / "comparison.md").write_text(
         f"# Comparison on {data.name} ({label}, seeds {list(seeds)}, "
         f"{rows[0]['n_folds']} folds; recipes: "
-        + ", ".join(f"{m} {recipes.get(m, 'default')}" for m in models) + ")\n\n"
+        + ", ".join(m if ARM_SEP in m else f"{m} {recipes.get(m, 'default')}" for m in models) + ")\n\n"
         + to_markdown(table, "model") + ("\n" + differences_markdown(diffs) if diffs else "")
     )
     plot_scores(table, out / "scores.png", f"{data.name}: {label}")
@@ -143,4 +169,4 @@ def run_compare(
     return table
 
 
-__all__ = ["run_compare", "split_overrides"]
+__all__ = ["ARM_SEP", "parse_arm", "run_compare", "split_overrides"]

@@ -13,7 +13,7 @@ from epir.config import RunConfig
 from epir.data.base import COMPOSITE_CLASSES
 from epir.engine.loso import evaluation_of
 from epir.engine.results import ORACLE, UNKNOWN, read_megc_log, read_megc_log_meta, read_predictions, summarize
-from epir.engine.uncertainty import LEVEL, RESAMPLES, paired_difference
+from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, paired_difference
 from epir.errors import ConfigError, DatasetNotFoundError
 
 
@@ -67,38 +67,40 @@ def read_scored(path: str | Path) -> ScoredRun:
     return read_log(path) if path.is_file() else read_run_dir(path)
 
 
-def _summary(run: ScoredRun, absent: str, resamples: int, level: float) -> dict[str, Any]:
+def _summary(run: ScoredRun, absent: str, resamples: int, level: float, method: str) -> dict[str, Any]:
     results = summarize(run.predictions, run.class_names, run.protocol, absent, ci_resamples=resamples,
-                        ci_level=level)
+                        ci_level=level, ci_method=method)
     results["n"] = int(len(run.predictions) // run.predictions["seed"].nunique())
     if run.evaluation:
         results["evaluation"] = run.evaluation
     return results
 
 
-def evaluate_run_dir(run_dir: str | Path, *, resamples: int = RESAMPLES, level: float = LEVEL) -> dict[str, Any]:
+def evaluate_run_dir(run_dir: str | Path, *, resamples: int = RESAMPLES, level: float = LEVEL,
+                     method: str = METHOD) -> dict[str, Any]:
     """Metrics of ``RUN_DIR/predictions.csv`` with the run's protocol and absent-class policy (and the intervals of
-    :mod:`epir.engine.uncertainty` with ``resamples`` and ``level``).
+    :mod:`epir.engine.uncertainty` with ``resamples``, ``level`` and ``method``).
     """
     run = read_run_dir(run_dir)
-    return _summary(run, run.absent, resamples, level)
+    return _summary(run, run.absent, resamples, level, method)
 
 
 def evaluate_megc_log(path: str | Path, absent: str = "skip", *, resamples: int = RESAMPLES,
-                      level: float = LEVEL) -> dict[str, Any]:
+                      level: float = LEVEL, method: str = METHOD) -> dict[str, Any]:
     """Metrics of a MEGC2019 submission log (labels 0..K-1; three classes are named as the composite's)."""
-    return _summary(read_log(path), absent, resamples, level)
+    return _summary(read_log(path), absent, resamples, level, method)
 
 
 def compare_runs(a: str | Path, b: str | Path, *, resamples: int = RESAMPLES, level: float = LEVEL,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, method: str = METHOD) -> dict[str, Any]:
     """A - B of two finished runs (run directories or MEGC2019 logs) over the same samples: the paired subject
     bootstrap of :func:`epir.engine.uncertainty.paired_difference`, with each run's protocol.
 
     Raises:
         ConfigError: other classes, another absent-class policy, or other samples or labels.
     """
-    return _paired(read_scored(a), read_scored(b), (str(a), str(b)), resamples=resamples, level=level, seed=seed)
+    return _paired(read_scored(a), read_scored(b), (str(a), str(b)), resamples=resamples, level=level, seed=seed,
+                   method=method)
 
 
 def _paired(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str], **bootstrap: Any) -> dict[str, Any]:

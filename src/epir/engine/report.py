@@ -73,16 +73,23 @@ def _evaluation(cfg: RunConfig, results: dict[str, Any]) -> str:
 
 
 def config_label(cfg: RunConfig) -> str:
-    """The model's name plus whatever differs from its defaults: ``htnet (recipe cpu; mosaic input)``."""
+    """The model's name plus whatever differs from its defaults: ``htnet (recipe cpu; mosaic input)``.
+
+    A recipe is named by the registered recipe it differs least from (the default on a tie), then the settings it
+    changes: ``epir (recipe alone; train.epochs=2)`` rather than the many settings by which ``alone`` differs from the
+    default.
+    """
     name = cfg.model.name
     parts = []
-    if cfg.train != default_recipe(name):
-        named = [r for r in list_recipes(name) if default_recipe(name, r) == cfg.train]
-        if named:
-            parts.append(f"recipe {named[0]}")
-        else:
-            base, train = asdict(default_recipe(name)), asdict(cfg.train)
-            parts += [f"train.{k}={v}" for k, v in train.items() if base.get(k) != v]
+    train = asdict(cfg.train)
+    changed: dict[str, list[str]] = {}
+    for recipe in [None, *(r for r in list_recipes(name) if r != "default")]:
+        base = asdict(default_recipe(name, recipe))
+        changed.setdefault(recipe or "default", [f"train.{k}={v}" for k, v in train.items() if base.get(k) != v])
+    nearest = min(changed, key=lambda r: len(changed[r]))  # the first of the fewest: the default on a tie
+    if nearest != "default":
+        parts.append(f"recipe {nearest}")
+    parts += changed[nearest]
     defaults = model_defaults(name)
     parts += [f"{k}={v}" for k, v in sorted(cfg.model.args.items())
               if k in defaults and _norm(defaults[k]) != _norm(v)]

@@ -12,7 +12,7 @@ import pandas as pd
 
 from epir.engine.metrics import megc_scores
 from epir.engine.records import LosoResults, Scores, first_bad_probability_row
-from epir.engine.uncertainty import LEVEL, RESAMPLES, bootstrap_ci, describe_ci, format_interval
+from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, bootstrap_ci, describe_ci, format_interval
 from epir.errors import DatasetError, DatasetNotFoundError
 
 HONEST = "honest"
@@ -37,6 +37,7 @@ def summarize(
     *,
     ci_resamples: int = RESAMPLES,
     ci_level: float = LEVEL,
+    ci_method: str = METHOD,
 ) -> dict[str, Any]:
     """Metrics of pooled predictions, per seed and as mean and (sample) standard deviation over seeds.
 
@@ -50,6 +51,7 @@ def summarize(
         absent: absent-class policy (see :mod:`epir.engine.metrics`).
         ci_resamples: bootstrap resamples of the intervals.
         ci_level: their confidence level.
+        ci_method: how they are read off the resamples (``percentile``, ``bca`` or ``basic``).
     """
     k = len(class_names)
     per_seed = []
@@ -78,7 +80,7 @@ def summarize(
     out: dict[str, Any] = {"protocol": protocol}
     for key in ("uf1", "uar", "accuracy"):
         out[key], out[f"{key}_std"] = _mean_std([s[key] for s in per_seed])
-    ci = bootstrap_ci(predictions, k, absent=absent, resamples=ci_resamples, level=ci_level)
+    ci = bootstrap_ci(predictions, k, absent=absent, resamples=ci_resamples, level=ci_level, method=ci_method)
     if ci is not None:
         out["uf1_ci"], out["uar_ci"] = ci.pop("uf1"), ci.pop("uar")
         out["ci"] = ci
@@ -90,7 +92,7 @@ def summarize(
             entry[key], entry[f"{key}_std"] = _mean_std([r["per_dataset"][src][key] for r in per_seed])
         entry["n"] = per_seed[0]["per_dataset"][src]["n"]
         src_ci = bootstrap_ci(predictions[predictions["source"].astype(str) == src], k, absent=absent,
-                              resamples=ci_resamples, level=ci_level)
+                              resamples=ci_resamples, level=ci_level, method=ci_method)
         if src_ci is not None:
             entry["uf1_ci"], entry["uar_ci"] = src_ci["uf1"], src_ci["uar"]
         out["per_dataset"][src] = entry

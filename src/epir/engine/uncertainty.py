@@ -9,7 +9,8 @@ run reports; the interval is therefore about the choice of subjects, not about t
 ``_std`` figures).
 
 - :func:`bootstrap_ci`: the percentile interval of UF1 and UAR (``level``, 95% by default) over ``resamples``
-  resamples (:func:`scipy.stats.bootstrap`, ``method="percentile"``).
+  resamples (:func:`scipy.stats.bootstrap`, ``method="percentile"``; ``method="bca"`` for the bias-corrected and
+  accelerated interval, ``"basic"`` for the reverse percentile).
 - :func:`paired_difference`: two runs over the same samples (two models, two recipes) resampled together: the
   interval of the difference A - B, and the share of resamples in which A does not beat B (a one-sided bootstrap
   p-value; small means A's lead is unlikely to come from which subjects happened to be held out).
@@ -19,6 +20,7 @@ own subjects. A difference whose interval holds 0 is not a result.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,8 +35,10 @@ from epir.errors import ConfigError
 RESAMPLES = 2000
 #: Confidence level of the intervals.
 LEVEL = 0.95
-#: How the interval is read from the resampled scores (scipy.stats.bootstrap's ``method``).
+#: How the interval is read from the resampled scores, by default.
 METHOD = "percentile"
+#: The interval methods offered, each with scipy.stats.bootstrap's name for it.
+METHODS = {"percentile": "percentile", "basic": "basic", "bca": "BCa"}
 #: Resamples scored at once (bounds memory: seeds x BATCH x subjects x K x K counts).
 BATCH = 250
 #: What one resample draws.
@@ -52,7 +56,7 @@ def _check(predictions: pd.DataFrame, name: str) -> None:
         raise ConfigError(f"{name} has no rows; expected a run's predictions.")
 
 
-def _check_options(resamples: int, level: float, absent: str) -> None:
+def _check_options(resamples: int, level: float, absent: str, method: str = METHOD) -> None:
     if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 100:
         raise ConfigError(f"resamples must be a whole number >= 100 (a bootstrap of fewer is noise), got "
                           f"{resamples!r}.")
@@ -60,6 +64,9 @@ def _check_options(resamples: int, level: float, absent: str) -> None:
         raise ConfigError(f"level must be a confidence level in [0.5, 1), e.g. 0.95, got {level!r}.")
     if absent not in ABSENT_POLICIES:
         raise ConfigError(f"absent-class policy {absent!r} is not one of {ABSENT_POLICIES}.")
+    if method not in METHODS:
+        raise ConfigError(f"interval method {method!r} is not one of {list(METHODS)} (percentile: the default; bca: "
+                          f"bias-corrected and accelerated; basic: reverse percentile).")
 
 
 def _cluster(predictions: pd.DataFrame) -> pd.Series:
@@ -116,19 +123,27 @@ def _resampled(counts: np.ndarray, idx: np.ndarray, absent: str) -> np.ndarray:
     return np.stack(scores_of_counts(pooled, absent)).mean(axis=1)
 
 
-def _bootstrap(statistic: Any, n_subjects: int, resamples: int, level: float, seed: int) -> Any:
-    return stats.bootstrap((np.arange(n_subjects),), statistic, n_resamples=resamples, vectorized=True, axis=-1,
-                           batch=BATCH, confidence_level=level, method=METHOD, rng=np.random.default_rng(seed))
+def _bootstrap(statistic: Any, n_subjects: int, resamples: int, level: float, seed: int, method: str) -> Any:
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        # BCa where every subject scores alike has no spread to correct: NaN ends (and scipy's warning), which
+        # _interval turns into the one value every resample gave
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        return stats.bootstrap((np.arange(n_subjects),), statistic, n_resamples=resamples, vectorized=True, axis=-1,
+                               batch=BATCH, confidence_level=level, method=METHODS[method],
+                               rng=np.random.default_rng(seed))
 
 
 def _interval(result: Any, i: int) -> list[float]:
     """The interval of the ``i``-th score (0: UF1, 1: UAR) of a two-score bootstrap."""
     ci = result.confidence_interval
-    return [round(float(ci.low[i]), 6), round(float(ci.high[i]), 6)]
+    low, high = float(ci.low[i]), float(ci.high[i])
+    if not (np.isfinite(low) and np.isfinite(high)):  # BCa where every resample scores the same: no spread at all
+        low = high = float(result.bootstrap_distribution[i].mean())
+    return [round(low, 6), round(high, 6)]
 
 
 def bootstrap_ci(predictions: pd.DataFrame, num_classes: int, *, absent: str = "skip", resamples: int = RESAMPLES,
-                 level: float = LEVEL, seed: int = 0) -> dict[str, Any] | None:
+                 level: float = LEVEL, seed: int = 0, method: str = METHOD) -> dict[str, Any] | None:
     """Subject-bootstrap interval of a run's UF1 and UAR (the mean over seeds).
 
     Args:
@@ -138,19 +153,22 @@ def bootstrap_ci(predictions: pd.DataFrame, num_classes: int, *, absent: str = "
         resamples: bootstrap resamples (at least 100).
         level: confidence level.
         seed: the resampling generator's seed (the interval is reproducible).
+        method: ``percentile`` (default), ``bca`` (bias-corrected and accelerated: adds a jackknife over the
+            subjects) or ``basic``.
 
     Returns:
         ``{"uf1": [low, high], "uar": [low, high], "level", "resamples", "method", "unit", "subjects", "seed"}``, or
         None when there are fewer than 2 subjects (nothing to resample).
     """
     _check(predictions, "predictions")
-    _check_options(resamples, level, absent)
+    _check_options(resamples, level, absent, method)
     counts, subjects = subject_counts(predictions, num_classes)
     if len(subjects) < 2:
         return None
-    res = _bootstrap(lambda idx, axis=-1: _resampled(counts, idx, absent), len(subjects), resamples, level, seed)
+    res = _bootstrap(lambda idx, axis=-1: _resampled(counts, idx, absent), len(subjects), resamples, level, seed,
+                     method)
     return {"uf1": _interval(res, 0), "uar": _interval(res, 1), "level": level, "resamples": resamples,
-            "method": METHOD, "unit": UNIT, "subjects": len(subjects), "seed": seed}
+            "method": method, "unit": UNIT, "subjects": len(subjects), "seed": seed}
 
 
 def _samples(predictions: pd.DataFrame) -> pd.Series:
@@ -163,11 +181,12 @@ def _samples(predictions: pd.DataFrame) -> pd.Series:
 
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, absent: str = "skip",
                       resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0,
-                      names: tuple[str, str] = ("A", "B")) -> dict[str, Any]:
+                      names: tuple[str, str] = ("A", "B"), method: str = METHOD) -> dict[str, Any]:
     """A - B on the same samples, resampling subjects together: the difference and its interval, for UF1 and UAR.
 
     The two runs may have other seeds (each is averaged over its own) but must cover the same samples with the same
-    labels: the same dataset and folds.
+    labels: the same dataset and folds. ``method`` reads the interval as :func:`bootstrap_ci` does; ``p_not_better``
+    is read off the resampled differences whatever the method.
 
     Returns:
         ``{"uf1": {"a", "b", "difference", "ci": [low, high], "p_not_better"}, "uar": {...}, "level", "resamples",
@@ -180,7 +199,7 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
     name_a, name_b = names
     _check(a, name_a)
     _check(b, name_b)
-    _check_options(resamples, level, absent)
+    _check_options(resamples, level, absent, method)
     sa, sb = _samples(a), _samples(b)
     if not sa.index.equals(sb.index):
         only = sorted(set(sa.index) ^ set(sb.index))
@@ -197,14 +216,14 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
     cb, _ = subject_counts(b, num_classes, subjects)
     everyone = np.arange(len(subjects))
     res = _bootstrap(lambda idx, axis=-1: _resampled(ca, idx, absent) - _resampled(cb, idx, absent), len(subjects),
-                     resamples, level, seed)
+                     resamples, level, seed, method)
     point_a, point_b = _resampled(ca, everyone, absent), _resampled(cb, everyone, absent)
     out: dict[str, Any] = {}
     for i, key in enumerate(("uf1", "uar")):
         out[key] = {"a": round(float(point_a[i]), 6), "b": round(float(point_b[i]), 6),
                     "difference": round(float(point_a[i] - point_b[i]), 6), "ci": _interval(res, i),
                     "p_not_better": round(float(np.mean(res.bootstrap_distribution[i] <= 0)), 4)}
-    return {**out, "names": [name_a, name_b], "level": level, "resamples": resamples, "method": METHOD, "unit": UNIT,
+    return {**out, "names": [name_a, name_b], "level": level, "resamples": resamples, "method": method, "unit": UNIT,
             "subjects": len(subjects), "seed": seed}
 
 
@@ -233,5 +252,5 @@ def format_difference(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["COLUMNS", "LEVEL", "METHOD", "RESAMPLES", "UNIT", "bootstrap_ci", "describe_ci", "format_difference",
-           "format_interval", "paired_difference", "scores_of_counts", "subject_counts"]
+__all__ = ["COLUMNS", "LEVEL", "METHOD", "METHODS", "RESAMPLES", "UNIT", "bootstrap_ci", "describe_ci",
+           "format_difference", "format_interval", "paired_difference", "scores_of_counts", "subject_counts"]
