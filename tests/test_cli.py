@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -242,6 +243,25 @@ def test_resume_with_other_settings_is_refused(fake_root, tmp_path, capsys) -> N
     err = capsys.readouterr().err
     assert_clean_error(err)
     assert "different configuration" in err and "train.lr" in err
+
+
+def test_resume_follows_the_data_not_its_path(fake_root, tmp_path, capsys, monkeypatch) -> None:
+    """The same folder under another spelling (relative) or moved resumes; other data at the same place is refused
+    by the run's fingerprint (the dataset's digest), not by the path."""
+    out = tmp_path / "run"
+    assert main(loso_args(fake_root, out, "--folds", "sub02")) == 0
+    monkeypatch.chdir(fake_root.parent)
+    assert main(loso_args(Path(fake_root.name), out, "--folds", "sub02")) == 0  # relative
+    moved = shutil.copytree(fake_root, tmp_path / "moved")
+    assert main(loso_args(moved, out, "--folds", "sub02")) == 0
+    assert json.loads((out / "results.json").read_text())["resumed_folds"] == 1
+    image = next((moved / "datasets").rglob("*.png"))
+    image.write_bytes(next(p for p in (fake_root / "datasets").rglob("*.png") if p.name != image.name).read_bytes())
+    capsys.readouterr()
+    assert main(loso_args(moved, out, "--folds", "sub02")) == 2
+    err = capsys.readouterr().err
+    assert_clean_error(err)
+    assert "holds a run of other data" in err and "dataset.sha256" in err
 
 
 def test_demo_runs_on_synthetic_data(tmp_path, capsys):

@@ -11,8 +11,9 @@ a run uses (load, subset, input transform, checks against the model).
 
 The shared option set of every training command is :func:`add_run_options`; :func:`config_from_args` applies the
 order above to its parsed arguments. Python callers use :func:`make_config` or :func:`resolve_run_config`.
-Execution settings (device, threads, jobs, fold batching, Dask, outputs) are :data:`EXECUTION_KEYS`: they may change
-when a run resumes; every other key is the evaluation protocol and may not.
+Execution settings (device, threads, jobs, fold batching, Dask, outputs, where the data lives) are
+:data:`EXECUTION_KEYS`: they may change when a run resumes; every other key is the evaluation protocol and may not.
+The data itself may not change either: the run's fingerprint holds its digest (:mod:`epir.engine.runstore`).
 """
 from __future__ import annotations
 
@@ -39,7 +40,10 @@ FLAG_KEYS = (("epochs", "train.epochs"), ("batch_size", "train.batch_size"), ("l
 
 #: Config keys that say how a run executes, not what it measures: they may differ when a run resumes.
 EXECUTION_KEYS = frozenset({"eval.seeds", "eval.folds", "eval.device", "eval.threads", "eval.jobs",
-                            "eval.dask_scheduler", "eval.fold_batch", "eval.report", "eval.tensorboard"})
+                            "eval.dask_scheduler", "eval.fold_batch", "eval.report", "eval.tensorboard",
+                            # the same folder given as ../x or /abs/x, or the data moved: the fingerprint's dataset
+                            # digest, not the path, says whether it is the same data
+                            "data.root"})
 
 SUBSET_HELP = ("single-dataset evaluation (SDE): LOSO inside these source datasets alone (e.g. casme2; several "
                "allowed); the run is labelled SDE(...). Default: every source (CDE)")
