@@ -9,6 +9,7 @@ import pytest
 from epir.cli import main
 from epir.config import RunConfig
 from epir.engine.compare import parse_arm, split_overrides
+from epir.engine.uncertainty import holm
 from epir.errors import ConfigError, UnknownNameError
 
 TINY = ["--set", "epir:model.dim=12", "--set", "epir:model.heads=2", "--set", "epir:model.projection_dim=8",
@@ -47,6 +48,10 @@ def test_compare_three_models_same_folds(fake_root, tmp_path, capsys):
     assert [d["names"] for d in diffs] == [["htnet", "epir"], ["ststnet", "epir"]]
     assert all(d["subjects"] == 2 and d["uf1"]["ci"][0] <= d["uf1"]["difference"] <= d["uf1"]["ci"][1] for d in diffs)
     assert "| htnet - epir |" in md and "paired subject bootstrap" in md
+    # the two differences are one family: Holm's adjustment beside each p
+    for key in ("uf1", "uar"):
+        assert [d[key]["p_holm"] for d in diffs] == holm([d[key]["p_not_better"] for d in diffs])
+    assert "Holm: P(A not better) adjusted for the 2 comparisons" in md
 
 
 def test_arms_of_one_model(fake_root, tmp_path, capsys):

@@ -13,7 +13,7 @@ from epir.cli import main
 from epir.engine.metrics import megc_scores
 from epir.engine.records import LosoResults
 from epir.engine.results import HONEST, format_summary, summarize, write_results
-from epir.engine.uncertainty import bootstrap_ci, paired_difference, scores_of_counts, subject_counts
+from epir.engine.uncertainty import bootstrap_ci, holm, paired_difference, scores_of_counts, subject_counts
 from epir.errors import ConfigError
 
 CLASSES = ("negative", "positive", "surprise")
@@ -99,6 +99,14 @@ def test_bca_and_basic_intervals() -> None:
     assert diff["method"] == "bca" and diff["uf1"]["ci"] == [0.0, 0.0]
     with pytest.raises(ConfigError, match="interval method 'BCa' is not one of"):
         bootstrap_ci(df, 3, method="BCa")
+
+
+def test_holm_step_down() -> None:
+    # sorted 0.01 0.03 0.04 0.5 -> x4 x3 x2 x1 = 0.04 0.09 0.08 0.5, kept non-decreasing: 0.04 0.09 0.09 0.5
+    assert holm([0.01, 0.04, 0.03, 0.5]) == [0.04, 0.09, 0.09, 0.5]
+    assert holm([0.3, 0.6]) == [0.6, 0.6] and holm([0.2]) == [0.2] and holm([]) == []
+    with pytest.raises(ConfigError, match="p-values in"):
+        holm([0.1, 1.5])
 
 
 def test_the_subject_is_what_is_resampled() -> None:

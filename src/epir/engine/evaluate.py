@@ -13,7 +13,7 @@ from epir.config import RunConfig
 from epir.data.base import COMPOSITE_CLASSES
 from epir.engine.loso import evaluation_of
 from epir.engine.results import ORACLE, UNKNOWN, read_megc_log, read_megc_log_meta, read_predictions, summarize
-from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, paired_difference
+from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, holm, paired_difference
 from epir.errors import ConfigError, DatasetNotFoundError
 
 
@@ -124,12 +124,20 @@ def _paired(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str], **bootstrap: A
 def differences(run_dirs: Mapping[str, str | Path], reference: str) -> list[dict[str, Any]]:
     """Every run but ``reference`` minus ``reference``, as :func:`compare_runs` (``run_dirs`` maps a row's name, the
     name the result gives, to its run directory); empty when the runs hold a single subject (nothing to resample).
+
+    The rows are one family of tests: beside each ``p_not_better``, ``p_holm`` is it adjusted by Holm's step-down
+    over the family (per metric; :func:`~epir.engine.uncertainty.holm`), the figure to read when any arm of several
+    is asked to beat the reference.
     """
     runs = {name: read_run_dir(d) for name, d in run_dirs.items()}
     ref = runs[reference]
     if ref.predictions["subject"].nunique() < 2:  # one held-out subject: nothing to resample
         return []
-    return [_paired(run, ref, (name, reference)) for name, run in runs.items() if name != reference]
+    rows = [_paired(run, ref, (name, reference)) for name, run in runs.items() if name != reference]
+    for key in ("uf1", "uar"):
+        for row, adjusted in zip(rows, holm([row[key]["p_not_better"] for row in rows])):
+            row[key]["p_holm"] = adjusted
+    return rows
 
 
 __all__ = ["ScoredRun", "compare_runs", "differences", "evaluate_megc_log", "evaluate_run_dir", "read_log",

@@ -48,15 +48,20 @@ def differences_markdown(diffs: list[dict[str, Any]]) -> str:
     if not diffs:
         return ""
     pct = f"{diffs[0]['level']:.0%}"
+    family = len(diffs) > 1 and all("p_holm" in d[key] for d in diffs for key in ("uf1", "uar"))
+    head = ["A - B"]
+    for metric in ("UF1", "UAR"):
+        head += [f"{metric} difference [{pct} CI]", "P(A not better)"] + (["Holm"] if family else [])
     lines = [f"Differences, paired subject bootstrap ({diffs[0]['subjects']} subjects, {diffs[0]['resamples']} "
-             f"resamples; an interval that holds 0 is not a difference):", "",
-             f"| A - B | UF1 difference [{pct} CI] | P(A not better) | UAR difference [{pct} CI] | P(A not better) |",
-             "|---|---|---|---|---|"]
+             f"resamples; an interval that holds 0 is not a difference"
+             + (f"; Holm: P(A not better) adjusted for the {len(diffs)} comparisons" if family else "") + "):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d in diffs:
         cells = [" - ".join(d["names"])]
         for key in ("uf1", "uar"):
             r = d[key]
             cells += [f"{r['difference']:+.4f} [{r['ci'][0]:+.4f}, {r['ci'][1]:+.4f}]", f"{r['p_not_better']:.3f}"]
+            cells += [f"{r['p_holm']:.3f}"] if family else []
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -227,6 +227,21 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
             "subjects": len(subjects), "seed": seed}
 
 
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (valid whatever their dependence): the i-th smallest is
+    multiplied by (m - i), kept at least as large as the one before and capped at 1. A family of one is unchanged.
+    scipy offers only false-discovery control (``scipy.stats.false_discovery_control``), not this family-wise one.
+    """
+    p = np.asarray(p_values, dtype=float)
+    if p.ndim != 1 or not np.all((p >= 0) & (p <= 1)):
+        raise ConfigError(f"holm() expects a list of p-values in [0, 1], got {list(p_values)!r}.")
+    order = np.argsort(p, kind="stable")
+    scaled = np.minimum(1.0, p[order] * (len(p) - np.arange(len(p))))
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return [round(float(v), 4) for v in adjusted]
+
+
 def format_interval(ci: Sequence[float] | None) -> str:
     """``[low, high]`` at 3 decimals, or ``-`` when there is none (a source of one subject, an older run)."""
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci is not None else "-"
@@ -253,4 +268,4 @@ def format_difference(result: dict[str, Any]) -> str:
 
 
 __all__ = ["COLUMNS", "LEVEL", "METHOD", "METHODS", "RESAMPLES", "UNIT", "bootstrap_ci", "describe_ci",
-           "format_difference", "format_interval", "paired_difference", "scores_of_counts", "subject_counts"]
+           "format_difference", "format_interval", "holm", "paired_difference", "scores_of_counts", "subject_counts"]
