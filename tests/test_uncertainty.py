@@ -13,7 +13,14 @@ from epir.cli import main
 from epir.engine.metrics import megc_scores
 from epir.engine.records import LosoResults
 from epir.engine.results import HONEST, format_summary, summarize, write_results
-from epir.engine.uncertainty import bootstrap_ci, holm, paired_difference, scores_of_counts, subject_counts
+from epir.engine.uncertainty import (
+    bootstrap_ci,
+    holm,
+    paired_difference,
+    scores_of_counts,
+    subject_counts,
+    subject_differences,
+)
 from epir.errors import ConfigError
 
 CLASSES = ("negative", "positive", "surprise")
@@ -99,6 +106,31 @@ def test_bca_and_basic_intervals() -> None:
     assert diff["method"] == "bca" and diff["uf1"]["ci"] == [0.0, 0.0]
     with pytest.raises(ConfigError, match="interval method 'BCa' is not one of"):
         bootstrap_ci(df, 3, method="BCa")
+
+
+def test_subject_differences() -> None:
+    """Each subject's accuracy under A and B (the mean over each run's seeds), largest A - B first, the win/loss
+    count and the sign test."""
+    b = predictions(n_subjects=10, accuracy=0.5)
+    a = b.copy()
+    better = a["subject"].isin(["casme2/s01", "casme2/s03", "samm/s04"])
+    a.loc[better, "predicted"] = a.loc[better, "true"]  # A right on every sample of three subjects
+    a2 = pd.concat([a, b.assign(seed=1)])  # A's seed 1 is B itself: A's accuracy there is the mean of the two
+    got = subject_differences(a2, b, names=("a", "b"))
+    assert got["names"] == ["a", "b"] and len(got["subjects"]) == 10
+    first = got["subjects"][0]
+    assert first["subject"] in ("casme2/s01", "casme2/s03", "samm/s04") and first["n"] == 6
+    b_acc = (b[b["subject"] == first["subject"]]["true"] == b[b["subject"] == first["subject"]]["predicted"]).mean()
+    assert first["a"] == pytest.approx((1 + b_acc) / 2, abs=1e-4) and first["b"] == pytest.approx(b_acc, abs=1e-4)
+    differences = [r["difference"] for r in got["subjects"]]
+    assert differences == sorted(differences, reverse=True)
+    wins = sum(d > 0 for d in differences)
+    assert (got["wins"], got["losses"], got["ties"]) == (wins, 0, 10 - wins) and wins <= 3
+    assert got["sign_test_p"] == pytest.approx(2 * 0.5**wins if wins else 1.0, abs=1e-4)
+    level = subject_differences(b, b)
+    assert level["ties"] == 10 and level["sign_test_p"] == 1.0
+    with pytest.raises(ConfigError, match="not the same ones"):
+        subject_differences(b, predictions(n_subjects=5))
 
 
 def test_holm_step_down() -> None:
@@ -221,6 +253,12 @@ def test_evaluate_versus(two_runs: tuple[Path, Path], capsys) -> None:
     assert got["resamples"] == 500 and got["uf1"]["difference"] > 0 and got["protocols"] == [HONEST, HONEST]
     assert main(["evaluate", str(a), "--versus", str(a)]) == 0
     assert "the interval holds 0: not a difference" in capsys.readouterr().out
+    assert main(["evaluate", str(a), "--versus", str(b), "--per-subject"]) == 0
+    text = capsys.readouterr().out
+    assert f"Per subject (accuracy, mean over seeds): {a} better on" in text and "sign test p =" in text
+    assert main(["evaluate", str(a), "--versus", str(b), "--per-subject", "--json"]) == 0
+    per_subject = json.loads(capsys.readouterr().out)["per_subject"]
+    assert len(per_subject["subjects"]) == 20 and per_subject["losses"] == 0 and per_subject["wins"] > 0
 
 
 def test_evaluate_interval_options(two_runs: tuple[Path, Path], capsys) -> None:
@@ -234,6 +272,8 @@ def test_evaluate_interval_options(two_runs: tuple[Path, Path], capsys) -> None:
     assert "subject bootstrap (bca, 2000 resamples of 20 subjects)" in capsys.readouterr().out
     assert main(["evaluate", str(a), "--versus", str(a), "--method", "bca", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["method"] == "bca"
+    assert main(["evaluate", str(a), "--per-subject"]) == 2
+    assert "give the other with --versus" in capsys.readouterr().err
 
 
 def test_evaluate_versus_other_samples_is_one_line(two_runs: tuple[Path, Path], tmp_path: Path, capsys) -> None:

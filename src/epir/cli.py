@@ -20,7 +20,7 @@ from epir.engine.loso import run_loso
 from epir.engine.pretrain import PRETRAIN_EPOCHS, pretrain
 from epir.engine.report import build_report, to_markdown, write_report
 from epir.engine.results import ORACLE, format_summary
-from epir.engine.uncertainty import LEVEL, METHOD, METHODS, RESAMPLES, format_difference
+from epir.engine.uncertainty import LEVEL, METHOD, METHODS, RESAMPLES, format_difference, format_subject_differences
 from epir.errors import EpirError
 from epir.inference.cli import add_parser as add_inference
 from epir.models import MODELS, default_recipe, describe_args, list_models, list_recipes, recipe_settings
@@ -104,14 +104,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if (args.run_dir is None) == (args.megc_log is None):
         raise EpirError("epir evaluate takes a RUN_DIR or --megc-log FILE (exactly one).")
     ci = {"resamples": args.resamples, "level": args.level, "method": args.method}
+    if args.per_subject and args.versus is None:
+        raise EpirError("--per-subject compares two runs subject by subject: give the other with --versus RUN_DIR.")
     if args.versus is not None:
-        diff = compare_runs(args.megc_log or args.run_dir, args.versus, **ci)
+        diff = compare_runs(args.megc_log or args.run_dir, args.versus, per_subject=args.per_subject, **ci)
         if args.json:
             print(json.dumps(diff, indent=2))
             return 0
         for name, protocol, seeds in zip(diff["names"], diff["protocols"], diff["seeds"]):
             print(f"{name}: {protocol}, seeds {seeds}")
         print(format_difference(diff))
+        if args.per_subject:
+            print(format_subject_differences(diff["per_subject"]))
         if ORACLE in diff["protocols"]:
             print(f"NOTE: a run is {ORACLE}: its scores were picked on the held-out subjects' test data.")
         return 0
@@ -272,6 +276,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=RESAMPLES,
                    help=f"bootstrap resamples of the intervals (default {RESAMPLES})")
     p.add_argument("--level", type=float, default=LEVEL, help=f"confidence level of the intervals (default {LEVEL})")
+    p.add_argument("--per-subject", action="store_true",
+                   help="with --versus: each subject's accuracy under both runs, the subjects that differ most each "
+                        "way, and how many subjects each run wins (sign test)")
     p.add_argument("--method", choices=list(METHODS), default=METHOD,
                    help=f"how an interval is read off the resamples (default {METHOD}; bca: bias-corrected and "
                         "accelerated, which adds a jackknife over the subjects; basic: reverse percentile)")

@@ -13,7 +13,7 @@ from epir.config import RunConfig
 from epir.data.base import COMPOSITE_CLASSES
 from epir.engine.loso import evaluation_of
 from epir.engine.results import ORACLE, UNKNOWN, read_megc_log, read_megc_log_meta, read_predictions, summarize
-from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, holm, paired_difference
+from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, holm, paired_difference, subject_differences
 from epir.errors import ConfigError, DatasetNotFoundError
 
 
@@ -92,15 +92,20 @@ def evaluate_megc_log(path: str | Path, absent: str = "skip", *, resamples: int 
 
 
 def compare_runs(a: str | Path, b: str | Path, *, resamples: int = RESAMPLES, level: float = LEVEL,
-                 seed: int = 0, method: str = METHOD) -> dict[str, Any]:
+                 seed: int = 0, method: str = METHOD, per_subject: bool = False) -> dict[str, Any]:
     """A - B of two finished runs (run directories or MEGC2019 logs) over the same samples: the paired subject
-    bootstrap of :func:`epir.engine.uncertainty.paired_difference`, with each run's protocol.
+    bootstrap of :func:`epir.engine.uncertainty.paired_difference`, with each run's protocol; with ``per_subject``
+    also ``per_subject``, each subject's accuracy under both and the sign test
+    (:func:`epir.engine.uncertainty.subject_differences`).
 
     Raises:
         ConfigError: other classes, another absent-class policy, or other samples or labels.
     """
-    return _paired(read_scored(a), read_scored(b), (str(a), str(b)), resamples=resamples, level=level, seed=seed,
-                   method=method)
+    ra, rb = read_scored(a), read_scored(b)
+    out = _paired(ra, rb, (str(a), str(b)), resamples=resamples, level=level, seed=seed, method=method)
+    if per_subject:
+        out["per_subject"] = subject_differences(ra.predictions, rb.predictions, names=(str(a), str(b)))
+    return out
 
 
 def _paired(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str], **bootstrap: Any) -> dict[str, Any]:

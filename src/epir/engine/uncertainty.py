@@ -179,6 +179,20 @@ def _samples(predictions: pd.DataFrame) -> pd.Series:
     return pd.Series(first["true"].to_numpy(), index=pd.MultiIndex.from_arrays([subject, clip])).sort_index()
 
 
+def _same_samples(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> list[str]:
+    """The subjects of two runs after checking they hold the same samples with the same labels (else ConfigError)."""
+    sa, sb = _samples(a), _samples(b)
+    if not sa.index.equals(sb.index):
+        only = sorted(set(sa.index) ^ set(sb.index))
+        raise ConfigError(f"{name_a} has {len(sa)} samples and {name_b} {len(sb)}, not the same ones (e.g. "
+                          f"{'/'.join(map(str, only[0]))} is in one only); compare runs on the same dataset and folds.")
+    differ = sa.index[sa.to_numpy() != sb.to_numpy()]
+    if len(differ):
+        raise ConfigError(f"{name_a} and {name_b} give sample {'/'.join(map(str, differ[0]))} other true labels; "
+                          f"compare runs with the same labels (--labels, the same dataset version).")
+    return list(dict.fromkeys(sa.index.get_level_values(0)))
+
+
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, absent: str = "skip",
                       resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0,
                       names: tuple[str, str] = ("A", "B"), method: str = METHOD) -> dict[str, Any]:
@@ -200,16 +214,7 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
     _check(a, name_a)
     _check(b, name_b)
     _check_options(resamples, level, absent, method)
-    sa, sb = _samples(a), _samples(b)
-    if not sa.index.equals(sb.index):
-        only = sorted(set(sa.index) ^ set(sb.index))
-        raise ConfigError(f"{name_a} has {len(sa)} samples and {name_b} {len(sb)}, not the same ones (e.g. "
-                          f"{'/'.join(map(str, only[0]))} is in one only); compare runs on the same dataset and folds.")
-    differ = sa.index[sa.to_numpy() != sb.to_numpy()]
-    if len(differ):
-        raise ConfigError(f"{name_a} and {name_b} give sample {'/'.join(map(str, differ[0]))} other true labels; "
-                          f"compare runs with the same labels (--labels, the same dataset version).")
-    subjects = list(dict.fromkeys(sa.index.get_level_values(0)))
+    subjects = _same_samples(a, b, name_a, name_b)
     if len(subjects) < 2:
         raise ConfigError(f"{name_a} and {name_b} cover {len(subjects)} subject; a paired bootstrap needs at least 2.")
     ca, _ = subject_counts(a, num_classes, subjects)
@@ -225,6 +230,58 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
                     "p_not_better": round(float(np.mean(res.bootstrap_distribution[i] <= 0)), 4)}
     return {**out, "names": [name_a, name_b], "level": level, "resamples": resamples, "method": method, "unit": UNIT,
             "subjects": len(subjects), "seed": seed}
+
+
+def subject_differences(a: pd.DataFrame, b: pd.DataFrame, *, names: tuple[str, str] = ("A", "B")) -> dict[str, Any]:
+    """Where two runs over the same samples differ, subject by subject: each subject's accuracy under A and B (the
+    mean over each run's seeds), A - B, and how many subjects A wins, loses and ties, with the two-sided sign test
+    of wins against losses (:func:`scipy.stats.binomtest`; ties left out). Error analysis beside
+    :func:`paired_difference`: which held-out subjects a lead comes from, and whether it is broad or a few subjects.
+
+    Returns:
+        ``{"names", "subjects": [{"subject", "n", "a", "b", "difference"}, ...] (largest A - B first), "wins",
+        "losses", "ties", "sign_test_p"}`` (``sign_test_p`` is 1.0 when every subject ties).
+
+    Raises:
+        ConfigError: a table without the columns, or the runs on other samples or labels.
+    """
+    name_a, name_b = names
+    _check(a, name_a)
+    _check(b, name_b)
+    _same_samples(a, b, name_a, name_b)
+
+    def accuracy(df: pd.DataFrame) -> pd.DataFrame:
+        right = (df["true"] == df["predicted"]).groupby([df["seed"], _cluster(df)]).agg(["mean", "size"])
+        per_subject = right.groupby(level=1)
+        return pd.DataFrame({"acc": per_subject["mean"].mean(), "n": per_subject["size"].first()})
+
+    acc_a, acc_b = accuracy(a), accuracy(b)
+    gap = {str(s): round(float(acc_a.at[s, "acc"] - acc_b.at[s, "acc"]), 4) for s in acc_a.index}
+    order = sorted(gap, key=lambda s: (-gap[s], s))
+    rows: list[dict[str, Any]] = [
+        {"subject": s, "n": int(acc_a.at[s, "n"]), "a": round(float(acc_a.at[s, "acc"]), 4),
+         "b": round(float(acc_b.at[s, "acc"]), 4), "difference": gap[s]} for s in order]
+    wins = sum(g > 0 for g in gap.values())
+    losses = sum(g < 0 for g in gap.values())
+    p = float(stats.binomtest(wins, wins + losses).pvalue) if wins + losses else 1.0
+    return {"names": [name_a, name_b], "subjects": rows, "wins": wins, "losses": losses,
+            "ties": len(rows) - wins - losses, "sign_test_p": round(p, 4)}
+
+
+def format_subject_differences(result: dict[str, Any], most: int = 10) -> str:
+    """The subjects where A and B differ most, each way, and the win/loss count (for the CLI)."""
+    a, b = result["names"]
+    rows = result["subjects"]
+    lines = [f"Per subject (accuracy, mean over seeds): {a} better on {result['wins']}, worse on "
+             f"{result['losses']}, level on {result['ties']} of {len(rows)} subjects; sign test p = "
+             f"{result['sign_test_p']:.3f}",
+             f"  {'subject':<16} {'n':>4} {'A':>7} {'B':>7} {'A - B':>7}"]
+    shown = [r for r in rows if r["difference"] > 0][:most] + [r for r in rows if r["difference"] < 0][-most:]
+    for r in shown:
+        lines.append(f"  {r['subject']:<16} {r['n']:>4} {r['a']:>7.3f} {r['b']:>7.3f} {r['difference']:>+7.3f}")
+    if len(shown) < result["wins"] + result["losses"]:
+        lines.append(f"  (the {most} largest each way; --json lists every subject)")
+    return "\n".join(lines)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -268,4 +325,5 @@ def format_difference(result: dict[str, Any]) -> str:
 
 
 __all__ = ["COLUMNS", "LEVEL", "METHOD", "METHODS", "RESAMPLES", "UNIT", "bootstrap_ci", "describe_ci",
-           "format_difference", "format_interval", "holm", "paired_difference", "scores_of_counts", "subject_counts"]
+           "format_difference", "format_interval", "format_subject_differences", "holm", "paired_difference",
+           "scores_of_counts", "subject_counts", "subject_differences"]
