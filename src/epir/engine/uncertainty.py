@@ -125,20 +125,24 @@ def _resampled(counts: np.ndarray, idx: np.ndarray, absent: str) -> np.ndarray:
 
 def _bootstrap(statistic: Any, n_subjects: int, resamples: int, level: float, seed: int, method: str) -> Any:
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        # BCa where every subject scores alike has no spread to correct: NaN ends (and scipy's warning), which
-        # _interval turns into the one value every resample gave
+        # BCa where the jackknife has no spread (every subject scores alike) gives NaN ends and scipy's warning;
+        # _interval falls back to the percentile interval
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         return stats.bootstrap((np.arange(n_subjects),), statistic, n_resamples=resamples, vectorized=True, axis=-1,
                                batch=BATCH, confidence_level=level, method=METHODS[method],
                                rng=np.random.default_rng(seed))
 
 
-def _interval(result: Any, i: int) -> list[float]:
-    """The interval of the ``i``-th score (0: UF1, 1: UAR) of a two-score bootstrap."""
+def _interval(result: Any, i: int, level: float) -> list[float]:
+    """The interval of the ``i``-th score (0: UF1, 1: UAR) of a two-score bootstrap. Where BCa cannot correct (its
+    jackknife has no spread, e.g. every subject scores alike) scipy gives NaN ends: the percentile interval of the
+    same resamples stands in (one value when they all score the same).
+    """
     ci = result.confidence_interval
     low, high = float(ci.low[i]), float(ci.high[i])
-    if not (np.isfinite(low) and np.isfinite(high)):  # BCa where every resample scores the same: no spread at all
-        low = high = float(result.bootstrap_distribution[i].mean())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        tail = (1 - level) / 2 * 100
+        low, high = (float(v) for v in np.percentile(result.bootstrap_distribution[i], [tail, 100 - tail]))
     return [round(low, 6), round(high, 6)]
 
 
@@ -167,7 +171,7 @@ def bootstrap_ci(predictions: pd.DataFrame, num_classes: int, *, absent: str = "
         return None
     res = _bootstrap(lambda idx, axis=-1: _resampled(counts, idx, absent), len(subjects), resamples, level, seed,
                      method)
-    return {"uf1": _interval(res, 0), "uar": _interval(res, 1), "level": level, "resamples": resamples,
+    return {"uf1": _interval(res, 0, level), "uar": _interval(res, 1, level), "level": level, "resamples": resamples,
             "method": method, "unit": UNIT, "subjects": len(subjects), "seed": seed}
 
 
@@ -226,7 +230,7 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
     out: dict[str, Any] = {}
     for i, key in enumerate(("uf1", "uar")):
         out[key] = {"a": round(float(point_a[i]), 6), "b": round(float(point_b[i]), 6),
-                    "difference": round(float(point_a[i] - point_b[i]), 6), "ci": _interval(res, i),
+                    "difference": round(float(point_a[i] - point_b[i]), 6), "ci": _interval(res, i, level),
                     "p_not_better": round(float(np.mean(res.bootstrap_distribution[i] <= 0)), 4)}
     return {**out, "names": [name_a, name_b], "level": level, "resamples": resamples, "method": method, "unit": UNIT,
             "subjects": len(subjects), "seed": seed}
