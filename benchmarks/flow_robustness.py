@@ -31,6 +31,7 @@ Runs go to runs/flow-robustness/<map set>/<arm> and resume if interrupted (same 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from dataclasses import replace
@@ -41,8 +42,7 @@ import torch.nn.functional as F
 
 from epir.data.base import FlowDataset
 from epir.data.flowmaps import load_flowmaps
-from epir.engine.compare import run_compare
-from epir.engine.evaluate import differences
+from epir.engine.compare import parse_arm, run_compare
 
 ALTERATIONS = ("smooth", "crop", "coarse")
 #: STSTNet as the default recipe's teacher trains it (``epir.models.epir.STSTNET_TEACHER_OVERRIDES``).
@@ -117,7 +117,7 @@ def main() -> None:
 
     shipped = load_flowmaps(args.root, "megc2019")
     sets = {"shipped": shipped} | {a: altered(shipped, a) for a in args.alterations}
-    overrides = [*(REFERENCE_OVERRIDES if any(m.split("@")[0] == "ststnet" for m in args.models) else ()),
+    overrides = [*(REFERENCE_OVERRIDES if any(parse_arm(m)[0] == "ststnet" for m in args.models) else ()),
                  *args.overrides, f"eval.jobs={args.jobs}"]
     tables, diffs, walls = {}, {}, {}
     for name, data in sets.items():
@@ -126,7 +126,7 @@ def main() -> None:
         tables[name] = run_compare(args.models, out, dataset="megc2019", root=args.root, seeds=args.seeds,
                                    folds=args.folds, overrides=overrides, data=data, progress=False)
         walls[name] = time.time() - start
-        diffs[name] = {d["names"][0]: d for d in differences({m: out / m for m in args.models}, args.models[0])}
+        diffs[name] = {d["names"][0]: d for d in json.loads((out / "differences.json").read_text())}
         print(f"[{name}] {walls[name]:.0f} s")
 
     print(f"\nHonest LOSO, seeds {args.seeds}, {tables['shipped']['n_folds'].iloc[0]} folds; the reference "

@@ -82,10 +82,9 @@ def config_label(cfg: RunConfig) -> str:
     name = cfg.model.name
     parts = []
     train = asdict(cfg.train)
-    changed: dict[str, list[str]] = {}
-    for recipe in [None, *(r for r in list_recipes(name) if r != "default")]:
-        base = asdict(default_recipe(name, recipe))
-        changed.setdefault(recipe or "default", [f"train.{k}={v}" for k, v in train.items() if base.get(k) != v])
+    bases = {recipe: asdict(default_recipe(name, recipe)) for recipe in list_recipes(name)}  # "default" first
+    changed = {recipe: [f"train.{k}={v}" for k, v in train.items() if base.get(k) != v]
+               for recipe, base in bases.items()}
     nearest = min(changed, key=lambda r: len(changed[r]))  # the first of the fewest: the default on a tie
     if nearest != "default":
         parts.append(f"recipe {nearest}")
