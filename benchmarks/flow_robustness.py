@@ -25,7 +25,8 @@ first is the reference of the paired differences. The default reference, ``ststn
 recipe of the default (20 epochs at lr 2e-3, about 90 s per LOSO): the official 800-epoch recipe takes about 47
 min per LOSO here, too long to repeat per map set.
 
-Runs go to runs/flow-robustness/<map set>/<arm> and resume if interrupted (same --out). The data root is
+Runs go to runs/flow-robustness/<map set>/<arm>, the altered sets first, and resume if interrupted (same --out;
+more --seeds later add only the new seeds). The data root is
 ../shared/data/htnet-composite beside the repository, or $EPIR_MEGC2019_ROOT.
 """
 from __future__ import annotations
@@ -95,6 +96,13 @@ def coarse(x: torch.Tensor) -> torch.Tensor:
     return (x / 255.0 * (LEVELS - 1)).round() * (255.0 / (LEVELS - 1))
 
 
+#: What each alteration does, as recorded in ``<out>/<map set>/maps.json``.
+ALTERED = {"smooth": f"Gaussian blur, sigma {SIGMA} px ({KERNEL} x {KERNEL}, reflected border)",
+           "crop": f"per-map similarity transform: shift within +-{SHIFT:g} px, scale within 1 +- {SCALE:g} "
+                   "(bilinear, border replicated; generator seed 0)",
+           "coarse": f"{LEVELS} levels instead of 256"}
+
+
 def altered(data: FlowDataset, alteration: str) -> FlowDataset:
     """A copy of ``data`` with its maps altered (then min-max normalised per channel, as shipped)."""
     change = {"smooth": smooth, "crop": crop, "coarse": coarse}[alteration]
@@ -120,8 +128,15 @@ def main() -> None:
     overrides = [*(REFERENCE_OVERRIDES if any(parse_arm(m)[0] == "ststnet" for m in args.models) else ()),
                  *args.overrides, f"eval.jobs={args.jobs}"]
     tables, diffs, walls = {}, {}, {}
-    for name, data in sets.items():
+    # the altered maps first: an interrupted run has then measured what only this script can measure
+    for name in [*args.alterations, "shipped"]:
+        data = sets[name]
         out = Path(args.out) / name
+        out.mkdir(parents=True, exist_ok=True)
+        # each run's config.yaml names the shipped root, which these maps were made from: say so beside the runs
+        (out / "maps.json").write_text(json.dumps(
+            {"maps": name, "from": args.root, "alteration": ALTERED.get(name, "none: the maps as shipped"),
+             "renormalised": name != "shipped"}, indent=1) + "\n")
         start = time.time()
         tables[name] = run_compare(args.models, out, dataset="megc2019", root=args.root, seeds=args.seeds,
                                    folds=args.folds, overrides=overrides, data=data, progress=False)
