@@ -61,7 +61,13 @@ def test_arms_of_one_model(fake_root, tmp_path, capsys):
                  "--folds", "casme2/sub01", "samm/006", "--epochs", "1", "--batch-size", "8", "--threads", "1",
                  "--out", str(out), "--no-progress", *TINY[:6], "--set", "epir@alone:train.lr=0.002"])
     assert code == 0, capsys.readouterr().err
-    assert list(pd.read_csv(out / "comparison.csv")["name"]) == ["epir", "epir@alone"]
+    table = pd.read_csv(out / "comparison.csv")
+    assert list(table["name"]) == ["epir", "epir@alone"]
+    # the default mixes in its fold's STSTNet teachers: they count in the whole, not in the model's own parameters
+    (own, total), (alone_own, alone_total) = table[["params", "params_total"]].to_numpy().tolist()
+    teacher = json.loads((out / "epir" / "results.json").read_text())["teacher"]["params"]
+    assert own == alone_own and total == own + teacher and alone_total == alone_own
+    assert f"| {own:,} (all {total:,}) |" in (out / "comparison.md").read_text()
     default, alone = (RunConfig.load(out / arm / "config.yaml") for arm in ("epir", "epir@alone"))
     assert default.train.distill == "ststnet" and alone.train.distill == ""  # each arm's own recipe
     assert default.model.args["dim"] == alone.model.args["dim"] == 12  # epir: reaches every arm of the model

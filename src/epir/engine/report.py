@@ -34,7 +34,7 @@ from epir.engine.loso import evaluation_of
 from epir.engine.records import LosoResults
 from epir.engine.report_html import write_table_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE
-from epir.engine.tables import fmt_mean_std, input_shape
+from epir.engine.tables import fmt_mean_std, input_shape, params_cell
 from epir.errors import ConfigError, DatasetError, DatasetNotFoundError
 from epir.fileio import writable_dir
 from epir.models import build_model, default_recipe, list_recipes, model_defaults
@@ -235,9 +235,8 @@ def _footnotes(table: pd.DataFrame, latex: bool = False) -> list[str]:
 
 
 def _params(r: pd.Series) -> str:
-    """The model's parameters, and the whole's when more networks predict (e.g. ``99,585 (all 101,268)``)."""
-    own, total = int(r["params"]), int(r.get("params_total", r["params"]))
-    return f"{own:,}" if total == own else f"{own:,} (all {total:,})"
+    """The model's parameters, and the whole's when more networks predict (:func:`epir.engine.tables.params_cell`)."""
+    return params_cell(int(r["params"]), int(r.get("params_total", r["params"])))
 
 
 def to_markdown(table: pd.DataFrame) -> str:

@@ -19,7 +19,8 @@ def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
 
 
 def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool = False) -> dict[str, Any]:
-    """One row: overall and per-dataset UF1/UAR (mean and std over seeds), parameters, FLOPs, time.
+    """One row: overall and per-dataset UF1/UAR (mean and std over seeds), parameters (the model's, and
+    ``params_total``: every network that predicts), FLOPs, time.
 
     With ``latency``, also the model's CPU forward latency at batch 1 (ms).
     """
@@ -33,12 +34,21 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
             row.update({f"{key}_ci_low": ci[0], f"{key}_ci_high": ci[1]})
     for src, e in record.per_dataset.items():
         row.update({f"{src}_uf1": e.uf1, f"{src}_uf1_std": e.uf1_std, f"{src}_uar": e.uar, f"{src}_uar_std": e.uar_std})
-    row.update(params=count_parameters(model), flops_per_sample=count_flops(model, (1, *input_shape(cfg))))
+    params = count_parameters(model)
+    row.update(params=params, params_total=int(results.get("params_total") or params),
+               flops_per_sample=count_flops(model, (1, *input_shape(cfg))))
     if latency:
         row["latency_ms_b1"] = measure_latency(model, batch_size=1, repeats=20)
     row.update(fold_seconds=results.get("fold_seconds"), wall_seconds=record.wall_seconds, protocol=record.protocol,
                evaluation=record.evaluation, n_folds=record.n_folds, seeds=" ".join(map(str, record.seeds)))
     return row
+
+
+def params_cell(own: int, total: int) -> str:
+    """The model's parameters, and the whole's when more networks predict (``99,585 (all 104,634)``: a mixed-in
+    teacher, ensemble members; issue 13 counts a teacher separately and reports an ensemble's total).
+    """
+    return f"{own:,}" if total == own else f"{own:,} (all {total:,})"
 
 
 def differences_markdown(diffs: list[dict[str, Any]]) -> str:
@@ -82,7 +92,9 @@ def to_markdown(table: pd.DataFrame, first: str = "name") -> str:
         cells = [str(r[first if first in table else "name"]), fmt_mean_std(r["uf1"], r["uf1_std"], one),
                  fmt_mean_std(r["uar"], r["uar_std"], one)]
         cells += [fmt_mean_std(r[f"{s}_{m}"], r[f"{s}_{m}_std"], one) for s in sources for m in ("uf1", "uar")]
-        cells += [f"{int(r['params']):,}", f"{int(r['flops_per_sample']):,}"]
+        total = r.get("params_total")
+        cells += [params_cell(int(r["params"]), int(r["params"] if pd.isna(total) else total)),
+                  f"{int(r['flops_per_sample']):,}"]
         if "latency_ms_b1" in table:
             cells.append(f"{r['latency_ms_b1']:.3f}")
         cells.append(f"{r['fold_seconds']:.1f}")
