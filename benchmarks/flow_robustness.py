@@ -12,7 +12,8 @@ rest on the shipped maps' quirks. That set is the maintainers'; this is a stand-
 fixed here, before any run, and applied in memory (nothing is written beside the data):
 
 - ``smooth``: a Gaussian blur of sigma 1 px (5 x 5, reflected border) on every channel: a smoother flow, as from
-  another TV-L1 weight or a larger window.
+  another TV-L1 weight or a larger window (``epir.data.transforms.smooth_maps``; as a switch of any run,
+  ``data.input_transform=smooth``).
 - ``crop``: each map resampled through its own similarity transform, shift uniform in +-2 px on each axis and scale
   uniform in 0.92-1.08 (bilinear, border replicated; a generator seeded once for the whole set): another face
   crop or alignment. A scale of the image would scale the flow vectors too; the per-map min-max below removes any
@@ -43,12 +44,12 @@ import torch.nn.functional as F
 
 from epir.data.base import FlowDataset
 from epir.data.flowmaps import load_flowmaps
+from epir.data.transforms import SMOOTH_KERNEL, SMOOTH_SIGMA, renormalise_maps, smooth_maps
 from epir.engine.compare import parse_arm, run_compare
 
 ALTERATIONS = ("smooth", "crop", "coarse")
 #: STSTNet as the default recipe's teacher trains it (``epir.models.epir.STSTNET_TEACHER_OVERRIDES``).
 REFERENCE_OVERRIDES = ("ststnet:train.epochs=20", "ststnet:train.lr=2e-3")
-SIGMA, KERNEL = 1.0, 5
 SHIFT, SCALE = 2.0, 0.08
 LEVELS = 32
 
@@ -56,24 +57,6 @@ LEVELS = 32
 def default_root() -> str:
     env = os.environ.get("EPIR_MEGC2019_ROOT")
     return env or str(Path(__file__).resolve().parents[2] / "shared" / "data" / "htnet-composite")
-
-
-def renormalise(x: torch.Tensor) -> torch.Tensor:
-    """Each channel of each map min-max normalised to 0-255 and rounded, as the shipped maps are (a flat channel
-    stays 0)."""
-    low = x.amin(dim=(2, 3), keepdim=True)
-    span = (x.amax(dim=(2, 3), keepdim=True) - low).clamp_min(1e-12)
-    return ((x - low) / span * 255.0).round()
-
-
-def smooth(x: torch.Tensor) -> torch.Tensor:
-    """A Gaussian blur of sigma :data:`SIGMA` px on every channel (reflected border)."""
-    r = torch.arange(KERNEL, dtype=x.dtype) - KERNEL // 2
-    g = torch.exp(-(r**2) / (2 * SIGMA**2))
-    g = g / g.sum()
-    kernel = (g[:, None] * g[None, :]).expand(x.shape[1], 1, KERNEL, KERNEL)
-    padded = F.pad(x, (KERNEL // 2,) * 4, mode="reflect")
-    return F.conv2d(padded, kernel, groups=x.shape[1])
 
 
 def crop(x: torch.Tensor, seed: int = 0) -> torch.Tensor:
@@ -97,7 +80,8 @@ def coarse(x: torch.Tensor) -> torch.Tensor:
 
 
 #: What each alteration does, as recorded in ``<out>/<map set>/maps.json``.
-ALTERED = {"smooth": f"Gaussian blur, sigma {SIGMA} px ({KERNEL} x {KERNEL}, reflected border)",
+ALTERED = {"smooth": f"Gaussian blur, sigma {SMOOTH_SIGMA} px ({SMOOTH_KERNEL} x {SMOOTH_KERNEL}, reflected border; "
+                     "epir.data.transforms.smooth_maps, data.input_transform=smooth)",
            "crop": f"per-map similarity transform: shift within +-{SHIFT:g} px, scale within 1 +- {SCALE:g} "
                    "(bilinear, border replicated; generator seed 0)",
            "coarse": f"{LEVELS} levels instead of 256"}
@@ -105,8 +89,8 @@ ALTERED = {"smooth": f"Gaussian blur, sigma {SIGMA} px ({KERNEL} x {KERNEL}, ref
 
 def altered(data: FlowDataset, alteration: str) -> FlowDataset:
     """A copy of ``data`` with its maps altered (then min-max normalised per channel, as shipped)."""
-    change = {"smooth": smooth, "crop": crop, "coarse": coarse}[alteration]
-    return replace(data, x=renormalise(change(data.x)), info={**data.info, "alteration": alteration})
+    change = {"smooth": smooth_maps, "crop": crop, "coarse": coarse}[alteration]  # smooth_maps renormalises too
+    return replace(data, x=renormalise_maps(change(data.x)), info={**data.info, "alteration": alteration})
 
 
 def main() -> None:

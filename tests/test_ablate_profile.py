@@ -5,6 +5,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from epir.cli import main
 from epir.engine.ablate import model_switches
@@ -60,6 +61,17 @@ def test_ablate_levers_add_one_arm_each(fake_root, tmp_path):
     assert "ensemble: 3" in (out / "+ensemble" / "config.yaml").read_text()
     assert main(["ablate", "--model", "epir", "--levers", "mixupp", "--out", str(tmp_path / "b"),
                  "--no-progress"]) == 2
+
+
+def test_ablate_switches_given_alone_runs_the_lever_arms_only(fake_root, tmp_path):
+    """`--switches` with no name: no component arm, only the full configuration and the levers' arms."""
+    out = tmp_path / "ablate"
+    code = main(["ablate", "--model", "epir", "--recipe", "alone", "--dataset", "megc2019", "--root", str(fake_root),
+                 "--epochs", "1", "--switches", "--levers", "smooth", "--folds", "casme2/sub01", "--threads", "1",
+                 "--out", str(out), "--no-progress", *TINY_EPIR])
+    assert code == 0
+    assert list(pd.read_csv(out / "ablation.csv")["arm"]) == ["full", "+smooth"]
+    assert "input_transform: smooth" in (out / "+smooth" / "config.yaml").read_text()
 
 
 def test_ablate_unknown_switch(fake_root, tmp_path, capsys):
@@ -148,3 +160,19 @@ def test_an_arm_that_cannot_run_stops_the_ablation_before_any_arm(fake_root, tmp
     err = capsys.readouterr().err
     assert code == 2 and "ablation arm +teacher-ensemble: train.distill_members=3: expected 1 without a teacher" in err
     assert trained == [] and not (tmp_path / "a").exists()
+
+
+def test_smooth_lever_smooths_the_maps_the_run_trains_on(fake_dataset) -> None:
+    """+smooth sets data.input_transform=smooth, and the run's data are then every map smoothed and renormalised
+    (epir.data.transforms.smooth_maps); on a configuration that has it, the arm is -smooth."""
+    from epir import make_config
+    from epir.data.transforms import smooth_maps
+    from epir.engine.ablate import lever_arm
+    from epir.runsetup import prepare_data, resolve_config
+
+    name, arm = lever_arm(make_config("epir", "megc2019"), "smooth")
+    assert name == "+smooth" and arm.data.input_transform == "smooth"
+    data, report = prepare_data(resolve_config(arm), fake_dataset)
+    assert torch.equal(data.x, smooth_maps(fake_dataset.x)) and report["input_transform"] == "smooth"
+    name, off = lever_arm(arm, "smooth")
+    assert name == "-smooth" and off.data.input_transform == "none"

@@ -59,6 +59,22 @@ def test_onnx_of_a_model_with_mosaic_input(tmp_path: Path) -> None:
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
 
 
+def test_smooth_input_is_inside_the_model_and_its_onnx_graph(tmp_path: Path) -> None:
+    """data.input_transform=smooth: the checkpoint's model smooths (and renormalises) the map before its own
+    normalisation, as LOSO trained it, in PyTorch and in the exported graph."""
+    from epir.data.transforms import smooth_maps
+
+    ckpt = load_checkpoint(save_untrained("epir", {"dim": 16, "heads": 2}, tmp_path / "ck", transform="smooth"))
+    x = random_maps(4, seed=5)
+    with torch.inference_mode():
+        got = ckpt.inference_model()(x)
+        want = ckpt.model((smooth_maps(x) - ckpt.norm.mean) / ckpt.norm.std)
+    torch.testing.assert_close(got, want)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        report = export_onnx(ckpt, tmp_path / "s.onnx")
+        assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+
+
 def test_flip_tta_checkpoint_predicts_the_mean_of_map_and_mirror_in_torch_and_onnx(tmp_path: Path) -> None:
     """A recipe with train.tta=flip predicts as LOSO scored it: the mean of the map's and its mirror's
     probabilities, in PyTorch and in the exported ONNX graph."""

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from epir.data.transforms import DEFAULT_LANDMARKS, apply_input_transform, clip_landmarks, mosaic
+from epir.data.transforms import (
+    DEFAULT_LANDMARKS,
+    apply_input_transform,
+    clip_landmarks,
+    mosaic,
+    smooth_maps,
+    transform_maps,
+)
 from epir.errors import ConfigError, DatasetError
 
 
@@ -78,7 +85,7 @@ def test_bad_shapes_raise() -> None:
 
 
 def test_unknown_transform_name_lists_the_valid_ones(fake_dataset) -> None:
-    with pytest.raises(ConfigError, match=r"'mosiac'.*Did you mean 'mosaic'.*none, mosaic"):
+    with pytest.raises(ConfigError, match=r"'mosiac'.*Did you mean 'mosaic'.*none, mosaic, smooth"):
         apply_input_transform(fake_dataset, "mosiac")
 
 
@@ -119,3 +126,32 @@ def test_apply_mosaic_uses_per_sample_landmarks(fake_dataset) -> None:
     fake_dataset.info["landmarks"] = landmarks
     with pytest.raises(DatasetError, match="non-finite"):
         apply_input_transform(fake_dataset, "mosaic")
+
+
+def test_smooth_blurs_each_map_and_stores_it_as_the_composite_set_does(fake_dataset) -> None:
+    """``smooth``: a Gaussian blur (sigma 1 px) per channel, then each channel of each map min-max to 0-255 in
+    whole numbers; per map (a batch is its maps one by one), and differentiable for gradient saliency."""
+    x = torch.zeros(2, 3, 28, 28)
+    x[0, 0, 14, 14] = 255.0  # a spike spreads to its neighbours
+    x[0, 1] = torch.arange(28.0).repeat(28, 1)  # a ramp stays monotone
+    x[1] = torch.rand(3, 28, 28) * 255
+    y = smooth_maps(x)
+    assert y.shape == x.shape and torch.equal(y, y.round())
+    assert y[0, 0, 14, 14] == 255 and 0 < y[0, 0, 14, 15] < 255 and y[0, 0, 0, 0] == 0
+    assert (y[0, 1].diff(dim=-1) >= 0).all() and y[0, 1, :, 0].eq(0).all() and y[0, 1, :, -1].eq(255).all()
+    assert y[0, 2].eq(0).all()  # a flat channel stays flat
+    assert torch.equal(y.amax(dim=(-2, -1))[1], torch.full((3,), 255.0))
+    assert torch.equal(torch.cat([smooth_maps(x[:1]), smooth_maps(x[1:])]), y)
+    assert y[1].std() < x[1].std() * 255 / (x[1].amax() - x[1].amin())  # smoother than the input renormalised
+    g = x.clone().requires_grad_(True)
+    smooth_maps(g)[1].sum().backward()
+    assert g.grad is not None and g.grad[1].abs().sum() > 0  # the rounding passes gradients through
+    ds, report = apply_input_transform(fake_dataset, "smooth")
+    assert torch.equal(ds.x, smooth_maps(fake_dataset.x)) and torch.equal(ds.y, fake_dataset.y)
+    assert report["input_transform"] == "smooth" and report["sigma"] == 1.0 and ds.info["input_transform"] == report
+    torch.testing.assert_close(transform_maps("smooth", fake_dataset.x), ds.x)
+    assert transform_maps("none", x) is x
+    with pytest.raises(ConfigError, match="Did you mean 'smooth'"):
+        transform_maps("smoth", x)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        smooth_maps(x[0])

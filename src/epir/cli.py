@@ -228,8 +228,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="honest LOSO of a model and of each component switched off, one table")
     add_run_options(p)
-    p.add_argument("--switches", nargs="+", default=None, metavar="NAME",
-                   help="components to switch off (default: all of the model's switches)")
+    p.add_argument("--switches", nargs="*", default=None, metavar="NAME",
+                   help="components to switch off (default: all of the model's switches; --switches with no name: "
+                        "none, the full configuration and the lever arms only)")
     p.add_argument("--levers", nargs="+", default=None, metavar="LEVER",
                    help="recipe levers, one arm each (+LEVER, or -LEVER where the configuration has it on): "
                         f"{', '.join(LEVERS)}, or all")

@@ -100,7 +100,8 @@ class DataConfig:
     dataset: str = "synthetic"
     root: str | None = None  # dataset root; datasets may also read an environment variable
     seed: int = 0  # generator seed (synthetic data only)
-    input_transform: str = "none"  # none (whole-face map) | mosaic (HTNet's four landmark regions)
+    # none (whole-face map) | mosaic (HTNet's four landmark regions) | smooth (Gaussian blur sigma 1 px, renormalised)
+    input_transform: str = "none"
     subset: tuple[str, ...] = ()  # source datasets kept (SDE: LOSO inside them alone); empty: all (CDE)
 
 

@@ -1,4 +1,10 @@
-"""Input transforms applied to a whole :class:`FlowDataset` before LOSO: ``apply_input_transform(ds, name)``.
+"""Input transforms applied to a whole :class:`FlowDataset` before LOSO: ``apply_input_transform(ds, name)``;
+:func:`transform_maps` applies one to a batch of maps (what a checkpoint puts in front of its network).
+
+``smooth`` is a smoother flow (:func:`smooth_maps`): a Gaussian blur of sigma 1 px on every channel, then each
+channel of each map min-max normalised to 0-255 again, as the composite set's maps are stored. It is round 15's
+``smooth`` alteration of ``benchmarks/flow_robustness.py``, as a switch (``data.input_transform=smooth``, the
+``smooth`` lever of ``epir ablate``); not part of any recipe (docs/epir-design.md, round 16).
 
 ``mosaic`` is HTNet's four-region input (Wang et al., Neurocomputing 2024), as its official code builds it:
 five facial landmarks (left eye, right eye, nose, left and right mouth corners) on the 28x28 face, every
@@ -19,6 +25,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from epir.data.base import FlowDataset
 from epir.errors import ConfigError, DatasetError, did_you_mean
@@ -100,6 +107,55 @@ def mosaic(flow: Flow, landmarks: np.ndarray | None = None) -> Flow:
     return np.stack(out) if isinstance(flow, np.ndarray) else torch.stack(out)
 
 
+#: ``smooth``: the Gaussian's sigma (px) and its kernel's side.
+SMOOTH_SIGMA, SMOOTH_KERNEL = 1.0, 5
+
+
+def renormalise_maps(x: torch.Tensor) -> torch.Tensor:
+    """Every channel of every map min-max normalised to 0-255 and rounded, as the composite set's maps are stored
+    (each of their channels spans exactly 0-255 in whole numbers); a flat channel becomes 0.
+
+    The rounding passes gradients straight through (its value is the rounded one), so that gradient saliency
+    (``epir explain``) still sees through an input transform that ends with it.
+    """
+    low = x.amin(dim=(-2, -1), keepdim=True)
+    span = (x.amax(dim=(-2, -1), keepdim=True) - low).clamp_min(1e-12)
+    y = (x - low) / span * 255.0
+    return y.round().detach() + (y - y.detach())  # exactly the rounded value; the gradient is y's
+
+
+def smooth_maps(x: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
+    """A smoother flow: each channel of maps ``x`` (N, C, H, W) at 0-255 blurred by a Gaussian of ``sigma`` px
+    (:data:`SMOOTH_KERNEL` wide, reflected border), then min-max normalised again (:func:`renormalise_maps`).
+
+    Per map, with no statistic of other samples, so it is the same in LOSO, ``epir train`` and ``epir predict``.
+    ``data.input_transform=smooth`` applies it to every map, and ``benchmarks/flow_robustness.py`` uses it as
+    its ``smooth`` alteration.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"smooth_maps expects flow maps (N, C, H, W), got shape {tuple(x.shape)}.")
+    r = torch.arange(SMOOTH_KERNEL, dtype=x.dtype, device=x.device) - SMOOTH_KERNEL // 2
+    g = torch.exp(-(r**2) / (2 * sigma**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(x.shape[1], 1, SMOOTH_KERNEL, SMOOTH_KERNEL)
+    padded = F.pad(x, (SMOOTH_KERNEL // 2,) * 4, mode="reflect")
+    return renormalise_maps(F.conv2d(padded, kernel, groups=x.shape[1]))
+
+
+def transform_maps(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Input transform ``name`` on a batch of maps (N, C, 28, 28) at 0-255 (the mosaic around the official fixed
+    landmarks): what :class:`~epir.inference.InferenceModel` puts in front of a network.
+    """
+    if name == "mosaic":
+        return mosaic(x)
+    if name == "smooth":
+        return smooth_maps(x)
+    if name == "none":
+        return x
+    raise ConfigError(f"Unknown input transform {name!r}.{did_you_mean(name, INPUT_TRANSFORMS)} "
+                      f"Valid names: {', '.join(INPUT_TRANSFORMS)}.")
+
+
 # --------------------------------------------------------------------------------------------------------
 # Dataset-level transforms
 # --------------------------------------------------------------------------------------------------------
@@ -145,10 +201,18 @@ def _mosaic(dataset: FlowDataset) -> tuple[FlowDataset, dict[str, Any]]:
     return replace(dataset, x=x, info={**dataset.info, "input_transform": report}), report
 
 
+def _smooth(dataset: FlowDataset) -> tuple[FlowDataset, dict[str, Any]]:
+    report = {"input_transform": "smooth", "sigma": SMOOTH_SIGMA, "kernel": SMOOTH_KERNEL,
+              "then": "each channel of each map min-max normalised to 0-255 and rounded"}
+    x = smooth_maps(dataset.x.float()).to(dataset.x.dtype)
+    return replace(dataset, x=x, info={**dataset.info, "input_transform": report}), report
+
+
 #: Every input transform by name: ``fn(dataset) -> (dataset, report)``.
 INPUT_TRANSFORMS: dict[str, Callable[[FlowDataset], tuple[FlowDataset, dict[str, Any]]]] = {
     "none": _none,
     "mosaic": _mosaic,
+    "smooth": _smooth,
 }
 
 
@@ -158,7 +222,8 @@ def apply_input_transform(dataset: FlowDataset, name: str) -> tuple[FlowDataset,
     Args:
         dataset: flow maps (N, 3, 28, 28); per-sample landmarks, when present, in ``info["landmarks"]``,
             shape (N, 5, 2).
-        name: ``none`` (the whole-face map, unchanged) or ``mosaic`` (HTNet's four-region input).
+        name: ``none`` (the whole-face map, unchanged), ``mosaic`` (HTNet's four-region input) or ``smooth``
+            (:func:`smooth_maps`: a Gaussian blur of sigma 1 px, each channel min-max normalised again).
 
     Returns:
         The transformed dataset (labels, subjects and clips unchanged) and a YAML-friendly report of what was

@@ -83,6 +83,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # weights of `epir pretrain --subjects 200 --clips 50 --epochs 10 --out pretrained/epir-synthetic-10k` (run
     # it first; a missing file is an error before anything trains)
     "pretrain": ("train.init=pretrained/epir-synthetic-10k.safetensors",),
+    # a smoother flow: every map blurred (Gaussian, sigma 1 px) and min-max normalised again, before anything else
+    # (round 16: round 15's smooth stand-in for another flow pipeline, as a switch; in no recipe)
+    "smooth": ("data.input_transform=smooth",),
 }
 
 
@@ -111,6 +114,7 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "select-margin": ("train.select_margin=0",),
     "mix-coarse": ("train.select=[train.distill_mix=0, train.distill_mix=0.25, train.distill_mix=0.5, "
                    "train.distill_mix=0.75, train.distill_mix=1]",),
+    "smooth": ("data.input_transform=none",),
 }
 
 
@@ -145,7 +149,7 @@ def run_ablation(
         cfg: the full model's run config (its seeds and folds are used by every arm).
         out_dir: the run directory; each arm's own run directory is ``out_dir/<arm>`` (resumable).
         dataset: the data (loaded from ``cfg.data`` when omitted, once for all arms).
-        switches: the components to switch off (default: all the model's switches).
+        switches: the components to switch off (default: all the model's switches; ``[]``: none, the levers alone).
         levers: recipe levers of :data:`LEVERS`, one arm each (``["all"]``: every one): ``+<lever>`` adds it,
             ``-<lever>`` takes it away when the full configuration already has it (:func:`lever_arm`).
         progress: print each arm and show the progress bars.

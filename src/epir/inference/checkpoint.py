@@ -54,7 +54,7 @@ from epir._version import __version__
 from epir.config import TTA_KINDS
 from epir.data.augment import recentre_maps
 from epir.data.base import CHANNELS
-from epir.data.transforms import INPUT_TRANSFORMS, mosaic
+from epir.data.transforms import INPUT_TRANSFORMS, transform_maps
 from epir.engine.train import InputNorm, mirror_mean_probabilities
 from epir.errors import CheckpointError, CheckpointNotFoundError, EpirError, UnknownNameError
 from epir.fileio import write_atomic
@@ -75,7 +75,8 @@ class InferenceModel(nn.Module):
     """A trained network with its input transform and fitted input normalisation in front of it.
 
     Takes flow maps exactly like the training data, ``(B, 3, H, W)`` float, channels u, v, strain at 0-255,
-    applies the input transform (``mosaic``: HTNet's four regions around the official fixed landmarks), then
+    applies the input transform (``mosaic``: HTNet's four regions around the official fixed landmarks;
+    ``smooth``: a Gaussian blur of sigma 1 px, each channel min-max normalised again), then
     ``(x - mean) / std``, and returns the network's logits ``(B, num_classes)``. This is the module that
     :class:`~epir.inference.Predictor` runs and that :func:`~epir.inference.export_onnx` exports.
     ``transform`` is the transform done inside the module ("none" for a model whose mosaic needs per-clip
@@ -113,9 +114,7 @@ class InferenceModel(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """x: flow maps (B, 3, H, W) at 0-255. Returns the network's input (transformed, then standardised)."""
-        if self.transform == "mosaic":
-            x = mosaic(x)
-        return self._standardize(x)
+        return self._standardize(transform_maps(self.transform, x))
 
     def _standardize(self, x: torch.Tensor) -> torch.Tensor:
         if self.recentre:
@@ -133,7 +132,7 @@ class InferenceModel(nn.Module):
     def _own_logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.tta == "none":
             return self.model(self.normalize(x))
-        t = mosaic(x) if self.transform == "mosaic" else x
+        t = transform_maps(self.transform, x)
         return mirror_mean_probabilities(lambda m: self.model(self._standardize(m)), t).log()
 
     def has_intermediates(self) -> bool:
@@ -198,7 +197,7 @@ class Checkpoint:
 
     @property
     def transform(self) -> str:
-        """The input transform applied before the model (``none``, ``mosaic``)."""
+        """The input transform applied before the model (``none``, ``mosaic``, ``smooth``)."""
         return self.info.transform
 
     @property
@@ -249,7 +248,7 @@ def make_meta(
         norm: the fitted input normalisation.
         norm_kind: the recipe's ``train.input_norm``.
         input_size: height and width of the flow maps.
-        transform: the input transform (``data.input_transform``: none or mosaic).
+        transform: the input transform (``data.input_transform``: none, mosaic or smooth).
         landmarks: ``default`` (the mosaic uses the official fixed points) or ``per-clip`` (each sample's own).
         preprocessing: ``PreprocessSettings.to_dict()`` of the clips' preprocessing.
         training: where the model came from (dataset, subjects, config, ...).
@@ -495,7 +494,7 @@ class CheckpointMeta:
         model_args: all its keyword arguments.
         class_names: the name of each class index.
         input_size: height and width of the flow maps.
-        transform: the input transform (``none`` or ``mosaic``).
+        transform: the input transform (``none``, ``mosaic`` or ``smooth``).
         landmarks: ``default`` or ``per-clip`` (a mosaic around each sample's own points).
         tta: test-time augmentation applied when predicting (``none`` or ``flip``; ``none`` in older files).
         norm_mean: per-channel mean of the input normalisation.
