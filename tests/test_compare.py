@@ -8,7 +8,7 @@ import pytest
 
 from epir.cli import main
 from epir.config import RunConfig
-from epir.engine.compare import parse_arm, split_overrides
+from epir.engine.compare import arm_levers, parse_arm, split_overrides, with_levers
 from epir.engine.uncertainty import holm
 from epir.errors import ConfigError, UnknownNameError
 
@@ -22,6 +22,10 @@ def test_split_overrides():
     assert got == {"epir": ["train.epochs=2", "model.dim=8"], "htnet": ["train.epochs=2"]}
     with pytest.raises(ConfigError, match="not one of the compared models"):
         split_overrides(["epir"], ["ststnet:model.num_classes=3"])
+    arms = ["epir", "epir+smooth", "epir@alone", "epir@alone+smooth"]
+    got = split_overrides(arms, ["epir@alone:a=1", "epir@alone+smooth:b=2", "epir:c=3", "epir+smooth:d=4"])
+    assert got == {"epir": ["c=3"], "epir+smooth": ["c=3", "d=4"], "epir@alone": ["a=1", "c=3"],
+                   "epir@alone+smooth": ["a=1", "b=2", "c=3"]}
 
 
 def test_compare_three_models_same_folds(fake_root, tmp_path, capsys):
@@ -57,12 +61,17 @@ def test_compare_three_models_same_folds(fake_root, tmp_path, capsys):
 def test_arms_of_one_model(fake_root, tmp_path, capsys):
     """MODEL@RECIPE compares recipes of one model on the same folds: each arm its own recipe and run folder."""
     out = tmp_path / "cmp"
-    code = main(["compare", "--models", "epir", "epir@alone", "--dataset", "megc2019", "--root", str(fake_root),
-                 "--folds", "casme2/sub01", "samm/006", "--epochs", "1", "--batch-size", "8", "--threads", "1",
-                 "--out", str(out), "--no-progress", *TINY[:6], "--set", "epir@alone:train.lr=0.002"])
+    code = main(["compare", "--models", "epir", "epir@alone", "epir@alone+smooth", "--dataset", "megc2019", "--root",
+                 str(fake_root), "--folds", "casme2/sub01", "samm/006", "--epochs", "1", "--batch-size", "8",
+                 "--threads", "1", "--out", str(out), "--no-progress", *TINY[:6],
+                 "--set", "epir@alone:train.lr=0.002"])
     assert code == 0, capsys.readouterr().err
     table = pd.read_csv(out / "comparison.csv")
-    assert list(table["name"]) == ["epir", "epir@alone"]
+    assert list(table["name"]) == ["epir", "epir@alone", "epir@alone+smooth"]
+    # +LEVER: the recipe's arm with an epir ablate lever on (and what reaches the recipe reaches it too)
+    smooth = RunConfig.load(out / "epir@alone+smooth" / "config.yaml")
+    assert smooth.data.input_transform == "smooth" and smooth.train.lr == 2e-3 and smooth.train.distill == ""
+    table = table.iloc[:2]
     # the default mixes in its fold's STSTNet teachers: they count in the whole, not in the model's own parameters
     (own, total), (alone_own, alone_total) = table[["params", "params_total"]].to_numpy().tolist()
     teacher = json.loads((out / "epir" / "results.json").read_text())["teacher"]["params"]
@@ -74,12 +83,21 @@ def test_arms_of_one_model(fake_root, tmp_path, capsys):
     assert (default.train.lr, alone.train.lr) == (1e-3, 2e-3)  # epir@alone: reaches that arm only
     assert (out / "confusion_epir@alone.png").is_file()
     diffs = json.loads((out / "differences.json").read_text())
-    assert [d["names"] for d in diffs] == [["epir@alone", "epir"]]
-    assert "recipes: epir default, epir@alone)" in (out / "comparison.md").read_text()
+    assert [d["names"] for d in diffs] == [["epir@alone", "epir"], ["epir@alone+smooth", "epir"]]
+    assert "recipes: epir default, epir@alone, epir@alone+smooth)" in (out / "comparison.md").read_text()
 
 
 def test_arm_names_are_checked():
     assert parse_arm("epir") == ("epir", None) and parse_arm("htnet@cpu") == ("htnet", "cpu")
+    assert parse_arm("epir@alone+smooth+mixup") == ("epir", "alone")
+    assert arm_levers("epir@alone+smooth+mixup") == ["smooth", "mixup"] and arm_levers("epir@alone") == []
+    with pytest.raises(ConfigError, match="no lever 'smoth'.*Did you mean 'smooth'"):
+        parse_arm("epir+smoth")
+    with pytest.raises(ConfigError, match="expected MODEL or MODEL@RECIPE"):
+        parse_arm("epir+")
+    from epir import make_config
+    with pytest.raises(ConfigError, match="lever 'tta' is already on in 'epir'"):  # the default flips at test time
+        with_levers("epir+tta", make_config("epir"))
     with pytest.raises(ConfigError, match="Did you mean 'cpu'"):
         parse_arm("htnet@cpuu")
     with pytest.raises(ConfigError, match="expected MODEL or MODEL@RECIPE"):

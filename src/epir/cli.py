@@ -255,7 +255,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", required=True, metavar="MODEL",
                    help="the arms, run on the same folds and seeds: a registered model (epir list models), or "
                         "MODEL@RECIPE for one of its named recipes (epir list recipes --model MODEL), so that "
-                        "recipes of one model can be compared, e.g. epir epir@teacher3-mix-shared ststnet; the first "
+                        "recipes of one model can be compared, e.g. epir epir@teacher3-mix-shared ststnet; either "
+                        "followed by +LEVER for a lever of epir ablate (epir+smooth, epir@alone+tta); the first "
                         "is the reference of the paired differences")
     p.add_argument("--protocol", choices=["honest", "oracle-epoch"], default="honest",
                    help="oracle-epoch is OPTIMISTIC (epoch chosen on each held-out subject) and labelled so")

@@ -8,45 +8,78 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from epir.config import repeated
+from epir.config import RunConfig, apply_overrides, repeated
 from epir.data import FlowDataset, load_dataset
+from epir.engine.ablate import LEVERS
 from epir.engine.evaluate import differences
 from epir.engine.loso import make_config, run_loso
 from epir.engine.report_html import METRIC_COLOURS, confusion_plot, write_table_report
 from epir.engine.runstore import write_json_atomic
 from epir.engine.tables import differences_markdown, run_row, to_markdown
-from epir.errors import ConfigError
+from epir.errors import ConfigError, did_you_mean
 from epir.fileio import writable_dir
 from epir.models import MODELS, default_recipe
+from epir.runsetup import resolve_config
 
 #: Separates a model from one of its named recipes in a compared arm: ``epir@alone`` (``epir list recipes``).
 ARM_SEP = "@"
+#: Adds a recipe lever of ``epir ablate`` (:data:`epir.engine.ablate.LEVERS`) to a compared arm: ``epir+smooth``,
+#: ``epir@alone+tta+mixup``.
+LEVER_SEP = "+"
 
 
 def parse_arm(arm: str) -> tuple[str, str | None]:
-    """A compared arm, ``MODEL`` or ``MODEL@RECIPE``, as (model, recipe or None); the names are checked."""
-    model, sep, recipe = arm.partition(ARM_SEP)
-    if sep and not (model and recipe):
-        raise ConfigError(f"models (--models) {arm!r}: expected MODEL or MODEL{ARM_SEP}RECIPE, e.g. "
-                          f"epir{ARM_SEP}alone (epir list recipes --model MODEL).")
+    """A compared arm, ``MODEL``, ``MODEL@RECIPE``, either with ``+LEVER`` after it (:func:`arm_levers`), as
+    (model, recipe or None); the names are checked.
+    """
+    base, *levers = arm.split(LEVER_SEP)
+    model, sep, recipe = base.partition(ARM_SEP)
+    if (sep and not (model and recipe)) or not all(levers):
+        raise ConfigError(f"models (--models) {arm!r}: expected MODEL or MODEL{ARM_SEP}RECIPE, either followed by "
+                          f"{LEVER_SEP}LEVER, e.g. epir{ARM_SEP}alone or epir{LEVER_SEP}smooth (epir list recipes "
+                          "--model MODEL; levers: epir ablate --help).")
     MODELS.get(model)  # an unknown model fails before any training
     if sep:
         try:
             default_recipe(model, recipe)
         except ConfigError as e:
             raise ConfigError(f"models (--models) {arm!r}: {e} (epir list recipes --model {model})") from None
+    arm_levers(arm)
     return model, recipe or None
 
 
+def arm_levers(arm: str) -> list[str]:
+    """The recipe levers a compared arm adds, in order: ``epir@alone+tta+mixup`` -> ``["tta", "mixup"]``."""
+    levers = arm.split(LEVER_SEP)[1:]
+    for lever in levers:
+        if lever not in LEVERS:
+            raise ConfigError(f"models (--models) {arm!r}: no lever {lever!r}{did_you_mean(lever, LEVERS)}; "
+                              f"levers: {', '.join(LEVERS)}.")
+    return levers
+
+
+def with_levers(arm: str, cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the arm's levers on (:func:`arm_levers`); a lever that changes nothing is an error."""
+    for lever in arm_levers(arm):
+        on = apply_overrides(cfg, list(LEVERS[lever]))
+        if resolve_config(on) == resolve_config(cfg):
+            raise ConfigError(f"models (--models) {arm!r}: lever {lever!r} is already on in "
+                              f"{arm.split(LEVER_SEP)[0]!r}; name the arm without it.")
+        cfg = on
+    return cfg
+
+
 def split_overrides(models: Sequence[str], overrides: Sequence[str]) -> dict[str, list[str]]:
-    """``KEY=VALUE`` applies to every arm, ``ARM:KEY=VALUE`` to that arm only, and ``MODEL:KEY=VALUE`` to every arm
-    of that model (``epir:...`` to ``epir`` and ``epir@alone`` alike).
+    """``KEY=VALUE`` applies to every arm, ``ARM:KEY=VALUE`` to that arm only, ``MODEL@RECIPE:KEY=VALUE`` to that
+    recipe's arms with or without levers, and ``MODEL:KEY=VALUE`` to every arm of that model (``epir:...`` to
+    ``epir``, ``epir+smooth`` and ``epir@alone`` alike).
     """
     per_model: dict[str, list[str]] = {m: [] for m in models}
     for item in overrides:
         head, sep, rest = item.partition(":")
         if sep and "=" not in head:
-            targets = [m for m in models if head in (m, m.partition(ARM_SEP)[0])]
+            targets = [m for m in models
+                       if head in (m, m.partition(LEVER_SEP)[0], m.partition(LEVER_SEP)[0].partition(ARM_SEP)[0])]
             if not targets:
                 raise ConfigError(f"overrides (--set) {item!r}: {head!r} is not one of the compared models "
                                   f"{list(models)}.")
@@ -105,7 +138,8 @@ def run_compare(
 ) -> pd.DataFrame:
     """LOSO of every arm in ``models`` on the same folds and seeds: a registered model with its default recipe (or
     the named one in ``recipes``, e.g. ``{"htnet": "cpu"}``), or ``MODEL@RECIPE`` for one of its named recipes, so
-    that several recipes of one model can be compared (``["epir", "epir@teacher3-mix-shared", "ststnet"]``).
+    that several recipes of one model can be compared (``["epir", "epir@teacher3-mix-shared", "ststnet"]``); either
+    may add levers of ``epir ablate`` (``epir+smooth``, ``epir@alone+tta``: :data:`LEVER_SEP`).
 
     Writes ``comparison.md``, ``comparison.csv``, ``scores.png`` and ``confusion_<arm>.png`` into
     ``out_dir``, and ``differences.json``: every other arm minus the first on the same samples, with the interval
@@ -133,8 +167,9 @@ def run_compare(
     out = writable_dir(out_dir, "comparison folder")
     per_model = split_overrides(models, overrides)
     configs = {
-        m: make_config(model, dataset, root=root, seeds=seeds, folds=folds, oracle_epoch=protocol == "oracle-epoch",
-                       overrides=per_model[m], recipe=recipes.get(m))
+        m: with_levers(m, make_config(model, dataset, root=root, seeds=seeds, folds=folds,
+                                      oracle_epoch=protocol == "oracle-epoch", overrides=per_model[m],
+                                      recipe=recipes.get(m)))
         for m, (model, _) in arms.items()
     }
     if data is None:
@@ -155,7 +190,8 @@ def run_compare(
     (out / "comparison.md").write_text(
         f"# Comparison on {data.name} ({label}, seeds {list(seeds)}, "
         f"{rows[0]['n_folds']} folds; recipes: "
-        + ", ".join(m if ARM_SEP in m else f"{m} {recipes.get(m, 'default')}" for m in models) + ")\n\n"
+        + ", ".join(m if ARM_SEP in m or LEVER_SEP in m else f"{m} {recipes.get(m, 'default')}" for m in models)
+        + ")\n\n"
         + to_markdown(table, "model") + ("\n" + differences_markdown(diffs) if diffs else "")
     )
     plot_scores(table, out / "scores.png", f"{data.name}: {label}")
@@ -169,4 +205,4 @@ def run_compare(
     return table
 
 
-__all__ = ["ARM_SEP", "parse_arm", "run_compare", "split_overrides"]
+__all__ = ["ARM_SEP", "LEVER_SEP", "arm_levers", "parse_arm", "run_compare", "split_overrides", "with_levers"]
