@@ -118,14 +118,20 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
 }
 
 
+def lever_on(cfg: RunConfig, lever: str) -> RunConfig | None:
+    """``cfg`` with ``lever``'s overrides (:data:`LEVERS`), or None when they change nothing (it is already on)."""
+    if lever not in LEVERS:
+        raise ConfigError(f"no lever {lever!r}{did_you_mean(lever, LEVERS)}; levers: {', '.join(LEVERS)}, all.")
+    on = apply_overrides(cfg, list(LEVERS[lever]))
+    return None if resolve_config(on) == resolve_config(cfg) else on
+
+
 def lever_arm(cfg: RunConfig, lever: str) -> tuple[str, RunConfig]:
     """The ablation arm of ``lever`` on ``cfg``: ``+<lever>`` (the lever's overrides), or ``-<lever>`` (turned
     off by :data:`LEVER_OFF`) when ``cfg`` already has it on.
     """
-    if lever not in LEVERS:
-        raise ConfigError(f"no lever {lever!r}{did_you_mean(lever, LEVERS)}; levers: {', '.join(LEVERS)}, all.")
-    on = apply_overrides(cfg, list(LEVERS[lever]))
-    if resolve_config(on) != resolve_config(cfg):
+    on = lever_on(cfg, lever)
+    if on is not None:
         return f"+{lever}", on
     if lever not in LEVER_OFF:
         raise ConfigError(f"lever {lever!r} is already on in the full configuration and has no 'off' setting; "

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from epir.config import RunConfig, apply_overrides, repeated
+from epir.config import RunConfig, repeated
 from epir.data import FlowDataset, load_dataset
-from epir.engine.ablate import LEVERS
+from epir.engine.ablate import LEVERS, lever_on
 from epir.engine.evaluate import differences
 from epir.engine.loso import make_config, run_loso
 from epir.engine.report_html import METRIC_COLOURS, confusion_plot, write_table_report
@@ -19,7 +19,6 @@ from epir.engine.tables import differences_markdown, run_row, to_markdown
 from epir.errors import ConfigError, did_you_mean
 from epir.fileio import writable_dir
 from epir.models import MODELS, default_recipe
-from epir.runsetup import resolve_config
 
 #: Separates a model from one of its named recipes in a compared arm: ``epir@alone`` (``epir list recipes``).
 ARM_SEP = "@"
@@ -61,8 +60,8 @@ def arm_levers(arm: str) -> list[str]:
 def with_levers(arm: str, cfg: RunConfig) -> RunConfig:
     """``cfg`` with the arm's levers on (:func:`arm_levers`); a lever that changes nothing is an error."""
     for lever in arm_levers(arm):
-        on = apply_overrides(cfg, list(LEVERS[lever]))
-        if resolve_config(on) == resolve_config(cfg):
+        on = lever_on(cfg, lever)
+        if on is None:
             raise ConfigError(f"models (--models) {arm!r}: lever {lever!r} is already on in "
                               f"{arm.split(LEVER_SEP)[0]!r}; name the arm without it.")
         cfg = on
