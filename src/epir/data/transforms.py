@@ -152,8 +152,13 @@ def transform_maps(name: str, x: torch.Tensor) -> torch.Tensor:
         return smooth_maps(x)
     if name == "none":
         return x
-    raise ConfigError(f"Unknown input transform {name!r}.{did_you_mean(name, INPUT_TRANSFORMS)} "
-                      f"Valid names: {', '.join(INPUT_TRANSFORMS)}.")
+    raise _unknown(name)
+
+
+def _unknown(name: str) -> ConfigError:
+    """The error for an input transform this epir does not know."""
+    return ConfigError(f"Unknown input transform {name!r}.{did_you_mean(name, INPUT_TRANSFORMS)} "
+                       f"Valid names: {', '.join(INPUT_TRANSFORMS)}.")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -231,8 +236,5 @@ def apply_input_transform(dataset: FlowDataset, name: str) -> tuple[FlowDataset,
         "clipped": ["right eye x 21.3962 -> 21", ...]}``.
     """
     if name not in INPUT_TRANSFORMS:
-        raise ConfigError(
-            f"Unknown input transform {name!r}.{did_you_mean(name, INPUT_TRANSFORMS)} "
-            f"Valid names: {', '.join(INPUT_TRANSFORMS)}."
-        )
+        raise _unknown(name)
     return INPUT_TRANSFORMS[name](dataset)

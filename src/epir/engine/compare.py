@@ -68,6 +68,14 @@ def with_levers(arm: str, cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def _heads(arm: str) -> tuple[str, str, str]:
+    """What ``--set HEAD:KEY=VALUE`` may name to reach ``arm``: the arm, its recipe's arm without levers, its model
+    (``epir@alone+smooth``: itself, ``epir@alone``, ``epir``).
+    """
+    base = arm.partition(LEVER_SEP)[0]
+    return arm, base, base.partition(ARM_SEP)[0]
+
+
 def split_overrides(models: Sequence[str], overrides: Sequence[str]) -> dict[str, list[str]]:
     """``KEY=VALUE`` applies to every arm, ``ARM:KEY=VALUE`` to that arm only, ``MODEL@RECIPE:KEY=VALUE`` to that
     recipe's arms with or without levers, and ``MODEL:KEY=VALUE`` to every arm of that model (``epir:...`` to
@@ -77,8 +85,7 @@ def split_overrides(models: Sequence[str], overrides: Sequence[str]) -> dict[str
     for item in overrides:
         head, sep, rest = item.partition(":")
         if sep and "=" not in head:
-            targets = [m for m in models
-                       if head in (m, m.partition(LEVER_SEP)[0], m.partition(LEVER_SEP)[0].partition(ARM_SEP)[0])]
+            targets = [m for m in models if head in _heads(m)]
             if not targets:
                 raise ConfigError(f"overrides (--set) {item!r}: {head!r} is not one of the compared models "
                                   f"{list(models)}.")

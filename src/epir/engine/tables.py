@@ -92,9 +92,7 @@ def to_markdown(table: pd.DataFrame, first: str = "name") -> str:
         cells = [str(r[first if first in table else "name"]), fmt_mean_std(r["uf1"], r["uf1_std"], one),
                  fmt_mean_std(r["uar"], r["uar_std"], one)]
         cells += [fmt_mean_std(r[f"{s}_{m}"], r[f"{s}_{m}_std"], one) for s in sources for m in ("uf1", "uar")]
-        total = r.get("params_total")
-        cells += [params_cell(int(r["params"]), int(r["params"] if pd.isna(total) else total)),
-                  f"{int(r['flops_per_sample']):,}"]
+        cells += [params_cell(int(r["params"]), int(r["params_total"])), f"{int(r['flops_per_sample']):,}"]
         if "latency_ms_b1" in table:
             cells.append(f"{r['latency_ms_b1']:.3f}")
         cells.append(f"{r['fold_seconds']:.1f}")
