@@ -89,8 +89,11 @@ ALTERED = {"smooth": f"Gaussian blur, sigma {SMOOTH_SIGMA} px ({SMOOTH_KERNEL} x
 
 def altered(data: FlowDataset, alteration: str) -> FlowDataset:
     """A copy of ``data`` with its maps altered (then min-max normalised per channel, as shipped)."""
-    change = {"smooth": smooth_maps, "crop": crop, "coarse": coarse}[alteration]  # smooth_maps renormalises too
-    return replace(data, x=renormalise_maps(change(data.x)), info={**data.info, "alteration": alteration})
+    if alteration == "smooth":  # the library's switch, which normalises its maps itself
+        x = smooth_maps(data.x)
+    else:
+        x = renormalise_maps({"crop": crop, "coarse": coarse}[alteration](data.x))
+    return replace(data, x=x, info={**data.info, "alteration": alteration})
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ from epir.engine import batched as batched_mod
 from epir.engine import folds
 from epir.engine import train as train_mod
 from epir.engine.batched import Member, fit_many, steps_per_epoch
-from epir.engine.loso import plan_groups, resolve_fold_batch, run_loso
+from epir.engine.cost import forward_passes
+from epir.engine.loso import format_summary, plan_groups, resolve_fold_batch, run_loso
 from epir.engine.train import fit, masked_cross_entropy, predict_proba, snapshot_epochs
 from epir.errors import ConfigError
 from epir.losses import supervised_contrastive_loss
@@ -314,6 +315,7 @@ def test_params_total_counts_every_member_and_snapshot(fake_dataset, tmp_path) -
     cfg = replace(cfg, train=replace(cfg.train, epochs=4, ensemble=2, snapshots=2))
     r = run_loso(cfg, fake_dataset, tmp_path / "run", progress=False)
     assert r["params"] == 1683 and r["params_total"] == 4 * r["params"]  # STSTNet: 2 members x 2 snapshots
+    assert r["flops_total"] == 4 * r["flops_per_sample"] * forward_passes(cfg.train)  # each of them predicts
 
 
 def test_snapshots_exclude_the_oracle_and_checkpoints(fake_dataset, tmp_path) -> None:
@@ -439,6 +441,13 @@ def test_distill_mix_blends_the_teachers_own_probabilities(fake_dataset, tmp_pat
         torch.testing.assert_close(torch.tensor(b["probs"]), 0.75 * torch.tensor(a["probs"]) + 0.25 * teacher)
     assert plain["teacher"]["model"] == "ststnet" and 0 <= plain["teacher"]["uf1"] <= 1
     assert mixed["params_total"] == plain["params_total"] + plain["teacher"]["params"]
+    # the parts of the blend: the student's own probabilities are kept, and what it and its teacher score alone
+    for f in sorted((tmp_path / "mixed" / "folds").rglob("*.json")):
+        b = json.loads(f.read_text())
+        a = json.loads((tmp_path / "plain" / f.relative_to(tmp_path / "mixed")).read_text())
+        assert "model_probs" not in a and b["model_probs"] == a["probs"]
+    assert "model_alone" not in plain and mixed["model_alone"] == {"uf1": plain["uf1"], "uar": plain["uar"]}
+    assert f"parts (mean over seeds): model alone UF1 {plain['uf1']:.4f}" in format_summary(mixed)
     with pytest.raises(ConfigError, match="train.distill_mix=0.5: expected 0 without a teacher"):
         check_ranges(RunConfig(train=replace(default_recipe("epir", "alone"), distill_mix=0.5)))
 

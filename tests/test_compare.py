@@ -77,6 +77,10 @@ def test_arms_of_one_model(fake_root, tmp_path, capsys):
     teacher = json.loads((out / "epir" / "results.json").read_text())["teacher"]["params"]
     assert own == alone_own and total == own + teacher and alone_total == alone_own
     assert f"| {own:,} (all {total:,}) |" in (out / "comparison.md").read_text()
+    # FLOPs of one whole prediction too: the default's flip and its teachers; latency measured for every arm
+    flops, flops_total = table[["flops_per_sample", "flops_total"]].to_numpy()[0].tolist()
+    assert flops_total > flops and f"| {flops:,} (all {flops_total:,}) |" in (out / "comparison.md").read_text()
+    assert (pd.read_csv(out / "comparison.csv")["latency_ms_b1"] > 0).all()
     default, alone = (RunConfig.load(out / arm / "config.yaml") for arm in ("epir", "epir@alone"))
     assert default.train.distill == "ststnet" and alone.train.distill == ""  # each arm's own recipe
     assert default.model.args["dim"] == alone.model.args["dim"] == 12  # epir: reaches every arm of the model

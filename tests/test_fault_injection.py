@@ -90,6 +90,9 @@ def test_tampered_fold_file_is_refused(fake_root, tmp_path, capsys) -> None:
     (lambda r: r["probs"][0].__setitem__(0, "x"), "its probs are not numbers"),
     (lambda r: r["probs"].__setitem__(0, [p / 2 for p in r["probs"][0]]), "do not sum to 1"),
     (lambda r: r["predicted"].__setitem__(0, (r["predicted"][0] + 1) % 3), "not those of the largest probabilities"),
+    # the parts of a blend with a teacher: a row too many, rows that do not sum to 1
+    (lambda r: r.__setitem__("model_probs", [[0.5, 0.5, 0.0]] * (len(r["probs"]) + 1)), "its model_probs are not"),
+    (lambda r: r.__setitem__("teacher_probs", [[0.5, 0.6, 0.0] for _ in r["probs"]]), "its teacher_probs are not"),
 ])
 def test_a_fold_file_with_damaged_probabilities_is_not_resumed(fake_root, tmp_path, capsys, edit, message) -> None:
     """A finished fold is read back only if its probabilities are probabilities and its predictions their argmax."""

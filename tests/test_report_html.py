@@ -79,6 +79,27 @@ def test_oracle_run_is_marked_optimistic(tmp_path) -> None:
     assert "OPTIMISTIC" in (tmp_path / "run" / "report.html").read_text()
 
 
+def test_a_resumed_run_says_its_wall_time_left_out_the_resumed_folds(run_dir: Path, tmp_path) -> None:
+    """Run again over finished folds, the run takes a second: the page says the folds were resumed, not timed."""
+    from fakes import make_flow_dataset
+
+    again = tmp_path / "run"
+    shutil.copytree(run_dir, again)
+    r = run_loso(tiny_cfg(seeds=(0, 1), fold_batch=4), make_flow_dataset(), again, progress=False)
+    assert r["resumed_folds"] == 12
+    page = (again / "report.html").read_text()
+    assert "(12 folds resumed from an earlier run, not timed here)" in page
+    assert "resumed" not in (run_dir / "report.html").read_text()
+
+
+def test_figures_of_the_whole_and_of_a_model_the_counter_cannot_trace() -> None:
+    from epir.engine.report_html import _whole
+
+    assert _whole({"params": 99585, "params_total": 104634}, "params", "params_total") == "99,585 (all 104,634)"
+    assert _whole({"flops_per_sample": 780000, "flops_total": 780000}, "flops_per_sample", "flops_total") == "780,000"
+    assert _whole({"flops_per_sample": None}, "flops_per_sample", "flops_total") is None  # no figure, no crash
+
+
 def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

@@ -13,10 +13,12 @@ import epir
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, check_ranges
 from epir.data import load_dataset
 from epir.engine import folds, selection
+from epir.engine.cost import forward_passes
 from epir.engine.loso import run_loso
 from epir.errors import ConfigError
 from epir.inference import CheckpointError, load_checkpoint, train_checkpoint
 from epir.models import ProbabilityMean, create_model, default_recipe
+from epir.profiling import count_flops
 
 TINY_EPIR = ["model.dim=16", "model.heads=2", "model.depths=[1,1]"]
 
@@ -74,6 +76,10 @@ def test_ensemble_teacher_trains_k_seeds_on_the_training_rows_only(fake_dataset,
     single = create_model("ststnet")
     assert r["teacher"]["params"] == 3 * sum(p.numel() for p in single.parameters())
     assert r["params_total"] == r["params"] + r["teacher"]["params"]
+    # one whole prediction: the student's forward passes and each of the three teachers' own
+    cfg = _cfg(3, 0.5, subjects, fold_batch)
+    teacher_flops = forward_passes(selection.teacher_config(cfg).train) * count_flops(single, (1, 3, 28, 28))
+    assert r["flops_total"] == forward_passes(cfg.train) * r["flops_per_sample"] + 3 * teacher_flops
     first = trained[0].state_dict()
     assert any(not torch.equal(first[k], trained[1].state_dict()[k]) for k in first)
     for f in sorted((tmp_path / "run" / "folds").rglob("*.json")):

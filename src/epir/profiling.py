@@ -22,6 +22,18 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
+def count_function_flops(fn: Callable[[torch.Tensor], object], input_shape: Sequence[int]) -> int:
+    """Forward FLOPs per sample of ``fn`` on a random batch of ``input_shape``, counted as :func:`count_flops`
+    counts them (matrix products and convolutions only), without gradients. For work in front of a network that is
+    not a module, e.g. an input transform (:func:`epir.data.transforms.transform_maps`).
+    """
+    x = torch.randn(*input_shape)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        fn(x)
+    return counter.get_total_flops() // input_shape[0]
+
+
 def count_flops(model: nn.Module, input_shape: Sequence[int] = (1, *SAMPLE_SHAPE)) -> int:
     """Forward FLOPs per sample, counted by ``torch.utils.flop_counter.FlopCounterMode`` in eval mode.
 
@@ -34,13 +46,9 @@ def count_flops(model: nn.Module, input_shape: Sequence[int] = (1, *SAMPLE_SHAPE
     was_training = model.training
     model.eval()
     try:
-        x = torch.randn(*input_shape)
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
-            model(x)
+        return count_function_flops(model, input_shape)
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // input_shape[0]
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:

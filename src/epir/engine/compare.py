@@ -15,7 +15,7 @@ from epir.engine.evaluate import differences
 from epir.engine.loso import make_config, run_loso
 from epir.engine.report_html import METRIC_COLOURS, confusion_plot, write_table_report
 from epir.engine.runstore import write_json_atomic
-from epir.engine.tables import differences_markdown, run_row, to_markdown
+from epir.engine.tables import add_latencies, differences_markdown, run_row, to_markdown
 from epir.errors import ConfigError, did_you_mean
 from epir.fileio import writable_dir
 from epir.models import MODELS, default_recipe
@@ -187,7 +187,8 @@ def run_compare(
             print(f"[compare] {m}")
         results = run_loso(configs[m], dataset=data, out_dir=out / m, progress=progress)
         results_by_model[m] = results
-        rows.append(run_row(m, results, configs[m], latency=True))
+        rows.append(run_row(m, results, configs[m]))
+    add_latencies(rows, [configs[m] for m in models])  # after every arm trained, all under the same load
     table = pd.DataFrame(rows)
     table.to_csv(out / "comparison.csv", index=False)
     label = f"{rows[0]['protocol']}, {rows[0]['evaluation']}"

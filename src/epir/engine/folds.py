@@ -110,6 +110,16 @@ def fold_record(
     }
 
 
+def add_teacher(rec: dict[str, Any], cfg: RunConfig, own: torch.Tensor, teacher_probs: torch.Tensor) -> None:
+    """Keep a fold's teacher's own probabilities in its record (``teacher_probs``) and, where ``cfg`` (the fold's
+    chosen recipe) blended them into the fold's (``train.distill_mix`` > 0), the model's own before the blend
+    (``model_probs``), so that the run can say what each part scores alone.
+    """
+    rec["teacher_probs"] = teacher_probs.tolist()
+    if cfg.train.distill_mix > 0:
+        rec["model_probs"] = own.tolist()
+
+
 class _OracleBest:
     """Optimistic protocol of the published baselines: per subject, keep the (latest) epoch with the best
     accuracy on the held-out subject. Only here, in the caller of ``fit``, does test data appear.
@@ -229,12 +239,13 @@ def run_fold(
                 epochs.append(cfg.train.epochs - 1)
         probs = torch.stack(member_probs).mean(dim=0)  # the ensemble: mean of the members' probabilities
         chosen_epoch = epochs[0]
+        own = probs
         if teachers is not None:  # the teacher's own predictions are kept; train.distill_mix blends them in
             teacher_p = teacher_proba(cfg, teachers[0], test.x)
             probs = mix_teacher(cfg, probs, teacher_p)
     rec = fold_record(seed, subject, test_idx, test.y, probs, chosen_epoch, time.perf_counter() - t0, len(train_idx))
     if teacher_p is not None:
-        rec["teacher_probs"] = teacher_p.tolist()
+        add_teacher(rec, cfg, own, teacher_p)
     if selection:
         rec["selection"] = selection
     if curve:
@@ -332,13 +343,12 @@ def run_fold_group(
     seconds = (time.perf_counter() - t0) / len(folds)
     records = []
     for f, ((seed, subject), (train_idx, test_idx)) in enumerate(zip(folds, splits)):
-        probs = torch.stack(member_probs[f]).mean(dim=0)  # the ensemble: mean of the members' probabilities
+        own = torch.stack(member_probs[f]).mean(dim=0)  # the ensemble: mean of the members' probabilities
         tp = teacher_p[f]
-        if tp is not None:
-            probs = mix_teacher(chosen[f][1], probs, tp)
+        probs = own if tp is None else mix_teacher(chosen[f][1], own, tp)
         rec = fold_record(seed, subject, test_idx, tests[f][1], probs, member_epochs[f][0], seconds, len(train_idx))
         if tp is not None:
-            rec["teacher_probs"] = tp.tolist()
+            add_teacher(rec, chosen[f][1], own, tp)
         if selections[f]:
             rec["selection"] = selections[f]
         if curves[f]:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from epir.config import RunConfig, check_ranges
 from epir.data import FlowDataset
 from epir.engine.backends import execute
+from epir.engine.cost import candidate_mixes, prediction_cost
 from epir.engine.folds import (
     Fold,
     fold_seed,
@@ -46,7 +47,6 @@ from epir.engine.selection import GroupTeachers, candidate_configs, select_share
 from epir.engine.train import load_initial_weights
 from epir.errors import ConfigError
 from epir.models import AUTO_FOLD_BATCH, build_model
-from epir.profiling import count_flops
 from epir.runsetup import (
     EXECUTION_KEYS,
     make_config,
@@ -166,50 +166,71 @@ def check_before_training(cfg: RunConfig) -> None:
         load_initial_weights(build_model(cfg.model), cfg.train.init)
 
 
+def _seed_mean_scores(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, Any]],
+                      probs: Sequence[Sequence[Sequence[float]]], seeds: Sequence[int], context: str
+                      ) -> dict[str, float]:
+    """UF1 and UAR of ``probs`` (one list of rows per record, e.g. a teacher's), pooled per seed, then averaged over
+    the seeds.
+    """
+    scores = []
+    for s in seeds:
+        mine = [(r, p) for r, p in zip(records, probs) if r["seed"] == s]
+        if mine:
+            scores.append(megc_scores([y for r, _ in mine for y in r["true"]],
+                                      [int(np.argmax(row)) for _, p in mine for row in p],
+                                      dataset.num_classes, absent=cfg.eval.absent_class, context=context))
+    return {"uf1": float(np.mean([s["uf1"] for s in scores])), "uar": float(np.mean([s["uar"] for s in scores]))}
+
+
+def _model_probs(rec: dict[str, Any], mixes: Sequence[float], cfg: RunConfig) -> list[list[float]] | None:
+    """A fold's model's own probabilities before its teacher's blend: its ``model_probs``, or its ``probs`` where
+    the fold's weight was 0; None for a blended fold written before round 17 (it kept only the blend).
+    """
+    if "model_probs" in rec:
+        return list(rec["model_probs"])
+    chosen = rec.get("selection", {}).get("chosen") if cfg.train.select else None
+    mix = mixes[chosen] if chosen is not None else cfg.train.distill_mix
+    return list(rec["probs"]) if mix == 0 else None
+
+
 def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, Any]], seeds: Sequence[int],
               subjects: Sequence[str]) -> dict[str, Any]:
     """What ``results.json`` says of the run beside its scores: model, size, cost, selection choices."""
-    model = build_model(cfg.model)
-    n_params = int(sum(p.numel() for p in model.parameters()))
-    try:
-        flops = count_flops(model.eval(), (1, *dataset.x.shape[1:]))
-    except Exception:  # a model the FLOP counter cannot trace: the report leaves the figure out
-        flops = None
+    cost = prediction_cost(cfg, dataset.x.shape[1:])
     facts: dict[str, Any] = {
         "evaluation": evaluation_of(cfg),
         "model": cfg.model.name,
         "dataset": dataset.name,
         "n": sum(len(r["indices"]) for r in records) // max(1, len(seeds)),
         "n_folds": len(subjects),
-        "params": n_params,
-        # every model that predicts a fold: the members of an in-fold ensemble, each member's snapshots
-        "params_total": n_params * cfg.train.ensemble * cfg.train.snapshots,
-        "flops_per_sample": flops,
+        "params": cost.params,
+        # every network that predicts a fold: an in-fold ensemble's members, each member's snapshots, a mixed-in
+        # teacher (epir.engine.cost)
+        "params_total": cost.params_total,
+        "flops_per_sample": cost.flops,
+        # one whole prediction: the input transform, every network that predicts, each of its forward passes
+        "flops_total": cost.flops_total,
         "fold_seconds": float(np.mean([r["seconds"] for r in records])) if records else 0.0,
     }
     taught = [r for r in records if r.get("teacher_probs") is not None]
     if cfg.train.distill:  # the teacher is counted separately; it predicts too when train.distill_mix > 0
-        members = cfg.train.distill_members  # an ensemble teacher counts all its members
-        t_params = members * int(sum(p.numel() for p in build_model(teacher_config(cfg).model).parameters()))
         # with train.select, the weight is each fold's choice: "mix" is the base config's, the folds' choices are
-        # counted in "selection"; the teacher counts in the total when any candidate lets it predict
-        mixes = [c.train.distill_mix for c in candidate_configs(cfg)] if cfg.train.select else [cfg.train.distill_mix]
-        facts["teacher"] = {"model": cfg.train.distill, "members": members, "shared": cfg.train.distill_shared,
-                            "params": t_params, "mix": cfg.train.distill_mix,
-                            "mix_chosen_in_fold": len(set(mixes)) > 1}
+        # counted in "selection"; the teacher counts in the totals when any candidate lets it predict
+        mixes = candidate_mixes(cfg)
+        facts["teacher"] = {"model": cfg.train.distill, "members": cfg.train.distill_members,
+                            "shared": cfg.train.distill_shared, "params": cost.teacher_params,
+                            "mix": cfg.train.distill_mix, "mix_chosen_in_fold": len(set(mixes)) > 1}
         picks = [mixes[r["selection"]["chosen"]] for r in records if r.get("selection")] if cfg.train.select else []
         if len(set(mixes)) > 1 and picks:  # how many folds (over all seeds) chose each weight
             facts["teacher"]["mix_counts"] = {str(m): picks.count(m) for m in sorted(set(mixes))}
-        if max(mixes) > 0:
-            facts["params_total"] += t_params
         if taught:  # the teacher's own held-out scores (pooled per seed, then averaged over seeds)
-            per_seed = [[r for r in taught if r["seed"] == s] for s in seeds]
-            scores = [megc_scores([y for r in rs for y in r["true"]],
-                                  [int(np.argmax(p)) for r in rs for p in r["teacher_probs"]],
-                                  dataset.num_classes, absent=cfg.eval.absent_class, context="teacher")
-                      for rs in per_seed if rs]
-            facts["teacher"]["uf1"] = float(np.mean([s["uf1"] for s in scores]))
-            facts["teacher"]["uar"] = float(np.mean([s["uar"] for s in scores]))
+            facts["teacher"].update(_seed_mean_scores(cfg, dataset, taught, [r["teacher_probs"] for r in taught],
+                                                      seeds, "teacher"))
+        own = [_model_probs(r, mixes, cfg) for r in records]
+        if max(mixes) > 0 and len(taught) == len(records) and all(p is not None for p in own):
+            # the model's own held-out scores before the teacher's blend: what it scores alone
+            facts["model_alone"] = _seed_mean_scores(cfg, dataset, records, [p or [] for p in own], seeds,
+                                                     "model alone")
     chosen = [r["selection"]["chosen"] for r in records if r.get("selection")]
     if chosen:
         facts["selection"] = {

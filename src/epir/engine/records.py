@@ -130,6 +130,8 @@ class LosoResults:
         params: parameters of one model (None when not recorded).
         params_total: parameters of every model of a fold (an in-fold ensemble's total).
         flops_per_sample: forward FLOPs of one sample (None when not counted).
+        flops_total: FLOPs of one whole prediction of a sample: every network that predicts, each forward pass
+            (None when not counted, or in runs written before round 17).
         wall_seconds: the run's wall time (None when not recorded).
         raw: the whole ``results.json`` content.
     """
@@ -147,6 +149,7 @@ class LosoResults:
     params: int | None = None
     params_total: int | None = None
     flops_per_sample: int | None = None
+    flops_total: int | None = None
     wall_seconds: float | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -200,6 +203,7 @@ class LosoResults:
             params=d.get("params"),
             params_total=d.get("params_total"),
             flops_per_sample=d.get("flops_per_sample"),
+            flops_total=d.get("flops_total"),
             wall_seconds=d.get("wall_seconds"),
             raw=dict(d),
         )
@@ -234,7 +238,8 @@ class FoldRecord:
         seconds: the fold's training and prediction time.
         n_train: training rows.
         clips: the rows' clip names (checked when a run resumes).
-        extra: whatever else the file holds (``curve``, ``selection``, ...).
+        extra: whatever else the file holds (``curve``, ``selection``, a teacher's ``teacher_probs`` and, where they
+            were blended, the model's own ``model_probs``, ...).
     """
 
     seed: int

@@ -30,15 +30,15 @@ from typing import Any
 import pandas as pd
 
 from epir.config import RunConfig
+from epir.engine.cost import prediction_cost
 from epir.engine.loso import evaluation_of
 from epir.engine.records import LosoResults
 from epir.engine.report_html import write_table_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE
-from epir.engine.tables import fmt_mean_std, input_shape, params_cell
+from epir.engine.tables import flops_cell, fmt_mean_std, input_shape, own_and_total
 from epir.errors import ConfigError, DatasetError, DatasetNotFoundError
 from epir.fileio import writable_dir
-from epir.models import build_model, default_recipe, list_recipes, model_defaults
-from epir.profiling import count_flops, count_parameters
+from epir.models import default_recipe, list_recipes, model_defaults
 
 #: Display names of the source datasets (markdown/CSV, LaTeX), in the order of the field's tables.
 DATASET_NAMES = {"casme2": ("CASME II", "CASME II"), "samm": ("SAMM", "SAMM"), "smic": ("SMIC", "SMIC"),
@@ -107,6 +107,8 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     CSV columns: ``model, protocol, full_uf1, full_uf1_std, full_uar, full_uar_std``, then
     ``cde_<ds>_uf1[_std]``, ``cde_<ds>_uar[_std]`` and ``sde_<ds>_...`` per dataset, ``params``,
     ``params_total`` (every network that predicts: a mixed-in teacher, ensemble members), ``flops_per_sample``,
+    ``flops_total`` (one whole prediction: every network that predicts, each forward pass; see
+    :func:`epir.engine.cost.prediction_cost`),
     ``seeds``, ``partial`` (evaluations run on a subset of folds) and ``runs``; last, ``full_uf1_ci_low``,
     ``full_uf1_ci_high`` (and ``uar``, and the same per ``sde_<ds>``): each run's subject-bootstrap interval
     (empty for runs written before round 14).
@@ -128,11 +130,11 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
         label, protocol = config_label(cfg), results["protocol"]
         row = rows.get((label, protocol))
         if row is None:
-            model = build_model(cfg.model)
+            cost = prediction_cost(cfg, input_shape(cfg))
             row = rows[(label, protocol)] = {
-                "model": label, "protocol": protocol, "params": count_parameters(model),
-                "flops_per_sample": count_flops(model, (1, *input_shape(cfg))),
-                "seeds": set(), "partial": [], "runs": [], "_cells": {}, "_ci": {}, "params_total": 0,
+                "model": label, "protocol": protocol, "params": cost.params, "flops_per_sample": cost.flops,
+                "flops_total": cost.flops_total, "seeds": set(), "partial": [], "runs": [], "_cells": {}, "_ci": {},
+                "params_total": cost.params_total,
             }
         # every network that predicts (a mixed-in teacher, ensemble members): results.json's params_total
         row["params_total"] = max(row["params_total"], int(results.get("params_total", row["params"])))
@@ -175,7 +177,7 @@ def build_report(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
                 v = row["_cells"].get(f"{col}_{key}")
                 flat[f"{col}_{key}"], flat[f"{col}_{key}_std"] = (v[0][0], v[0][1]) if v else (None, None)
         flat.update(params=row["params"], params_total=row["params_total"],
-                    flops_per_sample=row["flops_per_sample"],
+                    flops_per_sample=row["flops_per_sample"], flops_total=row["flops_total"],
                     seeds=" ".join(map(str, sorted(row["seeds"]))), partial="; ".join(row["partial"]),
                     runs=" ".join(row["runs"]))
         for col in columns:  # the subject-bootstrap intervals of whole runs (results.json uf1_ci / uar_ci), last
@@ -235,8 +237,8 @@ def _footnotes(table: pd.DataFrame, latex: bool = False) -> list[str]:
 
 
 def _params(r: pd.Series) -> str:
-    """The model's parameters, and the whole's when more networks predict (:func:`epir.engine.tables.params_cell`)."""
-    return params_cell(int(r["params"]), int(r.get("params_total", r["params"])))
+    """The model's parameters, and the whole's when more networks predict (:func:`epir.engine.tables.own_and_total`)."""
+    return own_and_total(int(r["params"]), int(r.get("params_total", r["params"])))
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -248,7 +250,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         one = len(str(r["seeds"]).split()) == 1
         cells = [_name(r)] + [_cell(r[f"{g}_{m}"], r[f"{g}_{m}_std"], single=one)
                               for g in groups for m in ("uf1", "uar")]
-        cells += [_params(r), f"{int(r['flops_per_sample']):,}"]
+        cells += [_params(r), flops_cell(r)]
         lines.append("| " + " | ".join(cells) + " |")
     notes = [*_footnotes(table), "Cells: mean ± std over seeds (one seed: the value)."]
     return "\n".join(lines) + "\n\n" + "\n".join(f"{n}  " for n in notes) + "\n"
@@ -270,7 +272,7 @@ def to_latex(table: pd.DataFrame) -> str:
         one = len(str(r["seeds"]).split()) == 1
         cells = [_name(r, True)] + [_cell(r[f"{g}_{m}"], r[f"{g}_{m}_std"], True, one)
                                     for g in groups for m in ("uf1", "uar")]
-        cells += [_params(r).replace(",", "{,}"), f"{int(r['flops_per_sample']):,}".replace(",", "{,}")]
+        cells += [_params(r).replace(",", "{,}"), flops_cell(r).replace(",", "{,}")]
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}",
               "\\caption{" + " ".join(_footnotes(table, True))

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from epir.engine.records import LosoResults
+from epir.engine.results import blend_parts
 from epir.engine.uncertainty import describe_ci, format_interval
 
 if TYPE_CHECKING:
@@ -229,6 +230,26 @@ pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 12px; }
 """
 
 
+def _whole(results: dict[str, Any], key: str, total: str) -> str | None:
+    """A figure of the model and, where more networks predict, of the whole (``99,585 (all 104,634)``); None where
+    the run did not record it (a model the FLOP counter cannot trace).
+    """
+    own = results.get(key)
+    if own is None:
+        return None
+    whole = results.get(total)
+    return f"{own:,}" if whole is None or whole == own else f"{own:,} (all {whole:,})"
+
+
+def _wall(results: dict[str, Any]) -> str | None:
+    """The run's wall time, saying how many of its folds were resumed from an earlier run (they took no time here)."""
+    if "wall_seconds" not in results:
+        return None
+    text = f"{results['wall_seconds']:.0f}"
+    resumed = int(results.get("resumed_folds") or 0)
+    return f"{text} ({resumed} folds resumed from an earlier run, not timed here)" if resumed else text
+
+
 def write_run_report(out_dir: str | Path, command: str | None = None) -> Path:
     """Write ``OUT/report.html`` and ``OUT/figures/*.png`` from a finished run directory's files."""
     out = Path(out_dir)
@@ -255,10 +276,11 @@ def write_run_report(out_dir: str | Path, command: str | None = None) -> Path:
     facts = {
         "model": results.get("model"), "dataset": results.get("dataset"), "samples": results.get("n"),
         "folds": results.get("n_folds"), "seeds": results.get("seeds"),
-        "parameters": f"{results['params']:,}" if "params" in results else None,
-        "FLOPs per sample": f"{results['flops_per_sample']:,}" if "flops_per_sample" in results else None,
-        "wall time (s)": f"{results['wall_seconds']:.0f}" if "wall_seconds" in results else None,
+        "parameters": _whole(results, "params", "params_total"),
+        "FLOPs per sample": _whole(results, "flops_per_sample", "flops_total"),
+        "wall time (s)": _wall(results),
         "mean fold time (s)": f"{results['fold_seconds']:.1f}" if "fold_seconds" in results else None,
+        "parts of the blend, each alone (mean over seeds)": blend_parts(results),
         "models trained at once (fold batch)": results.get("fold_batch"),
         "worker processes": results.get("jobs"),
     }

@@ -149,7 +149,22 @@ def read_fold_file(path: Path, dataset: FlowDataset, seed: int, subject: str) ->
         raise bad({"range": "its probs are not all finite numbers in [0, 1]",
                    "sum": "its probs do not sum to 1 in every row",
                    "argmax": "its predicted classes are not those of the largest probabilities"}[found[1]])
+    for key in ("teacher_probs", "model_probs"):  # the parts of a blend with a teacher (epir.engine.folds.add_teacher)
+        if key in rec and not _distributions(rec[key], n, k):
+            raise bad(f"its {key} are not {n} rows of {k} class probabilities summing to 1")
     return rec
+
+
+def _distributions(rows: Any, n: int, k: int) -> bool:
+    """Whether ``rows`` are ``n`` lists of ``k`` finite probabilities in [0, 1] that sum to 1."""
+    if not isinstance(rows, list) or len(rows) != n or any(not isinstance(r, list) or len(r) != k for r in rows):
+        return False
+    try:
+        p = np.asarray(rows, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    found = first_bad_probability_row(p, p.argmax(axis=1))
+    return found is None
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -1,14 +1,17 @@
 """Tables of several runs (ablation arms, compared models): one row per run, markdown and CSV."""
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
 from epir.config import RunConfig
+from epir.engine.cost import prediction_cost
 from epir.engine.records import LosoResults
 from epir.models import build_model
-from epir.profiling import count_flops, count_parameters, measure_latency
+from epir.profiling import measure_latency
 
 
 def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
@@ -19,10 +22,12 @@ def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
 
 
 def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool = False) -> dict[str, Any]:
-    """One row: overall and per-dataset UF1/UAR (mean and std over seeds), parameters (the model's, and
-    ``params_total``: every network that predicts), FLOPs, time.
+    """One row: overall and per-dataset UF1/UAR (mean and std over seeds), parameters and FLOPs (the model's, and
+    ``params_total`` and ``flops_total``: every network that predicts, :func:`epir.engine.cost.prediction_cost`),
+    time.
 
-    With ``latency``, also the model's CPU forward latency at batch 1 (ms).
+    With ``latency``, also the model's CPU forward latency at batch 1 (ms); a table of several runs measures it
+    with :func:`add_latencies` instead, every row under the same load.
     """
     model = build_model(cfg.model)
     record = LosoResults.from_json(results)
@@ -34,9 +39,9 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
             row.update({f"{key}_ci_low": ci[0], f"{key}_ci_high": ci[1]})
     for src, e in record.per_dataset.items():
         row.update({f"{src}_uf1": e.uf1, f"{src}_uf1_std": e.uf1_std, f"{src}_uar": e.uar, f"{src}_uar_std": e.uar_std})
-    params = count_parameters(model)
-    row.update(params=params, params_total=int(results.get("params_total") or params),
-               flops_per_sample=count_flops(model, (1, *input_shape(cfg))))
+    cost = prediction_cost(cfg, input_shape(cfg))
+    row.update(params=cost.params, params_total=max(cost.params_total, int(results.get("params_total") or 0)),
+               flops_per_sample=cost.flops, flops_total=cost.flops_total)
     if latency:
         row["latency_ms_b1"] = measure_latency(model, batch_size=1, repeats=20)
     row.update(fold_seconds=results.get("fold_seconds"), wall_seconds=record.wall_seconds, protocol=record.protocol,
@@ -44,11 +49,37 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     return row
 
 
-def params_cell(own: int, total: int) -> str:
-    """The model's parameters, and the whole's when more networks predict (``99,585 (all 104,634)``: a mixed-in
-    teacher, ensemble members; issue 13 counts a teacher separately and reports an ensemble's total).
+def own_and_total(own: int, total: int | None) -> str:
+    """A figure of the model and of the whole when more networks predict or a prediction takes more passes
+    (``99,585 (all 104,634)``: a mixed-in teacher, ensemble members, test-time flips; issue 13 counts a teacher
+    separately and reports an ensemble's total). Parameters and FLOPs alike; ``total`` None or equal: the model's.
     """
-    return f"{own:,}" if total == own else f"{own:,} (all {total:,})"
+    return f"{own:,}" if total is None or total == own else f"{own:,} (all {total:,})"
+
+
+#: The name of :func:`own_and_total` before it covered FLOPs too.
+params_cell = own_and_total
+
+
+def add_latencies(rows: list[dict[str, Any]], configs: Sequence[RunConfig], *, rounds: int = 5,
+                  repeats: int = 10) -> None:
+    """Set each row's ``latency_ms_b1``: the CPU forward latency at batch 1 of its config's model (ms), measured
+    after every run finished and interleaved, ``rounds`` times each model for ``repeats`` calls in turn, the median
+    of the rounds' medians. Load from elsewhere on the machine then slows every row alike, so that the rows
+    compare, and identical networks (two recipes of one model) read alike.
+    """
+    models = [build_model(cfg.model).eval() for cfg in configs]
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for model, t in zip(models, times):
+            t.append(measure_latency(model, batch_size=1, repeats=repeats, warmup=2))
+    for row, t in zip(rows, times):
+        row["latency_ms_b1"] = statistics.median(t)
+
+
+def _total(value: Any) -> int | None:
+    """A table's ``*_total`` cell as an int, None where a run did not record it (NaN in a frame)."""
+    return None if value is None or pd.isna(value) else int(value)
 
 
 def differences_markdown(diffs: list[dict[str, Any]]) -> str:
@@ -81,6 +112,12 @@ def fmt_mean_std(mean: float, std: float, single: bool = False) -> str:
     return f"{mean:.4f}" if single else f"{mean:.4f} ± {std:.4f}"
 
 
+def flops_cell(r: pd.Series) -> str:
+    """FLOPs per sample of the model and of one whole prediction; '-' where the FLOP counter could not trace it."""
+    own = _total(r.get("flops_per_sample"))
+    return "-" if own is None else own_and_total(own, _total(r.get("flops_total")))
+
+
 def to_markdown(table: pd.DataFrame, first: str = "name") -> str:
     """The table as markdown, with mean ± std cells; ``first`` is the first column's heading."""
     sources = sorted({c[: -len("_uf1")] for c in table.columns if c.endswith("_uf1") and c != "uf1"})
@@ -92,7 +129,8 @@ def to_markdown(table: pd.DataFrame, first: str = "name") -> str:
         cells = [str(r[first if first in table else "name"]), fmt_mean_std(r["uf1"], r["uf1_std"], one),
                  fmt_mean_std(r["uar"], r["uar_std"], one)]
         cells += [fmt_mean_std(r[f"{s}_{m}"], r[f"{s}_{m}_std"], one) for s in sources for m in ("uf1", "uar")]
-        cells += [params_cell(int(r["params"]), int(r["params_total"])), f"{int(r['flops_per_sample']):,}"]
+        cells += [own_and_total(int(r["params"]), int(r["params_total"])),
+                  flops_cell(r)]
         if "latency_ms_b1" in table:
             cells.append(f"{r['latency_ms_b1']:.3f}")
         cells.append(f"{r['fold_seconds']:.1f}")

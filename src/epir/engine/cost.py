@@ -1,0 +1,117 @@
+"""What one prediction of a recipe costs: the parameters and forward FLOPs of every network that predicts a fold.
+
+A recipe predicts with more than its model's one forward pass: ``train.tta=flip`` runs the network on each map
+and on its mirror, ``train.ensemble`` and ``train.snapshots`` average several networks, a teacher mixed into the
+predictions (``train.distill_mix`` > 0) runs its own members and passes, and ``data.input_transform`` (``smooth``)
+convolves the map first. :func:`prediction_cost` counts all of it, so that a table can put the whole beside the
+model's own figure (issue 13: a teacher is counted separately, an ensemble's total is reported).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from epir.config import ModelConfig, RunConfig, TrainConfig
+from epir.data.transforms import transform_maps
+from epir.engine.selection import candidate_configs, teacher_config
+from epir.models import build_model
+from epir.profiling import SAMPLE_SHAPE, count_flops, count_function_flops, count_parameters
+
+
+@dataclass(frozen=True)
+class PredictionCost:
+    """The cost of one prediction of a recipe, per sample.
+
+    Attributes:
+        params: the model's own parameters (one network).
+        params_total: the parameters of every network that predicts: each ensemble member's snapshots, and the
+            teacher's members when the teacher is mixed into the predictions.
+        flops: one forward pass of the model (:func:`~epir.profiling.count_flops`), or None where the FLOP
+            counter cannot trace it.
+        flops_total: one whole prediction: the input transform, then every network that predicts times its
+            forward passes (2 with ``train.tta=flip``); None where ``flops`` is.
+        teacher_params: the teacher's parameters, all its members (0 without ``train.distill``).
+    """
+
+    params: int
+    params_total: int
+    flops: int | None
+    flops_total: int | None
+    teacher_params: int = 0
+
+
+def forward_passes(train: TrainConfig) -> int:
+    """Forward passes of one network per prediction: 2 with ``train.tta=flip`` (the map and its mirror), else 1."""
+    return 2 if train.tta == "flip" else 1
+
+
+def candidate_mixes(cfg: RunConfig) -> list[float]:
+    """The teacher's weight in the predictions (``train.distill_mix``) of each ``train.select`` candidate, or of
+    the recipe itself when nothing is chosen in the fold.
+    """
+    return [c.train.distill_mix for c in candidate_configs(cfg)] if cfg.train.select else [cfg.train.distill_mix]
+
+
+def _measure(model_cfg: ModelConfig, input_shape: tuple[int, ...], seen: dict[str, tuple[int, int | None]]
+             ) -> tuple[int, int | None]:
+    """Parameters and forward FLOPs per sample of one network (None: the FLOP counter cannot trace it), measured
+    once per model and arguments in ``seen``.
+    """
+    key = repr((model_cfg.name, sorted(model_cfg.args.items())))
+    if key not in seen:
+        model = build_model(model_cfg)
+        try:
+            flops: int | None = count_flops(model, (1, *input_shape))
+        except Exception:  # a model the FLOP counter cannot trace: the tables leave the figure out
+            flops = None
+        seen[key] = (count_parameters(model), flops)
+    return seen[key]
+
+
+def _one(cfg: RunConfig, input_shape: tuple[int, ...], mixed: bool, seen: dict[str, tuple[int, int | None]]
+         ) -> PredictionCost:
+    """The cost of one recipe without in-fold choice; ``mixed``: its teacher predicts too."""
+    params, flops = _measure(cfg.model, input_shape, seen)
+    copies = cfg.train.ensemble * cfg.train.snapshots
+    params_total = params * copies
+    flops_total = None if flops is None else flops * copies * forward_passes(cfg.train)
+    teacher_params = 0
+    if cfg.train.distill:
+        t = teacher_config(cfg)
+        t_params, t_flops = _measure(t.model, input_shape, seen)
+        members = cfg.train.distill_members
+        teacher_params = members * t_params
+        if mixed:
+            params_total += teacher_params
+            flops_total = None if flops_total is None or t_flops is None else (
+                flops_total + t_flops * members * forward_passes(t.train))
+    if flops_total is not None and cfg.data.input_transform != "none":
+        flops_total += count_function_flops(lambda x: transform_maps(cfg.data.input_transform, x),
+                                            (1, *SAMPLE_SHAPE))
+    return PredictionCost(params, params_total, flops, flops_total, teacher_params)
+
+
+def prediction_cost(cfg: RunConfig, input_shape: Sequence[int]) -> PredictionCost:
+    """The cost of one prediction of recipe ``cfg`` on maps of ``input_shape`` (C, H, W; the network's input).
+
+    With ``train.select`` each fold predicts with the candidate it chose, so the totals are the largest of any
+    candidate's: the teacher counts whenever a candidate mixes it in (as the fold's ``params_total`` always did).
+    The input transform is counted once, on the stored 3 x 28 x 28 map; softmax, normalisation and other
+    elementwise work are not counted (:func:`~epir.profiling.count_flops`).
+    """
+    shape = tuple(int(s) for s in input_shape)
+    seen: dict[str, tuple[int, int | None]] = {}
+    mixed = max(candidate_mixes(cfg)) > 0
+    base = _one(cfg, shape, mixed, seen)
+    costs = [_one(c, shape, mixed, seen) for c in candidate_configs(cfg)] if cfg.train.select else [base]
+    totals = [c.flops_total for c in costs]
+    return PredictionCost(
+        params=base.params,
+        params_total=max(c.params_total for c in costs),
+        flops=base.flops,
+        flops_total=None if any(t is None for t in totals) else max(t for t in totals if t is not None),
+        teacher_params=base.teacher_params,
+    )
+
+
+__all__ = ["PredictionCost", "candidate_mixes", "forward_passes", "prediction_cost"]
