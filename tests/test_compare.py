@@ -150,3 +150,27 @@ def test_named_recipes(tmp_path, capsys):
     assert main(["compare", "--models", "ststnet", "--recipe", "htnet:cpu", "--out", str(tmp_path / "c"),
                  "--no-progress"]) == 2
     assert "not one of the compared models" in capsys.readouterr().err
+
+
+def test_latencies_are_measured_in_turn_on_one_thread(monkeypatch) -> None:
+    """Every arm's model in turn, round after round, on one torch thread (restored after): under load from other
+    processes the rows slow alike and compare."""
+    import torch
+
+    from epir.config import ModelConfig
+    from epir.engine import tables
+
+    seen: list[tuple[str, int]] = []
+
+    def fake(model: torch.nn.Module, **_: object) -> float:
+        seen.append((type(model).__name__, torch.get_num_threads()))
+        return 2.0 if type(model).__name__ == "EPIR" else 1.0
+
+    monkeypatch.setattr(tables, "measure_latency", fake)
+    threads = torch.get_num_threads()
+    rows: list[dict] = [{"name": "ststnet"}, {"name": "epir"}]
+    configs = [RunConfig(model=ModelConfig(name="ststnet")),
+               RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}))]
+    tables.add_latencies(rows, configs, rounds=2, repeats=1)
+    assert [name for name, _ in seen] == ["STSTNet", "EPIR"] * 2 and {n for _, n in seen} == {1}
+    assert [r["latency_ms_b1"] for r in rows] == [1.0, 2.0] and torch.get_num_threads() == threads

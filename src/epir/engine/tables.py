@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
+import torch
 
 from epir.config import RunConfig
 from epir.engine.cost import prediction_cost
@@ -63,16 +64,22 @@ params_cell = own_and_total
 
 def add_latencies(rows: list[dict[str, Any]], configs: Sequence[RunConfig], *, rounds: int = 5,
                   repeats: int = 10) -> None:
-    """Set each row's ``latency_ms_b1``: the CPU forward latency at batch 1 of its config's model (ms), measured
-    after every run finished and interleaved, ``rounds`` times each model for ``repeats`` calls in turn, the median
-    of the rounds' medians. Load from elsewhere on the machine then slows every row alike, so that the rows
-    compare, and identical networks (two recipes of one model) read alike.
+    """Set each row's ``latency_ms_b1``: the CPU forward latency at batch 1 of its config's model (ms), on one torch
+    thread, measured after every run finished and interleaved, ``rounds`` times each model for ``repeats`` calls in
+    turn, the median of the rounds' medians. Load from elsewhere on the machine then slows every row alike, so that
+    the rows compare, and identical networks (two recipes of one model) read alike; one thread, because threads that
+    wait for cores other processes hold slow a batch-1 forward pass a hundredfold.
     """
     models = [build_model(cfg.model).eval() for cfg in configs]
     times: list[list[float]] = [[] for _ in models]
-    for _ in range(rounds):
-        for model, t in zip(models, times):
-            t.append(measure_latency(model, batch_size=1, repeats=repeats, warmup=2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(rounds):
+            for model, t in zip(models, times):
+                t.append(measure_latency(model, batch_size=1, repeats=repeats, warmup=2))
+    finally:
+        torch.set_num_threads(threads)
     for row, t in zip(rows, times):
         row["latency_ms_b1"] = statistics.median(t)
 
