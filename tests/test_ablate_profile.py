@@ -105,6 +105,25 @@ def test_profile_table_with_override(capsys):
     assert "FLOPs/sample" in out and "epir" in out
 
 
+def test_profile_of_a_recipe_counts_the_whole_prediction(capsys):
+    """--recipe: what one prediction of the recipe takes (the default: EPIR flipped and three STSTNet teachers)."""
+    from epir import make_config
+    from epir.engine.cost import prediction_cost
+
+    assert main(["profile", "--model", "epir", "--set", "model.dim=16", "--set", "model.heads=2", "--recipe",
+                 "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    cost = prediction_cost(make_config("epir", overrides=["model.dim=16", "model.heads=2"]), (3, 28, 28))
+    assert row["recipe"] == "default" and row["flops_per_sample"] == cost.flops
+    assert (row["params_total"], row["flops_total"]) == (cost.params_total, cost.flops_total)
+    assert row["flops_total"] > 2 * row["flops_per_sample"] and row["params_total"] == row["params"] + 3 * 1683
+    assert main(["profile", "--model", "ststnet", "--recipe", "official"]) == 0
+    out = capsys.readouterr().out
+    assert "ststnet, recipe official: one prediction takes 1,683 parameters and 780,000 FLOPs" in out
+    assert main(["profile", "--model", "ststnet", "--recipe", "nope"]) == 2
+    assert "has no recipe 'nope'" in capsys.readouterr().err
+
+
 def test_a_lever_already_in_the_full_configuration_becomes_a_minus_arm() -> None:
     """A lever the default already has (say the recipe adopted mixup) is ablated by turning it off: -<lever>."""
     from epir import make_config

@@ -15,11 +15,13 @@ from epir.config import RunConfig, format_key_value, parse_key_values
 from epir.data import DATASETS, load_dataset
 from epir.engine.ablate import LEVERS, run_ablation
 from epir.engine.compare import run_compare
+from epir.engine.cost import prediction_cost
 from epir.engine.evaluate import compare_runs, evaluate_megc_log, evaluate_run_dir
 from epir.engine.loso import run_loso
 from epir.engine.pretrain import PRETRAIN_EPOCHS, pretrain
 from epir.engine.report import build_report, to_markdown, write_report
 from epir.engine.results import ORACLE, format_summary
+from epir.engine.tables import input_shape
 from epir.engine.uncertainty import LEVEL, METHOD, METHODS, RESAMPLES, format_difference, format_subject_differences
 from epir.errors import EpirError
 from epir.inference.cli import add_parser as add_inference
@@ -34,6 +36,7 @@ from epir.runsetup import (
     check_root,
     config_from_args,
     flag_values,
+    make_config,
 )
 
 #: The former name of :func:`epir.runsetup.config_from_args`.
@@ -132,6 +135,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     names = list_models() if args.model == "all" else [args.model]
     kwargs = {k.removeprefix("model."): v for k, v in parse_key_values(args.overrides).items()}
     rows = [profile_model(n, **(kwargs if args.model != "all" else {})) for n in names]
+    if args.recipe is not None:  # one whole prediction of a recipe: every network that predicts, each forward pass
+        for r in rows:
+            cfg = make_config(r["model"], recipe=None if args.recipe == "default" else args.recipe,
+                              overrides=args.overrides if args.model != "all" else ())
+            cost = prediction_cost(cfg, input_shape(cfg))
+            r.update(recipe=args.recipe, params_total=cost.params_total, flops_total=cost.flops_total)
     if args.json:
         print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
     else:
@@ -139,6 +148,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"{r['model']:<14} {r['params']:>12,} {r['flops_per_sample']:>14,} "
                   f"{r['latency_ms_b1']:>9.3f} {r['latency_ms_b64']:>9.3f}")
+        for r in rows if args.recipe is not None else ():
+            flops = "-" if r["flops_total"] is None else f"{r['flops_total']:,}"
+            print(f"{r['model']}, recipe {r['recipe']}: one prediction takes {r['params_total']:,} parameters and "
+                  f"{flops} FLOPs per sample (every network that predicts, each forward pass)")
     return 0
 
 
@@ -302,6 +315,10 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="parameters, FLOPs per sample and CPU latency of a model")
     p.add_argument("--model", default="epir", help="a registered model, or 'all'")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="model.KEY=VALUE")
+    p.add_argument("--recipe", nargs="?", const="default", default=None, metavar="NAME",
+                   help="also what one whole prediction of the model's default recipe (or of recipe NAME: epir list "
+                        "recipes --model MODEL) takes: every network that predicts and each forward pass, e.g. the "
+                        "test-time flip and teachers blended in (params_total, flops_total)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
     return parser
