@@ -29,6 +29,7 @@ from epir import make_config, run_loso
 from epir.engine.evaluate import compare_runs
 from epir.engine.records import LosoResults, Scores
 from epir.engine.results import format_summary
+from epir.engine.tables import own_and_total
 from epir.engine.uncertainty import format_difference
 
 REFERENCES = {
@@ -118,8 +119,12 @@ def main() -> None:
     wall = time.perf_counter() - t0
     print()
     print(format_summary(r, title=f"{a.model}: LOSO on MEGC2019 composite ({r['evaluation']})"))
-    print(f"params {r['params']:,}   folds {r['n_folds']}   wall {wall:.0f} s this invocation "
-          f"({r['resumed_folds']} folds resumed)   mean fold {r['fold_seconds']:.1f} s")
+    flops = r.get("flops_per_sample")
+    cost = ("" if flops is None else
+            f"   FLOPs/sample {own_and_total(flops, r.get('flops_total'))}")  # the whole: flips, teachers
+    print(f"params {own_and_total(r['params'], r.get('params_total'))}{cost}   folds {r['n_folds']}   "
+          f"wall {wall:.0f} s this invocation ({r['resumed_folds']} folds resumed)   "
+          f"mean fold {r['fold_seconds']:.1f} s")
     if a.model in REFERENCES:
         print("reference:", REFERENCES[a.model])
     teacher = r.get("teacher") or {}
