@@ -30,7 +30,6 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     With ``latency``, also the model's CPU forward latency at batch 1 (ms); a table of several runs measures it
     with :func:`add_latencies` instead, every row under the same load.
     """
-    model = build_model(cfg.model)
     record = LosoResults.from_json(results)
     o = record.overall
     row: dict[str, Any] = {"name": name, "uf1": o.uf1, "uf1_std": o.uf1_std, "uar": o.uar, "uar_std": o.uar_std}
@@ -44,7 +43,7 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     row.update(params=cost.params, params_total=max(cost.params_total, int(results.get("params_total") or 0)),
                flops_per_sample=cost.flops, flops_total=cost.flops_total)
     if latency:
-        row["latency_ms_b1"] = measure_latency(model, batch_size=1, repeats=20)
+        row["latency_ms_b1"] = measure_latency(build_model(cfg.model), batch_size=1, repeats=20)
     row.update(fold_seconds=results.get("fold_seconds"), wall_seconds=record.wall_seconds, protocol=record.protocol,
                evaluation=record.evaluation, n_folds=record.n_folds, seeds=" ".join(map(str, record.seeds)))
     return row
@@ -136,8 +135,7 @@ def to_markdown(table: pd.DataFrame, first: str = "name") -> str:
         cells = [str(r[first if first in table else "name"]), fmt_mean_std(r["uf1"], r["uf1_std"], one),
                  fmt_mean_std(r["uar"], r["uar_std"], one)]
         cells += [fmt_mean_std(r[f"{s}_{m}"], r[f"{s}_{m}_std"], one) for s in sources for m in ("uf1", "uar")]
-        cells += [own_and_total(int(r["params"]), int(r["params_total"])),
-                  flops_cell(r)]
+        cells += [own_and_total(int(r["params"]), int(r["params_total"])), flops_cell(r)]
         if "latency_ms_b1" in table:
             cells.append(f"{r['latency_ms_b1']:.3f}")
         cells.append(f"{r['fold_seconds']:.1f}")
