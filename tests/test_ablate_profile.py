@@ -181,6 +181,18 @@ def test_an_arm_that_cannot_run_stops_the_ablation_before_any_arm(fake_root, tmp
     assert trained == [] and not (tmp_path / "a").exists()
 
 
+def test_the_class_weight_lever_is_a_minus_arm_of_the_default() -> None:
+    """EPIR's recipe weighs classes inversely to their counts: the default's arm is -balanced (plain cross-entropy),
+    STSTNet's official recipe, which does not, gets +balanced."""
+    from epir import make_config
+    from epir.engine.ablate import lever_arm
+
+    name, arm = lever_arm(make_config("epir", "megc2019"), "balanced")
+    assert name == "-balanced" and arm.train.class_weight == "none"
+    name, arm = lever_arm(make_config("ststnet", "megc2019"), "balanced")
+    assert name == "+balanced" and arm.train.class_weight == "balanced"
+
+
 def test_smooth_lever_smooths_the_maps_the_run_trains_on(fake_dataset) -> None:
     """+smooth sets data.input_transform=smooth, and the run's data are then every map smoothed and renormalised
     (epir.data.transforms.smooth_maps); on a configuration that has it, the arm is -smooth."""

@@ -86,6 +86,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # a smoother flow: every map blurred (Gaussian, sigma 1 px) and min-max normalised again, before anything else
     # (round 16: round 15's smooth stand-in for another flow pipeline, as a switch; in no recipe)
     "smooth": ("data.input_transform=smooth",),
+    # class-balanced cross-entropy (weights inverse to the training fold's class counts): in EPIR's recipe since
+    # round 1's search (v1-v5); the default's minus arm trains EPIR on plain cross-entropy (round 17)
+    "balanced": ("train.class_weight=balanced",),
 }
 
 
@@ -115,6 +118,7 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "mix-coarse": ("train.select=[train.distill_mix=0, train.distill_mix=0.25, train.distill_mix=0.5, "
                    "train.distill_mix=0.75, train.distill_mix=1]",),
     "smooth": ("data.input_transform=none",),
+    "balanced": ("train.class_weight=none",),
 }
 
 
