@@ -41,7 +41,7 @@ from epir.engine.folds import (
 )
 from epir.engine.metrics import megc_scores
 from epir.engine.report_html import write_run_report
-from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, summarize, write_results
+from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, mean_std, summarize, write_results
 from epir.engine.runstore import FoldStore, fold_file
 from epir.engine.selection import GroupTeachers, candidate_configs, select_shared, shared_teachers, teacher_config
 from epir.engine.train import load_initial_weights
@@ -170,7 +170,7 @@ def _seed_mean_scores(cfg: RunConfig, dataset: FlowDataset, records: Sequence[di
                       probs: Sequence[Sequence[Sequence[float]]], seeds: Sequence[int], context: str
                       ) -> dict[str, float]:
     """UF1 and UAR of ``probs`` (one list of rows per record, e.g. a teacher's), pooled per seed, then averaged over
-    the seeds.
+    the seeds, with their spread over the seeds (``uf1_std``, ``uar_std``).
     """
     scores = []
     for s in seeds:
@@ -179,7 +179,10 @@ def _seed_mean_scores(cfg: RunConfig, dataset: FlowDataset, records: Sequence[di
             scores.append(megc_scores([y for r, _ in mine for y in r["true"]],
                                       [int(np.argmax(row)) for _, p in mine for row in p],
                                       dataset.num_classes, absent=cfg.eval.absent_class, context=context))
-    return {"uf1": float(np.mean([s["uf1"] for s in scores])), "uar": float(np.mean([s["uar"] for s in scores]))}
+    out: dict[str, float] = {}
+    for key in ("uf1", "uar"):
+        out[key], out[f"{key}_std"] = mean_std([s[key] for s in scores])
+    return out
 
 
 def _model_probs(rec: dict[str, Any], mixes: Sequence[float], cfg: RunConfig) -> list[list[float]] | None:

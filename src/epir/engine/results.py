@@ -24,7 +24,8 @@ UNKNOWN = "unknown"
 KNOWN_SOURCES = ("casme2", "samm", "smic", "casme3", "synthetic")
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """The mean of per-seed scores and their sample standard deviation (0 for one seed): every "± over seeds"."""
     a = np.asarray(values, dtype=float)
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
@@ -79,7 +80,7 @@ def summarize(
         warnings.warn(msg, stacklevel=2)
     out: dict[str, Any] = {"protocol": protocol}
     for key in ("uf1", "uar", "accuracy"):
-        out[key], out[f"{key}_std"] = _mean_std([s[key] for s in per_seed])
+        out[key], out[f"{key}_std"] = mean_std([s[key] for s in per_seed])
     ci = bootstrap_ci(predictions, k, absent=absent, resamples=ci_resamples, level=ci_level, method=ci_method)
     if ci is not None:
         out["uf1_ci"], out["uar_ci"] = ci.pop("uf1"), ci.pop("uar")
@@ -89,7 +90,7 @@ def summarize(
     for src in sources:
         entry: dict[str, Any] = {}
         for key in ("uf1", "uar"):
-            entry[key], entry[f"{key}_std"] = _mean_std([r["per_dataset"][src][key] for r in per_seed])
+            entry[key], entry[f"{key}_std"] = mean_std([r["per_dataset"][src][key] for r in per_seed])
         entry["n"] = per_seed[0]["per_dataset"][src]["n"]
         src_ci = bootstrap_ci(predictions[predictions["source"].astype(str) == src], k, absent=absent,
                               resamples=ci_resamples, level=ci_level, method=ci_method)
@@ -316,8 +317,14 @@ def blend_parts(results: dict[str, Any]) -> str | None:
     total = sum(counts.values())
     weight = (", ".join(f"{m} in {c} of {total} folds" if i == 0 else f"{m} in {c}"
                         for i, (m, c) in enumerate(counts.items())) if counts else f"{teacher.get('mix')}")
-    return (f"model alone UF1 {alone['uf1']:.4f} UAR {alone['uar']:.4f}; teacher ({name}) alone UF1 "
-            f"{teacher['uf1']:.4f} UAR {teacher['uar']:.4f}; blended with weight {weight}")
+    several = len(results.get("seeds") or ()) > 1
+
+    def score(part: dict[str, Any], key: str) -> str:  # ± the spread over seeds, where the run recorded it
+        spread = f" ± {part[f'{key}_std']:.4f}" if several and f"{key}_std" in part else ""
+        return f"{key.upper()} {part[key]:.4f}{spread}"
+
+    return (f"model alone {score(alone, 'uf1')} {score(alone, 'uar')}; teacher ({name}) alone {score(teacher, 'uf1')} "
+            f"{score(teacher, 'uar')}; blended with weight {weight}")
 
 
 def format_summary(results: dict[str, Any], title: str = "") -> str:
