@@ -305,8 +305,8 @@ def write_results(out_dir: Path, results: dict[str, Any], predictions: pd.DataFr
 def blend_parts(results: dict[str, Any]) -> str | None:
     """Where a teacher's predictions were blended into the run's, what each part scores alone on the same held-out
     subjects: ``model alone UF1 0.6681 UAR 0.7112; teacher (ststnet x3) alone UF1 0.6864 UAR 0.6673; blended with
-    weight 0.25 in 90 of 204 folds, 0.5 in 91, 0.75 in 23``. None for a run without a blend (or one written before
-    round 17).
+    weight 0.25 in 90 of 204 folds, 0.5 in 91, 0.75 in 23``, each score with its spread over seeds where the run has
+    several (``UF1 0.6681 ± 0.0151``). None for a run without a blend (or one written before round 17).
     """
     alone, teacher = results.get("model_alone"), results.get("teacher")
     if not isinstance(alone, dict) or not isinstance(teacher, dict) or "uf1" not in teacher:
