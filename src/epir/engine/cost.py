@@ -101,9 +101,10 @@ def prediction_cost(cfg: RunConfig, input_shape: Sequence[int]) -> PredictionCos
     """
     shape = tuple(int(s) for s in input_shape)
     seen: dict[str, tuple[int, int | None]] = {}
-    mixed = max(candidate_mixes(cfg)) > 0
+    candidates = candidate_configs(cfg) if cfg.train.select else []
+    mixed = max(c.train.distill_mix for c in candidates or [cfg]) > 0
     base = _one(cfg, shape, mixed, seen)
-    costs = [_one(c, shape, mixed, seen) for c in candidate_configs(cfg)] if cfg.train.select else [base]
+    costs = [_one(c, shape, mixed, seen) for c in candidates] or [base]
     totals = [c.flops_total for c in costs]
     return PredictionCost(
         params=base.params,

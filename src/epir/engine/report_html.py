@@ -24,6 +24,7 @@ import pandas as pd
 
 from epir.engine.records import LosoResults
 from epir.engine.results import blend_parts
+from epir.engine.tables import own_and_total
 from epir.engine.uncertainty import describe_ci, format_interval
 
 if TYPE_CHECKING:
@@ -237,8 +238,7 @@ def _whole(results: dict[str, Any], key: str, total: str) -> str | None:
     own = results.get(key)
     if own is None:
         return None
-    whole = results.get(total)
-    return f"{own:,}" if whole is None or whole == own else f"{own:,} (all {whole:,})"
+    return own_and_total(own, results.get(total))
 
 
 def _wall(results: dict[str, Any]) -> str | None:

@@ -27,8 +27,8 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     ``params_total`` and ``flops_total``: every network that predicts, :func:`epir.engine.cost.prediction_cost`),
     time.
 
-    With ``latency``, also the model's CPU forward latency at batch 1 (ms); a table of several runs measures it
-    with :func:`add_latencies` instead, every row under the same load.
+    With ``latency``, also the model's CPU forward latency at batch 1 (ms, :func:`add_latencies`); a table of
+    several runs measures its rows together with :func:`add_latencies` instead, every row under the same load.
     """
     record = LosoResults.from_json(results)
     o = record.overall
@@ -43,7 +43,7 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     row.update(params=cost.params, params_total=max(cost.params_total, int(results.get("params_total") or 0)),
                flops_per_sample=cost.flops, flops_total=cost.flops_total)
     if latency:
-        row["latency_ms_b1"] = measure_latency(build_model(cfg.model), batch_size=1, repeats=20)
+        add_latencies([row], [cfg])
     row.update(fold_seconds=results.get("fold_seconds"), wall_seconds=record.wall_seconds, protocol=record.protocol,
                evaluation=record.evaluation, n_folds=record.n_folds, seeds=" ".join(map(str, record.seeds)))
     return row
