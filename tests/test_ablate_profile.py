@@ -207,3 +207,23 @@ def test_smooth_lever_smooths_the_maps_the_run_trains_on(fake_dataset) -> None:
     assert torch.equal(data.x, smooth_maps(fake_dataset.x)) and report["input_transform"] == "smooth"
     name, off = lever_arm(arm, "smooth")
     assert name == "-smooth" and off.data.input_transform == "none"
+
+
+def test_the_square_root_lever_is_a_plus_arm_of_the_default_and_weighs_the_square_root() -> None:
+    """balanced-sqrt keeps the balanced loss at power 0.5: each class's weight the square root of the default's."""
+    from epir import make_config
+    from epir.engine.ablate import lever_arm
+    from epir.engine.train import class_weights
+
+    default = make_config("epir", "megc2019")
+    name, arm = lever_arm(default, "balanced-sqrt")
+    assert name == "+balanced-sqrt" and arm.train.class_weight == "balanced" and arm.train.class_weight_power == 0.5
+    y = torch.tensor([0] * 6 + [1] * 3 + [2])
+    full = class_weights(y, 3, default.train)
+    assert full is not None and torch.allclose(full, torch.tensor([10 / 18, 10 / 9, 10 / 3]))
+    half = class_weights(y, 3, arm.train)
+    assert half is not None and torch.allclose(half, full.sqrt())
+    name, back = lever_arm(arm, "balanced-sqrt")
+    assert name == "-balanced-sqrt" and back.train == default.train
+    name, off = lever_arm(arm, "balanced")
+    assert name == "-balanced" and off.train.class_weight == "none" and off.train.class_weight_power == 1

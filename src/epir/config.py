@@ -50,6 +50,8 @@ class TrainConfig:
     shuffle: bool = True
     label_smoothing: float = 0.0
     class_weight: str = "none"  # none | balanced (inverse class frequency of the training fold)
+    class_weight_power: float = 1.0  # balanced only: each class's weight (n / (K n_c)) ** power; 1 = inverse class
+    # frequency, 0.5 = its square root (between none and balanced), 0 = every class alike
     grad_clip: float = 0.0  # max gradient norm; 0 disables
     input_norm: str = "none"  # none | scale (x/255) | standardize (per-channel, training subjects only) | recentre
     hflip: float = 0.0  # probability of a horizontal flip (u mirrored: 255 - u on 0-255 maps)
@@ -266,6 +268,11 @@ def check_ranges(cfg: RunConfig) -> None:
                   "0 without a teacher; name one with train.distill=MODEL (e.g. ststnet)")
     check_setting(t.tta in TTA_KINDS, "train.tta", t.tta, f"{' | '.join(TTA_KINDS)} (flip: mean of the map's and its "
                   "mirror's probabilities)")
+    check_setting(_finite(t.class_weight_power) and 0 <= t.class_weight_power <= 4, "train.class_weight_power",
+                  t.class_weight_power, "a number in [0, 4] (the exponent of the balanced weights; 1: inverse class "
+                  "frequency, 0.5: its square root)")
+    check_setting(t.class_weight_power == 1 or t.class_weight == "balanced", "train.class_weight_power",
+                  t.class_weight_power, "1 without class weights; set train.class_weight=balanced to use it")
     check_setting(t.select_k >= 2, "train.select_k", t.select_k, "an integer >= 2")
     check_setting(t.select_metric in SELECT_METRICS, "train.select_metric", t.select_metric,
                   f"{' | '.join(SELECT_METRICS)} (megc: mean of inner UF1 and UAR; nll: inner log-loss)")

@@ -89,6 +89,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # class-balanced cross-entropy (weights inverse to the training fold's class counts): in EPIR's recipe since
     # round 1's search (v1-v5); the default's minus arm trains EPIR on plain cross-entropy (round 17)
     "balanced": ("train.class_weight=balanced",),
+    # the balanced weights' square root, (n / (K n_c)) ** 0.5: halfway, in the exponent, between plain cross-entropy
+    # and the inverse class frequency (round 18; in no recipe)
+    "balanced-sqrt": ("train.class_weight=balanced", "train.class_weight_power=0.5"),
 }
 
 
@@ -118,7 +121,8 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "mix-coarse": ("train.select=[train.distill_mix=0, train.distill_mix=0.25, train.distill_mix=0.5, "
                    "train.distill_mix=0.75, train.distill_mix=1]",),
     "smooth": ("data.input_transform=none",),
-    "balanced": ("train.class_weight=none",),
+    "balanced": ("train.class_weight=none", "train.class_weight_power=1"),
+    "balanced-sqrt": ("train.class_weight_power=1",),
 }
 
 

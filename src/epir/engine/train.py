@@ -174,10 +174,15 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 
 
 def class_weights(y: torch.Tensor, num_classes: int, cfg: TrainConfig) -> torch.Tensor | None:
-    """Per-class loss weights of the recipe (``balanced``: inverse class frequency of ``y``), or None."""
+    """Per-class loss weights of the recipe, or None (``none``).
+
+    ``balanced``: ``(n / (K n_c)) ** train.class_weight_power`` for the ``n_c`` rows of class c among the ``n`` of
+    ``y`` and K classes: inverse class frequency at power 1, its square root at 0.5.
+    """
     if cfg.class_weight == "balanced":
         counts = torch.bincount(y, minlength=num_classes).float().clamp_min(1)
-        return len(y) / (num_classes * counts)
+        weights = len(y) / (num_classes * counts)
+        return weights if cfg.class_weight_power == 1 else weights.pow(cfg.class_weight_power)
     if cfg.class_weight != "none":
         raise ConfigError(f"train.class_weight={cfg.class_weight!r}; expected none or balanced.")
     return None
