@@ -1,6 +1,7 @@
 """Latency of a trained model in use (issue 6): the EPIR model alone at batch 1, in PyTorch and onnxruntime, what
 each Predictor backend costs to set up, and the whole ``epir predict`` path for a 2-frame clip with the share of
-each stage, for both backends. Prints markdown tables.
+each stage, for both backends; and one whole prediction of the default recipe (EPIR flipped, three STSTNet teachers)
+beside EPIR alone. Prints markdown tables.
 
     python benchmarks/predict_latency.py                 # EPIR with its default arguments, ~1 min on 2 cores
     python benchmarks/predict_latency.py --repeats 200
@@ -33,7 +34,9 @@ import cv2
 import numpy as np
 import torch
 
+from epir import make_config
 from epir.data.synthetic import random_subject, render_face
+from epir.engine.cost import prediction_cost, prediction_module
 from epir.engine.train import InputNorm
 from epir.inference import Predictor, load_checkpoint
 from epir.inference.checkpoint import make_meta, save_checkpoint
@@ -113,6 +116,25 @@ def main() -> None:
     print("|---|---|")
     for name, ms in rows:
         print(f"| {name} | {ms:.3f} |")
+
+    # what `epir train` with the default recipe puts in a checkpoint: EPIR on the map and its mirror, and the three
+    # STSTNet teachers blended in (epir.engine.cost.prediction_module: the same module, untrained)
+    cfg = make_config("epir")
+    whole, cost = prediction_module(cfg), prediction_cost(cfg, (3, 28, 28))
+    print(f"\n## One whole prediction of the default recipe (flip, {cfg.train.distill_members} {cfg.train.distill} "
+          f"teachers): {cost.params_total:,} parameters, {cost.flops_total:,} FLOPs, against EPIR alone ("
+          f"{cost.flops:,})\n")
+    print("| PyTorch threads | EPIR alone ms | whole prediction ms | whole / alone |")
+    print("|---|---|---|---|")
+    with torch.inference_mode():
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            alone, all_of_it = [], []
+            for _ in range(5):  # interleaved, so that load from elsewhere slows both alike
+                alone.append(median_ms(lambda: model(x), args.repeats // 5 or 1))
+                all_of_it.append(median_ms(lambda: whole(x), args.repeats // 5 or 1))
+            a, w = statistics.median(alone), statistics.median(all_of_it)
+            print(f"| {threads} | {a:.3f} | {w:.3f} | {w / a:.2f} |")
 
     print("\n## Predictor backends: set-up and per-prediction cost (EPIR, batch 1, one thread)\n")
     print("| backend | set-up s (Predictor(...)) | first call ms | median ms per map |")

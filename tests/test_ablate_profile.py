@@ -99,6 +99,20 @@ def test_profile_json(model, capsys):
     assert row["latency_ms_b1"] > 0 and row["latency_ms_b64"] > 0
 
 
+def test_profile_times_on_the_threads_it_is_given(capsys):
+    """--threads 1 times on one torch thread (steadier under load), says so, and leaves torch's setting as it was."""
+    import torch
+
+    before = torch.get_num_threads()
+    assert main(["profile", "--model", "ststnet", "--threads", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["threads"] == 1 and torch.get_num_threads() == before
+    assert main(["profile", "--model", "ststnet", "--threads", "1"]) == 0
+    assert "(latencies on 1 torch thread)" in capsys.readouterr().out
+    assert main(["profile", "--model", "ststnet", "--threads", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "epir profile --threads -1: expected an integer >= 0" in err and "Traceback" not in err
+
+
 def test_profile_table_with_override(capsys):
     assert main(["profile", "--model", "epir", "--set", "model.merge=false"]) == 0
     out = capsys.readouterr().out
@@ -117,9 +131,10 @@ def test_profile_of_a_recipe_counts_the_whole_prediction(capsys):
     assert row["recipe"] == "default" and row["flops_per_sample"] == cost.flops
     assert (row["params_total"], row["flops_total"]) == (cost.params_total, cost.flops_total)
     assert row["flops_total"] > 2 * row["flops_per_sample"] and row["params_total"] == row["params"] + 3 * 1683
+    assert row["latency_total_ms_b1"] > 0
     assert main(["profile", "--model", "ststnet", "--recipe", "official"]) == 0
     out = capsys.readouterr().out
-    assert "ststnet, recipe official: one prediction takes 1,683 parameters and 780,000 FLOPs" in out
+    assert "ststnet, recipe official: one prediction takes 1,683 parameters, 780,000 FLOPs per sample and " in out
     assert main(["profile", "--model", "ststnet", "--recipe", "nope"]) == 2
     assert "has no recipe 'nope'" in capsys.readouterr().err
 

@@ -80,7 +80,8 @@ def test_arms_of_one_model(fake_root, tmp_path, capsys):
     # FLOPs of one whole prediction too: the default's flip and its teachers; latency measured for every arm
     flops, flops_total = table[["flops_per_sample", "flops_total"]].to_numpy()[0].tolist()
     assert flops_total > flops and f"| {flops:,} (all {flops_total:,}) |" in (out / "comparison.md").read_text()
-    assert (pd.read_csv(out / "comparison.csv")["latency_ms_b1"] > 0).all()
+    latencies = pd.read_csv(out / "comparison.csv")[["latency_ms_b1", "latency_total_ms_b1"]]
+    assert (latencies > 0).all().all()
     default, alone = (RunConfig.load(out / arm / "config.yaml") for arm in ("epir", "epir@alone"))
     assert default.train.distill == "ststnet" and alone.train.distill == ""  # each arm's own recipe
     assert default.model.args["dim"] == alone.model.args["dim"] == 12  # epir: reaches every arm of the model
@@ -163,8 +164,10 @@ def test_latencies_are_measured_in_turn_on_one_thread(monkeypatch) -> None:
     seen: list[tuple[str, int]] = []
 
     def fake(model: torch.nn.Module, **_: object) -> float:
-        seen.append((type(model).__name__, torch.get_num_threads()))
-        return 2.0 if type(model).__name__ == "EPIR" else 1.0
+        name = type(model).__name__
+        name = f"whole {type(model.model).__name__}" if name == "InferenceModel" else name
+        seen.append((name, torch.get_num_threads()))
+        return {"EPIR": 2.0, "STSTNet": 1.0}.get(name, 3.0 if "EPIR" in name else 1.5)
 
     monkeypatch.setattr(tables, "measure_latency", fake)
     threads = torch.get_num_threads()
@@ -172,5 +175,26 @@ def test_latencies_are_measured_in_turn_on_one_thread(monkeypatch) -> None:
     configs = [RunConfig(model=ModelConfig(name="ststnet")),
                RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}))]
     tables.add_latencies(rows, configs, rounds=2, repeats=1)
-    assert [name for name, _ in seen] == ["STSTNet", "EPIR"] * 2 and {n for _, n in seen} == {1}
-    assert [r["latency_ms_b1"] for r in rows] == [1.0, 2.0] and torch.get_num_threads() == threads
+    assert [name for name, _ in seen] == ["STSTNet", "whole STSTNet", "EPIR", "whole EPIR"] * 2
+    assert {n for _, n in seen} == {1} and torch.get_num_threads() == threads
+    assert [r["latency_ms_b1"] for r in rows] == [1.0, 2.0]
+    assert [r["latency_total_ms_b1"] for r in rows] == [1.5, 3.0]
+
+
+def test_the_whole_prediction_module_is_what_the_cost_counts() -> None:
+    """prediction_module runs what prediction_cost counts: the default's flip and its three teachers, and on a
+    one-network recipe the network alone; the latency cell shows the whole beside the model where they differ."""
+    from epir import make_config
+    from epir.engine.cost import prediction_cost, prediction_module
+    from epir.engine.tables import latency_cell
+    from epir.profiling import count_flops, count_parameters
+
+    for cfg in (make_config("epir", "megc2019", overrides=["model.dim=16", "model.heads=2"]),
+                make_config("ststnet", "megc2019")):
+        whole, cost = prediction_module(cfg), prediction_cost(cfg, (3, 28, 28))
+        assert count_parameters(whole) == cost.params_total and count_flops(whole) == cost.flops_total
+        assert not whole.training
+    row = {"latency_ms_b1": 1.19, "latency_total_ms_b1": 2.9154, "params": 10, "params_total": 20,
+           "flops_per_sample": 5, "flops_total": 14}
+    assert latency_cell(row) == "1.190 (all 2.915)"
+    assert latency_cell({**row, "params_total": 10, "flops_total": 5}) == "1.190"

@@ -15,7 +15,7 @@ from epir.config import RunConfig, format_key_value, parse_key_values
 from epir.data import DATASETS, load_dataset
 from epir.engine.ablate import LEVERS, run_ablation
 from epir.engine.compare import run_compare
-from epir.engine.cost import prediction_cost
+from epir.engine.cost import profile_recipe
 from epir.engine.evaluate import compare_runs, evaluate_megc_log, evaluate_run_dir
 from epir.engine.loso import run_loso
 from epir.engine.pretrain import PRETRAIN_EPOCHS, pretrain
@@ -23,11 +23,11 @@ from epir.engine.report import build_report, to_markdown, write_report
 from epir.engine.results import ORACLE, format_summary
 from epir.engine.tables import input_shape
 from epir.engine.uncertainty import LEVEL, METHOD, METHODS, RESAMPLES, format_difference, format_subject_differences
-from epir.errors import EpirError
+from epir.errors import ConfigError, EpirError
 from epir.inference.cli import add_parser as add_inference
 from epir.models import MODELS, default_recipe, describe_args, list_models, list_recipes, recipe_settings
 from epir.preprocess.cli import add_parser as add_preprocess
-from epir.profiling import profile_model
+from epir.profiling import profile_model, torch_threads
 from epir.runsetup import (
     add_data_options,
     add_execution_options,
@@ -134,24 +134,30 @@ def cmd_profile(args: argparse.Namespace) -> int:
     """Handler of ``epir profile``: parameters, FLOPs and latency of models."""
     names = list_models() if args.model == "all" else [args.model]
     kwargs = {k.removeprefix("model."): v for k, v in parse_key_values(args.overrides).items()}
-    rows = [profile_model(n, **(kwargs if args.model != "all" else {})) for n in names]
-    if args.recipe is not None:  # one whole prediction of a recipe: every network that predicts, each forward pass
-        for r in rows:
+    if args.threads < 0:
+        raise ConfigError(f"epir profile --threads {args.threads}: expected an integer >= 0 (0: torch's own setting, "
+                          "one thread per core; 1: steadier under load).")
+    with torch_threads(args.threads) as threads:
+        rows = [profile_model(n, **(kwargs if args.model != "all" else {})) for n in names]
+        for r in rows if args.recipe is not None else ():  # one whole prediction: every network, each pass
             cfg = make_config(r["model"], recipe=None if args.recipe == "default" else args.recipe,
                               overrides=args.overrides if args.model != "all" else ())
-            cost = prediction_cost(cfg, input_shape(cfg))
-            r.update(recipe=args.recipe, params_total=cost.params_total, flops_total=cost.flops_total)
+            r.update(recipe=args.recipe, **profile_recipe(cfg, input_shape(cfg)))
+        for r in rows:
+            r["threads"] = threads
     if args.json:
         print(json.dumps(rows if len(rows) > 1 else rows[0], indent=2))
     else:
-        print(f"{'model':<14} {'params':>12} {'FLOPs/sample':>14} {'ms @ b1':>9} {'ms @ b64':>9}")
+        print(f"{'model':<14} {'params':>12} {'FLOPs/sample':>14} {'ms @ b1':>9} {'ms @ b64':>9}  "
+              f"(latencies on {rows[0]['threads']} torch thread{'s' if rows[0]['threads'] > 1 else ''})")
         for r in rows:
             print(f"{r['model']:<14} {r['params']:>12,} {r['flops_per_sample']:>14,} "
                   f"{r['latency_ms_b1']:>9.3f} {r['latency_ms_b64']:>9.3f}")
         for r in rows if args.recipe is not None else ():
             flops = "-" if r["flops_total"] is None else f"{r['flops_total']:,}"
-            print(f"{r['model']}, recipe {r['recipe']}: one prediction takes {r['params_total']:,} parameters and "
-                  f"{flops} FLOPs per sample (every network that predicts, each forward pass)")
+            print(f"{r['model']}, recipe {r['recipe']}: one prediction takes {r['params_total']:,} parameters, "
+                  f"{flops} FLOPs per sample and {r['latency_total_ms_b1']:.3f} ms at batch 1 (every network that "
+                  "predicts, each forward pass)")
     return 0
 
 
@@ -318,7 +324,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", nargs="?", const="default", default=None, metavar="NAME",
                    help="also what one whole prediction of the model's default recipe (or of recipe NAME: epir list "
                         "recipes --model MODEL) takes: every network that predicts and each forward pass, e.g. the "
-                        "test-time flip and teachers blended in (params_total, flops_total)")
+                        "test-time flip and teachers blended in (params_total, flops_total, latency_total_ms_b1)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch threads for the latencies (default 0: torch's own, one per core); 1 reads steadier "
+                        "while other work holds the cores, and is what epir compare's latency column uses")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_profile)
     return parser

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -61,6 +62,23 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1000.0)
     return statistics.median(times)
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[int]:
+    """Run the block on ``threads`` torch threads (0: torch's own setting), restoring the setting after; yields the
+    number of threads the block runs on.
+
+    A batch-1 latency measured on one thread reads steadier when other processes hold the cores: threads that
+    wait for a core slow a small forward pass many times over.
+    """
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def measure_latency(

@@ -4,18 +4,24 @@ A recipe predicts with more than its model's one forward pass: ``train.tta=flip`
 and on its mirror, ``train.ensemble`` and ``train.snapshots`` average several networks, a teacher mixed into the
 predictions (``train.distill_mix`` > 0) runs its own members and passes, and ``data.input_transform`` (``smooth``)
 convolves the map first. :func:`prediction_cost` counts all of it, so that a table can put the whole beside the
-model's own figure (issue 13: a teacher is counted separately, an ensemble's total is reported).
+model's own figure (issue 13: a teacher is counted separately, an ensemble's total is reported), and
+:func:`prediction_module` builds that whole as one untrained module, for timing it.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
 
 from epir.config import ModelConfig, RunConfig, TrainConfig
 from epir.data.transforms import transform_maps
 from epir.engine.selection import candidate_configs, teacher_config
-from epir.models import build_model
-from epir.profiling import SAMPLE_SHAPE, count_flops, count_function_flops, count_parameters
+from epir.engine.train import InputNorm
+from epir.models import ProbabilityMean, build_model
+from epir.profiling import SAMPLE_SHAPE, count_flops, count_function_flops, count_parameters, measure_latency
 
 
 @dataclass(frozen=True)
@@ -115,4 +121,52 @@ def prediction_cost(cfg: RunConfig, input_shape: Sequence[int]) -> PredictionCos
     )
 
 
-__all__ = ["PredictionCost", "candidate_mixes", "forward_passes", "prediction_cost"]
+def _networks(model: ModelConfig, copies: int) -> nn.Module:
+    """``copies`` untrained networks of ``model`` as one (:class:`~epir.models.ProbabilityMean`), or the one."""
+    return build_model(model) if copies == 1 else ProbabilityMean([build_model(model) for _ in range(copies)])
+
+
+def prediction_module(cfg: RunConfig) -> nn.Module:
+    """An untrained module that predicts as one fold of recipe ``cfg`` does, in eval mode, for timing the whole.
+
+    It is the checkpoint's :class:`~epir.inference.InferenceModel` with random weights and an identity
+    normalisation: it takes the stored maps (B, 3, H, W), applies the input transform, runs every ensemble member
+    and snapshot, on the map and its mirror with ``train.tta=flip``, and blends in the teacher's members when the
+    recipe mixes them into the predictions. With ``train.select`` it is the candidate whose prediction is dearest
+    (:func:`prediction_cost`), the teacher included whenever any candidate mixes it in.
+    """
+    from epir.inference.checkpoint import InferenceModel  # noqa: PLC0415 (the inference package imports the engine)
+
+    candidates = candidate_configs(cfg) if cfg.train.select else [cfg]
+    mix = max(c.train.distill_mix for c in candidates)
+    seen: dict[str, tuple[int, int | None]] = {}
+    shape = (int(cfg.model.args.get("in_channels", 3)), *([int(cfg.model.args.get("image_size", 28))] * 2))
+    dearest = max(candidates, key=lambda c: (_one(c, shape, mix > 0, seen).flops_total or 0,
+                                             c.train.ensemble * c.train.snapshots))
+
+    def identity(model: ModelConfig) -> InputNorm:  # (x - 0) / 1 over the network's input channels
+        channels = int(model.args.get("in_channels", 3))
+        return InputNorm(torch.zeros(1, channels, 1, 1), torch.ones(1, channels, 1, 1))
+
+    teacher = None
+    if mix > 0:
+        t = teacher_config(dearest)
+        teacher = InferenceModel(_networks(t.model, dearest.train.distill_members), identity(t.model),
+                                 dearest.data.input_transform, t.train.tta)
+    model = _networks(dearest.model, dearest.train.ensemble * dearest.train.snapshots)
+    return InferenceModel(model, identity(dearest.model), dearest.data.input_transform, dearest.train.tta,
+                          teacher=teacher, mix=mix).eval()
+
+
+def profile_recipe(cfg: RunConfig, input_shape: Sequence[int], *, repeats: int = 50) -> dict[str, Any]:
+    """What one whole prediction of recipe ``cfg`` takes (``epir profile --recipe``): ``params_total`` and
+    ``flops_total`` (:func:`prediction_cost`) and ``latency_total_ms_b1``, the CPU latency at batch 1 of
+    :func:`prediction_module` (ms, the median of ``repeats`` calls, on the current torch threads).
+    """
+    cost = prediction_cost(cfg, input_shape)
+    return {"params_total": cost.params_total, "flops_total": cost.flops_total,
+            "latency_total_ms_b1": measure_latency(prediction_module(cfg), batch_size=1, repeats=repeats)}
+
+
+__all__ = ["PredictionCost", "candidate_mixes", "forward_passes", "prediction_cost", "prediction_module",
+           "profile_recipe"]

@@ -6,13 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
-import torch
 
 from epir.config import RunConfig
-from epir.engine.cost import prediction_cost
+from epir.engine.cost import prediction_cost, prediction_module
 from epir.engine.records import LosoResults
 from epir.models import build_model
-from epir.profiling import measure_latency
+from epir.profiling import measure_latency, torch_threads
 
 
 def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
@@ -27,8 +26,9 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     ``params_total`` and ``flops_total``: every network that predicts, :func:`epir.engine.cost.prediction_cost`),
     time.
 
-    With ``latency``, also the model's CPU forward latency at batch 1 (ms, :func:`add_latencies`); a table of
-    several runs measures its rows together with :func:`add_latencies` instead, every row under the same load.
+    With ``latency``, also the CPU latency at batch 1 of the model and of one whole prediction (ms,
+    :func:`add_latencies`); a table of several runs measures its rows together with :func:`add_latencies` instead,
+    every row under the same load.
     """
     record = LosoResults.from_json(results)
     o = record.overall
@@ -63,24 +63,39 @@ params_cell = own_and_total
 
 def add_latencies(rows: list[dict[str, Any]], configs: Sequence[RunConfig], *, rounds: int = 5,
                   repeats: int = 10) -> None:
-    """Set each row's ``latency_ms_b1``: the CPU forward latency at batch 1 of its config's model (ms), on one torch
-    thread, measured after every run finished and interleaved, ``rounds`` times each model for ``repeats`` calls in
-    turn, the median of the rounds' medians. Load from elsewhere on the machine then slows every row alike, so that
-    the rows compare, and identical networks (two recipes of one model) read alike; one thread, because threads that
-    wait for cores other processes hold slow a batch-1 forward pass a hundredfold.
+    """Set each row's ``latency_ms_b1``: the CPU forward latency at batch 1 of its config's model (ms), and
+    ``latency_total_ms_b1``: that of one whole prediction of its recipe (:func:`epir.engine.cost.prediction_module`:
+    the input transform, every member, the test-time flip, a teacher mixed in), on one torch thread.
+
+    Both are measured after every run finished and interleaved, ``rounds`` times each module for ``repeats`` calls
+    in turn, the median of the rounds' medians. Load from elsewhere on the machine then slows every row alike, so
+    that the rows compare, and identical networks (two recipes of one model) read alike; one thread, because threads
+    that wait for cores other processes hold slow a batch-1 forward pass a hundredfold.
     """
-    models = [build_model(cfg.model).eval() for cfg in configs]
-    times: list[list[float]] = [[] for _ in models]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    modules = [m for cfg in configs for m in (build_model(cfg.model).eval(), prediction_module(cfg))]
+    times: list[list[float]] = [[] for _ in modules]
+    with torch_threads(1):
         for _ in range(rounds):
-            for model, t in zip(models, times):
-                t.append(measure_latency(model, batch_size=1, repeats=repeats, warmup=2))
-    finally:
-        torch.set_num_threads(threads)
-    for row, t in zip(rows, times):
-        row["latency_ms_b1"] = statistics.median(t)
+            for module, t in zip(modules, times):
+                t.append(measure_latency(module, batch_size=1, repeats=repeats, warmup=2))
+    for i, row in enumerate(rows):
+        row["latency_ms_b1"] = statistics.median(times[2 * i])
+        row["latency_total_ms_b1"] = statistics.median(times[2 * i + 1])
+
+
+def latency_cell(r: Any) -> str:
+    """The model's latency at batch 1 and, where a prediction runs more than it, the whole's: ``1.190 (all
+    2.915)`` (ms; :func:`add_latencies`).
+    """
+    own, total = float(r["latency_ms_b1"]), r.get("latency_total_ms_b1")
+    same = total is None or pd.isna(total) or _one_network(r)
+    return f"{own:.3f}" if same else f"{own:.3f} (all {float(total):.3f})"
+
+
+def _one_network(r: Any) -> bool:
+    """Whether one prediction of the row is its model's one forward pass (no member, flip, teacher or transform)."""
+    own, total = _total(r.get("flops_per_sample")), _total(r.get("flops_total"))
+    return own is not None and own == total and int(r["params"]) == int(r["params_total"])
 
 
 def _total(value: Any) -> int | None:
@@ -137,7 +152,7 @@ def to_markdown(table: pd.DataFrame, first: str = "name") -> str:
         cells += [fmt_mean_std(r[f"{s}_{m}"], r[f"{s}_{m}_std"], one) for s in sources for m in ("uf1", "uar")]
         cells += [own_and_total(int(r["params"]), int(r["params_total"])), flops_cell(r)]
         if "latency_ms_b1" in table:
-            cells.append(f"{r['latency_ms_b1']:.3f}")
+            cells.append(latency_cell(r))
         cells.append(f"{r['fold_seconds']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
