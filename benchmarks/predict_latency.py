@@ -135,6 +135,7 @@ def main() -> None:
                 all_of_it.append(median_ms(lambda: whole(x), args.repeats // 5 or 1))
             a, w = statistics.median(alone), statistics.median(all_of_it)
             print(f"| {threads} | {a:.3f} | {w:.3f} | {w / a:.2f} |")
+    torch.set_num_threads(1)
 
     print("\n## Predictor backends: set-up and per-prediction cost (EPIR, batch 1, one thread)\n")
     print("| backend | set-up s (Predictor(...)) | first call ms | median ms per map |")

@@ -15,13 +15,12 @@ from epir.config import RunConfig, format_key_value, parse_key_values
 from epir.data import DATASETS, load_dataset
 from epir.engine.ablate import LEVERS, run_ablation
 from epir.engine.compare import run_compare
-from epir.engine.cost import profile_recipe
+from epir.engine.cost import input_shape, profile_recipe
 from epir.engine.evaluate import compare_runs, evaluate_megc_log, evaluate_run_dir
 from epir.engine.loso import run_loso
 from epir.engine.pretrain import PRETRAIN_EPOCHS, pretrain
 from epir.engine.report import build_report, to_markdown, write_report
 from epir.engine.results import ORACLE, format_summary
-from epir.engine.tables import input_shape
 from epir.engine.uncertainty import LEVEL, METHOD, METHODS, RESAMPLES, format_difference, format_subject_differences
 from epir.errors import ConfigError, EpirError
 from epir.inference.cli import add_parser as add_inference

@@ -46,6 +46,13 @@ class PredictionCost:
     teacher_params: int = 0
 
 
+def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
+    """(C, H, W) of the network's input (from its model arguments; 3 x 28 x 28 by default)."""
+    args = cfg.model.args
+    size = int(args.get("image_size", 28))
+    return (int(args.get("in_channels", 3)), size, size)
+
+
 def forward_passes(train: TrainConfig) -> int:
     """Forward passes of one network per prediction: 2 with ``train.tta=flip`` (the map and its mirror), else 1."""
     return 2 if train.tta == "flip" else 1
@@ -140,8 +147,7 @@ def prediction_module(cfg: RunConfig) -> nn.Module:
     candidates = candidate_configs(cfg) if cfg.train.select else [cfg]
     mix = max(c.train.distill_mix for c in candidates)
     seen: dict[str, tuple[int, int | None]] = {}
-    shape = (int(cfg.model.args.get("in_channels", 3)), *([int(cfg.model.args.get("image_size", 28))] * 2))
-    dearest = max(candidates, key=lambda c: (_one(c, shape, mix > 0, seen).flops_total or 0,
+    dearest = max(candidates, key=lambda c: (_one(c, input_shape(c), mix > 0, seen).flops_total or 0,
                                              c.train.ensemble * c.train.snapshots))
 
     def identity(model: ModelConfig) -> InputNorm:  # (x - 0) / 1 over the network's input channels
@@ -168,5 +174,5 @@ def profile_recipe(cfg: RunConfig, input_shape: Sequence[int], *, repeats: int =
             "latency_total_ms_b1": measure_latency(prediction_module(cfg), batch_size=1, repeats=repeats)}
 
 
-__all__ = ["PredictionCost", "candidate_mixes", "forward_passes", "prediction_cost", "prediction_module",
-           "profile_recipe"]
+__all__ = ["PredictionCost", "candidate_mixes", "forward_passes", "input_shape", "prediction_cost",
+           "prediction_module", "profile_recipe"]

@@ -30,12 +30,12 @@ from typing import Any
 import pandas as pd
 
 from epir.config import RunConfig
-from epir.engine.cost import prediction_cost
+from epir.engine.cost import input_shape, prediction_cost
 from epir.engine.loso import evaluation_of
 from epir.engine.records import LosoResults
 from epir.engine.report_html import write_table_report
 from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE
-from epir.engine.tables import flops_cell, fmt_mean_std, input_shape, own_and_total
+from epir.engine.tables import flops_cell, fmt_mean_std, own_and_total
 from epir.errors import ConfigError, DatasetError, DatasetNotFoundError
 from epir.fileio import writable_dir
 from epir.models import default_recipe, list_recipes, model_defaults

@@ -8,17 +8,10 @@ from typing import Any
 import pandas as pd
 
 from epir.config import RunConfig
-from epir.engine.cost import prediction_cost, prediction_module
+from epir.engine.cost import input_shape, prediction_cost, prediction_module
 from epir.engine.records import LosoResults
 from epir.models import build_model
 from epir.profiling import measure_latency, torch_threads
-
-
-def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
-    """(C, H, W) of the model's input (from its arguments; 3 x 28 x 28 by default)."""
-    args = cfg.model.args
-    size = int(args.get("image_size", 28))
-    return (int(args.get("in_channels", 3)), size, size)
 
 
 def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool = False) -> dict[str, Any]:
