@@ -242,3 +242,21 @@ def test_the_square_root_lever_is_a_plus_arm_of_the_default_and_weighs_the_squar
     assert name == "-balanced-sqrt" and back.train == default.train
     name, off = lever_arm(arm, "balanced")
     assert name == "-balanced" and off.train.class_weight == "none" and off.train.class_weight_power == 1
+
+
+def test_list_levers_describes_every_lever_and_its_arm_on_the_model(capsys) -> None:
+    """`epir list levers`: every lever of epir ablate, a line on what it does, the arm it makes on --model's default
+    recipe (+ adds it, - takes it away) and the settings that arm changes."""
+    from epir.engine.ablate import LEVER_NOTES, LEVERS
+
+    assert set(LEVER_NOTES) == set(LEVERS) and all(LEVER_NOTES.values())
+    assert main(["list", "levers"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1] for line in lines if not line.startswith(" ")}
+    assert list(rows) == list(LEVERS)
+    assert rows["balanced"] == "-balanced" and rows["balanced-sqrt"] == "+balanced-sqrt" and rows["tta"] == "-tta"
+    settings = lines[lines.index(next(line for line in lines if line.startswith("balanced "))) + 1]
+    assert settings.split() == ["train.class_weight=none", "train.class_weight_power=1"]
+    assert main(["list", "levers", "--model", "ststnet"]) == 0
+    out = capsys.readouterr().out
+    assert "\ntta                  +tta " in out and "\nwide                 (not on this model) " in out

@@ -13,7 +13,7 @@ from typing import Any
 from epir.annotations.cli import add_parser as add_annotations
 from epir.config import RunConfig, format_key_value, parse_key_values
 from epir.data import DATASETS, load_dataset
-from epir.engine.ablate import LEVERS, run_ablation
+from epir.engine.ablate import LEVER_NOTES, LEVER_OFF, LEVERS, lever_arm, run_ablation
 from epir.engine.compare import run_compare
 from epir.engine.cost import input_shape, profile_recipe
 from epir.engine.evaluate import compare_runs, evaluate_megc_log, evaluate_run_dir
@@ -70,6 +70,16 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{recipe}{mark}")
             for key, value in recipe_settings(args.model, recipe).items():
                 print(f"    {format_key_value(key, value)}")
+    elif args.what == "levers":
+        full = make_config(args.model)
+        for lever, overrides in LEVERS.items():
+            try:
+                arm, _ = lever_arm(full, lever)
+            except EpirError:  # a lever that does not apply to this model (e.g. an EPIR argument on STSTNet)
+                arm = "(not on this model)"
+            print(f"{lever:<20} {arm:<22} {LEVER_NOTES[lever]}")
+            shown = LEVER_OFF[lever] if arm.startswith("-") else overrides
+            print(f"{'':<20} {' '.join(shown)}")
     elif args.what == "datasets":
         for name in DATASETS.names():
             print(f"{name:<14} {DATASETS.meta(name).get('description', '')}")
@@ -226,10 +236,13 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list registered models, a model's arguments or recipes, datasets, or a dataset's "
                                     "subjects")
-    p.add_argument("what", choices=["models", "args", "recipes", "datasets", "subjects"],
+    p.add_argument("what", choices=["models", "args", "recipes", "levers", "datasets", "subjects"],
                    help="args: --model's arguments (--set model.KEY=VALUE) with their defaults; recipes: --model's "
-                        "named recipes (--recipe NAME), each as the train settings it changes")
-    p.add_argument("--model", default="epir", help="the model of `list args` and `list recipes` (default epir)")
+                        "named recipes (--recipe NAME), each as the train settings it changes; levers: the recipe "
+                        "levers of epir ablate --levers and epir compare's MODEL+LEVER, each with the arm it makes "
+                        "on --model's default recipe (+ on, - off) and the settings that arm changes")
+    p.add_argument("--model", default="epir",
+                   help="the model of `list args`, `list recipes` and `list levers` (default epir)")
     p.add_argument("--dataset", default="synthetic")
     p.add_argument("--root", default=None)
     p.set_defaults(func=cmd_list)

@@ -95,6 +95,38 @@ LEVERS: dict[str, tuple[str, ...]] = {
 }
 
 
+#: What each lever of :data:`LEVERS` does, in one line (``epir list levers``; docs/epir-design.md has each one's
+#: rows, from "Round 2" on).
+LEVER_NOTES: dict[str, str] = {
+    "mixup": "mixup of maps and labels, Beta(0.4, 0.4)",
+    "cutmix": "CutMix: a box pasted from another map, labels mixed by area, Beta(1, 1)",
+    "tta": "test-time flip: the mean of the map's and its mirror's probabilities",
+    "soft-select": "EPIR's DTSM keeps every final token, weighted by its score (select_ratio 1.0), not the top half",
+    "recentre": "each map's zero motion moved to its own median before standardising",
+    "wide": "EPIR wider: dim 64 and 4 heads instead of 48 and 3",
+    "ema": "the fold's model is the exponential moving average of its weights",
+    "swa": "the fold's model is the average of its epoch-end weights over the second half",
+    "rotate": "small rotations (10 degrees) and scalings (10%) that turn and scale the (u, v) vectors too",
+    "ensemble": "3 members per fold (own seeds), their probabilities averaged",
+    "snapshots": "the final weights and 3 earlier epoch ends, their probabilities averaged",
+    "distill": "soft targets from the fold's STSTNet (80 epochs), weight 0.5",
+    "teacher-mix": "the fold's STSTNet (20 epochs) averaged with the model in the predictions, half each",
+    "mix-select": "the teacher's weight in the predictions chosen inside the fold among 0 to 1 on 6 shared groups",
+    "teacher-ensemble": "the fold's teacher as 3 seeds, their probabilities averaged",
+    "teacher-grouped": "the teacher trained once per shared group, without that group, shared by its folds",
+    "select-nll": "the in-fold choice by the inner log-loss instead of the mean of inner UF1 and UAR",
+    "select-margin": "the in-fold choice keeps the recipe's own weight unless another beats it by 0.02",
+    "mix-coarse": "the teacher's weight chosen among 0, 0.5 and 1 only",
+    "conv-stem": "EPIR's tokens from a 3x3 conv + max-pool stem, patch 2 on its grid",
+    "select-before-last": "DTSM selects half the tokens before the last stage (EViT-style)",
+    "select-epochs": "the number of epochs chosen inside the fold: the recipe's own, 20 or 80",
+    "pretrain": "start from weights of `epir pretrain` on 10,000 synthetic clips (run it first)",
+    "smooth": "every map blurred (Gaussian, sigma 1 px) and min-max normalised again",
+    "balanced": "class-balanced cross-entropy: weights inverse to the training fold's class counts",
+    "balanced-sqrt": "the balanced weights' square root: (n / (K n_c)) ** 0.5",
+}
+
+
 #: How to turn a lever off again, for a full configuration that already has it on (e.g. the default recipe):
 #: the arm is then ``-<lever>``, the full configuration with these overrides.
 LEVER_OFF: dict[str, tuple[str, ...]] = {
