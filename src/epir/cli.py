@@ -264,7 +264,7 @@ def make_parser() -> argparse.ArgumentParser:
                         "none, the full configuration and the lever arms only)")
     p.add_argument("--levers", nargs="+", default=None, metavar="LEVER",
                    help="recipe levers, one arm each (+LEVER, or -LEVER where the configuration has it on): "
-                        f"{', '.join(LEVERS)}, or all")
+                        f"{', '.join(LEVERS)}, or all (epir list levers: what each does)")
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("pretrain", help="pretrain a model on a large generated synthetic set (weights for train.init)",
