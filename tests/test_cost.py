@@ -73,3 +73,16 @@ def test_a_model_the_counter_cannot_trace_has_no_figure(monkeypatch) -> None:
     monkeypatch.setattr(cost_mod, "count_flops", fail)
     cost = prediction_cost(_cfg(), (3, 28, 28))
     assert cost.flops is None and cost.flops_total is None and cost.params > 0
+
+
+def test_the_whole_module_of_an_in_fold_choice_is_the_dearest_candidate() -> None:
+    """prediction_module with train.select: the candidate prediction_cost counts (two members, flipped, the teacher
+    mixed in), so that its latency is the whole's that the tables pair with flops_total."""
+    from epir.engine.cost import prediction_module
+    from epir.profiling import count_parameters
+
+    cfg = _cfg(distill="ststnet", distill_weight=0.0, distill_members=2, ensemble=2,
+               select=("train.distill_mix=0", "train.tta=flip;train.distill_mix=0.5"))
+    whole, cost = prediction_module(cfg), prediction_cost(cfg, (3, 28, 28))
+    assert count_flops(whole) == cost.flops_total == 2 * 2 * cost.flops + 2 * 780_000
+    assert count_parameters(whole) == cost.params_total == 2 * cost.params + 2 * 1683
