@@ -123,7 +123,9 @@ def main() -> None:
     cost = ("" if flops is None else
             f"   FLOPs/sample {own_and_total(flops, r.get('flops_total'))}")  # the whole: flips, teachers
     print(f"params {own_and_total(r['params'], r.get('params_total'))}{cost}   folds {r['n_folds']}   "
-          f"wall {wall:.0f} s this invocation ({r['resumed_folds']} folds resumed)   "
+          f"wall {wall:.0f} s this invocation ({r['resumed_folds']} folds resumed"
+          + (f"; {r['wall_seconds_total']:.0f} s over every invocation" if r.get("wall_seconds_total") else "")
+          + ")   "
           f"mean fold {r['fold_seconds']:.1f} s")
     if a.model in REFERENCES:
         print("reference:", REFERENCES[a.model])

@@ -371,3 +371,37 @@ def test_the_benchmark_judges_no_target_for_an_oracle_run(fake_dataset) -> None:
     assert "met:" not in table and "MISSED:" not in table
     honest = LosoResults.from_json(run_loso(tiny_cfg(epochs=2), fake_dataset, progress=False))
     assert "UF1 >= 0.74 and UAR >= 0.74" in bench.beside_table("epir", honest, None)  # judged, met or missed
+
+
+def test_the_wall_time_of_every_invocation_is_kept(fake_dataset, tmp_path) -> None:
+    """A run started again over finished folds takes a second; results.json keeps that invocation's wall_seconds and
+    the sum over every invocation (wall_seconds_total), so the first invocation's time is not lost."""
+    out = tmp_path / "run"
+    cfg = tiny_cfg(folds=("sub01", "006"))
+    first = run_loso(cfg, fake_dataset, out, progress=False)
+    written = json.loads((out / "results.json").read_text())
+    assert written["wall_seconds_total"] == first["wall_seconds"]
+    again = run_loso(cfg, fake_dataset, out, progress=False)
+    written = json.loads((out / "results.json").read_text())
+    assert again["resumed_folds"] == 2 and written["wall_seconds"] == again["wall_seconds"]
+    assert written["wall_seconds_total"] == pytest.approx(first["wall_seconds"] + again["wall_seconds"])
+    from epir.engine.records import LosoResults
+
+    assert LosoResults.load(out).wall_seconds_total == written["wall_seconds_total"]
+
+
+@pytest.mark.parametrize(("earlier", "expected"), [
+    (None, 0.0),  # no results.json yet
+    ({"wall_seconds": 12.0, "resumed_folds": 0, "wall_seconds_total": 30.0}, 30.0),
+    ({"wall_seconds": 12.0, "resumed_folds": 0}, 12.0),  # written before round 18, all of the run timed
+    ({"wall_seconds": 1.5, "resumed_folds": 68}, None),  # written before round 18, its first invocation unknown
+    ("{not json", None),
+    ({"wall_seconds_total": float("nan")}, None),
+])
+def test_the_earlier_invocations_wall_time_or_none_where_a_sum_would_be_wrong(tmp_path, earlier, expected) -> None:
+    from epir.engine.results import earlier_wall_seconds
+
+    if earlier is not None:
+        text = earlier if isinstance(earlier, str) else json.dumps(earlier)
+        (tmp_path / "results.json").write_text(text)
+    assert earlier_wall_seconds(tmp_path) == expected

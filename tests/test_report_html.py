@@ -88,7 +88,8 @@ def test_a_resumed_run_says_its_wall_time_left_out_the_resumed_folds(run_dir: Pa
     r = run_loso(tiny_cfg(seeds=(0, 1), fold_batch=4), make_flow_dataset(), again, progress=False)
     assert r["resumed_folds"] == 12
     page = (again / "report.html").read_text()
-    assert "(12 folds resumed from an earlier run, not timed here)" in page
+    assert "(12 folds resumed from an earlier run, not timed here; " in page
+    assert " over every invocation that wrote the results)" in page
     assert "resumed" not in (run_dir / "report.html").read_text()
 
 

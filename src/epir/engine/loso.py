@@ -41,7 +41,16 @@ from epir.engine.folds import (
 )
 from epir.engine.metrics import megc_scores
 from epir.engine.report_html import write_run_report
-from epir.engine.results import FOLD_WEIGHTS, HONEST, ORACLE, format_summary, mean_std, summarize, write_results
+from epir.engine.results import (
+    FOLD_WEIGHTS,
+    HONEST,
+    ORACLE,
+    earlier_wall_seconds,
+    format_summary,
+    mean_std,
+    summarize,
+    write_results,
+)
 from epir.engine.runstore import FoldStore, fold_file
 from epir.engine.selection import GroupTeachers, candidate_configs, select_shared, shared_teachers, teacher_config
 from epir.engine.train import load_initial_weights
@@ -340,6 +349,9 @@ def run_loso(
                     f"predictions.csv, MEGC logs and config.yaml are left as they are (they cover the whole run). Run "
                     f"the whole set again to rewrite them; these results are printed only.", stacklevel=2)
             else:
+                earlier = earlier_wall_seconds(out)  # the invocations before this one, from the file it replaces
+                if earlier is not None:
+                    results["wall_seconds_total"] = earlier + results["wall_seconds"]
                 write_results(out, results, preds)
                 write_curves(out, records)
                 if cfg.eval.tensorboard:

@@ -132,7 +132,10 @@ class LosoResults:
         flops_per_sample: forward FLOPs of one sample (None when not counted).
         flops_total: FLOPs of one whole prediction of a sample: every network that predicts, each forward pass
             (None when not counted, or in runs written before round 17).
-        wall_seconds: the run's wall time (None when not recorded).
+        wall_seconds: the wall time of the invocation that wrote the file (None when not recorded); folds it resumed
+            from an earlier invocation took none of it (``resumed_folds``).
+        wall_seconds_total: the wall time of every invocation that wrote the run's ``results.json``, summed (None
+            when not recorded, as in runs written before round 18).
         raw: the whole ``results.json`` content.
     """
 
@@ -151,6 +154,7 @@ class LosoResults:
     flops_per_sample: int | None = None
     flops_total: int | None = None
     wall_seconds: float | None = None
+    wall_seconds_total: float | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -205,6 +209,7 @@ class LosoResults:
             flops_per_sample=d.get("flops_per_sample"),
             flops_total=d.get("flops_total"),
             wall_seconds=d.get("wall_seconds"),
+            wall_seconds_total=d.get("wall_seconds_total"),
             raw=dict(d),
         )
 

@@ -242,12 +242,18 @@ def _whole(results: dict[str, Any], key: str, total: str) -> str | None:
 
 
 def _wall(results: dict[str, Any]) -> str | None:
-    """The run's wall time, saying how many of its folds were resumed from an earlier run (they took no time here)."""
+    """The run's wall time, saying how many of its folds were resumed from an earlier run (they took no time here)
+    and, where earlier invocations took time too, the total over all of them (``wall_seconds_total``).
+    """
     if "wall_seconds" not in results:
         return None
     text = f"{results['wall_seconds']:.0f}"
     resumed = int(results.get("resumed_folds") or 0)
-    return f"{text} ({resumed} folds resumed from an earlier run, not timed here)" if resumed else text
+    notes = [f"{resumed} folds resumed from an earlier run, not timed here"] if resumed else []
+    total = results.get("wall_seconds_total")
+    if isinstance(total, (int, float)) and round(total) != round(results["wall_seconds"]):
+        notes.append(f"{total:.0f} over every invocation that wrote the results")
+    return f"{text} ({'; '.join(notes)})" if notes else text
 
 
 def write_run_report(out_dir: str | Path, command: str | None = None) -> Path:

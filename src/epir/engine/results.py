@@ -14,6 +14,7 @@ from epir.engine.metrics import megc_scores
 from epir.engine.records import LosoResults, Scores, first_bad_probability_row
 from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, bootstrap_ci, describe_ci, format_interval
 from epir.errors import DatasetError, DatasetNotFoundError
+from epir.fileio import write_atomic
 
 HONEST = "honest"
 ORACLE = "oracle-epoch (optimistic)"
@@ -288,9 +289,32 @@ def read_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
     return out.reset_index(drop=True), [c.removeprefix("prob_") for c in prob_cols]
 
 
+def earlier_wall_seconds(out_dir: Path) -> float | None:
+    """The wall time that ``out_dir``'s ``results.json`` records for the invocations before this one: its
+    ``wall_seconds_total``, or its ``wall_seconds`` in a file written before round 18 that resumed nothing. 0.0
+    without a ``results.json``; None where the file cannot be read or does not say (a sum would then be wrong).
+    """
+    path = out_dir / "results.json"
+    if not path.exists():
+        return 0.0
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(earlier, dict):
+        return None
+    total = earlier.get("wall_seconds_total")
+    if total is None and not earlier.get("resumed_folds"):
+        total = earlier.get("wall_seconds")
+    return float(total) if isinstance(total, (int, float)) and np.isfinite(total) and total >= 0 else None
+
+
 def write_results(out_dir: Path, results: dict[str, Any], predictions: pd.DataFrame) -> None:
-    """Write ``results.json``, ``predictions.csv`` and ``megc_log.txt`` (plus one log per seed if several)."""
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n")
+    """Write ``results.json`` (whole or not at all), ``predictions.csv`` and ``megc_log.txt`` (plus one log per
+    seed if several).
+    """
+    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
+    write_atomic(out_dir / "results.json", lambda tmp: tmp.write_text(text))
     classes = [c.removeprefix("prob_") for c in predictions.columns if c.startswith("prob_")] or None
     predictions = predictions.assign(protocol=results["protocol"])  # every row says how it was obtained
     predictions.to_csv(out_dir / "predictions.csv", index=False)
