@@ -29,6 +29,7 @@ from epir.engine.train import fit
 from epir.errors import ConfigError
 from epir.fileio import writable_parent, write_atomic
 from epir.models import build_model, default_recipe, resolve_model_args
+from epir.profiling import torch_threads
 
 #: Subjects generated per parallel task (each task is one call of the synthetic generator).
 CHUNK_SUBJECTS = 10
@@ -129,13 +130,8 @@ def pretrain(
     torch.manual_seed(seed)
     net = build_model(model_cfg)
     t1 = time.perf_counter()
-    threads_before = torch.get_num_threads()
-    try:
-        if threads:
-            torch.set_num_threads(threads)
+    with torch_threads(threads):
         fit(net, x, y, recipe, seed=seed, num_classes=int(y.max()) + 1, device=device, describe="pretraining")
-    finally:
-        torch.set_num_threads(threads_before)
     t_train = time.perf_counter() - t1
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     write_atomic(path, lambda tmp: save_file(state, str(tmp)))

@@ -29,6 +29,7 @@ from epir.fileio import writable_dir
 from epir.inference.checkpoint import Checkpoint, make_meta, read_meta, save_checkpoint, teacher_meta
 from epir.models import build_model
 from epir.preprocess.pipeline import PreprocessSettings
+from epir.profiling import torch_threads
 from epir.runsetup import check_model_fits, load_data, resolve_config, transform_data
 
 
@@ -127,14 +128,9 @@ def train_checkpoint(
     transform_report = transform_report or {"input_transform": "none"}
     check_model_fits(cfg, dataset)
     cfg = replace(cfg, eval=replace(cfg.eval, seeds=(int(seed),), folds=()))
-    threads_before = torch.get_num_threads()
-    try:
-        if cfg.eval.threads:
-            torch.set_num_threads(cfg.eval.threads)
+    with torch_threads(cfg.eval.threads):
         return _train_and_save(cfg, dataset, out, seed=seed, overwrite=overwrite, progress=progress,
                                preprocessing=preprocessing, note=note, transform_report=transform_report)
-    finally:
-        torch.set_num_threads(threads_before)
 
 
 def _train_and_save(cfg: RunConfig, dataset: FlowDataset, out: Path, *, seed: int, overwrite: bool, progress: bool,
