@@ -12,9 +12,9 @@ import pandas as pd
 
 from epir.engine.metrics import megc_scores
 from epir.engine.records import LosoResults, Scores, first_bad_probability_row
+from epir.engine.runstore import write_json_atomic
 from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, bootstrap_ci, describe_ci, format_interval
 from epir.errors import DatasetError, DatasetNotFoundError
-from epir.fileio import write_atomic
 
 HONEST = "honest"
 ORACLE = "oracle-epoch (optimistic)"
@@ -313,8 +313,7 @@ def write_results(out_dir: Path, results: dict[str, Any], predictions: pd.DataFr
     """Write ``results.json`` (whole or not at all), ``predictions.csv`` and ``megc_log.txt`` (plus one log per
     seed if several).
     """
-    text = json.dumps(results, indent=2, allow_nan=False) + "\n"
-    write_atomic(out_dir / "results.json", lambda tmp: tmp.write_text(text))
+    write_json_atomic(out_dir / "results.json", results, indent=2)
     classes = [c.removeprefix("prob_") for c in predictions.columns if c.startswith("prob_")] or None
     predictions = predictions.assign(protocol=results["protocol"])  # every row says how it was obtained
     predictions.to_csv(out_dir / "predictions.csv", index=False)

@@ -167,9 +167,11 @@ def _distributions(rows: Any, n: int, k: int) -> bool:
     return found is None
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as strict JSON (no NaN) with :func:`epir.fileio.write_atomic`: complete or absent."""
-    text = json.dumps(obj, allow_nan=False)
+def write_json_atomic(path: Path, obj: Any, indent: int | None = None) -> None:
+    """Write ``obj`` as strict JSON (no NaN) with :func:`epir.fileio.write_atomic`: complete or absent. With
+    ``indent``, laid out for reading, ending with a newline.
+    """
+    text = json.dumps(obj, indent=indent, allow_nan=False) + ("\n" if indent is not None else "")
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
