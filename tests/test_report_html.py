@@ -96,11 +96,11 @@ def test_a_resumed_run_says_its_wall_time_left_out_the_resumed_folds(run_dir: Pa
 
 
 def test_figures_of_the_whole_and_of_a_model_the_counter_cannot_trace() -> None:
-    from epir.engine.report_html import _whole
+    from epir.engine.tables import own_and_total_of as whole
 
-    assert _whole({"params": 99585, "params_total": 104634}, "params", "params_total") == "99,585 (all 104,634)"
-    assert _whole({"flops_per_sample": 780000, "flops_total": 780000}, "flops_per_sample", "flops_total") == "780,000"
-    assert _whole({"flops_per_sample": None}, "flops_per_sample", "flops_total") is None  # no figure, no crash
+    assert whole({"params": 99585, "params_total": 104634}, "params", "params_total") == "99,585 (all 104,634)"
+    assert whole({"flops_per_sample": 780000, "flops_total": 780000}, "flops_per_sample", "flops_total") == "780,000"
+    assert whole({"flops_per_sample": None}, "flops_per_sample", "flops_total") is None  # no figure, no crash
 
 
 def chromium() -> str | None:

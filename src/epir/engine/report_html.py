@@ -24,7 +24,7 @@ import pandas as pd
 
 from epir.engine.records import LosoResults
 from epir.engine.results import blend_parts
-from epir.engine.tables import own_and_total
+from epir.engine.tables import own_and_total_of
 from epir.engine.uncertainty import describe_ci, format_interval
 
 if TYPE_CHECKING:
@@ -231,16 +231,6 @@ pre { background: #f6f8fa; padding: 10px; overflow-x: auto; font-size: 12px; }
 """
 
 
-def _whole(results: dict[str, Any], key: str, total: str) -> str | None:
-    """A figure of the model and, where more networks predict, of the whole (``99,585 (all 104,634)``); None where
-    the run did not record it (a model the FLOP counter cannot trace).
-    """
-    own = results.get(key)
-    if own is None:
-        return None
-    return own_and_total(own, results.get(total))
-
-
 def _wall(results: dict[str, Any]) -> str | None:
     """The run's wall time, saying how many of its folds were resumed from an earlier run (they took no time here)
     and, where earlier invocations took time too, the total over all of them (``wall_seconds_total``).
@@ -282,8 +272,8 @@ def write_run_report(out_dir: str | Path, command: str | None = None) -> Path:
     facts = {
         "model": results.get("model"), "dataset": results.get("dataset"), "samples": results.get("n"),
         "folds": results.get("n_folds"), "seeds": results.get("seeds"),
-        "parameters": _whole(results, "params", "params_total"),
-        "FLOPs per sample": _whole(results, "flops_per_sample", "flops_total"),
+        "parameters": own_and_total_of(results, "params", "params_total"),
+        "FLOPs per sample": own_and_total_of(results, "flops_per_sample", "flops_total"),
         "wall time (s)": _wall(results),
         "mean fold time (s)": f"{results['fold_seconds']:.1f}" if "fold_seconds" in results else None,
         "parts of the blend, each alone (mean over seeds)": blend_parts(results),

@@ -126,10 +126,18 @@ def fmt_mean_std(mean: float, std: float, single: bool = False) -> str:
     return f"{mean:.4f}" if single else f"{mean:.4f} ± {std:.4f}"
 
 
+def own_and_total_of(r: Any, key: str, total: str) -> str | None:
+    """:func:`own_and_total` of a run's ``key`` and ``total`` figures (a results mapping or a table row), e.g.
+    ``params`` and ``params_total``; None where the run did not record ``key`` (a model the FLOP counter cannot
+    trace).
+    """
+    own = _total(r.get(key))
+    return None if own is None else own_and_total(own, _total(r.get(total)))
+
+
 def flops_cell(r: pd.Series) -> str:
     """FLOPs per sample of the model and of one whole prediction; '-' where the FLOP counter could not trace it."""
-    own = _total(r.get("flops_per_sample"))
-    return "-" if own is None else own_and_total(own, _total(r.get("flops_total")))
+    return own_and_total_of(r, "flops_per_sample", "flops_total") or "-"
 
 
 def to_markdown(table: pd.DataFrame, first: str = "name") -> str:
