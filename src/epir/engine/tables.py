@@ -14,14 +14,10 @@ from epir.models import build_model
 from epir.profiling import measure_latency, torch_threads
 
 
-def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool = False) -> dict[str, Any]:
+def run_row(name: str, results: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
     """One row: overall and per-dataset UF1/UAR (mean and std over seeds), parameters and FLOPs (the model's, and
     ``params_total`` and ``flops_total``: every network that predicts, :func:`epir.engine.cost.prediction_cost`),
-    time.
-
-    With ``latency``, also the CPU latency at batch 1 of the model and of one whole prediction (ms,
-    :func:`add_latencies`); a table of several runs measures its rows together with :func:`add_latencies` instead,
-    every row under the same load.
+    time. Latencies are measured for all of a table's rows at once, under the same load (:func:`add_latencies`).
     """
     record = LosoResults.from_json(results)
     o = record.overall
@@ -35,8 +31,6 @@ def run_row(name: str, results: dict[str, Any], cfg: RunConfig, *, latency: bool
     cost = prediction_cost(cfg, input_shape(cfg))
     row.update(params=cost.params, params_total=max(cost.params_total, int(results.get("params_total") or 0)),
                flops_per_sample=cost.flops, flops_total=cost.flops_total)
-    if latency:
-        add_latencies([row], [cfg])
     row.update(fold_seconds=results.get("fold_seconds"), wall_seconds=record.wall_seconds, protocol=record.protocol,
                evaluation=record.evaluation, n_folds=record.n_folds, seeds=" ".join(map(str, record.seeds)))
     return row
