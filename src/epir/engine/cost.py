@@ -104,6 +104,16 @@ def _one(cfg: RunConfig, input_shape: tuple[int, ...], mixed: bool, seen: dict[s
     return PredictionCost(params, params_total, flops, flops_total, teacher_params)
 
 
+def _candidate_costs(cfg: RunConfig, shape: tuple[int, ...], seen: dict[str, tuple[int, int | None]]
+                     ) -> list[tuple[RunConfig, PredictionCost]]:
+    """Each recipe a fold of ``cfg`` may predict with (its ``train.select`` candidates, or itself) and that
+    recipe's cost; the teacher counts in every one when any of them mixes it into the predictions.
+    """
+    candidates = candidate_configs(cfg) if cfg.train.select else [cfg]
+    mixed = max(c.train.distill_mix for c in candidates) > 0
+    return [(c, _one(c, shape, mixed, seen)) for c in candidates]
+
+
 def prediction_cost(cfg: RunConfig, input_shape: Sequence[int]) -> PredictionCost:
     """The cost of one prediction of recipe ``cfg`` on maps of ``input_shape`` (C, H, W; the network's input).
 
@@ -114,10 +124,8 @@ def prediction_cost(cfg: RunConfig, input_shape: Sequence[int]) -> PredictionCos
     """
     shape = tuple(int(s) for s in input_shape)
     seen: dict[str, tuple[int, int | None]] = {}
-    candidates = candidate_configs(cfg) if cfg.train.select else []
-    mixed = max(c.train.distill_mix for c in candidates or [cfg]) > 0
-    base = _one(cfg, shape, mixed, seen)
-    costs = [_one(c, shape, mixed, seen) for c in candidates] or [base]
+    costs = [c for _, c in _candidate_costs(cfg, shape, seen)]
+    base = _one(cfg, shape, False, seen) if cfg.train.select else costs[0]  # the model's own figures
     totals = [c.flops_total for c in costs]
     return PredictionCost(
         params=base.params,
@@ -144,11 +152,9 @@ def prediction_module(cfg: RunConfig) -> nn.Module:
     """
     from epir.inference.checkpoint import InferenceModel  # noqa: PLC0415 (the inference package imports the engine)
 
-    candidates = candidate_configs(cfg) if cfg.train.select else [cfg]
-    mix = max(c.train.distill_mix for c in candidates)
-    seen: dict[str, tuple[int, int | None]] = {}
-    dearest = max(candidates, key=lambda c: (_one(c, input_shape(c), mix > 0, seen).flops_total or 0,
-                                             c.train.ensemble * c.train.snapshots))
+    pairs = _candidate_costs(cfg, input_shape(cfg), {})
+    mix = max(c.train.distill_mix for c, _ in pairs)
+    dearest = max(pairs, key=lambda p: (p[1].flops_total or 0, p[0].train.ensemble * p[0].train.snapshots))[0]
 
     def identity(model: ModelConfig) -> InputNorm:  # (x - 0) / 1 over the network's input channels
         channels = int(model.args.get("in_channels", 3))
