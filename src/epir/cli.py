@@ -13,7 +13,7 @@ from typing import Any
 from epir.annotations.cli import add_parser as add_annotations
 from epir.config import RunConfig, format_key_value, parse_key_values
 from epir.data import DATASETS, load_dataset
-from epir.engine.ablate import LEVER_NOTES, LEVER_OFF, LEVERS, lever_arm, run_ablation
+from epir.engine.ablate import LEVERS, describe_levers, run_ablation
 from epir.engine.compare import run_compare
 from epir.engine.cost import input_shape, profile_recipe
 from epir.engine.evaluate import compare_runs, evaluate_megc_log, evaluate_run_dir
@@ -71,15 +71,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             for key, value in recipe_settings(args.model, recipe).items():
                 print(f"    {format_key_value(key, value)}")
     elif args.what == "levers":
-        full = make_config(args.model)
-        for lever, overrides in LEVERS.items():
-            try:
-                arm, _ = lever_arm(full, lever)
-            except EpirError:  # a lever that does not apply to this model (e.g. an EPIR argument on STSTNet)
-                arm = "(not on this model)"
-            print(f"{lever:<20} {arm:<22} {LEVER_NOTES[lever]}")
-            shown = LEVER_OFF[lever] if arm.startswith("-") else overrides
-            print(f"{'':<20} {' '.join(shown)}")
+        for lever, arm, note, settings in describe_levers(make_config(args.model)):
+            print(f"{lever:<20} {arm or '(not on this model)':<22} {note}")
+            print(f"{'':<20} {' '.join(settings)}")
     elif args.what == "datasets":
         for name in DATASETS.names():
             print(f"{name:<14} {DATASETS.meta(name).get('description', '')}")

@@ -17,7 +17,7 @@ from epir.engine.loso import check_before_training, run_loso
 from epir.engine.report_html import write_table_report
 from epir.engine.runstore import write_json_atomic
 from epir.engine.tables import differences_markdown, run_row, to_markdown
-from epir.errors import ConfigError, did_you_mean
+from epir.errors import ConfigError, EpirError, did_you_mean
 from epir.fileio import writable_dir
 from epir.models import MODELS, resolve_model_args
 from epir.runsetup import resolve_config
@@ -177,6 +177,23 @@ def lever_arm(cfg: RunConfig, lever: str) -> tuple[str, RunConfig]:
         raise ConfigError(f"lever {lever!r} is already on in the full configuration and has no 'off' setting; "
                           "ablate it from a configuration without it.")
     return f"-{lever}", apply_overrides(cfg, list(LEVER_OFF[lever]))
+
+
+def describe_levers(cfg: RunConfig) -> list[tuple[str, str | None, str, tuple[str, ...]]]:
+    """Each lever of :data:`LEVERS` on ``cfg`` (``epir list levers``): its name, the arm it makes (:func:`lever_arm`;
+    None where it does not apply to the model, e.g. an EPIR argument on STSTNet), what it does
+    (:data:`LEVER_NOTES`) and the settings that arm changes (the lever's, or :data:`LEVER_OFF`'s for a ``-`` arm;
+    the lever's where it does not apply).
+    """
+    out = []
+    for lever, overrides in LEVERS.items():
+        try:
+            arm: str | None = lever_arm(cfg, lever)[0]
+        except EpirError:
+            arm = None
+        shown = LEVER_OFF[lever] if arm is not None and arm.startswith("-") else overrides
+        out.append((lever, arm, LEVER_NOTES[lever], shown))
+    return out
 
 
 def run_ablation(
