@@ -29,7 +29,7 @@ from epir import make_config, run_loso
 from epir.engine.evaluate import compare_runs
 from epir.engine.records import LosoResults, Scores
 from epir.engine.results import format_summary
-from epir.engine.tables import own_and_total
+from epir.engine.tables import own_and_total_of
 from epir.engine.uncertainty import format_difference
 
 REFERENCES = {
@@ -119,10 +119,9 @@ def main() -> None:
     wall = time.perf_counter() - t0
     print()
     print(format_summary(r, title=f"{a.model}: LOSO on MEGC2019 composite ({r['evaluation']})"))
-    flops = r.get("flops_per_sample")
-    cost = ("" if flops is None else
-            f"   FLOPs/sample {own_and_total(flops, r.get('flops_total'))}")  # the whole: flips, teachers
-    print(f"params {own_and_total(r['params'], r.get('params_total'))}{cost}   folds {r['n_folds']}   "
+    flops = own_and_total_of(r, "flops_per_sample", "flops_total")  # the model's and the whole's: flips, teachers
+    cost = f"   FLOPs/sample {flops}" if flops else ""
+    print(f"params {own_and_total_of(r, 'params', 'params_total')}{cost}   folds {r['n_folds']}   "
           f"wall {wall:.0f} s this invocation ({r['resumed_folds']} folds resumed"
           + (f"; {r['wall_seconds_total']:.0f} s over every invocation" if r.get("wall_seconds_total") else "")
           + ")   "
