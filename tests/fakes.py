@@ -11,10 +11,13 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 
 from epir.data.base import COMPOSITE_CLASSES, FlowDataset
 
+#: The composite classes, as a run's predictions name them.
+CLASSES = tuple(COMPOSITE_CLASSES)
 CSV_NAME = "combined_3_class2_for_optical_flow.csv"
 IMAGE_DIR = Path("datasets") / "STSNet_whole_norm_u_v_os"
 CSV_HEADER = "dataset,sub,filename_o,label,apex,imagename,sub_filename"
@@ -152,3 +155,28 @@ def spy_on_selection_training(monkeypatch: Any) -> list[torch.Tensor]:
     monkeypatch.setattr(selection, "fit", spy_fit)
     monkeypatch.setattr(selection, "fit_many", spy_many)
     return trained
+
+
+def run_predictions(n_subjects: int = 12, per_subject: int = 6, accuracy: float = 0.7, seeds: tuple[int, ...] = (0,),
+                    rng_seed: int = 0) -> pd.DataFrame:
+    """A run's predictions: subjects of two sources, ``per_subject`` samples each, about ``accuracy`` right."""
+    rng = np.random.default_rng(rng_seed)
+    rows = []
+    truth = rng.integers(0, 3, size=(n_subjects, per_subject))
+    for seed in seeds:
+        for s in range(n_subjects):
+            source = "casme2" if s % 2 else "samm"
+            for j in range(per_subject):
+                true = int(truth[s, j])
+                pred = true if rng.random() < accuracy else int((true + rng.integers(1, 3)) % 3)
+                rows.append((seed, f"{source}/s{s:02d}", source, f"clip{j}", true, pred))
+    return pd.DataFrame(rows, columns=["seed", "subject", "source", "clip", "true", "predicted"])
+
+
+def with_probs(df: pd.DataFrame) -> pd.DataFrame:
+    """Add one-hot ``prob_<class>`` columns (what predictions.csv holds)."""
+    out = df.copy()
+    out["subject_id"] = out["subject"].str.split("/").str[1]
+    for k, name in enumerate(CLASSES):
+        out[f"prob_{name}"] = (out["predicted"] == k).astype(float)
+    return out

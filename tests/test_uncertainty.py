@@ -22,33 +22,8 @@ from epir.engine.uncertainty import (
     subject_differences,
 )
 from epir.errors import ConfigError
-
-CLASSES = ("negative", "positive", "surprise")
-
-
-def predictions(n_subjects: int = 12, per_subject: int = 6, accuracy: float = 0.7, seeds: tuple[int, ...] = (0,),
-                rng_seed: int = 0) -> pd.DataFrame:
-    """A run's predictions: subjects of two sources, ``per_subject`` samples each, about ``accuracy`` right."""
-    rng = np.random.default_rng(rng_seed)
-    rows = []
-    truth = rng.integers(0, 3, size=(n_subjects, per_subject))
-    for seed in seeds:
-        for s in range(n_subjects):
-            source = "casme2" if s % 2 else "samm"
-            for j in range(per_subject):
-                true = int(truth[s, j])
-                pred = true if rng.random() < accuracy else int((true + rng.integers(1, 3)) % 3)
-                rows.append((seed, f"{source}/s{s:02d}", source, f"clip{j}", true, pred))
-    return pd.DataFrame(rows, columns=["seed", "subject", "source", "clip", "true", "predicted"])
-
-
-def with_probs(df: pd.DataFrame) -> pd.DataFrame:
-    """Add one-hot ``prob_<class>`` columns (what predictions.csv holds)."""
-    out = df.copy()
-    out["subject_id"] = out["subject"].str.split("/").str[1]
-    for k, name in enumerate(CLASSES):
-        out[f"prob_{name}"] = (out["predicted"] == k).astype(float)
-    return out
+from fakes import CLASSES, with_probs
+from fakes import run_predictions as predictions
 
 
 @pytest.mark.parametrize("absent", ["skip", "zero"])
