@@ -8,6 +8,7 @@ import pytest
 
 from epir.cli import main
 from epir.config import RunConfig
+from epir.engine.agreement import CELLS
 from epir.engine.compare import arm_levers, parse_arm, split_overrides, with_levers
 from epir.engine.uncertainty import holm
 from epir.errors import ConfigError, UnknownNameError
@@ -56,6 +57,13 @@ def test_compare_three_models_same_folds(fake_root, tmp_path, capsys):
     for key in ("uf1", "uar"):
         assert [d[key]["p_holm"] for d in diffs] == holm([d[key]["p_not_better"] for d in diffs])
     assert "Holm: P(A not better) adjusted for the 2 comparisons" in md
+    # where each other arm errs against the first (one seed: the first has no row of its own seeds)
+    agreed = json.loads((out / "agreement.json").read_text())
+    assert agreed["reference"] == "epir" and list(agreed["versus"]) == ["htnet", "ststnet"] and agreed["within"] is None
+    for name, row in agreed["versus"].items():
+        assert row["names"] == [name, "epir"] and row["samples"] == len(preds) and row["seed_pairs"] == 1
+        assert sum(row[c] for c in CELLS) == pytest.approx(1) and f"| {name} vs epir | 1 |" in md
+    assert "Where the arms err, against epir" in md and "a bound, not a result" in md
 
 
 def test_arms_of_one_model(fake_root, tmp_path, capsys):

@@ -16,7 +16,13 @@ from epir.data import DATASETS, load_dataset
 from epir.engine.ablate import LEVERS, describe_levers, run_ablation
 from epir.engine.compare import run_compare
 from epir.engine.cost import input_shape, profile_recipe
-from epir.engine.evaluate import compare_runs, evaluate_megc_log, evaluate_run_dir
+from epir.engine.evaluate import (
+    agreement_of_runs,
+    compare_runs,
+    evaluate_megc_log,
+    evaluate_run_dir,
+    format_agreement_of_runs,
+)
 from epir.engine.loso import run_loso
 from epir.engine.pretrain import PRETRAIN_EPOCHS, pretrain
 from epir.engine.report import build_report, to_markdown, write_report
@@ -112,25 +118,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     ci = {"resamples": args.resamples, "level": args.level, "method": args.method}
     if args.per_subject and args.versus is None:
         raise EpirError("--per-subject compares two runs subject by subject: give the other with --versus RUN_DIR.")
+    run = args.megc_log or args.run_dir
+    agreed = agreement_of_runs(run, args.versus) if args.agreement else None
     if args.versus is not None:
-        diff = compare_runs(args.megc_log or args.run_dir, args.versus, per_subject=args.per_subject, **ci)
+        diff = compare_runs(run, args.versus, per_subject=args.per_subject, **ci)
         if args.json:
-            print(json.dumps(diff, indent=2))
+            print(json.dumps(diff if agreed is None else {**diff, "agreement": agreed}, indent=2))
             return 0
         for name, protocol, seeds in zip(diff["names"], diff["protocols"], diff["seeds"]):
             print(f"{name}: {protocol}, seeds {seeds}")
         print(format_difference(diff))
         if args.per_subject:
             print(format_subject_differences(diff["per_subject"]))
+        if agreed is not None:
+            print(format_agreement_of_runs(agreed, run, args.versus))
         if ORACLE in diff["protocols"]:
             print(f"NOTE: a run is {ORACLE}: its scores were picked on the held-out subjects' test data.")
         return 0
     results = evaluate_megc_log(args.megc_log, **ci) if args.megc_log else evaluate_run_dir(args.run_dir, **ci)
     if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        print(format_summary(results, title=f"evaluate {args.megc_log or args.run_dir}"))
+        print(json.dumps(results if agreed is None else {**results, "agreement": agreed}, indent=2))
+        return 0
+    print(format_summary(results, title=f"evaluate {run}"))
+    if agreed is not None:
+        print(format_agreement_of_runs(agreed, run, None))
     return 0
+
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -306,6 +319,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-subject", action="store_true",
                    help="with --versus: each subject's accuracy under both runs, the subjects that differ most each "
                         "way, and how many subjects each run wins (sign test)")
+    p.add_argument("--agreement", action="store_true",
+                   help="where the runs err: the shares of samples both runs get right, only one, or neither (and "
+                        "with the same wrong class), Yule's Q and the either-is-right ceiling, beside the same figures "
+                        "between each run's own seeds; without --versus, between the run's seeds")
     p.add_argument("--method", choices=list(METHODS), default=METHOD,
                    help=f"how an interval is read off the resamples (default {METHOD}; bca: bias-corrected and "
                         "accelerated, which adds a jackknife over the subjects; basic: reverse percentile)")

@@ -11,7 +11,8 @@ import pandas as pd
 from epir.config import RunConfig, repeated
 from epir.data import FlowDataset, load_dataset
 from epir.engine.ablate import LEVERS, lever_on
-from epir.engine.evaluate import differences
+from epir.engine.agreement import agreement_markdown
+from epir.engine.evaluate import agreements, differences
 from epir.engine.loso import make_config, run_loso
 from epir.engine.report_html import METRIC_COLOURS, confusion_plot, write_table_report
 from epir.engine.runstore import write_json_atomic
@@ -149,7 +150,9 @@ def run_compare(
 
     Writes ``comparison.md``, ``comparison.csv``, ``scores.png`` and ``confusion_<arm>.png`` into
     ``out_dir``, and ``differences.json``: every other arm minus the first on the same samples, with the interval
-    of a paired subject bootstrap (:func:`epir.engine.uncertainty.paired_difference`); each arm's run directory
+    of a paired subject bootstrap (:func:`epir.engine.uncertainty.paired_difference`), and ``agreement.json``: where
+    every other arm errs against the first, and the first's seeds among themselves
+    (:func:`epir.engine.evaluate.agreements`; also a table in ``comparison.md``); each arm's run directory
     (predictions, MEGC log) is ``out_dir/<arm>``.
     """
     if protocol not in ("honest", "oracle-epoch"):
@@ -194,12 +197,16 @@ def run_compare(
     label = f"{rows[0]['protocol']}, {rows[0]['evaluation']}"
     diffs = differences({m: out / m for m in models}, models[0])
     write_json_atomic(out / "differences.json", diffs)
+    agreed = agreements({m: out / m for m in models}, models[0])
+    write_json_atomic(out / "agreement.json", agreed)
+    where = agreement_markdown(agreed)
     (out / "comparison.md").write_text(
         f"# Comparison on {data.name} ({label}, seeds {list(seeds)}, "
         f"{rows[0]['n_folds']} folds; recipes: "
         + ", ".join(m if ARM_SEP in m or LEVER_SEP in m else f"{m} {recipes.get(m, 'default')}" for m in models)
         + ")\n\n"
         + to_markdown(table, "model") + ("\n" + differences_markdown(diffs) if diffs else "")
+        + ("\n" + where if where else "")
     )
     plot_scores(table, out / "scores.png", f"{data.name}: {label}")
     for m, r in results_by_model.items():

@@ -11,6 +11,7 @@ import pandas as pd
 
 from epir.config import RunConfig
 from epir.data.base import COMPOSITE_CLASSES
+from epir.engine.agreement import agreement, format_agreement
 from epir.engine.loso import evaluation_of
 from epir.engine.results import ORACLE, UNKNOWN, read_megc_log, read_megc_log_meta, read_predictions, summarize
 from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, holm, paired_difference, subject_differences
@@ -108,14 +109,59 @@ def compare_runs(a: str | Path, b: str | Path, *, resamples: int = RESAMPLES, le
     return out
 
 
+def _same_classes(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str]) -> None:
+    """ConfigError unless two read runs score the same classes."""
+    a, b = names
+    if ra.class_names != rb.class_names:
+        raise ConfigError(f"{a} scores classes {ra.class_names} and {b} {rb.class_names}; compare runs of the same "
+                          "classes (the same --labels).")
+
+
+def agreement_of_runs(a: str | Path, b: str | Path | None = None) -> dict[str, Any]:
+    """Where two finished runs (run directories or MEGC2019 logs) err over the same samples, beside where each run's
+    own seeds err (:func:`epir.engine.agreement.agreement`); with ``b`` None, the seeds of ``a`` alone.
+
+    Returns:
+        ``{"versus": <agreement of a and b> or None, "within": {<run>: <agreement of its seeds>, ...}}`` (a run of
+        one seed has no ``within`` entry).
+
+    Raises:
+        ConfigError: other classes, other samples or labels, or ``a`` alone with one seed.
+    """
+    ra = read_scored(a)
+    runs, versus = [(str(a), ra)], None
+    if b is not None:
+        rb = read_scored(b)
+        _same_classes(ra, rb, (str(a), str(b)))
+        versus = agreement(ra.predictions, rb.predictions, class_names=ra.class_names, names=(str(a), str(b)))
+        runs.append((str(b), rb))
+    within = {name: agreement(run.predictions, class_names=run.class_names, names=(name, name))
+              for name, run in runs if b is None or run.predictions["seed"].nunique() > 1}
+    return {"versus": versus, "within": within}
+
+
+def format_agreement_of_runs(agreed: dict[str, Any], run: str | Path, versus: str | Path | None) -> str:
+    """:func:`agreement_of_runs`' result as one table: A against B first (when there is a B), then each run's own
+    seeds, after a line naming A and B (for ``epir evaluate --agreement``).
+    """
+    rows: list[dict[str, Any]] = []
+    labels: list[str] = []
+    if agreed["versus"] is not None:
+        rows.append(agreed["versus"])
+        labels.append("A vs B")
+    for path, row in agreed["within"].items():
+        rows.append(row)
+        labels.append("A's seeds" if path == str(run) else "B's seeds")
+    legend = f"A = {run}" + (f", B = {versus}" if versus is not None else "")
+    return f"{legend}\n{format_agreement(rows, labels)}"
+
+
 def _paired(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str], **bootstrap: Any) -> dict[str, Any]:
     """:func:`~epir.engine.uncertainty.paired_difference` of two read runs, after checking that their classes and
     absent-class policies agree; with each run's protocol and seeds.
     """
     a, b = names
-    if ra.class_names != rb.class_names:
-        raise ConfigError(f"{a} scores classes {ra.class_names} and {b} {rb.class_names}; compare runs of the same "
-                          "classes (the same --labels).")
+    _same_classes(ra, rb, names)
     if ra.absent != rb.absent:
         raise ConfigError(f"{a} counts absent classes as {ra.absent!r} and {b} as {rb.absent!r}; compare runs with "
                           "the same eval.absent_class.")
@@ -124,6 +170,27 @@ def _paired(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str], **bootstrap: A
     out["protocols"] = [ra.protocol, rb.protocol]
     out["seeds"] = [sorted(int(s) for s in r.predictions["seed"].unique()) for r in (ra, rb)]
     return out
+
+
+def agreements(run_dirs: Mapping[str, str | Path], reference: str) -> dict[str, Any]:
+    """Where every run but ``reference`` errs against ``reference`` (:func:`epir.engine.agreement.agreement`, each
+    row named ``<run> vs <reference>``), and where the reference's own seeds err (None for a run of one seed): the
+    ``agreement.json`` of ``epir compare``.
+
+    Returns:
+        ``{"reference", "versus": {<run>: <agreement>, ...}, "within": <agreement of the reference's seeds> | None}``.
+    """
+    runs = {name: read_run_dir(d) for name, d in run_dirs.items()}
+    ref = runs[reference]
+    versus = {}
+    for name, run in runs.items():
+        if name != reference:
+            _same_classes(run, ref, (name, reference))
+            versus[name] = agreement(run.predictions, ref.predictions, class_names=ref.class_names,
+                                     names=(name, reference))
+    within = (agreement(ref.predictions, class_names=ref.class_names, names=(reference, reference))
+              if ref.predictions["seed"].nunique() > 1 else None)
+    return {"reference": reference, "versus": versus, "within": within}
 
 
 def differences(run_dirs: Mapping[str, str | Path], reference: str) -> list[dict[str, Any]]:
@@ -145,5 +212,5 @@ def differences(run_dirs: Mapping[str, str | Path], reference: str) -> list[dict
     return rows
 
 
-__all__ = ["ScoredRun", "compare_runs", "differences", "evaluate_megc_log", "evaluate_run_dir", "read_log",
-           "read_run_dir", "read_scored"]
+__all__ = ["ScoredRun", "agreement_of_runs", "agreements", "compare_runs", "differences", "evaluate_megc_log",
+           "evaluate_run_dir", "format_agreement_of_runs", "read_log", "read_run_dir", "read_scored"]

@@ -69,7 +69,7 @@ def _check_options(resamples: int, level: float, absent: str, method: str = METH
                           f"bias-corrected and accelerated; basic: reverse percentile).")
 
 
-def _cluster(predictions: pd.DataFrame) -> pd.Series:
+def subject_of(predictions: pd.DataFrame) -> pd.Series:
     """The subject of each row, namespaced by its source when the table has one (``casme2/sub01``)."""
     subject = predictions["subject"].astype(str)
     if "source" in predictions.columns:
@@ -88,7 +88,7 @@ def subject_counts(predictions: pd.DataFrame, num_classes: int,
         num_classes: K.
         subjects: the order of the subjects (default: first appearance); every subject must be in the table.
     """
-    cluster = _cluster(predictions)
+    cluster = subject_of(predictions)
     order = list(dict.fromkeys(cluster)) if subjects is None else list(subjects)
     seeds = sorted(predictions["seed"].unique())
     counts = np.zeros((len(seeds), len(order), num_classes, num_classes), dtype=np.int64)
@@ -175,17 +175,17 @@ def bootstrap_ci(predictions: pd.DataFrame, num_classes: int, *, absent: str = "
             "method": method, "unit": UNIT, "subjects": len(subjects), "seed": seed}
 
 
-def _samples(predictions: pd.DataFrame) -> pd.Series:
+def samples(predictions: pd.DataFrame) -> pd.Series:
     """The true label of each sample, indexed by (subject, clip) (by (subject, row within subject) without clips)."""
     first = predictions[predictions["seed"] == predictions["seed"].min()]
-    subject = _cluster(first)
+    subject = subject_of(first)
     clip = first["clip"].astype(str) if "clip" in first.columns else first.groupby(subject).cumcount().astype(str)
     return pd.Series(first["true"].to_numpy(), index=pd.MultiIndex.from_arrays([subject, clip])).sort_index()
 
 
-def _same_samples(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> list[str]:
+def same_samples(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> list[str]:
     """The subjects of two runs after checking they hold the same samples with the same labels (else ConfigError)."""
-    sa, sb = _samples(a), _samples(b)
+    sa, sb = samples(a), samples(b)
     if not sa.index.equals(sb.index):
         only = sorted(set(sa.index) ^ set(sb.index))
         raise ConfigError(f"{name_a} has {len(sa)} samples and {name_b} {len(sb)}, not the same ones (e.g. "
@@ -218,7 +218,7 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
     _check(a, name_a)
     _check(b, name_b)
     _check_options(resamples, level, absent, method)
-    subjects = _same_samples(a, b, name_a, name_b)
+    subjects = same_samples(a, b, name_a, name_b)
     if len(subjects) < 2:
         raise ConfigError(f"{name_a} and {name_b} cover {len(subjects)} subject; a paired bootstrap needs at least 2.")
     ca, _ = subject_counts(a, num_classes, subjects)
@@ -252,10 +252,10 @@ def subject_differences(a: pd.DataFrame, b: pd.DataFrame, *, names: tuple[str, s
     name_a, name_b = names
     _check(a, name_a)
     _check(b, name_b)
-    _same_samples(a, b, name_a, name_b)
+    same_samples(a, b, name_a, name_b)
 
     def accuracy(df: pd.DataFrame) -> pd.DataFrame:
-        right = (df["true"] == df["predicted"]).groupby([df["seed"], _cluster(df)]).agg(["mean", "size"])
+        right = (df["true"] == df["predicted"]).groupby([df["seed"], subject_of(df)]).agg(["mean", "size"])
         per_subject = right.groupby(level=1)
         return pd.DataFrame({"acc": per_subject["mean"].mean(), "n": per_subject["size"].first()})
 
@@ -330,4 +330,4 @@ def format_difference(result: dict[str, Any]) -> str:
 
 __all__ = ["COLUMNS", "LEVEL", "METHOD", "METHODS", "RESAMPLES", "UNIT", "bootstrap_ci", "describe_ci",
            "format_difference", "format_interval", "format_subject_differences", "holm", "paired_difference",
-           "scores_of_counts", "subject_counts", "subject_differences"]
+           "same_samples", "samples", "scores_of_counts", "subject_counts", "subject_differences", "subject_of"]

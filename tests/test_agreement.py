@@ -1,0 +1,120 @@
+"""Where two runs err (epir.engine.agreement) and `epir evaluate --agreement`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from epir.cli import main
+from epir.engine.agreement import CELLS, agreement, agreement_markdown
+from epir.engine.evaluate import agreements
+from epir.engine.results import HONEST, summarize, write_results
+from epir.errors import ConfigError
+from fakes import CLASSES, run_predictions, with_probs
+
+
+def run(true: list[int], *predicted: list[int]) -> pd.DataFrame:
+    """One subject per two samples, one seed per list of predictions."""
+    rows = [(seed, f"casme2/s{i // 2}", "casme2", f"c{i}", t, p)
+            for seed, preds in enumerate(predicted) for i, (t, p) in enumerate(zip(true, preds))]
+    return pd.DataFrame(rows, columns=["seed", "subject", "source", "clip", "true", "predicted"])
+
+
+TRUE = [0, 0, 0, 0, 1, 1, 2, 2]
+
+
+def test_cells_by_hand() -> None:
+    a = run(TRUE, [0, 0, 0, 1, 1, 2, 2, 0])  # wrong on samples 3, 5, 7
+    b = run(TRUE, [0, 0, 1, 1, 0, 1, 2, 0])  # wrong on samples 2, 3, 4, 7; 3 and 7 with A's class
+    got = agreement(a, b, class_names=CLASSES)
+    assert [got[c] for c in CELLS] == [3 / 8, 2 / 8, 1 / 8, 2 / 8]  # both right: 0, 1, 6; only A: 2, 4; only B: 5
+    assert got["same_error"] == 2 / 8 and got["disagreement"] == 3 / 8
+    assert got["q"] == pytest.approx((3 * 2 - 2 * 1) / (3 * 2 + 2 * 1), abs=1e-6)
+    assert got["ceiling"] == {"accuracy": 6 / 8, "uar": pytest.approx((3 / 4 + 2 / 2 + 1 / 2) / 3, abs=1e-6)}
+    negative, positive, surprise = got["per_class"]
+    assert (negative["name"], negative["n"], negative["only_a"], negative["both_wrong"]) == ("negative", 4, 0.25, 0.25)
+    assert (positive["only_a"], positive["only_b"], surprise["both_wrong"], surprise["same_error"]) == (0.5, 0.5, 0.5,
+                                                                                                        0.5)
+    assert got["samples"] == 8 and got["seed_pairs"] == 1 and got["seeds"] == [[0], [0]]
+
+
+def test_seeds_average_over_pairs() -> None:
+    preds = ([0, 0, 0, 1, 1, 2, 2, 0], [1, 0, 0, 0, 1, 1, 2, 2])
+    b = run(TRUE, [0, 0, 1, 1, 0, 1, 2, 0])
+    both = agreement(run(TRUE, *preds), b, class_names=CLASSES)
+    each = [agreement(run(TRUE, p), b, class_names=CLASSES) for p in preds]
+    assert both["seed_pairs"] == 2
+    for key in (*CELLS, "same_error"):
+        assert both[key] == pytest.approx((each[0][key] + each[1][key]) / 2, abs=1e-6)
+    assert both["ceiling"]["accuracy"] == pytest.approx(1 - both["both_wrong"], abs=1e-6)
+
+
+def test_a_runs_own_seeds() -> None:
+    own = agreement(run(TRUE, [0, 0, 0, 1, 1, 2, 2, 0], [1, 0, 0, 0, 1, 1, 2, 2], TRUE), class_names=CLASSES)
+    assert own["seed_pairs"] == 6 and own["names"] == ["A"] and own["only_a"] == own["only_b"]
+    same = agreement(run(TRUE, [0, 0, 0, 1, 1, 2, 2, 0]), run(TRUE, [0, 0, 0, 1, 1, 2, 2, 0]), class_names=CLASSES)
+    assert same["q"] == 1.0 and same["disagreement"] == 0 and same["same_error"] == same["both_wrong"] == 3 / 8
+    assert agreement(run(TRUE, TRUE), run(TRUE, TRUE), class_names=CLASSES)["q"] is None  # nothing wrong: no Q
+    with pytest.raises(ConfigError, match="has one seed .0.; agreement between a run's seeds needs at least 2"):
+        agreement(run(TRUE, TRUE), class_names=CLASSES)
+
+
+def test_bad_tables_are_one_line() -> None:
+    a = run(TRUE, [0, 0, 0, 1, 1, 2, 2, 0], TRUE)
+    with pytest.raises(ConfigError, match="not the same ones"):
+        agreement(a, run(TRUE[:6], TRUE[:6]), class_names=CLASSES)
+    with pytest.raises(ConfigError, match="other true labels"):
+        agreement(a, run([1, *TRUE[1:]], TRUE), class_names=CLASSES)
+    with pytest.raises(ConfigError, match="predicts sample casme2/s0/c0 twice under seed 0"):
+        agreement(pd.concat([a, a.iloc[:1]]), class_names=CLASSES)
+    with pytest.raises(ConfigError, match="seed 1 does not predict every sample"):
+        agreement(a.drop(index=a.index[-1]), class_names=CLASSES)
+    with pytest.raises(ConfigError, match=r"lacks column\(s\) \['predicted'\]"):
+        agreement(a.drop(columns="predicted"), class_names=CLASSES)
+
+
+@pytest.fixture()
+def two_runs(tmp_path: Path) -> tuple[Path, Path]:
+    """Run a of three seeds and run b of one, over the same 10 subjects."""
+    dirs = []
+    for name, seeds, accuracy in (("a", (0, 1, 2), 0.8), ("b", (0,), 0.5)):
+        df = with_probs(run_predictions(n_subjects=10, seeds=seeds, accuracy=accuracy))
+        out = tmp_path / name
+        out.mkdir()
+        write_results(out, summarize(df, CLASSES, HONEST), df)
+        dirs.append(out)
+    return dirs[0], dirs[1]
+
+
+def test_evaluate_agreement(two_runs: tuple[Path, Path], capsys) -> None:
+    a, b = two_runs
+    assert main(["evaluate", str(a), "--versus", str(b), "--agreement", "--resamples", "200"]) == 0
+    text = capsys.readouterr().out
+    assert f"A = {a}, B = {b}" in text and "Where the runs err" in text and "a bound, not a result" in text
+    lines = {line.split("  ")[1].strip(): line for line in text.splitlines() if line.startswith("  A")}
+    assert set(lines) == {"A vs B", "A's seeds"}  # b has one seed: no row of its own
+    assert "negative (n=" in text and "B's seeds" not in text
+    assert main(["evaluate", str(a), "--versus", str(b), "--agreement", "--json", "--resamples", "200"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["uf1"]["difference"] > 0  # the paired bootstrap is still there
+    assert got["agreement"]["versus"]["seed_pairs"] == 3 and list(got["agreement"]["within"]) == [str(a)]
+    assert got["agreement"]["within"][str(a)]["seed_pairs"] == 6
+    assert main(["evaluate", str(a), "--agreement"]) == 0
+    text = capsys.readouterr().out
+    assert "UF1" in text and f"A = {a}\n" in text and "A's seeds" in text and "A vs B" not in text
+    assert main(["evaluate", str(a), "--agreement", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["agreement"]["versus"] is None
+    assert main(["evaluate", str(b), "--agreement"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has one seed (0); agreement between a run's seeds needs at least 2" in err and "\n" not in err
+
+
+def test_agreements_of_compared_arms(two_runs: tuple[Path, Path]) -> None:
+    a, b = two_runs
+    agreed = agreements({"b": b, "a": a}, "a")  # the reference need not be given first
+    assert list(agreed["versus"]) == ["b"] and agreed["within"]["seed_pairs"] == 6
+    md = agreement_markdown(agreed)
+    assert md.startswith("Where the arms err, against a (") and "| b vs a | 3 |" in md and "| a's own seeds | 6 |" in md
+    assert agreement_markdown(agreements({"b": b}, "b")) == ""  # one run of one seed: nothing to say
