@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import warnings
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -399,9 +400,65 @@ def test_the_wall_time_of_every_invocation_is_kept(fake_dataset, tmp_path) -> No
     ({"wall_seconds_total": float("nan")}, None),
 ])
 def test_the_earlier_invocations_wall_time_or_none_where_a_sum_would_be_wrong(tmp_path, earlier, expected) -> None:
-    from epir.engine.results import earlier_wall_seconds
+    from epir.engine.runstore import earlier_wall_seconds
 
     if earlier is not None:
         text = earlier if isinstance(earlier, str) else json.dumps(earlier)
         (tmp_path / "results.json").write_text(text)
     assert earlier_wall_seconds(tmp_path) == expected
+
+
+def test_a_stopped_invocation_counts_in_the_total(fake_dataset, tmp_path, monkeypatch) -> None:
+    """Ctrl+C after a fold: invocations.json keeps that invocation's time and folds (ended: stopped), and the run
+    resumed later sums it with its own in wall_seconds_total."""
+    from epir.engine import folds
+    from fakes import interrupt_on_call
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(folds=("sub01", "006", "s01"))
+    real = folds.run_fold
+    monkeypatch.setattr(folds, "run_fold", interrupt_on_call(real, 2))
+    with pytest.raises(KeyboardInterrupt):
+        run_loso(cfg, fake_dataset, out, progress=False)
+    (stopped,) = json.loads((out / "invocations.json").read_text())["invocations"]
+    assert stopped["ended"] == "stopped" and stopped["folds"] == 1 and stopped["seconds"] > 0
+    assert not (out / "results.json").exists()
+    monkeypatch.setattr(folds, "run_fold", real)
+    again = run_loso(cfg, fake_dataset, out, progress=False)
+    record = json.loads((out / "invocations.json").read_text())
+    assert record["before"] == 0.0 and [e["ended"] for e in record["invocations"]] == ["stopped", "finished"]
+    assert record["invocations"][1] == {**record["invocations"][1], "folds": 2, "seconds": again["wall_seconds"]}
+    written = json.loads((out / "results.json").read_text())
+    assert written["wall_seconds_total"] == pytest.approx(stopped["seconds"] + again["wall_seconds"])
+
+
+@pytest.mark.parametrize(("before", "expected"), [
+    ({"results.json": {"wall_seconds": 1.5, "resumed_folds": 0, "wall_seconds_total": 40.0}}, 40.0),  # round 18
+    ("folds only", None),  # a finished fold from an invocation that left no record of its time
+    ({"invocations.json": "{damaged"}, None),
+])
+def test_a_run_directory_from_before_the_record(fake_dataset, tmp_path, before, expected) -> None:
+    """A directory without invocations.json starts it from its results.json (a round-18 run's total); fold files
+    with neither, or a damaged record, leave the total out rather than give a sum that misses time."""
+    out = tmp_path / "run"
+    cfg = tiny_cfg(folds=("sub01",))
+    if before == "folds only":
+        run_loso(cfg, fake_dataset, out, progress=False)
+        (out / "results.json").unlink()
+        (out / "invocations.json").unlink()
+        before = {}
+    for name, content in before.items():
+        out.mkdir(exist_ok=True)
+        (out / name).write_text(content if isinstance(content, str) else json.dumps(content))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_loso(cfg, fake_dataset, out, progress=False)
+    written = json.loads((out / "results.json").read_text())
+    if expected is None:
+        assert "wall_seconds_total" not in written
+    else:
+        assert written["wall_seconds_total"] == pytest.approx(expected + res["wall_seconds"])
+    record = json.loads((out / "invocations.json").read_text())
+    assert record["before"] == expected and len(record["invocations"]) == 1
+    damaged = [str(w.message) for w in caught if "invocations.json cannot be read" in str(w.message)]
+    assert bool(damaged) == ("invocations.json" in before)

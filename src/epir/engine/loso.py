@@ -45,7 +45,6 @@ from epir.engine.results import (
     FOLD_WEIGHTS,
     HONEST,
     ORACLE,
-    earlier_wall_seconds,
     format_summary,
     mean_std,
     summarize,
@@ -340,6 +339,9 @@ def run_loso(
             results["fold_weights"] = str(fold_weights)
         if transform_report:
             results["input_transform"] = transform_report
+        total = store.finish(results["wall_seconds"])  # every invocation's time, stopped ones included
+        if total is not None:
+            results["wall_seconds_total"] = total
         if out is not None:
             wider = store.wider(seeds, subjects)
             if wider:
@@ -349,9 +351,6 @@ def run_loso(
                     f"predictions.csv, MEGC logs and config.yaml are left as they are (they cover the whole run). Run "
                     f"the whole set again to rewrite them; these results are printed only.", stacklevel=2)
             else:
-                earlier = earlier_wall_seconds(out)  # the invocations before this one, from the file it replaces
-                if earlier is not None:
-                    results["wall_seconds_total"] = earlier + results["wall_seconds"]
                 write_results(out, results, preds)
                 write_curves(out, records)
                 if cfg.eval.tensorboard:

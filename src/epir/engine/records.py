@@ -134,8 +134,10 @@ class LosoResults:
             (None when not counted, or in runs written before round 17).
         wall_seconds: the wall time of the invocation that wrote the file (None when not recorded); folds it resumed
             from an earlier invocation took none of it (``resumed_folds``).
-        wall_seconds_total: the wall time of every invocation that wrote the run's ``results.json``, summed (None
-            when not recorded, as in runs written before round 18).
+        wall_seconds_total: the wall time of every invocation of the run directory, summed: since round 19 those
+            stopped before the end too (``invocations.json``, :class:`epir.engine.runstore.Invocations`), before it
+            those that wrote ``results.json`` (None when not recorded, as in runs written before round 18, or where
+            an earlier invocation's time is unknown).
         raw: the whole ``results.json`` content.
     """
 

@@ -242,7 +242,7 @@ def _wall(results: dict[str, Any]) -> str | None:
     notes = [f"{resumed} folds resumed from an earlier run, not timed here"] if resumed else []
     total = results.get("wall_seconds_total")
     if isinstance(total, (int, float)) and round(total) != round(results["wall_seconds"]):
-        notes.append(f"{total:.0f} over every invocation that wrote the results")
+        notes.append(f"{total:.0f} over every invocation of the run")
     return f"{text} ({'; '.join(notes)})" if notes else text
 
 

@@ -1,7 +1,6 @@
 """Pooling fold predictions into results: ``results.json``, ``predictions.csv``, MEGC2019 logs, tables."""
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -287,26 +286,6 @@ def read_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
                 raise DatasetError(f"{path}: seed {seed} gives some samples other true labels than seed "
                                    f"{first_seed}; expected the same labels in every seed. {_REDO_PREDICTIONS}")
     return out.reset_index(drop=True), [c.removeprefix("prob_") for c in prob_cols]
-
-
-def earlier_wall_seconds(out_dir: Path) -> float | None:
-    """The wall time that ``out_dir``'s ``results.json`` records for the invocations before this one: its
-    ``wall_seconds_total``, or its ``wall_seconds`` in a file written before round 18 that resumed nothing. 0.0
-    without a ``results.json``; None where the file cannot be read or does not say (a sum would then be wrong).
-    """
-    path = out_dir / "results.json"
-    if not path.exists():
-        return 0.0
-    try:
-        earlier = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(earlier, dict):
-        return None
-    total = earlier.get("wall_seconds_total")
-    if total is None and not earlier.get("resumed_folds"):
-        total = earlier.get("wall_seconds")
-    return float(total) if isinstance(total, (int, float)) and np.isfinite(total) and total >= 0 else None
 
 
 def write_results(out_dir: Path, results: dict[str, Any], predictions: pd.DataFrame) -> None:

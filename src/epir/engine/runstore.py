@@ -13,7 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+import warnings
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +240,94 @@ def check_resume(out_dir: Path, cfg: RunConfig) -> None:
         )
 
 
+#: The run directory's record of every invocation's wall time (:class:`Invocations`).
+INVOCATIONS = "invocations.json"
+
+
+def earlier_wall_seconds(out_dir: Path) -> float | None:
+    """The wall time that ``out_dir``'s ``results.json`` records for the invocations before this one: its
+    ``wall_seconds_total``, or its ``wall_seconds`` in a file written before round 18 that resumed nothing. 0.0
+    without a ``results.json``; None where the file cannot be read or does not say (a sum would then be wrong).
+    """
+    path = out_dir / "results.json"
+    if not path.exists():
+        return 0.0
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(earlier, dict):
+        return None
+    total = earlier.get("wall_seconds_total")
+    if total is None and not earlier.get("resumed_folds"):
+        total = earlier.get("wall_seconds")
+    return float(total) if isinstance(total, (int, float)) and np.isfinite(total) and total >= 0 else None
+
+
+class Invocations:
+    """``OUT/invocations.json``: the wall time of every invocation of a run directory, stopped ones included.
+
+    Each invocation adds an entry when it opens the directory, ``{"started", "seconds", "folds", "ended"}``, and
+    rewrites it (atomically) after each fold it finishes, when it finishes (``ended: finished``, ``seconds``: its
+    ``wall_seconds``) and when it stops on an error or Ctrl+C (``ended: stopped``). An invocation killed outright
+    keeps ``ended: running`` and its time up to its last finished fold. ``before`` is the time of invocations made
+    before the directory had this file, from its ``results.json`` (:func:`earlier_wall_seconds`); null where that
+    cannot be known (fold files without a ``results.json``, a damaged file), and then :meth:`total` is None too:
+    a sum that misses an invocation is not given.
+    """
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / INVOCATIONS
+        self._t0 = time.perf_counter()
+        before: float | None
+        try:
+            record = json.loads(self.path.read_text())
+            entries = record["invocations"]
+            before = record["before"]
+            if not isinstance(entries, list) or (before is not None and not isinstance(before, (int, float))):
+                raise TypeError("not a list of invocations and a number of seconds")
+        except FileNotFoundError:
+            entries = []
+            folds = any((out_dir / "folds").glob("seed*/*.json"))
+            before = earlier_wall_seconds(out_dir) if (out_dir / "results.json").exists() or not folds else None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            warnings.warn(f"{self.path} cannot be read ({type(e).__name__}: {e}); it starts again, and the run's "
+                          f"total wall time (wall_seconds_total) is left out from now on.", stacklevel=3)
+            entries, before = [], None
+        self.record: dict[str, Any] = {"before": before, "invocations": entries}
+        self.entry: dict[str, Any] = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                      "seconds": 0.0, "folds": 0, "ended": "running"}
+        entries.append(self.entry)
+        self._write()
+
+    def _write(self) -> None:
+        write_json_atomic(self.path, self.record, indent=2)
+
+    def fold_done(self) -> None:
+        """One more fold finished: the entry's time so far."""
+        self.entry.update(seconds=round(time.perf_counter() - self._t0, 3), folds=self.entry["folds"] + 1)
+        self._write()
+
+    def finish(self, wall_seconds: float) -> float | None:
+        """The invocation ends with its results, which time it as ``wall_seconds``: returns :meth:`total`."""
+        self.entry.update(seconds=wall_seconds, ended="finished")
+        self._write()
+        return self.total()
+
+    def stop(self) -> None:
+        """The invocation ends without results (an error, Ctrl+C): its time up to now (no-op once finished)."""
+        if self.entry["ended"] == "running":
+            self.entry.update(seconds=round(time.perf_counter() - self._t0, 3), ended="stopped")
+            self._write()
+
+    def total(self) -> float | None:
+        """Every invocation's seconds, summed with ``before``; None where ``before`` is not known."""
+        before = self.record["before"]
+        if before is None:
+            return None
+        return float(before) + sum(float(e.get("seconds") or 0.0) for e in self.record["invocations"])
+
+
 class FoldStore:
     """A run directory's fold files, or none (``out_dir`` None: records are kept in memory only).
 
@@ -250,6 +341,7 @@ class FoldStore:
         self.out = Path(out_dir) if out_dir is not None else None
         self.dataset = dataset
         self._lock: RunLock | None = None
+        self.invocations: Invocations | None = None
 
     def open(self, cfg: RunConfig, protocol: str, fold_weights: str | os.PathLike | None = None, *,
              seeds: Sequence[int] | None = None, subjects: Sequence[str] | None = None) -> FoldStore:
@@ -268,6 +360,7 @@ class FoldStore:
         if not config.is_file() or seeds is None or subjects is None or not self.wider(seeds, subjects):
             cfg.save(config)
         write_json_atomic(self.out / FINGERPRINT, fingerprint)
+        self.invocations = Invocations(self.out)
         return self
 
     def path(self, seed: int, subject: str) -> Path | None:
@@ -295,6 +388,14 @@ class FoldStore:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(path, rec)
+        if self.invocations is not None:
+            self.invocations.fold_done()
+
+    def finish(self, wall_seconds: float) -> float | None:
+        """The invocation ends with its results (timed ``wall_seconds``): the run's total wall time over every
+        invocation (:meth:`Invocations.total`), None without a directory or where an earlier one's is unknown.
+        """
+        return None if self.invocations is None else self.invocations.finish(wall_seconds)
 
     def wider(self, seeds: Sequence[int], subjects: Sequence[str]) -> str:
         """A description of the finished folds here that ``seeds`` x ``subjects`` do not cover ('' when none)."""
@@ -307,7 +408,10 @@ class FoldStore:
         return f"{len(extra)} more fold file(s), e.g. {extra[0].relative_to(self.out)}"
 
     def close(self) -> None:
-        """Release the directory's lock."""
+        """Record the invocation's time if it did not finish (:meth:`Invocations.stop`) and release the lock."""
+        if self.invocations is not None:
+            self.invocations.stop()
+            self.invocations = None
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -315,12 +419,15 @@ class FoldStore:
 
 __all__ = [
     "FINGERPRINT",
+    "INVOCATIONS",
     "TRAINING_REVISION",
     "FoldStore",
+    "Invocations",
     "RunLock",
     "check_fingerprint",
     "check_resume",
     "dataset_digest",
+    "earlier_wall_seconds",
     "fold_file",
     "read_fold_file",
     "run_fingerprint",
