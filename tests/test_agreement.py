@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from epir.cli import main
+from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig
 from epir.engine.agreement import CELLS, agreement, agreement_markdown
-from epir.engine.evaluate import agreements
+from epir.engine.evaluate import KEPT_AS, agreements, read_parts
+from epir.engine.loso import run_loso
 from epir.engine.results import HONEST, summarize, write_results
 from epir.errors import ConfigError
+from epir.models import default_recipe
 from fakes import CLASSES, run_predictions, with_probs
 
 
@@ -118,3 +123,39 @@ def test_agreements_of_compared_arms(two_runs: tuple[Path, Path]) -> None:
     md = agreement_markdown(agreed)
     assert md.startswith("Where the arms err, against a (") and "| b vs a | 3 |" in md and "| a's own seeds | 6 |" in md
     assert agreement_markdown(agreements({"b": b}, "b")) == ""  # one run of one seed: nothing to say
+
+
+def test_the_parts_of_a_blended_run(fake_dataset, tmp_path, capsys) -> None:
+    """--parts: a teacher-mix run's model alone against its teacher, read from the fold files; each part's
+    predictions are the argmax of the probabilities the fold kept for it."""
+    out = tmp_path / "mixed"
+    cfg = RunConfig(model=ModelConfig(name="epir", args={"dim": 16, "heads": 2, "depths": [1, 1]}),
+                    data=DataConfig(dataset="megc2019"),
+                    train=replace(default_recipe("epir", "alone"), epochs=1, distill="ststnet", distill_weight=0.0,
+                                  distill_overrides=("train.epochs=1",), distill_mix=0.5),
+                    eval=EvalConfig(threads=1, report=False, seeds=(0, 1),
+                                    folds=tuple(fake_dataset.subject_list()[:3])))
+    run_loso(cfg, fake_dataset, out_dir=out, progress=False)
+    parts = read_parts(out)
+    for part, key in KEPT_AS.items():
+        expected = [int(np.argmax(p)) for f in sorted((out / "folds").rglob("*.json"))
+                    for p in json.loads(f.read_text())[key]]
+        assert sorted(parts[part].predictions["predicted"]) == sorted(expected)
+    assert main(["evaluate", str(out), "--agreement", "--parts"]) == 0
+    text = capsys.readouterr().out
+    assert f"A = {out} model, B = {out} teacher" in text and "A's seeds" in text and "B's seeds" in text
+    assert main(["evaluate", str(out), "--parts"]) == 2
+    assert "use it with --agreement" in capsys.readouterr().err
+    assert main(["evaluate", str(out), "--agreement", "--parts", "--versus", str(out)]) == 2
+    assert "give one run, without --versus" in capsys.readouterr().err
+    fold = next((out / "folds").rglob("*.json"))
+    rec = json.loads(fold.read_text())
+    fold.write_text(json.dumps({k: v for k, v in rec.items() if k != "model_probs"}))  # as before round 17
+    assert main(["evaluate", str(out), "--agreement", "--parts"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{fold} does not keep the model's own probabilities" in err and "\n" not in err
+
+
+def test_parts_of_a_run_without_teacher(two_runs: tuple[Path, Path]) -> None:
+    with pytest.raises(ConfigError, match="has no teacher"):
+        read_parts(two_runs[0])

@@ -119,7 +119,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.per_subject and args.versus is None:
         raise EpirError("--per-subject compares two runs subject by subject: give the other with --versus RUN_DIR.")
     run = args.megc_log or args.run_dir
-    agreed = agreement_of_runs(run, args.versus) if args.agreement else None
+    if args.parts and not args.agreement:
+        raise EpirError("--parts compares a run's model with its teacher: use it with --agreement.")
+    agreed = agreement_of_runs(run, args.versus, parts=args.parts) if args.agreement else None
     if args.versus is not None:
         diff = compare_runs(run, args.versus, per_subject=args.per_subject, **ci)
         if args.json:
@@ -131,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if args.per_subject:
             print(format_subject_differences(diff["per_subject"]))
         if agreed is not None:
-            print(format_agreement_of_runs(agreed, run, args.versus))
+            print(format_agreement_of_runs(agreed))
         if ORACLE in diff["protocols"]:
             print(f"NOTE: a run is {ORACLE}: its scores were picked on the held-out subjects' test data.")
         return 0
@@ -141,7 +143,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     print(format_summary(results, title=f"evaluate {run}"))
     if agreed is not None:
-        print(format_agreement_of_runs(agreed, run, None))
+        print(format_agreement_of_runs(agreed))
     return 0
 
 
@@ -323,6 +325,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="where the runs err: the shares of samples both runs get right, only one, or neither (and "
                         "with the same wrong class), Yule's Q and the either-is-right ceiling, beside the same figures "
                         "between each run's own seeds; without --versus, between the run's seeds")
+    p.add_argument("--parts", action="store_true",
+                   help="with --agreement: the run's model alone against the teacher blended into its predictions "
+                        "(from its fold files), e.g. the EPIR default's two parts")
     p.add_argument("--method", choices=list(METHODS), default=METHOD,
                    help=f"how an interval is read off the resamples (default {METHOD}; bca: bias-corrected and "
                         "accelerated, which adds a jackknife over the subjects; basic: reverse percentile)")

@@ -7,13 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from epir.config import RunConfig
 from epir.data.base import COMPOSITE_CLASSES
 from epir.engine.agreement import agreement, format_agreement
-from epir.engine.loso import evaluation_of
+from epir.engine.cost import candidate_mixes
+from epir.engine.loso import evaluation_of, model_probs_of
+from epir.engine.records import FoldRecord, first_bad_probability_row
 from epir.engine.results import ORACLE, UNKNOWN, read_megc_log, read_megc_log_meta, read_predictions, summarize
+from epir.engine.runstore import fold_file
 from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, holm, paired_difference, subject_differences
 from epir.errors import ConfigError, DatasetNotFoundError
 
@@ -117,42 +121,98 @@ def _same_classes(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str]) -> None:
                           "classes (the same --labels).")
 
 
-def agreement_of_runs(a: str | Path, b: str | Path | None = None) -> dict[str, Any]:
+#: Where a fold file keeps each part's own probabilities (the model's: ``probs`` where the fold's weight was 0).
+KEPT_AS = {"model": "model_probs", "teacher": "teacher_probs"}
+
+
+def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
+    """The two parts of a run that blends a teacher into its predictions (``train.distill`` with
+    ``train.distill_mix`` > 0, or chosen in the fold), each as a run of its own: ``{"model": <the model alone, before
+    the blend>, "teacher": <the fold's teacher alone>}``, read from the run's fold files (their ``model_probs``, or
+    ``probs`` where the fold's weight was 0, and ``teacher_probs``).
+
+    Raises:
+        ConfigError: a run without a teacher, or a fold file that does not keep both parts' probabilities (written
+            before round 17, or damaged).
+        DatasetNotFoundError: not a finished run directory, or a fold file missing.
+    """
+    run = read_run_dir(run_dir)
+    path = Path(run_dir) / "config.yaml"
+    cfg = RunConfig.load(path) if path.is_file() else None
+    if cfg is None or not cfg.train.distill:
+        raise ConfigError(f"{run_dir} has no teacher (its config.yaml sets no train.distill); the parts of a run are "
+                          "its model and the teacher blended into its predictions: give a run of a teacher recipe, "
+                          "e.g. the EPIR default.")
+    mixes = candidate_mixes(cfg)
+    rows: dict[str, list[tuple[Any, ...]]] = {"model": [], "teacher": []}
+    folds = run.predictions[["seed", "subject"]].drop_duplicates().itertuples(index=False)
+    k = len(run.class_names)
+    for seed, subject in folds:
+        file = fold_file(Path(run_dir), int(seed), str(subject))
+        if not file.is_file():
+            raise DatasetNotFoundError(f"{file} does not exist; the run's fold files are where its parts' "
+                                       "predictions are kept (run it again with the same --out to rewrite them).")
+        try:
+            rec = json.loads(file.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise ConfigError(f"{file}: not a readable fold record ({type(e).__name__}: {e}).") from None
+        FoldRecord.from_json(rec, str(file))  # its keys and their types, or a ConfigError naming the file
+        parts = {"model": model_probs_of(rec, mixes, cfg), "teacher": rec.get("teacher_probs")}
+        clips = rec.get("clips") or [str(i) for i in rec.get("indices", [])]
+        for part, probs in parts.items():
+            array = np.asarray(probs if probs is not None else [], dtype=float)
+            if probs is None or array.shape != (len(rec["true"]), k) or len(clips) != len(rec["true"]) \
+                    or first_bad_probability_row(array, array.argmax(axis=1)) is not None:
+                raise ConfigError(f"{file} does not keep the {part}'s own probabilities for its "
+                                  f"{len(rec['true'])} samples ({KEPT_AS[part]}; folds written before round 17 keep "
+                                  "only the blend): run the fold again to compare the parts.")
+            rows[part] += [(int(seed), str(subject), clip, int(y), int(p))
+                           for clip, y, p in zip(clips, rec["true"], array.argmax(axis=1))]
+    columns = ["seed", "subject", "clip", "true", "predicted"]
+    return {part: ScoredRun(pd.DataFrame(r, columns=columns), run.class_names, run.protocol, run.absent,
+                            run.evaluation) for part, r in rows.items()}
+
+
+def agreement_of_runs(a: str | Path, b: str | Path | None = None, *, parts: bool = False) -> dict[str, Any]:
     """Where two finished runs (run directories or MEGC2019 logs) err over the same samples, beside where each run's
-    own seeds err (:func:`epir.engine.agreement.agreement`); with ``b`` None, the seeds of ``a`` alone.
+    own seeds err (:func:`epir.engine.agreement.agreement`); with ``b`` None, the seeds of ``a`` alone; with
+    ``parts``, the model of run ``a`` against the teacher blended into its predictions (:func:`read_parts`).
 
     Returns:
         ``{"versus": <agreement of a and b> or None, "within": {<run>: <agreement of its seeds>, ...}}`` (a run of
-        one seed has no ``within`` entry).
+        one seed has no ``within`` entry); with ``parts`` the runs are named ``<a> model`` and ``<a> teacher``.
 
     Raises:
-        ConfigError: other classes, other samples or labels, or ``a`` alone with one seed.
+        ConfigError: other classes, other samples or labels, ``a`` alone with one seed, ``parts`` with ``b``, or
+            ``parts`` of a run without a teacher.
     """
-    ra = read_scored(a)
-    runs, versus = [(str(a), ra)], None
-    if b is not None:
-        rb = read_scored(b)
-        _same_classes(ra, rb, (str(a), str(b)))
-        versus = agreement(ra.predictions, rb.predictions, class_names=ra.class_names, names=(str(a), str(b)))
-        runs.append((str(b), rb))
+    if parts:
+        if b is not None:
+            raise ConfigError("--parts compares a run's own model and teacher; give one run, without --versus.")
+        both = read_parts(a)
+        runs = [(f"{a} model", both["model"]), (f"{a} teacher", both["teacher"])]
+    else:
+        runs = [(str(a), read_scored(a))] + ([] if b is None else [(str(b), read_scored(b))])
+    (name_a, ra), rest = runs[0], runs[1:]
+    versus = None
+    if rest:
+        name_b, rb = rest[0]
+        _same_classes(ra, rb, (name_a, name_b))
+        versus = agreement(ra.predictions, rb.predictions, class_names=ra.class_names, names=(name_a, name_b))
     within = {name: agreement(run.predictions, class_names=run.class_names, names=(name, name))
-              for name, run in runs if b is None or run.predictions["seed"].nunique() > 1}
+              for name, run in runs if not rest or run.predictions["seed"].nunique() > 1}
     return {"versus": versus, "within": within}
 
 
-def format_agreement_of_runs(agreed: dict[str, Any], run: str | Path, versus: str | Path | None) -> str:
+def format_agreement_of_runs(agreed: dict[str, Any]) -> str:
     """:func:`agreement_of_runs`' result as one table: A against B first (when there is a B), then each run's own
     seeds, after a line naming A and B (for ``epir evaluate --agreement``).
     """
-    rows: list[dict[str, Any]] = []
-    labels: list[str] = []
-    if agreed["versus"] is not None:
-        rows.append(agreed["versus"])
-        labels.append("A vs B")
-    for path, row in agreed["within"].items():
-        rows.append(row)
-        labels.append("A's seeds" if path == str(run) else "B's seeds")
-    legend = f"A = {run}" + (f", B = {versus}" if versus is not None else "")
+    names = list(agreed["within"]) if agreed["versus"] is None else agreed["versus"]["names"]
+    rows = ([] if agreed["versus"] is None else [agreed["versus"]]) + list(agreed["within"].values())
+    labels = ([] if agreed["versus"] is None else ["A vs B"]) + [
+        "A's seeds" if name == names[0] else "B's seeds" for name in agreed["within"]]
+    legend = ", ".join(f"{letter} = {name}" for letter, name in zip("AB", names))
     return f"{legend}\n{format_agreement(rows, labels)}"
 
 
@@ -212,5 +272,6 @@ def differences(run_dirs: Mapping[str, str | Path], reference: str) -> list[dict
     return rows
 
 
-__all__ = ["ScoredRun", "agreement_of_runs", "agreements", "compare_runs", "differences", "evaluate_megc_log",
-           "evaluate_run_dir", "format_agreement_of_runs", "read_log", "read_run_dir", "read_scored"]
+__all__ = ["KEPT_AS", "ScoredRun", "agreement_of_runs", "agreements", "compare_runs", "differences",
+           "evaluate_megc_log", "evaluate_run_dir", "format_agreement_of_runs", "read_log", "read_parts",
+           "read_run_dir", "read_scored"]

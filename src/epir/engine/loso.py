@@ -193,7 +193,7 @@ def _seed_mean_scores(cfg: RunConfig, dataset: FlowDataset, records: Sequence[di
     return out
 
 
-def _model_probs(rec: dict[str, Any], mixes: Sequence[float], cfg: RunConfig) -> list[list[float]] | None:
+def model_probs_of(rec: dict[str, Any], mixes: Sequence[float], cfg: RunConfig) -> list[list[float]] | None:
     """A fold's model's own probabilities before its teacher's blend: its ``model_probs``, or its ``probs`` where
     the fold's weight was 0; None for a blended fold written before round 17 (it kept only the blend).
     """
@@ -237,7 +237,7 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
         if taught:  # the teacher's own held-out scores (pooled per seed, then averaged over seeds)
             facts["teacher"].update(_seed_mean_scores(cfg, dataset, taught, [r["teacher_probs"] for r in taught],
                                                       seeds, "teacher"))
-        own = [_model_probs(r, mixes, cfg) for r in records]
+        own = [model_probs_of(r, mixes, cfg) for r in records]
         if max(mixes) > 0 and len(taught) == len(records) and all(p is not None for p in own):
             # the model's own held-out scores before the teacher's blend: what it scores alone
             facts["model_alone"] = _seed_mean_scores(cfg, dataset, records, [p or [] for p in own], seeds,
@@ -365,6 +365,6 @@ def run_loso(
 
 __all__ = [
     "AUTO_FOLD_BATCH", "evaluation_of", "fold_file", "fold_seed", "fold_split", "format_summary", "make_config",
-    "member_seeds", "plan_groups", "resolve_config", "resolve_fold_batch", "run_fold", "run_fold_group", "run_loso",
-    "select_sources", "select_subjects",
+    "member_seeds", "model_probs_of", "plan_groups", "resolve_config", "resolve_fold_batch", "run_fold",
+    "run_fold_group", "run_loso", "select_sources", "select_subjects",
 ]
