@@ -436,6 +436,8 @@ def test_a_stopped_invocation_counts_in_the_total(fake_dataset, tmp_path, monkey
     ({"results.json": {"wall_seconds": 1.5, "resumed_folds": 0, "wall_seconds_total": 40.0}}, 40.0),  # round 18
     ("folds only", None),  # a finished fold from an invocation that left no record of its time
     ({"invocations.json": "{damaged"}, None),
+    ({"invocations.json": '{"before": 0, "invocations": [{"seconds": -5}]}'}, None),  # not a time
+    ({"invocations.json": '{"before": "soon", "invocations": []}'}, None),
 ])
 def test_a_run_directory_from_before_the_record(fake_dataset, tmp_path, before, expected) -> None:
     """A directory without invocations.json starts it from its results.json (a round-18 run's total); fold files

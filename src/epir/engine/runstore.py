@@ -264,6 +264,11 @@ def earlier_wall_seconds(out_dir: Path) -> float | None:
     return float(total) if isinstance(total, (int, float)) and np.isfinite(total) and total >= 0 else None
 
 
+def _seconds(value: Any) -> bool:
+    """Whether ``value`` is a number of seconds: finite and not negative."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value)) and value >= 0
+
+
 class Invocations:
     """``OUT/invocations.json``: the wall time of every invocation of a run directory, stopped ones included.
 
@@ -282,10 +287,10 @@ class Invocations:
         before: float | None
         try:
             record = json.loads(self.path.read_text())
-            entries = record["invocations"]
-            before = record["before"]
-            if not isinstance(entries, list) or (before is not None and not isinstance(before, (int, float))):
-                raise TypeError("not a list of invocations and a number of seconds")
+            entries, before = record["invocations"], record["before"]
+            if not isinstance(entries, list) or not all(isinstance(e, dict) and _seconds(e.get("seconds"))
+                                                        for e in entries) or not (before is None or _seconds(before)):
+                raise TypeError("expected 'before' (seconds or null) and 'invocations', entries with their seconds")
         except FileNotFoundError:
             entries = []
             folds = any((out_dir / "folds").glob("seed*/*.json"))
@@ -315,17 +320,22 @@ class Invocations:
         return self.total()
 
     def stop(self) -> None:
-        """The invocation ends without results (an error, Ctrl+C): its time up to now (no-op once finished)."""
+        """The invocation ends without results (an error, Ctrl+C): its time up to now (no-op once finished). Called
+        while the error that stopped it is on its way up, so a failure to write is a warning, never a new error.
+        """
         if self.entry["ended"] == "running":
             self.entry.update(seconds=round(time.perf_counter() - self._t0, 3), ended="stopped")
-            self._write()
+            try:
+                self._write()
+            except OSError as e:
+                warnings.warn(f"{self.path}: the stopped invocation's time could not be written ({e}).", stacklevel=3)
 
     def total(self) -> float | None:
         """Every invocation's seconds, summed with ``before``; None where ``before`` is not known."""
         before = self.record["before"]
         if before is None:
             return None
-        return float(before) + sum(float(e.get("seconds") or 0.0) for e in self.record["invocations"])
+        return float(before) + sum(float(e["seconds"]) for e in self.record["invocations"])
 
 
 class FoldStore:
