@@ -91,8 +91,8 @@ def test_a_resumed_run_says_its_wall_time_left_out_the_resumed_folds(run_dir: Pa
     r = run_loso(tiny_cfg(seeds=(0, 1), fold_batch=4), make_flow_dataset(), again, progress=False)
     assert r["resumed_folds"] == 12
     page = (again / "report.html").read_text()
-    assert re.search(r"\(12 folds resumed from an earlier run, not timed here; 1\d\d over every invocation of the run\)",
-                     page)  # 100 s and this invocation's
+    assert re.search(r"\(12 folds resumed from an earlier run, not timed here; 1\d\d over every invocation of the "
+                     r"run\)", page)  # 100 s and this invocation's
     assert "resumed" not in (run_dir / "report.html").read_text()
 
 

@@ -147,7 +147,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def cmd_profile(args: argparse.Namespace) -> int:
     """Handler of ``epir profile``: parameters, FLOPs and latency of models."""
     names = list_models() if args.model == "all" else [args.model]

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from epir.engine.uncertainty import COLUMNS, same_samples, samples, subject_of
+from epir.engine.uncertainty import check_predictions, same_samples, samples, subject_of
 from epir.errors import ConfigError
 
 #: The cells of the 2 x 2 table, in the order the tables print them.
@@ -42,12 +42,7 @@ def _predicted_by_seed(predictions: pd.DataFrame, name: str) -> pd.DataFrame:
     """The predicted class of each sample (rows, in :func:`~epir.engine.uncertainty.samples`' order) under each seed
     (columns).
     """
-    missing = [c for c in COLUMNS if c not in predictions.columns]
-    if missing:
-        raise ConfigError(f"{name} lacks column(s) {missing}; expected a run's predictions (predictions.csv: one row "
-                          f"per seed and sample with {list(COLUMNS)}).")
-    if predictions.empty:
-        raise ConfigError(f"{name} has no rows; expected a run's predictions.")
+    check_predictions(predictions, name)
     subject = subject_of(predictions)
     clip = (predictions["clip"].astype(str) if "clip" in predictions.columns
             else predictions.groupby([predictions["seed"], subject]).cumcount().astype(str))

@@ -47,7 +47,8 @@ UNIT = "subject"
 COLUMNS = ("seed", "subject", "true", "predicted")
 
 
-def _check(predictions: pd.DataFrame, name: str) -> None:
+def check_predictions(predictions: pd.DataFrame, name: str) -> None:
+    """ConfigError unless ``predictions`` is a run's predictions: the columns of :data:`COLUMNS`, some rows."""
     missing = [c for c in COLUMNS if c not in predictions.columns]
     if missing:
         raise ConfigError(f"{name} lacks column(s) {missing}; expected a run's predictions (predictions.csv: one row "
@@ -164,7 +165,7 @@ def bootstrap_ci(predictions: pd.DataFrame, num_classes: int, *, absent: str = "
         ``{"uf1": [low, high], "uar": [low, high], "level", "resamples", "method", "unit", "subjects", "seed"}``, or
         None when there are fewer than 2 subjects (nothing to resample).
     """
-    _check(predictions, "predictions")
+    check_predictions(predictions, "predictions")
     _check_options(resamples, level, absent, method)
     counts, subjects = subject_counts(predictions, num_classes)
     if len(subjects) < 2:
@@ -215,8 +216,8 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
         ConfigError: a table without the columns, the runs on other samples or labels, or bad options.
     """
     name_a, name_b = names
-    _check(a, name_a)
-    _check(b, name_b)
+    check_predictions(a, name_a)
+    check_predictions(b, name_b)
     _check_options(resamples, level, absent, method)
     subjects = same_samples(a, b, name_a, name_b)
     if len(subjects) < 2:
@@ -250,8 +251,8 @@ def subject_differences(a: pd.DataFrame, b: pd.DataFrame, *, names: tuple[str, s
         ConfigError: a table without the columns, or the runs on other samples or labels.
     """
     name_a, name_b = names
-    _check(a, name_a)
-    _check(b, name_b)
+    check_predictions(a, name_a)
+    check_predictions(b, name_b)
     same_samples(a, b, name_a, name_b)
 
     def accuracy(df: pd.DataFrame) -> pd.DataFrame:
@@ -328,6 +329,7 @@ def format_difference(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["COLUMNS", "LEVEL", "METHOD", "METHODS", "RESAMPLES", "UNIT", "bootstrap_ci", "describe_ci",
-           "format_difference", "format_interval", "format_subject_differences", "holm", "paired_difference",
-           "same_samples", "samples", "scores_of_counts", "subject_counts", "subject_differences", "subject_of"]
+__all__ = ["COLUMNS", "LEVEL", "METHOD", "METHODS", "RESAMPLES", "UNIT", "bootstrap_ci", "check_predictions",
+           "describe_ci", "format_difference", "format_interval", "format_subject_differences", "holm",
+           "paired_difference", "same_samples", "samples", "scores_of_counts", "subject_counts", "subject_differences",
+           "subject_of"]
