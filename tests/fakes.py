@@ -180,3 +180,14 @@ def with_probs(df: pd.DataFrame) -> pd.DataFrame:
     for k, name in enumerate(CLASSES):
         out[f"prob_{name}"] = (out["predicted"] == k).astype(float)
     return out
+
+
+def write_run_dir(out: Path, predictions: pd.DataFrame) -> Path:
+    """A finished honest run directory at ``out`` holding ``predictions`` (one-hot probabilities added): its
+    ``results.json``, ``predictions.csv`` and MEGC2019 log, as ``epir evaluate`` reads them."""
+    from epir.engine.results import HONEST, summarize, write_results  # noqa: PLC0415 (only the runs' tests need it)
+
+    df = with_probs(predictions)
+    out.mkdir(parents=True)
+    write_results(out, summarize(df, CLASSES, HONEST), df)
+    return out

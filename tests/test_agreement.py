@@ -14,10 +14,9 @@ from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig
 from epir.engine.agreement import CELLS, agreement, agreement_markdown
 from epir.engine.evaluate import KEPT_AS, agreements, read_parts
 from epir.engine.loso import run_loso
-from epir.engine.results import HONEST, summarize, write_results
 from epir.errors import ConfigError
 from epir.models import default_recipe
-from fakes import CLASSES, run_predictions, with_probs
+from fakes import CLASSES, run_predictions, write_run_dir
 
 
 def run(true: list[int], *predicted: list[int]) -> pd.DataFrame:
@@ -83,14 +82,8 @@ def test_bad_tables_are_one_line() -> None:
 @pytest.fixture()
 def two_runs(tmp_path: Path) -> tuple[Path, Path]:
     """Run a of three seeds and run b of one, over the same 10 subjects."""
-    dirs = []
-    for name, seeds, accuracy in (("a", (0, 1, 2), 0.8), ("b", (0,), 0.5)):
-        df = with_probs(run_predictions(n_subjects=10, seeds=seeds, accuracy=accuracy))
-        out = tmp_path / name
-        out.mkdir()
-        write_results(out, summarize(df, CLASSES, HONEST), df)
-        dirs.append(out)
-    return dirs[0], dirs[1]
+    return (write_run_dir(tmp_path / "a", run_predictions(n_subjects=10, seeds=(0, 1, 2), accuracy=0.8)),
+            write_run_dir(tmp_path / "b", run_predictions(n_subjects=10, seeds=(0,), accuracy=0.5)))
 
 
 def test_evaluate_agreement(two_runs: tuple[Path, Path], capsys) -> None:

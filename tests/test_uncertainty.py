@@ -22,7 +22,7 @@ from epir.engine.uncertainty import (
     subject_differences,
 )
 from epir.errors import ConfigError
-from fakes import CLASSES, with_probs
+from fakes import CLASSES, with_probs, write_run_dir
 from fakes import run_predictions as predictions
 
 
@@ -207,14 +207,7 @@ def two_runs(tmp_path: Path) -> tuple[Path, Path]:
     b = predictions(accuracy=0.5, n_subjects=20)
     a = b.copy()
     a.loc[a.index[::2], "predicted"] = a["true"][::2]
-    dirs = []
-    for name, df in (("a", a), ("b", b)):
-        df = with_probs(df)
-        out = tmp_path / name
-        out.mkdir()
-        write_results(out, summarize(df, CLASSES, HONEST), df)
-        dirs.append(out)
-    return dirs[0], dirs[1]
+    return write_run_dir(tmp_path / "a", a), write_run_dir(tmp_path / "b", b)
 
 
 def test_evaluate_versus(two_runs: tuple[Path, Path], capsys) -> None:
