@@ -129,7 +129,8 @@ def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
     """The two parts of a run that blends a teacher into its predictions (``train.distill`` with
     ``train.distill_mix`` > 0, or chosen in the fold), each as a run of its own: ``{"model": <the model alone, before
     the blend>, "teacher": <the fold's teacher alone>}``, read from the run's fold files (their ``model_probs``, or
-    ``probs`` where the fold's weight was 0, and ``teacher_probs``).
+    ``probs`` where the fold's weight was 0, and ``teacher_probs``): one row per seed and sample with ``seed, subject,
+    clip, true, predicted`` and the part's ``prob_<class>`` columns, as ``predictions.csv``.
 
     Raises:
         ConfigError: a run without a teacher, or a fold file that does not keep both parts' probabilities (written
@@ -166,9 +167,9 @@ def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
                 raise ConfigError(f"{file} does not keep the {part}'s own probabilities for its "
                                   f"{len(rec['true'])} samples ({KEPT_AS[part]}; folds written before round 17 keep "
                                   "only the blend): run the fold again to compare the parts.")
-            rows[part] += [(int(seed), str(subject), clip, int(y), int(p))
-                           for clip, y, p in zip(clips, rec["true"], array.argmax(axis=1))]
-    columns = ["seed", "subject", "clip", "true", "predicted"]
+            rows[part] += [(int(seed), str(subject), clip, int(y), int(row.argmax()), *row.tolist())
+                           for clip, y, row in zip(clips, rec["true"], array)]
+    columns = ["seed", "subject", "clip", "true", "predicted", *(f"prob_{c}" for c in run.class_names)]
     return {part: ScoredRun(pd.DataFrame(r, columns=columns), run.class_names, run.protocol, run.absent,
                             run.evaluation) for part, r in rows.items()}
 
