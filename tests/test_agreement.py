@@ -1,7 +1,9 @@
 """Where two runs err (epir.engine.agreement) and `epir evaluate --agreement`."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -118,7 +120,7 @@ def test_agreements_of_compared_arms(two_runs: tuple[Path, Path]) -> None:
     assert agreement_markdown(agreements({"b": b}, "b")) == ""  # one run of one seed: nothing to say
 
 
-def test_the_parts_of_a_blended_run(fake_dataset, tmp_path, capsys) -> None:
+def test_the_parts_of_a_blended_run(fake_dataset, tmp_path, capsys, monkeypatch) -> None:
     """--parts: a teacher-mix run's model alone against its teacher, read from the fold files; each part's
     predictions are the argmax of the probabilities the fold kept for it."""
     out = tmp_path / "mixed"
@@ -131,12 +133,26 @@ def test_the_parts_of_a_blended_run(fake_dataset, tmp_path, capsys) -> None:
     run_loso(cfg, fake_dataset, out_dir=out, progress=False)
     parts = read_parts(out)
     for part, key in KEPT_AS.items():
-        expected = [int(np.argmax(p)) for f in sorted((out / "folds").rglob("*.json"))
-                    for p in json.loads(f.read_text())[key]]
-        assert sorted(parts[part].predictions["predicted"]) == sorted(expected)
+        kept = {(r["seed"], r["subject"], clip): p for f in sorted((out / "folds").rglob("*.json"))
+                for r in [json.loads(f.read_text())] for clip, p in zip(r["clips"], r[key])}
+        table = parts[part].predictions
+        assert len(table) == len(kept)
+        for row in table.itertuples(index=False):
+            probs = [row.prob_negative, row.prob_positive, row.prob_surprise]
+            assert probs == kept[(row.seed, row.subject, row.clip)] and row.predicted == int(np.argmax(probs))
     assert main(["evaluate", str(out), "--agreement", "--parts"]) == 0
     text = capsys.readouterr().out
     assert f"A = {out} model, B = {out} teacher" in text and "A's seeds" in text and "B's seeds" in text
+    # benchmarks/blend_bound.py reads the same parts (and checks them against results.json) for its bounds
+    spec = importlib.util.spec_from_file_location("blend_bound", Path(__file__).parents[1] / "benchmarks" /
+                                                  "blend_bound.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys, "argv", ["blend_bound.py", str(out)])
+    bench.main()
+    text = capsys.readouterr().out
+    assert text.startswith("OPTIMISTIC BOUNDS") and text.count(f"| {out.name} |") == 6 and "- (as results.json)" in text
     assert main(["evaluate", str(out), "--parts"]) == 2
     assert "use it with --agreement" in capsys.readouterr().err
     assert main(["evaluate", str(out), "--agreement", "--parts", "--versus", str(out)]) == 2
