@@ -103,7 +103,7 @@ def agreement(a: pd.DataFrame, b: pd.DataFrame | None = None, *, class_names: Se
         names: the two runs' names, as the result and its errors give them.
 
     Returns:
-        ``{"names", "samples", "seed_pairs", "both_right", "only_a", "only_b", "both_wrong", "same_error",
+        ``{"names", "seeds", "samples", "seed_pairs", "both_right", "only_a", "only_b", "both_wrong", "same_error",
         "disagreement", "q", "ceiling": {"accuracy", "uar"}, "per_class": [{"class", "name", "n", <cells>}, ...]}``:
         shares of samples (see the module's notes); ``q`` is None where the table has an empty row or column pair
         (e.g. a run right on every sample).
