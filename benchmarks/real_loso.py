@@ -26,12 +26,11 @@ import time
 from pathlib import Path
 
 from epir import make_config, run_loso
-from epir.engine.evaluate import agreement_of_runs, compare_runs
+from epir.engine.evaluate import compare_runs
 from epir.engine.records import LosoResults, Scores
 from epir.engine.results import format_summary
 from epir.engine.tables import own_and_total_of
 from epir.engine.uncertainty import format_difference
-from epir.errors import EpirError
 
 REFERENCES = {
     "ststnet": "official STSTNet weights (published): UF1 0.7209 / UAR 0.7250; "
@@ -140,16 +139,6 @@ def main() -> None:
         print(f"teacher {teacher['model']} ({what}{teacher['params']:,} params, {trained}) alone: "
               f"UF1 {teacher['uf1']:.4f}  UAR {teacher['uar']:.4f}   weight in the fold's probabilities "
               f"(train.distill_mix) {weight}; parameters of the whole {r['params_total']:,}")
-    if "model_alone" in r:  # the model and its teacher as two runs: where they err, and the room a blend has
-        try:
-            parts = agreement_of_runs(out, parts=True)["versus"]
-        except EpirError as e:
-            print(f"where the parts err: not known ({e})")
-        else:
-            q = "-" if parts["q"] is None else f"{parts['q']:.3f}"
-            print(f"where the parts err (epir evaluate {out} --agreement --parts): both wrong {parts['both_wrong']:.3f}"
-                  f" (the same class {parts['same_error']:.3f}), Yule's Q {q}; either right (a bound, not a result): "
-                  f"accuracy {parts['ceiling']['accuracy']:.3f}, UAR {parts['ceiling']['uar']:.3f}")
     print(f"run directory: {out}")
     if a.subset and a.model == "epir" and not (a.beside or a.beside_run):
         print("(SDE run: no table beside the composite STSTNet reference, which is CDE; use --beside ststnet)")

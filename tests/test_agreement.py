@@ -14,8 +14,9 @@ import pytest
 from epir.cli import main
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig
 from epir.engine.agreement import CELLS, agreement, agreement_markdown
-from epir.engine.evaluate import KEPT_AS, agreements, read_parts
+from epir.engine.evaluate import KEPT_AS, agreement_of_runs, agreements, read_parts
 from epir.engine.loso import run_loso
+from epir.engine.results import format_summary
 from epir.errors import ConfigError
 from epir.models import default_recipe
 from fakes import CLASSES, run_predictions, write_run_dir
@@ -143,6 +144,13 @@ def test_the_parts_of_a_blended_run(fake_dataset, tmp_path, capsys, monkeypatch)
     assert main(["evaluate", str(out), "--agreement", "--parts"]) == 0
     text = capsys.readouterr().out
     assert f"A = {out} model, B = {out} teacher" in text and "A's seeds" in text and "B's seeds" in text
+    # results.json keeps the same figures (parts_agreement), and the summary line of the parts gives them
+    stored = json.loads((out / "results.json").read_text())["parts_agreement"]
+    read = agreement_of_runs(out, parts=True)["versus"]
+    assert stored["names"] == ["model", "teacher"]
+    assert {k: v for k, v in stored.items() if k != "names"} == {k: v for k, v in read.items() if k != "names"}
+    assert f"where they err: both wrong {stored['both_wrong']:.3f}" in format_summary(
+        json.loads((out / "results.json").read_text()))
     # benchmarks/blend_bound.py reads the same parts (and checks them against results.json) for its bounds
     spec = importlib.util.spec_from_file_location("blend_bound", Path(__file__).parents[1] / "benchmarks" /
                                                   "blend_bound.py")

@@ -133,6 +133,15 @@ def agreement(a: pd.DataFrame, b: pd.DataFrame | None = None, *, class_names: Se
             "seed_pairs": len(pairs), **out}
 
 
+def describe(r: dict[str, Any]) -> str:
+    """One :func:`agreement` result in a line: ``both wrong 0.161 (the same class 0.142), Yule's Q 0.657, either
+    right 0.839 / 0.820 (accuracy / UAR; a bound, not a result)``.
+    """
+    q = "-" if r.get("q") is None else f"{r['q']:.3f}"
+    return (f"both wrong {r['both_wrong']:.3f} (the same class {r['same_error']:.3f}), Yule's Q {q}, either right "
+            f"{r['ceiling']['accuracy']:.3f} / {r['ceiling']['uar']:.3f} (accuracy / UAR; a bound, not a result)")
+
+
 #: What the tables' columns mean, in one sentence.
 LEGEND = ("shares of samples, mean over pairs of seeds; same: both wrong with the same class; Q: Yule's Q, 1 = errors "
           "on the same samples, 0 = independent; the ceiling takes whichever is right: a bound, not a result")
@@ -183,4 +192,4 @@ def agreement_markdown(agreed: dict[str, Any]) -> str:
                      ) + "\n"
 
 
-__all__ = ["CELLS", "LEGEND", "agreement", "agreement_markdown", "format_agreement"]
+__all__ = ["CELLS", "LEGEND", "agreement", "agreement_markdown", "describe", "format_agreement"]

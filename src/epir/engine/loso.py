@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from epir.config import RunConfig, check_ranges
 from epir.data import FlowDataset
+from epir.engine.agreement import agreement
 from epir.engine.backends import execute
 from epir.engine.cost import candidate_mixes, prediction_cost
 from epir.engine.folds import (
@@ -193,6 +194,18 @@ def _seed_mean_scores(cfg: RunConfig, dataset: FlowDataset, records: Sequence[di
     return out
 
 
+def _parts_agreement(dataset: FlowDataset, records: Sequence[dict[str, Any]],
+                     own: Sequence[Sequence[Sequence[float]]]) -> dict[str, Any]:
+    """:func:`epir.engine.agreement.agreement` of the folds' model alone (``own``) and their teacher."""
+    def table(probs: Sequence[Sequence[Sequence[float]]]) -> pd.DataFrame:
+        return pd.DataFrame([(r["seed"], r["subject"], dataset.clips[i], y, int(np.argmax(row)))
+                             for r, p in zip(records, probs) for i, y, row in zip(r["indices"], r["true"], p)],
+                            columns=["seed", "subject", "clip", "true", "predicted"])
+
+    return agreement(table(own), table([r["teacher_probs"] for r in records]), class_names=dataset.class_names,
+                     names=("model", "teacher"))
+
+
 def model_probs_of(rec: dict[str, Any], mixes: Sequence[float], cfg: RunConfig) -> list[list[float]] | None:
     """A fold's model's own probabilities before its teacher's blend: its ``model_probs``, or its ``probs`` where
     the fold's weight was 0; None for a blended fold written before round 17 (it kept only the blend).
@@ -242,6 +255,8 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
             # the model's own held-out scores before the teacher's blend: what it scores alone
             facts["model_alone"] = _seed_mean_scores(cfg, dataset, records, [p or [] for p in own], seeds,
                                                      "model alone")
+            # where the two parts err, on the same samples (epir evaluate RUN --agreement --parts)
+            facts["parts_agreement"] = _parts_agreement(dataset, records, [p or [] for p in own])
     chosen = [r["selection"]["chosen"] for r in records if r.get("selection")]
     if chosen:
         facts["selection"] = {

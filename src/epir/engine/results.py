@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from epir.engine.agreement import describe
 from epir.engine.metrics import megc_scores
 from epir.engine.records import LosoResults, Scores, first_bad_probability_row
 from epir.engine.runstore import write_json_atomic
@@ -325,8 +326,10 @@ def blend_parts(results: dict[str, Any]) -> str | None:
         spread = f" ± {part[f'{key}_std']:.4f}" if several and f"{key}_std" in part else ""
         return f"{key.upper()} {part[key]:.4f}{spread}"
 
+    where = results.get("parts_agreement")
     return (f"model alone {score(alone, 'uf1')} {score(alone, 'uar')}; teacher ({name}) alone {score(teacher, 'uf1')} "
-            f"{score(teacher, 'uar')}; blended with weight {weight}")
+            f"{score(teacher, 'uar')}; blended with weight {weight}"
+            + (f"; where they err: {describe(where)}" if isinstance(where, dict) else ""))
 
 
 def format_summary(results: dict[str, Any], title: str = "") -> str:
