@@ -149,8 +149,11 @@ def test_the_parts_of_a_blended_run(fake_dataset, tmp_path, capsys, monkeypatch)
     read = agreement_of_runs(out, parts=True)["versus"]
     assert stored["names"] == ["model", "teacher"]
     assert {k: v for k, v in stored.items() if k != "names"} == {k: v for k, v in read.items() if k != "names"}
-    assert f"where they err: both wrong {stored['both_wrong']:.3f}" in format_summary(
-        json.loads((out / "results.json").read_text()))
+    results = json.loads((out / "results.json").read_text())
+    assert f"where they err: both wrong {stored['both_wrong']:.3f}" in format_summary(results)
+    for damaged in ({"q": 0.5}, "x", {**stored, "ceiling": None}):  # a hand-edited file: the line without it
+        text = format_summary({**results, "parts_agreement": damaged})
+        assert "blended with weight 0.5" in text and "where they err" not in text
     # benchmarks/blend_bound.py reads the same parts (and checks them against results.json) for its bounds
     spec = importlib.util.spec_from_file_location("blend_bound", Path(__file__).parents[1] / "benchmarks" /
                                                   "blend_bound.py")

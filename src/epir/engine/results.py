@@ -326,10 +326,12 @@ def blend_parts(results: dict[str, Any]) -> str | None:
         spread = f" ± {part[f'{key}_std']:.4f}" if several and f"{key}_std" in part else ""
         return f"{key.upper()} {part[key]:.4f}{spread}"
 
-    where = results.get("parts_agreement")
+    try:  # parts_agreement (round 19): left out when absent, or not the record agreement() writes
+        where = f"; where they err: {describe(results['parts_agreement'])}"
+    except (AttributeError, KeyError, TypeError, ValueError):
+        where = ""
     return (f"model alone {score(alone, 'uf1')} {score(alone, 'uar')}; teacher ({name}) alone {score(teacher, 'uf1')} "
-            f"{score(teacher, 'uar')}; blended with weight {weight}"
-            + (f"; where they err: {describe(where)}" if isinstance(where, dict) else ""))
+            f"{score(teacher, 'uar')}; blended with weight {weight}{where}")
 
 
 def format_summary(results: dict[str, Any], title: str = "") -> str:
