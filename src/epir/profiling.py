@@ -65,20 +65,22 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 5) -> float:
 
 
 @contextmanager
-def torch_threads(threads: int) -> Iterator[int]:
-    """Run the block on ``threads`` torch threads (0: torch's own setting), restoring the setting after; yields the
-    number of threads the block runs on.
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run the block on ``threads`` torch intra-op threads (0 or None: as they are), restoring the count after; yields
+    the number of threads the block runs on. The count is set and restored only where it changes, so that wrapping
+    every prediction in it (:mod:`epir.inference.runners`) costs nothing when it is already right.
 
     A batch-1 latency measured on one thread reads steadier when other processes hold the cores: threads that
     wait for a core slow a small forward pass many times over.
     """
     before = torch.get_num_threads()
-    if threads > 0:
+    if threads and threads > 0 and threads != before:
         torch.set_num_threads(threads)
     try:
         yield torch.get_num_threads()
     finally:
-        torch.set_num_threads(before)
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def measure_latency(

@@ -294,7 +294,7 @@ class Predictor:
             self._aligner = self.settings.aligner()
         return self._aligner
 
-    def torch_threads(self) -> contextlib.AbstractContextManager[None]:
+    def torch_threads(self) -> contextlib.AbstractContextManager[int]:
         """Run the block with ``self.threads`` torch intra-op threads, then restore the previous count."""
         return torch_threads(self.threads)
 

@@ -5,9 +5,7 @@ runner it uses is its ``backend``. A runner returns class probabilities as a Num
 """
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +16,7 @@ from torch import nn
 from epir.errors import ExportError
 from epir.inference import export as onnx_export
 from epir.inference.checkpoint import Checkpoint
+from epir.profiling import torch_threads
 
 
 class Runner(Protocol):
@@ -29,19 +28,6 @@ class Runner(Protocol):
     def probabilities(self, x: torch.Tensor) -> np.ndarray:
         """Class probabilities (N, num_classes) of the maps ``x`` (0-255, as the inference model takes them)."""
         ...
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run the block with ``threads`` torch intra-op threads (None: as they are), then restore the count."""
-    before = torch.get_num_threads()
-    if threads and threads != before:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 class TorchRunner:
