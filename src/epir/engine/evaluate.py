@@ -14,7 +14,7 @@ from epir.config import RunConfig
 from epir.data.base import COMPOSITE_CLASSES
 from epir.engine.agreement import agreement, format_agreement
 from epir.engine.cost import candidate_mixes
-from epir.engine.loso import evaluation_of, model_probs_of
+from epir.engine.loso import evaluation_of, model_probs_of, part_table
 from epir.engine.records import FoldRecord, first_bad_probability_row
 from epir.engine.results import ORACLE, UNKNOWN, read_megc_log, read_megc_log_meta, read_predictions, summarize
 from epir.engine.runstore import fold_file
@@ -145,7 +145,8 @@ def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
                           "its model and the teacher blended into its predictions: give a run of a teacher recipe, "
                           "e.g. the EPIR default.")
     mixes = candidate_mixes(cfg)
-    rows: dict[str, list[tuple[Any, ...]]] = {"model": [], "teacher": []}
+    kept: dict[str, list[Any]] = {"model": [], "teacher": []}
+    records = []
     folds = run.predictions[["seed", "subject"]].drop_duplicates().itertuples(index=False)
     k = len(run.class_names)
     for seed, subject in folds:
@@ -159,19 +160,17 @@ def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
             raise ConfigError(f"{file}: not a readable fold record ({type(e).__name__}: {e}).") from None
         FoldRecord.from_json(rec, str(file))  # its keys and their types, or a ConfigError naming the file
         parts = {"model": model_probs_of(rec, mixes, cfg), "teacher": rec.get("teacher_probs")}
-        clips = rec.get("clips") or [str(i) for i in rec.get("indices", [])]
         for part, probs in parts.items():
             array = np.asarray(probs if probs is not None else [], dtype=float)
-            if probs is None or array.shape != (len(rec["true"]), k) or len(clips) != len(rec["true"]) \
-                    or first_bad_probability_row(array, array.argmax(axis=1)) is not None:
+            if probs is None or array.shape != (len(rec["true"]), k) or len(rec.get("clips") or rec["true"]) != \
+                    len(rec["true"]) or first_bad_probability_row(array, array.argmax(axis=1)) is not None:
                 raise ConfigError(f"{file} does not keep the {part}'s own probabilities for its "
                                   f"{len(rec['true'])} samples ({KEPT_AS[part]}; folds written before round 17 keep "
                                   "only the blend): run the fold again to compare the parts.")
-            rows[part] += [(int(seed), str(subject), clip, int(y), int(row.argmax()), *row.tolist())
-                           for clip, y, row in zip(clips, rec["true"], array)]
-    columns = ["seed", "subject", "clip", "true", "predicted", *(f"prob_{c}" for c in run.class_names)]
-    return {part: ScoredRun(pd.DataFrame(r, columns=columns), run.class_names, run.protocol, run.absent,
-                            run.evaluation) for part, r in rows.items()}
+            kept[part].append(array)
+        records.append(rec)
+    return {part: ScoredRun(part_table(records, probs, run.class_names), run.class_names, run.protocol, run.absent,
+                            run.evaluation) for part, probs in kept.items()}
 
 
 def agreement_of_runs(a: str | Path, b: str | Path | None = None, *, parts: bool = False) -> dict[str, Any]:

@@ -194,16 +194,25 @@ def _seed_mean_scores(cfg: RunConfig, dataset: FlowDataset, records: Sequence[di
     return out
 
 
+def part_table(records: Sequence[dict[str, Any]], probs: Sequence[Sequence[Sequence[float]]],
+               class_names: Sequence[str]) -> pd.DataFrame:
+    """One part of a blended run (its model alone, or its teacher) as a predictions table: a row per record and
+    sample with ``seed, subject, clip, true, predicted`` and ``prob_<class>``, from ``probs`` (one list of rows per
+    record). ``clip`` is the record's ``clips`` entry, or the sample's row index in a record without them.
+    """
+    rows = [(r["seed"], r["subject"], clip, int(y), int(np.argmax(row)), *map(float, row))
+            for r, p in zip(records, probs)
+            for clip, y, row in zip(r.get("clips") or [str(i) for i in r["indices"]], r["true"], p)]
+    return pd.DataFrame(rows, columns=["seed", "subject", "clip", "true", "predicted",
+                                       *(f"prob_{c}" for c in class_names)])
+
+
 def _parts_agreement(dataset: FlowDataset, records: Sequence[dict[str, Any]],
                      own: Sequence[Sequence[Sequence[float]]]) -> dict[str, Any]:
     """:func:`epir.engine.agreement.agreement` of the folds' model alone (``own``) and their teacher."""
-    def table(probs: Sequence[Sequence[Sequence[float]]]) -> pd.DataFrame:
-        return pd.DataFrame([(r["seed"], r["subject"], dataset.clips[i], y, int(np.argmax(row)))
-                             for r, p in zip(records, probs) for i, y, row in zip(r["indices"], r["true"], p)],
-                            columns=["seed", "subject", "clip", "true", "predicted"])
-
-    return agreement(table(own), table([r["teacher_probs"] for r in records]), class_names=dataset.class_names,
-                     names=("model", "teacher"))
+    return agreement(part_table(records, own, dataset.class_names),
+                     part_table(records, [r["teacher_probs"] for r in records], dataset.class_names),
+                     class_names=dataset.class_names, names=("model", "teacher"))
 
 
 def model_probs_of(rec: dict[str, Any], mixes: Sequence[float], cfg: RunConfig) -> list[list[float]] | None:
@@ -380,6 +389,6 @@ def run_loso(
 
 __all__ = [
     "AUTO_FOLD_BATCH", "evaluation_of", "fold_file", "fold_seed", "fold_split", "format_summary", "make_config",
-    "member_seeds", "model_probs_of", "plan_groups", "resolve_config", "resolve_fold_batch", "run_fold",
+    "member_seeds", "model_probs_of", "part_table", "plan_groups", "resolve_config", "resolve_fold_batch", "run_fold",
     "run_fold_group", "run_loso", "select_sources", "select_subjects",
 ]
