@@ -45,7 +45,8 @@ def one_at_a_time(model_cfg: ModelConfig, m: Member, recipe):
 
 
 @pytest.mark.parametrize("name", ["epir", "ststnet"])
-@pytest.mark.parametrize("extra", [{}, {"mixup": 0.4, "average": "ema", "rotate": 5.0, "scale": 0.1}])
+@pytest.mark.parametrize("extra", [{}, {"mixup": 0.4, "average": "ema", "rotate": 5.0, "scale": 0.1},
+                                   {"shuffle": False, "order": "by-class"}])
 def test_batched_members_match_one_at_a_time_training(name: str, extra: dict, one_torch_thread) -> None:
     """Same seeds and data order: the same weights (float tolerance) and predictions, members of unequal
     sizes included (their last batches are padded and masked out of the loss and of BatchNorm), dropout and
@@ -167,6 +168,41 @@ def test_members_with_different_step_counts_are_refused() -> None:
     recipe = replace(default_recipe("ststnet"), epochs=1, batch_size=8)
     with pytest.raises(ConfigError, match="steps per epoch"):
         fit_many(ModelConfig(name="ststnet"), members(sizes=(8, 20)), recipe, num_classes=3)
+
+
+def test_fixed_orders_visit_the_rows_as_given_or_sorted_by_class_stably() -> None:
+    """``train.order``: with ``shuffle=false`` every epoch visits the rows as given (``rows``) or sorted by label,
+    ties in their given order (``by-class``, the official STSTNet code's folders 0, 1, 2)."""
+    y = torch.tensor([2, 0, 1, 0, 2, 1, 0])
+    g = torch.Generator().manual_seed(0)
+    fixed = replace(default_recipe("ststnet"), shuffle=False)
+    assert train_mod.epoch_order(y, fixed, g).tolist() == list(range(7))
+    by_class = train_mod.epoch_order(y, replace(fixed, order="by-class"), g)
+    assert by_class.tolist() == [1, 3, 6, 2, 5, 0, 4]
+    assert y[by_class].tolist() == sorted(y.tolist())
+    shuffled = train_mod.epoch_order(y, replace(fixed, shuffle=True), g)
+    assert sorted(shuffled.tolist()) == list(range(7))
+
+
+def test_the_order_switch_changes_the_batches_the_model_learns_from(one_torch_thread) -> None:
+    """Same rows, seed and recipe: sorting by class changes what an unshuffled training ends with."""
+    m = members(sizes=(24,))[0]
+    recipe = replace(default_recipe("ststnet"), epochs=2, batch_size=8)
+    weights = []
+    for order in ("rows", "by-class"):
+        model, _ = one_at_a_time(ModelConfig(name="ststnet"), m, replace(recipe, order=order))
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert not torch.allclose(weights[0], weights[1])
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    ({"order": "random"}, "train.order='random': expected rows | by-class"),
+    ({"order": "by-class"}, "train.order='by-class': expected rows while train.shuffle is true"),
+])
+def test_bad_orders_are_one_line_errors(train: dict, message: str) -> None:
+    cfg = RunConfig.from_dict({"train": train})
+    with pytest.raises(ConfigError, match=message.replace("|", r"\|")):
+        check_ranges(cfg)
 
 
 def test_masked_cross_entropy_equals_torch_on_the_valid_rows() -> None:

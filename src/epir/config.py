@@ -31,6 +31,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 CLASS_WEIGHTS = ("none", "balanced")
 AVERAGES = ("none", "ema", "swa")
+#: Values of ``train.order``, the fixed order of the training rows when ``train.shuffle`` is false.
+ORDERS = ("rows", "by-class")
 #: A Dask scheduler address: ``[PROTOCOL://]HOST:PORT`` (an IPv6 host in brackets), or an in-process ``inproc://``.
 DASK_ADDRESS = r"inproc://\S+|([a-z]+://)?(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):\d{1,5}"
 
@@ -48,6 +50,8 @@ class TrainConfig:
     schedule: str = "constant"  # constant | cosine
     warmup_epochs: int = 0
     shuffle: bool = True
+    order: str = "rows"  # shuffle=false only: the fixed order of the training rows, every epoch; rows = the
+    # dataset's | by-class = sorted by label, stably (the official STSTNet code's: it lists the class folders 0, 1, 2)
     label_smoothing: float = 0.0
     class_weight: str = "none"  # none | balanced (inverse class frequency of the training fold)
     class_weight_power: float = 1.0  # balanced only: each class's weight (n / (K n_c)) ** power; 1 = inverse class
@@ -196,7 +200,7 @@ class RunConfig:
 KEY_CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": OPTIMIZERS, "train.schedule": SCHEDULES, "train.class_weight": CLASS_WEIGHTS,
     "train.average": AVERAGES, "train.input_norm": INPUT_NORMS, "train.tta": TTA_KINDS,
-    "train.select_metric": SELECT_METRICS,
+    "train.select_metric": SELECT_METRICS, "train.order": ORDERS,
 }
 
 
@@ -231,6 +235,10 @@ def check_ranges(cfg: RunConfig) -> None:
     for key in ("train.optimizer", "train.schedule", "train.class_weight", "train.average", "train.input_norm"):
         value = getattr(t, key.removeprefix("train."))
         check_setting(value in KEY_CHOICES[key], key, value, " | ".join(KEY_CHOICES[key]))
+    check_setting(t.order in ORDERS, "train.order", t.order,
+                  f"{' | '.join(ORDERS)} (by-class: the rows sorted by label, as the official STSTNet code reads them)")
+    check_setting(t.order == "rows" or not t.shuffle, "train.order", t.order,
+                  "rows while train.shuffle is true (a fixed order needs train.shuffle=false)")
     check_setting(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
     check_setting(t.batch_size >= 1, "train.batch_size", t.batch_size, "an integer >= 1")
     check_setting(_finite(t.lr) and t.lr > 0, "train.lr", t.lr, "a finite number > 0")

@@ -58,6 +58,7 @@ from epir.engine.train import (
     check_training_loss,
     class_weights,
     distillation_loss,
+    epoch_order,
     load_initial_weights,
     lr_factor,
     make_optimizer,
@@ -239,7 +240,7 @@ def fit_many(
         loss_sums = torch.zeros(len(members), device=device)
         correct = torch.zeros(len(members), device=device)
         seen = torch.zeros(len(members), device=device)
-        orders = [torch.randperm(n, generator=g) if cfg.shuffle else torch.arange(n) for n, g in zip(sizes, gens)]
+        orders = [epoch_order(m.y, cfg, g) for m, g in zip(members, gens)]
         for s in range(n_steps):
             xs, ys, y2s, lams, valids, softs, masks = [], [], [], [], [], [], []
             lo = s * cfg.batch_size

@@ -168,6 +168,21 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 EpochCallback = Callable[[int, nn.Module, InputNorm], None]
 
 
+def epoch_order(y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """The order in which one epoch visits the training rows (labels ``y``).
+
+    A seeded permutation (``train.shuffle``), else a fixed order (``train.order``): the rows as given, or sorted
+    by label, stably (``by-class``: the official STSTNet code lists its class folders 0, 1, 2 and does not shuffle,
+    so with batch 256 its first batch is nearly all class 0).
+    """
+    n = len(y)
+    if cfg.shuffle:
+        return torch.randperm(n, generator=gen)
+    if cfg.order == "by-class":
+        return torch.sort(y, stable=True).indices
+    return torch.arange(n)
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Optimizer steps in one epoch over ``n`` samples (the last batch may be partial)."""
     return math.ceil(n / batch_size)
@@ -375,7 +390,7 @@ def fit(
         loss_sum = torch.zeros((), device=device)  # summed on the device: one sync per epoch, not per step
         correct = torch.zeros((), device=device)
         seen = 0
-        order = torch.randperm(n, generator=gen) if cfg.shuffle else torch.arange(n)
+        order = epoch_order(y, cfg, gen)
         for start in range(0, n, cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
             xb, yb = augment(x[idx], cfg, gen), y[idx]
