@@ -57,7 +57,10 @@ def check_predictions(predictions: pd.DataFrame, name: str) -> None:
         raise ConfigError(f"{name} has no rows; expected a run's predictions.")
 
 
-def _check_options(resamples: int, level: float, absent: str, method: str = METHOD) -> None:
+def check_options(resamples: int, level: float, absent: str, method: str = METHOD) -> None:
+    """ConfigError unless the bootstrap's settings are usable: at least 100 resamples, a level in [0.5, 1), a known
+    absent-class policy and interval method.
+    """
     if isinstance(resamples, bool) or not isinstance(resamples, (int, np.integer)) or resamples < 100:
         raise ConfigError(f"resamples must be a whole number >= 100 (a bootstrap of fewer is noise), got "
                           f"{resamples!r}.")
@@ -124,20 +127,24 @@ def _resampled(counts: np.ndarray, idx: np.ndarray, absent: str) -> np.ndarray:
     return np.stack(scores_of_counts(pooled, absent)).mean(axis=1)
 
 
-def _bootstrap(statistic: Any, n_subjects: int, resamples: int, level: float, seed: int, method: str) -> Any:
+def subject_bootstrap(statistic: Any, n_subjects: int, resamples: int, level: float, seed: int, method: str) -> Any:
+    """:func:`scipy.stats.bootstrap` over subject indices 0..n_subjects-1: ``statistic(idx, axis=-1)`` gets resampled
+    index arrays (shape (..., n_subjects)) and returns one row per figure (shape (figures, ...)). The generator is
+    seeded with ``seed``; ``method`` is a key of :data:`METHODS`.
+    """
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         # BCa where the jackknife has no spread (every subject scores alike) gives NaN ends and scipy's warning;
-        # _interval falls back to the percentile interval
+        # interval_of falls back to the percentile interval
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         return stats.bootstrap((np.arange(n_subjects),), statistic, n_resamples=resamples, vectorized=True, axis=-1,
                                batch=BATCH, confidence_level=level, method=METHODS[method],
                                rng=np.random.default_rng(seed))
 
 
-def _interval(result: Any, i: int, level: float) -> list[float]:
-    """The interval of the ``i``-th score (0: UF1, 1: UAR) of a two-score bootstrap. Where BCa cannot correct (its
-    jackknife has no spread, e.g. every subject scores alike) scipy gives NaN ends: the percentile interval of the
-    same resamples stands in (one value when they all score the same).
+def interval_of(result: Any, i: int, level: float) -> list[float]:
+    """The interval of the ``i``-th figure of a :func:`subject_bootstrap` (0: UF1, 1: UAR for the scores). Where BCa
+    cannot correct (its jackknife has no spread, e.g. every subject scores alike) scipy gives NaN ends: the percentile
+    interval of the same resamples stands in (one value when they all score the same).
     """
     ci = result.confidence_interval
     low, high = float(ci.low[i]), float(ci.high[i])
@@ -166,13 +173,14 @@ def bootstrap_ci(predictions: pd.DataFrame, num_classes: int, *, absent: str = "
         None when there are fewer than 2 subjects (nothing to resample).
     """
     check_predictions(predictions, "predictions")
-    _check_options(resamples, level, absent, method)
+    check_options(resamples, level, absent, method)
     counts, subjects = subject_counts(predictions, num_classes)
     if len(subjects) < 2:
         return None
-    res = _bootstrap(lambda idx, axis=-1: _resampled(counts, idx, absent), len(subjects), resamples, level, seed,
-                     method)
-    return {"uf1": _interval(res, 0, level), "uar": _interval(res, 1, level), "level": level, "resamples": resamples,
+    res = subject_bootstrap(lambda idx, axis=-1: _resampled(counts, idx, absent), len(subjects), resamples, level,
+                            seed, method)
+    return {"uf1": interval_of(res, 0, level), "uar": interval_of(res, 1, level), "level": level,
+            "resamples": resamples,
             "method": method, "unit": UNIT, "subjects": len(subjects), "seed": seed}
 
 
@@ -218,20 +226,20 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
     name_a, name_b = names
     check_predictions(a, name_a)
     check_predictions(b, name_b)
-    _check_options(resamples, level, absent, method)
+    check_options(resamples, level, absent, method)
     subjects = same_samples(a, b, name_a, name_b)
     if len(subjects) < 2:
         raise ConfigError(f"{name_a} and {name_b} cover {len(subjects)} subject; a paired bootstrap needs at least 2.")
     ca, _ = subject_counts(a, num_classes, subjects)
     cb, _ = subject_counts(b, num_classes, subjects)
     everyone = np.arange(len(subjects))
-    res = _bootstrap(lambda idx, axis=-1: _resampled(ca, idx, absent) - _resampled(cb, idx, absent), len(subjects),
-                     resamples, level, seed, method)
+    res = subject_bootstrap(lambda idx, axis=-1: _resampled(ca, idx, absent) - _resampled(cb, idx, absent),
+                            len(subjects), resamples, level, seed, method)
     point_a, point_b = _resampled(ca, everyone, absent), _resampled(cb, everyone, absent)
     out: dict[str, Any] = {}
     for i, key in enumerate(("uf1", "uar")):
         out[key] = {"a": round(float(point_a[i]), 6), "b": round(float(point_b[i]), 6),
-                    "difference": round(float(point_a[i] - point_b[i]), 6), "ci": _interval(res, i, level),
+                    "difference": round(float(point_a[i] - point_b[i]), 6), "ci": interval_of(res, i, level),
                     "p_not_better": round(float(np.mean(res.bootstrap_distribution[i] <= 0)), 4)}
     return {**out, "names": [name_a, name_b], "level": level, "resamples": resamples, "method": method, "unit": UNIT,
             "subjects": len(subjects), "seed": seed}
@@ -329,7 +337,7 @@ def format_difference(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["COLUMNS", "LEVEL", "METHOD", "METHODS", "RESAMPLES", "UNIT", "bootstrap_ci", "check_predictions",
-           "describe_ci", "format_difference", "format_interval", "format_subject_differences", "holm",
-           "paired_difference", "same_samples", "samples", "scores_of_counts", "subject_counts", "subject_differences",
-           "subject_of"]
+__all__ = ["COLUMNS", "LEVEL", "METHOD", "METHODS", "RESAMPLES", "UNIT", "bootstrap_ci", "check_options",
+           "check_predictions", "describe_ci", "format_difference", "format_interval", "format_subject_differences",
+           "holm", "interval_of", "paired_difference", "same_samples", "samples", "scores_of_counts",
+           "subject_bootstrap", "subject_counts", "subject_differences", "subject_of"]
