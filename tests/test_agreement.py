@@ -13,8 +13,8 @@ import pytest
 
 from epir.cli import main
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig
-from epir.engine.agreement import CELLS, agreement, agreement_markdown
-from epir.engine.evaluate import KEPT_AS, agreement_of_runs, agreements, read_parts
+from epir.engine.agreement import CELLS, agreement, agreement_markdown, q_difference
+from epir.engine.evaluate import KEPT_AS, agreement_of_runs, agreements, read_parts, read_scored
 from epir.engine.loso import run_loso
 from epir.engine.results import format_summary
 from epir.errors import ConfigError
@@ -45,6 +45,51 @@ def test_cells_by_hand() -> None:
     assert (positive["only_a"], positive["only_b"], surprise["both_wrong"], surprise["same_error"]) == (0.5, 0.5, 0.5,
                                                                                                         0.5)
     assert got["samples"] == 8 and got["seed_pairs"] == 1 and got["seeds"] == [[0], [0]]
+
+
+def test_q_interval_resamples_subjects() -> None:
+    """Q's interval: subjects drawn with replacement, reproducible with its seed, around Q; a resample that leaves Q
+    undefined leaves no interval; fewer than 100 resamples is a one-line error."""
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 3, 120).tolist()
+    noisy = [[t if rng.random() < 0.7 else (t + 1) % 3 for t in true] for _ in range(2)]
+    a, b = run(true, noisy[0]), run(true, noisy[1])
+    got = agreement(a, b, class_names=CLASSES, resamples=500)
+    low, high = got["q_ci"]
+    assert low < got["q"] < high and got["level"] == 0.95
+    assert agreement(a, b, class_names=CLASSES, resamples=500)["q_ci"] == got["q_ci"]  # seeded
+    assert agreement(a, b, class_names=CLASSES, resamples=500, seed=1)["q_ci"] != got["q_ci"]
+    narrower = agreement(a, b, class_names=CLASSES, resamples=500, level=0.5)["q_ci"]
+    assert low < narrower[0] <= narrower[1] < high
+    same = agreement(a, a, class_names=CLASSES, resamples=200)
+    assert same["q"] == 1.0 and same["q_ci"] == [1.0, 1.0]
+    # two subjects, the errors all in the second: a quarter of the resamples draw the first twice and have no error
+    sparse = agreement(run([0, 0, 1, 1], [0, 0, 0, 0]), run([0, 0, 1, 1], [0, 0, 0, 0]), class_names=CLASSES,
+                       resamples=200)
+    assert sparse["q"] == 1.0 and sparse["q_ci"] is None
+    with pytest.raises(ConfigError, match="resamples must be a whole number >= 100"):
+        agreement(a, b, class_names=CLASSES, resamples=10)
+
+
+def test_q_difference_is_paired_over_the_same_subjects() -> None:
+    """Q(A, C) - Q(B, C) on the same resampled subjects: a run that errs where C does against one that errs at
+    random; each Q as agreement() gives it; swapped, the difference changes sign; too few errors is an error."""
+    rng = np.random.default_rng(1)
+    true = rng.integers(0, 3, 160).tolist()
+    wrong_c = rng.random(160) < 0.3
+    c = run(true, [(t + 1) % 3 if w else t for t, w in zip(true, wrong_c)])
+    like_c = run(true, [(t + 1) % 3 if (w and rng.random() < 0.8) or rng.random() < 0.05 else t
+                        for t, w in zip(true, wrong_c)])
+    apart = run(true, [(t + 2) % 3 if rng.random() < 0.3 else t for t in true])
+    got = q_difference(like_c, apart, c, names=("like", "apart", "C"), resamples=500)
+    assert got["q"] == [agreement(x, c, class_names=CLASSES)["q"] for x in (like_c, apart)]
+    assert got["difference"] == pytest.approx(got["q"][0] - got["q"][1], abs=1e-6)
+    assert 0 < got["ci"][0] < got["difference"] < got["ci"][1] and got["p_not_higher"] < 0.05
+    assert got["names"] == ["like", "apart", "C"] and got["subjects"] == 80 and got["resamples"] == 500
+    swapped = q_difference(apart, like_c, c, resamples=500)
+    assert swapped["difference"] == -got["difference"] and swapped["p_not_higher"] > 0.95
+    with pytest.raises(ConfigError, match="Q of A or B with C is undefined"):
+        q_difference(run(TRUE, TRUE), run(TRUE, TRUE), run(TRUE, TRUE), resamples=100)
 
 
 def test_seeds_average_over_pairs() -> None:
@@ -179,3 +224,35 @@ def test_the_parts_of_a_blended_run(fake_dataset, tmp_path, capsys, monkeypatch)
 def test_parts_of_a_run_without_teacher(two_runs: tuple[Path, Path]) -> None:
     with pytest.raises(ConfigError, match="has no teacher"):
         read_parts(two_runs[0])
+
+
+def test_errs_like_benchmark_reads_runs_against_a_reference(tmp_path, monkeypatch, capsys) -> None:
+    """benchmarks/errs_like.py: each run's scores, its paired difference and Q against the reference, its own seeds'
+    Q, and the paired Q difference of the later runs from the first."""
+    reference = run_predictions(n_subjects=16, seeds=(0,))
+    rng = np.random.default_rng(3)
+
+    def like(p: pd.DataFrame, flip: float, seeds: tuple[int, ...]) -> pd.DataFrame:
+        out = []
+        for s in seeds:
+            d = p.assign(seed=s)
+            moved = rng.random(len(d)) < flip
+            d.loc[moved, "predicted"] = (d.loc[moved, "predicted"] + 1) % 3
+            out.append(d)
+        return pd.concat(out, ignore_index=True)
+
+    dirs = [write_run_dir(tmp_path / "ref", reference), write_run_dir(tmp_path / "close", like(reference, 0.1, (0,))),
+            write_run_dir(tmp_path / "far", like(reference, 0.4, (0, 1)))]
+    spec = importlib.util.spec_from_file_location("errs_like", Path(__file__).parents[1] / "benchmarks" /
+                                                  "errs_like.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(sys, "argv", ["errs_like.py", *map(str, dirs), "--resamples", "200"])
+    bench.main()
+    text = capsys.readouterr().out
+    assert text.startswith(f"reference: {dirs[0]}") and text.count("minus the reference: UF1") == 2
+    assert text.count("its own seeds: Q") == 1  # only the run of two seeds
+    close_q = agreement(read_scored(dirs[1]).predictions, reference, class_names=CLASSES)["q"]
+    assert f"Q {close_q:.3f} [" in text
+    assert f"Q({dirs[2]}, reference) - Q({dirs[1]}, reference) = " in text

@@ -121,7 +121,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = args.megc_log or args.run_dir
     if args.parts and not args.agreement:
         raise EpirError("--parts compares a run's model with its teacher: use it with --agreement.")
-    agreed = agreement_of_runs(run, args.versus, parts=args.parts) if args.agreement else None
+    agreed = (agreement_of_runs(run, args.versus, parts=args.parts, resamples=args.resamples, level=args.level)
+              if args.agreement else None)
     if args.versus is not None:
         diff = compare_runs(run, args.versus, per_subject=args.per_subject, **ci)
         if args.json:

@@ -19,6 +19,11 @@ against one of 1 averages 3 tables), and from that mean table:
   mean over classes of that share within the class. **A bound, not a result**: it picks per sample with the true
   label, which nothing honest can do. It says how much room a blend has, not what it would score.
 
+``q_ci`` is a subject-bootstrap interval of Q (:mod:`epir.engine.uncertainty`'s unit and defaults: subjects drawn
+with replacement, every pair of seeds keeping the same subjects, the percentile interval): how far Q could move with
+other subjects. Two Q's whose intervals overlap widely are not shown to differ; :func:`q_difference` reads two Q's
+against the same run on the same resampled subjects (does A err more like C than B does?).
+
 Per class, the same cells are given within each true class, since UF1 and UAR weigh the rare classes as much as the
 common one. Nothing here is a score of either run; use :func:`epir.engine.uncertainty.paired_difference` for that.
 """
@@ -31,7 +36,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from epir.engine.uncertainty import check_predictions, same_samples, samples, subject_of
+from epir.engine.uncertainty import (
+    LEVEL,
+    RESAMPLES,
+    check_options,
+    check_predictions,
+    interval_of,
+    same_samples,
+    samples,
+    subject_bootstrap,
+    subject_of,
+)
 from epir.errors import ConfigError
 
 #: The cells of the 2 x 2 table, in the order the tables print them.
@@ -61,25 +76,45 @@ def _predicted_by_seed(predictions: pd.DataFrame, name: str) -> pd.DataFrame:
     return wide.sort_index().astype(int)
 
 
-def _table(pa: np.ndarray, pb: np.ndarray, true: np.ndarray, pairs: Sequence[tuple[int, int]],
-           num_classes: int) -> dict[str, Any]:
-    """The 2 x 2 shares and the figures derived from them, averaged over ``pairs`` of columns of ``pa`` and ``pb``.
+def _yules_q(n11: Any, n10: Any, n01: Any, n00: Any) -> Any:
+    """Yule's Q of 2 x 2 tables (counts or shares, arrays alike); NaN where it is undefined (an empty row pair)."""
+    denom = n11 * n00 + n10 * n01
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (n11 * n00 - n10 * n01) / np.where(denom > 0, denom, 1), np.nan)
 
-    ``pa``, ``pb``: predicted classes, shape (samples, seeds); ``true``: shape (samples,).
+
+def _q_interval(per_sample: np.ndarray, subjects: np.ndarray, resamples: int, level: float,
+                seed: int) -> list[float] | None:
+    """Subject-bootstrap percentile interval of Q from each sample's expected cells (``per_sample``: (4+, samples));
+    None where a resample leaves Q undefined (e.g. one run right on every sample drawn).
     """
-    n = len(true)
-    cells = np.zeros((len(pairs), 5, n))  # per pair: both right, only A, only B, both wrong, same wrong class
-    for i, (sa, sb) in enumerate(pairs):
-        ra, rb = pa[:, sa] == true, pb[:, sb] == true
-        cells[i] = [ra & rb, ra & ~rb, ~ra & rb, ~ra & ~rb, ~ra & ~rb & (pa[:, sa] == pb[:, sb])]
-    per_sample = cells.mean(axis=0)  # (5, samples): the expected cell of each sample over the pairs
+    codes, unique = pd.factorize(subjects)
+    sums = np.zeros((len(unique), 4))
+    np.add.at(sums, codes, per_sample[:4].T)  # per subject: its samples' cells (Q is the same for sums and shares)
+
+    def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        return _yules_q(*np.moveaxis(sums[idx].sum(axis=-2), -1, 0))[None]
+
+    result = subject_bootstrap(statistic, len(unique), resamples, level, seed, "percentile")
+    if not np.isfinite(result.bootstrap_distribution).all():
+        return None
+    return interval_of(result, 0, level)
+
+
+def _table(per_sample: np.ndarray, true: np.ndarray, num_classes: int, subjects: np.ndarray, resamples: int,
+           level: float, seed: int) -> dict[str, Any]:
+    """The 2 x 2 shares and the figures derived from them, from each sample's expected cells (:func:`_per_sample`).
+
+    ``per_sample``: shape (5, samples); ``true`` and ``subjects``: shape (samples,).
+    """
     share = per_sample.mean(axis=1)
     n11, n10, n01, n00 = share[:4]
-    denom = n11 * n00 + n10 * n01
     out: dict[str, Any] = {key: round(float(v), 6) for key, v in zip(CELLS, share[:4])}
     out["same_error"] = round(float(share[4]), 6)
     out["disagreement"] = round(float(n10 + n01), 6)
-    out["q"] = round(float((n11 * n00 - n10 * n01) / denom), 6) if denom > 0 else None
+    q = float(_yules_q(n11, n10, n01, n00))
+    out["q"] = round(q, 6) if np.isfinite(q) else None
+    out["q_ci"] = _q_interval(per_sample, subjects, resamples, level, seed) if out["q"] is not None else None
     either = 1 - per_sample[3]
     present = [k for k in range(num_classes) if (true == k).any()]
     out["ceiling"] = {"accuracy": round(float(either.mean()), 6),
@@ -91,26 +126,10 @@ def _table(pa: np.ndarray, pb: np.ndarray, true: np.ndarray, pairs: Sequence[tup
     return out
 
 
-def agreement(a: pd.DataFrame, b: pd.DataFrame | None = None, *, class_names: Sequence[str],
-              names: tuple[str, str] = ("A", "B")) -> dict[str, Any]:
-    """Where two runs over the same samples err, or (``b`` None) where the seeds of one run do.
-
-    Args:
-        a: a run's predictions: one row per (seed, sample) with ``seed, subject, true, predicted`` (``source`` and
-            ``clip`` are used when present), as ``predictions.csv`` or a read MEGC2019 log.
-        b: the other run's, over the same samples with the same labels; None: the pairs of ``a``'s own seeds.
-        class_names: class index -> name (the per-class rows are named by it).
-        names: the two runs' names, as the result and its errors give them.
-
-    Returns:
-        ``{"names", "seeds", "samples", "seed_pairs", "both_right", "only_a", "only_b", "both_wrong", "same_error",
-        "disagreement", "q", "ceiling": {"accuracy", "uar"}, "per_class": [{"class", "name", "n", <cells>}, ...]}``:
-        shares of samples (see the module's notes); ``q`` is None where the table has an empty row or column pair
-        (e.g. a run right on every sample).
-
-    Raises:
-        ConfigError: a table without the columns or with a sample twice, a seed that misses samples, runs over other
-            samples or labels, or one run of a single seed compared with itself.
+def _per_sample(a: pd.DataFrame, b: pd.DataFrame | None, names: tuple[str, str]) -> dict[str, Any]:
+    """Each sample's cells (both right, only A, only B, both wrong, the same wrong class), averaged over the pairs
+    of seeds, shape (5, samples), samples in :func:`_predicted_by_seed`'s order; with their true classes, subjects,
+    the number of pairs and each run's seeds. ``b`` None: the ordered pairs of ``a``'s own seeds.
     """
     name_a, name_b = names
     wide_a = _predicted_by_seed(a, name_a)
@@ -125,31 +144,120 @@ def agreement(a: pd.DataFrame, b: pd.DataFrame | None = None, *, class_names: Se
         wide_b = _predicted_by_seed(b, name_b).loc[wide_a.index]
         pairs = list(product(range(wide_a.shape[1]), range(wide_b.shape[1])))
     true = true_a.loc[wide_a.index].to_numpy().astype(int)
-    out = _table(wide_a.to_numpy(), wide_b.to_numpy(), true, pairs, len(class_names))
+    pa, pb = wide_a.to_numpy(), wide_b.to_numpy()
+    cells = np.zeros((len(pairs), 5, len(true)))
+    for i, (sa, sb) in enumerate(pairs):
+        ra, rb = pa[:, sa] == true, pb[:, sb] == true
+        cells[i] = [ra & rb, ra & ~rb, ~ra & rb, ~ra & ~rb, ~ra & ~rb & (pa[:, sa] == pb[:, sb])]
+    seeds = [sorted(int(s) for s in wide_a.columns)] + ([] if b is None else [sorted(int(s) for s in wide_b.columns)])
+    return {"cells": cells.mean(axis=0), "true": true, "subjects": wide_a.index.get_level_values("subject").to_numpy(),
+            "pairs": len(pairs), "seeds": seeds}
+
+
+def agreement(a: pd.DataFrame, b: pd.DataFrame | None = None, *, class_names: Sequence[str],
+              names: tuple[str, str] = ("A", "B"), resamples: int = RESAMPLES, level: float = LEVEL,
+              seed: int = 0) -> dict[str, Any]:
+    """Where two runs over the same samples err, or (``b`` None) where the seeds of one run do.
+
+    Args:
+        a: a run's predictions: one row per (seed, sample) with ``seed, subject, true, predicted`` (``source`` and
+            ``clip`` are used when present), as ``predictions.csv`` or a read MEGC2019 log.
+        b: the other run's, over the same samples with the same labels; None: the pairs of ``a``'s own seeds.
+        class_names: class index -> name (the per-class rows are named by it).
+        names: the two runs' names, as the result and its errors give them.
+        resamples: subject-bootstrap resamples of ``q_ci`` (at least 100).
+        level: its confidence level.
+        seed: the resampling generator's seed (the interval is reproducible).
+
+    Returns:
+        ``{"names", "seeds", "samples", "seed_pairs", "both_right", "only_a", "only_b", "both_wrong", "same_error",
+        "disagreement", "q", "q_ci": [low, high], "level", "ceiling": {"accuracy", "uar"}, "per_class": [{"class",
+        "name", "n", <cells>}, ...]}``: shares of samples (see the module's notes); ``q`` is None where the table has
+        an empty row or column pair (e.g. a run right on every sample), and ``q_ci`` None with it or where a resample
+        leaves Q undefined.
+
+    Raises:
+        ConfigError: a table without the columns or with a sample twice, a seed that misses samples, runs over other
+            samples or labels, or one run of a single seed compared with itself.
+    """
+    check_options(resamples, level, "skip")
+    got = _per_sample(a, b, names)
+    out = _table(got["cells"], got["true"], len(class_names), got["subjects"], resamples, level, seed)
+    out["level"] = level
     for row in out["per_class"]:
         row["name"] = str(class_names[row["class"]])
-    seeds = [sorted(int(s) for s in wide_a.columns)] + ([] if b is None else [sorted(int(s) for s in wide_b.columns)])
-    return {"names": [name_a] if b is None else [name_a, name_b], "seeds": seeds, "samples": len(true),
-            "seed_pairs": len(pairs), **out}
+    return {"names": [names[0]] if b is None else list(names), "seeds": got["seeds"], "samples": len(got["true"]),
+            "seed_pairs": got["pairs"], **out}
+
+
+def q_difference(a: pd.DataFrame, b: pd.DataFrame, reference: pd.DataFrame, *,
+                 names: tuple[str, str, str] = ("A", "B", "C"), resamples: int = RESAMPLES, level: float = LEVEL,
+                 seed: int = 0) -> dict[str, Any]:
+    """Whether ``a`` errs more like ``reference`` than ``b`` does: Yule's Q of (A, C) minus Q of (B, C), with the
+    same subjects drawn for both in every resample (a paired subject bootstrap, as
+    :func:`~epir.engine.uncertainty.paired_difference` does for scores).
+
+    Returns:
+        ``{"names", "q": [Q(A, C), Q(B, C)], "difference", "ci": [low, high], "p_not_higher", "level", "resamples",
+        "subjects"}``; ``p_not_higher`` is the share of resamples in which Q(A, C) is not above Q(B, C).
+
+    Raises:
+        ConfigError: runs over other samples or labels (as :func:`agreement`), or a Q that the runs or a resample
+            leave undefined (too few errors).
+    """
+    check_options(resamples, level, "skip")
+    name_a, name_b, name_c = names
+    first, second = _per_sample(a, reference, (name_a, name_c)), _per_sample(b, reference, (name_b, name_c))
+    codes, unique = pd.factorize(first["subjects"])
+    sums = np.zeros((2, len(unique), 4))
+    for i, got in enumerate((first, second)):
+        np.add.at(sums[i], codes, got["cells"][:4].T)  # Q is the same for a table's counts and its shares
+    q = _yules_q(*np.moveaxis(sums.sum(axis=1), -1, 0))
+    undefined = ConfigError(f"Q of {name_a} or {name_b} with {name_c} is undefined on these samples or on some "
+                            "resamples of their subjects (too few errors); expected runs that err on many subjects.")
+    if not np.isfinite(q).all():
+        raise undefined
+
+    def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        qs = _yules_q(*np.moveaxis(sums[:, idx].sum(axis=-2), -1, 0))  # (2, ...)
+        return (qs[0] - qs[1])[None]
+
+    result = subject_bootstrap(statistic, len(unique), resamples, level, seed, "percentile")
+    drawn = result.bootstrap_distribution[0]
+    if not np.isfinite(drawn).all():
+        raise undefined
+    return {"names": list(names), "q": [round(float(v), 6) for v in q], "difference": round(float(q[0] - q[1]), 6),
+            "ci": interval_of(result, 0, level), "p_not_higher": round(float(np.mean(drawn <= 0)), 6), "level": level,
+            "resamples": resamples, "subjects": len(unique)}
+
+
+def _q(r: dict[str, Any]) -> str:
+    """Q and its interval as printed: ``0.657 [0.55, 0.75]``; ``-`` where Q is undefined. A result from before the
+    interval (a round-19 ``results.json``) prints Q alone.
+    """
+    if r.get("q") is None:
+        return "-"
+    ci = r.get("q_ci")
+    return f"{r['q']:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list) and len(ci) == 2 else "")
 
 
 def describe(r: dict[str, Any]) -> str:
-    """One :func:`agreement` result in a line: ``both wrong 0.161 (the same class 0.142), Yule's Q 0.657, either
-    right 0.839 / 0.820 (accuracy / UAR; a bound, not a result)``.
+    """One :func:`agreement` result in a line: ``both wrong 0.161 (the same class 0.142), Yule's Q 0.657 [0.55,
+    0.75], either right 0.839 / 0.820 (accuracy / UAR; a bound, not a result)``.
     """
-    q = "-" if r.get("q") is None else f"{r['q']:.3f}"
-    return (f"both wrong {r['both_wrong']:.3f} (the same class {r['same_error']:.3f}), Yule's Q {q}, either right "
+    return (f"both wrong {r['both_wrong']:.3f} (the same class {r['same_error']:.3f}), Yule's Q {_q(r)}, either right "
             f"{r['ceiling']['accuracy']:.3f} / {r['ceiling']['uar']:.3f} (accuracy / UAR; a bound, not a result)")
 
 
 #: What the tables' columns mean, in one sentence.
 LEGEND = ("shares of samples, mean over pairs of seeds; same: both wrong with the same class; Q: Yule's Q, 1 = errors "
-          "on the same samples, 0 = independent; the ceiling takes whichever is right: a bound, not a result")
+          "on the same samples, 0 = independent, [its subject-bootstrap interval, 95% unless --level says]; the "
+          "ceiling takes whichever is right: a bound, not a result")
 
 
 def _cells(r: dict[str, Any]) -> list[str]:
     """A row's figures as the tables print them: both right, only A, only B, both wrong, same, Q, ceiling."""
-    q = f"{r['q']:.3f}" if r.get("q") is not None else "-"
+    q = _q(r)
     ceiling = [f"{r['ceiling']['accuracy']:.3f} / {r['ceiling']['uar']:.3f}"] if "ceiling" in r else []
     return [f"{r[key]:.3f}" for key in (*CELLS, "same_error")] + ([q, *ceiling] if ceiling else [])
 
@@ -161,7 +269,7 @@ def format_agreement(rows: Sequence[dict[str, Any]], labels: Sequence[str] | Non
     labels = list(labels) if labels is not None else [" vs ".join(r["names"]) for r in rows]
     classes = [f"{c['name']} (n={c['n']})" for c in rows[0]["per_class"]]
     width = max(len(label) for label in [*labels, *classes])
-    widths = (10, 6, 6, 10, 5, 6, 0)
+    widths = (10, 6, 6, 10, 5, 19, 0)
 
     def line(label: str, pairs: str, cells: list[str]) -> str:
         return f"  {label:<{width}}  {pairs:>5}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths))
@@ -192,4 +300,4 @@ def agreement_markdown(agreed: dict[str, Any]) -> str:
                      ) + "\n"
 
 
-__all__ = ["CELLS", "LEGEND", "agreement", "agreement_markdown", "describe", "format_agreement"]
+__all__ = ["CELLS", "LEGEND", "agreement", "agreement_markdown", "describe", "format_agreement", "q_difference"]

@@ -173,10 +173,12 @@ def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
                             run.evaluation) for part, probs in kept.items()}
 
 
-def agreement_of_runs(a: str | Path, b: str | Path | None = None, *, parts: bool = False) -> dict[str, Any]:
+def agreement_of_runs(a: str | Path, b: str | Path | None = None, *, parts: bool = False,
+                      **bootstrap: Any) -> dict[str, Any]:
     """Where two finished runs (run directories or MEGC2019 logs) err over the same samples, beside where each run's
     own seeds err (:func:`epir.engine.agreement.agreement`); with ``b`` None, the seeds of ``a`` alone; with
     ``parts``, the model of run ``a`` against the teacher blended into its predictions (:func:`read_parts`).
+    ``bootstrap`` (``resamples``, ``level``, ``seed``) sets Q's interval.
 
     Returns:
         ``{"versus": <agreement of a and b> or None, "within": {<run>: <agreement of its seeds>, ...}}`` (a run of
@@ -198,8 +200,9 @@ def agreement_of_runs(a: str | Path, b: str | Path | None = None, *, parts: bool
     if rest:
         name_b, rb = rest[0]
         _same_classes(ra, rb, (name_a, name_b))
-        versus = agreement(ra.predictions, rb.predictions, class_names=ra.class_names, names=(name_a, name_b))
-    within = {name: agreement(run.predictions, class_names=run.class_names, names=(name, name))
+        versus = agreement(ra.predictions, rb.predictions, class_names=ra.class_names, names=(name_a, name_b),
+                           **bootstrap)
+    within = {name: agreement(run.predictions, class_names=run.class_names, names=(name, name), **bootstrap)
               for name, run in runs if not rest or run.predictions["seed"].nunique() > 1}
     return {"versus": versus, "within": within}
 
