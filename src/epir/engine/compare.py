@@ -12,7 +12,7 @@ from epir.config import RunConfig, repeated
 from epir.data import FlowDataset, load_dataset
 from epir.engine.ablate import LEVERS, lever_on
 from epir.engine.agreement import agreement_markdown
-from epir.engine.evaluate import agreements, differences
+from epir.engine.evaluate import agreements, differences, read_run_dir
 from epir.engine.loso import make_config, run_loso
 from epir.engine.report_html import METRIC_COLOURS, confusion_plot, write_table_report
 from epir.engine.runstore import write_json_atomic
@@ -195,9 +195,10 @@ def run_compare(
     table = pd.DataFrame(rows)
     table.to_csv(out / "comparison.csv", index=False)
     label = f"{rows[0]['protocol']}, {rows[0]['evaluation']}"
-    diffs = differences({m: out / m for m in models}, models[0])
+    scored = {m: read_run_dir(out / m) for m in models}  # read once for both
+    diffs = differences(scored, models[0])
     write_json_atomic(out / "differences.json", diffs)
-    agreed = agreements({m: out / m for m in models}, models[0])
+    agreed = agreements(scored, models[0])
     write_json_atomic(out / "agreement.json", agreed)
     where = agreement_markdown(agreed)
     (out / "comparison.md").write_text(

@@ -235,15 +235,20 @@ def _paired(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str], **bootstrap: A
     return out
 
 
-def agreements(run_dirs: Mapping[str, str | Path], reference: str) -> dict[str, Any]:
+def _read_runs(runs: Mapping[str, str | Path | ScoredRun]) -> dict[str, ScoredRun]:
+    """Each run directory read (:func:`read_run_dir`); a run already read is kept as it is."""
+    return {name: r if isinstance(r, ScoredRun) else read_run_dir(r) for name, r in runs.items()}
+
+
+def agreements(run_dirs: Mapping[str, str | Path | ScoredRun], reference: str) -> dict[str, Any]:
     """Where every run but ``reference`` errs against ``reference`` (:func:`epir.engine.agreement.agreement`, each
     row named ``<run> vs <reference>``), and where the reference's own seeds err (None for a run of one seed): the
-    ``agreement.json`` of ``epir compare``.
+    ``agreement.json`` of ``epir compare``. A run may be given already read (a :class:`ScoredRun`).
 
     Returns:
         ``{"reference", "versus": {<run>: <agreement>, ...}, "within": <agreement of the reference's seeds> | None}``.
     """
-    runs = {name: read_run_dir(d) for name, d in run_dirs.items()}
+    runs = _read_runs(run_dirs)
     ref = runs[reference]
     versus = {}
     for name, run in runs.items():
@@ -256,15 +261,16 @@ def agreements(run_dirs: Mapping[str, str | Path], reference: str) -> dict[str, 
     return {"reference": reference, "versus": versus, "within": within}
 
 
-def differences(run_dirs: Mapping[str, str | Path], reference: str) -> list[dict[str, Any]]:
+def differences(run_dirs: Mapping[str, str | Path | ScoredRun], reference: str) -> list[dict[str, Any]]:
     """Every run but ``reference`` minus ``reference``, as :func:`compare_runs` (``run_dirs`` maps a row's name, the
-    name the result gives, to its run directory); empty when the runs hold a single subject (nothing to resample).
+    name the result gives, to its run directory, or to the run already read); empty when the runs hold a single
+    subject (nothing to resample).
 
     The rows are one family of tests: beside each ``p_not_better``, ``p_holm`` is it adjusted by Holm's step-down
     over the family (per metric; :func:`~epir.engine.uncertainty.holm`), the figure to read when any arm of several
     is asked to beat the reference.
     """
-    runs = {name: read_run_dir(d) for name, d in run_dirs.items()}
+    runs = _read_runs(run_dirs)
     ref = runs[reference]
     if ref.predictions["subject"].nunique() < 2:  # one held-out subject: nothing to resample
         return []
