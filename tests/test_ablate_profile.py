@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -242,6 +243,21 @@ def test_the_square_root_lever_is_a_plus_arm_of_the_default_and_weighs_the_squar
     assert name == "-balanced-sqrt" and back.train == default.train
     name, off = lever_arm(arm, "balanced")
     assert name == "-balanced" and off.train.class_weight == "none" and off.train.class_weight_power == 1
+
+
+def test_the_official_order_lever_sorts_ststnets_rows_by_class_and_nothing_else() -> None:
+    """official-order on STSTNet's recipe (already unshuffled) changes only the order; taken off, the recipe is
+    back; on a shuffling recipe it also stops the shuffle (a fixed order needs it)."""
+    from epir import make_config
+    from epir.engine.ablate import lever_arm
+
+    ststnet = make_config("ststnet", "megc2019")
+    name, arm = lever_arm(ststnet, "official-order")
+    assert name == "+official-order" and arm.train == replace(ststnet.train, order="by-class")
+    name, back = lever_arm(arm, "official-order")
+    assert name == "-official-order" and back.train == ststnet.train
+    _, on_epir = lever_arm(make_config("epir", "megc2019"), "official-order")
+    assert not on_epir.train.shuffle and on_epir.train.order == "by-class"
 
 
 def test_list_levers_describes_every_lever_and_its_arm_on_the_model(capsys) -> None:

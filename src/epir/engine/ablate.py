@@ -92,6 +92,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # the balanced weights' square root, (n / (K n_c)) ** 0.5: halfway, in the exponent, between plain cross-entropy
     # and the inverse class frequency (round 18; in no recipe)
     "balanced-sqrt": ("train.class_weight=balanced", "train.class_weight_power=0.5"),
+    # the training rows unshuffled and sorted by class every epoch, as the official STSTNet code reads its class
+    # folders (round 20; STSTNet's recipe already does not shuffle, so there only the order changes; in no recipe)
+    "official-order": ("train.shuffle=false", "train.order=by-class"),
 }
 
 
@@ -124,6 +127,7 @@ LEVER_NOTES: dict[str, str] = {
     "smooth": "every map blurred (Gaussian, sigma 1 px) and min-max normalised again",
     "balanced": "class-balanced cross-entropy: weights inverse to the training fold's class counts",
     "balanced-sqrt": "the balanced weights' square root: (n / (K n_c)) ** 0.5",
+    "official-order": "the training rows unshuffled and sorted by class every epoch (the official STSTNet code's)",
 }
 
 
@@ -155,6 +159,7 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "smooth": ("data.input_transform=none",),
     "balanced": ("train.class_weight=none", "train.class_weight_power=1"),
     "balanced-sqrt": ("train.class_weight_power=1",),
+    "official-order": ("train.order=rows",),
 }
 
 
