@@ -219,6 +219,11 @@ def test_the_parts_of_a_blended_run(fake_dataset, tmp_path, capsys, monkeypatch)
     assert main(["evaluate", str(out), "--agreement", "--parts"]) == 2
     err = capsys.readouterr().err.strip()
     assert f"{fold} does not keep the model's own probabilities" in err and "\n" not in err
+    fold.write_text(json.dumps({**rec, "true": [(rec["true"][0] + 1) % 3, *rec["true"][1:]]}))  # another run's file
+    assert main(["evaluate", str(out), "--agreement", "--parts"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{out}: its fold files and its predictions.csv disagree" in err and "other true labels" in err
+    assert "\n" not in err
 
 
 def test_parts_of_a_run_without_teacher(two_runs: tuple[Path, Path]) -> None:

@@ -18,7 +18,15 @@ from epir.engine.loso import evaluation_of, model_probs_of, part_table
 from epir.engine.records import FoldRecord, first_bad_probability_row
 from epir.engine.results import ORACLE, UNKNOWN, read_megc_log, read_megc_log_meta, read_predictions, summarize
 from epir.engine.runstore import fold_file
-from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, holm, paired_difference, subject_differences
+from epir.engine.uncertainty import (
+    LEVEL,
+    METHOD,
+    RESAMPLES,
+    holm,
+    paired_difference,
+    same_samples,
+    subject_differences,
+)
 from epir.errors import ConfigError, DatasetNotFoundError
 
 
@@ -133,8 +141,8 @@ def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
     clip, true, predicted`` and the part's ``prob_<class>`` columns, as ``predictions.csv``.
 
     Raises:
-        ConfigError: a run without a teacher, or a fold file that does not keep both parts' probabilities (written
-            before round 17, or damaged).
+        ConfigError: a run without a teacher, a fold file that does not keep both parts' probabilities (written
+            before round 17, or damaged), or fold files over other samples or labels than the run's predictions.csv.
         DatasetNotFoundError: not a finished run directory, or a fold file missing.
     """
     run = read_run_dir(run_dir)
@@ -169,8 +177,16 @@ def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
                                   "only the blend): run the fold again to compare the parts.")
             kept[part].append(array)
         records.append(rec)
-    return {part: ScoredRun(part_table(records, probs, run.class_names), run.class_names, run.protocol, run.absent,
-                            run.evaluation) for part, probs in kept.items()}
+    out = {part: ScoredRun(part_table(records, probs, run.class_names), run.class_names, run.protocol, run.absent,
+                           run.evaluation) for part, probs in kept.items()}
+    try:  # the fold files are the run's own: the samples and labels of its predictions.csv, seed by seed
+        table = out["model"].predictions
+        for seed, rows in run.predictions.groupby("seed"):
+            same_samples(table[table["seed"] == seed], rows, f"seed {seed}'s fold files", "predictions.csv")
+    except ConfigError as e:
+        raise ConfigError(f"{run_dir}: its fold files and its predictions.csv disagree ({e}); the directory mixes "
+                          "runs: run it again with the same --out to rewrite both.") from None
+    return out
 
 
 def agreement_of_runs(a: str | Path, b: str | Path | None = None, *, parts: bool = False,
