@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pandas as pd
 import pytest
@@ -156,6 +157,11 @@ def test_named_recipes(tmp_path, capsys):
     assert main(["loso", "--model", "ststnet", "--recipe", "official", "--folds", "synthetic/s01", "--epochs", "1",
                  "--threads", "1", "--out", str(out), "--no-progress"]) == 0
     assert "lr: 5.0e-05" in (out / "config.yaml").read_text()
+    from epir.models.ststnet import STSTNET_RECIPE
+
+    # the official code's order (round 20): the official recipe with the rows sorted by class, nothing else
+    assert list_recipes("ststnet") == ["default", "official", "official-order"]
+    assert default_recipe("ststnet", "official-order") == replace(STSTNET_RECIPE, order="by-class")
     assert main(["compare", "--models", "ststnet", "--recipe", "htnet:cpu", "--out", str(tmp_path / "c"),
                  "--no-progress"]) == 2
     assert "not one of the compared models" in capsys.readouterr().err
