@@ -7,13 +7,15 @@ and per dataset), wall time, and published reference points measured on the same
     python benchmarks/real_loso.py --model epir --seeds 0 1 2 --subset casme2   # SDE(casme2)
     python benchmarks/real_loso.py --model epir --seeds 0 1 2 --beside ststnet  # issue 13's table and targets
     python benchmarks/real_loso.py --model epir --seeds 0 1 2 --beside-run runs/bench-ststnet-s0
+    python benchmarks/real_loso.py --model epir --seeds 0 1 2 --beside ststnet@official-order  # the official order
 
 ``--beside ststnet`` also runs the honest STSTNet LOSO (official recipe, same seeds and folds; about an hour per
-seed on 2 cores, resumable) and prints issue 13's table: both models overall and per source dataset, the
-differences, and each target met or missed, then the difference with its paired subject-bootstrap interval (is the
-lead more than which subjects happened to be held out?). ``--beside-run DIR`` takes that run from a finished run
-directory instead; without either, the STSTNet row is the reference measured in ``../shared/docs/baselines-measured.md``
-(seed 0), labelled as such.
+seed on 2 cores, resumable; ``ststnet@official-order``: in the official code's class-sorted order, round 20) and
+prints issue 13's table: both models overall and per source dataset, the differences, and each target met or
+missed, then the difference with its paired subject-bootstrap interval (is the lead more than which subjects
+happened to be held out?). ``--beside-run DIR`` takes that run from a finished run directory instead; without
+either, the STSTNet row is the reference measured in ``../shared/docs/baselines-measured.md`` (seed 0), labelled as
+such.
 
 The data root is ../shared/data/htnet-composite beside the repository, or $EPIR_MEGC2019_ROOT.
 Runs go to runs/bench-<model>[-<recipe>]-... and resume if interrupted (same --out).
@@ -103,8 +105,9 @@ def main() -> None:
     p.add_argument("--root", default=default_root())
     p.add_argument("--out", default=None)
     p.add_argument("--jobs", type=int, default=2, help="folds in parallel processes (default 2: one per core)")
-    p.add_argument("--beside", default=None, metavar="MODEL",
-                   help="also run MODEL's honest LOSO (its default recipe, same seeds) and print both side by side")
+    p.add_argument("--beside", default=None, metavar="MODEL[@RECIPE]",
+                   help="also run MODEL's honest LOSO (its default recipe, or RECIPE: ststnet@official-order, same "
+                   "seeds) and print both side by side")
     p.add_argument("--beside-run", default=None, metavar="DIR",
                    help="a finished run directory of the reference model to print beside this one")
     a = p.parse_args()
@@ -147,9 +150,12 @@ def main() -> None:
         if a.beside_run:
             ref, ref_dir = LosoResults.load(a.beside_run), a.beside_run
         elif a.beside:
-            ref_cfg = make_config(a.beside, "megc2019", root=a.root, seeds=a.seeds, folds=a.folds,
+            ref_model, _, ref_recipe = a.beside.partition("@")
+            ref_cfg = make_config(ref_model, "megc2019", root=a.root, seeds=a.seeds, folds=a.folds,
+                                  recipe=ref_recipe or None,
                                   overrides=[f"eval.jobs={a.jobs}", f"data.subset={a.subset}"])
-            ref_dir = f"runs/bench-{a.beside}{sde}-s{'-'.join(map(str, a.seeds))}"
+            ref_recipe = f"-{ref_recipe}" if ref_recipe else ""
+            ref_dir = f"runs/bench-{ref_model}{ref_recipe}{sde}-s{'-'.join(map(str, a.seeds))}"
             ref = LosoResults.from_json(run_loso(ref_cfg, out_dir=ref_dir))
         print()
         print(beside_table(a.model, LosoResults.from_json(r), ref, a.beside or "ststnet"))
