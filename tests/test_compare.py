@@ -98,7 +98,11 @@ def test_arms_of_one_model(fake_root, tmp_path, capsys):
     assert (out / "confusion_epir@alone.png").is_file()
     diffs = json.loads((out / "differences.json").read_text())
     assert [d["names"] for d in diffs] == [["epir@alone", "epir"], ["epir@alone+smooth", "epir"]]
-    assert "recipes: epir default, epir@alone, epir@alone+smooth)" in (out / "comparison.md").read_text()
+    header = (out / "comparison.md").read_text().splitlines()[0]
+    # each arm's recipe, with the settings given on top of it (round 20: a shortened arm no longer reads "default")
+    assert "recipes: epir default with model.dim=12, " in header and ", epir@alone with " in header
+    assert "train.lr=0.002, " in header.split("epir@alone with ")[1] and "eval." not in header
+    assert "train.lr=0.002" not in header.split("epir@alone with ")[0]
 
 
 def test_arm_names_are_checked():

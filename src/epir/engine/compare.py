@@ -77,6 +77,16 @@ def _heads(arm: str) -> tuple[str, str, str]:
     return arm, base, base.partition(ARM_SEP)[0]
 
 
+def _arm_label(arm: str, recipes: dict[str, str], overrides: Sequence[str]) -> str:
+    """How ``comparison.md``'s header names an arm's recipe: ``ststnet default``, ``epir@alone``, with the settings
+    given on top of it (``ststnet default with train.epochs=20, train.lr=2e-3``; ``eval.*`` left out: they change how
+    a run executes, not what it learns).
+    """
+    label = arm if ARM_SEP in arm or LEVER_SEP in arm else f"{arm} {recipes.get(arm, 'default')}"
+    settings = [o for o in overrides if not o.startswith("eval.")]
+    return f"{label} with {', '.join(settings)}" if settings else label
+
+
 def split_overrides(models: Sequence[str], overrides: Sequence[str]) -> dict[str, list[str]]:
     """``KEY=VALUE`` applies to every arm, ``ARM:KEY=VALUE`` to that arm only, ``MODEL@RECIPE:KEY=VALUE`` to that
     recipe's arms with or without levers, and ``MODEL:KEY=VALUE`` to every arm of that model (``epir:...`` to
@@ -204,7 +214,7 @@ def run_compare(
     (out / "comparison.md").write_text(
         f"# Comparison on {data.name} ({label}, seeds {list(seeds)}, "
         f"{rows[0]['n_folds']} folds; recipes: "
-        + ", ".join(m if ARM_SEP in m or LEVER_SEP in m else f"{m} {recipes.get(m, 'default')}" for m in models)
+        + ", ".join(_arm_label(m, recipes, per_model[m]) for m in models)
         + ")\n\n"
         + to_markdown(table, "model") + ("\n" + differences_markdown(diffs) if diffs else "")
         + ("\n" + where if where else "")
