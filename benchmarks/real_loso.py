@@ -159,7 +159,9 @@ def main() -> None:
             ref = LosoResults.from_json(run_loso(ref_cfg, out_dir=ref_dir))
         print()
         print(beside_table(a.model, LosoResults.from_json(r), ref, a.beside or "ststnet"))
-        if ref_dir is not None:  # is the lead more than which subjects happened to be held out?
+        if ref_dir is not None and r["n_folds"] < 2:
+            print("\n(one fold: no paired subject bootstrap, which needs at least 2 subjects)")
+        elif ref_dir is not None:  # is the lead more than which subjects happened to be held out?
             print()
             print(format_difference(compare_runs(out, ref_dir)))
 
