@@ -69,6 +69,11 @@ def test_q_interval_resamples_subjects() -> None:
     assert sparse["q"] == 1.0 and sparse["q_ci"] is None
     with pytest.raises(ConfigError, match="resamples must be a whole number >= 100"):
         agreement(a, b, class_names=CLASSES, resamples=10)
+    one = run([0, 1, 2, 0], [0, 1, 1, 1]).assign(subject="casme2/s0")  # a run of one held-out subject
+    alone = agreement(one, one, class_names=CLASSES)
+    assert alone["q"] == 1.0 and alone["q_ci"] is None
+    with pytest.raises(ConfigError, match="cover 1 subject; a paired bootstrap needs at least 2"):
+        q_difference(one, one, one)
 
 
 def test_q_difference_is_paired_over_the_same_subjects() -> None:

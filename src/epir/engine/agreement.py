@@ -86,9 +86,11 @@ def _yules_q(n11: Any, n10: Any, n01: Any, n00: Any) -> Any:
 def _q_interval(per_sample: np.ndarray, subjects: np.ndarray, resamples: int, level: float,
                 seed: int) -> list[float] | None:
     """Subject-bootstrap percentile interval of Q from each sample's expected cells (``per_sample``: (4+, samples));
-    None where a resample leaves Q undefined (e.g. one run right on every sample drawn).
+    None for a single subject, or where a resample leaves Q undefined (e.g. one run right on every sample drawn).
     """
     codes, unique = pd.factorize(subjects)
+    if len(unique) < 2:  # one held-out subject: nothing to resample
+        return None
     sums = np.zeros((len(unique), 4))
     np.add.at(sums, codes, per_sample[:4].T)  # per subject: its samples' cells (Q is the same for sums and shares)
 
@@ -173,8 +175,8 @@ def agreement(a: pd.DataFrame, b: pd.DataFrame | None = None, *, class_names: Se
         ``{"names", "seeds", "samples", "seed_pairs", "both_right", "only_a", "only_b", "both_wrong", "same_error",
         "disagreement", "q", "q_ci": [low, high], "level", "ceiling": {"accuracy", "uar"}, "per_class": [{"class",
         "name", "n", <cells>}, ...]}``: shares of samples (see the module's notes); ``q`` is None where the table has
-        an empty row or column pair (e.g. a run right on every sample), and ``q_ci`` None with it or where a resample
-        leaves Q undefined.
+        an empty row or column pair (e.g. a run right on every sample), and ``q_ci`` None with it, for a single
+        subject, or where a resample leaves Q undefined.
 
     Raises:
         ConfigError: a table without the columns or with a sample twice, a seed that misses samples, runs over other
@@ -202,13 +204,16 @@ def q_difference(a: pd.DataFrame, b: pd.DataFrame, reference: pd.DataFrame, *,
         "subjects"}``; ``p_not_higher`` is the share of resamples in which Q(A, C) is not above Q(B, C).
 
     Raises:
-        ConfigError: runs over other samples or labels (as :func:`agreement`), or a Q that the runs or a resample
-            leave undefined (too few errors).
+        ConfigError: runs over other samples or labels (as :func:`agreement`), a single subject, or a Q that the
+            runs or a resample leave undefined (too few errors).
     """
     check_options(resamples, level, "skip")
     name_a, name_b, name_c = names
     first, second = _per_sample(a, reference, (name_a, name_c)), _per_sample(b, reference, (name_b, name_c))
     codes, unique = pd.factorize(first["subjects"])
+    if len(unique) < 2:
+        raise ConfigError(f"{name_a}, {name_b} and {name_c} cover {len(unique)} subject; a paired bootstrap needs at "
+                          "least 2.")
     sums = np.zeros((2, len(unique), 4))
     for i, got in enumerate((first, second)):
         np.add.at(sums[i], codes, got["cells"][:4].T)  # Q is the same for a table's counts and its shares
