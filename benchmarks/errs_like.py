@@ -21,23 +21,16 @@ from __future__ import annotations
 import argparse
 
 from epir.engine.agreement import agreement, q_difference
-from epir.engine.evaluate import ScoredRun, compare_runs, read_scored
-from epir.engine.metrics import megc_scores
-from epir.engine.uncertainty import format_interval, subject_of
+from epir.engine.evaluate import ScoredRun, read_scored
+from epir.engine.results import summarize
+from epir.engine.uncertainty import format_interval, paired_difference
 
 
 def per_source(run: ScoredRun) -> str:
-    """``casme2 0.817 / samm 0.604 / smic 0.637``: UF1 per source, the mean over seeds."""
-    preds = run.predictions
-    source = (preds["source"].astype(str) if "source" in preds.columns
-              else subject_of(preds).str.split("/").str[0])
-    parts = []
-    for name in sorted(source.unique()):
-        rows = preds[source == name]
-        uf1 = [megc_scores(r["true"], r["predicted"], len(run.class_names), run.absent)["uf1"]
-               for _, r in rows.groupby("seed")]
-        parts.append(f"{name} {sum(uf1) / len(uf1):.3f}")
-    return " / ".join(parts)
+    """``casme2 0.817 / samm 0.604 / smic 0.637``: UF1 per source, the mean over seeds (as ``results.json``'s
+    ``per_dataset``; its intervals at the fewest resamples, since they are not printed)."""
+    rows = summarize(run.predictions, run.class_names, run.protocol, run.absent, ci_resamples=100)["per_dataset"]
+    return " / ".join(f"{name} {rows[name]['uf1']:.3f}" for name in sorted(rows))
 
 
 def seeds(run: ScoredRun) -> list[int]:
@@ -57,7 +50,8 @@ def main() -> None:
     print(f"reference: {args.reference} ({ref.protocol}; seeds {seeds(ref)}), "
           f"UF1 per source {per_source(ref)}")
     for name, run in runs.items():
-        diff = compare_runs(name, args.reference, resamples=args.resamples)
+        diff = paired_difference(run.predictions, ref.predictions, len(ref.class_names), absent=ref.absent,
+                                 resamples=args.resamples, names=(name, args.reference))  # the runs read once
         vs = agreement(run.predictions, ref.predictions, class_names=ref.class_names, names=(name, "reference"),
                        resamples=args.resamples)
         print(f"\n{name} ({run.protocol}; seeds {seeds(run)})")
