@@ -83,21 +83,31 @@ def _yules_q(n11: Any, n10: Any, n01: Any, n00: Any) -> Any:
         return np.where(denom > 0, (n11 * n00 - n10 * n01) / np.where(denom > 0, denom, 1), np.nan)
 
 
+def _subject_sums(cells: Sequence[np.ndarray], subjects: np.ndarray) -> np.ndarray:
+    """Each table's first four cells (both right, only A, only B, both wrong) summed over each subject's samples:
+    shape (tables, subjects, 4), subjects in order of first appearance. Q is the same for a table's sums as for its
+    shares, so a bootstrap resamples these rows.
+    """
+    codes, unique = pd.factorize(subjects)
+    sums = np.zeros((len(cells), len(unique), 4))
+    for i, per_sample in enumerate(cells):
+        np.add.at(sums[i], codes, per_sample[:4].T)
+    return sums
+
+
 def _q_interval(per_sample: np.ndarray, subjects: np.ndarray, resamples: int, level: float,
                 seed: int) -> list[float] | None:
     """Subject-bootstrap percentile interval of Q from each sample's expected cells (``per_sample``: (4+, samples));
     None for a single subject, or where a resample leaves Q undefined (e.g. one run right on every sample drawn).
     """
-    codes, unique = pd.factorize(subjects)
-    if len(unique) < 2:  # one held-out subject: nothing to resample
+    sums = _subject_sums([per_sample], subjects)[0]
+    if len(sums) < 2:  # one held-out subject: nothing to resample
         return None
-    sums = np.zeros((len(unique), 4))
-    np.add.at(sums, codes, per_sample[:4].T)  # per subject: its samples' cells (Q is the same for sums and shares)
 
     def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
         return _yules_q(*np.moveaxis(sums[idx].sum(axis=-2), -1, 0))[None]
 
-    result = subject_bootstrap(statistic, len(unique), resamples, level, seed, "percentile")
+    result = subject_bootstrap(statistic, len(sums), resamples, level, seed, "percentile")
     if not np.isfinite(result.bootstrap_distribution).all():
         return None
     return interval_of(result, 0, level)
@@ -210,13 +220,11 @@ def q_difference(a: pd.DataFrame, b: pd.DataFrame, reference: pd.DataFrame, *,
     check_options(resamples, level, "skip")
     name_a, name_b, name_c = names
     first, second = _per_sample(a, reference, (name_a, name_c)), _per_sample(b, reference, (name_b, name_c))
-    codes, unique = pd.factorize(first["subjects"])
-    if len(unique) < 2:
-        raise ConfigError(f"{name_a}, {name_b} and {name_c} cover {len(unique)} subject; a paired bootstrap needs at "
+    sums = _subject_sums([first["cells"], second["cells"]], first["subjects"])  # the same sample order in both
+    n_subjects = sums.shape[1]
+    if n_subjects < 2:
+        raise ConfigError(f"{name_a}, {name_b} and {name_c} cover {n_subjects} subject; a paired bootstrap needs at "
                           "least 2.")
-    sums = np.zeros((2, len(unique), 4))
-    for i, got in enumerate((first, second)):
-        np.add.at(sums[i], codes, got["cells"][:4].T)  # Q is the same for a table's counts and its shares
     q = _yules_q(*np.moveaxis(sums.sum(axis=1), -1, 0))
     undefined = ConfigError(f"Q of {name_a} or {name_b} with {name_c} is undefined on these samples or on some "
                             "resamples of their subjects (too few errors); expected runs that err on many subjects.")
@@ -227,13 +235,13 @@ def q_difference(a: pd.DataFrame, b: pd.DataFrame, reference: pd.DataFrame, *,
         qs = _yules_q(*np.moveaxis(sums[:, idx].sum(axis=-2), -1, 0))  # (2, ...)
         return (qs[0] - qs[1])[None]
 
-    result = subject_bootstrap(statistic, len(unique), resamples, level, seed, "percentile")
+    result = subject_bootstrap(statistic, n_subjects, resamples, level, seed, "percentile")
     drawn = result.bootstrap_distribution[0]
     if not np.isfinite(drawn).all():
         raise undefined
     return {"names": list(names), "q": [round(float(v), 6) for v in q], "difference": round(float(q[0] - q[1]), 6),
             "ci": interval_of(result, 0, level), "p_not_higher": round(float(np.mean(drawn <= 0)), 6), "level": level,
-            "resamples": resamples, "subjects": len(unique)}
+            "resamples": resamples, "subjects": n_subjects}
 
 
 def _q(r: dict[str, Any]) -> str:
