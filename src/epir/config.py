@@ -232,11 +232,10 @@ def check_ranges(cfg: RunConfig) -> None:
         ConfigError: naming the key, the value and what is expected.
     """
     t, e = cfg.train, cfg.eval
-    for key in ("train.optimizer", "train.schedule", "train.class_weight", "train.average", "train.input_norm"):
+    for key in ("train.optimizer", "train.schedule", "train.class_weight", "train.average", "train.input_norm",
+                "train.order"):
         value = getattr(t, key.removeprefix("train."))
         check_setting(value in KEY_CHOICES[key], key, value, " | ".join(KEY_CHOICES[key]))
-    check_setting(t.order in ORDERS, "train.order", t.order,
-                  f"{' | '.join(ORDERS)} (by-class: the rows sorted by label, as the official STSTNet code reads them)")
     check_setting(t.order == "rows" or not t.shuffle, "train.order", t.order,
                   "rows while train.shuffle is true (a fixed order needs train.shuffle=false)")
     check_setting(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
