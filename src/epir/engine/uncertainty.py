@@ -180,8 +180,7 @@ def bootstrap_ci(predictions: pd.DataFrame, num_classes: int, *, absent: str = "
     res = subject_bootstrap(lambda idx, axis=-1: _resampled(counts, idx, absent), len(subjects), resamples, level,
                             seed, method)
     return {"uf1": interval_of(res, 0, level), "uar": interval_of(res, 1, level), "level": level,
-            "resamples": resamples,
-            "method": method, "unit": UNIT, "subjects": len(subjects), "seed": seed}
+            "resamples": resamples, "method": method, "unit": UNIT, "subjects": len(subjects), "seed": seed}
 
 
 def samples(predictions: pd.DataFrame) -> pd.Series:
