@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from epir import make_config, run_loso
+from epir.config import RunConfig
 from epir.engine.evaluate import compare_runs
 from epir.engine.records import LosoResults, Scores
 from epir.engine.results import format_summary
@@ -115,8 +116,20 @@ def main() -> None:
                       oracle_epoch=a.oracle_epoch, recipe=a.recipe,
                       overrides=[f"eval.jobs={a.jobs}", f"data.subset={a.subset}", *a.overrides])
     sde = f"-sde-{'+'.join(a.subset)}" if a.subset else ""
-    recipe = f"-{a.recipe}" if a.recipe else ""  # another recipe is another run (a shared folder would refuse it)
-    out = a.out or f"runs/bench-{a.model}{recipe}{sde}-s{'-'.join(map(str, a.seeds))}"
+
+    def bench_dir(model: str, recipe: str | None) -> str:
+        """runs/bench-<model>[-<recipe>][-sde-...]-s<seeds>: another recipe is another run (a shared folder would
+        refuse it)."""
+        return f"runs/bench-{model}{'-' + recipe if recipe else ''}{sde}-s{'-'.join(map(str, a.seeds))}"
+
+    out = a.out or bench_dir(a.model, a.recipe)
+    ref_cfg: RunConfig | None = None
+    ref_dir: str | None = None
+    if a.beside and not a.beside_run:  # a bad MODEL@RECIPE stops here, not after this model's LOSO
+        ref_model, _, ref_recipe = a.beside.partition("@")
+        ref_cfg = make_config(ref_model, "megc2019", root=a.root, seeds=a.seeds, folds=a.folds,
+                              recipe=ref_recipe or None, overrides=[f"eval.jobs={a.jobs}", f"data.subset={a.subset}"])
+        ref_dir = bench_dir(ref_model, ref_recipe or None)
     t0 = time.perf_counter()
     r = run_loso(cfg, out_dir=out)
     wall = time.perf_counter() - t0
@@ -146,16 +159,10 @@ def main() -> None:
     if a.subset and a.model == "epir" and not (a.beside or a.beside_run):
         print("(SDE run: no table beside the composite STSTNet reference, which is CDE; use --beside ststnet)")
     elif a.beside or a.beside_run or a.model == "epir":
-        ref, ref_dir = None, None
+        ref = None
         if a.beside_run:
             ref, ref_dir = LosoResults.load(a.beside_run), a.beside_run
-        elif a.beside:
-            ref_model, _, ref_recipe = a.beside.partition("@")
-            ref_cfg = make_config(ref_model, "megc2019", root=a.root, seeds=a.seeds, folds=a.folds,
-                                  recipe=ref_recipe or None,
-                                  overrides=[f"eval.jobs={a.jobs}", f"data.subset={a.subset}"])
-            ref_recipe = f"-{ref_recipe}" if ref_recipe else ""
-            ref_dir = f"runs/bench-{ref_model}{ref_recipe}{sde}-s{'-'.join(map(str, a.seeds))}"
+        elif ref_cfg is not None and ref_dir is not None:
             ref = LosoResults.from_json(run_loso(ref_cfg, out_dir=ref_dir))
         print()
         print(beside_table(a.model, LosoResults.from_json(r), ref, a.beside or "ststnet"))
