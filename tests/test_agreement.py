@@ -124,9 +124,9 @@ def test_bad_tables_are_one_line() -> None:
         agreement(a, run(TRUE[:6], TRUE[:6]), class_names=CLASSES)
     with pytest.raises(ConfigError, match="other true labels"):
         agreement(a, run([1, *TRUE[1:]], TRUE), class_names=CLASSES)
-    with pytest.raises(ConfigError, match="predicts sample casme2/s0/c0 twice under seed 0"):
+    with pytest.raises(ConfigError, match="A holds sample casme2/s0/c0 twice under seed 0"):
         agreement(pd.concat([a, a.iloc[:1]]), class_names=CLASSES)
-    with pytest.raises(ConfigError, match="seed 1 does not predict every sample"):
+    with pytest.raises(ConfigError, match="A: seed 1 has 7 samples and seed 0 8, not the same ones"):
         agreement(a.drop(index=a.index[-1]), class_names=CLASSES)
     with pytest.raises(ConfigError, match=r"lacks column\(s\) \['predicted'\]"):
         agreement(a.drop(columns="predicted"), class_names=CLASSES)

@@ -182,6 +182,23 @@ def test_paired_difference_needs_the_same_samples_and_labels() -> None:
         paired_difference(one, one, 3)
 
 
+def test_every_seed_of_a_table_holds_the_same_samples_and_labels() -> None:
+    """Not only the first seed's: a table whose later seed is over other samples or labels is a one-line error in
+    the interval and the paired difference alike, naming the seed and the sample."""
+    b = predictions(seeds=(0, 1))
+    assert bootstrap_ci(b, 3, resamples=100) is not None
+    relabelled = b.copy()
+    row = relabelled.index[(relabelled["seed"] == 1) & (relabelled["clip"] == "clip3")][0]
+    relabelled.loc[row, "true"] = (relabelled.loc[row, "true"] + 1) % 3
+    for call in (lambda: bootstrap_ci(relabelled, 3), lambda: paired_difference(relabelled, b, 3, names=("A", "B"))):
+        with pytest.raises(ConfigError, match=r"seed 1 gives sample samm/s00/clip3 the true label \d and seed 0 \d"):
+            call()
+    with pytest.raises(ConfigError, match="B: seed 1 has .* samples and seed 0 .*, not the same ones"):
+        paired_difference(b, b.drop(index=row), 3, names=("A", "B"))
+    with pytest.raises(ConfigError, match="holds sample samm/s00/clip0 twice under seed 0"):
+        bootstrap_ci(pd.concat([b, b.iloc[:1]]), 3)
+
+
 def test_results_carry_the_intervals_and_the_summary_prints_them(tmp_path: Path) -> None:
     df = with_probs(predictions(seeds=(0, 1)))
     res = summarize(df, CLASSES, HONEST)

@@ -40,12 +40,11 @@ from epir.engine.uncertainty import (
     LEVEL,
     RESAMPLES,
     check_options,
-    check_predictions,
     interval_of,
     same_samples,
+    sample_index,
     samples,
     subject_bootstrap,
-    subject_of,
 )
 from epir.errors import ConfigError
 
@@ -55,24 +54,13 @@ CELLS = ("both_right", "only_a", "only_b", "both_wrong")
 
 def _predicted_by_seed(predictions: pd.DataFrame, name: str) -> pd.DataFrame:
     """The predicted class of each sample (rows, in :func:`~epir.engine.uncertainty.samples`' order) under each seed
-    (columns).
+    (columns), after :func:`~epir.engine.uncertainty.samples`' checks (each seed over the same samples, once each).
     """
-    check_predictions(predictions, name)
-    subject = subject_of(predictions)
-    clip = (predictions["clip"].astype(str) if "clip" in predictions.columns
-            else predictions.groupby([predictions["seed"], subject]).cumcount().astype(str))
-    keys = pd.DataFrame({"seed": predictions["seed"].to_numpy(), "subject": subject.to_numpy(),
-                         "clip": clip.to_numpy(), "predicted": predictions["predicted"].to_numpy()})
-    twice = keys.duplicated(["seed", "subject", "clip"])
-    if twice.any():
-        row = keys[twice].iloc[0]
-        raise ConfigError(f"{name} predicts sample {row['subject']}/{row['clip']} twice under seed {row['seed']}; "
-                          "expected one row per seed and sample (a run's predictions.csv).")
-    wide = keys.pivot(index=["subject", "clip"], columns="seed", values="predicted")
-    if wide.isna().any().any():
-        seed = wide.columns[wide.isna().any()][0]
-        raise ConfigError(f"{name}: seed {seed} does not predict every sample the other seeds do; expected every seed "
-                          "over the same samples (a finished run).")
+    samples(predictions, name)
+    keys = sample_index(predictions)
+    index = pd.MultiIndex.from_arrays([predictions["seed"].to_numpy(), *(keys.get_level_values(i) for i in (0, 1))],
+                                      names=["seed", "subject", "clip"])
+    wide = pd.Series(predictions["predicted"].to_numpy(), index=index).unstack("seed")
     return wide.sort_index().astype(int)
 
 

@@ -172,7 +172,7 @@ def bootstrap_ci(predictions: pd.DataFrame, num_classes: int, *, absent: str = "
         ``{"uf1": [low, high], "uar": [low, high], "level", "resamples", "method", "unit", "subjects", "seed"}``, or
         None when there are fewer than 2 subjects (nothing to resample).
     """
-    check_predictions(predictions, "predictions")
+    samples(predictions)  # one row per seed and sample, every seed over the same ones
     check_options(resamples, level, absent, method)
     counts, subjects = subject_counts(predictions, num_classes)
     if len(subjects) < 2:
@@ -183,17 +183,52 @@ def bootstrap_ci(predictions: pd.DataFrame, num_classes: int, *, absent: str = "
             "resamples": resamples, "method": method, "unit": UNIT, "subjects": len(subjects), "seed": seed}
 
 
-def samples(predictions: pd.DataFrame) -> pd.Series:
-    """The true label of each sample, indexed by (subject, clip) (by (subject, row within subject) without clips)."""
-    first = predictions[predictions["seed"] == predictions["seed"].min()]
-    subject = subject_of(first)
-    clip = first["clip"].astype(str) if "clip" in first.columns else first.groupby(subject).cumcount().astype(str)
-    return pd.Series(first["true"].to_numpy(), index=pd.MultiIndex.from_arrays([subject, clip])).sort_index()
+def sample_index(predictions: pd.DataFrame) -> pd.MultiIndex:
+    """Each row's sample as (subject, clip): the subject namespaced as :func:`subject_of`'s, the clip the table's
+    ``clip`` or, without one, the row's place among its seed's rows of that subject.
+    """
+    subject = subject_of(predictions)
+    clip = (predictions["clip"].astype(str) if "clip" in predictions.columns
+            else predictions.groupby([predictions["seed"], subject]).cumcount().astype(str))
+    return pd.MultiIndex.from_arrays([subject.to_numpy(), clip.to_numpy()], names=["subject", "clip"])
+
+
+def samples(predictions: pd.DataFrame, name: str = "predictions") -> pd.Series:
+    """The true label of each sample, indexed by (subject, clip) (:func:`sample_index`) and sorted, after checking
+    that each seed holds each sample once and every seed the same samples with the same labels.
+
+    Raises:
+        ConfigError: a sample twice under one seed, or a seed over other samples or labels than the first seed's,
+            naming the seed and the sample.
+    """
+    check_predictions(predictions, name)
+    true = pd.Series(predictions["true"].to_numpy(), index=sample_index(predictions))
+    seeds = predictions["seed"].to_numpy()
+    twice = pd.MultiIndex.from_arrays([seeds, *(true.index.get_level_values(i) for i in (0, 1))]).duplicated()
+    if twice.any():
+        i = int(np.flatnonzero(twice)[0])
+        raise ConfigError(f"{name} holds sample {'/'.join(true.index[i])} twice under seed {seeds[i]}; expected one "
+                          "row per seed and sample (a run's predictions.csv).")
+    first_seed = seeds.min()
+    first = true[seeds == first_seed].sort_index()
+    for seed in sorted(set(seeds.tolist()) - {first_seed}):
+        other = true[seeds == seed].sort_index()
+        if not other.index.equals(first.index):
+            only = sorted(set(other.index) ^ set(first.index))[0]
+            raise ConfigError(f"{name}: seed {seed} has {len(other)} samples and seed {first_seed} {len(first)}, not "
+                              f"the same ones (e.g. {'/'.join(only)} is in one only); expected every seed over the "
+                              "same samples (a finished run's predictions.csv).")
+        differ = first.index[first.to_numpy() != other.to_numpy()]
+        if len(differ):
+            raise ConfigError(f"{name}: seed {seed} gives sample {'/'.join(differ[0])} the true label "
+                              f"{other[differ[0]]} and seed {first_seed} {first[differ[0]]}; expected the same labels "
+                              "in every seed (a run's predictions.csv, unedited).")
+    return first
 
 
 def same_samples(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> list[str]:
     """The subjects of two runs after checking they hold the same samples with the same labels (else ConfigError)."""
-    sa, sb = samples(a), samples(b)
+    sa, sb = samples(a, name_a), samples(b, name_b)
     if not sa.index.equals(sb.index):
         only = sorted(set(sa.index) ^ set(sb.index))
         raise ConfigError(f"{name_a} has {len(sa)} samples and {name_b} {len(sb)}, not the same ones (e.g. "
@@ -338,5 +373,6 @@ def format_difference(result: dict[str, Any]) -> str:
 
 __all__ = ["COLUMNS", "LEVEL", "METHOD", "METHODS", "RESAMPLES", "UNIT", "bootstrap_ci", "check_options",
            "check_predictions", "describe_ci", "format_difference", "format_interval", "format_subject_differences",
-           "holm", "interval_of", "paired_difference", "same_samples", "samples", "scores_of_counts",
+           "holm", "interval_of", "paired_difference", "same_samples", "sample_index", "samples",
+           "scores_of_counts",
            "subject_bootstrap", "subject_counts", "subject_differences", "subject_of"]
