@@ -464,3 +464,19 @@ def test_a_run_directory_from_before_the_record(fake_dataset, tmp_path, before, 
     assert record["before"] == expected and len(record["invocations"]) == 1
     damaged = [str(w.message) for w in caught if "invocations.json cannot be read" in str(w.message)]
     assert bool(damaged) == ("invocations.json" in before)
+
+
+def test_the_backend_gives_back_the_thread_count_it_found(fake_dataset) -> None:
+    """``eval.threads`` holds for the folds only: this process's torch thread count is as before once the folds'
+    iteration ends, and also when it is abandoned after the first fold (a caller that stops early)."""
+    from epir.engine.backends import execute
+
+    cfg = tiny_cfg(epochs=1, threads=2)
+    groups = [[(0, s)] for s in fake_dataset.subject_list()[:2]]
+    torch.set_num_threads(1)  # the fixture's count; the folds run on eval.threads=2
+    assert len(list(execute(fake_dataset, cfg, groups))) == 2 and torch.get_num_threads() == 1
+    records = execute(fake_dataset, cfg, groups)
+    next(records)
+    assert torch.get_num_threads() == 2
+    records.close()
+    assert torch.get_num_threads() == 1

@@ -18,6 +18,7 @@ from epir.engine import folds as fold_runner
 from epir.engine.folds import Choices, Fold
 from epir.engine.selection import GroupTeachers, adopt_group_teachers
 from epir.errors import ConfigError
+from epir.profiling import torch_threads
 
 
 def run_group(
@@ -148,8 +149,7 @@ def execute(
     This process's torch thread count is restored when the iteration ends (or is abandoned).
     """
     status = on_status or (lambda text: None)
-    threads_before = torch.get_num_threads()
-    try:
+    with torch_threads(None):  # as they are now, and so again when the iteration ends or is abandoned
         if cfg.eval.dask_scheduler and groups:
             status(f"dask {cfg.eval.dask_scheduler}")
             yield from run_on_dask(cfg.eval.dask_scheduler, dataset, cfg, groups, fold_weights, fold_batch > 1,
@@ -159,6 +159,4 @@ def execute(
             yield from run_processes(dataset, cfg, groups, fold_weights, fold_batch, jobs, choices, teachers)
         else:
             yield from run_sequential(dataset, cfg, groups, fold_weights, fold_batch, status, choices, teachers)
-    finally:
-        torch.set_num_threads(threads_before)
 
