@@ -163,7 +163,8 @@ def test_paired_difference() -> None:
         r = d[key]
         assert r["difference"] > 0 and 0 < r["ci"][0] < r["difference"] < r["ci"][1]
         assert r["p_not_better"] < 0.05
-        assert r["a"] == pytest.approx(megc_scores(a["true"], a["predicted"], 3)[key], abs=1e-6)
+        # at full precision, so that it prints as the run's own summary does (no rounding before the printing's)
+        assert r["a"] == pytest.approx(megc_scores(a["true"], a["predicted"], 3)[key], abs=1e-12)
     assert d["names"] == ["better", "base"] and d["subjects"] == 12
     # other seeds are fine (each run's mean over its own)
     assert paired_difference(pd.concat([a, a.assign(seed=5)]), b, 3)["uf1"]["difference"] == d["uf1"]["difference"]

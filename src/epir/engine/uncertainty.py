@@ -151,7 +151,7 @@ def interval_of(result: Any, i: int, level: float) -> list[float]:
     if not (np.isfinite(low) and np.isfinite(high)):
         tail = (1 - level) / 2 * 100
         low, high = (float(v) for v in np.percentile(result.bootstrap_distribution[i], [tail, 100 - tail]))
-    return [round(low, 6), round(high, 6)]
+    return [low, high]  # full precision: rounded where printed, once
 
 
 def bootstrap_ci(predictions: pd.DataFrame, num_classes: int, *, absent: str = "skip", resamples: int = RESAMPLES,
@@ -272,9 +272,9 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
     point_a, point_b = _resampled(ca, everyone, absent), _resampled(cb, everyone, absent)
     out: dict[str, Any] = {}
     for i, key in enumerate(("uf1", "uar")):
-        out[key] = {"a": round(float(point_a[i]), 6), "b": round(float(point_b[i]), 6),
-                    "difference": round(float(point_a[i] - point_b[i]), 6), "ci": interval_of(res, i, level),
-                    "p_not_better": round(float(np.mean(res.bootstrap_distribution[i] <= 0)), 4)}
+        out[key] = {"a": float(point_a[i]), "b": float(point_b[i]), "difference": float(point_a[i] - point_b[i]),
+                    "ci": interval_of(res, i, level),
+                    "p_not_better": float(np.mean(res.bootstrap_distribution[i] <= 0))}
     return {**out, "names": [name_a, name_b], "level": level, "resamples": resamples, "method": method, "unit": UNIT,
             "subjects": len(subjects), "seed": seed}
 
