@@ -10,7 +10,7 @@ import pytest
 from epir.cli import main
 from epir.config import RunConfig
 from epir.engine.agreement import CELLS
-from epir.engine.compare import arm_levers, parse_arm, split_overrides, with_levers
+from epir.engine.compare import arm_levers, parse_arm, recipes_header, split_overrides, with_levers
 from epir.engine.uncertainty import holm
 from epir.errors import ConfigError, UnknownNameError
 
@@ -99,10 +99,24 @@ def test_arms_of_one_model(fake_root, tmp_path, capsys):
     diffs = json.loads((out / "differences.json").read_text())
     assert [d["names"] for d in diffs] == [["epir@alone", "epir"], ["epir@alone+smooth", "epir"]]
     header = (out / "comparison.md").read_text().splitlines()[0]
-    # each arm's recipe, with the settings given on top of it (round 20: a shortened arm no longer reads "default")
-    assert "recipes: epir default with model.dim=12, " in header and ", epir@alone with " in header
-    assert "train.lr=0.002, " in header.split("epir@alone with ")[1] and "eval." not in header
-    assert "train.lr=0.002" not in header.split("epir@alone with ")[0]
+    # each arm's recipe, with the settings given on top of it (round 20: a shortened arm no longer reads "default"),
+    # those every arm shares said once (round 21)
+    arms, shared = header.split("recipes: ")[1].split("; every arm with ")
+    assert arms.startswith("epir default, epir@alone with train.lr=0.002, epir@alone+smooth with train.lr=0.002")
+    assert "model.dim=12" in shared and "train.epochs=1" in shared and "model.dim" not in arms
+    assert "eval." not in header
+
+
+def test_the_recipes_header_says_shared_settings_once():
+    per = {"epir": ["train.epochs=20", "eval.threads=1", "train.lr=1e-3"],
+           "epir@alone": ["train.epochs=20", "eval.threads=1", "train.lr=1e-3", "train.lr=2e-3"],
+           "ststnet": ["train.epochs=20", "train.lr=1e-3"]}
+    # the last value of a key counts; eval.* is how a run executes, not what it learns
+    assert recipes_header(list(per), {"ststnet": "official-order"}, per) == (
+        "recipes: epir default with train.lr=1e-3, epir@alone with train.lr=2e-3, ststnet official-order with "
+        "train.lr=1e-3; every arm with train.epochs=20")
+    assert recipes_header(["epir"], {}, {"epir": ["train.epochs=20"]}) == "recipes: epir default with train.epochs=20"
+    assert recipes_header(["epir", "ststnet"], {}, {}) == "recipes: epir default, ststnet default"
 
 
 def test_arm_names_are_checked():

@@ -77,14 +77,36 @@ def _heads(arm: str) -> tuple[str, str, str]:
     return arm, base, base.partition(ARM_SEP)[0]
 
 
-def _arm_label(arm: str, recipes: dict[str, str], overrides: Sequence[str]) -> str:
+def _arm_label(arm: str, recipes: dict[str, str], settings: Sequence[str]) -> str:
     """How ``comparison.md``'s header names an arm's recipe: ``ststnet default``, ``epir@alone``, with the settings
-    given on top of it (``ststnet default with train.epochs=20, train.lr=2e-3``; ``eval.*`` left out: they change how
-    a run executes, not what it learns).
+    given on top of it (``ststnet default with train.epochs=20, train.lr=2e-3``).
     """
     label = arm if ARM_SEP in arm or LEVER_SEP in arm else f"{arm} {recipes.get(arm, 'default')}"
-    settings = [o for o in overrides if not o.startswith("eval.")]
     return f"{label} with {', '.join(settings)}" if settings else label
+
+
+def recipes_header(models: Sequence[str], recipes: dict[str, str], per_model: dict[str, list[str]]) -> str:
+    """``comparison.md``'s list of the arms' recipes: each arm with the settings given on top of its recipe (the
+    last value of each key; ``eval.*`` left out: they change how a run executes, not what it learns), and the
+    settings every arm shares said once at the end (``recipes: epir default, epir@alone with train.lr=0.002; every
+    arm with train.epochs=20``).
+    """
+    def effective(overrides: Sequence[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for o in overrides:
+            key, _, value = o.partition("=")
+            if not key.startswith("eval."):
+                out.pop(key, None)  # keeps the order of the last setting
+                out[key] = value
+        return out
+
+    shown = {m: effective(per_model.get(m, [])) for m in models}
+    common = {k: v for k, v in shown[models[0]].items()
+              if len(models) > 1 and all(shown[m].get(k) == v for m in models)}
+    arms = ", ".join(_arm_label(m, recipes, [f"{k}={v}" for k, v in shown[m].items() if k not in common])
+                     for m in models)
+    return f"recipes: {arms}" + (f"; every arm with {', '.join(f'{k}={v}' for k, v in common.items())}"
+                                 if common else "")
 
 
 def split_overrides(models: Sequence[str], overrides: Sequence[str]) -> dict[str, list[str]]:
@@ -213,9 +235,7 @@ def run_compare(
     where = agreement_markdown(agreed)
     (out / "comparison.md").write_text(
         f"# Comparison on {data.name} ({label}, seeds {list(seeds)}, "
-        f"{rows[0]['n_folds']} folds; recipes: "
-        + ", ".join(_arm_label(m, recipes, per_model[m]) for m in models)
-        + ")\n\n"
+        f"{rows[0]['n_folds']} folds; {recipes_header(models, recipes, per_model)})\n\n"
         + to_markdown(table, "model") + ("\n" + differences_markdown(diffs) if diffs else "")
         + ("\n" + where if where else "")
     )
@@ -230,4 +250,5 @@ def run_compare(
     return table
 
 
-__all__ = ["ARM_SEP", "LEVER_SEP", "arm_levers", "parse_arm", "run_compare", "split_overrides", "with_levers"]
+__all__ = ["ARM_SEP", "LEVER_SEP", "arm_levers", "parse_arm", "recipes_header", "run_compare", "split_overrides",
+           "with_levers"]
