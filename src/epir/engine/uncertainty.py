@@ -373,6 +373,5 @@ def format_difference(result: dict[str, Any]) -> str:
 
 __all__ = ["COLUMNS", "LEVEL", "METHOD", "METHODS", "RESAMPLES", "UNIT", "bootstrap_ci", "check_options",
            "check_predictions", "describe_ci", "format_difference", "format_interval", "format_subject_differences",
-           "holm", "interval_of", "paired_difference", "same_samples", "sample_index", "samples",
-           "scores_of_counts",
+           "holm", "interval_of", "paired_difference", "same_samples", "sample_index", "samples", "scores_of_counts",
            "subject_bootstrap", "subject_counts", "subject_differences", "subject_of"]
