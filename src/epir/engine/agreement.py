@@ -52,11 +52,11 @@ from epir.errors import ConfigError
 CELLS = ("both_right", "only_a", "only_b", "both_wrong")
 
 
-def _predicted_by_seed(predictions: pd.DataFrame, name: str) -> pd.DataFrame:
+def _predicted_by_seed(predictions: pd.DataFrame) -> pd.DataFrame:
     """The predicted class of each sample (rows, in :func:`~epir.engine.uncertainty.samples`' order) under each seed
-    (columns), after :func:`~epir.engine.uncertainty.samples`' checks (each seed over the same samples, once each).
+    (columns), of a table that passed :func:`~epir.engine.uncertainty.samples`' checks (each seed over the same
+    samples, once each).
     """
-    samples(predictions, name)
     keys = sample_index(predictions)
     index = pd.MultiIndex.from_arrays([predictions["seed"].to_numpy(), *(keys.get_level_values(i) for i in (0, 1))],
                                       names=["seed", "subject", "clip"])
@@ -132,16 +132,16 @@ def _per_sample(a: pd.DataFrame, b: pd.DataFrame | None, names: tuple[str, str])
     the number of pairs and each run's seeds. ``b`` None: the ordered pairs of ``a``'s own seeds.
     """
     name_a, name_b = names
-    wide_a = _predicted_by_seed(a, name_a)
-    true_a = samples(a)
+    true_a = samples(a, name_a)
+    wide_a = _predicted_by_seed(a)
     if b is None:
         if wide_a.shape[1] < 2:
             raise ConfigError(f"{name_a} has one seed ({wide_a.columns[0]}); agreement between a run's seeds needs at "
                               "least 2 (run it with --seeds 0 1 2), or compare it with another run.")
         wide_b, pairs = wide_a, list(permutations(range(wide_a.shape[1]), 2))
     else:
-        same_samples(a, b, name_a, name_b)
-        wide_b = _predicted_by_seed(b, name_b).loc[wide_a.index]
+        same_samples(a, b, name_a, name_b)  # b's own checks too
+        wide_b = _predicted_by_seed(b).loc[wide_a.index]
         pairs = list(product(range(wide_a.shape[1]), range(wide_b.shape[1])))
     true = true_a.loc[wide_a.index].to_numpy().astype(int)
     pa, pb = wide_a.to_numpy(), wide_b.to_numpy()
