@@ -13,8 +13,8 @@ from epir.engine.agreement import describe
 from epir.engine.metrics import megc_scores
 from epir.engine.records import LosoResults, Scores, first_bad_probability_row
 from epir.engine.runstore import write_json_atomic
-from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, bootstrap_ci, describe_ci, format_interval
-from epir.errors import DatasetError, DatasetNotFoundError
+from epir.engine.uncertainty import LEVEL, METHOD, RESAMPLES, bootstrap_ci, describe_ci, format_interval, samples
+from epir.errors import ConfigError, DatasetError, DatasetNotFoundError
 
 HONEST = "honest"
 ORACLE = "oracle-epoch (optimistic)"
@@ -276,16 +276,10 @@ def read_predictions(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
     if "clip" in raw.columns:
         stop(out.duplicated(["seed", "subject", "clip"]).to_numpy(), "clip",
              "each sample once per seed (this row repeats an earlier one)")
-        samples = {s: d.set_index(["subject", "clip"])["true"] for s, d in out.groupby("seed", sort=True)}
-        first_seed, first = next(iter(samples.items()))
-        for seed, labels in samples.items():
-            if set(labels.index) != set(first.index):
-                raise DatasetError(f"{path}: seed {seed} has {len(labels)} samples and seed {first_seed} "
-                                   f"{len(first)}, or other ones; expected every seed to cover the same samples. "
-                                   f"{_REDO_PREDICTIONS}")
-            if not labels.sort_index().equals(first.sort_index()):
-                raise DatasetError(f"{path}: seed {seed} gives some samples other true labels than seed "
-                                   f"{first_seed}; expected the same labels in every seed. {_REDO_PREDICTIONS}")
+        try:  # every seed over the same samples with the same labels: the check every table gets
+            samples(out, str(path))
+        except ConfigError as e:
+            raise DatasetError(f"{e} {_REDO_PREDICTIONS}") from None
     return out.reset_index(drop=True), [c.removeprefix("prob_") for c in prob_cols]
 
 

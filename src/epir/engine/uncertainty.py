@@ -220,9 +220,9 @@ def samples(predictions: pd.DataFrame, name: str = "predictions") -> pd.Series:
                               "same samples (a finished run's predictions.csv).")
         differ = first.index[first.to_numpy() != other.to_numpy()]
         if len(differ):
-            raise ConfigError(f"{name}: seed {seed} gives sample {'/'.join(differ[0])} the true label "
-                              f"{other[differ[0]]} and seed {first_seed} {first[differ[0]]}; expected the same labels "
-                              "in every seed (a run's predictions.csv, unedited).")
+            raise ConfigError(f"{name}: seed {seed} gives some samples other true labels than seed {first_seed} "
+                              f"(e.g. {'/'.join(differ[0])}: {other[differ[0]]} against {first[differ[0]]}); expected "
+                              "the same labels in every seed (a run's predictions.csv, unedited).")
     return first
 
 
