@@ -258,10 +258,8 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
         ConfigError: a table without the columns, the runs on other samples or labels, or bad options.
     """
     name_a, name_b = names
-    check_predictions(a, name_a)
-    check_predictions(b, name_b)
     check_options(resamples, level, absent, method)
-    subjects = same_samples(a, b, name_a, name_b)
+    subjects = same_samples(a, b, name_a, name_b)  # each table's columns and seeds checked there
     if len(subjects) < 2:
         raise ConfigError(f"{name_a} and {name_b} cover {len(subjects)} subject; a paired bootstrap needs at least 2.")
     ca, _ = subject_counts(a, num_classes, subjects)
@@ -293,9 +291,7 @@ def subject_differences(a: pd.DataFrame, b: pd.DataFrame, *, names: tuple[str, s
         ConfigError: a table without the columns, or the runs on other samples or labels.
     """
     name_a, name_b = names
-    check_predictions(a, name_a)
-    check_predictions(b, name_b)
-    same_samples(a, b, name_a, name_b)
+    same_samples(a, b, name_a, name_b)  # each table's columns and seeds checked there
 
     def accuracy(df: pd.DataFrame) -> pd.DataFrame:
         right = (df["true"] == df["predicted"]).groupby([df["seed"], subject_of(df)]).agg(["mean", "size"])
