@@ -177,7 +177,8 @@ def test_train_refuses_to_overwrite(trained: Checkpoint, tiny_data) -> None:
 
 def test_train_follows_the_recipe_selection_and_teacher_on_every_row(tiny_data, tmp_path: Path, monkeypatch) -> None:
     """epir train runs the recipe as LOSO does, every row being a training row: train.select chooses on groups of
-    all subjects, train.distill's teacher learns from all rows; ensembles and snapshots are refused."""
+    all subjects, train.distill's teacher learns from all rows; ensembles, snapshots and a share of the subjects are
+    refused."""
     from epir.inference import training
 
     seen: list[int] = []
@@ -201,6 +202,9 @@ def test_train_follows_the_recipe_selection_and_teacher_on_every_row(tiny_data, 
         bad = epir.make_config("epir", "synthetic", recipe="alone", overrides=["train.epochs=4", *TINY_EPIR, key])
         with pytest.raises(ConfigError, match=f"{key}: a checkpoint holds one model's weights"):
             train_checkpoint(bad, tmp_path / key, dataset=tiny_data, progress=False)
+    bad = epir.make_config("epir", "synthetic", recipe="alone", overrides=["train.subject_fraction=0.5"])
+    with pytest.raises(ConfigError, match="train.subject_fraction=0.5: a checkpoint trains on every subject"):
+        train_checkpoint(bad, tmp_path / "share", dataset=tiny_data, progress=False)
 
 
 def test_cli_train_then_load(tmp_path: Path, capsys) -> None:

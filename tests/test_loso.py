@@ -350,6 +350,85 @@ def test_fold_seed_depends_only_on_seed_and_subject() -> None:
     assert 0 <= loso.fold_seed(10**9, "x") < 2**31 - 1
 
 
+# ------------------------------------------------------------- a share of the training subjects (learning curves)
+
+
+def test_a_share_of_the_training_subjects_is_drawn_nested_and_seeded(fake_dataset) -> None:
+    ds = fake_dataset
+    for subject in ds.subject_list():
+        others = sorted(set(ds.subjects) - {subject})
+        assert folds.training_subjects(ds, subject) == others  # 1: every other subject
+        draws = {f: folds.training_subjects(ds, subject, f, seed=3) for f in (0.01, 0.4, 0.6, 0.99, 1.0)}
+        assert [len(d) for d in draws.values()] == [1, 2, 3, 5, 5]  # max(1, round(f * 5))
+        assert all(subject not in d and set(d) <= set(others) for d in draws.values())
+        assert set(draws[0.01]) <= set(draws[0.4]) <= set(draws[0.6]) <= set(draws[0.99])  # nested
+        assert draws[0.6] == folds.training_subjects(ds, subject, 0.6, seed=3)  # seeded
+    assert any(folds.training_subjects(ds, s, 0.4, seed=0) != folds.training_subjects(ds, s, 0.4, seed=1)
+               for s in ds.subject_list())
+
+
+@pytest.mark.parametrize("fold_batch", [1, 4])
+def test_a_fold_trains_on_its_drawn_subjects_rows_alone(fake_dataset, tmp_path, monkeypatch, fold_batch) -> None:
+    """train.subject_fraction: spy on every training, one at a time and batched: a fold's model learns from the
+    rows of its drawn subjects exactly, never the held-out subject's; the fold file names them, results.json says
+    the share, and the summary says it is a learning-curve point."""
+    from fakes import spy_on_selection_training
+
+    ds = fake_dataset
+    trained = spy_on_selection_training(monkeypatch)  # the batched path trains through epir.engine.selection
+    real_fit = folds.fit
+    monkeypatch.setattr(folds, "fit", lambda model, x, y, cfg, **kw: (trained.append(x.clone()),
+                                                                        real_fit(model, x, y, cfg, **kw))[1])
+    out = tmp_path / "run"
+    r = run_loso(tiny_cfg(train={"subject_fraction": 0.5}, fold_batch=fold_batch), ds, out, progress=False)
+    subjects = np.asarray(ds.subjects)
+    records = {json.loads(p.read_text())["subject"]: json.loads(p.read_text()) for p in out.glob("folds/seed0/*")}
+    assert sorted(records) == sorted(ds.subject_list()) and len(trained) == 6
+    for x in trained:  # each training set is one fold's drawn subjects' rows, in the dataset's order
+        rec = next(rec for s, rec in records.items()
+                   if torch.equal(x, ds.x[torch.from_numpy(np.flatnonzero(np.isin(subjects, rec["train_subjects"])))]))
+        assert rec["train_subjects"] == folds.training_subjects(ds, rec["subject"], 0.5, seed=0)
+        assert len(rec["train_subjects"]) == 3 and rec["subject"] not in rec["train_subjects"]
+        assert rec["n_train"] == len(x)
+        held_out = ds.x[torch.from_numpy(np.flatnonzero(subjects == rec["subject"]))].flatten(1)
+        assert not (x.flatten(1)[:, None, :] == held_out[None, :, :]).all(-1).any()
+    assert r["subject_fraction"] == {"fraction": 0.5, "train_subjects_mean": 3.0, "of": 5}
+    assert "a share of 0.5 of each fold's, 3.0 of 5 on average" in format_summary(r)
+    assert "subject_fraction" not in run_loso(tiny_cfg(folds=("casme2/sub01",)), ds, progress=False)
+
+
+def test_inner_selection_and_the_teacher_see_only_the_drawn_subjects(fake_dataset, monkeypatch) -> None:
+    from fakes import spy_on_selection_training
+
+    ds = fake_dataset
+    trained = spy_on_selection_training(monkeypatch)
+    subject = ds.subject_list()[2]
+    cfg = tiny_cfg(train={"subject_fraction": 0.4, "select": ("", "train.epochs=1"), "select_k": 2,
+                          "distill": "ststnet", "distill_weight": 0.0, "distill_mix": 0.5,
+                          "distill_overrides": ("train.epochs=1",)}, folds=(subject,))
+    run_loso(cfg, ds, progress=False)
+    drawn = folds.training_subjects(ds, subject, 0.4, seed=0)
+    allowed = ds.x[torch.from_numpy(np.flatnonzero(np.isin(np.asarray(ds.subjects), drawn)))].flatten(1)
+    assert trained
+    for x in trained:
+        assert (x.flatten(1)[:, None, :] == allowed[None, :, :]).all(-1).any(1).all(), "a row of another subject"
+
+
+@pytest.mark.parametrize("train, message", [
+    ({"subject_fraction": 0.0}, r"train.subject_fraction=0.0: expected a share in \(0, 1\]"),
+    ({"subject_fraction": 1.5}, r"train.subject_fraction=1.5: expected a share in \(0, 1\]"),
+    ({"subject_fraction": 0.5, "select": ("",), "select_shared": 3},
+     "1 while train.select_shared > 0 .* set train.select_shared=0"),
+    ({"select": ("train.subject_fraction=0.5",)}, "'train.subject_fraction' cannot vary inside the fold"),
+    ({"distill": "ststnet", "distill_overrides": ("train.subject_fraction=0.5",)},
+     "train.distill_overrides may not set train.subject_fraction"),
+])
+def test_bad_subject_fractions_are_one_line_errors(fake_dataset, train: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as e:
+        run_loso(tiny_cfg(train=train), fake_dataset, progress=False)
+    assert "\n" not in str(e.value)
+
+
 def test_fold_file_layout(tmp_path: Path) -> None:
     assert loso.fold_file(tmp_path, 3, "casme2/sub01") == tmp_path / "folds" / "seed3" / "casme2__sub01.json"
 

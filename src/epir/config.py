@@ -91,6 +91,9 @@ class TrainConfig:
     select_margin: float = 0.0  # > 0: a candidate other than the run's own configuration (the candidate equal to it,
     # e.g. train.distill_mix=0.5 when distill_mix is 0.5) is chosen only if its inner score beats that one's by more
     # than this (the score's units: mean of UF1 and UAR, or nats with select_metric=nll); 0: the best inner score wins
+    subject_fraction: float = 1.0  # LOSO only: each fold trains on this share of its training subjects (at least
+    # one), drawn per seed and held-out subject and nested (a smaller share's subjects are among a larger one's); for
+    # learning curves. 1 = every training subject. Needs groups drawn inside the fold (select_shared=0)
     init: str = ""  # initial weights (a .safetensors file of `epir pretrain`) loaded before training; "" = random
     tta: str = "none"  # none | flip: test-time augmentation, probabilities averaged over the map and its mirror
 
@@ -289,6 +292,12 @@ def check_ranges(cfg: RunConfig) -> None:
                   "train.distill_shared", t.distill_shared,
                   "false, or true with a teacher (train.distill), shared groups (train.select_shared >= 3) and "
                   "train.distill_weight=0 (a group's teacher only predicts; soft targets need the fold's own)")
+    check_setting(_finite(t.subject_fraction) and 0 < t.subject_fraction <= 1, "train.subject_fraction",
+                  t.subject_fraction, "a share in (0, 1] of each fold's training subjects (1: all of them)")
+    check_setting(t.subject_fraction == 1 or t.select_shared == 0, "train.subject_fraction", t.subject_fraction,
+                  "1 while train.select_shared > 0 (groups shared by all folds train on subjects a fold has left out): "
+                  "set train.select_shared=0 and train.distill_shared=false, or give a recipe without them "
+                  "(e.g. --recipe alone)")
     check_setting(t.select_shared == 0 or t.select_shared >= 3, "train.select_shared", t.select_shared,
                   "0 (inner groups drawn per fold) or an integer >= 3 (groups of the run's subjects shared by all "
                   "folds)")

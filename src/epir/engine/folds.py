@@ -86,18 +86,44 @@ def fold_teachers(
                                          for seed, subject, idx in folds], batched=batched)
 
 
-def fold_split(dataset: FlowDataset, subject: str) -> tuple[np.ndarray, np.ndarray]:
-    """(train_idx, test_idx) of the fold holding out ``subject``: every other subject's rows, and its own."""
+def training_subjects(dataset: FlowDataset, subject: str, fraction: float = 1.0, seed: int = 0) -> list[str]:
+    """The subjects the fold holding out ``subject`` trains on, sorted: every other subject, or with ``fraction``
+    < 1 (``train.subject_fraction``, for learning curves) ``max(1, round(fraction * n))`` of the ``n`` others, drawn
+    by a permutation seeded by the run seed and the held-out subject alone. The draws are nested: the same seed and
+    subject keep the first subjects of one permutation, so a smaller share's subjects are among a larger one's.
+    """
+    others = sorted(set(dataset.subjects) - {subject})
+    if fraction >= 1:
+        return others
+    n = max(1, int(np.floor(fraction * len(others) + 0.5)))
+    order = np.random.default_rng([fold_seed(seed, subject), _SUBJECT_DRAW]).permutation(len(others))
+    return sorted(others[i] for i in order[:n])
+
+
+#: The stream of :func:`training_subjects`' draw, apart from the fold's model seed (:func:`fold_seed`).
+_SUBJECT_DRAW = 1
+
+
+def fold_split(dataset: FlowDataset, subject: str, fraction: float = 1.0, seed: int = 0
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(train_idx, test_idx) of the fold holding out ``subject``: every other subject's rows (with ``fraction`` < 1,
+    those of :func:`training_subjects`' share of them), and its own.
+    """
     subjects = np.asarray(dataset.subjects)
-    return np.flatnonzero(subjects != subject), np.flatnonzero(subjects == subject)
+    test_idx = np.flatnonzero(subjects == subject)
+    if fraction >= 1:
+        return np.flatnonzero(subjects != subject), test_idx
+    return np.flatnonzero(np.isin(subjects, training_subjects(dataset, subject, fraction, seed))), test_idx
 
 
 def fold_record(
     seed: int, subject: str, test_idx: np.ndarray, true: torch.Tensor, probs: torch.Tensor, epoch: int | None,
-    seconds: float, n_train: int,
+    seconds: float, n_train: int, train_subjects: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The fold file's record: the held-out rows, their labels, predictions and probabilities."""
-    return {
+    """The fold file's record: the held-out rows, their labels, predictions and probabilities; with
+    ``train_subjects`` (a share of them, ``train.subject_fraction`` < 1), the subjects it trained on as well.
+    """
+    rec: dict[str, Any] = {
         "seed": seed,
         "subject": subject,
         "indices": test_idx.tolist(),
@@ -108,6 +134,17 @@ def fold_record(
         "seconds": seconds,
         "n_train": int(n_train),
     }
+    if train_subjects:
+        rec["train_subjects"] = list(train_subjects)
+    return rec
+
+
+def drawn_subjects(dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str) -> list[str]:
+    """The fold's training subjects where ``train.subject_fraction`` < 1 drew a share of them
+    (:func:`training_subjects`), for its record; ``[]`` where it trains on every other subject.
+    """
+    fraction = cfg.train.subject_fraction
+    return training_subjects(dataset, subject, fraction, seed) if fraction < 1 else []
 
 
 def add_teacher(rec: dict[str, Any], cfg: RunConfig, own: torch.Tensor, teacher_probs: torch.Tensor) -> None:
@@ -156,7 +193,7 @@ def run_fold(
     """Train on every subject but ``subject`` and predict ``subject``'s samples (``choices``: see
     :func:`choose_recipe`).
     """
-    train_idx, test_idx = fold_split(dataset, subject)
+    train_idx, test_idx = fold_split(dataset, subject, cfg.train.subject_fraction, seed)
     test = dataset.subset(test_idx)
     device = cfg.eval.device
     torch.manual_seed(fold_seed(seed, subject))
@@ -243,7 +280,8 @@ def run_fold(
         if teachers is not None:  # the teacher's own predictions are kept; train.distill_mix blends them in
             teacher_p = teacher_proba(cfg, teachers[0], test.x)
             probs = mix_teacher(cfg, probs, teacher_p)
-    rec = fold_record(seed, subject, test_idx, test.y, probs, chosen_epoch, time.perf_counter() - t0, len(train_idx))
+    rec = fold_record(seed, subject, test_idx, test.y, probs, chosen_epoch, time.perf_counter() - t0, len(train_idx),
+                      drawn_subjects(dataset, cfg, seed, subject))
     if teacher_p is not None:
         add_teacher(rec, cfg, own, teacher_p)
     if selection:
@@ -279,7 +317,7 @@ def run_fold_group(
 
     device = cfg.eval.device
     t0 = time.perf_counter()
-    splits = [fold_split(dataset, subject) for _, subject in folds]
+    splits = [fold_split(dataset, subject, cfg.train.subject_fraction, seed) for seed, subject in folds]
     k_members = cfg.train.ensemble
     # Selection inside each fold (training subjects only), then one training per chosen candidate.
     chosen: list[tuple[int, RunConfig]] = []
@@ -346,7 +384,8 @@ def run_fold_group(
         own = torch.stack(member_probs[f]).mean(dim=0)  # the ensemble: mean of the members' probabilities
         tp = teacher_p[f]
         probs = own if tp is None else mix_teacher(chosen[f][1], own, tp)
-        rec = fold_record(seed, subject, test_idx, tests[f][1], probs, member_epochs[f][0], seconds, len(train_idx))
+        rec = fold_record(seed, subject, test_idx, tests[f][1], probs, member_epochs[f][0], seconds, len(train_idx),
+                          drawn_subjects(dataset, cfg, seed, subject))
         if tp is not None:
             add_teacher(rec, chosen[f][1], own, tp)
         if selections[f]:

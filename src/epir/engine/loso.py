@@ -80,10 +80,6 @@ def evaluation_of(cfg: RunConfig) -> str:
     return f"SDE({'+'.join(cfg.data.subset)})" if cfg.data.subset else "CDE"
 
 
-
-
-
-
 def command_line() -> str:
     """The command that is running, as a shell line (``epir loso ...`` from the CLI)."""
     argv = list(sys.argv)
@@ -266,6 +262,11 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
                                                      "model alone")
             # where the two parts err, on the same samples (epir evaluate RUN --agreement --parts)
             facts["parts_agreement"] = _parts_agreement(dataset, records, [p or [] for p in own])
+    if cfg.train.subject_fraction < 1:  # a learning-curve point: each fold trained on a drawn share of its subjects
+        drawn = [len(r.get("train_subjects") or ()) for r in records]
+        facts["subject_fraction"] = {"fraction": cfg.train.subject_fraction,
+                                     "train_subjects_mean": float(np.mean(drawn)) if drawn else 0.0,
+                                     "of": len(set(dataset.subjects)) - 1}
     chosen = [r["selection"]["chosen"] for r in records if r.get("selection")]
     if chosen:
         facts["selection"] = {

@@ -356,6 +356,11 @@ def format_summary(results: dict[str, Any], title: str = "") -> str:
     if results.get("input_transform"):
         t = results["input_transform"]
         lines.append(f"input transform: {t.get('input_transform')} (landmarks: {t.get('landmarks', 'n/a')})")
+    share = results.get("subject_fraction")
+    if isinstance(share, dict):
+        lines.append(f"training subjects: a share of {share.get('fraction')} of each fold's, "
+                     f"{share.get('train_subjects_mean', 0):.1f} of {share.get('of')} on average, drawn per fold "
+                     "(train.subject_fraction: a learning-curve point, not the whole protocol)")
     if "accuracy" in results:
         lines.append(f"accuracy {results['accuracy']:.4f}")
     parts = blend_parts(results)

@@ -54,10 +54,12 @@ def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
         items = [item.strip() for item in text.split(";") if item.strip()]
         for item in items:
             key, _ = parse_key_value(item, "train.select", "train.epochs=20")
-            if not key.startswith(CANDIDATE_SECTIONS) or key.startswith(("train.select", "train.ensemble")):
+            if not key.startswith(CANDIDATE_SECTIONS) or key.startswith(("train.select", "train.ensemble",
+                                                                         "train.subject_fraction")):
                 raise ConfigError(
                     f"train.select candidate {text!r}: {key!r} cannot vary inside the fold; a candidate sets "
-                    f"train.* or model.* fields (not train.select*), e.g. 'train.epochs=20;train.average=swa'."
+                    f"train.* or model.* fields (not train.select*, train.ensemble or train.subject_fraction), e.g. "
+                    f"'train.epochs=20;train.average=swa'."
                 )
         candidate = _with_overrides(base, items)
         try:  # a candidate of 0 epochs trained nothing, was scored and could be chosen
@@ -77,6 +79,9 @@ def teacher_config(cfg: RunConfig) -> RunConfig:
     t = apply_overrides(t, list(cfg.train.distill_overrides))
     if t.train.distill:
         raise ConfigError("train.distill_overrides may not make the teacher distil from another teacher.")
+    if t.train.subject_fraction != 1:
+        raise ConfigError("train.distill_overrides may not set train.subject_fraction: the teacher trains on the "
+                          "fold's training rows, whose share the student's train.subject_fraction sets.")
     try:
         check_ranges(t)
     except ConfigError as e:

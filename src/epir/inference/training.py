@@ -113,6 +113,10 @@ def train_checkpoint(
     if cfg.train.snapshots > 1:
         raise ConfigError(f"train.snapshots={cfg.train.snapshots}: a checkpoint holds one model's weights, not an "
                           "average of snapshots; train it with --set train.snapshots=1.")
+    if cfg.train.subject_fraction != 1:
+        raise ConfigError(f"train.subject_fraction={cfg.train.subject_fraction}: a checkpoint trains on every "
+                          "subject; the share of training subjects is for LOSO learning curves (epir loso); train "
+                          "it with --set train.subject_fraction=1.")
     if cfg.train.ensemble > 1:
         raise ConfigError(f"train.ensemble={cfg.train.ensemble}: a checkpoint holds one model's weights, not an "
                           "ensemble; train it with --set train.ensemble=1 (or one checkpoint per --seed).")
