@@ -269,6 +269,22 @@ def test_groups_hold_folds_of_equal_steps_and_respect_the_size(fake_dataset) -> 
     assert all(len(g) == 1 for g in plan_groups(fake_dataset, cfg, todo, fold_batch=1))
 
 
+def test_groups_count_the_steps_of_the_drawn_share_of_subjects() -> None:
+    """train.subject_fraction: a group's folds take the same number of steps on their drawn subjects' rows (subjects
+    of unequal sizes), and a batched run of them trains."""
+    from fakes import make_flow_dataset
+
+    ds = make_flow_dataset({f"casme2/s{i:02d}": [i % 3] * (i + 1) for i in range(1, 8)})
+    cfg = tiny_run_cfg(fold_batch=7)
+    cfg = replace(cfg, train=replace(cfg.train, subject_fraction=0.5, batch_size=2, epochs=1))
+    todo = [(0, s) for s in ds.subject_list()]
+    groups = plan_groups(ds, cfg, todo, fold_batch=7)
+    assert sorted(f for g in groups for f in g) == sorted(todo)
+    for g in groups:
+        assert len({steps_per_epoch(len(folds.fold_split(ds, s, 0.5, seed)[0]), 2) for seed, s in g}) == 1
+    assert run_loso(cfg, ds, progress=False)["n_folds"] == 7
+
+
 def test_groups_are_balanced_between_workers(fake_dataset) -> None:
     """12 folds, 4 at once, 2 workers: 4 groups of 3 (a multiple of the workers), not 4 + 4 + 4 on 3 groups."""
     cfg = tiny_run_cfg()

@@ -11,7 +11,6 @@ import math
 import os
 import time
 import zlib
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,6 +85,10 @@ def fold_teachers(
                                          for seed, subject, idx in folds], batched=batched)
 
 
+#: The stream of :func:`training_subjects`' draw, apart from the fold's model seed (:func:`fold_seed`).
+_SUBJECT_DRAW = 1
+
+
 def training_subjects(dataset: FlowDataset, subject: str, fraction: float = 1.0, seed: int = 0) -> list[str]:
     """The subjects the fold holding out ``subject`` trains on, sorted: every other subject, or with ``fraction``
     < 1 (``train.subject_fraction``, for learning curves) ``max(1, round(fraction * n))`` of the ``n`` others, drawn
@@ -98,10 +101,6 @@ def training_subjects(dataset: FlowDataset, subject: str, fraction: float = 1.0,
     n = max(1, int(np.floor(fraction * len(others) + 0.5)))
     order = np.random.default_rng([fold_seed(seed, subject), _SUBJECT_DRAW]).permutation(len(others))
     return sorted(others[i] for i in order[:n])
-
-
-#: The stream of :func:`training_subjects`' draw, apart from the fold's model seed (:func:`fold_seed`).
-_SUBJECT_DRAW = 1
 
 
 def fold_split(dataset: FlowDataset, subject: str, fraction: float = 1.0, seed: int = 0
@@ -423,10 +422,10 @@ def plan_groups(dataset: FlowDataset, cfg: RunConfig, todo: Sequence[Fold], fold
     # balance: about workers x rounds groups of near-equal size, so that no worker is left with one group more
     # (68 folds, 2 workers, 4 at once: 18 groups of 4 or 3, not 17 of 4 with one worker idle for the last)
     target = workers * math.ceil(len(todo) / (workers * cap))
-    counts = Counter(dataset.subjects)
     by_steps: dict[int, list[Fold]] = {}
-    for seed, subject in todo:
-        steps = steps_per_epoch(len(dataset) - counts[subject], cfg.train.batch_size)
+    for seed, subject in todo:  # the fold's training rows: every other subject's, or its drawn share's
+        steps = steps_per_epoch(len(fold_split(dataset, subject, cfg.train.subject_fraction, seed)[0]),
+                                cfg.train.batch_size)
         by_steps.setdefault(steps, []).append((seed, subject))
     out: list[list[Fold]] = []
     for group in by_steps.values():
