@@ -57,6 +57,7 @@ def main() -> None:
                    help="as epir compare's --set (default: STSTNet in the teachers' recipe)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--folds", nargs="*", default=[])
+    p.add_argument("--jobs", type=int, default=2, help="folds in parallel processes (default 2: one per core)")
     p.add_argument("--root", default=default_root())
     p.add_argument("--out", default="runs/bench-learning-curve")
     a = p.parse_args()
@@ -71,7 +72,7 @@ def main() -> None:
     for share in shares:
         print(f"[curve] share {share:g}")
         run_compare(a.models, share_dir(out, share), dataset="megc2019", root=a.root, seeds=a.seeds, folds=a.folds,
-                    overrides=[*sets, f"train.subject_fraction={share:g}"], data=data)
+                    overrides=[*sets, f"eval.jobs={a.jobs}", f"train.subject_fraction={share:g}"], data=data)
         drawn = results_of(share_dir(out, share) / a.models[0]).get("subject_fraction")
         subjects[share] = drawn["train_subjects_mean"] if drawn else float(len(set(data.subjects)) - 1)
     wall = time.perf_counter() - t0
