@@ -16,6 +16,7 @@ from epir.engine.results import HONEST, format_summary, summarize, write_results
 from epir.engine.uncertainty import (
     bootstrap_ci,
     holm,
+    paired_contrast,
     paired_difference,
     scores_of_counts,
     subject_counts,
@@ -181,6 +182,40 @@ def test_paired_difference_needs_the_same_samples_and_labels() -> None:
     one = b[b["subject"] == "samm/s00"]
     with pytest.raises(ConfigError, match="at least 2"):
         paired_difference(one, one, 3)
+
+
+def test_a_paired_contrast_weighs_runs_on_the_same_resampled_subjects() -> None:
+    """(1, -1) is paired_difference exactly; (1, -1, -1, 1) a difference of differences, 0 with its interval where
+    the two pairs are the same runs, and its value the weighted sum of the runs' own scores."""
+    b = predictions(accuracy=0.5, rng_seed=0)
+    a = b.copy()
+    a.loc[a.index[::2], "predicted"] = a["true"][::2]
+    c = predictions(accuracy=0.6, rng_seed=1)
+    c["true"] = b["true"]
+    d = paired_difference(a, b, 3)
+    two = paired_contrast([a, b], [1, -1], 3)
+    for key in ("uf1", "uar"):
+        assert (two[key]["value"], two[key]["ci"], two[key]["p_not_above"]) == \
+            (d[key]["difference"], d[key]["ci"], d[key]["p_not_better"])
+        assert two[key]["scores"] == [d[key]["a"], d[key]["b"]]
+    same = paired_contrast([a, b, a, b], [1, -1, -1, 1], 3)
+    assert same["uf1"]["value"] == pytest.approx(0, abs=1e-12) and same["uf1"]["ci"] == pytest.approx([0, 0], abs=1e-12)
+    dd = paired_contrast([a, b, c, b], [1, -1, -1, 1], 3, names=["A1", "A2", "B1", "B2"])
+    for key in ("uf1", "uar"):
+        sa, sb, sc, _ = dd[key]["scores"]
+        assert dd[key]["value"] == pytest.approx((sa - sb) - (sc - sb), abs=1e-12)
+        assert dd[key]["ci"][0] <= dd[key]["value"] <= dd[key]["ci"][1]
+    assert dd["names"] == ["A1", "A2", "B1", "B2"] and dd["weights"] == [1.0, -1.0, -1.0, 1.0]
+
+
+def test_bad_paired_contrasts_are_one_line_errors() -> None:
+    b = predictions()
+    with pytest.raises(ConfigError, match="two or more runs with a weight and a name each; got 1 runs"):
+        paired_contrast([b], [1], 3)
+    with pytest.raises(ConfigError, match="got 2 runs, 1 weights"):
+        paired_contrast([b, b], [1], 3)
+    with pytest.raises(ConfigError, match="first has 72 samples and third 71, not the same ones"):
+        paired_contrast([b, b, b[1:]], [1, -1, 1], 3, names=["first", "second", "third"])
 
 
 def test_every_seed_of_a_table_holds_the_same_samples_and_labels() -> None:

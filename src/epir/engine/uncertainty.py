@@ -257,24 +257,66 @@ def paired_difference(a: pd.DataFrame, b: pd.DataFrame, num_classes: int, *, abs
     Raises:
         ConfigError: a table without the columns, the runs on other samples or labels, or bad options.
     """
-    name_a, name_b = names
+    c = paired_contrast([a, b], [1.0, -1.0], num_classes, absent=absent, resamples=resamples, level=level, seed=seed,
+                        names=names, method=method)
+    out: dict[str, Any] = {}
+    for key in ("uf1", "uar"):
+        point_a, point_b = c[key]["scores"]
+        out[key] = {"a": point_a, "b": point_b, "difference": c[key]["value"], "ci": c[key]["ci"],
+                    "p_not_better": c[key]["p_not_above"]}
+    return {**out, "names": list(names), "level": level, "resamples": resamples, "method": method, "unit": UNIT,
+            "subjects": c["subjects"], "seed": seed}
+
+
+def paired_contrast(tables: Sequence[pd.DataFrame], weights: Sequence[float], num_classes: int, *,
+                    absent: str = "skip", resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0,
+                    names: Sequence[str] | None = None, method: str = METHOD) -> dict[str, Any]:
+    """A weighted sum of several runs' scores over the same samples, ``sum_i weights[i] * score(tables[i])``,
+    resampling subjects together (every run keeps the same subjects in a resample): its value and interval, for UF1
+    and UAR. Weights ``(1, -1)`` give A - B (:func:`paired_difference`); ``(1, -1, -1, 1)`` over ``(A1, A2, B1, B2)``
+    a difference of differences, (A1 - A2) - (B1 - B2): e.g. how much more one model gains from more training
+    subjects than another does (``benchmarks/learning_curve.py``).
+
+    Returns:
+        ``{"uf1": {"value", "ci": [low, high], "p_not_above", "scores": [each run's]}, "uar": {...}, "names",
+        "weights", "level", "resamples", "method", "unit", "subjects", "seed"}``; ``p_not_above`` is the share of
+        resamples in which the sum is not above 0.
+
+    Raises:
+        ConfigError: fewer than two runs, a weight per run missing, the runs on other samples or labels, or bad
+            options.
+    """
+    names = list(names) if names is not None else [f"run {i + 1}" for i in range(len(tables))]
+    if len(tables) < 2 or len(weights) != len(tables) or len(names) != len(tables):
+        raise ConfigError(f"a paired contrast needs two or more runs with a weight and a name each; got "
+                          f"{len(tables)} runs, {len(weights)} weights and {len(names)} names.")
     check_options(resamples, level, absent, method)
-    subjects = same_samples(a, b, name_a, name_b)  # each table's columns and seeds checked there
+    subjects = same_samples(tables[0], tables[1], names[0], names[1])  # each table's columns and seeds checked there
+    for table, name in zip(tables[2:], names[2:]):
+        same_samples(tables[0], table, names[0], name)
     if len(subjects) < 2:
-        raise ConfigError(f"{name_a} and {name_b} cover {len(subjects)} subject; a paired bootstrap needs at least 2.")
-    ca, _ = subject_counts(a, num_classes, subjects)
-    cb, _ = subject_counts(b, num_classes, subjects)
-    everyone = np.arange(len(subjects))
-    res = subject_bootstrap(lambda idx, axis=-1: _resampled(ca, idx, absent) - _resampled(cb, idx, absent),
-                            len(subjects), resamples, level, seed, method)
-    point_a, point_b = _resampled(ca, everyone, absent), _resampled(cb, everyone, absent)
+        raise ConfigError(f"{' and '.join(names)} cover {len(subjects)} subject; a paired bootstrap needs at least 2.")
+    counts = [subject_counts(t, num_classes, subjects)[0] for t in tables]
+    w = [float(v) for v in weights]
+
+    def statistic(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        total = w[0] * _resampled(counts[0], idx, absent)
+        for wi, ci in zip(w[1:], counts[1:]):
+            total = total + wi * _resampled(ci, idx, absent)
+        return total
+
+    res = subject_bootstrap(statistic, len(subjects), resamples, level, seed, method)
+    points = [_resampled(ci, np.arange(len(subjects)), absent) for ci in counts]
     out: dict[str, Any] = {}
     for i, key in enumerate(("uf1", "uar")):
-        out[key] = {"a": float(point_a[i]), "b": float(point_b[i]), "difference": float(point_a[i] - point_b[i]),
-                    "ci": interval_of(res, i, level),
-                    "p_not_better": float(np.mean(res.bootstrap_distribution[i] <= 0))}
-    return {**out, "names": [name_a, name_b], "level": level, "resamples": resamples, "method": method, "unit": UNIT,
-            "subjects": len(subjects), "seed": seed}
+        value = w[0] * points[0][i]
+        for wi, p in zip(w[1:], points[1:]):
+            value = value + wi * p[i]
+        out[key] = {"value": float(value), "ci": interval_of(res, i, level),
+                    "p_not_above": float(np.mean(res.bootstrap_distribution[i] <= 0)),
+                    "scores": [float(p[i]) for p in points]}
+    return {**out, "names": names, "weights": w, "level": level, "resamples": resamples, "method": method,
+            "unit": UNIT, "subjects": len(subjects), "seed": seed}
 
 
 def subject_differences(a: pd.DataFrame, b: pd.DataFrame, *, names: tuple[str, str] = ("A", "B")) -> dict[str, Any]:
@@ -369,5 +411,5 @@ def format_difference(result: dict[str, Any]) -> str:
 
 __all__ = ["COLUMNS", "LEVEL", "METHOD", "METHODS", "RESAMPLES", "UNIT", "bootstrap_ci", "check_options",
            "check_predictions", "describe_ci", "format_difference", "format_interval", "format_subject_differences",
-           "holm", "interval_of", "paired_difference", "same_samples", "sample_index", "samples", "scores_of_counts",
-           "subject_bootstrap", "subject_counts", "subject_differences", "subject_of"]
+           "holm", "interval_of", "paired_contrast", "paired_difference", "same_samples", "sample_index", "samples",
+           "scores_of_counts", "subject_bootstrap", "subject_counts", "subject_differences", "subject_of"]
