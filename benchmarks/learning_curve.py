@@ -10,8 +10,10 @@ The default arms are EPIR alone (``epir@alone``) and STSTNet in the recipe of EP
 it scores as the official 800 epochs do, at a fortieth of the cost). Each share is one ``epir compare`` directory,
 ``OUT/share-<s>``, resumable. The table gives, per share and arm, UF1 / UAR (mean over seeds), their ratio to the
 whole share (1, measured in the same run), the drop from the whole share paired on the same subjects (is the curve
-still rising at the end?), and the second arm minus the first at each share, paired (does one model lose more as the
-subjects shrink?). The share is a learning-curve point, not the protocol: only share 1 is an honest LOSO result.
+still rising at the end?), the second arm minus the first at each share, paired, and how much more the first arm
+gains from the share to 1 than the second does, (first at 1 - first at the share) - (second at 1 - second at the
+share), a paired difference of differences (``epir.engine.uncertainty.paired_contrast``): does one model lose more as
+the subjects shrink? The share is a learning-curve point, not the protocol: only share 1 is an honest LOSO result.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 from epir import load_dataset
 from epir.engine.compare import run_compare
 from epir.engine.evaluate import ScoredRun, read_run_dir
-from epir.engine.uncertainty import paired_difference
+from epir.engine.uncertainty import paired_contrast, paired_difference
 from real_loso import default_root  # noqa: E402  (same folder)
 
 #: STSTNet as EPIR's teachers train it (``EPIR_RECIPE``'s ``train.distill_overrides``).
@@ -87,8 +89,10 @@ def main() -> None:
         head += f" {m} UF1 / UAR | ratio to share 1 | UF1 − share 1 [95% CI] |"
         rule += "---|---|---|"
     if len(a.models) > 1:
-        head += f" {a.models[1]} − {a.models[0]} UF1 [95% CI] | UAR [95% CI] |"
-        rule += "---|---|"
+        first, second = a.models[:2]
+        head += (f" {second} − {first} UF1 [95% CI] | UAR [95% CI] |"
+                 f" {first}'s gain to share 1 − {second}'s, UF1 [95% CI] | UAR [95% CI] |")
+        rule += "---|---|---|---|"
     print(head)
     print(rule)
     for share in shares:
@@ -98,8 +102,16 @@ def main() -> None:
             row += f" {s['uf1']:.4f} / {s['uar']:.4f} | {s['uf1'] / w['uf1']:.3f} / {s['uar'] / w['uar']:.3f} |"
             row += " (reference) |" if share == 1.0 else f" {cell(paired(runs[(share, m)], whole[m])['uf1'])} |"
         if len(a.models) > 1:
-            d = paired(runs[(share, a.models[1])], runs[(share, a.models[0])])
+            d = paired(runs[(share, second)], runs[(share, first)])
             row += f" {cell(d['uf1'])} | {cell(d['uar'])} |"
+            if share == 1.0:
+                row += " (reference) | |"
+            else:  # (first at 1 - first at the share) - (second at 1 - second at the share), paired
+                tables = [runs[(1.0, first)], runs[(share, first)], runs[(1.0, second)], runs[(share, second)]]
+                g = paired_contrast([t.predictions for t in tables], [1, -1, -1, 1], len(tables[0].class_names),
+                                    absent=tables[0].absent)
+                row += " |".join(f" {g[k]['value']:+.3f} [{g[k]['ci'][0]:+.3f}, {g[k]['ci'][1]:+.3f}]"
+                                 for k in ("uf1", "uar")) + " |"
         print(row)
     print("\nA share below 1 is a learning-curve point (each fold trained on a drawn share of its subjects), not an "
           "honest LOSO result of the recipe; differences are paired subject bootstraps (2000 resamples).")
