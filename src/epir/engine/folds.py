@@ -138,12 +138,11 @@ def fold_record(
     return rec
 
 
-def drawn_subjects(dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str) -> list[str]:
-    """The fold's training subjects where ``train.subject_fraction`` < 1 drew a share of them
+def drawn_subjects(dataset: FlowDataset, cfg: RunConfig, train_idx: np.ndarray) -> list[str]:
+    """The subjects of the fold's training rows, sorted, where ``train.subject_fraction`` < 1 drew a share of them
     (:func:`training_subjects`), for its record; ``[]`` where it trains on every other subject.
     """
-    fraction = cfg.train.subject_fraction
-    return training_subjects(dataset, subject, fraction, seed) if fraction < 1 else []
+    return sorted({dataset.subjects[i] for i in train_idx}) if cfg.train.subject_fraction < 1 else []
 
 
 def add_teacher(rec: dict[str, Any], cfg: RunConfig, own: torch.Tensor, teacher_probs: torch.Tensor) -> None:
@@ -280,7 +279,7 @@ def run_fold(
             teacher_p = teacher_proba(cfg, teachers[0], test.x)
             probs = mix_teacher(cfg, probs, teacher_p)
     rec = fold_record(seed, subject, test_idx, test.y, probs, chosen_epoch, time.perf_counter() - t0, len(train_idx),
-                      drawn_subjects(dataset, cfg, seed, subject))
+                      drawn_subjects(dataset, cfg, train_idx))
     if teacher_p is not None:
         add_teacher(rec, cfg, own, teacher_p)
     if selection:
@@ -384,7 +383,7 @@ def run_fold_group(
         tp = teacher_p[f]
         probs = own if tp is None else mix_teacher(chosen[f][1], own, tp)
         rec = fold_record(seed, subject, test_idx, tests[f][1], probs, member_epochs[f][0], seconds, len(train_idx),
-                          drawn_subjects(dataset, cfg, seed, subject))
+                          drawn_subjects(dataset, cfg, train_idx))
         if tp is not None:
             add_teacher(rec, chosen[f][1], own, tp)
         if selections[f]:
