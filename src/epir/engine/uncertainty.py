@@ -291,9 +291,8 @@ def paired_contrast(tables: Sequence[pd.DataFrame], weights: Sequence[float], nu
         raise ConfigError(f"a paired contrast needs two or more runs with a weight and a name each; got "
                           f"{len(tables)} runs, {len(weights)} weights and {len(names)} names.")
     check_options(resamples, level, absent, method)
-    subjects = same_samples(tables[0], tables[1], names[0], names[1])  # each table's columns and seeds checked there
-    for table, name in zip(tables[2:], names[2:]):
-        same_samples(tables[0], table, names[0], name)
+    for table, name in zip(tables[1:], names[1:]):  # each table's columns and seeds checked there
+        subjects = same_samples(tables[0], table, names[0], name)
     if len(subjects) < 2:
         raise ConfigError(f"{' and '.join(names)} cover {len(subjects)} subject; a paired bootstrap needs at least 2.")
     counts = [subject_counts(t, num_classes, subjects)[0] for t in tables]
@@ -306,13 +305,12 @@ def paired_contrast(tables: Sequence[pd.DataFrame], weights: Sequence[float], nu
         return total
 
     res = subject_bootstrap(statistic, len(subjects), resamples, level, seed, method)
-    points = [_resampled(ci, np.arange(len(subjects)), absent) for ci in counts]
+    everyone = np.arange(len(subjects))
+    value = statistic(everyone)  # the sum on the subjects as drawn
+    points = [_resampled(ci, everyone, absent) for ci in counts]
     out: dict[str, Any] = {}
     for i, key in enumerate(("uf1", "uar")):
-        value = w[0] * points[0][i]
-        for wi, p in zip(w[1:], points[1:]):
-            value = value + wi * p[i]
-        out[key] = {"value": float(value), "ci": interval_of(res, i, level),
+        out[key] = {"value": float(value[i]), "ci": interval_of(res, i, level),
                     "p_not_above": float(np.mean(res.bootstrap_distribution[i] <= 0)),
                     "scores": [float(p[i]) for p in points]}
     return {**out, "names": names, "weights": w, "level": level, "resamples": resamples, "method": method,
