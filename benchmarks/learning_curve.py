@@ -10,10 +10,11 @@ The default arms are EPIR alone (``epir@alone``) and STSTNet in the recipe of EP
 it scores as the official 800 epochs do, at a fortieth of the cost). Each share is one ``epir compare`` directory,
 ``OUT/share-<s>``, resumable. The table gives, per share and arm, UF1 / UAR (mean over seeds), their ratio to the
 whole share (1, measured in the same run), the drop from the whole share paired on the same subjects (is the curve
-still rising at the end?), the second arm minus the first at each share, paired, and how much more the first arm
-gains from the share to 1 than the second does, (first at 1 - first at the share) - (second at 1 - second at the
+still rising at the end?), each other arm minus the first at each share, paired, and how much more the first arm
+gains from the share to 1 than each other arm does, (first at 1 - first at the share) - (other at 1 - other at the
 share), a paired difference of differences (``epir.engine.uncertainty.paired_contrast``): does one model lose more as
 the subjects shrink? The share is a learning-curve point, not the protocol: only share 1 is an honest LOSO result.
+Each arm's time is its ``results.json``'s, over every invocation that trained it.
 """
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def results_of(run_dir: Path) -> dict:
 def paired(a: ScoredRun, b: ScoredRun) -> dict:
     """A - B on the same subjects (UF1 and UAR, paired subject bootstrap)."""
     return paired_difference(a.predictions, b.predictions, len(a.class_names), absent=a.absent)
+
+
+def wall_of(results: dict) -> str:
+    """The run's wall time over every invocation (``wall_seconds_total``; ``wall_seconds`` in an older file)."""
+    seconds = results.get("wall_seconds_total", results.get("wall_seconds"))
+    return "?" if seconds is None else f"{seconds:.0f} s"
 
 
 def cell(diff: dict) -> str:
@@ -80,34 +87,38 @@ def main() -> None:
     wall = time.perf_counter() - t0
 
     runs = {(share, m): read_run_dir(share_dir(out, share) / m) for share in shares for m in a.models}
+    stored = {(share, m): results_of(share_dir(out, share) / m) for share in shares for m in a.models}
     whole = {m: runs[(1.0, m)] for m in a.models}
+    first, others = a.models[0], a.models[1:]
     print(f"\nLearning curves on {data.name} (honest LOSO, seeds {a.seeds}, "
-          f"{len(a.folds) or len(set(data.subjects))} folds; {'; '.join(sets) or 'default recipes'}), {wall:.0f} s")
+          f"{len(a.folds) or len(set(data.subjects))} folds; {'; '.join(sets) or 'default recipes'}); this invocation "
+          f"{wall:.0f} s")
+    print("time over every invocation: " + "; ".join(
+        f"{m} " + ", ".join(f"{wall_of(stored[(share, m)])} at {share:g}" for share in shares) for m in a.models))
     head = "| share | training subjects |"
     rule = "|---|---|"
     for m in a.models:
         head += f" {m} UF1 / UAR | ratio to share 1 | UF1 − share 1 [95% CI] |"
         rule += "---|---|---|"
-    if len(a.models) > 1:
-        first, second = a.models[:2]
-        head += (f" {second} − {first} UF1 [95% CI] | UAR [95% CI] |"
-                 f" {first}'s gain to share 1 − {second}'s, UF1 [95% CI] | UAR [95% CI] |")
+    for other in others:
+        head += (f" {other} − {first} UF1 [95% CI] | UAR [95% CI] |"
+                 f" {first}'s gain to share 1 − {other}'s, UF1 [95% CI] | UAR [95% CI] |")
         rule += "---|---|---|---|"
     print(head)
     print(rule)
     for share in shares:
         row = f"| {share:g} | {subjects[share]:.1f} |"
         for m in a.models:
-            s, w = results_of(share_dir(out, share) / m), results_of(share_dir(out, 1.0) / m)
+            s, w = stored[(share, m)], stored[(1.0, m)]
             row += f" {s['uf1']:.4f} / {s['uar']:.4f} | {s['uf1'] / w['uf1']:.3f} / {s['uar'] / w['uar']:.3f} |"
             row += " (reference) |" if share == 1.0 else f" {cell(paired(runs[(share, m)], whole[m])['uf1'])} |"
-        if len(a.models) > 1:
-            d = paired(runs[(share, second)], runs[(share, first)])
+        for other in others:
+            d = paired(runs[(share, other)], runs[(share, first)])
             row += f" {cell(d['uf1'])} | {cell(d['uar'])} |"
             if share == 1.0:
                 row += " (reference) | |"
-            else:  # (first at 1 - first at the share) - (second at 1 - second at the share), paired
-                tables = [runs[(1.0, first)], runs[(share, first)], runs[(1.0, second)], runs[(share, second)]]
+            else:  # (first at 1 - first at the share) - (other at 1 - other at the share), paired
+                tables = [runs[(1.0, first)], runs[(share, first)], runs[(1.0, other)], runs[(share, other)]]
                 g = paired_contrast([t.predictions for t in tables], [1, -1, -1, 1], len(tables[0].class_names),
                                     absent=tables[0].absent)
                 row += " |".join(f" {g[k]['value']:+.3f} [{g[k]['ci'][0]:+.3f}, {g[k]['ci'][1]:+.3f}]"
