@@ -208,6 +208,41 @@ def test_a_paired_contrast_weighs_runs_on_the_same_resampled_subjects() -> None:
     assert dd["names"] == ["A1", "A2", "B1", "B2"] and dd["weights"] == [1.0, -1.0, -1.0, 1.0]
 
 
+def test_the_learning_curve_benchmark_reads_the_first_arm_against_every_other(tmp_path, monkeypatch, capsys) -> None:
+    """benchmarks/learning_curve.py with three arms: each other arm minus the first and the first's gain to share 1
+    minus the other's, paired_contrast's figures, and each arm's stored time (``?`` where a results.json has none)."""
+    arms, shares = ["m1", "m2", "m3"], [0.5, 1.0]
+    runs = {(s, m): predictions(n_subjects=16, accuracy=acc, rng_seed=0 if k == 0 else 10 * k + j)
+            for j, s in enumerate(shares) for k, (m, acc) in enumerate(zip(arms, (0.6, 0.7, 0.8)))}
+    for (s, m), df in runs.items():
+        write_run_dir(tmp_path / f"share-{s:g}" / m, df.assign(true=runs[(1.0, "m1")]["true"]))
+    timed = tmp_path / "share-1" / "m1" / "results.json"
+    timed.write_text(json.dumps({**json.loads(timed.read_text()), "wall_seconds_total": 12.0}))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import learning_curve as bench  # noqa: PLC0415 (a script beside real_loso.py, imported from its folder)
+
+    stub = type("Data", (), {"name": "fake", "subjects": [f"s{k}" for k in range(17)]})()
+    monkeypatch.setattr(bench, "load_dataset", lambda *a, **k: stub)
+    monkeypatch.setattr(bench, "run_compare", lambda *a, **k: None)  # the arms are stored: nothing to train
+    monkeypatch.setattr("sys.argv", ["learning_curve.py", "--models", *arms, "--shares", "0.5", "--root", "x",
+                                     "--out", str(tmp_path)])
+    bench.main()
+    text = capsys.readouterr().out
+    head = next(line for line in text.splitlines() if line.startswith("| share"))
+    assert head.count("− m1 UF1 [95% CI]") == 2 and "m1's gain to share 1 − m2's" in head \
+        and "m1's gain to share 1 − m3's" in head
+    assert "time over every invocation: m1 ? at 0.5, 12 s at 1; m2 ? at 0.5, ? at 1" in text
+    half = next(line for line in text.splitlines() if line.startswith("| 0.5 |")).split(" | ")
+    stored = {key: bench.read_run_dir(tmp_path / f"share-{key[0]:g}" / key[1]).predictions for key in runs}
+    for other, cols in (("m2", 13), ("m3", 17)):
+        gain = paired_contrast([stored[(1.0, "m1")], stored[(0.5, "m1")], stored[(1.0, other)],
+                                stored[(0.5, other)]], [1, -1, -1, 1], 3)
+        assert half[cols].startswith(f"{gain['uf1']['value']:+.3f} [")
+        assert half[cols + 1].startswith(f"{gain['uar']['value']:+.3f} [")
+        diff = paired_difference(stored[(0.5, other)], stored[(0.5, "m1")], 3)
+        assert half[cols - 2].startswith(f"{diff['uf1']['difference']:+.3f} [")
+
+
 def test_bad_paired_contrasts_are_one_line_errors() -> None:
     b = predictions()
     with pytest.raises(ConfigError, match="two or more runs with a weight and a name each; got 1 runs"):
