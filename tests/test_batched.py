@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, check_ranges
 from epir.engine import batched as batched_mod
@@ -503,6 +504,91 @@ def test_distill_mix_blends_the_teachers_own_probabilities(fake_dataset, tmp_pat
     assert f"parts (mean over seeds): model alone UF1 {plain['uf1']:.4f}" in format_summary(mixed)
     with pytest.raises(ConfigError, match="train.distill_mix=0.5: expected 0 without a teacher"):
         check_ranges(RunConfig(train=replace(default_recipe("epir", "alone"), distill_mix=0.5)))
+
+
+# ------------------------------------------------------------------------------ the distillation token (DeiT)
+
+
+def test_hard_distillation_is_the_cross_entropy_with_the_teachers_class() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    valid = torch.tensor([True, True, False, True, False])
+    target = teacher.argmax(-1)
+    torch.testing.assert_close(train_mod.hard_distillation_loss(logits, teacher), F.cross_entropy(logits, target))
+    torch.testing.assert_close(train_mod.hard_distillation_loss(logits, teacher, valid),
+                               F.cross_entropy(logits[valid], target[valid]))
+    cfg = replace(default_recipe("epir", "alone"), distill_target="hard")
+    torch.testing.assert_close(train_mod.teacher_loss(logits, teacher, cfg), F.cross_entropy(logits, target))
+    soft = replace(cfg, distill_target="soft", distill_temperature=3.0)
+    torch.testing.assert_close(train_mod.teacher_loss(logits, teacher, soft),
+                               train_mod.distillation_loss(logits, teacher, 3.0))
+
+
+def token_recipe(**kw):
+    return replace(default_recipe("epir", "alone"), **{"epochs": 2, "batch_size": 8, "distill": "ststnet",
+                                                        "distill_weight": 0.5, "distill_target": "hard", **kw})
+
+
+def fixed_teacher() -> train_mod.Teacher:
+    """An untrained STSTNet with the standardisation of random maps: a teacher whose classes are not the labels."""
+    torch.manual_seed(5)
+    teacher = build_model(ModelConfig(name="ststnet")).eval()
+    return teacher, train_mod.InputNorm.fit("standardize", torch.rand(32, 3, 28, 28) * 255)
+
+
+def test_the_teacher_teaches_the_distillation_head_and_only_it(monkeypatch) -> None:
+    """One at a time: every teacher term is computed on the distillation head's logits of that step, with the
+    teacher's logits of the same (augmented) batch, and none on the class head's."""
+    heads: list[torch.Tensor] = []
+    terms: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real = train_mod.teacher_loss
+
+    def spy(logits, teacher_logits, cfg, valid=None):
+        terms.append((logits, teacher_logits))
+        return real(logits, teacher_logits, cfg, valid)
+
+    monkeypatch.setattr(train_mod, "teacher_loss", spy)
+    m = members()[0]
+    torch.manual_seed(m.seed)
+    model = build_model(ModelConfig(name="epir", args={**SMALL["epir"], "distill_token": True}))
+    model.head_dist.register_forward_hook(lambda mod, args, out: heads.append(out))
+    fit(model, m.x, m.y, token_recipe(), seed=m.seed, num_classes=3, teacher=fixed_teacher())
+    assert len(terms) == len(heads) == 2 * steps_per_epoch(len(m.x), 8)
+    assert all(logits is head for (logits, _), head in zip(terms, heads))
+
+
+def test_a_distillation_token_trains_batched_as_one_at_a_time(one_torch_thread) -> None:
+    model_cfg = ModelConfig(name="epir", args={**SMALL["epir"], "distill_token": True})
+    recipe, teacher, ms = token_recipe(), fixed_teacher(), members()
+    models, norms = fit_many(model_cfg, ms, recipe, num_classes=3, teachers=[teacher] * len(ms))
+    probe = torch.rand(6, 3, 28, 28, generator=torch.Generator().manual_seed(9)) * 255
+    for m, model, norm in zip(ms, models, norms):
+        torch.manual_seed(m.seed)
+        ref = build_model(model_cfg)
+        ref_norm = fit(ref, m.x, m.y, recipe, seed=m.seed, num_classes=3, teacher=teacher)
+        torch.testing.assert_close(predict_proba(model, norm, probe), predict_proba(ref, ref_norm, probe),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_a_distillation_token_without_a_teacher_is_refused_before_training(fake_dataset) -> None:
+    from epir import make_config
+    from epir.engine.loso import check_before_training
+    from epir.runsetup import resolve_config
+
+    message = "model.distill_token=true: the distillation token learns from a teacher's predictions"
+    token = "model.distill_token=true"
+    for overrides in ([token], [token, "train.distill=ststnet", "train.distill_weight=0"],
+                      [token, "train.distill=ststnet", "train.select=['', train.distill_weight=0]"]):
+        with pytest.raises(ConfigError, match=message):
+            check_before_training(resolve_config(make_config("epir", "megc2019", recipe="alone", overrides=overrides)))
+    check_before_training(resolve_config(make_config("epir", "megc2019", recipe="alone",
+                                                     overrides=[token, "train.distill=ststnet"])))
+    m = members()[0]
+    with pytest.raises(ConfigError, match=r"model.distill_token=true \(m0\): .* this training has none"):
+        fit(build_model(ModelConfig(name="epir", args={**SMALL["epir"], "distill_token": True})), m.x, m.y,
+            token_recipe(distill_weight=0.0), seed=0, num_classes=3, describe="m0", teacher=fixed_teacher())
+    with pytest.raises(ConfigError, match="train.distill_target='firm': expected soft | hard"):
+        check_ranges(RunConfig(train=replace(default_recipe("epir", "alone"), distill_target="firm")))
 
 
 def test_teacher_mix_recipe_is_the_ablation_lever() -> None:

@@ -226,6 +226,53 @@ def test_forward_with_loss_adds_the_weighted_contrastive_term() -> None:
     torch.testing.assert_close(loss, F.cross_entropy(logits, y))
 
 
+# ---- the distillation token (DeiT) ----------------------------------------------------------------------
+
+
+def test_a_distillation_token_is_one_more_token_and_head_averaged_into_the_prediction() -> None:
+    """DeiT's token: dim * (K + 1) + K more parameters; every block sees one more token, the merges and DTSM only
+    the patch tokens; the prediction is the mean of the class head's and the distillation head's logits."""
+    plain, model = tiny().eval(), tiny(distill_token=True).eval()
+    extra = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 16 * (3 + 1) + 3 and model.token_counts == plain.token_counts == [49, 33, 22]
+    seen = []
+    for stage in model.stages:
+        stage[0].register_forward_hook(lambda mod, args, kwargs, out: seen.append(args[0].shape[1]), with_kwargs=True)
+    x = torch.randn(3, 3, 28, 28)
+    tokens, size, dist = model.forward_all(x)
+    assert seen == [50, 34, 23] and tokens.shape == (3, 22, 16) and dist.shape == (3, 16)
+    _, logits, distilled = model.forward_heads(x)
+    torch.testing.assert_close(model(x), (logits + distilled) / 2)
+    torch.testing.assert_close(distilled, model.head_dist(model.norm(dist)))
+    assert plain.distill_token is None and plain.head_dist is None and plain.forward_heads(x)[2] is None
+    with torch.no_grad():  # it takes part in the attention: moving it moves the patch tokens' prediction
+        model.distill_token.add_(torch.randn_like(model.distill_token))
+    assert not torch.allclose(model.forward_heads(x)[1], logits)
+    inter = model.forward_intermediates(x)
+    torch.testing.assert_close(inter["logits"], model(x))
+    assert [a.shape[-1] for a in inter["attention"]] == [49, 33, 22]  # its row and column left out
+    assert inter["sources"].shape == (3, 22, 49)
+
+
+def test_the_teacher_term_goes_on_the_distillation_head_and_the_labels_on_the_class_head() -> None:
+    model = tiny(distill_token=True, contrastive=False).eval()
+    x, y = torch.randn(6, 3, 28, 28), torch.tensor([0, 1, 2, 0, 1, 2])
+    taught: list[torch.Tensor] = []
+
+    def distill(logits: torch.Tensor) -> torch.Tensor:
+        taught.append(logits)
+        return 0.25 * logits.square().mean()
+
+    loss, logits = model.forward_with_loss(x, y, F.cross_entropy, distill=distill)
+    _, cls, distilled = model.forward_heads(x)
+    torch.testing.assert_close(taught[0], distilled)
+    torch.testing.assert_close(loss, F.cross_entropy(cls, y) + 0.25 * distilled.square().mean())
+    torch.testing.assert_close(logits, model(x))
+    # without the engine's teacher term (a generic caller) the labels teach both heads
+    loss, _ = model.forward_with_loss(x, y, F.cross_entropy)
+    torch.testing.assert_close(loss, F.cross_entropy(cls, y) + F.cross_entropy(distilled, y))
+
+
 def test_parameters_far_under_the_budget() -> None:
     n = sum(p.numel() for p in create_model("epir").parameters())
     assert n <= PARAM_BUDGET

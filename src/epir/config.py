@@ -26,6 +26,8 @@ from epir.errors import ConfigError, did_you_mean
 INPUT_NORMS = ("none", "scale", "standardize", "recentre")
 #: Values of ``train.tta``: no test-time augmentation, or the mean over each map and its mirror.
 TTA_KINDS = ("none", "flip")
+#: What the student learns from its teacher (``train.distill_target``).
+DISTILL_TARGETS = ("soft", "hard")
 #: Values of ``train.optimizer``, ``train.schedule``, ``train.class_weight`` and ``train.average``.
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -75,6 +77,8 @@ class TrainConfig:
     distill_overrides: tuple[str, ...] = ()  # KEY=VALUE on the teacher's default recipe ("train.epochs=100")
     distill_weight: float = 0.5  # weight of the soft-target term; 1 - weight on the labels' cross-entropy
     distill_temperature: float = 2.0  # softmax temperature of the soft targets
+    distill_target: str = "soft"  # soft: KL to the teacher's softened probabilities (Hinton) | hard: cross-entropy
+    # with the teacher's predicted class (DeiT's hard distillation; the temperature is then unused)
     distill_members: int = 1  # teacher seeds per fold, trained on the same rows: the teacher is their probabilities'
     # mean (an ensemble teacher, for soft targets and for train.distill_mix alike); 1 = a single teacher
     distill_shared: bool = False  # the fold's teacher trained once per train.select_shared group, on the subjects of
@@ -203,6 +207,7 @@ class RunConfig:
 KEY_CHOICES: dict[str, tuple[str, ...]] = {
     "train.optimizer": OPTIMIZERS, "train.schedule": SCHEDULES, "train.class_weight": CLASS_WEIGHTS,
     "train.average": AVERAGES, "train.input_norm": INPUT_NORMS, "train.tta": TTA_KINDS,
+    "train.distill_target": DISTILL_TARGETS,
     "train.select_metric": SELECT_METRICS, "train.order": ORDERS,
 }
 
@@ -268,6 +273,8 @@ def check_ranges(cfg: RunConfig) -> None:
     check_setting(0 <= t.distill_weight <= 1, "train.distill_weight", t.distill_weight, "a number in [0, 1]")
     check_setting(_finite(t.distill_temperature) and t.distill_temperature > 0, "train.distill_temperature",
                   t.distill_temperature, "a number > 0")
+    check_setting(t.distill_target in DISTILL_TARGETS, "train.distill_target", t.distill_target,
+                  f"{' | '.join(DISTILL_TARGETS)} (soft: the teacher's softened probabilities; hard: its class)")
     check_setting(1 <= t.distill_members <= 64, "train.distill_members", t.distill_members,
                   "an integer from 1 to 64 (teacher seeds per fold, their probabilities averaged)")
     check_setting(t.distill_members == 1 or bool(t.distill), "train.distill_members", t.distill_members,

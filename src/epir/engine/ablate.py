@@ -95,6 +95,12 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # the training rows unshuffled and sorted by class every epoch, as the official STSTNet code reads its class
     # folders (round 20; STSTNet's recipe already does not shuffle, so there only the order changes; in no recipe)
     "official-order": ("train.shuffle=false", "train.order=by-class"),
+    # DeiT's distillation token (round 23; in no recipe): a second token and head taught by the fold's own STSTNet
+    # (the teacher-mix recipes' teacher, 20 epochs at lr 2e-3) through its predicted class (DeiT's hard distillation)
+    # at weight 0.5, the class head by the labels; the prediction averages the two heads' logits
+    "distill-token": ("model.distill_token=true", "train.distill=ststnet",
+                      "train.distill_overrides=[train.epochs=20, train.lr=2e-3]", "train.distill_weight=0.5",
+                      "train.distill_target=hard", "train.distill_shared=false"),
 }
 
 
@@ -128,6 +134,7 @@ LEVER_NOTES: dict[str, str] = {
     "balanced": "class-balanced cross-entropy: weights inverse to the training fold's class counts",
     "balanced-sqrt": "the balanced weights' square root: (n / (K n_c)) ** 0.5",
     "official-order": "the training rows unshuffled and sorted by class every epoch (the official STSTNet code's)",
+    "distill-token": "DeiT's distillation token: a second head taught the fold's STSTNet's class, the heads averaged",
 }
 
 

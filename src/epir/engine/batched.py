@@ -54,10 +54,10 @@ from epir.engine.train import (
     Teacher,
     WeightAverage,
     augment,
+    check_distill_token,
     check_finite_weights,
     check_training_loss,
     class_weights,
-    distillation_loss,
     epoch_order,
     load_initial_weights,
     lr_factor,
@@ -65,6 +65,7 @@ from epir.engine.train import (
     masked_cross_entropy,
     steps_per_epoch,
     teacher_logits,
+    teacher_loss,
 )
 from epir.errors import ConfigError
 from epir.models import build_model
@@ -99,7 +100,7 @@ class _MemberLoss(nn.Module):
     """One member's training loss as a module, so ``functional_call`` can swap in each member's weights."""
 
     def __init__(
-        self, model: nn.Module, label_smoothing: float, mixup: bool, distill: tuple[float, float] | None = None
+        self, model: nn.Module, label_smoothing: float, mixup: bool, distill: TrainConfig | None = None
     ) -> None:
         super().__init__()
         self.model = model
@@ -107,6 +108,7 @@ class _MemberLoss(nn.Module):
         self.mixup = mixup
         self.distill = distill
         self.with_loss = hasattr(model, "forward_with_loss")
+        self.token = getattr(model, "distill_token", None) is not None  # DeiT: the teacher's term on its own head
 
     def forward(
         self, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, weight: torch.Tensor, y2: torch.Tensor,
@@ -118,19 +120,23 @@ class _MemberLoss(nn.Module):
         Returns (loss, number of correct valid predictions).
         """
 
+        def taught(logits: torch.Tensor) -> torch.Tensor:
+            assert self.distill is not None
+            return self.distill.distill_weight * teacher_loss(logits, soft, self.distill, valid)
+
         def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             loss = masked_cross_entropy(logits, target, weight, self.label_smoothing, valid)
             if self.mixup:
                 loss = lam * loss + (1.0 - lam) * masked_cross_entropy(
                     logits, y2, weight, self.label_smoothing, valid)
-            if self.distill is not None:
-                a, temperature = self.distill
-                loss = (1.0 - a) * loss + a * distillation_loss(logits, soft, temperature, valid)
+            if self.distill is not None:  # with a distillation token the teacher's term goes on its head instead
+                loss = (1.0 - self.distill.distill_weight) * loss + (0.0 if self.token else taught(logits))
             return loss
 
+        extra = {"distill": taught} if self.token and self.distill is not None else {}
         with sample_mask(valid), replayed_draws(draws):
             if self.with_loss:
-                loss, logits = getattr(self.model, "forward_with_loss")(x, y, ce, valid=valid)  # noqa: B009 (typed)
+                loss, logits = getattr(self.model, "forward_with_loss")(x, y, ce, valid=valid, **extra)  # noqa: B009
             else:
                 logits = self.model(x)
                 loss = ce(logits, y)
@@ -215,8 +221,9 @@ def fit_many(
     base = copy.deepcopy(models[0]).to("meta")
     if cfg.distill_weight == 0:  # nothing to learn from the teachers' soft targets: skip their forward passes
         teachers = None
-    distill = (cfg.distill_weight, cfg.distill_temperature) if teachers is not None else None
-    loss_module = _MemberLoss(base, cfg.label_smoothing, cfg.mixup > 0 or cfg.cutmix > 0, distill)
+    check_distill_token(base, teachers is not None, "the batched members")
+    loss_module = _MemberLoss(base, cfg.label_smoothing, cfg.mixup > 0 or cfg.cutmix > 0,
+                              cfg if teachers is not None else None)
     prefixed_params = {f"model.{k}": v for k, v in params.items()}
     prefixed_buffers = {f"model.{k}": v for k, v in buffers.items()}
 

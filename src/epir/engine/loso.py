@@ -55,7 +55,7 @@ from epir.engine.runstore import FoldStore, fold_file
 from epir.engine.selection import GroupTeachers, candidate_configs, select_shared, shared_teachers, teacher_config
 from epir.engine.train import load_initial_weights
 from epir.errors import ConfigError
-from epir.models import AUTO_FOLD_BATCH, build_model
+from epir.models import AUTO_FOLD_BATCH, build_model, resolve_model_args
 from epir.runsetup import (
     EXECUTION_KEYS,
     make_config,
@@ -144,9 +144,24 @@ def predictions_frame(dataset: FlowDataset, records: list[dict[str, Any]]) -> pd
     return pd.DataFrame(rows)
 
 
+def check_distill_token_recipe(cfg: RunConfig) -> None:
+    """A model with a distillation token (EPIR's ``model.distill_token``) needs a teacher whose predictions reach the
+    training loss (``train.distill`` with ``train.distill_weight > 0``); a one-line error otherwise.
+    """
+    if resolve_model_args(cfg.model.name, cfg.model.args).get("distill_token") and not (
+            cfg.train.distill and cfg.train.distill_weight > 0):
+        raise ConfigError(
+            f"model.distill_token=true: the distillation token learns from a teacher's predictions, but the recipe "
+            f"has none (train.distill={cfg.train.distill!r}, train.distill_weight={cfg.train.distill_weight:g}); set "
+            "train.distill=MODEL (e.g. ststnet) with train.distill_weight > 0 and train.distill_shared=false, or "
+            "model.distill_token=false."
+        )
+
+
 def check_before_training(cfg: RunConfig) -> None:
     """Every error a run can know of before it trains anything: options that exclude each other, malformed
-    selection candidates or teacher, a missing or mismatched ``train.init``, a missing TensorBoard.
+    selection candidates or teacher, a distillation token without a teacher, a missing or mismatched ``train.init``,
+    a missing TensorBoard.
     """
     if cfg.eval.tensorboard:
         _summary_writer()
@@ -163,8 +178,8 @@ def check_before_training(cfg: RunConfig) -> None:
             "eval.oracle_epoch (one epoch picked on the held-out subject) exclude each other: set train.snapshots=1 "
             "or drop --oracle-epoch."
         )
-    if cfg.train.select:
-        candidate_configs(cfg)
+    for candidate in candidate_configs(cfg) if cfg.train.select else [cfg]:
+        check_distill_token_recipe(candidate)
     if cfg.train.distill:
         teacher_config(cfg)
     if cfg.train.init:

@@ -242,6 +242,45 @@ def distillation_loss(
     return (kl * v).sum() / v.sum().clamp_min(1.0) * temperature**2
 
 
+def hard_distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Hard-label distillation (DeiT, Touvron et al. 2021, eq. 3): the cross-entropy of ``logits`` with the teacher's
+    predicted class, averaged over the (valid) samples; no class weights or label smoothing (the teacher's decision
+    as it is).
+    """
+    ce = F.cross_entropy(logits, teacher_logits.argmax(-1), reduction="none")
+    if valid is None:
+        return ce.mean()
+    v = valid.to(ce.dtype)
+    return (ce * v).sum() / v.sum().clamp_min(1.0)
+
+
+def teacher_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, cfg: TrainConfig, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """What the student learns from its teacher's ``teacher_logits``: :func:`distillation_loss` at
+    ``train.distill_temperature`` (``train.distill_target=soft``) or :func:`hard_distillation_loss` (``hard``).
+    """
+    if cfg.distill_target == "hard":
+        return hard_distillation_loss(logits, teacher_logits, valid)
+    return distillation_loss(logits, teacher_logits, cfg.distill_temperature, valid)
+
+
+def check_distill_token(model: nn.Module, teaching: bool, describe: str = "") -> None:
+    """A model with a distillation token (``model.distill_token``) learns it from a teacher only: refuse training it
+    without one (``teaching``: a teacher's targets reach the training loss, ``train.distill`` with
+    ``train.distill_weight > 0``).
+    """
+    if getattr(model, "distill_token", None) is not None and not teaching:
+        where = f" ({describe})" if describe else ""
+        raise ConfigError(
+            f"model.distill_token=true{where}: the distillation token learns from a teacher's predictions, and this "
+            "training has none; set train.distill=MODEL (e.g. ststnet) with train.distill_weight > 0 and "
+            "train.distill_shared=false, or model.distill_token=false."
+        )
+
+
 Teacher = tuple[nn.Module, InputNorm]
 
 
@@ -350,10 +389,11 @@ def fit(
         on_epoch: called as ``on_epoch(epoch, model, norm)`` after every epoch (progress reporting, or the
             caller's optimistic oracle-epoch bookkeeping; ``fit`` itself never sees test data).
         describe: what is trained (e.g. "fold casme2/sub01 seed 0"), for the divergence error.
-        teacher: a model trained on the same rows and its input normalisation: its soft predictions on each
-            (augmented) batch are distilled with ``train.distill_weight`` and ``train.distill_temperature``
-            (ignored at ``distill_weight=0``, where the teacher only predicts beside the student:
-            ``train.distill_mix``).
+        teacher: a model trained on the same rows and its input normalisation: its predictions on each
+            (augmented) batch are distilled with ``train.distill_weight`` (:func:`teacher_loss`: soft targets at
+            ``train.distill_temperature`` or its predicted class, ``train.distill_target``), on the logits of the
+            model's distillation token where it has one (``model.distill_token``, DeiT), else on its logits; ignored
+            at ``distill_weight=0``, where the teacher only predicts beside the student (``train.distill_mix``).
         history: when given, one ``{"epoch", "loss", "acc"}`` per epoch is appended: the mean training loss and
             the accuracy on the (augmented) training batches, the training curve.
 
@@ -373,6 +413,9 @@ def fit(
         weight = weight.to(device)
     if cfg.distill_weight == 0:  # nothing to learn from the teacher's soft targets: skip its forward passes
         teacher = None
+    check_distill_token(model, teacher is not None, describe)
+
+    token = getattr(model, "distill_token", None) is not None  # DeiT: the teacher's term on its own head
 
     def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target, weight=weight, label_smoothing=cfg.label_smoothing)
@@ -403,21 +446,29 @@ def fit(
                             ) -> torch.Tensor:
                     return _l * ce(logits, target) + (1.0 - _l) * ce(logits, _b)
 
+            extra: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
             if teacher is not None:
                 soft = teacher_logits(teacher, xb.to(device))
-                label_loss = loss_fn
+                label_loss, a = loss_fn, cfg.distill_weight
 
-                def loss_fn(logits: torch.Tensor, target: torch.Tensor, _s: torch.Tensor = soft,
-                            _f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = label_loss,
-                            _a: float = cfg.distill_weight) -> torch.Tensor:
-                    return (1.0 - _a) * _f(logits, target) + _a * distillation_loss(logits, _s, cfg.distill_temperature)
+                def taught(logits: torch.Tensor, _s: torch.Tensor = soft, _a: float = a) -> torch.Tensor:
+                    return _a * teacher_loss(logits, _s, cfg)
+
+                def loss_fn(logits: torch.Tensor, target: torch.Tensor, _t: Callable = taught,
+                            _f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = label_loss, _a: float = a,
+                            _token: bool = token) -> torch.Tensor:
+                    # with a distillation token the teacher's term goes on its head instead (``distill``)
+                    return (1.0 - _a) * _f(logits, target) + (0.0 if _token else _t(logits))
+
+                if token:
+                    extra["distill"] = taught
 
             xb, yb = norm(xb).to(device), yb.to(device)
 
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * lr_factor(step, total, warmup, cfg.schedule)
             if with_loss is not None:
-                loss, logits = with_loss(xb, yb, loss_fn)
+                loss, logits = with_loss(xb, yb, loss_fn, **extra)
             else:
                 logits = model(xb)
                 loss = loss_fn(logits, yb)

@@ -402,6 +402,7 @@ class EPIR(nn.Module):
         stem: str = "patch",
         stem_channels: int = 16,
         select_before_last: bool = False,
+        distill_token: bool = False,
     ) -> None:
         super().__init__()
         check_sizes(num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size,
@@ -465,6 +466,14 @@ class EPIR(nn.Module):
             self.pool = MeanPool()  # over the kept tokens and the fused one, size-weighted
         self.head_drop = Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)
+        # DeiT's distillation token (Touvron et al. 2021): one more token through every block, never merged or
+        # pooled, with its own classifier learning from the teacher; the prediction averages the two heads' logits.
+        self.distill_token: nn.Parameter | None = None
+        self.head_dist: nn.Linear | None = None
+        if distill_token:
+            self.distill_token = nn.Parameter(torch.zeros(1, 1, dim))
+            nn.init.trunc_normal_(self.distill_token, std=0.02)
+            self.head_dist = nn.Linear(dim, num_classes)
         # 4. "trained with cross-entropy plus a contrastive loss": SupCon on a projection (SimCLR-style head).
         self.projection = (
             nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, projection_dim)) if contrastive else None
@@ -477,11 +486,22 @@ class EPIR(nn.Module):
 
     def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: flow maps (B, C, H, W). Returns the final tokens (B, N_final, D) and their sizes (B, N_final)
-        (None without merging: every token is one patch).
+        (None without merging: every token is one patch); a distillation token is not among them
+        (:meth:`forward_all`).
+        """
+        tokens, size, _ = self.forward_all(x)
+        return tokens, size
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`forward_tokens`' tokens and sizes, and the final distillation token (B, D) (None without one).
+
+        The distillation token joins the patch tokens in every block's attention (with size 1 under proportional
+        attention) and is set aside for the token integration and selection, which act on the patch tokens only.
         """
         tokens = self.tokenizer(self.stem(x)) + self.pos_embedding
         size = None
         sources = None
+        dist = None if self.distill_token is None else self.distill_token.expand(tokens.shape[0], -1, -1)
         if self.keep_sources:
             sources = torch.eye(self.num_patches, device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1)
         for i, stage in enumerate(self.stages):
@@ -494,10 +514,15 @@ class EPIR(nn.Module):
                     size = tokens.new_ones(tokens.shape[:2])
                 tokens, size, sources = self.early_select(tokens, size, sources)
             for block in stage.children():
-                tokens = block(tokens, size=size)
+                if dist is None:
+                    tokens = block(tokens, size=size)
+                    continue
+                both_size = None if size is None else torch.cat([size.new_ones(size.shape[0], 1), size], dim=1)
+                both = block(torch.cat([dist, tokens], dim=1), size=both_size)
+                dist, tokens = both[:, :1], both[:, 1:]
         if self.keep_sources:
             self.last_sources = sources
-        return tokens, size
+        return tokens, size, None if dist is None else dist[:, 0]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """x: flow maps (B, C, H, W). Returns the pooled feature (B, D)."""
@@ -508,9 +533,28 @@ class EPIR(nn.Module):
         """features: (B, D). Returns logits (B, num_classes)."""
         return self.head(self.head_drop(features))
 
+    def forward_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """x: flow maps (B, C, H, W). Returns the pooled feature (B, D), the class head's logits and the distillation
+        head's (B, num_classes; None without a distillation token).
+        """
+        return self.heads(*self.forward_all(x))
+
+    def heads(
+        self, tokens: torch.Tensor, size: torch.Tensor | None, dist: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward_all`'s final tokens, sizes and distillation token -> :meth:`forward_heads`' outputs."""
+        features = self.pool(self.norm(tokens), size)
+        distilled = None
+        if dist is not None and self.head_dist is not None:
+            distilled = self.head_dist(self.head_drop(self.norm(dist)))
+        return features, self.forward_head(features), distilled
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: flow maps (B, C, H, W), standardised per channel by the engine. Returns logits (B, num_classes)."""
-        return self.forward_head(self.forward_features(x))
+        """x: flow maps (B, C, H, W), standardised per channel by the engine. Returns logits (B, num_classes): with a
+        distillation token, the mean of the class head's and the distillation head's (DeiT's prediction).
+        """
+        _, logits, distilled = self.forward_heads(x)
+        return logits if distilled is None else (logits + distilled) / 2
 
     def forward_with_loss(
         self,
@@ -518,14 +562,20 @@ class EPIR(nn.Module):
         y: torch.Tensor,
         ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         valid: torch.Tensor | None = None,
+        distill: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W); y: labels (B,); ce: the engine's cross-entropy; valid: optional bool (B,) marking
-        the real samples of a padded batch. Returns (loss, logits): ce(logits, y) + contrastive_weight *
-        SupCon(projection(features), y) (just ce with contrastive off).
+        the real samples of a padded batch; distill: with a distillation token, the teacher's term on its head's
+        logits (the engine's, :func:`epir.engine.train.fit`). Returns (loss, logits): ce(logits, y) +
+        contrastive_weight * SupCon(projection(features), y) (just ce with contrastive off). With a distillation
+        token the loss adds distill(the distillation head's logits) (ce(them, y) when no ``distill`` is given: the
+        labels teach both heads), and the logits returned are the two heads' mean, as :meth:`forward` predicts.
         """
-        features = self.forward_features(x)
-        logits = self.forward_head(features)
+        features, logits, distilled = self.forward_heads(x)
         loss = ce(logits, y)
+        if distilled is not None:
+            loss = loss + (ce(distilled, y) if distill is None else distill(distilled))
+            logits = (logits + distilled) / 2
         if self.projection is not None:
             loss = loss + self.contrastive_weight * supervised_contrastive_loss(
                 self.projection(features), y, self.contrastive_temperature, valid=valid
@@ -542,7 +592,8 @@ class EPIR(nn.Module):
             ``logits`` (B, num_classes); ``tokens``: the final tokens (B, N, D); ``sources`` (B, N, P): how many of
             the P patches (a ``grid`` x ``grid`` raster, row-major) each final token holds; ``grid``;
             ``selection`` (B, keep) and ``scores`` (B, N): the tokens DTSM kept and every token's score (None
-            with mean pooling); ``attention``: per block, its attention map (B, heads, N_block, N_block).
+            with mean pooling); ``attention``: per block, its attention map (B, heads, N_block, N_block) among the
+            patch tokens (a distillation token's row and column left out).
         """
         blocks = [m for m in self.modules() if isinstance(m, Attention)]
         kept_before = [m.keep_attention for m in blocks]
@@ -550,12 +601,16 @@ class EPIR(nn.Module):
         for m in blocks:
             m.keep_attention = True
         try:
-            tokens, size = self.forward_tokens(x)
-            logits = self.forward_head(self.pool(self.norm(tokens), size))
+            tokens, size, dist = self.forward_all(x)
+            _, logits, distilled = self.heads(tokens, size, dist)
+            if distilled is not None:
+                logits = (logits + distilled) / 2
             sources = self.last_sources
             if sources is None:  # no merging: token i is patch i
                 sources = torch.eye(self.num_patches, device=x.device).expand(x.shape[0], -1, -1)
             attention = [m.last_attention for m in blocks]
+            if dist is not None:  # the distillation token is first in every block
+                attention = [None if a is None else a[..., 1:, 1:] for a in attention]
         finally:
             self.keep_sources, self.last_sources = False, None
             for m, keep in zip(blocks, kept_before):
@@ -688,6 +743,7 @@ def epir(
     stem: str = "patch",
     stem_channels: int = 16,
     select_before_last: bool = False,
+    distill_token: bool = False,
 ) -> EPIR:
     """EPIR with every component on; each boolean switch falls back to its plain counterpart.
 
@@ -729,5 +785,10 @@ def epir(
         select_before_last: DTSM selects before the last stage instead of at the pooling (EViT's keep + fuse,
             :class:`EarlySelect`): the last stage sees the ``select_ratio`` share of its tokens plus one fused token,
             and the pooling is the size-weighted mean. Needs ``dtsm`` and ``select_ratio < 1``.
+        distill_token: DeiT's distillation token (Touvron et al. 2021): one more token in every block's attention,
+            never merged or selected, with its own classifier that learns from the fold's teacher (``train.distill``
+            with ``train.distill_weight > 0``; training without one is refused) while the class head learns from the
+            labels; the prediction is the mean of the two heads' logits. Adds ``dim * (num_classes + 1) +
+            num_classes`` parameters (195 at the defaults).
     """
     return EPIR(**locals())  # the arguments pass through unchanged
