@@ -554,6 +554,11 @@ class EPIR(nn.Module):
         distillation token, the mean of the class head's and the distillation head's (DeiT's prediction).
         """
         _, logits, distilled = self.forward_heads(x)
+        return self.prediction(logits, distilled)
+
+    @staticmethod
+    def prediction(logits: torch.Tensor, distilled: torch.Tensor | None) -> torch.Tensor:
+        """The logits the model predicts with: the class head's, or their mean with the distillation head's (DeiT)."""
         return logits if distilled is None else (logits + distilled) / 2
 
     def forward_with_loss(
@@ -575,7 +580,7 @@ class EPIR(nn.Module):
         loss = ce(logits, y)
         if distilled is not None:
             loss = loss + (ce(distilled, y) if distill is None else distill(distilled))
-            logits = (logits + distilled) / 2
+            logits = self.prediction(logits, distilled)
         if self.projection is not None:
             loss = loss + self.contrastive_weight * supervised_contrastive_loss(
                 self.projection(features), y, self.contrastive_temperature, valid=valid
@@ -602,9 +607,7 @@ class EPIR(nn.Module):
             m.keep_attention = True
         try:
             tokens, size, dist = self.forward_all(x)
-            _, logits, distilled = self.heads(tokens, size, dist)
-            if distilled is not None:
-                logits = (logits + distilled) / 2
+            logits = self.prediction(*self.heads(tokens, size, dist)[1:])
             sources = self.last_sources
             if sources is None:  # no merging: token i is patch i
                 sources = torch.eye(self.num_patches, device=x.device).expand(x.shape[0], -1, -1)
