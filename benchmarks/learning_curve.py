@@ -52,9 +52,13 @@ def wall_of(results: dict) -> str:
     return "?" if seconds is None else f"{seconds:.0f} s"
 
 
+def interval(value: float, ci: list[float]) -> str:
+    """``+0.012 [-0.034, +0.058]``: a paired figure and its interval, as every cell of the table shows one."""
+    return f"{value:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
 def cell(diff: dict) -> str:
-    lo, hi = diff["ci"]
-    return f"{diff['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return interval(diff["difference"], diff["ci"])
 
 
 def main() -> None:
@@ -121,8 +125,7 @@ def main() -> None:
                 tables = [runs[(1.0, first)], runs[(share, first)], runs[(1.0, other)], runs[(share, other)]]
                 g = paired_contrast([t.predictions for t in tables], [1, -1, -1, 1], len(tables[0].class_names),
                                     absent=tables[0].absent)
-                row += " |".join(f" {g[k]['value']:+.3f} [{g[k]['ci'][0]:+.3f}, {g[k]['ci'][1]:+.3f}]"
-                                 for k in ("uf1", "uar")) + " |"
+                row += "".join(f" {interval(g[k]['value'], g[k]['ci'])} |" for k in ("uf1", "uar"))
         print(row)
     print("\nA share below 1 is a learning-curve point (each fold trained on a drawn share of its subjects), not an "
           "honest LOSO result of the recipe; differences are paired subject bootstraps (2000 resamples).")

@@ -53,7 +53,7 @@ from epir.engine.results import (
 )
 from epir.engine.runstore import FoldStore, fold_file
 from epir.engine.selection import GroupTeachers, candidate_configs, select_shared, shared_teachers, teacher_config
-from epir.engine.train import load_initial_weights
+from epir.engine.train import load_initial_weights, untaught_token_error
 from epir.errors import ConfigError
 from epir.models import AUTO_FOLD_BATCH, build_model, resolve_model_args
 from epir.runsetup import (
@@ -150,12 +150,8 @@ def check_distill_token_recipe(cfg: RunConfig) -> None:
     """
     if resolve_model_args(cfg.model.name, cfg.model.args).get("distill_token") and not (
             cfg.train.distill and cfg.train.distill_weight > 0):
-        raise ConfigError(
-            f"model.distill_token=true: the distillation token learns from a teacher's predictions, but the recipe "
-            f"has none (train.distill={cfg.train.distill!r}, train.distill_weight={cfg.train.distill_weight:g}); set "
-            "train.distill=MODEL (e.g. ststnet) with train.distill_weight > 0 and train.distill_shared=false, or "
-            "model.distill_token=false."
-        )
+        raise untaught_token_error("", f"but the recipe has none (train.distill={cfg.train.distill!r}, "
+                                       f"train.distill_weight={cfg.train.distill_weight:g})")
 
 
 def check_before_training(cfg: RunConfig) -> None:

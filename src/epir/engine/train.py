@@ -267,18 +267,25 @@ def teacher_loss(
     return distillation_loss(logits, teacher_logits, cfg.distill_temperature, valid)
 
 
+def untaught_token_error(where: str, missing: str) -> ConfigError:
+    """The one-line refusal of a distillation token without a teacher: ``model.distill_token=true<where>: ...
+    <missing>; <the fix>``, raised by :func:`check_distill_token` and, before a run trains, by
+    :func:`epir.engine.loso.check_distill_token_recipe`.
+    """
+    return ConfigError(
+        f"model.distill_token=true{where}: the distillation token learns from a teacher's predictions, {missing}; set "
+        "train.distill=MODEL (e.g. ststnet) with train.distill_weight > 0 and train.distill_shared=false, or "
+        "model.distill_token=false."
+    )
+
+
 def check_distill_token(model: nn.Module, teaching: bool, describe: str = "") -> None:
     """A model with a distillation token (``model.distill_token``) learns it from a teacher only: refuse training it
     without one (``teaching``: a teacher's targets reach the training loss, ``train.distill`` with
     ``train.distill_weight > 0``).
     """
     if getattr(model, "distill_token", None) is not None and not teaching:
-        where = f" ({describe})" if describe else ""
-        raise ConfigError(
-            f"model.distill_token=true{where}: the distillation token learns from a teacher's predictions, and this "
-            "training has none; set train.distill=MODEL (e.g. ststnet) with train.distill_weight > 0 and "
-            "train.distill_shared=false, or model.distill_token=false."
-        )
+        raise untaught_token_error(f" ({describe})" if describe else "", "and this training has none")
 
 
 Teacher = tuple[nn.Module, InputNorm]
