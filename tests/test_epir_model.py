@@ -20,6 +20,7 @@ from epir.models.epir import (
     PatchEmbedding,
     RefinedShifts,
     TokenIntegration,
+    block_keys,
     stage_token_counts,
 )
 from epir.models.layers import Attention
@@ -127,6 +128,71 @@ def test_model_tracks_sources_of_final_tokens() -> None:
     model(torch.randn(2, 3, 28, 28))
     assert model.last_sources.shape == (2, 22, 49)
     assert torch.equal(model.last_sources.sum(dim=1), torch.ones(2, 49))
+
+
+def test_attention_keys_are_the_keys_its_forward_attends_with() -> None:
+    """Attention.keys is the key third of to_qkv, split into heads and averaged over them (ToMe's metric)."""
+    torch.manual_seed(0)
+    attn, x = Attention(dim=16, heads=2), torch.randn(3, 9, 16)
+    seen = {}
+
+    def spy(mod, args, out):  # the forward's own keys: the middle third of to_qkv, per head
+        seen["k"] = out[..., 16:32].reshape(3, 9, 2, 8).transpose(1, 2)
+
+    attn.to_qkv.register_forward_hook(spy)
+    attn(x)
+    torch.testing.assert_close(attn.keys(x), seen["k"].mean(dim=1))
+
+
+def test_merging_on_keys_matches_tokens_by_the_last_blocks_keys() -> None:
+    """model.merge_metric=keys: each merge's matching compares the keys of the block before it, on the tokens that
+    entered that block; the features switch (default) passes no metric and matches on the tokens themselves."""
+    x = torch.randn(2, 3, 28, 28)
+    for metric in ("features", "keys"):
+        model, entered, metrics = merges_seen(tiny(depths=[1, 2, 1], merge_metric=metric).eval(), x)
+        assert len(metrics) == 2
+        for i, metric_seen in enumerate(metrics):
+            if metric == "features":
+                assert metric_seen is None
+            else:
+                torch.testing.assert_close(metric_seen, block_keys(model.stages[i][-1], entered[i]))
+                assert metric_seen.shape == (2, model.token_counts[i], 8)  # (B, N, dim_head)
+
+
+def merges_seen(model: EPIR, x: torch.Tensor) -> tuple[EPIR, dict[int, torch.Tensor], list]:
+    """Runs ``model`` on ``x``; returns it, the tokens entering each stage's last block and each merge's metric."""
+    entered: dict[int, torch.Tensor] = {}
+    metrics: list = []
+    for i, stage in enumerate(model.stages):
+        stage[-1].register_forward_pre_hook(
+            lambda mod, args, kwargs, i=i: entered.__setitem__(i, args[0]), with_kwargs=True)
+    for merge in model.merges:
+        merge.register_forward_pre_hook(lambda mod, args, kwargs: metrics.append(kwargs["metric"]), with_kwargs=True)
+    model(x)
+    return model, entered, metrics
+
+
+def test_merging_on_keys_keeps_the_mass_and_changes_which_tokens_merge() -> None:
+    torch.manual_seed(0)
+    x, size = torch.randn(3, 49, 8, dtype=torch.float64), torch.ones(3, 49, dtype=torch.float64)
+    keys = torch.randn(3, 49, 4, dtype=torch.float64)
+    merged, new_size, _ = TokenIntegration(r=16)(x, size, metric=keys)
+    torch.testing.assert_close((merged * new_size[..., None]).sum(dim=1), x.sum(dim=1))
+    by_features, _, _ = TokenIntegration(r=16)(x, size)
+    assert not torch.allclose(merged, by_features)
+    same, _, _ = TokenIntegration(r=16)(x, size, metric=x)  # the tokens as the metric: the default matching
+    torch.testing.assert_close(same, by_features)
+    a, b = tiny().eval(), tiny(merge_metric="keys").eval()
+    inputs = torch.randn(4, 3, 28, 28)
+    assert a.state_dict().keys() == b.state_dict().keys()  # no parameters either way
+    assert not torch.allclose(a(inputs), b(inputs))
+
+
+def test_merge_metric_is_checked() -> None:
+    with pytest.raises(ConfigError, match="model.merge_metric must be one of features, keys"):
+        tiny(merge_metric="queries")
+    with pytest.raises(ConfigError, match="model.merge=false turns it off"):
+        tiny(merge_metric="keys", merge=False)
 
 
 # ---- ITALS and DTSM ------------------------------------------------------------------------------------

@@ -101,6 +101,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "distill-token": ("model.distill_token=true", "train.distill=ststnet",
                       "train.distill_overrides=[train.epochs=20, train.lr=2e-3]", "train.distill_weight=0.5",
                       "train.distill_target=hard", "train.distill_shared=false"),
+    # ToMe's own matching metric (round 24; in no recipe): the token integration compares the attention keys of the
+    # last block before each merge, averaged over heads, instead of the token features
+    "merge-keys": ("model.merge_metric=keys",),
 }
 
 
@@ -135,6 +138,7 @@ LEVER_NOTES: dict[str, str] = {
     "balanced-sqrt": "the balanced weights' square root: (n / (K n_c)) ** 0.5",
     "official-order": "the training rows unshuffled and sorted by class every epoch (the official STSTNet code's)",
     "distill-token": "DeiT's distillation token: a second head taught the fold's STSTNet's class, the heads averaged",
+    "merge-keys": "EPIR's token integration matches tokens by their attention keys (ToMe's choice), not features",
 }
 
 

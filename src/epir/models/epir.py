@@ -188,11 +188,26 @@ def stage_token_counts(num_patches: int, num_stages: int, merge_ratio: float) ->
     return counts
 
 
+#: What ToMe's bipartite matching compares (``model.merge_metric``): the token features (the default), or the
+#: attention keys of the last block before the merge, averaged over heads (ToMe's own choice).
+MERGE_METRICS = ("features", "keys")
+
+
+def block_keys(block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The keys a transformer block's attention takes from ``tokens`` (B, N, D), the tokens that entered it, averaged
+    over heads: (B, N, dim_head) (:meth:`epir.models.layers.Attention.keys` after the block's first LayerNorm).
+    """
+    if not isinstance(block, Block) or not isinstance(block.attn, Attention):
+        raise TypeError(f"block_keys needs an epir Block around an Attention, got {type(block).__name__}.")
+    return block.attn.keys(block.norm1(tokens))
+
+
 class TokenIntegration(nn.Module):
     """ToMe bipartite soft matching (Bolya et al. 2023, sec. 3): merge ``r`` tokens, size-weighted.
 
     Tokens alternate into sets A (even positions) and B (odd). Each A token is linked to its most similar B
-    token (cosine similarity of the token features); the ``r`` most similar links are merged: the A token is
+    token (cosine similarity of the token features, or of another per-token ``metric`` such as the attention
+    keys, ToMe's own choice); the ``r`` most similar links are merged: the A token is
     averaged into its B token, weighted by the tokens' sizes (how many patches each stands for), and the sizes
     add. So the sum of sizes and the size-weighted sum of features are preserved exactly: every patch still
     contributes. Output order: the unmerged A tokens, then the B tokens. No parameters.
@@ -203,15 +218,17 @@ class TokenIntegration(nn.Module):
         self.r = r
 
     def forward(
-        self, x: torch.Tensor, size: torch.Tensor, sources: torch.Tensor | None = None
+        self, x: torch.Tensor, size: torch.Tensor, sources: torch.Tensor | None = None,
+        metric: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """x: tokens (B, N, D); size: (B, N); sources: optional patch membership (B, N, P).
+        """x: tokens (B, N, D); size: (B, N); sources: optional patch membership (B, N, P); metric: what the
+        matching compares, (B, N, any width), the tokens themselves when None.
 
         Returns the merged tokens (B, N - r, D), their sizes (B, N - r) and merged sources (B, N - r, P).
         """
         if self.r <= 0:
             return x, size, sources
-        metric = F.normalize(x, dim=-1)
+        metric = F.normalize(x if metric is None else metric, dim=-1)
         scores = metric[:, ::2] @ metric[:, 1::2].transpose(-1, -2)  # (B, |A|, |B|)
         node_max, node_idx = scores.max(dim=-1)  # best B partner of each A token
         edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
@@ -403,6 +420,7 @@ class EPIR(nn.Module):
         stem_channels: int = 16,
         select_before_last: bool = False,
         distill_token: bool = False,
+        merge_metric: str = "features",
     ) -> None:
         super().__init__()
         check_sizes(num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size,
@@ -413,6 +431,13 @@ class EPIR(nn.Module):
                       contrastive_weight, "a finite number >= 0")
         if stem not in ("patch", "conv"):
             raise ConfigError(f"model.stem must be 'patch' or 'conv', got {stem!r}.")
+        if merge_metric not in MERGE_METRICS:
+            raise ConfigError(f"model.merge_metric must be one of {', '.join(MERGE_METRICS)} (what ToMe's matching "
+                              f"compares), got {merge_metric!r}.")
+        if merge_metric != "features" and not merge:
+            raise ConfigError(f"model.merge_metric={merge_metric} sets what the token integration compares, and "
+                              "model.merge=false turns it off; drop one of the two.")
+        self.merge_metric = merge_metric
         self.stem: nn.Module = nn.Identity()
         token_in, token_size = in_channels, image_size
         if stem == "conv":
@@ -504,16 +529,21 @@ class EPIR(nn.Module):
         dist = None if self.distill_token is None else self.distill_token.expand(tokens.shape[0], -1, -1)
         if self.keep_sources:
             sources = torch.eye(self.num_patches, device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1)
+        last: tuple[nn.Module, torch.Tensor] | None = None  # the last block run and the patch tokens it took
         for i, stage in enumerate(self.stages):
             if i > 0 and self.merges is not None:
                 if size is None:
                     size = tokens.new_ones(tokens.shape[:2])
-                tokens, size, sources = self.merges[i - 1](tokens, size, sources)
+                metric = None
+                if self.merge_metric == "keys" and last is not None:
+                    metric = block_keys(*last)
+                tokens, size, sources = self.merges[i - 1](tokens, size, sources, metric=metric)
             if i == len(self.stages) - 1 and self.early_select is not None:
                 if size is None:
                     size = tokens.new_ones(tokens.shape[:2])
                 tokens, size, sources = self.early_select(tokens, size, sources)
             for block in stage.children():
+                last = (block, tokens)
                 if dist is None:
                     tokens = block(tokens, size=size)
                     continue
@@ -747,6 +777,7 @@ def epir(
     stem_channels: int = 16,
     select_before_last: bool = False,
     distill_token: bool = False,
+    merge_metric: str = "features",
 ) -> EPIR:
     """EPIR with every component on; each boolean switch falls back to its plain counterpart.
 
@@ -793,5 +824,8 @@ def epir(
             with ``train.distill_weight > 0``; training without one is refused) while the class head learns from the
             labels; the prediction is the mean of the two heads' logits. Adds ``dim * (num_classes + 1) +
             num_classes`` parameters (195 at the defaults).
+        merge_metric: what the token integration's matching compares: ``features`` (the tokens' cosine
+            similarity) or ``keys`` (the attention keys of the last block before each merge, averaged over heads,
+            as ToMe does). Needs ``merge``; no parameters either way.
     """
     return EPIR(**locals())  # the arguments pass through unchanged

@@ -24,6 +24,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -264,6 +265,15 @@ class Attention(nn.Module):
     def bias(self, x: torch.Tensor) -> torch.Tensor | None:
         """x: tokens (B, N, D). Returns an additive bias on the logits, shape (N, N), or None."""
         return None
+
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        """x: the tokens this module attends over, shape (B, N, D) (after the block's LayerNorm). Returns their keys
+        averaged over the heads, (B, N, dim_head): ToMe's matching metric (Bolya et al. 2023, sec. 3). The same
+        projection :meth:`forward` takes its keys from, computed again for the key rows only.
+        """
+        dim = self.heads * self.dim_head
+        k = F.linear(x, self.to_qkv.weight[dim : 2 * dim])
+        return rearrange(k, "b n (h d) -> b h n d", h=self.heads).mean(dim=1)
 
     def forward(self, x: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
         """x: tokens, shape (B, N, D); size: tokens' sizes, shape (B, N), or None (all 1). Returns (B, N, D)."""
