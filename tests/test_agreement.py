@@ -214,10 +214,32 @@ def test_the_parts_of_a_blended_run(fake_dataset, tmp_path, capsys, monkeypatch)
     bench.main()
     text = capsys.readouterr().out
     assert text.startswith("OPTIMISTIC BOUNDS") and text.count(f"| {out.name} |") == 6 and "- (as results.json)" in text
-    assert main(["evaluate", str(out), "--parts"]) == 2
-    assert "use it with --agreement" in capsys.readouterr().err
-    assert main(["evaluate", str(out), "--agreement", "--parts", "--versus", str(out)]) == 2
-    assert "give one run, without --versus" in capsys.readouterr().err
+    for flags in (["--parts"], ["--agreement", "--parts", "--versus", str(out)]):  # one of the two, not none or both
+        assert main(["evaluate", str(out), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--parts reads a blend run's two parts: with --agreement (one run)" in err and "\n" not in err
+    with pytest.raises(ConfigError, match="give one run, without --versus"):
+        agreement_of_runs(out, out, parts=True)
+    # --versus --parts: the same students with another teacher (2 epochs instead of 1): the blends and the teachers
+    # differ, the models alone not at all
+    other = tmp_path / "mixed-other-teacher"
+    run_loso(replace(cfg, train=replace(cfg.train, distill_overrides=("train.epochs=2",))), fake_dataset,
+             out_dir=other, progress=False)
+    assert main(["evaluate", str(other), "--versus", str(out), "--parts", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert set(got["parts"]) == {"model", "teacher"}
+    model, teacher = got["parts"]["model"], got["parts"]["teacher"]
+    assert model["names"] == [f"{other} model", f"{out} model"] and teacher["names"] == [f"{other} teacher",
+                                                                                           f"{out} teacher"]
+    assert model["uf1"]["difference"] == model["uar"]["difference"] == 0.0 and model["uf1"]["ci"] == [0.0, 0.0]
+    both = read_parts(other)["teacher"].predictions, parts["teacher"].predictions
+    assert not both[0]["prob_negative"].equals(both[1]["prob_negative"])
+    assert teacher["uf1"]["a"] == pytest.approx(read_scored_part_uf1(other)) and teacher["uf1"]["b"] == pytest.approx(
+        read_scored_part_uf1(out))
+    assert main(["evaluate", str(other), "--versus", str(out), "--parts"]) == 0
+    text = capsys.readouterr().out
+    for name in (f"{other} - {out}", f"{other} model - {out} model", f"{other} teacher - {out} teacher"):
+        assert f"{name}, paired subject bootstrap" in text
     fold = next((out / "folds").rglob("*.json"))
     rec = json.loads(fold.read_text())
     fold.write_text(json.dumps({k: v for k, v in rec.items() if k != "model_probs"}))  # as before round 17
@@ -229,6 +251,14 @@ def test_the_parts_of_a_blended_run(fake_dataset, tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err.strip()
     assert f"{out}: its fold files and its predictions.csv disagree" in err and "other true labels" in err
     assert "\n" not in err
+
+
+def read_scored_part_uf1(run_dir: Path) -> float:
+    """The teacher part's UF1, pooled over the folds and averaged over the seeds (a run's own score)."""
+    from epir.engine.metrics import megc_scores
+    table = read_parts(run_dir)["teacher"].predictions
+    return float(np.mean([megc_scores(t["true"].to_numpy(), t["predicted"].to_numpy(), 3)["uf1"]
+                          for _, t in table.groupby("seed")]))
 
 
 def test_parts_of_a_run_without_teacher(two_runs: tuple[Path, Path]) -> None:

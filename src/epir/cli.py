@@ -18,6 +18,7 @@ from epir.engine.compare import run_compare
 from epir.engine.cost import input_shape, profile_recipe
 from epir.engine.evaluate import (
     agreement_of_runs,
+    compare_parts,
     compare_runs,
     evaluate_megc_log,
     evaluate_run_dir,
@@ -119,18 +120,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.per_subject and args.versus is None:
         raise EpirError("--per-subject compares two runs subject by subject: give the other with --versus RUN_DIR.")
     run = args.megc_log or args.run_dir
-    if args.parts and not args.agreement:
-        raise EpirError("--parts compares a run's model with its teacher: use it with --agreement.")
+    if args.parts and args.agreement == (args.versus is not None):
+        raise EpirError("--parts reads a blend run's two parts: with --agreement (one run), where its model and its "
+                        "teacher err; with --versus RUN_DIR (no --agreement), each part's difference from the other "
+                        "run's.")
     agreed = (agreement_of_runs(run, args.versus, parts=args.parts, resamples=args.resamples, level=args.level)
               if args.agreement else None)
     if args.versus is not None:
         diff = compare_runs(run, args.versus, per_subject=args.per_subject, **ci)
+        parts = compare_parts(run, args.versus, **ci) if args.parts else None
         if args.json:
-            print(json.dumps(diff if agreed is None else {**diff, "agreement": agreed}, indent=2))
+            extra = {key: value for key, value in (("agreement", agreed), ("parts", parts)) if value is not None}
+            print(json.dumps({**diff, **extra}, indent=2))
             return 0
         for name, protocol, seeds in zip(diff["names"], diff["protocols"], diff["seeds"]):
             print(f"{name}: {protocol}, seeds {seeds}")
         print(format_difference(diff))
+        for part in parts.values() if parts is not None else ():
+            print(format_difference(part))
         if args.per_subject:
             print(format_subject_differences(diff["per_subject"]))
         if agreed is not None:
@@ -326,8 +333,10 @@ def make_parser() -> argparse.ArgumentParser:
                         "with the same wrong class), Yule's Q and the either-is-right ceiling, beside the same figures "
                         "between each run's own seeds; without --versus, between the run's seeds")
     p.add_argument("--parts", action="store_true",
-                   help="with --agreement: the run's model alone against the teacher blended into its predictions "
-                        "(from its fold files), e.g. the EPIR default's two parts")
+                   help="a blend run's two parts (its model alone and the teacher blended into its predictions, from "
+                        "its fold files): with --agreement, where the run's model and teacher err, e.g. the EPIR "
+                        "default's; with --versus, each part's difference from the other run's as well as the "
+                        "blend's")
     p.add_argument("--method", choices=list(METHODS), default=METHOD,
                    help=f"how an interval is read off the resamples (default {METHOD}; bca: bias-corrected and "
                         "accelerated, which adds a jackknife over the subjects; basic: reverse percentile)")

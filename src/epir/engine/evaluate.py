@@ -121,6 +121,20 @@ def compare_runs(a: str | Path, b: str | Path, *, resamples: int = RESAMPLES, le
     return out
 
 
+def compare_parts(a: str | Path, b: str | Path, *, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0,
+                  method: str = METHOD) -> dict[str, dict[str, Any]]:
+    """Each part of two blend runs, A - B (:func:`compare_runs` of :func:`read_parts`' ``model`` and ``teacher``):
+    which part made the blends differ, e.g. the same students with teachers trained otherwise. The rows are named
+    ``<run> model`` and ``<run> teacher``.
+
+    Raises:
+        ConfigError: a run without a teacher, or anything :func:`compare_runs` refuses, for either part.
+    """
+    pa, pb = read_parts(a), read_parts(b)
+    return {part: _paired(pa[part], pb[part], (f"{a} {part}", f"{b} {part}"), resamples=resamples, level=level,
+                          seed=seed, method=method) for part in ("model", "teacher")}
+
+
 def _same_classes(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str]) -> None:
     """ConfigError unless two read runs score the same classes."""
     a, b = names
@@ -297,6 +311,6 @@ def differences(run_dirs: Mapping[str, str | Path | ScoredRun], reference: str) 
     return rows
 
 
-__all__ = ["KEPT_AS", "ScoredRun", "agreement_of_runs", "agreements", "compare_runs", "differences",
+__all__ = ["KEPT_AS", "ScoredRun", "agreement_of_runs", "agreements", "compare_parts", "compare_runs", "differences",
            "evaluate_megc_log", "evaluate_run_dir", "format_agreement_of_runs", "read_log", "read_parts",
            "read_run_dir", "read_scored"]
