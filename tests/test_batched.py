@@ -582,6 +582,18 @@ def test_merging_on_keys_trains_batched_as_one_at_a_time(one_torch_thread) -> No
                                    atol=1e-4, rtol=1e-4)
 
 
+def test_affine_refinement_trains_batched_as_one_at_a_time(one_torch_thread) -> None:
+    """model.refine_transform=affine: each member's own matrices resample its own maps inside vmap."""
+    model_cfg = ModelConfig(name="epir", args={**SMALL["epir"], "refine_transform": "affine"})
+    recipe, ms = replace(default_recipe("epir"), epochs=2, batch_size=8), members()
+    models, norms = fit_many(model_cfg, ms, recipe, num_classes=3)
+    probe = torch.rand(6, 3, 28, 28, generator=torch.Generator().manual_seed(9)) * 255
+    for m, model, norm in zip(ms, models, norms):
+        ref, ref_norm = one_at_a_time(model_cfg, m, recipe)
+        torch.testing.assert_close(predict_proba(model, norm, probe), predict_proba(ref, ref_norm, probe),
+                                   atol=1e-4, rtol=1e-4)
+
+
 def test_a_distillation_token_without_a_teacher_is_refused_before_training(fake_dataset) -> None:
     from epir import make_config
     from epir.engine.loso import check_before_training

@@ -14,6 +14,7 @@ from epir.models.epir import (
     DTSM,
     EPIR,
     ITALS,
+    AffineShifts,
     EarlySelect,
     FixedShifts,
     MeanPool,
@@ -76,6 +77,49 @@ def test_refined_shifts_start_exactly_as_fixed_shifts_and_are_learnable() -> Non
     torch.testing.assert_close(refined.shift(x), fixed.shift(x), atol=1e-6, rtol=0)
     assert refined.shift.weight.requires_grad and refined.shift.weight.numel() == 4 * 3 * 9
     assert sum(p.numel() for p in fixed.shift.parameters()) == 0
+
+
+def test_affine_shifts_start_as_fixed_shifts_and_are_learnable() -> None:
+    """model.refine_transform=affine: one 2x3 matrix per copy, starting at the copy's integer shift (equal to
+    within float rounding of the grid's coordinates), shared by the channels; the gradient reaches every matrix."""
+    for shifts in ("diagonal", "axial"):
+        fixed = DNSPT(in_channels=3, patch_size=4, dim=8, shifts=shifts, refine=False)
+        affine = DNSPT(in_channels=3, patch_size=4, dim=8, shifts=shifts, refine_transform="affine", image_size=28)
+        assert isinstance(affine.shift, AffineShifts) and affine.shift.theta.shape == (4, 2, 3)
+        x = torch.randn(2, 3, 28, 28)
+        torch.testing.assert_close(affine.shift(x), fixed.shift(x), atol=1e-4, rtol=0)
+    affine.shift(x).square().sum().backward()
+    assert affine.shift.theta.grad is not None and bool((affine.shift.theta.grad.abs().sum(dim=(1, 2)) > 0).all())
+
+
+def test_an_affine_copy_moves_by_its_translation_and_turns_by_its_rotation() -> None:
+    """The affine map's convention: a translation of 2 * d / size in the matrix moves a copy by d more pixels (so
+    one more pixel down is the integer shift's copy one row lower), and a quarter turn turns the map's pixels."""
+    shift = AffineShifts(offsets=[(0, 0)], image_size=28)
+    x = torch.randn(1, 2, 28, 28)
+    with torch.no_grad():
+        shift.theta[0, 1, 2] = -2.0 * 3 / 28  # 3 pixels down
+    torch.testing.assert_close(shift(x), F.pad(x, (0, 0, 3, 0))[..., :28, :], atol=1e-4, rtol=0)
+    with torch.no_grad():
+        shift.theta[0] = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])  # samples (x, y) <- (-y, x)
+    torch.testing.assert_close(shift(x), torch.rot90(x, k=1, dims=(-2, -1)), atol=1e-4, rtol=0)
+
+
+def test_refine_transform_is_checked_and_costs_its_parameters() -> None:
+    kernel, affine = tiny(), tiny(refine_transform="affine")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(kernel) - count(affine) == 4 * 3 * 9 - 4 * 6
+    assert create_model("epir", refine_transform="affine").tokenizer.shift.theta.numel() == 24
+    assert type(kernel.tokenizer.shift) is RefinedShifts and type(affine.tokenizer.shift) is AffineShifts
+    # neither refinement draws random numbers, and both start at the integer shifts: the same model at the start
+    inputs = torch.randn(4, 3, 28, 28)
+    torch.testing.assert_close(kernel.eval()(inputs), affine.eval()(inputs), atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="model.refine_transform must be one of kernel, affine"):
+        tiny(refine_transform="spline")
+    with pytest.raises(ConfigError, match="model.refine=false turns that off"):
+        tiny(refine_transform="affine", refine=False)
+    with pytest.raises(ConfigError, match="model.dnspt=false turns that off"):
+        tiny(refine_transform="affine", dnspt=False)
 
 
 def test_dnspt_is_normed_on_both_sides_of_the_projection() -> None:

@@ -24,6 +24,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "epir[select_before_last]": ("epir", {"select_ratio": 0.5, "select_before_last": True}),
     "epir[distill_token]": ("epir", {"distill_token": True}),
     "epir[merge_metric=keys]": ("epir", {"merge_metric": "keys"}),
+    "epir[refine_transform=affine]": ("epir", {"refine_transform": "affine"}),
     "epir[plain]": ("epir", {"dnspt": False, "merge": False, "itals": False, "dtsm": False, "contrastive": False}),
 }
 NUM_CLASSES = 4

@@ -104,6 +104,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # ToMe's own matching metric (round 24; in no recipe): the token integration compares the attention keys of the
     # last block before each merge, averaged over heads, instead of the token features
     "merge-keys": ("model.merge_metric=keys",),
+    # DNSPT's refinement as a learned affine map per shifted copy (grid_sample), not a 3x3 kernel per copy and
+    # channel (round 25; in no recipe)
+    "refine-affine": ("model.refine_transform=affine",),
 }
 
 
@@ -139,6 +142,7 @@ LEVER_NOTES: dict[str, str] = {
     "official-order": "the training rows unshuffled and sorted by class every epoch (the official STSTNet code's)",
     "distill-token": "DeiT's distillation token: a second head taught the fold's STSTNet's class, the heads averaged",
     "merge-keys": "EPIR's token integration matches tokens by their attention keys (ToMe's choice), not features",
+    "refine-affine": "DNSPT refines each shifted copy by a learned affine map (6 parameters), not 3x3 kernels",
 }
 
 

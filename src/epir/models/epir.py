@@ -6,7 +6,8 @@ A small vision transformer over a micro-expression flow map ``(B, 3, 28, 28)`` (
 1. DNSPT, "dual-norm shifted patch tokenization": shifted patch tokenization (SPT, Lee et al., "Vision
    Transformer for Small-Size Datasets", 2021) with a LayerNorm on both sides of the patch projection (Dual
    PatchNorm, Kumar et al. 2023); the "refined spatial transformation" follows each integer shift with a
-   learnable 3x3 depthwise kernel initialised to the identity. Switches ``dnspt``, ``refine``.
+   learnable 3x3 depthwise kernel initialised to the identity (``refine_transform="affine"``: a learned affine map
+   per copy instead). Switches ``dnspt``, ``refine``.
 2. Token integration between cascaded stages of blocks: ToMe bipartite soft matching (Bolya et al., ICLR
    2023) with size-weighted averages and proportional attention. Switch ``merge``.
 3. Discriminative token extractor: ITALS, attention with the diagonal of the logits masked and a learnable
@@ -96,6 +97,46 @@ class RefinedShifts(FixedShifts):
         return F.conv2d(copies, self.weight, padding=1, groups=self.weight.shape[0]).contiguous()
 
 
+class AffineShifts(FixedShifts):
+    """The refinement as a learned affine map per copy (``refine_transform="affine"``): each shifted copy is the
+    input resampled (bilinear ``grid_sample``, zeros outside the map) through its own 2x3 affine matrix,
+    initialised to the copy's integer shift. Training starts from exactly SPT's copies and may rotate, scale, shear
+    or move each copy by any fraction of a pixel; the matrix is shared by the copy's channels and does not depend on
+    the input (no localisation network): 6 parameters per copy, 24 for four. The pixels move, the (u, v) values are
+    not rotated with them: the copies are features for the patch projection, not augmented maps.
+    """
+
+    def __init__(self, *, offsets: Sequence[tuple[int, int]], image_size: int) -> None:
+        super().__init__(offsets=offsets)
+        # the matrix maps an output pixel's normalised coordinates (x, y) in [-1, 1] (align_corners=False: a pixel is
+        # 2 / size wide) to where it samples the input; a copy moved by (dy, dx) samples (x - 2 dx / W, y - 2 dy / H).
+        theta = torch.zeros(len(self.offsets), 2, 3)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        for k, (dy, dx) in enumerate(self.offsets):
+            theta[k, 0, 2] = -2.0 * dx / image_size
+            theta[k, 1, 2] = -2.0 * dy / image_size
+        self.theta = nn.Parameter(theta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W). Returns the transformed copies, (B, S * C, H, W), ordered shift-major."""
+        b, c, h, w = x.shape
+        s = self.theta.shape[0]
+        # affine_grid's grid (S, H, W, 2), one per copy, written out: it has no batching rule under vmap (fold batches)
+        ys, xs = ((2 * torch.arange(n, dtype=x.dtype, device=x.device) + 1) / n - 1 for n in (h, w))
+        base = torch.stack([xs.expand(h, w), ys[:, None].expand(h, w), torch.ones(h, w, dtype=x.dtype,
+                                                                                   device=x.device)], dim=-1)
+        grid = torch.einsum("hwk,sjk->shwj", base, self.theta)
+        # each copy's grid applies to every sample and channel: the batch folded into channels, the copies as batch
+        copies = F.grid_sample(x.reshape(1, b * c, h, w).expand(s, -1, -1, -1), grid, mode="bilinear",
+                               padding_mode="zeros", align_corners=False)
+        return copies.reshape(s, b, c, h, w).transpose(0, 1).reshape(b, s * c, h, w)
+
+
+#: How DNSPT's refinement transforms each shifted copy (``model.refine_transform``): round 1's learned 3x3
+#: depthwise kernel per copy and channel (the default), or a learned affine map per copy (round 25).
+REFINE_TRANSFORMS = ("kernel", "affine")
+
+
 class DNSPT(nn.Module):
     """Dual-norm shifted patch tokenization: [x, shifted copies] -> patches -> LN -> Linear -> LN.
 
@@ -105,14 +146,22 @@ class DNSPT(nn.Module):
     """
 
     def __init__(
-        self, *, in_channels: int, patch_size: int, dim: int, shifts: str = "diagonal", refine: bool = True
+        self, *, in_channels: int, patch_size: int, dim: int, shifts: str = "diagonal", refine: bool = True,
+        refine_transform: str = "kernel", image_size: int | None = None,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.offsets = shift_offsets(shifts, patch_size // 2)
-        self.shift = (
-            RefinedShifts(offsets=self.offsets, channels=in_channels) if refine else FixedShifts(offsets=self.offsets)
-        )
+        self.shift: FixedShifts = FixedShifts(offsets=self.offsets)
+        if refine and refine_transform == "affine":
+            if image_size is None:
+                raise ConfigError("DNSPT(refine_transform='affine') needs image_size (the maps' side) for its grid.")
+            self.shift = AffineShifts(offsets=self.offsets, image_size=image_size)
+        elif refine and refine_transform == "kernel":
+            self.shift = RefinedShifts(offsets=self.offsets, channels=in_channels)
+        elif refine:
+            raise ConfigError(f"model.refine_transform must be one of {', '.join(REFINE_TRANSFORMS)}, "
+                              f"got {refine_transform!r}.")
         patch_dim = (1 + len(self.offsets)) * in_channels * patch_size**2
         self.norm_in = nn.LayerNorm(patch_dim)
         self.proj = nn.Linear(patch_dim, dim)
@@ -421,6 +470,7 @@ class EPIR(nn.Module):
         select_before_last: bool = False,
         distill_token: bool = False,
         merge_metric: str = "features",
+        refine_transform: str = "kernel",
     ) -> None:
         super().__init__()
         check_sizes(num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size,
@@ -437,6 +487,13 @@ class EPIR(nn.Module):
         if merge_metric != "features" and not merge:
             raise ConfigError(f"model.merge_metric={merge_metric} sets what the token integration compares, and "
                               "model.merge=false turns it off; drop one of the two.")
+        if refine_transform not in REFINE_TRANSFORMS:
+            raise ConfigError(f"model.refine_transform must be one of {', '.join(REFINE_TRANSFORMS)} (how DNSPT "
+                              f"refines each shifted copy), got {refine_transform!r}.")
+        if refine_transform != "kernel" and not (dnspt and refine):
+            off = "dnspt" if not dnspt else "refine"
+            raise ConfigError(f"model.refine_transform={refine_transform} sets how DNSPT refines its shifted copies, "
+                              f"and model.{off}=false turns that off; drop one of the two.")
         self.merge_metric = merge_metric
         self.stem: nn.Module = nn.Identity()
         token_in, token_size = in_channels, image_size
@@ -451,7 +508,8 @@ class EPIR(nn.Module):
         self.num_patches = grid * grid
         if dnspt:
             self.tokenizer: nn.Module = DNSPT(
-                in_channels=token_in, patch_size=patch_size, dim=dim, shifts=shifts, refine=refine
+                in_channels=token_in, patch_size=patch_size, dim=dim, shifts=shifts, refine=refine,
+                refine_transform=refine_transform, image_size=token_size,
             )
         else:
             self.tokenizer = PatchEmbedding(in_channels=token_in, patch_size=patch_size, dim=dim)
@@ -778,6 +836,7 @@ def epir(
     select_before_last: bool = False,
     distill_token: bool = False,
     merge_metric: str = "features",
+    refine_transform: str = "kernel",
 ) -> EPIR:
     """EPIR with every component on; each boolean switch falls back to its plain counterpart.
 
@@ -827,5 +886,9 @@ def epir(
         merge_metric: what the token integration's matching compares: ``features`` (the tokens' cosine
             similarity) or ``keys`` (the attention keys of the last block before each merge, averaged over heads,
             as ToMe does). Needs ``merge``; no parameters either way.
+        refine_transform: how ``refine`` transforms each shifted copy: ``kernel`` (a learnable 3x3 depthwise
+            kernel per copy and channel, 108 parameters) or ``affine`` (a learnable 2x3 affine map per copy applied
+            with ``grid_sample``, 24 parameters; :class:`AffineShifts`). Both start as the exact integer shifts.
+            Needs ``dnspt`` and ``refine``.
     """
     return EPIR(**locals())  # the arguments pass through unchanged
