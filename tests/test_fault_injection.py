@@ -121,6 +121,7 @@ def test_a_fold_file_with_damaged_probabilities_is_not_resumed(fake_root, tmp_pa
     (["--device", "gpu0"], "eval.device"),
     (["--set", "model.num_classes=2"], "num_classes"),
     (["--seeds", "0", "0"], "eval.seeds"),
+    (["--seeds", "0", "-1"], "eval.seeds=[0, -1]: expected whole numbers >= 0 (got -1)"),
 ])
 def test_bad_values_stop_before_the_run_directory_is_written(fake_root, tmp_path, capsys, flags, message) -> None:
     out = tmp_path / "run"

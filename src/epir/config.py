@@ -318,6 +318,9 @@ def check_ranges(cfg: RunConfig) -> None:
     dup = repeated(e.seeds)
     check_setting(not dup, "eval.seeds", list(e.seeds), f"distinct seeds (repeated: {dup}; each would count twice)")
     check_setting(len(e.seeds) >= 1, "eval.seeds", list(e.seeds), "at least one seed")
+    negative = [s for s in e.seeds if s < 0]
+    check_setting(not negative, "eval.seeds", list(e.seeds),
+                  f"whole numbers >= 0 (got {', '.join(map(str, negative))}), as numpy's seeded draws need")
     dup = repeated(e.folds)
     check_setting(not dup, "eval.folds", list(e.folds), f"distinct subjects (repeated: {dup}; name each fold once)")
     import torch  # a device string is checked by torch itself  # noqa: PLC0415 (epir.config stays importable without loading torch)
