@@ -570,21 +570,12 @@ def test_a_distillation_token_trains_batched_as_one_at_a_time(one_torch_thread) 
                                    atol=1e-4, rtol=1e-4)
 
 
-def test_merging_on_keys_trains_batched_as_one_at_a_time(one_torch_thread) -> None:
-    """model.merge_metric=keys takes the keys from the stacked weights inside vmap: the loop's predictions."""
-    model_cfg = ModelConfig(name="epir", args={**SMALL["epir"], "merge_metric": "keys"})
-    recipe, ms = replace(default_recipe("epir"), epochs=2, batch_size=8), members()
-    models, norms = fit_many(model_cfg, ms, recipe, num_classes=3)
-    probe = torch.rand(6, 3, 28, 28, generator=torch.Generator().manual_seed(9)) * 255
-    for m, model, norm in zip(ms, models, norms):
-        ref, ref_norm = one_at_a_time(model_cfg, m, recipe)
-        torch.testing.assert_close(predict_proba(model, norm, probe), predict_proba(ref, ref_norm, probe),
-                                   atol=1e-4, rtol=1e-4)
-
-
-def test_affine_refinement_trains_batched_as_one_at_a_time(one_torch_thread) -> None:
-    """model.refine_transform=affine: each member's own matrices resample its own maps inside vmap."""
-    model_cfg = ModelConfig(name="epir", args={**SMALL["epir"], "refine_transform": "affine"})
+@pytest.mark.parametrize("switch", [{"merge_metric": "keys"}, {"refine_transform": "affine"}],
+                         ids=["merge_metric=keys", "refine_transform=affine"])
+def test_an_architecture_switch_trains_batched_as_one_at_a_time(one_torch_thread, switch: dict) -> None:
+    """model.merge_metric=keys takes the keys from the stacked weights inside vmap, and model.refine_transform=affine
+    resamples each member's maps through its own matrices: the loop's predictions either way."""
+    model_cfg = ModelConfig(name="epir", args={**SMALL["epir"], **switch})
     recipe, ms = replace(default_recipe("epir"), epochs=2, batch_size=8), members()
     models, norms = fit_many(model_cfg, ms, recipe, num_classes=3)
     probe = torch.rand(6, 3, 28, 28, generator=torch.Generator().manual_seed(9)) * 255
