@@ -2,12 +2,15 @@
 
     python benchmarks/train_step.py                      # EPIR, its recipe's batch, one thread, ~1 min
     python benchmarks/train_step.py --threads 2 --models epir ststnet
+    python benchmarks/train_step.py --models epir "epir[refine=false]" "epir[refine_transform=affine]" --rounds 3
 
 Table 1, per model: the median wall time of one training step on a batch of the recipe's size (64 for EPIR) split
 into forward (the model's loss as ``fit`` computes it), backward, and gradient clipping plus the optimizer step,
 and the forward plus backward of the tokenizer alone (EPIR's DNSPT: the input, its four refined shifted copies, the
 patch cut, LayerNorm, projection, LayerNorm). Timings do not depend on the weights or the maps, so the maps are
-random 0-255 maps, standardised.
+random 0-255 maps, standardised. A model may be a variant, ``NAME[KEY=VALUE,...]`` (its arguments as ``--set
+model.KEY=VALUE`` gives them); ``ratio`` is each step's time over the first model's, measured in the same run, and
+``--rounds R`` measures every model R times in turn (interleaved) and keeps each part's median.
 
 Table 2, per model: ``fit`` of K models one after another against ``epir.engine.batched.fit_many`` of the same K
 at once (``--stack``, 4 by default, the CPU's old automatic fold batch) for ``--epochs`` epochs on ``--samples``
@@ -26,17 +29,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from epir.config import ModelConfig
+from epir.config import ModelConfig, parse_value
 from epir.engine.batched import Member, fit_many
 from epir.engine.train import fit, make_optimizer
+from epir.errors import EpirError
 from epir.models import build_model, default_recipe, resolve_model_args
 from epir.profiling import median_ms
 
 
-def step_parts(name: str, batch: int, repeats: int) -> dict[str, float]:
-    cfg = default_recipe(name)
+def model_config(spec: str) -> ModelConfig:
+    """A registered model, ``epir``, or a variant of it, ``epir[refine=false,shifts=axial]``: its configuration."""
+    name, bracket, rest = spec.partition("[")
+    args = {}
+    if bracket:
+        items = rest.removesuffix("]").split(",") if rest.endswith("]") else []
+        pairs = [item.partition("=") for item in items]
+        if not pairs or not all(key.strip() and eq for key, eq, _ in pairs):
+            raise SystemExit(f"--models {spec!r}: expected NAME or NAME[KEY=VALUE,...], e.g. epir[refine=false].")
+        args = {key.strip(): parse_value(value) for key, _, value in pairs}
+    try:
+        return ModelConfig(name=name, args=resolve_model_args(name, args))
+    except EpirError as e:  # an unknown model or argument, a bad value: one line
+        raise SystemExit(f"--models {spec!r}: {e}") from None
+
+
+def step_parts(spec: str, batch: int, repeats: int) -> dict[str, float]:
+    model_cfg = model_config(spec)
+    cfg = default_recipe(model_cfg.name)
     torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, args=resolve_model_args(name, {}))).train()
+    model = build_model(model_cfg).train()
     x = torch.randn(batch, 3, 28, 28)
     y = torch.arange(batch) % 3
     opt = make_optimizer(model, cfg)
@@ -71,12 +92,12 @@ def step_parts(name: str, batch: int, repeats: int) -> dict[str, float]:
     return parts
 
 
-def loop_vs_stacked(name: str, stack: int, epochs: int, samples: int, repeats: int) -> tuple[float, float]:
-    cfg = replace(default_recipe(name), epochs=epochs, distill="", select=(), select_shared=0)
+def loop_vs_stacked(spec: str, stack: int, epochs: int, samples: int, repeats: int) -> tuple[float, float]:
+    model_cfg = model_config(spec)
+    cfg = replace(default_recipe(model_cfg.name), epochs=epochs, distill="", select=(), select_shared=0)
     g = torch.Generator().manual_seed(0)
     members = [Member(x=torch.rand(samples, 3, 28, 28, generator=g) * 255, y=torch.arange(samples) % 3, seed=s,
                       name=f"model {s}") for s in range(stack)]
-    model_cfg = ModelConfig(name=name, args=resolve_model_args(name, {}))
 
     def loop() -> None:
         for m in members:
@@ -103,25 +124,35 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5, help="epochs per model in table 2")
     p.add_argument("--samples", type=int, default=384, help="training maps per model in table 2")
     p.add_argument("--fit-repeats", type=int, default=3, help="interleaved repeats in table 2 (medians)")
+    p.add_argument("--rounds", type=int, default=1, help="table 1 measured this many times in turn (medians)")
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error(f"--rounds must be >= 1, got {args.rounds}")
+    configs = [model_config(spec) for spec in args.models]  # a bad variant stops before anything is timed
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)\n")
-    print("| model | batch | forward ms | backward ms | clip + optimizer ms | step ms | tokenizer fwd+bwd ms |")
-    print("|---|---|---|---|---|---|---|")
-    for name in args.models:
-        batch = default_recipe(name).batch_size
-        parts = step_parts(name, batch, args.repeats)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.rounds} round(s)\n")
+    print("| model | batch | forward ms | backward ms | clip + optimizer ms | step ms | ratio | tokenizer fwd+bwd ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    rounds: dict[str, list[dict[str, float]]] = {spec: [] for spec in args.models}
+    for _ in range(args.rounds):
+        for spec, model_cfg in zip(args.models, configs):
+            rounds[spec].append(step_parts(spec, default_recipe(model_cfg.name).batch_size, args.repeats))
+    first = None
+    for spec, model_cfg in zip(args.models, configs):
+        parts = {key: statistics.median(r[key] for r in rounds[spec]) for key in rounds[spec][0]}
         step = parts["forward"] + parts["backward"] + parts["clip + optimizer"]
+        first = step if first is None else first
         tok = parts.get("tokenizer fwd+bwd")
         tok_text = f"{tok:.2f} ({100 * tok / step:.0f}% of the step)" if tok is not None else "-"
-        print(f"| {name} | {batch} | {parts['forward']:.2f} | {parts['backward']:.2f} | "
-              f"{parts['clip + optimizer']:.2f} | {step:.2f} | {tok_text} |")
+        print(f"| {spec} | {default_recipe(model_cfg.name).batch_size} | {parts['forward']:.2f} | "
+              f"{parts['backward']:.2f} | {parts['clip + optimizer']:.2f} | {step:.2f} | {step / first:.2f} | "
+              f"{tok_text} |")
     print(f"\n| model | {args.stack} models, {args.epochs} epochs, {args.samples} maps each | loop s | stacked s | "
           f"ratio (loop / stacked) |")
     print("|---|---|---|---|---|")
-    for name in args.models:
-        loop_s, stack_s = loop_vs_stacked(name, args.stack, args.epochs, args.samples, args.fit_repeats)
-        print(f"| {name} | fit x {args.stack} against fit_many | {loop_s:.2f} | {stack_s:.2f} | "
+    for spec in args.models:
+        loop_s, stack_s = loop_vs_stacked(spec, args.stack, args.epochs, args.samples, args.fit_repeats)
+        print(f"| {spec} | fit x {args.stack} against fit_many | {loop_s:.2f} | {stack_s:.2f} | "
               f"{loop_s / stack_s:.2f}x |")
 
 
