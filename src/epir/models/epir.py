@@ -100,10 +100,11 @@ class RefinedShifts(FixedShifts):
 class AffineShifts(FixedShifts):
     """The refinement as a learned affine map per copy (``refine_transform="affine"``): each shifted copy is the
     input resampled (bilinear ``grid_sample``, zeros outside the map) through its own 2x3 affine matrix,
-    initialised to the copy's integer shift. Training starts from exactly SPT's copies and may rotate, scale, shear
-    or move each copy by any fraction of a pixel; the matrix is shared by the copy's channels and does not depend on
-    the input (no localisation network): 6 parameters per copy, 24 for four. The pixels move, the (u, v) values are
-    not rotated with them: the copies are features for the patch projection, not augmented maps.
+    initialised to the copy's integer shift. Training starts from SPT's copies (equal to float rounding, ~1e-5) and
+    may rotate, scale, shear or move each copy by any fraction of a pixel; the matrix is shared by the copy's
+    channels and does not depend on the input (no localisation network): 6 parameters per copy, 24 for four. The
+    pixels move, the (u, v) values are not rotated with them: the copies are features for the patch projection, not
+    augmented maps.
     """
 
     def __init__(self, *, offsets: Sequence[tuple[int, int]], image_size: int) -> None:
