@@ -53,9 +53,9 @@ def model_config(spec: str) -> ModelConfig:
         raise SystemExit(f"--models {spec!r}: {e}") from None
 
 
-def step_parts(spec: str, batch: int, repeats: int) -> dict[str, float]:
-    model_cfg = model_config(spec)
+def step_parts(model_cfg: ModelConfig, repeats: int) -> dict[str, float]:
     cfg = default_recipe(model_cfg.name)
+    batch = cfg.batch_size
     torch.manual_seed(0)
     model = build_model(model_cfg).train()
     x = torch.randn(batch, 3, 28, 28)
@@ -92,8 +92,7 @@ def step_parts(spec: str, batch: int, repeats: int) -> dict[str, float]:
     return parts
 
 
-def loop_vs_stacked(spec: str, stack: int, epochs: int, samples: int, repeats: int) -> tuple[float, float]:
-    model_cfg = model_config(spec)
+def loop_vs_stacked(model_cfg: ModelConfig, stack: int, epochs: int, samples: int, repeats: int) -> tuple[float, float]:
     cfg = replace(default_recipe(model_cfg.name), epochs=epochs, distill="", select=(), select_shared=0)
     g = torch.Generator().manual_seed(0)
     members = [Member(x=torch.rand(samples, 3, 28, 28, generator=g) * 255, y=torch.arange(samples) % 3, seed=s,
@@ -136,7 +135,7 @@ def main() -> None:
     rounds: dict[str, list[dict[str, float]]] = {spec: [] for spec in args.models}
     for _ in range(args.rounds):
         for spec, model_cfg in zip(args.models, configs):
-            rounds[spec].append(step_parts(spec, default_recipe(model_cfg.name).batch_size, args.repeats))
+            rounds[spec].append(step_parts(model_cfg, args.repeats))
     first = None
     for spec, model_cfg in zip(args.models, configs):
         parts = {key: statistics.median(r[key] for r in rounds[spec]) for key in rounds[spec][0]}
@@ -150,8 +149,8 @@ def main() -> None:
     print(f"\n| model | {args.stack} models, {args.epochs} epochs, {args.samples} maps each | loop s | stacked s | "
           f"ratio (loop / stacked) |")
     print("|---|---|---|---|---|")
-    for spec in args.models:
-        loop_s, stack_s = loop_vs_stacked(spec, args.stack, args.epochs, args.samples, args.fit_repeats)
+    for spec, model_cfg in zip(args.models, configs):
+        loop_s, stack_s = loop_vs_stacked(model_cfg, args.stack, args.epochs, args.samples, args.fit_repeats)
         print(f"| {spec} | fit x {args.stack} against fit_many | {loop_s:.2f} | {stack_s:.2f} | "
               f"{loop_s / stack_s:.2f}x |")
 
