@@ -2,6 +2,8 @@
 ITALS' masked diagonal, DTSM's k, the switches, the parameter budget."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -44,6 +46,7 @@ def tiny(**kwargs) -> EPIR:
     [
         ("diagonal", [(-2, -2), (-2, 2), (2, -2), (2, 2)]),  # up-left, up-right, down-left, down-right
         ("axial", [(-2, 0), (2, 0), (0, -2), (0, 2)]),  # up, down, left, right
+        ("both", [(-2, -2), (-2, 2), (2, -2), (2, 2), (-2, 0), (2, 0), (0, -2), (0, 2)]),  # diagonal, then axial
     ],
 )
 def test_fixed_shifts_move_a_one_hot_pixel_by_half_a_patch(shifts: str, offsets: list) -> None:
@@ -52,12 +55,40 @@ def test_fixed_shifts_move_a_one_hot_pixel_by_half_a_patch(shifts: str, offsets:
     x = torch.zeros(1, 1, 28, 28)
     x[0, 0, 10, 13] = 1.0
     stacked = tok.shifted(x)
-    assert stacked.shape == (1, 5, 28, 28)
+    assert stacked.shape == (1, 1 + len(offsets), 28, 28)
     assert torch.equal(stacked[0, 0], x[0, 0])  # channel block 0 is the input itself
     for k, (dy, dx) in enumerate(offsets, start=1):
         expected = torch.zeros(28, 28)
         expected[10 + dy, 13 + dx] = 1.0
         assert torch.equal(stacked[0, k], expected), f"copy {k} should move the pixel by {(dy, dx)}"
+
+
+def test_shift_size_sets_how_far_the_copies_move_and_is_checked() -> None:
+    """model.shift_size: every copy moves by that many pixels instead of half a patch; the projection's input grows
+    with the number of copies (shifts=both), never with the distance; nonsense is one line."""
+    for size in (1, 5):
+        tok = DNSPT(in_channels=1, patch_size=4, dim=8, shifts="both", refine=False, shift_size=size)
+        assert {max(abs(dy), abs(dx)) for dy, dx in tok.offsets} == {size}
+        x = torch.zeros(1, 1, 28, 28)
+        x[0, 0, 10, 13] = 1.0
+        for k, (dy, dx) in enumerate(tok.offsets, start=1):
+            assert tok.shifted(x)[0, k, 10 + dy, 13 + dx] == 1.0
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(create_model("epir", shift_size=1)) == count(create_model("epir")) == 99_585
+    assert count(create_model("epir", shifts="both")) == 129_093  # documented in the factory's docstring
+    assert create_model("epir").tokenizer.offsets == create_model("epir", shift_size=3).tokenizer.offsets
+    assert create_model("epir", shift_size=0).tokenizer.offsets == create_model("epir").tokenizer.offsets
+    for bad in (-1, 28):
+        with pytest.raises(ConfigError, match=f"model.shift_size must be a whole number of pixels from 1 to 27.*got "
+                                              f"{bad}"):
+            create_model("epir", shift_size=bad)
+    for bad in (2.5, True, "1"):
+        with pytest.raises(ConfigError, match=f"model.shift_size: expected int, got {re.escape(repr(bad))}"):
+            create_model("epir", shift_size=bad)
+    with pytest.raises(ConfigError, match="model.dnspt=false turns them off"):
+        create_model("epir", shift_size=1, dnspt=False)
+    with pytest.raises(ConfigError, match="model.shifts must be one of diagonal, axial, both, got 'all'"):
+        create_model("epir", shifts="all")
 
 
 def test_fixed_shifts_zero_fill_at_the_border() -> None:

@@ -25,6 +25,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "epir[distill_token]": ("epir", {"distill_token": True}),
     "epir[merge_metric=keys]": ("epir", {"merge_metric": "keys"}),
     "epir[refine_transform=affine]": ("epir", {"refine_transform": "affine"}),
+    "epir[shifts=both]": ("epir", {"shifts": "both"}),
+    "epir[shift_size=1]": ("epir", {"shift_size": 1}),
     "epir[plain]": ("epir", {"dnspt": False, "merge": False, "itals": False, "dtsm": False, "contrastive": False}),
 }
 NUM_CLASSES = 4

@@ -107,6 +107,11 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # DNSPT's refinement as a learned affine map per shifted copy (grid_sample), not a 3x3 kernel per copy and
     # channel (round 25; in no recipe)
     "refine-affine": ("model.refine_transform=affine",),
+    # DNSPT's copies from both shift sets, the four diagonal and the four axial ones (round 26; in no recipe)
+    "shifts-both": ("model.shifts=both",),
+    # DNSPT's copies shifted by one pixel, each pixel's nearest neighbours, instead of half a patch (round 26; in no
+    # recipe)
+    "shift-1": ("model.shift_size=1",),
 }
 
 
@@ -143,6 +148,8 @@ LEVER_NOTES: dict[str, str] = {
     "distill-token": "DeiT's distillation token: a second head taught the fold's STSTNet's class, the heads averaged",
     "merge-keys": "EPIR's token integration matches tokens by their attention keys (ToMe's choice), not features",
     "refine-affine": "DNSPT refines each shifted copy by a learned affine map (6 parameters), not 3x3 kernels",
+    "shifts-both": "DNSPT makes 8 shifted copies, the diagonal and the axial ones, not SPT's 4 diagonal ones",
+    "shift-1": "DNSPT shifts its copies by 1 pixel instead of half a patch (3 pixels at patch 7)",
 }
 
 

@@ -44,17 +44,26 @@ from epir.models.layers import Attention, Block, Dropout, init_vit_weights, is_b
 # --------------------------------------------------------------------------------------------------------
 
 
+#: Which shifted copies DNSPT makes (``model.shifts``): SPT's four diagonal ones (default), four axial ones, or both
+#: sets (eight; round 26).
+SHIFT_SETS = ("diagonal", "axial", "both")
+
+
 def shift_offsets(shifts: str, s: int) -> list[tuple[int, int]]:
     """The (dy, dx) of each shifted copy: pixel (i, j) of the input lands on (i + dy, j + dx) of the copy.
 
     ``diagonal`` (SPT's choice): up-left, up-right, down-left, down-right by ``s``; ``axial``: up, down,
-    left, right by ``s``.
+    left, right by ``s``; ``both``: the four diagonal copies, then the four axial ones (8 copies, each pixel's whole
+    ring of neighbours at distance ``s``).
     """
+    diagonal, axial = [(-s, -s), (-s, s), (s, -s), (s, s)], [(-s, 0), (s, 0), (0, -s), (0, s)]
     if shifts == "diagonal":
-        return [(-s, -s), (-s, s), (s, -s), (s, s)]
+        return diagonal
     if shifts == "axial":
-        return [(-s, 0), (s, 0), (0, -s), (0, s)]
-    raise ConfigError(f"model.shifts must be 'diagonal' or 'axial', got {shifts!r}.")
+        return axial
+    if shifts == "both":
+        return diagonal + axial
+    raise ConfigError(f"model.shifts must be one of {', '.join(SHIFT_SETS)}, got {shifts!r}.")
 
 
 def shift_image(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -143,16 +152,17 @@ class DNSPT(nn.Module):
 
     SPT (Lee et al. 2021, eq. 2) concatenates the input with its 4 copies shifted by half a patch, so each
     patch token also sees the pixels around its patch; Dual PatchNorm (Kumar et al. 2023) puts a LayerNorm
-    before and after the patch projection.
+    before and after the patch projection. ``shifts`` picks the copies (:data:`SHIFT_SETS`) and ``shift_size``
+    their distance in pixels (0: half a patch, SPT's).
     """
 
     def __init__(
         self, *, in_channels: int, patch_size: int, dim: int, shifts: str = "diagonal", refine: bool = True,
-        refine_transform: str = "kernel", image_size: int | None = None,
+        refine_transform: str = "kernel", image_size: int | None = None, shift_size: int = 0,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.offsets = shift_offsets(shifts, patch_size // 2)
+        self.offsets = shift_offsets(shifts, shift_size or patch_size // 2)
         self.shift: FixedShifts = FixedShifts(offsets=self.offsets)
         if refine and refine_transform == "affine":
             if image_size is None:
@@ -169,7 +179,7 @@ class DNSPT(nn.Module):
         self.norm_out = nn.LayerNorm(dim)
 
     def shifted(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W). Returns [x, copy 1, ..., copy 4] on channels, (B, 5C, H, W)."""
+        """x: (B, C, H, W). Returns [x, copy 1, ..., copy S] on channels, (B, (1 + S) C, H, W)."""
         return torch.cat([x, self.shift(x)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -472,6 +482,7 @@ class EPIR(nn.Module):
         distill_token: bool = False,
         merge_metric: str = "features",
         refine_transform: str = "kernel",
+        shift_size: int = 0,
     ) -> None:
         super().__init__()
         check_sizes(num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size,
@@ -495,6 +506,9 @@ class EPIR(nn.Module):
             off = "dnspt" if not dnspt else "refine"
             raise ConfigError(f"model.refine_transform={refine_transform} sets how DNSPT refines its shifted copies, "
                               f"and model.{off}=false turns that off; drop one of the two.")
+        if shift_size and not dnspt:
+            raise ConfigError(f"model.shift_size={shift_size} sets how far DNSPT shifts its copies, and "
+                              "model.dnspt=false turns them off; drop one of the two.")
         self.merge_metric = merge_metric
         self.stem: nn.Module = nn.Identity()
         token_in, token_size = in_channels, image_size
@@ -505,12 +519,16 @@ class EPIR(nn.Module):
         if stem == "conv":
             size_name = f"with model.stem=conv, the stem's output side (from image_size {image_size})"
         depths = _check_args(token_size, patch_size, dim, heads, depths, dnspt, merge_ratio, select_ratio, size_name)
+        if not 0 <= shift_size < token_size:  # the type is checked where the factory's arguments come in
+            raise ConfigError(f"model.shift_size must be a whole number of pixels from 1 to {token_size - 1} (less "
+                              f"than the maps' side the tokens are cut from), or 0 for half a patch "
+                              f"({patch_size // 2}); got {shift_size!r}.")
         grid = token_size // patch_size
         self.num_patches = grid * grid
         if dnspt:
             self.tokenizer: nn.Module = DNSPT(
                 in_channels=token_in, patch_size=patch_size, dim=dim, shifts=shifts, refine=refine,
-                refine_transform=refine_transform, image_size=token_size,
+                refine_transform=refine_transform, image_size=token_size, shift_size=shift_size,
             )
         else:
             self.tokenizer = PatchEmbedding(in_channels=token_in, patch_size=patch_size, dim=dim)
@@ -838,6 +856,7 @@ def epir(
     distill_token: bool = False,
     merge_metric: str = "features",
     refine_transform: str = "kernel",
+    shift_size: int = 0,
 ) -> EPIR:
     """EPIR with every component on; each boolean switch falls back to its plain counterpart.
 
@@ -860,7 +879,11 @@ def epir(
         dropout: dropout on the pooled feature before the classifier.
         drop_path: stochastic depth of the last block (rising linearly from 0 over the blocks).
         dnspt: dual-norm shifted patch tokenization; False: plain patch embedding.
-        shifts: ``diagonal`` (SPT) or ``axial`` copies, shifted by ``patch_size // 2`` pixels.
+        shifts: ``diagonal`` (SPT), ``axial`` or ``both`` (the 8 copies of the two sets; ``1 + 8`` images enter the
+            patch projection instead of ``1 + 4``: +29,508 parameters at the defaults, 129,093 in all), each shifted
+            by ``shift_size``.
+        shift_size: how far each copy is shifted, in pixels; 0 (default): half a patch, ``patch_size // 2`` (3 at
+            the defaults), SPT's. Needs ``dnspt``; no parameters either way.
         refine: learnable 3x3 depthwise refinement of each shifted copy; False: exact integer shifts.
         merge: ToMe token integration between stages; False: every stage sees all tokens.
         merge_ratio: share of the tokens merged at each step, in [0, 0.5].
