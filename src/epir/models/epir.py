@@ -89,7 +89,7 @@ class RefinedShifts(FixedShifts):
     """The "refined spatial transformation" (``refine=True``): each shifted copy is refined by its own
     learnable 3x3 depthwise kernel (per shift and channel), initialised to the identity. Training starts from
     exactly SPT's copies and may move each by a fraction of a pixel (up to one) around its integer shift,
-    blur or sharpen it, per channel: 4 * C * 9 parameters (108 for u, v, strain).
+    blur or sharpen it, per channel: S * C * 9 parameters for S copies (108 for four copies of u, v, strain).
     """
 
     def __init__(self, *, offsets: Sequence[tuple[int, int]], channels: int) -> None:
