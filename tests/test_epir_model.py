@@ -71,8 +71,9 @@ def test_shift_size_sets_how_far_the_copies_move_and_is_checked() -> None:
         assert {max(abs(dy), abs(dx)) for dy, dx in tok.offsets} == {size}
         x = torch.zeros(1, 1, 28, 28)
         x[0, 0, 10, 13] = 1.0
+        stacked = tok.shifted(x)
         for k, (dy, dx) in enumerate(tok.offsets, start=1):
-            assert tok.shifted(x)[0, k, 10 + dy, 13 + dx] == 1.0
+            assert stacked[0, k, 10 + dy, 13 + dx] == 1.0
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(create_model("epir", shift_size=1)) == count(create_model("epir")) == 99_585
     assert count(create_model("epir", shifts="both")) == 129_093  # documented in the factory's docstring
