@@ -570,11 +570,14 @@ def test_a_distillation_token_trains_batched_as_one_at_a_time(one_torch_thread) 
                                    atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("switch", [{"merge_metric": "keys"}, {"refine_transform": "affine"}],
-                         ids=["merge_metric=keys", "refine_transform=affine"])
+@pytest.mark.parametrize("switch", [{"merge_metric": "keys"}, {"refine_transform": "affine"},
+                                    {"shifts": "none", "patch_overlap": 2}, {"dnspt": False, "patch_overlap": 1}],
+                         ids=["merge_metric=keys", "refine_transform=affine", "shifts=none,patch_overlap=2",
+                              "dnspt=false,patch_overlap=1"])
 def test_an_architecture_switch_trains_batched_as_one_at_a_time(one_torch_thread, switch: dict) -> None:
-    """model.merge_metric=keys takes the keys from the stacked weights inside vmap, and model.refine_transform=affine
-    resamples each member's maps through its own matrices: the loop's predictions either way."""
+    """model.merge_metric=keys takes the keys from the stacked weights inside vmap, model.refine_transform=affine
+    resamples each member's maps through its own matrices, and model.patch_overlap cuts overlapping windows (unfold)
+    inside vmap: the loop's predictions either way."""
     model_cfg = ModelConfig(name="epir", args={**SMALL["epir"], **switch})
     recipe, ms = replace(default_recipe("epir"), epochs=2, batch_size=8), members()
     models, norms = fit_many(model_cfg, ms, recipe, num_classes=3)

@@ -7,6 +7,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from epir.errors import ConfigError
 from epir.losses import supervised_contrastive_loss
@@ -24,6 +25,7 @@ from epir.models.epir import (
     RefinedShifts,
     TokenIntegration,
     block_keys,
+    cut_patches,
     stage_token_counts,
 )
 from epir.models.layers import Attention
@@ -88,8 +90,54 @@ def test_shift_size_sets_how_far_the_copies_move_and_is_checked() -> None:
             create_model("epir", shift_size=bad)
     with pytest.raises(ConfigError, match="model.dnspt=false turns them off"):
         create_model("epir", shift_size=1, dnspt=False)
-    with pytest.raises(ConfigError, match="model.shifts must be one of diagonal, axial, both, got 'all'"):
+    with pytest.raises(ConfigError, match="model.shifts must be one of diagonal, axial, both, none, got 'all'"):
         create_model("epir", shifts="all")
+
+
+def test_shifts_none_is_the_dual_norm_projection_of_the_input_alone() -> None:
+    """model.shifts=none: no copies, nothing to refine; the projection sees the input's patches only."""
+    tok = DNSPT(in_channels=3, patch_size=7, dim=8, shifts="none")
+    x = torch.randn(2, 3, 28, 28)
+    assert tok.offsets == [] and torch.equal(tok.shifted(x), x) and not list(tok.shift.parameters())
+    assert tok.proj.in_features == 3 * 7 * 7 and tok(x).shape == (2, 16, 8)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(create_model("epir", shifts="none")) == 70_077  # documented in the factory's docstring
+    with pytest.raises(ConfigError, match="model.shifts=none makes none; drop one of the two"):
+        create_model("epir", shifts="none", shift_size=2)
+    with pytest.raises(ConfigError, match="model.shifts=none turns that off; drop one of the two"):
+        create_model("epir", shifts="none", refine_transform="affine")
+
+
+def test_cut_patches_windows_reach_overlap_pixels_past_each_patch() -> None:
+    """model.patch_overlap: each token's window is its patch and ``o`` pixels of the neighbours on every side, in the
+    same (row, column, channel) order as the plain cut, zeros past the border; overlap 0 is the plain cut."""
+    x = torch.randn(2, 3, 28, 28)
+    plain = rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=7, p2=7)
+    assert torch.equal(cut_patches(x, 7), plain) and torch.equal(cut_patches(x, 7, 0), plain)
+    windows = cut_patches(x, 7, 3).reshape(2, 16, 13, 13, 3)
+    assert torch.equal(windows[:, :, 3:10, 3:10].reshape(2, 16, -1), plain)  # the centre is the patch itself
+    assert torch.equal(windows[0, 5].permute(2, 0, 1), x[0, :, 4:17, 4:17])  # token (1, 1): rows and columns 4..16
+    assert windows[:, 0, :3].abs().sum() == 0 and windows[:, 0, :, :3].abs().sum() == 0  # past the top-left: zeros
+    one_hot = torch.zeros(1, 1, 28, 28)
+    one_hot[0, 0, 10, 13] = 1.0  # in patch (1, 1), one pixel from patch (1, 2)'s left edge
+    seen = cut_patches(one_hot, 7, 3).reshape(16, 13, 13).sum(dim=(1, 2))
+    assert seen.nonzero().flatten().tolist() == [5, 6]  # its own token and the right-hand neighbour's
+
+
+def test_patch_overlap_grows_the_projection_and_is_checked() -> None:
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    for kwargs, params in [({"patch_overlap": 3}, 189_585), ({"patch_overlap": 3, "shifts": "none"}, 88_077),
+                           ({"patch_overlap": 3, "dnspt": False}, 86_967)]:  # documented in the factory's docstring
+        model = create_model("epir", **kwargs)
+        assert count(model) == params and model.num_patches == 16
+        assert model.tokenizer.proj.in_features % (13 * 13) == 0
+        assert model(torch.randn(2, 3, 28, 28)).shape == (2, 3)
+    for bad in (-1, 8):
+        with pytest.raises(ConfigError, match=f"model.patch_overlap must be a whole number of pixels from 0 .* to "
+                                              f"model.patch_size \\(7: .*got {bad}"):
+            create_model("epir", patch_overlap=bad)
+    with pytest.raises(ConfigError, match="model.patch_overlap: expected int, got 1.5"):
+        create_model("epir", patch_overlap=1.5)
 
 
 def test_fixed_shifts_zero_fill_at_the_border() -> None:

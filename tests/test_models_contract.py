@@ -27,6 +27,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "epir[refine_transform=affine]": ("epir", {"refine_transform": "affine"}),
     "epir[shifts=both]": ("epir", {"shifts": "both"}),
     "epir[shift_size=1]": ("epir", {"shift_size": 1}),
+    "epir[shifts=none]": ("epir", {"shifts": "none"}),
+    "epir[patch_overlap=3]": ("epir", {"patch_overlap": 3}),
+    "epir[shifts=none,patch_overlap=3]": ("epir", {"shifts": "none", "patch_overlap": 3}),
+    "epir[dnspt=false,patch_overlap=3]": ("epir", {"dnspt": False, "patch_overlap": 3}),
     "epir[plain]": ("epir", {"dnspt": False, "merge": False, "itals": False, "dtsm": False, "contrastive": False}),
 }
 NUM_CLASSES = 4

@@ -44,9 +44,9 @@ from epir.models.layers import Attention, Block, Dropout, init_vit_weights, is_b
 # --------------------------------------------------------------------------------------------------------
 
 
-#: Which shifted copies DNSPT makes (``model.shifts``): SPT's four diagonal ones (default), four axial ones, or both
-#: sets (eight; round 26).
-SHIFT_SETS = ("diagonal", "axial", "both")
+#: Which shifted copies DNSPT makes (``model.shifts``): SPT's four diagonal ones (default), four axial ones, both
+#: sets (eight; round 26), or none (the dual-norm patch projection of the input alone; round 27).
+SHIFT_SETS = ("diagonal", "axial", "both", "none")
 
 
 def shift_offsets(shifts: str, s: int) -> list[tuple[int, int]]:
@@ -54,7 +54,7 @@ def shift_offsets(shifts: str, s: int) -> list[tuple[int, int]]:
 
     ``diagonal`` (SPT's choice): up-left, up-right, down-left, down-right by ``s``; ``axial``: up, down,
     left, right by ``s``; ``both``: the four diagonal copies, then the four axial ones (8 copies, each pixel's whole
-    ring of neighbours at distance ``s``).
+    ring of neighbours at distance ``s``); ``none``: no copies.
     """
     diagonal, axial = [(-s, -s), (-s, s), (s, -s), (s, s)], [(-s, 0), (s, 0), (0, -s), (0, s)]
     if shifts == "diagonal":
@@ -63,6 +63,8 @@ def shift_offsets(shifts: str, s: int) -> list[tuple[int, int]]:
         return axial
     if shifts == "both":
         return diagonal + axial
+    if shifts == "none":
+        return []
     raise ConfigError(f"model.shifts must be one of {', '.join(SHIFT_SETS)}, got {shifts!r}.")
 
 
@@ -147,24 +149,42 @@ class AffineShifts(FixedShifts):
 REFINE_TRANSFORMS = ("kernel", "affine")
 
 
+def cut_patches(x: torch.Tensor, patch_size: int, overlap: int = 0) -> torch.Tensor:
+    """x: (B, C, H, W). Returns one row per patch of the ``patch_size`` grid, (B, (H/p) * (W/p), k * k * C), row-major
+    over the grid, each row the patch's window of side ``k = patch_size + 2 * overlap`` flattened (row, column,
+    channel): with ``overlap`` 0 the patch itself (ViT's cut), otherwise the patch and ``overlap`` pixels of its
+    neighbours on every side (overlapping windows; zeros, the input mean, past the map's border).
+    """
+    p = patch_size
+    if not overlap:
+        return rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
+    k = p + 2 * overlap
+    windows = F.unfold(x, kernel_size=k, stride=p, padding=overlap)  # (B, C * k * k, L), channel-major
+    return rearrange(windows, "b (c k1 k2) l -> b l (k1 k2 c)", k1=k, k2=k)
+
+
 class DNSPT(nn.Module):
     """Dual-norm shifted patch tokenization: [x, shifted copies] -> patches -> LN -> Linear -> LN.
 
     SPT (Lee et al. 2021, eq. 2) concatenates the input with its 4 copies shifted by half a patch, so each
     patch token also sees the pixels around its patch; Dual PatchNorm (Kumar et al. 2023) puts a LayerNorm
     before and after the patch projection. ``shifts`` picks the copies (:data:`SHIFT_SETS`) and ``shift_size``
-    their distance in pixels (0: half a patch, SPT's).
+    their distance in pixels (0: half a patch, SPT's); ``patch_overlap`` widens each token's window past its patch
+    (:func:`cut_patches`).
     """
 
     def __init__(
         self, *, in_channels: int, patch_size: int, dim: int, shifts: str = "diagonal", refine: bool = True,
-        refine_transform: str = "kernel", image_size: int | None = None, shift_size: int = 0,
+        refine_transform: str = "kernel", image_size: int | None = None, shift_size: int = 0, patch_overlap: int = 0,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
+        self.patch_overlap = patch_overlap
         self.offsets = shift_offsets(shifts, shift_size or patch_size // 2)
         self.shift: FixedShifts = FixedShifts(offsets=self.offsets)
-        if refine and refine_transform == "affine":
+        if not self.offsets:
+            pass  # shifts="none": nothing to refine
+        elif refine and refine_transform == "affine":
             if image_size is None:
                 raise ConfigError("DNSPT(refine_transform='affine') needs image_size (the maps' side) for its grid.")
             self.shift = AffineShifts(offsets=self.offsets, image_size=image_size)
@@ -173,19 +193,18 @@ class DNSPT(nn.Module):
         elif refine:
             raise ConfigError(f"model.refine_transform must be one of {', '.join(REFINE_TRANSFORMS)}, "
                               f"got {refine_transform!r}.")
-        patch_dim = (1 + len(self.offsets)) * in_channels * patch_size**2
+        patch_dim = (1 + len(self.offsets)) * in_channels * (patch_size + 2 * patch_overlap) ** 2
         self.norm_in = nn.LayerNorm(patch_dim)
         self.proj = nn.Linear(patch_dim, dim)
         self.norm_out = nn.LayerNorm(dim)
 
     def shifted(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W). Returns [x, copy 1, ..., copy S] on channels, (B, (1 + S) C, H, W)."""
-        return torch.cat([x, self.shift(x)], dim=1)
+        """x: (B, C, H, W). Returns [x, copy 1, ..., copy S] on channels, (B, (1 + S) C, H, W); without copies, x."""
+        return torch.cat([x, self.shift(x)], dim=1) if self.offsets else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W). Returns tokens (B, (H/p) * (W/p), dim), row-major over the patch grid."""
-        p = self.patch_size
-        patches = rearrange(self.shifted(x), "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p)
+        patches = cut_patches(self.shifted(x), self.patch_size, self.patch_overlap)
         return self.norm_out(self.proj(self.norm_in(patches)))
 
 
@@ -216,17 +235,17 @@ class ConvStem(nn.Module):
 
 
 class PatchEmbedding(nn.Module):
-    """The plain ViT patch embedding (``dnspt=False``): patches -> Linear."""
+    """The plain ViT patch embedding (``dnspt=False``): patches (windows with ``patch_overlap``) -> Linear."""
 
-    def __init__(self, *, in_channels: int, patch_size: int, dim: int) -> None:
+    def __init__(self, *, in_channels: int, patch_size: int, dim: int, patch_overlap: int = 0) -> None:
         super().__init__()
         self.patch_size = patch_size
-        self.proj = nn.Linear(in_channels * patch_size**2, dim)
+        self.patch_overlap = patch_overlap
+        self.proj = nn.Linear(in_channels * (patch_size + 2 * patch_overlap) ** 2, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W). Returns tokens (B, (H/p) * (W/p), dim)."""
-        p = self.patch_size
-        return self.proj(rearrange(x, "b c (h p1) (w p2) -> b (h w) (p1 p2 c)", p1=p, p2=p))
+        return self.proj(cut_patches(x, self.patch_size, self.patch_overlap))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -483,6 +502,7 @@ class EPIR(nn.Module):
         merge_metric: str = "features",
         refine_transform: str = "kernel",
         shift_size: int = 0,
+        patch_overlap: int = 0,
     ) -> None:
         super().__init__()
         check_sizes(num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size,
@@ -502,13 +522,14 @@ class EPIR(nn.Module):
         if refine_transform not in REFINE_TRANSFORMS:
             raise ConfigError(f"model.refine_transform must be one of {', '.join(REFINE_TRANSFORMS)} (how DNSPT "
                               f"refines each shifted copy), got {refine_transform!r}.")
-        if refine_transform != "kernel" and not (dnspt and refine):
-            off = "dnspt" if not dnspt else "refine"
+        if refine_transform != "kernel" and not (dnspt and refine and shifts != "none"):
+            off = "model.dnspt=false" if not dnspt else "model.refine=false" if not refine else "model.shifts=none"
             raise ConfigError(f"model.refine_transform={refine_transform} sets how DNSPT refines its shifted copies, "
-                              f"and model.{off}=false turns that off; drop one of the two.")
-        if shift_size and not dnspt:
+                              f"and {off} turns that off; drop one of the two.")
+        if shift_size and not (dnspt and shifts != "none"):
+            off = "model.dnspt=false turns them off" if not dnspt else "model.shifts=none makes none"
             raise ConfigError(f"model.shift_size={shift_size} sets how far DNSPT shifts its copies, and "
-                              "model.dnspt=false turns them off; drop one of the two.")
+                              f"{off}; drop one of the two.")
         self.merge_metric = merge_metric
         self.stem: nn.Module = nn.Identity()
         token_in, token_size = in_channels, image_size
@@ -523,15 +544,21 @@ class EPIR(nn.Module):
             raise ConfigError(f"model.shift_size must be a whole number of pixels from 1 to {token_size - 1} (less "
                               f"than the maps' side the tokens are cut from), or 0 for half a patch "
                               f"({patch_size // 2}); got {shift_size!r}.")
+        if not 0 <= patch_overlap <= patch_size:
+            raise ConfigError(f"model.patch_overlap must be a whole number of pixels from 0 (each token sees its own "
+                              f"patch) to model.patch_size ({patch_size}: a whole neighbouring patch on every side); "
+                              f"got {patch_overlap!r}.")
         grid = token_size // patch_size
         self.num_patches = grid * grid
         if dnspt:
             self.tokenizer: nn.Module = DNSPT(
                 in_channels=token_in, patch_size=patch_size, dim=dim, shifts=shifts, refine=refine,
                 refine_transform=refine_transform, image_size=token_size, shift_size=shift_size,
+                patch_overlap=patch_overlap,
             )
         else:
-            self.tokenizer = PatchEmbedding(in_channels=token_in, patch_size=patch_size, dim=dim)
+            self.tokenizer = PatchEmbedding(in_channels=token_in, patch_size=patch_size, dim=dim,
+                                            patch_overlap=patch_overlap)
         self.pos_embedding = nn.Parameter(torch.zeros(1, self.num_patches, dim))
         nn.init.trunc_normal_(self.pos_embedding, std=0.02)
 
@@ -857,6 +884,7 @@ def epir(
     merge_metric: str = "features",
     refine_transform: str = "kernel",
     shift_size: int = 0,
+    patch_overlap: int = 0,
 ) -> EPIR:
     """EPIR with every component on; each boolean switch falls back to its plain counterpart.
 
@@ -881,9 +909,15 @@ def epir(
         dnspt: dual-norm shifted patch tokenization; False: plain patch embedding.
         shifts: ``diagonal`` (SPT), ``axial`` or ``both`` (the 8 copies of the two sets; ``1 + 8`` images enter the
             patch projection instead of ``1 + 4``: +29,508 parameters at the defaults, 129,093 in all), each shifted
-            by ``shift_size``.
+            by ``shift_size``; ``none``: no copies, the input alone through DNSPT's dual-norm projection (70,077
+            parameters at the defaults).
         shift_size: how far each copy is shifted, in pixels; 0 (default): half a patch, ``patch_size // 2`` (3 at
-            the defaults), SPT's. Needs ``dnspt``; no parameters either way.
+            the defaults), SPT's. Needs ``dnspt`` and copies; no parameters either way.
+        patch_overlap: how many pixels past its own patch each token's window reaches on every side (0, the default:
+            the patch itself; ``o``: a (patch_size + 2 o)^2 window, stride ``patch_size``, zeros past the map's border;
+            :func:`cut_patches`), with or without DNSPT; the token grid is unchanged and the projection's input grows
+            to ``(patch_size + 2 o)^2`` pixels per image. From 0 to ``patch_size``. At the defaults ``o = 3`` (13 x 13
+            windows): 189,585 parameters; with ``shifts=none`` 88,077; with ``dnspt=false`` 86,967.
         refine: learnable 3x3 depthwise refinement of each shifted copy; False: exact integer shifts.
         merge: ToMe token integration between stages; False: every stage sees all tokens.
         merge_ratio: share of the tokens merged at each step, in [0, 0.5].
