@@ -112,6 +112,11 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # DNSPT's copies shifted by one pixel, each pixel's nearest neighbours, instead of half a patch (round 26; in no
     # recipe)
     "shift-1": ("model.shift_size=1",),
+    # DNSPT without shifted copies: the input's patches alone through its dual-norm projection (round 27; in no recipe)
+    "shifts-none": ("model.shifts=none",),
+    # each token's window reaches 3 pixels past its patch on every side, 13 x 13 overlapping windows at patch 7
+    # (round 27; in no recipe)
+    "overlap-3": ("model.patch_overlap=3",),
 }
 
 
@@ -150,6 +155,8 @@ LEVER_NOTES: dict[str, str] = {
     "refine-affine": "DNSPT refines each shifted copy by a learned affine map (6 parameters), not 3x3 kernels",
     "shifts-both": "DNSPT makes 8 shifted copies, the diagonal and the axial ones, not SPT's 4 diagonal ones",
     "shift-1": "DNSPT shifts its copies by 1 pixel instead of half a patch (3 pixels at patch 7)",
+    "shifts-none": "DNSPT makes no shifted copies: the input's patches alone, both norms kept",
+    "overlap-3": "each token sees a 13 x 13 window, its patch and 3 pixels around it, not the 7 x 7 patch",
 }
 
 
