@@ -7,7 +7,8 @@ A small vision transformer over a micro-expression flow map ``(B, 3, 28, 28)`` (
    Transformer for Small-Size Datasets", 2021) with a LayerNorm on both sides of the patch projection (Dual
    PatchNorm, Kumar et al. 2023); the "refined spatial transformation" follows each integer shift with a
    learnable 3x3 depthwise kernel initialised to the identity (``refine_transform="affine"``: a learned affine map
-   per copy instead). Switches ``dnspt``, ``refine``.
+   per copy instead). Switches ``dnspt``, ``refine``; ``shifts`` and ``shift_size`` vary the copies (``none``: no
+   copies), ``patch_overlap`` widens each token's window past its patch (overlapping patches, with or without DNSPT).
 2. Token integration between cascaded stages of blocks: ToMe bipartite soft matching (Bolya et al., ICLR
    2023) with size-weighted averages and proportional attention. Switch ``merge``.
 3. Discriminative token extractor: ITALS, attention with the diagonal of the logits masked and a learnable
