@@ -183,9 +183,8 @@ class DNSPT(nn.Module):
         self.patch_overlap = patch_overlap
         self.offsets = shift_offsets(shifts, shift_size or patch_size // 2)
         self.shift: FixedShifts = FixedShifts(offsets=self.offsets)
-        if not self.offsets:
-            pass  # shifts="none": nothing to refine
-        elif refine and refine_transform == "affine":
+        refine = refine and bool(self.offsets)  # shifts="none": nothing to refine
+        if refine and refine_transform == "affine":
             if image_size is None:
                 raise ConfigError("DNSPT(refine_transform='affine') needs image_size (the maps' side) for its grid.")
             self.shift = AffineShifts(offsets=self.offsets, image_size=image_size)
