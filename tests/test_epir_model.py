@@ -94,6 +94,17 @@ def test_shift_size_sets_how_far_the_copies_move_and_is_checked() -> None:
         create_model("epir", shifts="all")
 
 
+def test_patch_size_one_is_refused_only_where_the_copies_would_not_move() -> None:
+    """At patch 1 half a patch is 0 pixels, so DNSPT's copies would be the input again: that alone is refused, in one
+    line naming the ways out; copies moved a set distance, no copies, or no DNSPT build and run."""
+    with pytest.raises(ConfigError, match=r"half a patch \(patch_size // 2\), which is 0 pixels at "
+                                          r"model.patch_size=1; set model.shift_size >= 1 or model.shifts=none"):
+        create_model("epir", image_size=4, patch_size=1)
+    for kwargs in ({"shift_size": 1}, {"shifts": "none"}, {"dnspt": False}):
+        model = create_model("epir", image_size=4, patch_size=1, **kwargs).eval()
+        assert model.num_patches == 16 and model(torch.randn(2, 3, 4, 4)).shape == (2, 3)
+
+
 def test_shifts_none_is_the_dual_norm_projection_of_the_input_alone() -> None:
     """model.shifts=none: no copies, nothing to refine; the projection sees the input's patches only."""
     tok = DNSPT(in_channels=3, patch_size=7, dim=8, shifts="none")

@@ -439,7 +439,7 @@ class MeanPool(nn.Module):
 
 
 def _check_args(
-    image_size: int, patch_size: int, dim: int, heads: int, depths: Sequence[int] | int, dnspt: bool,
+    image_size: int, patch_size: int, dim: int, heads: int, depths: Sequence[int] | int,
     merge_ratio: float, select_ratio: float, size_name: str = "model.image_size",
 ) -> list[int]:
     """Validate the arguments a user can get wrong; returns ``depths`` as a list."""
@@ -450,8 +450,6 @@ def _check_args(
         raise ConfigError(f"model.depths must be a non-empty list of positive ints (blocks per stage), got {depths}.")
     if image_size % patch_size:
         raise ConfigError(f"{size_name} ({image_size}) must be a multiple of model.patch_size ({patch_size}).")
-    if dnspt and patch_size < 2:
-        raise ConfigError(f"model.dnspt shifts by patch_size // 2, so model.patch_size must be >= 2, got {patch_size}.")
     if dim % heads:
         raise ConfigError(f"model.dim ({dim}) must be divisible by model.heads ({heads}).")
     if not 0.0 <= merge_ratio <= 0.5:
@@ -539,7 +537,11 @@ class EPIR(nn.Module):
         size_name = "model.image_size"
         if stem == "conv":
             size_name = f"with model.stem=conv, the stem's output side (from image_size {image_size})"
-        depths = _check_args(token_size, patch_size, dim, heads, depths, dnspt, merge_ratio, select_ratio, size_name)
+        depths = _check_args(token_size, patch_size, dim, heads, depths, merge_ratio, select_ratio, size_name)
+        if dnspt and shifts != "none" and not shift_size and patch_size < 2:
+            raise ConfigError(f"model.dnspt shifts its copies by half a patch (patch_size // 2), which is 0 pixels at "
+                              f"model.patch_size={patch_size}; set model.shift_size >= 1 or model.shifts=none, or "
+                              "model.patch_size >= 2.")
         if not 0 <= shift_size < token_size:  # the type is checked where the factory's arguments come in
             raise ConfigError(f"model.shift_size must be a whole number of pixels from 1 to {token_size - 1} (less "
                               f"than the maps' side the tokens are cut from), or 0 for half a patch "
@@ -912,7 +914,8 @@ def epir(
             by ``shift_size``; ``none``: no copies, the input alone through DNSPT's dual-norm projection (70,077
             parameters at the defaults).
         shift_size: how far each copy is shifted, in pixels; 0 (default): half a patch, ``patch_size // 2`` (3 at
-            the defaults), SPT's. Needs ``dnspt`` and copies; no parameters either way.
+            the defaults), SPT's. Needs ``dnspt`` and copies; no parameters either way. At ``patch_size=1`` half a
+            patch is 0 pixels: set ``shift_size`` (or ``shifts=none``).
         patch_overlap: how many pixels past its own patch each token's window reaches on every side (0, the default:
             the patch itself; ``o``: a (patch_size + 2 o)^2 window, stride ``patch_size``, zeros past the map's border;
             :func:`cut_patches`), with or without DNSPT; the token grid is unchanged and the projection's input grows
