@@ -100,6 +100,8 @@ def test_patch_size_one_is_refused_only_where_the_copies_would_not_move() -> Non
     with pytest.raises(ConfigError, match=r"half a patch \(patch_size // 2\), which is 0 pixels at "
                                           r"model.patch_size=1; set model.shift_size >= 1 or model.shifts=none"):
         create_model("epir", image_size=4, patch_size=1)
+    with pytest.raises(ConfigError, match=r"which is 0 pixels at model.patch_size=1"):
+        DNSPT(in_channels=3, patch_size=1, dim=8)
     for kwargs in ({"shift_size": 1}, {"shifts": "none"}, {"dnspt": False}):
         model = create_model("epir", image_size=4, patch_size=1, **kwargs).eval()
         assert model.num_patches == 16 and model(torch.randn(2, 3, 4, 4)).shape == (2, 3)

@@ -181,7 +181,12 @@ class DNSPT(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         self.patch_overlap = patch_overlap
-        self.offsets = shift_offsets(shifts, shift_size or patch_size // 2)
+        distance = shift_size or patch_size // 2
+        self.offsets = shift_offsets(shifts, distance)
+        if self.offsets and not distance:
+            raise ConfigError(f"model.dnspt shifts its copies by half a patch (patch_size // 2), which is 0 pixels at "
+                              f"model.patch_size={patch_size}; set model.shift_size >= 1 or model.shifts=none, or "
+                              "model.patch_size >= 2.")
         self.shift: FixedShifts = FixedShifts(offsets=self.offsets)
         refine = refine and bool(self.offsets)  # shifts="none": nothing to refine
         if refine and refine_transform == "affine":
@@ -538,10 +543,6 @@ class EPIR(nn.Module):
         if stem == "conv":
             size_name = f"with model.stem=conv, the stem's output side (from image_size {image_size})"
         depths = _check_args(token_size, patch_size, dim, heads, depths, merge_ratio, select_ratio, size_name)
-        if dnspt and shifts != "none" and not shift_size and patch_size < 2:
-            raise ConfigError(f"model.dnspt shifts its copies by half a patch (patch_size // 2), which is 0 pixels at "
-                              f"model.patch_size={patch_size}; set model.shift_size >= 1 or model.shifts=none, or "
-                              "model.patch_size >= 2.")
         if not 0 <= shift_size < token_size:  # the type is checked where the factory's arguments come in
             raise ConfigError(f"model.shift_size must be a whole number of pixels from 1 to {token_size - 1} (less "
                               f"than the maps' side the tokens are cut from), or 0 for half a patch "
