@@ -571,13 +571,14 @@ def test_a_distillation_token_trains_batched_as_one_at_a_time(one_torch_thread) 
 
 
 @pytest.mark.parametrize("switch", [{"merge_metric": "keys"}, {"refine_transform": "affine"},
-                                    {"shifts": "none", "patch_overlap": 2}, {"dnspt": False, "patch_overlap": 1}],
+                                    {"shifts": "none", "patch_overlap": 2}, {"dnspt": False, "patch_overlap": 1},
+                                    {"flow_magnitude": True}],
                          ids=["merge_metric=keys", "refine_transform=affine", "shifts=none,patch_overlap=2",
-                              "dnspt=false,patch_overlap=1"])
+                              "dnspt=false,patch_overlap=1", "flow_magnitude"])
 def test_an_architecture_switch_trains_batched_as_one_at_a_time(one_torch_thread, switch: dict) -> None:
     """model.merge_metric=keys takes the keys from the stacked weights inside vmap, model.refine_transform=affine
-    resamples each member's maps through its own matrices, and model.patch_overlap cuts overlapping windows (unfold)
-    inside vmap: the loop's predictions either way."""
+    resamples each member's maps through its own matrices, model.patch_overlap cuts overlapping windows (unfold)
+    and model.flow_magnitude takes each map's median (a sort) inside vmap: the loop's predictions either way."""
     model_cfg = ModelConfig(name="epir", args={**SMALL["epir"], **switch})
     recipe, ms = replace(default_recipe("epir"), epochs=2, batch_size=8), members()
     models, norms = fit_many(model_cfg, ms, recipe, num_classes=3)

@@ -153,6 +153,37 @@ def test_patch_overlap_grows_the_projection_and_is_checked() -> None:
         create_model("epir", patch_overlap=1.5)
 
 
+def test_flow_magnitude_is_the_speed_of_the_recentred_flow() -> None:
+    """model.flow_magnitude: a fourth channel sqrt(u'^2 + v'^2), u and v minus each map's own median; strain is not
+    used, a per-channel affine normalisation before it only rescales u' and v', and every copy reads four channels."""
+    from epir.models.epir import with_flow_magnitude
+
+    x = torch.zeros(1, 3, 5, 5)
+    x[0, 0] = 10.0  # u: still at 10 (the median) everywhere but one pixel
+    x[0, 1] = -2.0
+    x[0, 0, 1, 2], x[0, 1, 1, 2] = 13.0, 2.0  # that pixel moves by (3, 4): speed 5
+    x[0, 2] = torch.randn(5, 5)  # strain plays no part
+    out = with_flow_magnitude(x)
+    assert out.shape == (1, 4, 5, 5) and torch.equal(out[:, :3], x)
+    expected = torch.zeros(5, 5)
+    expected[1, 2] = 5.0
+    torch.testing.assert_close(out[0, 3], expected, atol=2e-3, rtol=0)
+    torch.testing.assert_close(with_flow_magnitude(x * torch.tensor([2.0, 2.0, 1.0])[:, None, None] + 7)[0, 3],
+                               2 * expected, atol=2e-3, rtol=0)  # an equal scale on u and v scales the speed
+    still = torch.full((1, 3, 4, 4), 100.0, requires_grad=True)  # no motion anywhere: finite gradient (explanations)
+    (grad,) = torch.autograd.grad(with_flow_magnitude(still)[:, 3].sum(), still)
+    assert torch.isfinite(grad).all()
+
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    model = create_model("epir", flow_magnitude=True)
+    assert count(model) == 111_871 and model.tokenizer.proj.in_features == 5 * 4 * 7 * 7  # the factory's docstring
+    assert count(create_model("epir", flow_magnitude=True, shifts="none", patch_overlap=3)) == 96_527
+    assert model(torch.randn(2, 3, 28, 28)).shape == (2, 3)
+    with pytest.raises(ConfigError, match=r"model.flow_magnitude computes each pixel's speed from the first two input "
+                                          r"channels \(u, v\), and model.in_channels is 1"):
+        create_model("epir", flow_magnitude=True, in_channels=1)
+
+
 def test_fixed_shifts_zero_fill_at_the_border() -> None:
     tok = DNSPT(in_channels=1, patch_size=4, dim=8, refine=False)
     x = torch.zeros(1, 1, 28, 28)

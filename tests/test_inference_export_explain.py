@@ -59,6 +59,16 @@ def test_onnx_of_a_model_with_mosaic_input(tmp_path: Path) -> None:
     assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
 
 
+def test_flow_magnitude_channel_is_inside_the_model_and_its_onnx_graph(tmp_path: Path) -> None:
+    """model.flow_magnitude computes its fourth channel inside the model (a median by sort, a square root): a
+    checkpoint takes the user's three channels, and the ONNX graph computes the fourth too."""
+    pytest.importorskip("onnxruntime")
+    ckpt = save_untrained("epir", {"dim": 16, "heads": 2, "flow_magnitude": True}, tmp_path / "ck")
+    assert load_checkpoint(ckpt).model.tokenizer.proj.in_features == 5 * 4 * 7 * 7
+    report = export_onnx(ckpt, tmp_path / "m.onnx")
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+
+
 def test_smooth_input_is_inside_the_model_and_its_onnx_graph(tmp_path: Path) -> None:
     """data.input_transform=smooth: the checkpoint's model smooths (and renormalises) the map before its own
     normalisation, as LOSO trained it, in PyTorch and in the exported graph."""

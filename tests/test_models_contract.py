@@ -31,6 +31,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "epir[patch_overlap=3]": ("epir", {"patch_overlap": 3}),
     "epir[shifts=none,patch_overlap=3]": ("epir", {"shifts": "none", "patch_overlap": 3}),
     "epir[dnspt=false,patch_overlap=3]": ("epir", {"dnspt": False, "patch_overlap": 3}),
+    "epir[flow_magnitude]": ("epir", {"flow_magnitude": True}),
+    "epir[flow_magnitude,stem=conv]": ("epir", {"flow_magnitude": True, "stem": "conv", "patch_size": 2}),
     "epir[plain]": ("epir", {"dnspt": False, "merge": False, "itals": False, "dtsm": False, "contrastive": False}),
 }
 NUM_CLASSES = 4

@@ -117,6 +117,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # each token's window reaches 3 pixels past its patch on every side, 13 x 13 overlapping windows at patch 7
     # (round 27; in no recipe)
     "overlap-3": ("model.patch_overlap=3",),
+    # a fourth input channel, each pixel's flow speed from u and v recentred on the map's median, computed inside
+    # the model (round 29; in no recipe)
+    "flow-magnitude": ("model.flow_magnitude=true",),
 }
 
 
@@ -157,6 +160,7 @@ LEVER_NOTES: dict[str, str] = {
     "shift-1": "DNSPT shifts its copies by 1 pixel instead of half a patch (3 pixels at patch 7)",
     "shifts-none": "DNSPT makes no shifted copies: the input's patches alone, both norms kept",
     "overlap-3": "each token sees a 13 x 13 window, its patch and 3 pixels around it, not the 7 x 7 patch",
+    "flow-magnitude": "EPIR reads a fourth channel, each pixel's speed from u and v taken from the map's median",
 }
 
 

@@ -9,6 +9,7 @@ A small vision transformer over a micro-expression flow map ``(B, 3, 28, 28)`` (
    learnable 3x3 depthwise kernel initialised to the identity (``refine_transform="affine"``: a learned affine map
    per copy instead). Switches ``dnspt``, ``refine``; ``shifts`` and ``shift_size`` vary the copies (``none``: no
    copies), ``patch_overlap`` widens each token's window past its patch (overlapping patches, with or without DNSPT).
+   ``flow_magnitude`` adds a fourth input channel, each pixel's flow speed, computed from u and v in the model.
 2. Token integration between cascaded stages of blocks: ToMe bipartite soft matching (Bolya et al., ICLR
    2023) with size-weighted averages and proportional attention. Switch ``merge``.
 3. Discriminative token extractor: ITALS, attention with the diagonal of the logits masked and a learnable
@@ -34,6 +35,7 @@ from einops import rearrange
 from torch import nn
 
 from epir.config import TrainConfig, check_setting
+from epir.data.augment import recentre_maps
 from epir.errors import ConfigError
 from epir.losses import supervised_contrastive_loss
 from epir.models.factory import check_positive, check_rates, check_sizes, register_model
@@ -439,6 +441,26 @@ class MeanPool(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------
+# The input: an optional flow-magnitude channel (round 29)
+# --------------------------------------------------------------------------------------------------------
+
+
+def with_flow_magnitude(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The maps ``(B, C, H, W)`` (u, v first) with one more channel: ``sqrt(u'^2 + v'^2 + eps)`` (B, C + 1, H, W).
+
+    ``u'`` and ``v'`` are u and v minus each map's own median (:func:`epir.data.augment.recentre_maps`): the
+    composite maps were min-max normalised per sample and channel, so "no motion" sits at a different value in every
+    map, and most of a face is still. Their scales are taken as equal, as the per-channel normalisation leaves them
+    (the ratio of the u and v scales is not recoverable from the maps: docs/epir-design.md, "Flow physics of a
+    rotation"). Any per-channel affine normalisation before it (``train.input_norm``) commutes with the median, so
+    the channel is the speed in the normalised units of u and v. ``eps`` keeps the gradient finite where both are
+    0 (explanations differentiate the input).
+    """
+    flow = recentre_maps(x[:, :2])
+    return torch.cat([x, flow.square().sum(dim=1, keepdim=True).add(eps).sqrt()], dim=1)
+
+
+# --------------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------------
 
@@ -506,6 +528,7 @@ class EPIR(nn.Module):
         refine_transform: str = "kernel",
         shift_size: int = 0,
         patch_overlap: int = 0,
+        flow_magnitude: bool = False,
     ) -> None:
         super().__init__()
         check_sizes(num_classes=num_classes, in_channels=in_channels, image_size=image_size, patch_size=patch_size,
@@ -533,11 +556,16 @@ class EPIR(nn.Module):
             off = "model.dnspt=false turns them off" if not dnspt else "model.shifts=none makes none"
             raise ConfigError(f"model.shift_size={shift_size} sets how far DNSPT shifts its copies, and "
                               f"{off}; drop one of the two.")
+        if flow_magnitude and in_channels < 2:
+            raise ConfigError(f"model.flow_magnitude computes each pixel's speed from the first two input channels "
+                              f"(u, v), and model.in_channels is {in_channels}; give maps of u, v and strain, or drop "
+                              "model.flow_magnitude.")
         self.merge_metric = merge_metric
+        self.flow_magnitude = flow_magnitude
         self.stem: nn.Module = nn.Identity()
-        token_in, token_size = in_channels, image_size
+        token_in, token_size = in_channels + int(flow_magnitude), image_size
         if stem == "conv":
-            self.stem = ConvStem(in_channels=in_channels, channels=stem_channels)
+            self.stem = ConvStem(in_channels=token_in, channels=stem_channels)
             token_in, token_size = stem_channels, ConvStem.out_size(image_size)
         size_name = "model.image_size"
         if stem == "conv":
@@ -630,6 +658,8 @@ class EPIR(nn.Module):
         The distillation token joins the patch tokens in every block's attention (with size 1 under proportional
         attention) and is set aside for the token integration and selection, which act on the patch tokens only.
         """
+        if self.flow_magnitude:
+            x = with_flow_magnitude(x)
         tokens = self.tokenizer(self.stem(x)) + self.pos_embedding
         size = None
         sources = None
@@ -888,6 +918,7 @@ def epir(
     refine_transform: str = "kernel",
     shift_size: int = 0,
     patch_overlap: int = 0,
+    flow_magnitude: bool = False,
 ) -> EPIR:
     """EPIR with every component on; each boolean switch falls back to its plain counterpart.
 
@@ -952,5 +983,9 @@ def epir(
             kernel per copy and channel, 108 parameters) or ``affine`` (a learnable 2x3 affine map per copy applied
             with ``grid_sample``, 24 parameters; :class:`AffineShifts`). Both start as the exact integer shifts.
             Needs ``dnspt`` and ``refine``.
+        flow_magnitude: a fourth channel beside u, v and strain, computed inside the model from its input: each
+            pixel's speed ``sqrt(u'^2 + v'^2)``, u and v taken from each map's own median (:func:`with_flow_magnitude`;
+            round 29). Every copy, window and conv stem then reads four channels (+12,286 parameters at the defaults,
+            111,871 in all; with ``shifts=none, patch_overlap=3`` 96,527); the maps a user gives stay u, v, strain.
     """
     return EPIR(**locals())  # the arguments pass through unchanged
