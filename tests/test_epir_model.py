@@ -170,7 +170,7 @@ def test_flow_magnitude_is_the_speed_of_the_recentred_flow() -> None:
     torch.testing.assert_close(out[0, 3], expected, atol=2e-3, rtol=0)
     torch.testing.assert_close(with_flow_magnitude(x * torch.tensor([2.0, 2.0, 1.0])[:, None, None] + 7)[0, 3],
                                2 * expected, atol=2e-3, rtol=0)  # an equal scale on u and v scales the speed
-    still = torch.full((1, 3, 4, 4), 100.0, requires_grad=True)  # no motion anywhere: finite gradient (explanations)
+    still = torch.full((1, 3, 4, 4), 100.0, requires_grad=True)  # no motion anywhere: a finite input gradient
     (grad,) = torch.autograd.grad(with_flow_magnitude(still)[:, 3].sum(), still)
     assert torch.isfinite(grad).all()
 

@@ -454,7 +454,7 @@ def with_flow_magnitude(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     (the ratio of the u and v scales is not recoverable from the maps: docs/epir-design.md, "Flow physics of a
     rotation"). Any per-channel affine normalisation before it (``train.input_norm``) commutes with the median, so
     the channel is the speed in the normalised units of u and v. ``eps`` keeps the gradient finite where both are
-    0 (explanations differentiate the input).
+    0 (for whatever differentiates the input, e.g. gradient saliency).
     """
     flow = recentre_maps(x[:, :2])
     return torch.cat([x, flow.square().sum(dim=1, keepdim=True).add(eps).sqrt()], dim=1)
