@@ -6,8 +6,9 @@
 
 Table 1, per model: the median wall time of one training step on a batch of the recipe's size (64 for EPIR) split
 into forward (the model's loss as ``fit`` computes it), backward, and gradient clipping plus the optimizer step,
-and the forward plus backward of the tokenizer alone (EPIR's DNSPT: the input, its four refined shifted copies, the
-patch cut, LayerNorm, projection, LayerNorm). Timings do not depend on the weights or the maps, so the maps are
+and the forward plus backward of the tokenizer alone (EPIR's ``tokenize``: the speed channel if
+``flow_magnitude``, the stem, and DNSPT: the input, its four refined shifted copies, the patch cut, LayerNorm,
+projection, LayerNorm). Timings do not depend on the weights or the maps, so the maps are
 random 0-255 maps, standardised. A model may be a variant, ``NAME[KEY=VALUE,...]`` (its arguments as ``--set
 model.KEY=VALUE`` gives them); ``ratio`` is each step's time over the first model's, measured in the same run, and
 ``--rounds R`` measures every model R times in turn (interleaved) and keeps each part's median.
@@ -84,10 +85,10 @@ def step_parts(model_cfg: ModelConfig, repeats: int) -> dict[str, float]:
     parts = {"forward": median_ms(forward, repeats)}
     parts["backward"] = median_ms(backward, repeats) - parts["forward"]
     parts["clip + optimizer"] = median_ms(update, repeats)
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is not None:
+    tokenize = getattr(model, "tokenize", None)  # EPIR: the input's channels, stem and tokenizer, as its forward
+    if tokenize is not None:
         def tok() -> None:
-            tokenizer(x).sum().backward()
+            tokenize(x).sum().backward()
         parts["tokenizer fwd+bwd"] = median_ms(tok, repeats)
     return parts
 

@@ -179,6 +179,7 @@ def test_flow_magnitude_is_the_speed_of_the_recentred_flow() -> None:
     assert count(model) == 111_871 and model.tokenizer.proj.in_features == 5 * 4 * 7 * 7  # the factory's docstring
     assert count(create_model("epir", flow_magnitude=True, shifts="none", patch_overlap=3)) == 96_527
     assert model(torch.randn(2, 3, 28, 28)).shape == (2, 3)
+    assert model.tokenize(torch.randn(2, 3, 28, 28)).shape == (2, 16, 48)  # the user's 3 channels, 4 inside
     with pytest.raises(ConfigError, match=r"model.flow_magnitude computes each pixel's speed from the first two input "
                                           r"channels \(u, v\), and model.in_channels is 1"):
         create_model("epir", flow_magnitude=True, in_channels=1)

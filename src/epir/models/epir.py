@@ -644,6 +644,14 @@ class EPIR(nn.Module):
         self.last_sources: torch.Tensor | None = None
         self.apply(init_vit_weights)
 
+    def tokenize(self, x: torch.Tensor) -> torch.Tensor:
+        """x: flow maps (B, C, H, W). The patch tokens (B, num_patches, D) before the position embedding: the speed
+        channel (``flow_magnitude``), the stem and the tokenizer (DNSPT or the plain patch embedding).
+        """
+        if self.flow_magnitude:
+            x = with_flow_magnitude(x)
+        return self.tokenizer(self.stem(x))
+
     def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: flow maps (B, C, H, W). Returns the final tokens (B, N_final, D) and their sizes (B, N_final)
         (None without merging: every token is one patch); a distillation token is not among them
@@ -658,9 +666,7 @@ class EPIR(nn.Module):
         The distillation token joins the patch tokens in every block's attention (with size 1 under proportional
         attention) and is set aside for the token integration and selection, which act on the patch tokens only.
         """
-        if self.flow_magnitude:
-            x = with_flow_magnitude(x)
-        tokens = self.tokenizer(self.stem(x)) + self.pos_embedding
+        tokens = self.tokenize(x) + self.pos_embedding
         size = None
         sources = None
         dist = None if self.distill_token is None else self.distill_token.expand(tokens.shape[0], -1, -1)
