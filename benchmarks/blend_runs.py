@@ -41,7 +41,7 @@ def blend(a: ScoredRun, b: ScoredRun, weight: float, names: tuple[str, str]) -> 
         if missing:
             raise ConfigError(f"{name} keeps no class probabilities ({missing[0]} missing); blend two epir run "
                               "directories.")
-    seeds = [sorted(r.predictions["seed"].unique()) for r in (a, b)]
+    seeds = [sorted(int(s) for s in r.predictions["seed"].unique()) for r in (a, b)]
     if seeds[0] != seeds[1]:
         raise ConfigError(f"{names[0]} has seeds {seeds[0]} and {names[1]} {seeds[1]}; blend runs of the same seeds.")
     for seed in seeds[0]:
