@@ -19,7 +19,7 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from epir.engine.evaluate import ScoredRun, read_scored
+from epir.engine.evaluate import ScoredRun, read_scored, same_classes
 from epir.engine.uncertainty import paired_difference, same_samples
 from epir.errors import ConfigError
 
@@ -32,9 +32,7 @@ def blend(a: ScoredRun, b: ScoredRun, weight: float, names: tuple[str, str]) -> 
     Raises:
         ConfigError: other classes, seeds, samples or labels, or a run without probabilities.
     """
-    if a.class_names != b.class_names:
-        raise ConfigError(f"{names[0]} has classes {a.class_names} and {names[1]} {b.class_names}; blend runs of the "
-                          "same classes.")
+    same_classes(a, b, names)
     probs = [f"prob_{c}" for c in a.class_names]
     for run, name in zip((a, b), names):
         missing = [c for c in probs if c not in run.predictions.columns]
@@ -44,9 +42,7 @@ def blend(a: ScoredRun, b: ScoredRun, weight: float, names: tuple[str, str]) -> 
     seeds = [sorted(int(s) for s in r.predictions["seed"].unique()) for r in (a, b)]
     if seeds[0] != seeds[1]:
         raise ConfigError(f"{names[0]} has seeds {seeds[0]} and {names[1]} {seeds[1]}; blend runs of the same seeds.")
-    for seed in seeds[0]:
-        same_samples(a.predictions[a.predictions["seed"] == seed], b.predictions[b.predictions["seed"] == seed],
-                     f"{names[0]} (seed {seed})", f"{names[1]} (seed {seed})")
+    same_samples(a.predictions, b.predictions, *names)  # every seed of each the same samples and labels as the other's
     left = a.predictions.set_index(KEYS).sort_index()
     right = b.predictions.set_index(KEYS).reindex(left.index)
     mixed = (1 - weight) * left[probs].to_numpy(dtype=float) + weight * right[probs].to_numpy(dtype=float)

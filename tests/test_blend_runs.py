@@ -51,3 +51,6 @@ def test_a_blend_is_the_weighted_mean_of_the_two_runs_probabilities(tmp_path: Pa
     other = write_run_dir(tmp_path / "c", run_predictions(n_subjects=8, seeds=(0,), accuracy=0.5, rng_seed=1))
     with pytest.raises(ConfigError, match=r"has seeds \[0, 1\] and c \[0\]; blend runs of the same seeds"):
         bench.blend(ra, read_scored(other), 0.5, ("a", "c"))
+    fewer = write_run_dir(tmp_path / "d", run_predictions(n_subjects=6, seeds=(0, 1), accuracy=0.5, rng_seed=1))
+    with pytest.raises(ConfigError, match="not the same ones"):  # other samples under the same seeds
+        bench.blend(ra, read_scored(fewer), 0.5, ("a", "d"))

@@ -135,7 +135,7 @@ def compare_parts(a: str | Path, b: str | Path, *, resamples: int = RESAMPLES, l
                           seed=seed, method=method) for part in ("model", "teacher")}
 
 
-def _same_classes(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str]) -> None:
+def same_classes(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str]) -> None:
     """ConfigError unless two read runs score the same classes."""
     a, b = names
     if ra.class_names != rb.class_names:
@@ -229,7 +229,7 @@ def agreement_of_runs(a: str | Path, b: str | Path | None = None, *, parts: bool
     versus = None
     if rest:
         name_b, rb = rest[0]
-        _same_classes(ra, rb, (name_a, name_b))
+        same_classes(ra, rb, (name_a, name_b))
         versus = agreement(ra.predictions, rb.predictions, class_names=ra.class_names, names=(name_a, name_b),
                            **bootstrap)
     within = {name: agreement(run.predictions, class_names=run.class_names, names=(name, name), **bootstrap)
@@ -254,7 +254,7 @@ def _paired(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str], **bootstrap: A
     absent-class policies agree; with each run's protocol and seeds.
     """
     a, b = names
-    _same_classes(ra, rb, names)
+    same_classes(ra, rb, names)
     if ra.absent != rb.absent:
         raise ConfigError(f"{a} counts absent classes as {ra.absent!r} and {b} as {rb.absent!r}; compare runs with "
                           "the same eval.absent_class.")
@@ -283,7 +283,7 @@ def agreements(run_dirs: Mapping[str, str | Path | ScoredRun], reference: str) -
     versus = {}
     for name, run in runs.items():
         if name != reference:
-            _same_classes(run, ref, (name, reference))
+            same_classes(run, ref, (name, reference))
             versus[name] = agreement(run.predictions, ref.predictions, class_names=ref.class_names,
                                      names=(name, reference))
     within = (agreement(ref.predictions, class_names=ref.class_names, names=(reference, reference))
@@ -313,4 +313,4 @@ def differences(run_dirs: Mapping[str, str | Path | ScoredRun], reference: str) 
 
 __all__ = ["KEPT_AS", "ScoredRun", "agreement_of_runs", "agreements", "compare_parts", "compare_runs", "differences",
            "evaluate_megc_log", "evaluate_run_dir", "format_agreement_of_runs", "read_log", "read_parts",
-           "read_run_dir", "read_scored"]
+           "read_run_dir", "read_scored", "same_classes"]
