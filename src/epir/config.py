@@ -71,6 +71,8 @@ class TrainConfig:
     ema_decay: float = 0.995  # ema only: per-step decay
     swa_start: float = 0.5  # swa only: epoch-end weights are averaged from this fraction of the epochs on
     ensemble: int = 1  # models per fold (own seeds), their class probabilities averaged
+    member_overrides: tuple[str, ...] = ()  # one entry per member (train.ensemble of them): that member's own
+    # ";"-separated train.* overrides ("" = the run's recipe), e.g. ["", "train.input_norm=recentre"]; () = alike
     snapshots: int = 1  # per model: probabilities averaged over the final weights and snapshots-1 earlier
     # epoch ends spread evenly over the second half of training (snapshot_epochs); 1 = the final weights only
     distill: str = ""  # teacher model trained on the same fold's training rows first ("" = no distillation)
@@ -267,6 +269,9 @@ def check_ranges(cfg: RunConfig) -> None:
     check_setting(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in (0, 1)")
     check_setting(0 <= t.swa_start < 1, "train.swa_start", t.swa_start, "a fraction in [0, 1)")
     check_setting(t.ensemble >= 1, "train.ensemble", t.ensemble, "an integer >= 1 (models per fold)")
+    check_setting(not t.member_overrides or len(t.member_overrides) == t.ensemble, "train.member_overrides",
+                  list(t.member_overrides), f"one entry per member: {len(t.member_overrides)} entries need "
+                  f"train.ensemble={len(t.member_overrides)} (it is {t.ensemble}), or [] for members alike")
     check_setting(1 <= t.snapshots <= max(1, t.epochs // 2), "train.snapshots", t.snapshots,
                   f"an integer from 1 to train.epochs // 2 = {max(1, t.epochs // 2)} (snapshots taken in the second "
                   "half of training)")

@@ -120,6 +120,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # a fourth input channel, each pixel's flow speed from u and v recentred on the map's median, computed inside
     # the model (round 29; in no recipe)
     "flow-magnitude": ("model.flow_magnitude=true",),
+    # an in-fold ensemble whose two members differ in input: the recipe's own maps and the maps recentred on their
+    # median (round 29's blend of two runs, now inside each fold with the member's own seed; round 30; in no recipe)
+    "input-ensemble": ("train.ensemble=2", "train.member_overrides=['', 'train.input_norm=recentre']"),
 }
 
 
@@ -161,6 +164,7 @@ LEVER_NOTES: dict[str, str] = {
     "shifts-none": "DNSPT makes no shifted copies: the input's patches alone, both norms kept",
     "overlap-3": "each token sees a 13 x 13 window, its patch and 3 pixels around it, not the 7 x 7 patch",
     "flow-magnitude": "EPIR reads a fourth channel, each pixel's speed from u and v taken from the map's median",
+    "input-ensemble": "2 members per fold, on the recipe's maps and on maps recentred on their median, averaged",
 }
 
 
@@ -175,7 +179,8 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "wide": ("model.dim=48", "model.heads=3"),
     "ema": ("train.average=none",),
     "swa": ("train.average=none",),
-    "ensemble": ("train.ensemble=1",),
+    "ensemble": ("train.ensemble=1", "train.member_overrides=[]"),
+    "input-ensemble": ("train.ensemble=1", "train.member_overrides=[]"),
     "snapshots": ("train.snapshots=1",),
     # the default recipe's teacher taken away (EPIR alone, as --recipe alone), or its weight fixed at 0.5 again (with
     # the fold's own teacher: groups are for choosing), its ensemble of 3 or its groups undone

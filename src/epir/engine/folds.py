@@ -25,6 +25,7 @@ from epir.engine.selection import (
     blend_groups,
     candidate_configs,
     group_teacher,
+    member_configs,
     member_seeds,
     mix_teacher,
     select_in_fold,
@@ -238,12 +239,13 @@ def run_fold(
         if teachers is not None:  # the teacher used the global generator: the student starts as without one
             torch.manual_seed(fold_seed(seed, subject))
             model = build_model(cfg.model)
-        for k, mseed in enumerate(member_seeds(fold_seed(seed, subject), cfg.train.ensemble)):
+        members = member_configs(cfg)  # train.member_overrides: each member's own recipe
+        for k, (mseed, mcfg) in enumerate(zip(member_seeds(fold_seed(seed, subject), cfg.train.ensemble), members)):
             if k > 0:  # the first member is the model built above (so one member is the plain fold)
                 torch.manual_seed(mseed)
                 model = build_model(cfg.model)
             oracle = _OracleBest(test.x, test.y, device, cfg.train.tta) if cfg.eval.oracle_epoch else None
-            snaps = SnapshotMean(test.x, cfg.train, device)
+            snaps = SnapshotMean(test.x, mcfg.train, device)
 
             def epoch_done(epoch: int, m: torch.nn.Module, norm: InputNorm, _o: _OracleBest | None = oracle,
                            _s: SnapshotMean = snaps) -> None:
@@ -257,7 +259,7 @@ def run_fold(
                 model,
                 train.x,
                 train.y,
-                cfg.train,
+                mcfg.train,
                 seed=mseed,
                 num_classes=dataset.num_classes,
                 device=device,
@@ -271,7 +273,7 @@ def run_fold(
                 epochs.append(oracle.epoch)
             else:
                 member_probs.append(snaps.mean(predict_proba(model, norm, test.x, device=device, tta=cfg.train.tta)))
-                epochs.append(cfg.train.epochs - 1)
+                epochs.append(mcfg.train.epochs - 1)
         probs = torch.stack(member_probs).mean(dim=0)  # the ensemble: mean of the members' probabilities
         chosen_epoch = epochs[0]
         own = probs
@@ -332,54 +334,63 @@ def run_fold_group(
     shared = blend_groups(candidate_configs(cfg)) if cfg.train.select else []
     keys = [shared[k] if k >= 0 else k for k, _ in chosen]
     tests = [(dataset.x[test_idx], dataset.y[test_idx]) for _, test_idx in splits]
-    member_probs: list[list[torch.Tensor]] = [[] for _ in folds]
-    member_epochs: list[list[int]] = [[] for _ in folds]
+    # Per fold, per member index: the member's held-out probabilities and last (or oracle) epoch.
+    member_probs: list[dict[int, torch.Tensor]] = [{} for _ in folds]
+    member_epochs: list[dict[int, int]] = [{} for _ in folds]
     curves: list[list[dict[str, float]]] = [[] for _ in folds]  # each fold's first member's training curve
     teacher_p: list[torch.Tensor | None] = [None for _ in folds]  # train.distill: the teacher's own predictions
     for key in sorted(set(keys)):
         idx = [f for f, k in enumerate(keys) if k == key]
         ccfg = chosen[idx[0]][1]  # trains as every fold of idx does; each fold's own blend is applied below
-        jobs = [
-            (dataset.x[splits[f][0]], dataset.y[splits[f][0]], mseed,
-             f"fold {folds[f][1]} seed {folds[f][0]}" + (f" member {k}" if k_members > 1 else ""))
-            for f in idx
-            for k, mseed in enumerate(member_seeds(fold_seed(*folds[f]), k_members))
-        ]
-        owner = [f for f in idx for _ in range(k_members)]
-        histories = [curves[f] if k == 0 else [] for f in idx for k in range(k_members)]
         trained = fold_teachers(dataset, ccfg, [(*folds[f], splits[f][0]) for f in idx])
-        teachers = None if trained is None else [trained[idx.index(f)] for f in owner]
         for f, teacher in zip(idx, trained or []):
             teacher_p[f] = teacher_proba(ccfg, teacher, tests[f][0])
-        if cfg.eval.oracle_epoch:  # optimistic: per member, the epoch with the best held-out accuracy
-            oracles = [_OracleBest(*tests[f], device, ccfg.train.tta) for f in owner]
+        # Members trained alike (all of them, without train.member_overrides) train in one call.
+        by_recipe: dict[str, tuple[RunConfig, list[int]]] = {}
+        for k, mcfg in enumerate(member_configs(ccfg)):
+            by_recipe.setdefault(repr(mcfg.train), (mcfg, []))[1].append(k)
+        for mcfg, ks in by_recipe.values():
+            seeds = {f: member_seeds(fold_seed(*folds[f]), k_members) for f in idx}
+            jobs = [
+                (dataset.x[splits[f][0]], dataset.y[splits[f][0]], seeds[f][k],
+                 f"fold {folds[f][1]} seed {folds[f][0]}" + (f" member {k}" if k_members > 1 else ""))
+                for f in idx
+                for k in ks
+            ]
+            slots = [(f, k) for f in idx for k in ks]
+            owner = [f for f, _ in slots]
+            histories = [curves[f] if k == 0 else [] for f, k in slots]
+            teachers = None if trained is None else [trained[idx.index(f)] for f in owner]
+            if cfg.eval.oracle_epoch:  # optimistic: per member, the epoch with the best held-out accuracy
+                oracles = [_OracleBest(*tests[f], device, ccfg.train.tta) for f in owner]
 
-            def epoch_done(epoch: int, models: list[torch.nn.Module], norms: list[InputNorm],
-                           _o: list[_OracleBest] = oracles) -> None:
-                for oracle, model, norm in zip(_o, models, norms):
-                    oracle.update(epoch, model, norm)
+                def epoch_done(epoch: int, models: list[torch.nn.Module], norms: list[InputNorm],
+                               _o: list[_OracleBest] = oracles) -> None:
+                    for oracle, model, norm in zip(_o, models, norms):
+                        oracle.update(epoch, model, norm)
 
-            members = [Member(x, y, s_, n) for x, y, s_, n in jobs]
-            fit_many(ccfg.model, members, ccfg.train, num_classes=dataset.num_classes, device=device,
-                     on_epoch=epoch_done, teachers=teachers, histories=histories)
-            for f, oracle in zip(owner, oracles):
-                if oracle.probs is None or oracle.epoch is None:
-                    raise ConfigError("eval.oracle_epoch: training ran no epoch (train.epochs must be >= 1).")
-                member_probs[f].append(oracle.probs)
-                member_epochs[f].append(oracle.epoch)
-            continue
-        snaps = [SnapshotMean(tests[f][0], ccfg.train, device) for f in owner]  # train.snapshots, per model
-        models, norms = train_models(ccfg.model, ccfg.train, jobs, num_classes=dataset.num_classes, device=device,
-                                     teachers=teachers, histories=histories,
-                                     on_epoch=snapshot_callback(snaps))
-        for f, model, norm, snap in zip(owner, models, norms, snaps):
-            member_probs[f].append(snap.mean(predict_proba(model, norm, tests[f][0], device=device,
-                                                           tta=ccfg.train.tta)))
-            member_epochs[f].append(ccfg.train.epochs - 1)
+                fit_many(ccfg.model, [Member(x, y, s_, n) for x, y, s_, n in jobs], mcfg.train,
+                         num_classes=dataset.num_classes, device=device, on_epoch=epoch_done, teachers=teachers,
+                         histories=histories)
+                for (f, k), oracle in zip(slots, oracles):
+                    if oracle.probs is None or oracle.epoch is None:
+                        raise ConfigError("eval.oracle_epoch: training ran no epoch (train.epochs must be >= 1).")
+                    member_probs[f][k] = oracle.probs
+                    member_epochs[f][k] = oracle.epoch
+                continue
+            snaps = [SnapshotMean(tests[f][0], mcfg.train, device) for f in owner]  # train.snapshots, per model
+            models, norms = train_models(ccfg.model, mcfg.train, jobs, num_classes=dataset.num_classes, device=device,
+                                         teachers=teachers, histories=histories,
+                                         on_epoch=snapshot_callback(snaps))
+            for (f, k), model, norm, snap in zip(slots, models, norms, snaps):
+                member_probs[f][k] = snap.mean(predict_proba(model, norm, tests[f][0], device=device,
+                                                             tta=ccfg.train.tta))
+                member_epochs[f][k] = mcfg.train.epochs - 1
     seconds = (time.perf_counter() - t0) / len(folds)
     records = []
     for f, ((seed, subject), (train_idx, test_idx)) in enumerate(zip(folds, splits)):
-        own = torch.stack(member_probs[f]).mean(dim=0)  # the ensemble: mean of the members' probabilities
+        own = torch.stack([member_probs[f][k] for k in range(k_members)]).mean(dim=0)  # the ensemble: the mean of
+        # its members' probabilities
         tp = teacher_p[f]
         probs = own if tp is None else mix_teacher(chosen[f][1], own, tp)
         rec = fold_record(seed, subject, test_idx, tests[f][1], probs, member_epochs[f][0], seconds, len(train_idx),

@@ -52,7 +52,14 @@ from epir.engine.results import (
     write_results,
 )
 from epir.engine.runstore import FoldStore, fold_file
-from epir.engine.selection import GroupTeachers, candidate_configs, select_shared, shared_teachers, teacher_config
+from epir.engine.selection import (
+    GroupTeachers,
+    candidate_configs,
+    member_configs,
+    select_shared,
+    shared_teachers,
+    teacher_config,
+)
 from epir.engine.train import load_initial_weights, untaught_token_error
 from epir.errors import ConfigError
 from epir.models import AUTO_FOLD_BATCH, build_model, resolve_model_args
@@ -156,8 +163,8 @@ def check_distill_token_recipe(cfg: RunConfig) -> None:
 
 def check_before_training(cfg: RunConfig) -> None:
     """Every error a run can know of before it trains anything: options that exclude each other, malformed
-    selection candidates or teacher, a distillation token without a teacher, a missing or mismatched ``train.init``,
-    a missing TensorBoard.
+    selection candidates, ensemble members or teacher, a distillation token without a teacher, a missing or
+    mismatched ``train.init``, a missing TensorBoard.
     """
     if cfg.eval.tensorboard:
         _summary_writer()
@@ -176,6 +183,7 @@ def check_before_training(cfg: RunConfig) -> None:
         )
     for candidate in candidate_configs(cfg) if cfg.train.select else [cfg]:
         check_distill_token_recipe(candidate)
+        member_configs(candidate)  # train.member_overrides: each member's recipe is checked before anything runs
     if cfg.train.distill:
         teacher_config(cfg)
     if cfg.train.init:

@@ -55,11 +55,12 @@ def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
         for item in items:
             key, _ = parse_key_value(item, "train.select", "train.epochs=20")
             if not key.startswith(CANDIDATE_SECTIONS) or key.startswith(("train.select", "train.ensemble",
+                                                                         "train.member_overrides",
                                                                          "train.subject_fraction")):
                 raise ConfigError(
                     f"train.select candidate {text!r}: {key!r} cannot vary inside the fold; a candidate sets "
-                    f"train.* or model.* fields (not train.select*, train.ensemble or train.subject_fraction), e.g. "
-                    f"'train.epochs=20;train.average=swa'."
+                    f"train.* or model.* fields (not train.select*, train.ensemble, train.member_overrides or "
+                    f"train.subject_fraction), e.g. 'train.epochs=20;train.average=swa'."
                 )
         candidate = _with_overrides(base, items)
         try:  # a candidate of 0 epochs trained nothing, was scored and could be chosen
@@ -67,6 +68,42 @@ def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
         except ConfigError as e:
             raise ConfigError(f"train.select candidate {text!r}: {e}") from None
         out.append(candidate)
+    return out
+
+
+#: Settings of the fold, not of one ensemble member, which ``train.member_overrides`` may not set.
+MEMBER_FIXED = ("train.ensemble", "train.member_overrides", "train.select", "train.distill", "train.subject_fraction",
+                "train.snapshots", "train.tta")
+
+
+def member_configs(cfg: RunConfig) -> list[RunConfig]:
+    """The run config each of a fold's ``train.ensemble`` members trains and predicts with, in member order:
+    ``cfg`` for every member, or with ``train.member_overrides`` member k's ``;``-separated ``train.*`` overrides
+    applied to ``cfg`` (an ensemble whose members differ in how they are trained, e.g. plain and recentred maps).
+
+    A member may not set what belongs to the fold (:data:`MEMBER_FIXED`: the ensemble, the choice inside the fold,
+    the teacher, the training subjects, the snapshots and test-time flips), nor the model: every member is
+    ``cfg.model``, so the run's parameter and FLOP counts hold.
+    """
+    if not cfg.train.member_overrides:
+        return [cfg] * cfg.train.ensemble
+    out = []
+    for k, text in enumerate(cfg.train.member_overrides):
+        items = [item.strip() for item in text.split(";") if item.strip()]
+        for item in items:
+            key, _ = parse_key_value(item, "train.member_overrides", "train.input_norm=recentre")
+            if not key.startswith("train.") or key.startswith(MEMBER_FIXED):
+                raise ConfigError(
+                    f"train.member_overrides member {k} ({text!r}): {key!r} is not one member's to set; a member "
+                    f"sets train.* fields of its own training (not {', '.join(MEMBER_FIXED)} nor model.*), e.g. "
+                    f"'train.input_norm=recentre;train.hflip=0'."
+                )
+        member = apply_overrides(cfg, items)
+        try:
+            check_ranges(member)
+        except ConfigError as e:
+            raise ConfigError(f"train.member_overrides member {k} ({text!r}): {e}") from None
+        out.append(member)
     return out
 
 
@@ -539,6 +576,7 @@ __all__ = [
     "choose_with_margin",
     "group_teacher",
     "inner_groups",
+    "member_configs",
     "member_seeds",
     "mix_teacher",
     "prior_candidate",
