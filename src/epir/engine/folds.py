@@ -349,8 +349,8 @@ def run_fold_group(
         by_recipe: dict[str, tuple[RunConfig, list[int]]] = {}
         for k, mcfg in enumerate(member_configs(ccfg)):
             by_recipe.setdefault(repr(mcfg.train), (mcfg, []))[1].append(k)
+        seeds = {f: member_seeds(fold_seed(*folds[f]), k_members) for f in idx}
         for mcfg, ks in by_recipe.values():
-            seeds = {f: member_seeds(fold_seed(*folds[f]), k_members) for f in idx}
             jobs = [
                 (dataset.x[splits[f][0]], dataset.y[splits[f][0]], seeds[f][k],
                  f"fold {folds[f][1]} seed {folds[f][0]}" + (f" member {k}" if k_members > 1 else ""))
