@@ -202,6 +202,10 @@ def test_train_follows_the_recipe_selection_and_teacher_on_every_row(tiny_data, 
         bad = epir.make_config("epir", "synthetic", recipe="alone", overrides=["train.epochs=4", *TINY_EPIR, key])
         with pytest.raises(ConfigError, match=f"{key}: a checkpoint holds one model's weights"):
             train_checkpoint(bad, tmp_path / key, dataset=tiny_data, progress=False)
+    bad = epir.make_config("epir", "synthetic", recipe="alone", overrides=[
+        "train.epochs=4", *TINY_EPIR, "train.ensemble=2", "train.member_overrides=['', 'train.input_norm=recentre']"])
+    with pytest.raises(ConfigError, match=r"--set train.ensemble=1 --set train.member_overrides=\[\] \(or one "):
+        train_checkpoint(bad, tmp_path / "members", dataset=tiny_data, progress=False)
     bad = epir.make_config("epir", "synthetic", recipe="alone", overrides=["train.subject_fraction=0.5"])
     with pytest.raises(ConfigError, match="train.subject_fraction=0.5: a checkpoint trains on every subject"):
         train_checkpoint(bad, tmp_path / "share", dataset=tiny_data, progress=False)

@@ -119,7 +119,9 @@ def train_checkpoint(
                           "it with --set train.subject_fraction=1.")
     if cfg.train.ensemble > 1:
         raise ConfigError(f"train.ensemble={cfg.train.ensemble}: a checkpoint holds one model's weights, not an "
-                          "ensemble; train it with --set train.ensemble=1 (or one checkpoint per --seed).")
+                          "ensemble; train it with --set train.ensemble=1" +
+                          (" --set train.member_overrides=[] (or one checkpoint per member's recipe)"
+                           if cfg.train.member_overrides else " (or one checkpoint per --seed)") + ".")
     check_seed(seed)
     out = Path(out_dir).expanduser()
     if (out / "checkpoint.json").exists() and not overwrite:  # fail before training, not after
