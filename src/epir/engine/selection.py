@@ -46,12 +46,19 @@ def _with_overrides(base: RunConfig, items: Sequence[str]) -> RunConfig:
     return replace(c, model=replace(c.model, args=resolve_model_args(c.model.name, c.model.args)))
 
 
+def override_items(text: str) -> list[str]:
+    """The ``KEY=VALUE`` items of one ``;``-separated entry of ``train.select`` or ``train.member_overrides``
+    (blank items dropped; ``""`` is no override).
+    """
+    return [item.strip() for item in text.split(";") if item.strip()]
+
+
 def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
     """The run config of each ``train.select`` candidate (selection itself switched off in each)."""
     base = replace(cfg, train=replace(cfg.train, select=()))
     out = []
     for text in cfg.train.select:
-        items = [item.strip() for item in text.split(";") if item.strip()]
+        items = override_items(text)
         for item in items:
             key, _ = parse_key_value(item, "train.select", "train.epochs=20")
             if not key.startswith(CANDIDATE_SECTIONS) or key.startswith(("train.select", "train.ensemble",
@@ -89,7 +96,7 @@ def member_configs(cfg: RunConfig) -> list[RunConfig]:
         return [cfg] * cfg.train.ensemble
     out = []
     for k, text in enumerate(cfg.train.member_overrides):
-        items = [item.strip() for item in text.split(";") if item.strip()]
+        items = override_items(text)
         for item in items:
             key, _ = parse_key_value(item, "train.member_overrides", "train.input_norm=recentre")
             if not key.startswith("train.") or key.startswith(MEMBER_FIXED):
@@ -579,6 +586,7 @@ __all__ = [
     "member_configs",
     "member_seeds",
     "mix_teacher",
+    "override_items",
     "prior_candidate",
     "select_in_fold",
     "select_shared",
