@@ -156,6 +156,15 @@ def add_teacher(rec: dict[str, Any], cfg: RunConfig, own: torch.Tensor, teacher_
         rec["model_probs"] = own.tolist()
 
 
+def add_members(rec: dict[str, Any], members: Sequence[torch.Tensor]) -> None:
+    """Keep each member's own held-out probabilities of an in-fold ensemble (``train.ensemble`` > 1) in its fold's
+    record (``member_probs``, member order: member 0 is the plain fold's model), before their mean and any teacher's
+    blend, so that the run can say what each member scores alone and where the members err.
+    """
+    if len(members) > 1:
+        rec["member_probs"] = [m.tolist() for m in members]
+
+
 class _OracleBest:
     """Optimistic protocol of the published baselines: per subject, keep the (latest) epoch with the best
     accuracy on the held-out subject. Only here, in the caller of ``fit``, does test data appear.
@@ -202,6 +211,7 @@ def run_fold(
     selection: dict[str, Any] = {}
     curve: list[dict[str, float]] = []  # the (first member's) training curve
     teacher_p: torch.Tensor | None = None  # train.distill: the teacher's own held-out probabilities
+    member_probs: list[torch.Tensor] = []  # each member's own held-out probabilities (train.ensemble)
     if fold_weights is not None:
         path = Path(fold_weights) / f"{test.subject_ids[0]}.pth"
         if not path.is_file():
@@ -230,7 +240,7 @@ def run_fold(
         probs = predict_proba(model, norm, test.x, device=device, tta=cfg.train.tta)
     else:
         train = dataset.subset(train_idx)
-        member_probs, epochs = [], []
+        epochs: list[int | None] = []
         if cfg.train.select:  # choose the recipe on the training subjects alone, then build its model afresh
             cfg, selection = choose_recipe(dataset, cfg, seed, subject, train_idx, choices, batched=False)
             torch.manual_seed(fold_seed(seed, subject))
@@ -284,6 +294,7 @@ def run_fold(
                       drawn_subjects(dataset, cfg, train_idx))
     if teacher_p is not None:
         add_teacher(rec, cfg, own, teacher_p)
+    add_members(rec, member_probs)
     if selection:
         rec["selection"] = selection
     if curve:
@@ -397,6 +408,7 @@ def run_fold_group(
                           drawn_subjects(dataset, cfg, train_idx))
         if tp is not None:
             add_teacher(rec, chosen[f][1], own, tp)
+        add_members(rec, [member_probs[f][k] for k in range(k_members)])
         if selections[f]:
             rec["selection"] = selections[f]
         if curves[f]:

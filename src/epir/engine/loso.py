@@ -230,6 +230,26 @@ def _parts_agreement(dataset: FlowDataset, records: Sequence[dict[str, Any]],
                      class_names=dataset.class_names, names=("model", "teacher"))
 
 
+def _member_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, Any]],
+                  seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """Each member of the folds' in-fold ensembles (``member_probs``) alone: its overrides (``train.member_overrides``,
+    ``""`` for the run's recipe), its held-out UF1 and UAR (pooled per seed, mean and spread over the seeds) and, from
+    member 1 on, where it errs against member 0 (``versus_member_0``, :func:`epir.engine.agreement.agreement`).
+    """
+    overrides = list(cfg.train.member_overrides) or [""] * cfg.train.ensemble
+    first = part_table(records, [r["member_probs"][0] for r in records], dataset.class_names)
+    out = []
+    for k, entry in enumerate(overrides):
+        probs = [r["member_probs"][k] for r in records]
+        row: dict[str, Any] = {"member": k, "overrides": entry,
+                               **_seed_mean_scores(cfg, dataset, records, probs, seeds, f"member {k}")}
+        if k > 0:
+            row["versus_member_0"] = agreement(part_table(records, probs, dataset.class_names), first,
+                                               class_names=dataset.class_names, names=(f"member {k}", "member 0"))
+        out.append(row)
+    return out
+
+
 def model_probs_of(rec: dict[str, Any], mixes: Sequence[float], cfg: RunConfig) -> list[list[float]] | None:
     """A fold's model's own probabilities before its teacher's blend: its ``model_probs``, or its ``probs`` where
     the fold's weight was 0; None for a blended fold written before round 17 (it kept only the blend).
@@ -281,6 +301,11 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
                                                      "model alone")
             # where the two parts err, on the same samples (epir evaluate RUN --agreement --parts)
             facts["parts_agreement"] = _parts_agreement(dataset, records, [p or [] for p in own])
+    members = [r.get("member_probs") for r in records]
+    if cfg.train.ensemble > 1 and records and all(isinstance(m, list) and len(m) == cfg.train.ensemble
+                                                   for m in members):
+        # an in-fold ensemble: what each member scores alone, and where each errs against member 0
+        facts["members"] = _member_facts(cfg, dataset, records, seeds)
     if cfg.train.subject_fraction < 1:  # a learning-curve point: each fold trained on a drawn share of its subjects
         drawn = [len(r.get("train_subjects") or ()) for r in records]
         facts["subject_fraction"] = {"fraction": cfg.train.subject_fraction,

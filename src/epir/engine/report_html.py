@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from epir.engine.records import LosoResults
-from epir.engine.results import blend_parts
+from epir.engine.results import blend_parts, ensemble_members
 from epir.engine.tables import own_and_total_of
 from epir.engine.uncertainty import describe_ci, format_interval
 
@@ -277,6 +277,7 @@ def write_run_report(out_dir: str | Path, command: str | None = None) -> Path:
         "wall time (s)": _wall(results),
         "mean fold time (s)": f"{results['fold_seconds']:.1f}" if "fold_seconds" in results else None,
         "parts of the blend, each alone (mean over seeds)": blend_parts(results),
+        "in-fold ensemble members, each alone (mean over seeds)": ensemble_members(results),
         "models trained at once (fold batch)": results.get("fold_batch"),
         "worker processes": results.get("jobs"),
     }

@@ -328,6 +328,30 @@ def blend_parts(results: dict[str, Any]) -> str | None:
             f"{score(teacher, 'uar')}; blended with weight {weight}{where}")
 
 
+def ensemble_members(results: dict[str, Any]) -> str | None:
+    """Where the folds were in-fold ensembles (``train.ensemble`` > 1, fold files from round 31 on), what each
+    member scores alone on the same held-out subjects, mean over seeds, and where each errs against member 0:
+    ``member 0 UF1 0.6681 UAR 0.7112; member 1 (train.input_norm=recentre) UF1 0.6712 UAR 0.7120, where it errs
+    against member 0: both wrong ...``. None for a run without members' records.
+    """
+    members = results.get("members")
+    if not isinstance(members, list) or not members:
+        return None
+    several = len(results.get("seeds") or ()) > 1
+    texts = []
+    try:
+        for m in members:
+            scores = " ".join(f"{key.upper()} {m[key]:.4f}" + (f" ± {m[f'{key}_std']:.4f}" if several else "")
+                              for key in ("uf1", "uar"))
+            own = f" ({m['overrides']})" if m.get("overrides") else ""
+            where = f", where it errs against member 0: {describe(m['versus_member_0'])}" if "versus_member_0" in m \
+                else ""
+            texts.append(f"member {m['member']}{own} {scores}{where}")
+    except (KeyError, TypeError, ValueError):  # not the record run_facts writes
+        return None
+    return "; ".join(texts)
+
+
 def format_summary(results: dict[str, Any], title: str = "") -> str:
     """A readable table: overall and per-dataset UF1/UAR (mean ± std over seeds)."""
     record = LosoResults.from_json(results)
@@ -366,6 +390,9 @@ def format_summary(results: dict[str, Any], title: str = "") -> str:
     parts = blend_parts(results)
     if parts:
         lines.append(f"parts (mean over seeds): {parts}")
+    alone = ensemble_members(results)
+    if alone:
+        lines.append(f"ensemble members alone (mean over seeds): {alone}")
     if shown:
         seeds = "; ± is the spread over seeds" if len(record.seeds) > 1 else ""
         lines.append(f"CI: {describe_ci(meta)}, how far the score moves with the subjects drawn{seeds}")

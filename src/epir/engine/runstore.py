@@ -108,6 +108,10 @@ def check_fingerprint(out_dir: Path, fingerprint: dict[str, Any]) -> None:
         )
 
 
+#: How far a fold's ensemble probabilities may be from the mean of its members' as stored (float32 means, JSON).
+MEMBER_MEAN_TOLERANCE = 1e-5
+
+
 def read_fold_file(path: Path, dataset: FlowDataset, seed: int, subject: str) -> dict[str, Any]:
     """A finished fold's record, after checking it is this fold's on this dataset (else a ConfigError)."""
 
@@ -155,6 +159,15 @@ def read_fold_file(path: Path, dataset: FlowDataset, seed: int, subject: str) ->
     for key in ("teacher_probs", "model_probs"):  # the parts of a blend with a teacher (epir.engine.folds.add_teacher)
         if key in rec and not _distributions(rec[key], n, k):
             raise bad(f"its {key} are not {n} rows of {k} class probabilities summing to 1")
+    if "member_probs" in rec:  # an in-fold ensemble's members (epir.engine.folds.add_members)
+        members = rec["member_probs"]
+        if not isinstance(members, list) or len(members) < 2 or not all(_distributions(m, n, k) for m in members):
+            raise bad(f"its member_probs are not a list of 2 or more members' {n} rows of {k} class probabilities "
+                      "summing to 1")
+        own = np.asarray(rec.get("model_probs", rec["probs"]), dtype=float)  # the ensemble before any blend
+        if not np.allclose(np.mean(np.asarray(members, dtype=float), axis=0), own, atol=MEMBER_MEAN_TOLERANCE):
+            raise bad("the mean of its member_probs is not the ensemble's probabilities (model_probs, or probs "
+                      "without a teacher's blend)")
     return rec
 
 
