@@ -33,6 +33,7 @@ import numpy as np
 
 from epir.engine.evaluate import read_parts
 from epir.engine.uncertainty import scores_of_counts
+from epir.errors import ConfigError
 
 #: Weights and offsets tried (11 and 21 values).
 WEIGHTS = np.round(np.linspace(0, 1, 11), 2)
@@ -46,6 +47,9 @@ Seeds = list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # per seed: true (n,), 
 def parts_by_seed(run: Path) -> tuple[Seeds, list[str]]:
     """Each seed's true labels and both parts' probabilities, samples in the same order; and the class names."""
     parts = read_parts(run)
+    if "teacher" not in parts:
+        raise ConfigError(f"{run} blends no teacher into its predictions (its parts are {', '.join(parts)}); "
+                          "the bounds are of a model and its teacher: give a run of a teacher recipe.")
     names = parts["model"].class_names
     columns = [f"prob_{c}" for c in names]
     out = []

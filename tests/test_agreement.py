@@ -214,10 +214,12 @@ def test_the_parts_of_a_blended_run(fake_dataset, tmp_path, capsys, monkeypatch)
     bench.main()
     text = capsys.readouterr().out
     assert text.startswith("OPTIMISTIC BOUNDS") and text.count(f"| {out.name} |") == 6 and "- (as results.json)" in text
-    for flags in (["--parts"], ["--agreement", "--parts", "--versus", str(out)]):  # one of the two, not none or both
-        assert main(["evaluate", str(out), *flags]) == 2
-        err = capsys.readouterr().err.strip()
-        assert "--parts reads a blend run's two parts: with --agreement (one run)" in err and "\n" not in err
+    assert main(["evaluate", str(out), "--parts"]) == 0  # alone: what each part scores
+    text = capsys.readouterr().out
+    assert text.startswith(f"Each part of {out} alone") and "  model " in text and "  teacher " in text
+    assert main(["evaluate", "--megc-log", str(out / "megc_log.txt"), "--parts"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--parts reads a run's parts from its fold files: give a RUN_DIR" in err and "\n" not in err
     with pytest.raises(ConfigError, match="give one run, without --versus"):
         agreement_of_runs(out, out, parts=True)
     # --versus --parts: the same students with another teacher (2 epochs instead of 1): the blends and the teachers
@@ -262,7 +264,7 @@ def read_scored_part_uf1(run_dir: Path) -> float:
 
 
 def test_parts_of_a_run_without_teacher(two_runs: tuple[Path, Path]) -> None:
-    with pytest.raises(ConfigError, match="has no teacher"):
+    with pytest.raises(ConfigError, match="has no teacher .* and no in-fold ensemble"):
         read_parts(two_runs[0])
 
 

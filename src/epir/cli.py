@@ -23,6 +23,8 @@ from epir.engine.evaluate import (
     evaluate_megc_log,
     evaluate_run_dir,
     format_agreement_of_runs,
+    format_part_scores,
+    part_scores,
 )
 from epir.engine.loso import run_loso
 from epir.engine.pretrain import PRETRAIN_EPOCHS, pretrain
@@ -120,17 +122,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.per_subject and args.versus is None:
         raise EpirError("--per-subject compares two runs subject by subject: give the other with --versus RUN_DIR.")
     run = args.megc_log or args.run_dir
-    if args.parts and args.agreement == (args.versus is not None):
-        raise EpirError("--parts reads a blend run's two parts: with --agreement (one run), where its model and its "
-                        "teacher err; with --versus RUN_DIR (no --agreement), each part's difference from the other "
-                        "run's.")
-    agreed = (agreement_of_runs(run, args.versus, parts=args.parts, resamples=args.resamples, level=args.level)
+    if args.parts and args.megc_log:
+        raise EpirError("--parts reads a run's parts from its fold files: give a RUN_DIR, not --megc-log.")
+    bootstrap = {"resamples": args.resamples, "level": args.level}
+    # with --parts: the blend's agreement with --versus's run, and the parts' with each other (where both are asked)
+    agreed = (agreement_of_runs(run, args.versus, parts=args.parts and args.versus is None, **bootstrap)
               if args.agreement else None)
+    parts_agreed = agreement_of_runs(run, parts=True, **bootstrap) if args.agreement and args.parts and \
+        args.versus is not None else None
+    if args.parts and not args.agreement and args.versus is None:  # each part's own score
+        scored = part_scores(run, **ci)
+        if args.json:
+            print(json.dumps({"parts": scored}, indent=2))
+            return 0
+        print(format_part_scores(scored, run))
+        return 0
     if args.versus is not None:
         diff = compare_runs(run, args.versus, per_subject=args.per_subject, **ci)
         parts = compare_parts(run, args.versus, **ci) if args.parts else None
         if args.json:
-            extra = {key: value for key, value in (("agreement", agreed), ("parts", parts)) if value is not None}
+            extra = {key: value for key, value in (("agreement", agreed), ("parts", parts),
+                                                   ("parts_agreement", parts_agreed)) if value is not None}
             print(json.dumps({**diff, **extra}, indent=2))
             return 0
         for name, protocol, seeds in zip(diff["names"], diff["protocols"], diff["seeds"]):
@@ -140,8 +152,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(format_difference(part))
         if args.per_subject:
             print(format_subject_differences(diff["per_subject"]))
-        if agreed is not None:
-            print(format_agreement_of_runs(agreed))
+        for table in (agreed, parts_agreed):
+            if table is not None:
+                print(format_agreement_of_runs(table))
         if ORACLE in diff["protocols"]:
             print(f"NOTE: a run is {ORACLE}: its scores were picked on the held-out subjects' test data.")
         return 0
@@ -333,10 +346,11 @@ def make_parser() -> argparse.ArgumentParser:
                         "with the same wrong class), Yule's Q and the either-is-right ceiling, beside the same figures "
                         "between each run's own seeds; without --versus, between the run's seeds")
     p.add_argument("--parts", action="store_true",
-                   help="a blend run's two parts (its model alone and the teacher blended into its predictions, from "
-                        "its fold files): with --agreement, where the run's model and teacher err, e.g. the EPIR "
-                        "default's; with --versus, each part's difference from the other run's as well as the "
-                        "blend's")
+                   help="a run's parts, from its fold files: the model alone and the teacher blended into its "
+                        "predictions, and each member of its in-fold ensembles (train.ensemble, folds written from "
+                        "round 31 on). Alone: what each part scores; with --agreement, where the parts err against "
+                        "each other (model vs teacher, member k vs member 0); with --versus, each part's difference "
+                        "from the other run's as well as the run's (with both, both)")
     p.add_argument("--method", choices=list(METHODS), default=METHOD,
                    help=f"how an interval is read off the resamples (default {METHOD}; bca: bias-corrected and "
                         "accelerated, which adds a jackknife over the subjects; basic: reverse percentile)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,16 +123,22 @@ def compare_runs(a: str | Path, b: str | Path, *, resamples: int = RESAMPLES, le
 
 def compare_parts(a: str | Path, b: str | Path, *, resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0,
                   method: str = METHOD) -> dict[str, dict[str, Any]]:
-    """Each part of two blend runs, A - B (:func:`compare_runs` of :func:`read_parts`' ``model`` and ``teacher``):
-    which part made the blends differ, e.g. the same students with teachers trained otherwise. The rows are named
-    ``<run> model`` and ``<run> teacher``.
+    """Each part that two runs both have, A - B (:func:`compare_runs` of :func:`read_parts`' ``model``, ``teacher``
+    and ``member <k>``): which part made the runs differ, e.g. the same students with teachers trained otherwise.
+    The rows are named ``<run> <part>``.
 
     Raises:
-        ConfigError: a run without a teacher, or anything :func:`compare_runs` refuses, for either part.
+        ConfigError: runs without a part in common (a teacher or ensemble members), or anything :func:`compare_runs`
+            refuses, for any part.
     """
     pa, pb = read_parts(a), read_parts(b)
+    common = [part for part in pa if part in pb]
+    if not common:
+        raise ConfigError(f"{a} and {b} have no part in common ({', '.join(pa)} against {', '.join(pb)}); --parts "
+                          "compares the same part of two runs: give two teacher runs, or two runs of in-fold "
+                          "ensembles.")
     return {part: _paired(pa[part], pb[part], (f"{a} {part}", f"{b} {part}"), resamples=resamples, level=level,
-                          seed=seed, method=method) for part in ("model", "teacher")}
+                          seed=seed, method=method) for part in common}
 
 
 def same_classes(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str]) -> None:
@@ -143,34 +149,46 @@ def same_classes(ra: ScoredRun, rb: ScoredRun, names: tuple[str, str]) -> None:
                           "classes (the same --labels).")
 
 
-#: Where a fold file keeps each part's own probabilities (the model's: ``probs`` where the fold's weight was 0).
+#: Where a fold file keeps each part's own probabilities (the model's: ``probs`` where the fold's weight was 0; each
+#: member's of an in-fold ensemble, ``member <k>``: ``member_probs[k]``, fold files from round 31 on).
 KEPT_AS = {"model": "model_probs", "teacher": "teacher_probs"}
 
 
+def member_part(k: int) -> str:
+    """The name :func:`read_parts` gives member ``k`` of the folds' in-fold ensembles: ``member <k>``."""
+    return f"member {k}"
+
+
 def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
-    """The two parts of a run that blends a teacher into its predictions (``train.distill`` with
-    ``train.distill_mix`` > 0, or chosen in the fold), each as a run of its own: ``{"model": <the model alone, before
-    the blend>, "teacher": <the fold's teacher alone>}``, read from the run's fold files (their ``model_probs``, or
-    ``probs`` where the fold's weight was 0, and ``teacher_probs``): one row per seed and sample with ``seed, subject,
-    clip, true, predicted`` and the part's ``prob_<class>`` columns, as ``predictions.csv``.
+    """The parts of a run, each as a run of its own, read from the run's fold files: where it blends a teacher into
+    its predictions (``train.distill`` with ``train.distill_mix`` > 0, or chosen in the fold), ``"model"`` (the
+    model alone, before the blend: ``model_probs``, or ``probs`` where the fold's weight was 0) and ``"teacher"`` (the
+    fold's teacher alone: ``teacher_probs``); where its folds are in-fold ensembles (``train.ensemble`` > 1) whose fold
+    files keep each member's probabilities (``member_probs``, written from round 31 on), ``"member 0"``,
+    ``"member 1"``, ... (each member alone, before the members' mean and the teacher's blend). Each is a table with
+    one row per seed and sample, ``seed, subject, clip, true, predicted`` and the part's ``prob_<class>`` columns, as
+    ``predictions.csv``.
 
     Raises:
-        ConfigError: a run without a teacher, a fold file that does not keep both parts' probabilities (written
-            before round 17, or damaged), or fold files over other samples or labels than the run's predictions.csv.
+        ConfigError: a run with neither a teacher nor an ensemble's members, a fold file that does not keep a part's
+            probabilities (a blend written before round 17, or damaged; of a run with members and no teacher, one
+            written before round 31), or fold files over other samples or labels than the run's predictions.csv.
         DatasetNotFoundError: not a finished run directory, or a fold file missing.
     """
     run = read_run_dir(run_dir)
     path = Path(run_dir) / "config.yaml"
     cfg = RunConfig.load(path) if path.is_file() else None
-    if cfg is None or not cfg.train.distill:
-        raise ConfigError(f"{run_dir} has no teacher (its config.yaml sets no train.distill); the parts of a run are "
-                          "its model and the teacher blended into its predictions: give a run of a teacher recipe, "
-                          "e.g. the EPIR default.")
+    taught = cfg is not None and bool(cfg.train.distill)
+    n_members = cfg.train.ensemble if cfg is not None else 1
+    if not taught and n_members < 2:
+        raise ConfigError(f"{run_dir} has no teacher (its config.yaml sets no train.distill) and no in-fold ensemble "
+                          "(train.ensemble is 1); the parts of a run are its model and the teacher blended into its "
+                          "predictions, or its ensemble's members: give a run of a teacher recipe, e.g. the EPIR "
+                          "default, or of train.ensemble >= 2.")
+    assert cfg is not None
     mixes = candidate_mixes(cfg)
-    kept: dict[str, list[Any]] = {"model": [], "teacher": []}
     records = []
     folds = run.predictions[["seed", "subject"]].drop_duplicates().itertuples(index=False)
-    k = len(run.class_names)
     for seed, subject in folds:
         file = fold_file(Path(run_dir), int(seed), str(subject))
         if not file.is_file():
@@ -181,20 +199,35 @@ def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise ConfigError(f"{file}: not a readable fold record ({type(e).__name__}: {e}).") from None
         FoldRecord.from_json(rec, str(file))  # its keys and their types, or a ConfigError naming the file
-        parts = {"model": model_probs_of(rec, mixes, cfg), "teacher": rec.get("teacher_probs")}
+        records.append((file, rec))
+    # the members are parts where every fold kept them (a run resumed over older folds may not have)
+    with_members = n_members > 1 and all(isinstance(r.get("member_probs"), list) for _, r in records)
+    if not taught and not with_members:
+        first = next((f for f, r in records if not isinstance(r.get("member_probs"), list)), None)
+        raise ConfigError(f"{first} does not keep its ensemble members' own probabilities (member_probs; fold files "
+                          "written before round 31 keep only their mean): run the fold again to read the members.")
+    names = ([*KEPT_AS] if taught else []) + ([member_part(k) for k in range(n_members)] if with_members else [])
+    kept: dict[str, list[Any]] = {name: [] for name in names}
+    k = len(run.class_names)
+    for file, rec in records:
+        parts = {"model": model_probs_of(rec, mixes, cfg), "teacher": rec.get("teacher_probs")} if taught else {}
+        if with_members:
+            members = rec["member_probs"]
+            parts.update({member_part(m): members[m] if m < len(members) else None for m in range(n_members)})
         for part, probs in parts.items():
             array = np.asarray(probs if probs is not None else [], dtype=float)
             if probs is None or array.shape != (len(rec["true"]), k) or len(rec.get("clips") or rec["true"]) != \
                     len(rec["true"]) or first_bad_probability_row(array, array.argmax(axis=1)) is not None:
+                where = (f"{KEPT_AS[part]}; folds written before round 17 keep only the blend" if part in KEPT_AS
+                         else "member_probs; folds written before round 31 keep only the members' mean")
                 raise ConfigError(f"{file} does not keep the {part}'s own probabilities for its "
-                                  f"{len(rec['true'])} samples ({KEPT_AS[part]}; folds written before round 17 keep "
-                                  "only the blend): run the fold again to compare the parts.")
+                                  f"{len(rec['true'])} samples ({where}): run the fold again to compare the parts.")
             kept[part].append(array)
-        records.append(rec)
-    out = {part: ScoredRun(part_table(records, probs, run.class_names), run.class_names, run.protocol, run.absent,
+    plain = [rec for _, rec in records]
+    out = {part: ScoredRun(part_table(plain, probs, run.class_names), run.class_names, run.protocol, run.absent,
                            run.evaluation) for part, probs in kept.items()}
     try:  # the fold files are the run's own: the samples and labels of its predictions.csv, seed by seed
-        table = out["model"].predictions
+        table = out[names[0]].predictions
         for seed, rows in run.predictions.groupby("seed"):
             same_samples(table[table["seed"] == seed], rows, f"seed {seed}'s fold files", "predictions.csv")
     except ConfigError as e:
@@ -203,26 +236,76 @@ def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
     return out
 
 
+def part_scores(run_dir: str | Path, *, resamples: int = RESAMPLES, level: float = LEVEL,
+                method: str = METHOD) -> dict[str, dict[str, Any]]:
+    """What each part of a run (:func:`read_parts`) scores alone on the run's held-out subjects: the metrics of
+    :func:`evaluate_run_dir` (mean over seeds, spread, subject-bootstrap intervals) per part, keyed by part.
+    """
+    sources = read_run_dir(run_dir).predictions.drop_duplicates("subject").set_index("subject")["source"]
+    scored = {}
+    for part, run in read_parts(run_dir).items():  # each subject's source dataset, as predictions.csv gives it
+        table = run.predictions.assign(source=run.predictions["subject"].map(sources))
+        scored[part] = _summary(replace(run, predictions=table), run.absent, resamples, level, method)
+    return scored
+
+
+def format_part_scores(scored: Mapping[str, dict[str, Any]], run: str | Path) -> str:
+    """:func:`part_scores` as one table, a row per part: UF1 and UAR (mean ± spread over seeds) with their
+    intervals (for ``epir evaluate RUN --parts``).
+    """
+    width = max(len(p) for p in scored)
+    lines = [f"Each part of {run} alone (mean ± spread over seeds; [the subject-bootstrap interval]):",
+             f"  {'part':<{width}}  {'UF1':>30}  {'UAR':>30}"]
+    for part, results in scored.items():
+        cells = []
+        for key in ("uf1", "uar"):
+            ci = results.get(f"{key}_ci")
+            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list | tuple) and len(ci) == 2 else ""
+            cells.append(f"{results[key]:.4f} ± {results.get(f'{key}_std', 0.0):.4f}{interval}")
+        lines.append(f"  {part:<{width}}  {cells[0]:>30}  {cells[1]:>30}")
+    return "\n".join(lines)
+
+
+def part_pairs(parts: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The pairs of a run's parts (:func:`read_parts`' names) read against each other: the model against its
+    teacher, and each member from member 1 on against member 0.
+    """
+    pairs = [("model", "teacher")] if "teacher" in parts else []
+    members = [p for p in parts if p.startswith("member ")]
+    return pairs + [(m, members[0]) for m in members[1:]]
+
+
 def agreement_of_runs(a: str | Path, b: str | Path | None = None, *, parts: bool = False,
                       **bootstrap: Any) -> dict[str, Any]:
     """Where two finished runs (run directories or MEGC2019 logs) err over the same samples, beside where each run's
     own seeds err (:func:`epir.engine.agreement.agreement`); with ``b`` None, the seeds of ``a`` alone; with
-    ``parts``, the model of run ``a`` against the teacher blended into its predictions (:func:`read_parts`).
+    ``parts``, the parts of run ``a`` against each other (:func:`read_parts`, :func:`part_pairs`): its model against
+    the teacher blended into its predictions, and each member of its in-fold ensembles against member 0.
     ``bootstrap`` (``resamples``, ``level``, ``seed``) sets Q's interval.
 
     Returns:
         ``{"versus": <agreement of a and b> or None, "within": {<run>: <agreement of its seeds>, ...}}`` (a run of
-        one seed has no ``within`` entry); with ``parts`` the runs are named ``<a> model`` and ``<a> teacher``.
+        one seed has no ``within`` entry); with ``parts`` the runs are named ``<a> <part>``, ``versus`` is the first
+        pair (the model against the teacher where there is one), ``within`` is that pair's parts' seeds, and
+        ``more`` holds the agreement of each further pair, named by the parts alone (``["member 1", "member
+        0"]``; ``[]`` where there is none).
 
     Raises:
         ConfigError: other classes, other samples or labels, ``a`` alone with one seed, ``parts`` with ``b``, or
-            ``parts`` of a run without a teacher.
+            ``parts`` of a run without a teacher or members.
     """
+    more: list[dict[str, Any]] = []
     if parts:
         if b is not None:
-            raise ConfigError("--parts compares a run's own model and teacher; give one run, without --versus.")
-        both = read_parts(a)
-        runs = [(f"{a} model", both["model"]), (f"{a} teacher", both["teacher"])]
+            raise ConfigError("--parts compares a run's own parts with each other; give one run, without --versus.")
+        read = read_parts(a)
+        pairs = part_pairs(read)
+        first, second = pairs[0]
+        runs = [(f"{a} {first}", read[first]), (f"{a} {second}", read[second])]
+        for one, other in pairs[1:]:
+            same_classes(read[one], read[other], (f"{a} {one}", f"{a} {other}"))
+            more.append(agreement(read[one].predictions, read[other].predictions, class_names=read[one].class_names,
+                                  names=(one, other), **bootstrap))
     else:
         runs = [(str(a), read_scored(a))] + ([] if b is None else [(str(b), read_scored(b))])
     (name_a, ra), rest = runs[0], runs[1:]
@@ -234,17 +317,23 @@ def agreement_of_runs(a: str | Path, b: str | Path | None = None, *, parts: bool
                            **bootstrap)
     within = {name: agreement(run.predictions, class_names=run.class_names, names=(name, name), **bootstrap)
               for name, run in runs if not rest or run.predictions["seed"].nunique() > 1}
-    return {"versus": versus, "within": within}
+    out: dict[str, Any] = {"versus": versus, "within": within}
+    if parts:
+        out["more"] = more
+    return out
 
 
 def format_agreement_of_runs(agreed: dict[str, Any]) -> str:
     """:func:`agreement_of_runs`' result as one table: A against B first (when there is a B), then each run's own
-    seeds, after a line naming A and B (for ``epir evaluate --agreement``).
+    seeds, then any further pair of a run's parts (``more``, ``member 1 vs member 0``), after a line naming A and B (for
+    ``epir evaluate --agreement``).
     """
     names = list(agreed["within"]) if agreed["versus"] is None else agreed["versus"]["names"]
-    rows = ([] if agreed["versus"] is None else [agreed["versus"]]) + list(agreed["within"].values())
+    more = list(agreed.get("more") or ())
+    rows = ([] if agreed["versus"] is None else [agreed["versus"]]) + list(agreed["within"].values()) + more
     labels = ([] if agreed["versus"] is None else ["A vs B"]) + [
-        "A's seeds" if name == names[0] else "B's seeds" for name in agreed["within"]]
+        "A's seeds" if name == names[0] else "B's seeds" for name in agreed["within"]] + [
+        " vs ".join(r["names"]) for r in more]
     legend = ", ".join(f"{letter} = {name}" for letter, name in zip("AB", names))
     return f"{legend}\n{format_agreement(rows, labels)}"
 
@@ -312,5 +401,6 @@ def differences(run_dirs: Mapping[str, str | Path | ScoredRun], reference: str) 
 
 
 __all__ = ["KEPT_AS", "ScoredRun", "agreement_of_runs", "agreements", "compare_parts", "compare_runs", "differences",
-           "evaluate_megc_log", "evaluate_run_dir", "format_agreement_of_runs", "read_log", "read_parts",
-           "read_run_dir", "read_scored", "same_classes"]
+           "evaluate_megc_log", "evaluate_run_dir", "format_agreement_of_runs", "format_part_scores", "member_part",
+           "part_pairs", "part_scores",
+           "read_log", "read_parts", "read_run_dir", "read_scored", "same_classes"]
