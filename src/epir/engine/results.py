@@ -331,8 +331,9 @@ def blend_parts(results: dict[str, Any]) -> str | None:
 def ensemble_members(results: dict[str, Any]) -> str | None:
     """Where the folds were in-fold ensembles (``train.ensemble`` > 1, fold files from round 31 on), what each
     member scores alone on the same held-out subjects, mean over seeds, and where each errs against member 0:
-    ``member 0 UF1 0.6681 UAR 0.7112; member 1 (train.input_norm=recentre) UF1 0.6712 UAR 0.7120, where it errs
-    against member 0: both wrong ...``. None for a run without members' records.
+    ``member 0 UF1 0.6248 UAR 0.6628; member 1 (train.input_norm=recentre) UF1 0.6655 UAR 0.7036, where it errs
+    against member 0: both wrong ...`` (round 31's default at 20 epochs with lever ``input-ensemble``; each score
+    with its spread over seeds where the run has several). None for a run without members' records.
     """
     members = results.get("members")
     if not isinstance(members, list) or not members:
