@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -166,8 +166,8 @@ def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
     fold's teacher alone: ``teacher_probs``); where its folds are in-fold ensembles (``train.ensemble`` > 1) whose fold
     files keep each member's probabilities (``member_probs``, written from round 31 on), ``"member 0"``,
     ``"member 1"``, ... (each member alone, before the members' mean and the teacher's blend). Each is a table with
-    one row per seed and sample, ``seed, subject, clip, true, predicted`` and the part's ``prob_<class>`` columns, as
-    ``predictions.csv``.
+    one row per seed and sample, ``seed, subject, clip, true, predicted``, the part's ``prob_<class>`` columns and
+    ``source`` (the subject's source dataset), as ``predictions.csv``.
 
     Raises:
         ConfigError: a run with neither a teacher nor an ensemble's members, a fold file that does not keep a part's
@@ -178,14 +178,12 @@ def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
     run = read_run_dir(run_dir)
     path = Path(run_dir) / "config.yaml"
     cfg = RunConfig.load(path) if path.is_file() else None
-    taught = cfg is not None and bool(cfg.train.distill)
-    n_members = cfg.train.ensemble if cfg is not None else 1
-    if not taught and n_members < 2:
+    if cfg is None or (not cfg.train.distill and cfg.train.ensemble < 2):
         raise ConfigError(f"{run_dir} has no teacher (its config.yaml sets no train.distill) and no in-fold ensemble "
                           "(train.ensemble is 1); the parts of a run are its model and the teacher blended into its "
                           "predictions, or its ensemble's members: give a run of a teacher recipe, e.g. the EPIR "
                           "default, or of train.ensemble >= 2.")
-    assert cfg is not None
+    taught, n_members = bool(cfg.train.distill), cfg.train.ensemble
     mixes = candidate_mixes(cfg)
     records = []
     folds = run.predictions[["seed", "subject"]].drop_duplicates().itertuples(index=False)
@@ -224,8 +222,14 @@ def read_parts(run_dir: str | Path) -> dict[str, ScoredRun]:
                                   f"{len(rec['true'])} samples ({where}): run the fold again to compare the parts.")
             kept[part].append(array)
     plain = [rec for _, rec in records]
-    out = {part: ScoredRun(part_table(plain, probs, run.class_names), run.class_names, run.protocol, run.absent,
-                           run.evaluation) for part, probs in kept.items()}
+    sources = run.predictions.drop_duplicates("subject").set_index("subject")["source"]
+
+    def part_rows(probs: list[Any]) -> pd.DataFrame:  # a part's predictions, each subject's source as predictions.csv's
+        rows = part_table(plain, probs, run.class_names)
+        return rows.assign(source=rows["subject"].map(sources))
+
+    out = {part: ScoredRun(part_rows(probs), run.class_names, run.protocol, run.absent, run.evaluation)
+           for part, probs in kept.items()}
     try:  # the fold files are the run's own: the samples and labels of its predictions.csv, seed by seed
         table = out[names[0]].predictions
         for seed, rows in run.predictions.groupby("seed"):
@@ -241,12 +245,7 @@ def part_scores(run_dir: str | Path, *, resamples: int = RESAMPLES, level: float
     """What each part of a run (:func:`read_parts`) scores alone on the run's held-out subjects: the metrics of
     :func:`evaluate_run_dir` (mean over seeds, spread, subject-bootstrap intervals) per part, keyed by part.
     """
-    sources = read_run_dir(run_dir).predictions.drop_duplicates("subject").set_index("subject")["source"]
-    scored = {}
-    for part, run in read_parts(run_dir).items():  # each subject's source dataset, as predictions.csv gives it
-        table = run.predictions.assign(source=run.predictions["subject"].map(sources))
-        scored[part] = _summary(replace(run, predictions=table), run.absent, resamples, level, method)
-    return scored
+    return {part: _summary(run, run.absent, resamples, level, method) for part, run in read_parts(run_dir).items()}
 
 
 def format_part_scores(scored: Mapping[str, dict[str, Any]], run: str | Path) -> str:
