@@ -22,6 +22,7 @@ from epir.engine.uncertainty import (
     LEVEL,
     METHOD,
     RESAMPLES,
+    format_interval,
     holm,
     paired_difference,
     same_samples,
@@ -259,7 +260,7 @@ def format_part_scores(scored: Mapping[str, dict[str, Any]], run: str | Path) ->
         cells = []
         for key in ("uf1", "uar"):
             ci = results.get(f"{key}_ci")
-            interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list | tuple) and len(ci) == 2 else ""
+            interval = f" {format_interval(ci)}" if ci is not None else ""
             cells.append(f"{results[key]:.4f} ± {results.get(f'{key}_std', 0.0):.4f}{interval}")
         lines.append(f"  {part:<{width}}  {cells[0]:>30}  {cells[1]:>30}")
     return "\n".join(lines)
