@@ -299,6 +299,14 @@ def write_results(out_dir: Path, results: dict[str, Any], predictions: pd.DataFr
             write_megc_log(predictions[predictions["seed"] == s], out_dir / f"megc_log_seed{s}.txt", label, classes)
 
 
+def _part_score(part: dict[str, Any], key: str, several: bool) -> str:
+    """One part's score as the summary lines give it: ``UF1 0.6681``, with ``± 0.0151``, its spread over seeds, where
+    the run has ``several`` seeds and recorded it.
+    """
+    spread = f" ± {part[f'{key}_std']:.4f}" if several and f"{key}_std" in part else ""
+    return f"{key.upper()} {part[key]:.4f}{spread}"
+
+
 def blend_parts(results: dict[str, Any]) -> str | None:
     """Where a teacher's predictions were blended into the run's, what each part scores alone on the same held-out
     subjects: ``model alone UF1 0.6681 UAR 0.7112; teacher (ststnet x3) alone UF1 0.6864 UAR 0.6673; blended with
@@ -316,9 +324,8 @@ def blend_parts(results: dict[str, Any]) -> str | None:
                         for i, (m, c) in enumerate(counts.items())) if counts else f"{teacher.get('mix')}")
     several = len(results.get("seeds") or ()) > 1
 
-    def score(part: dict[str, Any], key: str) -> str:  # ± the spread over seeds, where the run recorded it
-        spread = f" ± {part[f'{key}_std']:.4f}" if several and f"{key}_std" in part else ""
-        return f"{key.upper()} {part[key]:.4f}{spread}"
+    def score(part: dict[str, Any], key: str) -> str:
+        return _part_score(part, key, several)
 
     try:  # parts_agreement (round 19): left out when absent, or not the record agreement() writes
         where = f"; where they err: {describe(results['parts_agreement'])}"
@@ -342,8 +349,7 @@ def ensemble_members(results: dict[str, Any]) -> str | None:
     texts = []
     try:
         for m in members:
-            scores = " ".join(f"{key.upper()} {m[key]:.4f}" + (f" ± {m[f'{key}_std']:.4f}" if several else "")
-                              for key in ("uf1", "uar"))
+            scores = " ".join(_part_score(m, key, several) for key in ("uf1", "uar"))
             own = f" ({m['overrides']})" if m.get("overrides") else ""
             where = f", where it errs against member 0: {describe(m['versus_member_0'])}" if "versus_member_0" in m \
                 else ""
