@@ -140,6 +140,29 @@ def test_the_training_loss_uses_the_same_weight_as_the_maps(switch, monkeypatch)
     assert len(checked) == 1 and 0.5 <= checked[0] <= 1.0
 
 
+def test_map_median_is_the_lower_middle_pixel_as_a_sort_gives_it_and_while_exporting() -> None:
+    """map_median selects (torch.median) in eager mode and sorts while a model is exported (ONNX has no median);
+    both give the element a sort puts at (n - 1) // 2: odd and even pixel counts, ties, negative values."""
+    from epir.data.augment import map_median
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(5, 2, 28, 28), (3, 2, 4, 4), (2, 3, 5, 7)]:
+        x = (torch.randn(shape, generator=g) * 40).round()  # rounded: many ties
+        flat = x.flatten(2)
+        by_sort = flat.sort(dim=-1).values[..., (flat.shape[-1] - 1) // 2]
+        assert torch.equal(map_median(x), by_sort)
+
+    class Median(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return map_median(x)
+
+    x = (torch.randn(2, 2, 6, 6, generator=g) * 40).round()
+    exported = torch.export.export(Median(), (x,))
+    ops = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert any("sort" in op for op in ops) and not any("median" in op for op in ops)
+    assert torch.equal(exported.module()(x), map_median(x))
+
+
 def test_recentring_puts_no_motion_at_zero_in_every_map() -> None:
     """train.input_norm=recentre: u and v minus their own median, so a map whose still level is 100 and one
     whose still level is 30 (the same motion) become the same; strain is left alone; the fit sees only x."""
