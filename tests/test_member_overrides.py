@@ -80,8 +80,10 @@ def test_without_member_overrides_every_member_is_the_run() -> None:
      r"train.ensemble=2 \(it is 3\)"),
     (["train.ensemble=2", "train.member_overrides=['', 'train.tta=flip']"],
      r"member 1 \('train.tta=flip'\): 'train.tta' is not one member's to set"),
-    (["train.ensemble=2", "train.member_overrides=['', 'model.dim=64']"],
-     r"member 1 \('model.dim=64'\): 'model.dim' is not one member's to set"),
+    (["train.ensemble=2", "train.member_overrides=['', 'model.dim=64']"],  # STSTNet has no width to set
+     r"member 1 \('model.dim=64'\): Model 'ststnet' has no argument 'dim'"),
+    (["train.ensemble=2", "train.member_overrides=['', 'model.name=epir']"],
+     r"member 1 \('model.name=epir'\): 'model.name' is not one member's to set"),
     (["train.ensemble=2", "train.member_overrides=['', 'train.distill=ststnet']"],
      r"'train.distill' is not one member's to set"),
     (["train.ensemble=2", "train.member_overrides=['', 'train.input_norm=median']"],

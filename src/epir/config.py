@@ -72,7 +72,8 @@ class TrainConfig:
     swa_start: float = 0.5  # swa only: epoch-end weights are averaged from this fraction of the epochs on
     ensemble: int = 1  # models per fold (own seeds), their class probabilities averaged
     member_overrides: tuple[str, ...] = ()  # one entry per member (train.ensemble of them): that member's own
-    # ";"-separated train.* overrides ("" = the run's recipe), e.g. ["", "train.input_norm=recentre"]; () = alike
+    # ";"-separated train.* and model.* (arguments, round 32) overrides ("" = the run's recipe), e.g.
+    # ["", "train.input_norm=recentre"] or ["", "model.shifts=none;model.patch_overlap=3"]; () = alike
     snapshots: int = 1  # per model: probabilities averaged over the final weights and snapshots-1 earlier
     # epoch ends spread evenly over the second half of training (snapshot_epochs); 1 = the final weights only
     distill: str = ""  # teacher model trained on the same fold's training rows first ("" = no distillation)

@@ -18,7 +18,7 @@ from torch import nn
 
 from epir.config import ModelConfig, RunConfig, TrainConfig
 from epir.data.transforms import transform_maps
-from epir.engine.selection import candidate_configs, teacher_config
+from epir.engine.selection import candidate_configs, member_configs, teacher_config
 from epir.engine.train import InputNorm
 from epir.models import ProbabilityMean, build_model
 from epir.profiling import SAMPLE_SHAPE, count_flops, count_function_flops, count_parameters, measure_latency
@@ -81,13 +81,24 @@ def _measure(model_cfg: ModelConfig, input_shape: tuple[int, ...], seen: dict[st
     return seen[key]
 
 
+def member_costs(cfg: RunConfig, input_shape: Sequence[int]) -> list[tuple[int, int | None]]:
+    """Each in-fold ensemble member's own network (``train.ensemble``; ``train.member_overrides`` may give a member
+    model arguments of its own): its parameters and forward FLOPs per sample (None where the FLOP counter cannot
+    trace it), in member order; one entry for a recipe without an ensemble.
+    """
+    seen: dict[str, tuple[int, int | None]] = {}
+    return [_measure(m.model, tuple(int(s) for s in input_shape), seen) for m in member_configs(cfg)]
+
+
 def _one(cfg: RunConfig, input_shape: tuple[int, ...], mixed: bool, seen: dict[str, tuple[int, int | None]]
          ) -> PredictionCost:
     """The cost of one recipe without in-fold choice; ``mixed``: its teacher predicts too."""
     params, flops = _measure(cfg.model, input_shape, seen)
-    copies = cfg.train.ensemble * cfg.train.snapshots
-    params_total = params * copies
-    flops_total = None if flops is None else flops * copies * forward_passes(cfg.train)
+    nets = [_measure(m.model, input_shape, seen) for m in member_configs(cfg)]  # each member's own network
+    params_total = sum(p for p, _ in nets) * cfg.train.snapshots
+    member_flops = [f for _, f in nets]
+    flops_total = None if flops is None or None in member_flops else (
+        sum(f for f in member_flops if f is not None) * cfg.train.snapshots * forward_passes(cfg.train))
     teacher_params = 0
     if cfg.train.distill:
         t = teacher_config(cfg)
@@ -165,7 +176,8 @@ def prediction_module(cfg: RunConfig) -> nn.Module:
         t = teacher_config(dearest)
         teacher = InferenceModel(_networks(t.model, dearest.train.distill_members), identity(t.model),
                                  dearest.data.input_transform, t.train.tta)
-    model = _networks(dearest.model, dearest.train.ensemble * dearest.train.snapshots)
+    nets = [build_model(m.model) for m in member_configs(dearest) for _ in range(dearest.train.snapshots)]
+    model = nets[0] if len(nets) == 1 else ProbabilityMean(nets)  # every member's own network, each snapshot
     return InferenceModel(model, identity(dearest.model), dearest.data.input_transform, dearest.train.tta,
                           teacher=teacher, mix=mix).eval()
 
@@ -180,5 +192,5 @@ def profile_recipe(cfg: RunConfig, input_shape: Sequence[int], *, repeats: int =
             "latency_total_ms_b1": measure_latency(prediction_module(cfg), batch_size=1, repeats=repeats)}
 
 
-__all__ = ["PredictionCost", "candidate_mixes", "forward_passes", "input_shape", "prediction_cost",
+__all__ = ["PredictionCost", "candidate_mixes", "forward_passes", "input_shape", "member_costs", "prediction_cost",
            "prediction_module", "profile_recipe"]

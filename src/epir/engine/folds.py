@@ -251,9 +251,10 @@ def run_fold(
             model = build_model(cfg.model)
         members = member_configs(cfg)  # train.member_overrides: each member's own recipe
         for k, (mseed, mcfg) in enumerate(zip(member_seeds(fold_seed(seed, subject), cfg.train.ensemble), members)):
-            if k > 0:  # the first member is the model built above (so one member is the plain fold)
+            if k > 0 or mcfg.model != cfg.model:  # the first member is the model built above (so one member is the
+                # plain fold), unless its own model arguments make it another network (built from the same seed)
                 torch.manual_seed(mseed)
-                model = build_model(cfg.model)
+                model = build_model(mcfg.model)
             oracle = _OracleBest(test.x, test.y, device, cfg.train.tta) if cfg.eval.oracle_epoch else None
             snaps = SnapshotMean(test.x, mcfg.train, device)
 
@@ -356,10 +357,11 @@ def run_fold_group(
         trained = fold_teachers(dataset, ccfg, [(*folds[f], splits[f][0]) for f in idx])
         for f, teacher in zip(idx, trained or []):
             teacher_p[f] = teacher_proba(ccfg, teacher, tests[f][0])
-        # Members trained alike (all of them, without train.member_overrides) train in one call.
+        # Members trained alike (all of them, without train.member_overrides) train in one call; members of their
+        # own recipe or model arguments, one call each.
         by_recipe: dict[str, tuple[RunConfig, list[int]]] = {}
         for k, mcfg in enumerate(member_configs(ccfg)):
-            by_recipe.setdefault(repr(mcfg.train), (mcfg, []))[1].append(k)
+            by_recipe.setdefault(repr((mcfg.model, mcfg.train)), (mcfg, []))[1].append(k)
         seeds = {f: member_seeds(fold_seed(*folds[f]), k_members) for f in idx}
         for mcfg, ks in by_recipe.values():
             jobs = [
@@ -380,7 +382,7 @@ def run_fold_group(
                     for oracle, model, norm in zip(_o, models, norms):
                         oracle.update(epoch, model, norm)
 
-                fit_many(ccfg.model, [Member(x, y, s_, n) for x, y, s_, n in jobs], mcfg.train,
+                fit_many(mcfg.model, [Member(x, y, s_, n) for x, y, s_, n in jobs], mcfg.train,
                          num_classes=dataset.num_classes, device=device, on_epoch=epoch_done, teachers=teachers,
                          histories=histories)
                 for (f, k), oracle in zip(slots, oracles):
@@ -390,7 +392,7 @@ def run_fold_group(
                     member_epochs[f][k] = oracle.epoch
                 continue
             snaps = [SnapshotMean(tests[f][0], mcfg.train, device) for f in owner]  # train.snapshots, per model
-            models, norms = train_models(ccfg.model, mcfg.train, jobs, num_classes=dataset.num_classes, device=device,
+            models, norms = train_models(mcfg.model, mcfg.train, jobs, num_classes=dataset.num_classes, device=device,
                                          teachers=teachers, histories=histories,
                                          on_epoch=snapshot_callback(snaps))
             for (f, k), model, norm, snap in zip(slots, models, norms, snaps):

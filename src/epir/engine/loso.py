@@ -29,7 +29,7 @@ from epir.config import RunConfig, check_ranges
 from epir.data import FlowDataset
 from epir.engine.agreement import agreement
 from epir.engine.backends import execute
-from epir.engine.cost import candidate_mixes, prediction_cost
+from epir.engine.cost import candidate_mixes, member_costs, prediction_cost
 from epir.engine.folds import (
     Fold,
     fold_seed,
@@ -183,11 +183,22 @@ def check_before_training(cfg: RunConfig) -> None:
         )
     for candidate in candidate_configs(cfg) if cfg.train.select else [cfg]:
         check_distill_token_recipe(candidate)
-        member_configs(candidate)  # train.member_overrides: each member's recipe is checked before anything runs
+        # train.member_overrides: each member's recipe is checked before anything runs, and a member with model
+        # arguments of its own is built once, so that a combination its model refuses stops here, naming the member
+        for k, member in enumerate(member_configs(candidate)):
+            if member.model == candidate.model:
+                continue
+            try:
+                check_distill_token_recipe(member)
+                build_model(member.model)
+            except ConfigError as e:
+                raise ConfigError(f"train.member_overrides member {k} "
+                                  f"({candidate.train.member_overrides[k]!r}): {e}") from None
     if cfg.train.distill:
         teacher_config(cfg)
     if cfg.train.init:
-        load_initial_weights(build_model(cfg.model), cfg.train.init)
+        for model in {repr(m.model): m.model for m in member_configs(cfg)}.values():  # each member's network
+            load_initial_weights(build_model(model), cfg.train.init)
 
 
 def _seed_mean_scores(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, Any]],
@@ -233,15 +244,18 @@ def _parts_agreement(dataset: FlowDataset, records: Sequence[dict[str, Any]],
 def _member_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, Any]],
                   seeds: Sequence[int]) -> list[dict[str, Any]]:
     """Each member of the folds' in-fold ensembles (``member_probs``) alone: its overrides (``train.member_overrides``,
-    ``""`` for the run's recipe), its held-out UF1 and UAR (pooled per seed, mean and spread over the seeds) and, from
-    member 1 on, where it errs against member 0 (``versus_member_0``, :func:`epir.engine.agreement.agreement`).
+    ``""`` for the run's recipe), its own network's parameters and forward FLOPs per sample (``params``, ``flops``;
+    members with model arguments of their own differ), its held-out UF1 and UAR (pooled per seed, mean and spread
+    over the seeds) and, from member 1 on, where it errs against member 0 (``versus_member_0``,
+    :func:`epir.engine.agreement.agreement`).
     """
     overrides = list(cfg.train.member_overrides) or [""] * cfg.train.ensemble
+    costs = member_costs(cfg, dataset.x.shape[1:])
     first = part_table(records, [r["member_probs"][0] for r in records], dataset.class_names)
     out = []
-    for k, entry in enumerate(overrides):
+    for k, (entry, (params, flops)) in enumerate(zip(overrides, costs)):
         probs = [r["member_probs"][k] for r in records]
-        row: dict[str, Any] = {"member": k, "overrides": entry,
+        row: dict[str, Any] = {"member": k, "overrides": entry, "params": params, "flops": flops,
                                **_seed_mean_scores(cfg, dataset, records, probs, seeds, f"member {k}")}
         if k > 0:
             row["versus_member_0"] = agreement(part_table(records, probs, dataset.class_names), first,

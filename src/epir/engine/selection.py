@@ -78,19 +78,25 @@ def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
     return out
 
 
-#: Settings of the fold, not of one ensemble member, which ``train.member_overrides`` may not set.
+#: Settings of the fold, not of one ensemble member, which ``train.member_overrides`` may not set: the fold's
+#: ensemble, choice, teacher, subjects, snapshots and test-time flips, and which model it is and what data it takes.
 MEMBER_FIXED = ("train.ensemble", "train.member_overrides", "train.select", "train.distill", "train.subject_fraction",
-                "train.snapshots", "train.tta")
+                "train.snapshots", "train.tta", "model.name", "model.num_classes", "model.in_channels",
+                "model.image_size")
 
 
 def member_configs(cfg: RunConfig) -> list[RunConfig]:
     """The run config each of a fold's ``train.ensemble`` members trains and predicts with, in member order:
-    ``cfg`` for every member, or with ``train.member_overrides`` member k's ``;``-separated ``train.*`` overrides
-    applied to ``cfg`` (an ensemble whose members differ in how they are trained, e.g. plain and recentred maps).
+    ``cfg`` for every member, or with ``train.member_overrides`` member k's ``;``-separated overrides applied to
+    ``cfg``: ``train.*`` fields of its own training (e.g. plain and recentred maps) and, from round 32, ``model.*``
+    arguments of the run's model (e.g. ``model.shifts=none;model.patch_overlap=3``, EPIR with a window instead of
+    shifted copies), resolved and checked as the model's own are. The run's parameter and FLOP totals then count
+    each member's own network (:func:`epir.engine.cost.member_costs`).
 
     A member may not set what belongs to the fold (:data:`MEMBER_FIXED`: the ensemble, the choice inside the fold,
-    the teacher, the training subjects, the snapshots and test-time flips), nor the model: every member is
-    ``cfg.model``, so the run's parameter and FLOP counts hold.
+    the teacher, the training subjects, the snapshots and test-time flips) nor ``model.name`` or the data's shape
+    (classes, input channels, map size): every member is the run's model on the run's maps (another model beside it
+    is a teacher, ``train.distill`` with ``train.distill_mix``).
     """
     if not cfg.train.member_overrides:
         return [cfg] * cfg.train.ensemble
@@ -99,14 +105,15 @@ def member_configs(cfg: RunConfig) -> list[RunConfig]:
         items = override_items(text)
         for item in items:
             key, _ = parse_key_value(item, "train.member_overrides", "train.input_norm=recentre")
-            if not key.startswith("train.") or key.startswith(MEMBER_FIXED):
+            if not key.startswith(("train.", "model.")) or key.startswith(MEMBER_FIXED):
                 raise ConfigError(
                     f"train.member_overrides member {k} ({text!r}): {key!r} is not one member's to set; a member "
-                    f"sets train.* fields of its own training (not {', '.join(MEMBER_FIXED)} nor model.*), e.g. "
-                    f"'train.input_norm=recentre;train.hflip=0'."
+                    f"sets train.* fields of its own training and model.* arguments of the run's model (not "
+                    f"{', '.join(MEMBER_FIXED)}), e.g. 'train.input_norm=recentre;model.patch_overlap=3'."
                 )
-        member = apply_overrides(cfg, items)
         try:
+            member = _with_overrides(cfg, items) if any(i.startswith("model.") for i in items) \
+                else apply_overrides(cfg, items)
             check_ranges(member)
         except ConfigError as e:
             raise ConfigError(f"train.member_overrides member {k} ({text!r}): {e}") from None
