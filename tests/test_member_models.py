@@ -16,7 +16,7 @@ from epir.engine.loso import check_before_training, run_loso
 from epir.engine.results import ensemble_members, format_summary
 from epir.engine.selection import member_configs
 from epir.errors import ConfigError
-from epir.models import build_model, default_recipe
+from epir.models import build_model, default_recipe, resolve_model_args
 from epir.profiling import count_parameters
 from fakes import record_returns
 
@@ -87,3 +87,17 @@ def test_a_member_whose_model_cannot_be_built_stops_before_training(member: str,
     with pytest.raises(ConfigError, match=message):
         check_ranges(cfg)
         check_before_training(cfg)
+
+
+def test_the_window_member_lever_pairs_the_recipes_epir_with_a_recentred_window_epir() -> None:
+    from epir.engine.ablate import LEVERS
+    from epir.runsetup import make_config
+
+    cfg = make_config("epir", "megc2019", overrides=list(LEVERS["window-member"]))
+    check_ranges(cfg)
+    first, second = member_configs(cfg)
+    assert first == cfg and second.train.input_norm == "recentre"
+    assert (second.model.args["shifts"], second.model.args["patch_overlap"]) == ("none", 3)
+    own = resolve_model_args("epir", cfg.model.args)  # the rest of the member's model is the recipe's
+    assert {k: v for k, v in second.model.args.items() if k not in ("shifts", "patch_overlap")} == \
+        {k: v for k, v in own.items() if k not in ("shifts", "patch_overlap")}

@@ -123,6 +123,12 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # an in-fold ensemble whose two members differ in input: the recipe's own maps and the maps recentred on their
     # median (round 29's blend of two runs, now inside each fold with the member's own seed; round 30; in no recipe)
     "input-ensemble": ("train.ensemble=2", "train.member_overrides=['', 'train.input_norm=recentre']"),
+    # the same pair with a second member that differs in model as well as input: EPIR with a 13 x 13 window and no
+    # shifted copies (round 27's shifts-none with overlap-3) on recentred maps (round 32; in no recipe)
+    "window-member": (
+        "train.ensemble=2",
+        "train.member_overrides=['', 'model.shifts=none;model.patch_overlap=3;train.input_norm=recentre']",
+    ),
 }
 
 
@@ -165,6 +171,7 @@ LEVER_NOTES: dict[str, str] = {
     "overlap-3": "each token sees a 13 x 13 window, its patch and 3 pixels around it, not the 7 x 7 patch",
     "flow-magnitude": "EPIR reads a fourth channel, each pixel's speed from u and v taken from the map's median",
     "input-ensemble": "2 members per fold, on the recipe's maps and on maps recentred on their median, averaged",
+    "window-member": "as input-ensemble, the recentred member an EPIR with a 13 x 13 window instead of shifted copies",
 }
 
 
@@ -181,6 +188,7 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "swa": ("train.average=none",),
     "ensemble": ("train.ensemble=1", "train.member_overrides=[]"),
     "input-ensemble": ("train.ensemble=1", "train.member_overrides=[]"),
+    "window-member": ("train.ensemble=1", "train.member_overrides=[]"),
     "snapshots": ("train.snapshots=1",),
     # the default recipe's teacher taken away (EPIR alone, as --recipe alone), or its weight fixed at 0.5 again (with
     # the fold's own teacher: groups are for choosing), its ensemble of 3 or its groups undone
