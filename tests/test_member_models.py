@@ -11,7 +11,7 @@ import pytest
 
 from epir.config import DataConfig, EvalConfig, ModelConfig, RunConfig, apply_overrides, check_ranges
 from epir.engine import folds
-from epir.engine.cost import member_costs, prediction_cost, prediction_module
+from epir.engine.cost import prediction_cost, prediction_module
 from epir.engine.loso import check_before_training, run_loso
 from epir.engine.results import ensemble_members, format_summary
 from epir.engine.selection import member_configs
@@ -69,8 +69,8 @@ def test_the_run_counts_each_members_network_and_the_whole(fake_dataset, tmp_pat
     assert line is not None and f"{window:,} params" in line and f"member 0 {plain:,} params" in line
     assert line in format_summary(results)
     assert count_parameters(prediction_module(cfg)) == prediction_cost(cfg, (3, 28, 28)).params_total
-    assert member_costs(epir_cfg(("", "train.input_norm=recentre")), (3, 28, 28))[0] == \
-        member_costs(epir_cfg(("", "train.input_norm=recentre")), (3, 28, 28))[1]
+    assert prediction_cost(epir_cfg(("", "train.input_norm=recentre")), (3, 28, 28)).members[0] == \
+        prediction_cost(epir_cfg(("", "train.input_norm=recentre")), (3, 28, 28)).members[1]
     alike = {**results, "members": [{**m, "params": plain} for m in results["members"]]}
     assert "params" not in (ensemble_members(alike) or "")  # members of one size: the line says no sizes
 

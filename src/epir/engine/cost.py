@@ -37,6 +37,9 @@ class PredictionCost:
         flops_total: one whole prediction: the input transform, then every network that predicts times its
             forward passes (2 with ``train.tta=flip``); None where ``flops`` is.
         teacher_params: the teacher's parameters, all its members (0 without ``train.distill``).
+        members: each in-fold ensemble member's own network (``train.ensemble``; ``train.member_overrides`` may give
+            a member model arguments of its own): its parameters and forward FLOPs per sample (None where the FLOP
+            counter cannot trace it), in member order; one entry for a recipe without an ensemble.
     """
 
     params: int
@@ -44,6 +47,7 @@ class PredictionCost:
     flops: int | None
     flops_total: int | None
     teacher_params: int = 0
+    members: tuple[tuple[int, int | None], ...] = ()
 
 
 def input_shape(cfg: RunConfig) -> tuple[int, int, int]:
@@ -81,20 +85,11 @@ def _measure(model_cfg: ModelConfig, input_shape: tuple[int, ...], seen: dict[st
     return seen[key]
 
 
-def member_costs(cfg: RunConfig, input_shape: Sequence[int]) -> list[tuple[int, int | None]]:
-    """Each in-fold ensemble member's own network (``train.ensemble``; ``train.member_overrides`` may give a member
-    model arguments of its own): its parameters and forward FLOPs per sample (None where the FLOP counter cannot
-    trace it), in member order; one entry for a recipe without an ensemble.
-    """
-    seen: dict[str, tuple[int, int | None]] = {}
-    return [_measure(m.model, tuple(int(s) for s in input_shape), seen) for m in member_configs(cfg)]
-
-
 def _one(cfg: RunConfig, input_shape: tuple[int, ...], mixed: bool, seen: dict[str, tuple[int, int | None]]
          ) -> PredictionCost:
     """The cost of one recipe without in-fold choice; ``mixed``: its teacher predicts too."""
     params, flops = _measure(cfg.model, input_shape, seen)
-    nets = [_measure(m.model, input_shape, seen) for m in member_configs(cfg)]  # each member's own network
+    nets = tuple(_measure(m.model, input_shape, seen) for m in member_configs(cfg))  # each member's own network
     params_total = sum(p for p, _ in nets) * cfg.train.snapshots
     member_flops = [f for _, f in nets]
     flops_total = None if flops is None or None in member_flops else (
@@ -112,7 +107,7 @@ def _one(cfg: RunConfig, input_shape: tuple[int, ...], mixed: bool, seen: dict[s
     if flops_total is not None and cfg.data.input_transform != "none":
         flops_total += count_function_flops(lambda x: transform_maps(cfg.data.input_transform, x),
                                             (1, *SAMPLE_SHAPE))
-    return PredictionCost(params, params_total, flops, flops_total, teacher_params)
+    return PredictionCost(params, params_total, flops, flops_total, teacher_params, nets)
 
 
 def _candidate_costs(cfg: RunConfig, shape: tuple[int, ...], seen: dict[str, tuple[int, int | None]]
@@ -144,6 +139,7 @@ def prediction_cost(cfg: RunConfig, input_shape: Sequence[int]) -> PredictionCos
         flops=base.flops,
         flops_total=None if any(t is None for t in totals) else max(t for t in totals if t is not None),
         teacher_params=base.teacher_params,
+        members=base.members,
     )
 
 
@@ -192,5 +188,5 @@ def profile_recipe(cfg: RunConfig, input_shape: Sequence[int], *, repeats: int =
             "latency_total_ms_b1": measure_latency(prediction_module(cfg), batch_size=1, repeats=repeats)}
 
 
-__all__ = ["PredictionCost", "candidate_mixes", "forward_passes", "input_shape", "member_costs", "prediction_cost",
+__all__ = ["PredictionCost", "candidate_mixes", "forward_passes", "input_shape", "prediction_cost",
            "prediction_module", "profile_recipe"]

@@ -29,7 +29,7 @@ from epir.config import RunConfig, check_ranges
 from epir.data import FlowDataset
 from epir.engine.agreement import agreement
 from epir.engine.backends import execute
-from epir.engine.cost import candidate_mixes, member_costs, prediction_cost
+from epir.engine.cost import PredictionCost, candidate_mixes, prediction_cost
 from epir.engine.folds import (
     Fold,
     fold_seed,
@@ -241,19 +241,18 @@ def _parts_agreement(dataset: FlowDataset, records: Sequence[dict[str, Any]],
                      class_names=dataset.class_names, names=("model", "teacher"))
 
 
-def _member_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, Any]],
-                  seeds: Sequence[int]) -> list[dict[str, Any]]:
+def _member_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, Any]], seeds: Sequence[int],
+                  cost: PredictionCost) -> list[dict[str, Any]]:
     """Each member of the folds' in-fold ensembles (``member_probs``) alone: its overrides (``train.member_overrides``,
-    ``""`` for the run's recipe), its own network's parameters and forward FLOPs per sample (``params``, ``flops``;
-    members with model arguments of their own differ), its held-out UF1 and UAR (pooled per seed, mean and spread
-    over the seeds) and, from member 1 on, where it errs against member 0 (``versus_member_0``,
-    :func:`epir.engine.agreement.agreement`).
+    ``""`` for the run's recipe), its own network's parameters and forward FLOPs per sample (``params``, ``flops``,
+    from the run's ``cost``; members with model arguments of their own differ), its held-out UF1 and UAR (pooled per
+    seed, mean and spread over the seeds) and, from member 1 on, where it errs against member 0
+    (``versus_member_0``, :func:`epir.engine.agreement.agreement`).
     """
     overrides = list(cfg.train.member_overrides) or [""] * cfg.train.ensemble
-    costs = member_costs(cfg, dataset.x.shape[1:])
     first = part_table(records, [r["member_probs"][0] for r in records], dataset.class_names)
     out = []
-    for k, (entry, (params, flops)) in enumerate(zip(overrides, costs)):
+    for k, (entry, (params, flops)) in enumerate(zip(overrides, cost.members)):
         probs = [r["member_probs"][k] for r in records]
         row: dict[str, Any] = {"member": k, "overrides": entry, "params": params, "flops": flops,
                                **_seed_mean_scores(cfg, dataset, records, probs, seeds, f"member {k}")}
@@ -319,7 +318,7 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
     if cfg.train.ensemble > 1 and records and all(isinstance(m, list) and len(m) == cfg.train.ensemble
                                                    for m in members):
         # an in-fold ensemble: what each member scores alone, and where each errs against member 0
-        facts["members"] = _member_facts(cfg, dataset, records, seeds)
+        facts["members"] = _member_facts(cfg, dataset, records, seeds, cost)
     if cfg.train.subject_fraction < 1:  # a learning-curve point: each fold trained on a drawn share of its subjects
         drawn = [len(r.get("train_subjects") or ()) for r in records]
         facts["subject_fraction"] = {"fraction": cfg.train.subject_fraction,

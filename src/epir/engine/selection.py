@@ -91,7 +91,7 @@ def member_configs(cfg: RunConfig) -> list[RunConfig]:
     ``cfg``: ``train.*`` fields of its own training (e.g. plain and recentred maps) and, from round 32, ``model.*``
     arguments of the run's model (e.g. ``model.shifts=none;model.patch_overlap=3``, EPIR with a window instead of
     shifted copies), resolved and checked as the model's own are. The run's parameter and FLOP totals then count
-    each member's own network (:func:`epir.engine.cost.member_costs`).
+    each member's own network (:class:`epir.engine.cost.PredictionCost`'s ``members``).
 
     A member may not set what belongs to the fold (:data:`MEMBER_FIXED`: the ensemble, the choice inside the fold,
     the teacher, the training subjects, the snapshots and test-time flips) nor ``model.name`` or the data's shape
