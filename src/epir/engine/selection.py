@@ -111,7 +111,8 @@ def member_configs(cfg: RunConfig) -> list[RunConfig]:
                     f"sets train.* fields of its own training and model.* arguments of the run's model (not "
                     f"{', '.join(MEMBER_FIXED)}), e.g. 'train.input_norm=recentre;model.patch_overlap=3'."
                 )
-        try:
+        try:  # model arguments resolved only where the member sets some: a member of train.* fields alone keeps the
+            # run's model as it is, so that it compares equal to it (run_fold, run_fold_group: the same network)
             member = _with_overrides(cfg, items) if any(i.startswith("model.") for i in items) \
                 else apply_overrides(cfg, items)
             check_ranges(member)
