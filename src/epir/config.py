@@ -98,6 +98,10 @@ class TrainConfig:
     select_margin: float = 0.0  # > 0: a candidate other than the run's own configuration (the candidate equal to it,
     # e.g. train.distill_mix=0.5 when distill_mix is 0.5) is chosen only if its inner score beats that one's by more
     # than this (the score's units: mean of UF1 and UAR, or nats with select_metric=nll); 0: the best inner score wins
+    select_members: bool = False  # train.ensemble > 1: each inner model of the choice is the fold's whole ensemble
+    # (every member with its own recipe, model and seed, their probabilities averaged), so that the choice scores what
+    # the fold predicts with (round 33); false: the inner models are member 0's recipe alone (half the inner cost
+    # with two members)
     subject_fraction: float = 1.0  # LOSO only: each fold trains on this share of its training subjects (at least
     # one), drawn per seed and held-out subject and nested (a smaller share's subjects are among a larger one's); for
     # learning curves. 1 = every training subject. Needs groups drawn inside the fold (select_shared=0)
@@ -301,6 +305,9 @@ def check_ranges(cfg: RunConfig) -> None:
                   f"{' | '.join(SELECT_METRICS)} (megc: mean of inner UF1 and UAR; nll: inner log-loss)")
     check_setting(_finite(t.select_margin) and t.select_margin >= 0, "train.select_margin", t.select_margin,
                   "a number >= 0 (how much a candidate must beat the run's own configuration by inside the fold)")
+    check_setting(not t.select_members or (t.ensemble > 1 and bool(t.select)), "train.select_members",
+                  t.select_members, "false without an in-fold ensemble and a choice inside the fold; it "
+                  "needs train.ensemble > 1 and train.select candidates (e.g. the default recipe, train.ensemble=2)")
     check_setting(not t.distill_shared or (bool(t.distill) and t.select_shared >= 3 and t.distill_weight == 0),
                   "train.distill_shared", t.distill_shared,
                   "false, or true with a teacher (train.distill), shared groups (train.select_shared >= 3) and "

@@ -332,6 +332,7 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
             "select_shared": cfg.train.select_shared,
             "select_metric": cfg.train.select_metric,
             "select_margin": cfg.train.select_margin,
+            "select_members": cfg.train.select_members,
             "chosen_counts": {c: chosen.count(i) for i, c in enumerate(cfg.train.select)},
         }
         margined = [r["selection"] for r in records if r.get("selection") and "best" in r["selection"]]

@@ -53,9 +53,16 @@ def override_items(text: str) -> list[str]:
     return [item.strip() for item in text.split(";") if item.strip()]
 
 
+def _unchosen(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the choice inside the fold switched off: no ``train.select`` candidates, nor the setting that
+    only the choice reads (``train.select_members``).
+    """
+    return replace(cfg, train=replace(cfg.train, select=(), select_members=False))
+
+
 def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
     """The run config of each ``train.select`` candidate (selection itself switched off in each)."""
-    base = replace(cfg, train=replace(cfg.train, select=()))
+    base = _unchosen(cfg)
     out = []
     for text in cfg.train.select:
         items = override_items(text)
@@ -268,10 +275,16 @@ def _inner_predictions(
     *,
     batched: bool,
     jobs: int = 1,
+    members: bool = False,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """Train candidate ``cand``'s inner models, one per ``(training rows, seed, name)``, and predict each one's
     ``held`` rows as the outer fold predicts: the student's probabilities per model, and its teacher's
     (``train.distill``) or None.
+
+    With ``members`` (``train.select_members``) each inner model is the candidate's whole in-fold ensemble: every
+    member of :func:`member_configs` trained from the inner seed's :func:`member_seeds` (member 0 from the inner seed
+    itself, so it is the model trained without ``members``), with the inner model's teacher, their probabilities
+    averaged as the fold averages them. Without it, member 0's recipe alone.
 
     With ``jobs`` > 1 the models are dealt in contiguous shares to that many worker processes (joblib). A model
     depends only on its rows, seed and recipe, never on the models trained beside it (``epir.engine.batched``),
@@ -280,32 +293,37 @@ def _inner_predictions(
     n = min(jobs, len(inner))
     if n > 1:
         bounds = np.linspace(0, len(inner), n + 1).round().astype(int).tolist()
-        parts = Parallel(n_jobs=n)(delayed(_inner_worker)(dataset, cand, inner[a:b], held[a:b], batched)
+        parts = Parallel(n_jobs=n)(delayed(_inner_worker)(dataset, cand, inner[a:b], held[a:b], batched, members)
                                    for a, b in zip(bounds, bounds[1:]))
         # the workers grew by the inner models; left for the folds, loky's leak check stops them mid-run (a warning)
         get_reusable_executor().shutdown(wait=True)
         student = [p for s, _ in parts for p in s]
         shares = [t for _, t in parts]
         return student, None if shares[0] is None else [p for t in shares for p in (t or [])]
-    to_train = [(dataset.x[idx], dataset.y[idx], seed, name) for idx, seed, name in inner]
+    configs = member_configs(cand) if members else [cand]
     teachers = train_teachers(dataset, cand, inner, batched=batched)
-    snaps = [SnapshotMean(dataset.x[idx], cand.train, cand.eval.device) for idx in held]
-    models, norms = train_models(cand.model, cand.train, to_train, num_classes=dataset.num_classes,
-                                 device=cand.eval.device, batched=batched, teachers=teachers,
-                                 on_epoch=snapshot_callback(snaps))
-    student = [snap.mean(predict_proba(model, norm, dataset.x[idx], device=cand.eval.device, tta=cand.train.tta))
-               for model, norm, idx, snap in zip(models, norms, held, snaps)]
+    each: list[list[torch.Tensor]] = []  # per member, per inner model: the held rows' probabilities
+    for k, mcfg in enumerate(configs):
+        to_train = [(dataset.x[idx], dataset.y[idx], member_seeds(seed, len(configs))[k],
+                     name + (f" member {k}" if len(configs) > 1 else "")) for idx, seed, name in inner]
+        snaps = [SnapshotMean(dataset.x[idx], mcfg.train, cand.eval.device) for idx in held]
+        models, norms = train_models(mcfg.model, mcfg.train, to_train, num_classes=dataset.num_classes,
+                                     device=cand.eval.device, batched=batched, teachers=teachers,
+                                     on_epoch=snapshot_callback(snaps))
+        each.append([snap.mean(predict_proba(model, norm, dataset.x[idx], device=cand.eval.device, tta=cand.train.tta))
+                     for model, norm, idx, snap in zip(models, norms, held, snaps)])
+    student = [torch.stack(probs).mean(dim=0) for probs in zip(*each)]  # the ensemble: its members' mean
     teacher = None if teachers is None else [teacher_proba(cand, t, dataset.x[idx]) for t, idx in zip(teachers, held)]
     return student, teacher
 
 
 def _inner_worker(
     dataset: FlowDataset, cand: RunConfig, inner: list[tuple[np.ndarray, int, str]], held: list[np.ndarray],
-    batched: bool,
+    batched: bool, members: bool,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
     """:func:`_inner_predictions`'s share in a worker process, one torch thread unless ``eval.threads`` says so."""
     torch.set_num_threads(cand.eval.threads or 1)
-    return _inner_predictions(dataset, cand, inner, held, batched=batched)
+    return _inner_predictions(dataset, cand, inner, held, batched=batched, members=members)
 
 
 def blend_groups(candidates: Sequence[RunConfig]) -> list[int]:
@@ -323,7 +341,7 @@ def prior_candidate(cfg: RunConfig, candidates: Sequence[RunConfig] | None = Non
     :func:`candidate_configs` of ``cfg`` when the caller has them already.
     """
     candidates = candidate_configs(cfg) if candidates is None else candidates
-    base = _with_overrides(replace(cfg, train=replace(cfg.train, select=())), [])  # the candidate ''
+    base = _with_overrides(_unchosen(cfg), [])  # the candidate ''
     same = [c for c, cand in enumerate(candidates) if cand == base]
     if same:
         return same[0]
@@ -365,6 +383,13 @@ def _score(dataset: FlowDataset, candidates: Sequence[RunConfig], blocks: Callab
     return out
 
 
+def _members_scored(cfg: RunConfig) -> dict[str, int]:
+    """A choice's record of what its inner models were: ``{"select_members": K}`` when each was the whole ensemble
+    of K members (``train.select_members``); ``{}`` (member 0's recipe alone, as before round 33) otherwise.
+    """
+    return {"select_members": cfg.train.ensemble} if cfg.train.select_members else {}
+
+
 def choose_with_margin(scores: Sequence[float], prior: int, margin: float) -> int:
     """The candidate ``train.select_margin`` chooses: the first best of ``scores`` (higher is better) if it beats
     ``prior``'s score by more than ``margin``, else ``prior``.
@@ -386,7 +411,7 @@ def select_in_fold(
 
     Returns the chosen candidate's config and the record of the choice: ``candidates``, ``select_k``,
     ``select_metric``, ``scores`` (the criterion per candidate, higher is better), ``uf1``, ``uar``, ``nll``,
-    ``chosen`` (index).
+    ``chosen`` (index), and ``select_members`` (the members of each inner model) with ``train.select_members``.
     """
     candidates = candidate_configs(cfg)
     if not candidates:
@@ -404,7 +429,8 @@ def select_in_fold(
              f"{name} select {c} group {j}")
             for j, group in enumerate(groups)
         ]
-        trained[c] = _inner_predictions(dataset, candidates[c], inner, held, batched=batched)
+        trained[c] = _inner_predictions(dataset, candidates[c], inner, held, batched=batched,
+                                        members=cfg.train.select_members)
 
     def blocks(c: int) -> Blocks:
         student, teacher = trained[first[c]]
@@ -412,6 +438,7 @@ def select_in_fold(
 
     metric = cfg.train.select_metric
     info = {"candidates": list(cfg.train.select), "select_k": cfg.train.select_k, "select_metric": metric,
+            **_members_scored(cfg),
             **_score(dataset, candidates, blocks, name, metric, margin=cfg.train.select_margin, prior=prior)}
     return candidates[info["chosen"]], info
 
@@ -533,7 +560,8 @@ def select_shared(
     ``select_k`` inner models of every fold; folds of one group share their choice.
 
     Returns ``{subject: (chosen index, record)}``; the record holds ``candidates``, ``select_shared``,
-    ``group`` (the held-out subject's), ``select_metric``, ``scores``, ``uf1``, ``uar``, ``nll`` and ``chosen``.
+    ``group`` (the held-out subject's), ``select_metric``, ``scores``, ``uf1``, ``uar``, ``nll`` and ``chosen``
+    (and ``select_members`` with ``train.select_members``).
     """
     candidates = candidate_configs(cfg)
     g_count = cfg.train.select_shared
@@ -559,7 +587,8 @@ def select_shared(
                   (base + zlib.crc32(f"select/shared/{c}/{a}/{b}".encode())) % (2**31 - 1),
                   f"seed {seed} select {c} groups {a}+{b} out") for a, b in pairs]
         held = [np.concatenate([rows[a], rows[b]]) for a, b in pairs]
-        trained[c] = _inner_predictions(dataset, candidates[c], inner, held, batched=batched, jobs=jobs)
+        trained[c] = _inner_predictions(dataset, candidates[c], inner, held, batched=batched, jobs=jobs,
+                                        members=cfg.train.select_members)
 
     choices: dict[int, tuple[int, dict[str, Any]]] = {}
     for g in outer:
@@ -577,6 +606,7 @@ def select_shared(
 
         metric = cfg.train.select_metric
         info = {"candidates": list(cfg.train.select), "select_shared": g_count, "group": g, "select_metric": metric,
+                **_members_scored(cfg),
                 **_score(dataset, candidates, blocks, f"seed {seed} group {g}", metric,
                          margin=cfg.train.select_margin, prior=prior)}
         choices[g] = (info["chosen"], info)
