@@ -98,6 +98,9 @@ class TrainConfig:
     select_margin: float = 0.0  # > 0: a candidate other than the run's own configuration (the candidate equal to it,
     # e.g. train.distill_mix=0.5 when distill_mix is 0.5) is chosen only if its inner score beats that one's by more
     # than this (the score's units: mean of UF1 and UAR, or nats with select_metric=nll); 0: the best inner score wins
+    select_repeats: int = 1  # the inner groups dealt this many times (repeated leave-subjects-out), the candidates
+    # scored on every deal's inner predictions pooled: a less noisy inner estimate at R times the inner cost (round
+    # 33); 1 = one deal (the first deal is always the one-deal choice's)
     select_members: bool = False  # train.ensemble > 1: each inner model of the choice is the fold's whole ensemble
     # (every member with its own recipe, model and seed, their probabilities averaged), so that the choice scores what
     # the fold predicts with (round 33); false: the inner models are member 0's recipe alone (half the inner cost
@@ -305,6 +308,10 @@ def check_ranges(cfg: RunConfig) -> None:
                   f"{' | '.join(SELECT_METRICS)} (megc: mean of inner UF1 and UAR; nll: inner log-loss)")
     check_setting(_finite(t.select_margin) and t.select_margin >= 0, "train.select_margin", t.select_margin,
                   "a number >= 0 (how much a candidate must beat the run's own configuration by inside the fold)")
+    check_setting(1 <= t.select_repeats <= 10, "train.select_repeats", t.select_repeats,
+                  "an integer from 1 to 10 (deals of the inner groups; 1: one)")
+    check_setting(t.select_repeats == 1 or bool(t.select), "train.select_repeats", t.select_repeats,
+                  "1 without a choice inside the fold; give train.select candidates (e.g. the default recipe's)")
     check_setting(not t.select_members or (t.ensemble > 1 and bool(t.select)), "train.select_members",
                   t.select_members, "false without an in-fold ensemble and a choice inside the fold; it "
                   "needs train.ensemble > 1 and train.select candidates (e.g. the default recipe, train.ensemble=2)")

@@ -129,6 +129,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
         "train.ensemble=2",
         "train.member_overrides=['', 'model.shifts=none;model.patch_overlap=3;train.input_norm=recentre']",
     ),
+    # the in-fold choice on the inner groups dealt twice, every deal's inner predictions pooled: a less noisy inner
+    # estimate at twice the inner cost (round 33; in no recipe)
+    "select-repeats": ("train.select_repeats=2",),
     # window-member with the in-fold choice (the default's teacher weight) scoring the pair it predicts with: each
     # inner model trains both members, not member 0's recipe alone (round 33; in no recipe)
     "window-member-select": (
@@ -179,6 +182,7 @@ LEVER_NOTES: dict[str, str] = {
     "flow-magnitude": "EPIR reads a fourth channel, each pixel's speed from u and v taken from the map's median",
     "input-ensemble": "2 members per fold, on the recipe's maps and on maps recentred on their median, averaged",
     "window-member": "as input-ensemble, the recentred member an EPIR with a 13 x 13 window instead of shifted copies",
+    "select-repeats": "the in-fold choice on the inner groups dealt twice, both deals' inner predictions pooled",
     "window-member-select": "as window-member, the in-fold choice's inner models the pair, not member 0 alone",
 }
 
@@ -197,6 +201,7 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     "ensemble": ("train.ensemble=1", "train.member_overrides=[]"),
     "input-ensemble": ("train.ensemble=1", "train.member_overrides=[]"),
     "window-member": ("train.ensemble=1", "train.member_overrides=[]"),
+    "select-repeats": ("train.select_repeats=1",),
     "window-member-select": ("train.ensemble=1", "train.member_overrides=[]", "train.select_members=false"),
     "snapshots": ("train.snapshots=1",),
     # the default recipe's teacher taken away (EPIR alone, as --recipe alone), or its weight fixed at 0.5 again (with

@@ -333,6 +333,7 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
             "select_metric": cfg.train.select_metric,
             "select_margin": cfg.train.select_margin,
             "select_members": cfg.train.select_members,
+            "select_repeats": cfg.train.select_repeats,
             "chosen_counts": {c: chosen.count(i) for i, c in enumerate(cfg.train.select)},
         }
         margined = [r["selection"] for r in records if r.get("selection") and "best" in r["selection"]]
@@ -390,7 +391,8 @@ def run_loso(
             t_sel = time.perf_counter()
             choices = {}
             for seed in sorted({s for s, _ in todo}):
-                bar.set_postfix_str(f"seed {seed}: selection on {cfg.train.select_shared} shared groups")
+                deals = f", {cfg.train.select_repeats} deals" if cfg.train.select_repeats > 1 else ""
+                bar.set_postfix_str(f"seed {seed}: selection on {cfg.train.select_shared} shared groups{deals}")
                 mine = [subject for s, subject in todo if s == seed]
                 choices.update({(seed, k): v for k, v in select_shared(dataset, cfg, seed, mine, jobs=jobs).items()})
             select_seconds = time.perf_counter() - t_sel

@@ -54,10 +54,10 @@ def override_items(text: str) -> list[str]:
 
 
 def _unchosen(cfg: RunConfig) -> RunConfig:
-    """``cfg`` with the choice inside the fold switched off: no ``train.select`` candidates, nor the setting that
-    only the choice reads (``train.select_members``).
+    """``cfg`` with the choice inside the fold switched off: no ``train.select`` candidates, nor the settings that
+    only the choice reads (``train.select_members``, ``train.select_repeats``).
     """
-    return replace(cfg, train=replace(cfg.train, select=(), select_members=False))
+    return replace(cfg, train=replace(cfg.train, select=(), select_members=False, select_repeats=1))
 
 
 def candidate_configs(cfg: RunConfig) -> list[RunConfig]:
@@ -412,6 +412,8 @@ def select_in_fold(
     Returns the chosen candidate's config and the record of the choice: ``candidates``, ``select_k``,
     ``select_metric``, ``scores`` (the criterion per candidate, higher is better), ``uf1``, ``uar``, ``nll``,
     ``chosen`` (index), and ``select_members`` (the members of each inner model) with ``train.select_members``.
+    With ``train.select_repeats`` = R > 1 the training subjects are dealt into groups R times (the first deal as
+    with one) and the candidates scored on every deal's inner predictions pooled (record: ``select_repeats``).
     """
     candidates = candidate_configs(cfg)
     if not candidates:
@@ -419,15 +421,17 @@ def select_in_fold(
     prior = prior_candidate(cfg, candidates)
     train_idx = np.asarray(train_idx)
     subjects = np.asarray(dataset.subjects)[train_idx]
-    groups = inner_groups(subjects.tolist(), cfg.train.select_k, fold_seed)
-    held = [train_idx[np.isin(subjects, group)] for group in groups]
+    deals = [inner_groups(subjects.tolist(), cfg.train.select_k, repeat_seed(fold_seed, r))  # train.select_repeats
+             for r in range(cfg.train.select_repeats)]
+    held = [train_idx[np.isin(subjects, group)] for groups in deals for group in groups]
     first = blend_groups(candidates)
     trained: dict[int, tuple[list[torch.Tensor], list[torch.Tensor] | None]] = {}
     for c in sorted(set(first)):
-        inner = [  # (training rows, seed, name) of each inner model: every group but one
-            (train_idx[~np.isin(subjects, group)], (fold_seed + zlib.crc32(f"select/{c}/{j}".encode())) % (2**31 - 1),
-             f"{name} select {c} group {j}")
-            for j, group in enumerate(groups)
+        inner = [  # (training rows, seed, name) of each inner model: every group but one, in every deal
+            (train_idx[~np.isin(subjects, group)],
+             (fold_seed + zlib.crc32(_repeat_tag(f"select/{c}/{j}", r).encode())) % (2**31 - 1),
+             f"{name} select {c} group {j}" + (f" repeat {r}" if r else ""))
+            for r, groups in enumerate(deals) for j, group in enumerate(groups)
         ]
         trained[c] = _inner_predictions(dataset, candidates[c], inner, held, batched=batched,
                                         members=cfg.train.select_members)
@@ -438,7 +442,7 @@ def select_in_fold(
 
     metric = cfg.train.select_metric
     info = {"candidates": list(cfg.train.select), "select_k": cfg.train.select_k, "select_metric": metric,
-            **_members_scored(cfg),
+            **_members_scored(cfg), **_repeats_scored(cfg),
             **_score(dataset, candidates, blocks, name, metric, margin=cfg.train.select_margin, prior=prior)}
     return candidates[info["chosen"]], info
 
@@ -448,11 +452,33 @@ def shared_seed(seed: int) -> int:
     return (seed * 1_000_003 + zlib.crc32(b"select/shared")) % (2**31 - 1)
 
 
-def shared_groups(subjects: Sequence[str], g_count: int, seed: int) -> list[list[str]]:
-    """The ``train.select_shared`` = ``g_count`` groups of a run seed: the distinct ``subjects`` dealt once (the
-    groups :func:`select_shared` chooses on and :func:`group_teacher` trains without).
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The seed of deal ``repeat`` of the inner groups (``train.select_repeats``): ``seed`` itself for the first deal,
+    so that one deal is the choice as without repeats.
     """
-    return _deal(list(subjects), g_count, shared_seed(seed), "train.select_shared")
+    return seed if repeat == 0 else (seed + zlib.crc32(f"select/repeat/{repeat}".encode())) % (2**31 - 1)
+
+
+def _repeat_tag(tag: str, repeat: int) -> str:
+    """An inner model's seed tag in deal ``repeat``: ``tag`` itself in the first deal (the models as without
+    repeats), ``repeat/<r>/<tag>`` in the others.
+    """
+    return tag if repeat == 0 else f"repeat/{repeat}/{tag}"
+
+
+def _repeats_scored(cfg: RunConfig) -> dict[str, int]:
+    """A choice's record of its deals: ``{"select_repeats": R}`` when the inner groups were dealt R > 1 times
+    (``train.select_repeats``); ``{}`` for one deal (as before round 33).
+    """
+    return {"select_repeats": cfg.train.select_repeats} if cfg.train.select_repeats > 1 else {}
+
+
+def shared_groups(subjects: Sequence[str], g_count: int, seed: int, repeat: int = 0) -> list[list[str]]:
+    """The ``train.select_shared`` = ``g_count`` groups of a run seed: the distinct ``subjects`` dealt once (the
+    groups :func:`select_shared` chooses on and :func:`group_teacher` trains without); ``repeat`` > 0: another deal
+    of them (``train.select_repeats``; the group teachers keep the first).
+    """
+    return _deal(list(subjects), g_count, repeat_seed(shared_seed(seed), repeat), "train.select_shared")
 
 
 #: Group teachers already trained in this process (``train.distill_shared``), by :func:`_group_teacher_key`.
@@ -559,9 +585,14 @@ def select_shared(
     of the pair {g, h} serves both groups' folds. The G(G-1)/2 pair models (G-1 per outer group) replace the
     ``select_k`` inner models of every fold; folds of one group share their choice.
 
+    With ``train.select_repeats`` = R > 1 the subjects are dealt R times (the first deal as with one); a fold scores
+    on the inner predictions of every deal pooled, each deal's pair models trained without the held-out subject's
+    group of that deal, so folds share a choice where they share their group in every deal.
+
     Returns ``{subject: (chosen index, record)}``; the record holds ``candidates``, ``select_shared``,
     ``group`` (the held-out subject's), ``select_metric``, ``scores``, ``uf1``, ``uar``, ``nll`` and ``chosen``
-    (and ``select_members`` with ``train.select_members``).
+    (and ``select_members`` with ``train.select_members``; ``select_repeats`` and ``groups``, the subject's group in
+    each deal, with ``train.select_repeats``).
     """
     candidates = candidate_configs(cfg)
     g_count = cfg.train.select_shared
@@ -572,45 +603,51 @@ def select_shared(
         raise ConfigError(f"train.select_shared must be >= 3 to share inner groups between folds, got {g_count}.")
     every = np.asarray(dataset.subjects)
     base = shared_seed(seed)
-    groups = shared_groups(dataset.subjects, g_count, seed)
-    group_of = {s: j for j, group in enumerate(groups) for s in group}
-    missing = sorted(set(subjects) - set(group_of))
+    deals = [shared_groups(dataset.subjects, g_count, seed, r) for r in range(cfg.train.select_repeats)]
+    group_of = [{s: j for j, group in enumerate(groups) for s in group} for groups in deals]
+    missing = sorted(set(subjects) - set(group_of[0]))
     if missing:
         raise ConfigError(f"select_shared: subjects {missing} are not in the dataset {dataset.name!r}.")
-    rows = [np.flatnonzero(np.isin(every, group)) for group in groups]
-    outer = sorted({group_of[s] for s in subjects})
-    pairs = sorted({(min(g, h), max(g, h)) for g in outer for h in range(g_count) if h != g})
+    rows = [[np.flatnonzero(np.isin(every, group)) for group in groups] for groups in deals]
+    pairs: list[tuple[int, int, int]] = []  # (deal, a, b): the inner model trained without groups a and b of a deal
+    for r in range(len(deals)):
+        outer = sorted({group_of[r][s] for s in subjects})
+        pairs += [(r, a, b) for a, b in sorted({(min(g, h), max(g, h)) for g in outer for h in range(g_count)
+                                                 if h != g})]
     first = blend_groups(candidates)
     trained: dict[int, tuple[list[torch.Tensor], list[torch.Tensor] | None]] = {}
     for c in sorted(set(first)):
-        inner = [(np.flatnonzero(~np.isin(every, groups[a] + groups[b])),
-                  (base + zlib.crc32(f"select/shared/{c}/{a}/{b}".encode())) % (2**31 - 1),
-                  f"seed {seed} select {c} groups {a}+{b} out") for a, b in pairs]
-        held = [np.concatenate([rows[a], rows[b]]) for a, b in pairs]
+        inner = [(np.flatnonzero(~np.isin(every, deals[r][a] + deals[r][b])),
+                  (base + zlib.crc32(_repeat_tag(f"select/shared/{c}/{a}/{b}", r).encode())) % (2**31 - 1),
+                  f"seed {seed} select {c} groups {a}+{b} out" + (f" repeat {r}" if r else "")) for r, a, b in pairs]
+        held = [np.concatenate([rows[r][a], rows[r][b]]) for r, a, b in pairs]
         trained[c] = _inner_predictions(dataset, candidates[c], inner, held, batched=batched, jobs=jobs,
                                         members=cfg.train.select_members)
 
-    choices: dict[int, tuple[int, dict[str, Any]]] = {}
-    for g in outer:
-        def blocks(c: int, _g: int = g) -> Blocks:
+    # a fold's choice depends on its subject's group in every deal: folds that share them all share the choice
+    choices: dict[tuple[int, ...], tuple[int, dict[str, Any]]] = {}
+    for key in sorted({tuple(deal[s] for deal in group_of) for s in subjects}):
+        def blocks(c: int, _key: tuple[int, ...] = key) -> Blocks:
             student, teacher = trained[first[c]]
             out: Blocks = []
-            for h in range(g_count):
-                if h == _g:
-                    continue
-                p = pairs.index((min(_g, h), max(_g, h)))
-                a = pairs[p][0]
-                part = slice(0, len(rows[a])) if h == a else slice(len(rows[a]), None)  # h's rows in pair p's
-                out.append((rows[h], student[p][part], None if teacher is None else teacher[p][part]))
+            for r, g in enumerate(_key):
+                for h in range(g_count):
+                    if h == g:
+                        continue
+                    a = min(g, h)
+                    p = pairs.index((r, a, max(g, h)))
+                    part = slice(0, len(rows[r][a])) if h == a else slice(len(rows[r][a]), None)  # h's rows in p's
+                    out.append((rows[r][h], student[p][part], None if teacher is None else teacher[p][part]))
             return out
 
         metric = cfg.train.select_metric
-        info = {"candidates": list(cfg.train.select), "select_shared": g_count, "group": g, "select_metric": metric,
-                **_members_scored(cfg),
-                **_score(dataset, candidates, blocks, f"seed {seed} group {g}", metric,
+        info = {"candidates": list(cfg.train.select), "select_shared": g_count, "group": key[0],
+                **({"groups": list(key)} if len(key) > 1 else {}), "select_metric": metric,
+                **_members_scored(cfg), **_repeats_scored(cfg),
+                **_score(dataset, candidates, blocks, f"seed {seed} group {'/'.join(map(str, key))}", metric,
                          margin=cfg.train.select_margin, prior=prior)}
-        choices[g] = (info["chosen"], info)
-    return {s: choices[group_of[s]] for s in subjects}
+        choices[key] = (info["chosen"], info)
+    return {s: choices[tuple(deal[s] for deal in group_of)] for s in subjects}
 
 
 __all__ = [
@@ -626,6 +663,7 @@ __all__ = [
     "mix_teacher",
     "override_items",
     "prior_candidate",
+    "repeat_seed",
     "select_in_fold",
     "select_shared",
     "shared_groups",
