@@ -157,6 +157,20 @@ def spy_on_selection_training(monkeypatch: Any) -> list[torch.Tensor]:
     return trained
 
 
+def shared_choices_in_workers(dataset: FlowDataset, cfg: Any) -> dict[str, tuple[int, dict[str, Any]]]:
+    """``select_shared`` for every subject of ``dataset`` (run seed 0) in one process and with ``jobs=2``: asserts
+    that the worker processes choose as one and score the same, and returns the one-process choices."""
+    from epir.engine.selection import select_shared
+
+    subjects = dataset.subject_list()
+    one = select_shared(dataset, cfg, 0, subjects)
+    two = select_shared(dataset, cfg, 0, subjects, jobs=2)
+    for s in subjects:
+        assert one[s][0] == two[s][0]
+        np.testing.assert_allclose(two[s][1]["scores"], one[s][1]["scores"], atol=1e-6)
+    return one
+
+
 def run_predictions(n_subjects: int = 12, per_subject: int = 6, accuracy: float = 0.7, seeds: tuple[int, ...] = (0,),
                     rng_seed: int = 0) -> pd.DataFrame:
     """A run's predictions: subjects of two sources, ``per_subject`` samples each, about ``accuracy`` right."""

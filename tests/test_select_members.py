@@ -18,7 +18,7 @@ from epir.engine.selection import candidate_configs, member_configs, member_seed
 from epir.errors import ConfigError
 from epir.models import default_recipe
 from epir.runsetup import make_config, resolve_config
-from fakes import spy_on_selection_training
+from fakes import shared_choices_in_workers, spy_on_selection_training
 
 
 def pair_cfg(select_members: bool = True, members: tuple[str, ...] = ("", "train.epochs=2"), **eval_kw) -> RunConfig:
@@ -78,15 +78,10 @@ def test_the_pair_choice_never_sees_the_held_out_group_and_is_recorded(fake_data
 
 def test_the_pair_choice_in_worker_processes_is_one_process(fake_dataset, one_torch_thread) -> None:
     """select_shared(jobs=2) with members deals the inner pairs to two processes: the same scores and choices."""
-    cfg = pair_cfg()
-    subjects = fake_dataset.subject_list()
-    one = select_shared(fake_dataset, cfg, 0, subjects)
-    two = select_shared(fake_dataset, cfg, 0, subjects, jobs=2)
-    alone = select_shared(fake_dataset, pair_cfg(False), 0, subjects)
-    for s in subjects:
-        assert one[s][0] == two[s][0] and one[s][1]["select_members"] == 2
-        np.testing.assert_allclose(two[s][1]["scores"], one[s][1]["scores"], atol=1e-6)
-    assert any(one[s][1]["scores"] != alone[s][1]["scores"] for s in subjects)  # the pair is scored, not member 0
+    one = shared_choices_in_workers(fake_dataset, pair_cfg())
+    alone = select_shared(fake_dataset, pair_cfg(False), 0, fake_dataset.subject_list())
+    assert all(choice["select_members"] == 2 for _, choice in one.values())
+    assert any(one[s][1]["scores"] != alone[s][1]["scores"] for s in one)  # the pair is scored, not member 0
 
 
 @pytest.mark.parametrize("change, message", [

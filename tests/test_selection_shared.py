@@ -16,7 +16,7 @@ from epir.engine.loso import run_loso
 from epir.engine.selection import select_shared, shared_seed
 from epir.errors import ConfigError
 from epir.models import default_recipe
-from fakes import record_returns, spy_on_selection_training
+from fakes import record_returns, shared_choices_in_workers, spy_on_selection_training
 
 
 def shared_cfg(groups: int = 3, **eval_kw) -> RunConfig:
@@ -159,12 +159,7 @@ def test_inner_models_in_worker_processes_choose_as_one_process(fake_dataset, on
 
     cfg = replace(shared_cfg(threads=1), model=ModelConfig(name="epir", args={"dim": 24, "heads": 2}),
                   train=replace(EPIR_RECIPE, epochs=1, select=("", "train.epochs=2"), select_shared=3))
-    subjects = fake_dataset.subject_list()
-    one = select_shared(fake_dataset, cfg, 0, subjects)
-    two = select_shared(fake_dataset, cfg, 0, subjects, jobs=2)
-    for s in subjects:
-        assert one[s][0] == two[s][0]
-        np.testing.assert_allclose(two[s][1]["scores"], one[s][1]["scores"], atol=1e-6)
+    shared_choices_in_workers(fake_dataset, cfg)
 
 
 def test_batched_inner_models_choose_as_the_loop(fake_dataset, monkeypatch, one_torch_thread) -> None:
