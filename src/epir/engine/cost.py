@@ -143,9 +143,12 @@ def prediction_cost(cfg: RunConfig, input_shape: Sequence[int]) -> PredictionCos
     )
 
 
-def _networks(model: ModelConfig, copies: int) -> nn.Module:
-    """``copies`` untrained networks of ``model`` as one (:class:`~epir.models.ProbabilityMean`), or the one."""
-    return build_model(model) if copies == 1 else ProbabilityMean([build_model(model) for _ in range(copies)])
+def _networks(models: Sequence[ModelConfig]) -> nn.Module:
+    """One untrained network of each of ``models`` as one module (:class:`~epir.models.ProbabilityMean`), or the
+    one network.
+    """
+    nets = [build_model(model) for model in models]
+    return nets[0] if len(nets) == 1 else ProbabilityMean(nets)
 
 
 def prediction_module(cfg: RunConfig) -> nn.Module:
@@ -170,10 +173,10 @@ def prediction_module(cfg: RunConfig) -> nn.Module:
     teacher = None
     if mix > 0:
         t = teacher_config(dearest)
-        teacher = InferenceModel(_networks(t.model, dearest.train.distill_members), identity(t.model),
+        teacher = InferenceModel(_networks([t.model] * dearest.train.distill_members), identity(t.model),
                                  dearest.data.input_transform, t.train.tta)
-    nets = [build_model(m.model) for m in member_configs(dearest) for _ in range(dearest.train.snapshots)]
-    model = nets[0] if len(nets) == 1 else ProbabilityMean(nets)  # every member's own network, each snapshot
+    model = _networks([m.model for m in member_configs(dearest)  # every member's own network, each snapshot
+                       for _ in range(dearest.train.snapshots)])
     return InferenceModel(model, identity(dearest.model), dearest.data.input_transform, dearest.train.tta,
                           teacher=teacher, mix=mix).eval()
 
