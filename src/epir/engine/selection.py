@@ -383,11 +383,16 @@ def _score(dataset: FlowDataset, candidates: Sequence[RunConfig], blocks: Callab
     return out
 
 
-def _members_scored(cfg: RunConfig) -> dict[str, int]:
-    """A choice's record of what its inner models were: ``{"select_members": K}`` when each was the whole ensemble
-    of K members (``train.select_members``); ``{}`` (member 0's recipe alone, as before round 33) otherwise.
+def _inner_record(cfg: RunConfig) -> dict[str, int]:
+    """A choice's record of how its inner models were made, where that differs from one deal of member 0's recipe
+    (as before round 33): ``select_members`` = K when each inner model was the whole ensemble of K members
+    (``train.select_members``), ``select_repeats`` = R when the inner groups were dealt R > 1 times
+    (``train.select_repeats``).
     """
-    return {"select_members": cfg.train.ensemble} if cfg.train.select_members else {}
+    record = {"select_members": cfg.train.ensemble} if cfg.train.select_members else {}
+    if cfg.train.select_repeats > 1:
+        record["select_repeats"] = cfg.train.select_repeats
+    return record
 
 
 def choose_with_margin(scores: Sequence[float], prior: int, margin: float) -> int:
@@ -442,7 +447,7 @@ def select_in_fold(
 
     metric = cfg.train.select_metric
     info = {"candidates": list(cfg.train.select), "select_k": cfg.train.select_k, "select_metric": metric,
-            **_members_scored(cfg), **_repeats_scored(cfg),
+            **_inner_record(cfg),
             **_score(dataset, candidates, blocks, name, metric, margin=cfg.train.select_margin, prior=prior)}
     return candidates[info["chosen"]], info
 
@@ -464,13 +469,6 @@ def _repeat_tag(tag: str, repeat: int) -> str:
     repeats), ``repeat/<r>/<tag>`` in the others.
     """
     return tag if repeat == 0 else f"repeat/{repeat}/{tag}"
-
-
-def _repeats_scored(cfg: RunConfig) -> dict[str, int]:
-    """A choice's record of its deals: ``{"select_repeats": R}`` when the inner groups were dealt R > 1 times
-    (``train.select_repeats``); ``{}`` for one deal (as before round 33).
-    """
-    return {"select_repeats": cfg.train.select_repeats} if cfg.train.select_repeats > 1 else {}
 
 
 def shared_groups(subjects: Sequence[str], g_count: int, seed: int, repeat: int = 0) -> list[list[str]]:
@@ -643,7 +641,7 @@ def select_shared(
         metric = cfg.train.select_metric
         info = {"candidates": list(cfg.train.select), "select_shared": g_count, "group": key[0],
                 **({"groups": list(key)} if len(key) > 1 else {}), "select_metric": metric,
-                **_members_scored(cfg), **_repeats_scored(cfg),
+                **_inner_record(cfg),
                 **_score(dataset, candidates, blocks, f"seed {seed} group {'/'.join(map(str, key))}", metric,
                          margin=cfg.train.select_margin, prior=prior)}
         choices[key] = (info["chosen"], info)
