@@ -86,6 +86,8 @@ class TrainConfig:
     # mean (an ensemble teacher, for soft targets and for train.distill_mix alike); 1 = a single teacher
     distill_shared: bool = False  # the fold's teacher trained once per train.select_shared group, on the subjects of
     # the other groups (never the held-out subject's group), and shared by that group's folds; needs distill_weight=0
+    distill_groups: int = 0  # with distill_shared: the groups the teachers are trained without, the run's subjects
+    # dealt into this many (2 to the subject count: each teacher then sees all but 1/G of them); 0: select_shared's
     distill_mix: float = 0.0  # weight m of the teacher's own held-out probabilities in the fold's: (1-m) student +
     # m teacher (a two-model ensemble of different architectures; with distill_weight=0 the student learns from labels)
     select: tuple[str, ...] = ()  # candidates chosen among inside each fold ("train.epochs=20;train.mixup=0.4")
@@ -319,6 +321,9 @@ def check_ranges(cfg: RunConfig) -> None:
                   "train.distill_shared", t.distill_shared,
                   "false, or true with a teacher (train.distill), shared groups (train.select_shared >= 3) and "
                   "train.distill_weight=0 (a group's teacher only predicts; soft targets need the fold's own)")
+    check_setting(t.distill_groups == 0 or (t.distill_groups >= 2 and t.distill_shared), "train.distill_groups",
+                  t.distill_groups, "0 (the group teachers are trained without the train.select_shared groups), or an "
+                  "integer >= 2 with train.distill_shared=true (e.g. the default recipe)")
     check_setting(_finite(t.subject_fraction) and 0 < t.subject_fraction <= 1, "train.subject_fraction",
                   t.subject_fraction, "a share in (0, 1] of each fold's training subjects (1: all of them)")
     check_setting(t.subject_fraction == 1 or t.select_shared == 0, "train.subject_fraction", t.subject_fraction,

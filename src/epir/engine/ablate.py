@@ -51,7 +51,7 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # default recipe too, whose teacher is only mixed in; soft targets need the fold's own teacher, so the default's
     # group teachers become per-fold ones)
     "distill": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=80, train.lr=5e-4]",
-                "train.distill_weight=0.5", "train.distill_shared=false"),
+                "train.distill_weight=0.5", "train.distill_shared=false", "train.distill_groups=0"),
     # STSTNet not distilled from but averaged with EPIR in the fold's probabilities (half each); its teacher is
     # round 5's, 20 epochs at lr 2e-3 (EPIR_TEACHER_MIX_RECIPE's; round 4 measured it with the distill lever's)
     "teacher-mix": ("train.distill=ststnet", "train.distill_overrides=[train.epochs=20, train.lr=2e-3]",
@@ -66,6 +66,9 @@ LEVERS: dict[str, tuple[str, ...]] = {
     "teacher-ensemble": ("train.distill_members=3",),
     # the fold's teacher trained once per shared group, without that group, and shared by its folds (round 7)
     "teacher-grouped": ("train.distill_shared=true",),
+    # the group teachers trained without groups of their own, 17 of them (4 subjects each on the composite set), not
+    # the 6 the weight is chosen on: each teacher sees all but 1/17 of the subjects instead of 5/6 (round 34)
+    "teacher-groups": ("train.distill_shared=true", "train.distill_groups=17"),
     # the in-fold choice by the inner log-loss of the blend instead of the mean of inner UF1 and UAR (round 6)
     "select-nll": ("train.select_metric=nll",),
     # the in-fold choice keeps the recipe's own configuration (the teacher mix: weight 0.5) unless another candidate's
@@ -100,7 +103,7 @@ LEVERS: dict[str, tuple[str, ...]] = {
     # at weight 0.5, the class head by the labels; the prediction averages the two heads' logits
     "distill-token": ("model.distill_token=true", "train.distill=ststnet",
                       "train.distill_overrides=[train.epochs=20, train.lr=2e-3]", "train.distill_weight=0.5",
-                      "train.distill_target=hard", "train.distill_shared=false"),
+                      "train.distill_target=hard", "train.distill_shared=false", "train.distill_groups=0"),
     # ToMe's own matching metric (round 24; in no recipe): the token integration compares the attention keys of the
     # last block before each merge, averaged over heads, instead of the token features
     "merge-keys": ("model.merge_metric=keys",),
@@ -161,6 +164,7 @@ LEVER_NOTES: dict[str, str] = {
     "mix-select": "the teacher's weight in the predictions chosen inside the fold among 0 to 1 on 6 shared groups",
     "teacher-ensemble": "the fold's teacher as 3 seeds, their probabilities averaged",
     "teacher-grouped": "the teacher trained once per shared group, without that group, shared by its folds",
+    "teacher-groups": "the group teachers trained without 17 groups of their own (all but 1/17 of the subjects)",
     "select-nll": "the in-fold choice by the inner log-loss instead of the mean of inner UF1 and UAR",
     "select-margin": "the in-fold choice keeps the recipe's own weight unless another beats it by 0.02",
     "mix-coarse": "the teacher's weight chosen among 0, 0.5 and 1 only",
@@ -207,11 +211,12 @@ LEVER_OFF: dict[str, tuple[str, ...]] = {
     # the default recipe's teacher taken away (EPIR alone, as --recipe alone), or its weight fixed at 0.5 again (with
     # the fold's own teacher: groups are for choosing), its ensemble of 3 or its groups undone
     "teacher-mix": ("train.distill=''", "train.distill_overrides=[]", "train.distill_weight=0.5", "train.distill_mix=0",
-                    "train.distill_members=1", "train.distill_shared=false", "train.select=[]",
-                    "train.select_shared=0"),
+                    "train.distill_members=1", "train.distill_shared=false", "train.distill_groups=0",
+                    "train.select=[]", "train.select_shared=0"),
     "teacher-ensemble": ("train.distill_members=1",),
-    "teacher-grouped": ("train.distill_shared=false",),
-    "mix-select": ("train.select=[]", "train.select_shared=0", "train.distill_shared=false"),
+    "teacher-grouped": ("train.distill_shared=false", "train.distill_groups=0"),
+    "teacher-groups": ("train.distill_groups=0",),
+    "mix-select": ("train.select=[]", "train.select_shared=0", "train.distill_shared=false", "train.distill_groups=0"),
     "select-nll": ("train.select_metric=megc",),
     "select-margin": ("train.select_margin=0",),
     "mix-coarse": ("train.select=[train.distill_mix=0, train.distill_mix=0.25, train.distill_mix=0.5, "

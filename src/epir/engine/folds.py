@@ -75,8 +75,8 @@ def fold_teachers(
     dataset: FlowDataset, cfg: RunConfig, folds: Sequence[tuple[int, str, np.ndarray]], *, batched: bool = True
 ) -> list[Teacher] | None:
     """With ``train.distill``, the teacher of each ``(seed, subject, training rows)`` fold: trained on those rows
-    alone, or with ``train.distill_shared`` its group's (:func:`~epir.engine.selection.group_teacher`); None
-    without distillation.
+    alone, or with ``train.distill_shared`` its teacher group's (:func:`~epir.engine.selection.group_teacher`;
+    ``train.distill_groups``); None without distillation.
     """
     if not cfg.train.distill:
         return None

@@ -59,6 +59,8 @@ from epir.engine.selection import (
     select_shared,
     shared_teachers,
     teacher_config,
+    teacher_group_count,
+    teacher_groups,
 )
 from epir.engine.train import load_initial_weights, untaught_token_error
 from epir.errors import ConfigError
@@ -301,6 +303,8 @@ def run_facts(cfg: RunConfig, dataset: FlowDataset, records: Sequence[dict[str, 
         facts["teacher"] = {"model": cfg.train.distill, "members": cfg.train.distill_members,
                             "shared": cfg.train.distill_shared, "params": cost.teacher_params,
                             "mix": cfg.train.distill_mix, "mix_chosen_in_fold": len(set(mixes)) > 1}
+        if cfg.train.distill_shared:  # how many groups the teachers are trained without (train.distill_groups)
+            facts["teacher"]["groups"] = teacher_group_count(cfg)
         picks = [mixes[r["selection"]["chosen"]] for r in records if r.get("selection")] if cfg.train.select else []
         if len(set(mixes)) > 1 and picks:  # how many folds (over all seeds) chose each weight
             facts["teacher"]["mix_counts"] = {str(m): picks.count(m) for m in sorted(set(mixes))}
@@ -368,6 +372,8 @@ def run_loso(
     dataset, transform_report = prepare_data(cfg, dataset)
     subjects = select_subjects(dataset, cfg.eval.folds)
     check_before_training(cfg)
+    if cfg.train.distill and cfg.train.distill_shared and fold_weights is None:
+        teacher_groups(dataset.subjects, cfg, 0)  # more teacher groups than subjects: one error before any training
     protocol = protocol_of(cfg, fold_weights)
     seeds = list(cfg.eval.seeds) if fold_weights is None else [cfg.eval.seeds[0]]
     out = Path(out_dir) if out_dir is not None else None

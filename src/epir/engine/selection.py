@@ -479,6 +479,22 @@ def shared_groups(subjects: Sequence[str], g_count: int, seed: int, repeat: int 
     return _deal(list(subjects), g_count, repeat_seed(shared_seed(seed), repeat), "train.select_shared")
 
 
+def teacher_group_count(cfg: RunConfig) -> int:
+    """How many groups the group teachers (``train.distill_shared``) are dealt into: ``train.distill_groups``, or
+    with 0 the ``train.select_shared`` groups the weight is chosen on.
+    """
+    return cfg.train.distill_groups or cfg.train.select_shared
+
+
+def teacher_groups(subjects: Sequence[str], cfg: RunConfig, seed: int) -> list[list[str]]:
+    """The groups of run seed ``seed`` that the group teachers are trained without: the distinct ``subjects``
+    dealt into :func:`teacher_group_count` groups from the shared groups' seed, so that with 0
+    (``train.distill_groups``) they are :func:`shared_groups`' first deal.
+    """
+    key = "train.distill_groups" if cfg.train.distill_groups else "train.select_shared"
+    return _deal(list(subjects), teacher_group_count(cfg), shared_seed(seed), key)
+
+
 #: Group teachers already trained in this process (``train.distill_shared``), by :func:`_group_teacher_key`.
 _GROUP_TEACHERS: dict[tuple[Any, ...], Teacher] = {}
 
@@ -490,7 +506,7 @@ def _group_teacher_key(dataset: FlowDataset, cfg: RunConfig, seed: int, group: i
     t = teacher_config(cfg)
     data = (zlib.crc32(dataset.x.numpy().tobytes()), zlib.crc32(dataset.y.numpy().tobytes()),
             zlib.crc32("\n".join(dataset.subjects).encode()))
-    return (*data, repr(t.model), repr(t.train), cfg.train.distill_members, cfg.train.select_shared, seed, group)
+    return (*data, repr(t.model), repr(t.train), cfg.train.distill_members, teacher_group_count(cfg), seed, group)
 
 
 #: Group teachers by :func:`_group_teacher_key`, as :func:`shared_teachers` returns them.
@@ -498,8 +514,8 @@ GroupTeachers = dict[tuple[Any, ...], Teacher]
 
 
 def _group_index(dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str) -> int:
-    """The ``train.select_shared`` group (run seed ``seed``) that holds ``subject``."""
-    groups = shared_groups(dataset.subjects, cfg.train.select_shared, seed)
+    """The teacher group (:func:`teacher_groups`, run seed ``seed``) that holds ``subject``."""
+    groups = teacher_groups(dataset.subjects, cfg, seed)
     g = next((j for j, group in enumerate(groups) if subject in group), None)
     if g is None:
         raise ConfigError(f"train.distill_shared: subject {subject!r} is not in the dataset {dataset.name!r}.")
@@ -508,7 +524,7 @@ def _group_index(dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str) 
 
 def _train_group_teacher(dataset: FlowDataset, cfg: RunConfig, seed: int, g: int) -> Teacher:
     """Group ``g``'s teacher (run seed ``seed``), trained now on the other groups' rows, one network at a time."""
-    groups = shared_groups(dataset.subjects, cfg.train.select_shared, seed)
+    groups = teacher_groups(dataset.subjects, cfg, seed)
     rows = np.flatnonzero(~np.isin(np.asarray(dataset.subjects), groups[g]))
     teacher_seed = (shared_seed(seed) + zlib.crc32(f"teacher/group/{g}".encode())) % (2**31 - 1)
     trained = train_teachers(dataset, cfg, [(rows, teacher_seed, f"seed {seed} group {g}")], batched=False)
@@ -518,10 +534,11 @@ def _train_group_teacher(dataset: FlowDataset, cfg: RunConfig, seed: int, g: int
 
 def group_teacher(dataset: FlowDataset, cfg: RunConfig, seed: int, subject: str) -> Teacher:
     """``train.distill_shared``: the teacher of the fold holding out ``subject`` (run seed ``seed``), trained on the
-    subjects outside its ``train.select_shared`` group (the groups :func:`select_shared` deals) and shared by every
-    fold of that group. The held-out subject's whole group takes no part in it. Trained one network at a time, so
-    that it is the same whichever process trains it first; kept for the process's later folds of the group (or
-    given to it beforehand by :func:`adopt_group_teachers`).
+    subjects outside its teacher group (:func:`teacher_groups`: the groups :func:`select_shared` deals, or with
+    ``train.distill_groups`` groups of their own) and shared by every fold of that group. The held-out subject's
+    whole group takes no part in it. Trained one network at a time, so that it is the same whichever process trains
+    it first; kept for the process's later folds of the group (or given to it beforehand by
+    :func:`adopt_group_teachers`).
     """
     g = _group_index(dataset, cfg, seed, subject)
     key = _group_teacher_key(dataset, cfg, seed, g)
@@ -668,6 +685,8 @@ __all__ = [
     "shared_seed",
     "shared_teachers",
     "teacher_config",
+    "teacher_group_count",
+    "teacher_groups",
     "teacher_proba",
     "train_models",
     "train_teachers",
